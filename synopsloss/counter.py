@@ -1,0 +1,605 @@
+"""The synaptic-operation counter: forward hooks, differentiable synops and NeuroBench counts.
+
+Definitions (per layer call, input ``x`` of shape ``[*rows, *sample]``):
+
+* **synops** (differentiable): ``sum(x * effective_map)`` -- each input value
+  times its number of nonzero outgoing weight taps, so a spike count of 2
+  counts twice. Spikes averaged by an ``AvgPool`` are multiplied back by the
+  pool's divisor (counted as spike events).
+* **dense**: every weight tap of every input neuron, whatever its value.
+* **effective ops**: ``sum((x != 0) * effective_map)``: nonzero input times
+  nonzero weight. They are **ACs** when every value of the call's input is in
+  {-1, 0, 1} (spikes), else **MACs** (NeuroBench's rule).
+* Biases are not synapses.
+
+Everything is summed over every forward call since :meth:`SynOpsCounter.reset`
+(all time steps) and divided by the number of *samples* of the batch, never by
+samples x time steps. How the number of samples ``B`` is learned, in order:
+
+1. ``batch_size=`` given to the counter;
+2. sinabs ``*Squeeze`` layers (``batch_size``, or ``rows // num_timesteps``),
+   for models that fold time into the batch as ``[B*T, ...]``;
+3. ``shape[batch_dim]`` of the first tensor the model itself is called with.
+   This covers models called once per time step with ``[B, ...]`` (snntorch
+   loops: call :meth:`~SynOpsCounter.reset` before each new batch) and models
+   that take ``[B, T, ...]`` and loop inside. For time-first ``[T, B, ...]``
+   input pass ``batch_dim=1``.
+
+Each layer's rows per call must be a multiple of ``B``; when they are not, or
+when ``B`` cannot be learned, reading the counts raises an error that says so.
+
+Only modules are hooked: functional calls (``F.conv2d`` inside a custom
+``forward``) are invisible to module hooks (see fvcore's ``flop_count.md``),
+so a module with parameters that no rule covers is named in a warning when the
+counter attaches (an error with ``strict=True``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import integrations
+from .maps import LayerMaps, MapCache, OpCounts, Rule, find_rule, has_no_synapse
+
+__all__ = ["SynOpsCounter", "UnsupportedLayerWarning", "COUNT_KEYS"]
+
+#: The keys of each layer's entry in :meth:`SynOpsCounter.counts`.
+COUNT_KEYS = ("dense", "eff_macs", "eff_acs", "synops")
+
+
+class UnsupportedLayerWarning(UserWarning):
+    """A module with parameters that the counter cannot count."""
+
+
+@dataclass
+class _LayerAcc:
+    """Running sums of one layer over the calls of one batch (device tensors, float64)."""
+
+    synops: Tensor  # differentiable
+    eff_macs: Tensor
+    eff_acs: Tensor
+    dense: Tensor
+    device: torch.device
+    input_sum: Tensor  # sum of the input values (spike events after pool correction), detached
+    input_nonzero: Tensor  # number of nonzero input values
+    calls: int = 0
+    rows: Set[int] = field(default_factory=set)
+    rows_total: int = 0
+    in_shape: Tuple[int, ...] = ()
+    out_shape: Tuple[int, ...] = ()
+    maps: Optional[LayerMaps] = None  # the maps of the last call (None for per-call rules)
+
+
+@dataclass
+class _Batch:
+    layers: Dict[str, _LayerAcc] = field(default_factory=dict)
+    root_batch: Optional[int] = None
+    root_calls: int = 0
+    root_note: str = ""
+    fold_batch: Optional[int] = None
+    fold_layer: str = ""
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _tensor_inputs(args: tuple, kwargs: Mapping[str, Any]) -> List[Tensor]:
+    return [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
+
+
+class SynOpsCounter:
+    """Count the synaptic operations of a model, differentiably, per sample.
+
+    Attaches forward hooks to every layer with a synapse rule (``nn.Linear``,
+    ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d`` and registered ones),
+    to average-pooling layers (spike-event correction) and to the root model
+    (number of samples). Nothing is stored on the model: all state lives in the
+    counter, keyed by the layers' qualified names, and :meth:`remove` (or
+    leaving the ``with`` block) takes every hook off.
+
+    Parameters
+    ----------
+    model
+        The network (snntorch, sinabs or plain ``torch.nn``).
+    batch_size
+        Number of samples per batch, if it cannot be read from the inputs (see
+        the module docstring for how it is learned otherwise).
+    batch_dim
+        Dimension of the model's first tensor argument that holds the samples.
+    strict
+        Raise instead of warn when a module with parameters cannot be counted.
+    custom_rules
+        ``{module type: Rule}`` looked up before the global registry (build it
+        with :func:`synopsloss.register_rule` and ``registry=``).
+    check_finite
+        :meth:`synops` raises if an input held NaN or inf (one device sync per
+        call of :meth:`synops`; the layer hooks never synchronise).
+
+    Example
+    -------
+    >>> import torch, synopsloss as sl
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False))
+    >>> with sl.SynOpsCounter(net) as counter:
+    ...     _ = net(torch.tensor([[1.0, 0.0, 1.0]]))
+    ...     counter.counts()["0"]
+    {'dense': 6.0, 'eff_macs': 0.0, 'eff_acs': 4.0, 'synops': 4.0}
+    """
+
+    is_differentiable = True
+    higher_is_better = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_size: Optional[int] = None,
+        batch_dim: int = 0,
+        strict: bool = False,
+        custom_rules: Optional[Mapping[type, Rule]] = None,
+        check_finite: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
+            raise ValueError(f"batch_dim must be a non-negative int, got {batch_dim!r}")
+        self.model = model
+        self.batch_size = batch_size
+        self.batch_dim = batch_dim
+        self.strict = strict
+        self.check_finite = check_finite
+        self._rules: Dict[type, Rule] = dict(custom_rules or {})
+        self._handles: List[Any] = []
+        self._maps: Dict[str, MapCache] = {}
+        self._layer_rules: Dict[str, Rule] = {}
+        self._modules: Dict[str, nn.Module] = {}
+        self._unsupported: List[str] = []
+        self._enabled = True
+        self._pool_tags: Dict[int, Tuple[Any, int, Tensor]] = {}
+        self._batch = _Batch()
+        self._totals: Dict[str, Dict[str, Tensor]] = {}
+        self._total_samples = 0
+        self.attach()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are on the model."""
+        return bool(self._handles)
+
+    @property
+    def layer_names(self) -> List[str]:
+        """Qualified names of the counted layers, in definition order."""
+        return list(self._layer_rules)
+
+    @property
+    def unsupported(self) -> List[str]:
+        """Modules with parameters that no rule counts, as ``'name (Type)'``."""
+        return list(self._unsupported)
+
+    def attach(self) -> "SynOpsCounter":
+        """Register the hooks (done by the constructor; a no-op when attached)."""
+        if self.attached:
+            return self
+        neurons = integrations.neuron_types()
+        passthrough = integrations.pass_through_types()
+        self._layer_rules.clear()
+        self._modules.clear()
+        self._unsupported = []
+        h = self._handles
+        h.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+        for name, module in self.model.named_modules():
+            rule = find_rule(module, self._rules)
+            if rule is not None:
+                self._layer_rules[name] = rule
+                self._modules[name] = module
+                self._maps.setdefault(name, MapCache())
+                h.append(module.register_forward_hook(self._make_layer_hook(name, rule), with_kwargs=True))
+                continue
+            pool = integrations.find_pool(module)
+            if pool is not None:
+                h.append(module.register_forward_hook(self._make_pool_hook(*pool)))
+            elif isinstance(module, passthrough):
+                h.append(module.register_forward_hook(self._pass_through_hook))
+            if integrations.is_time_folding(module):
+                h.append(module.register_forward_pre_hook(self._make_fold_hook(name)))
+            own_params = any(True for _ in module.parameters(recurse=False))
+            if own_params and not has_no_synapse(module) and not isinstance(module, neurons):
+                self._unsupported.append(f"{name or '<root>'} ({type(module).__name__})")
+        if self._unsupported:
+            msg = (
+                "synopsloss cannot count the synapses of these modules with parameters: "
+                + ", ".join(self._unsupported)
+                + ". Their synops are NOT included. Register a rule with synopsloss.register_rule "
+                "(or declare them synapse-free with synopsloss.register_no_synapse)."
+            )
+            if self.strict:
+                self.remove()
+                raise TypeError(msg)
+            warnings.warn(msg, UnsupportedLayerWarning, stacklevel=3)
+        if not self._layer_rules:
+            self.remove()
+            raise ValueError(
+                f"{type(self.model).__name__} has no layer synopsloss can count (Linear, ConvNd, "
+                "ConvTransposeNd or a registered rule); nothing would be counted"
+            )
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook from the model (state and counts stay readable)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._pool_tags.clear()
+
+    def __enter__(self) -> "SynOpsCounter":
+        self.attach()
+        self.reset(accumulated=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator["SynOpsCounter"]:
+        """Run the model without counting (e.g. a validation pass inside a training step)."""
+        previous, self._enabled = self._enabled, False
+        try:
+            yield self
+        finally:
+            self._enabled = previous
+
+    def reset(self, accumulated: bool = False) -> None:
+        """Start a new batch.
+
+        The finished batch's counts are added to the running totals read with
+        ``counts(accumulated=True)``; its differentiable synops (and their
+        autograd graph) are dropped. ``accumulated=True`` clears the running
+        totals too.
+        """
+        if accumulated:
+            self._totals.clear()
+            self._total_samples = 0
+        elif self._batch.layers:
+            samples = self._samples()
+            for name, acc in self._batch.layers.items():
+                tot = self._totals.setdefault(name, {})
+                for key in COUNT_KEYS:
+                    value = getattr(acc, key).detach()
+                    tot[key] = tot[key].to(value.device) + value if key in tot else value
+            self._total_samples += samples
+        self._batch = _Batch()
+        self._pool_tags.clear()
+
+    # ------------------------------------------------------------------ hooks
+
+    def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._pool_tags.clear()
+        if not self._enabled:
+            return
+        batch = self._batch
+        batch.root_calls += 1
+        if self.batch_size is not None:
+            return
+        tensors = _tensor_inputs(args, kwargs)
+        if not tensors:
+            batch.root_note = "the model was called without a tensor argument"
+            return
+        x = tensors[0]
+        if x.dim() <= self.batch_dim:
+            batch.root_note = f"the model's input has shape {tuple(x.shape)}, with no dimension {self.batch_dim}"
+            return
+        b = int(x.shape[self.batch_dim])
+        if batch.root_batch is None:
+            batch.root_batch = b
+        elif b != batch.root_batch:
+            raise ValueError(
+                f"synopsloss: the model was called with {b} samples (dim {self.batch_dim} of its input) after "
+                f"{batch.root_batch} since the last counter.reset(). Calls between two resets are treated "
+                "as time steps of one batch: call counter.reset() before each new batch."
+            )
+
+    def _make_fold_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if not self._enabled or not args or not isinstance(args[0], Tensor):
+                return
+            b = integrations.time_folding_batch(module, args[0])
+            if b is None:
+                return
+            batch = self._batch
+            if batch.fold_batch is not None and b != batch.fold_batch:
+                raise ValueError(
+                    f"synopsloss: time-folding layers disagree on the batch size ({batch.fold_layer!r}: "
+                    f"{batch.fold_batch}, {name!r}: {b}); give them the same batch_size"
+                )
+            batch.fold_batch, batch.fold_layer = b, name
+
+        return hook
+
+    def _make_pool_hook(self, divisor_fn, n: int):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self._enabled or not args or not isinstance(output, Tensor) or not isinstance(args[0], Tensor):
+                return
+            x = args[0]
+            in_sample = tuple(x.shape[-(n + 1):])
+            out_sample = tuple(output.shape[-(n + 1):])
+            div = divisor_fn(module, in_sample, out_sample).to(device=output.device, dtype=torch.float32)
+            div = div.expand(out_sample).reshape(-1)
+            with torch.no_grad():
+                # only spike counts (integer values) are turned back into events
+                integer = torch.all(x == torch.round(x))
+                scale = torch.where(integer, div, torch.ones_like(div))
+            self._tag(output, scale)
+
+        return hook
+
+    def _tag(self, t: Tensor, scale: Tensor) -> None:
+        self._pool_tags[t.data_ptr()] = (weakref.ref(t), t.numel(), scale)
+
+    def _find_tag(self, t: Tensor) -> Optional[Tensor]:
+        if not self._pool_tags:
+            return None
+        entry = self._pool_tags.get(t.data_ptr())
+        if entry is None:
+            return None
+        ref, numel, scale = entry
+        if ref() is None or numel != t.numel() or t.numel() % scale.numel():
+            return None
+        return scale
+
+    def _pass_through_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if not self._pool_tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+            return
+        scale = self._find_tag(args[0])
+        if scale is not None and output.numel() == args[0].numel():
+            self._tag(output, scale)
+
+    def _make_layer_hook(self, name: str, rule: Rule):
+        maps = self._maps[name]
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if not self._enabled:
+                return
+            tensors = _tensor_inputs(args, kwargs)
+            if len(tensors) != 1 and rule.count is None:
+                raise ValueError(
+                    f"synopsloss: layer {name!r} ({type(module).__name__}) was called with {len(tensors)} tensor "
+                    "inputs; it can count layers called with exactly one input tensor. Register a custom rule "
+                    "for this layer type, or exclude it by wrapping the call in counter.paused()."
+                )
+            if not isinstance(output, Tensor):
+                raise ValueError(f"synopsloss: layer {name!r} returned {type(output).__name__}, not a tensor")
+            if rule.count is not None:
+                self._accumulate(name, rule.count(module, args, kwargs, output), None)
+            else:
+                self._count(name, module, rule, maps, tensors[0], output)
+
+        return hook
+
+    def _count(self, name: str, module: nn.Module, rule: Rule, maps: MapCache, x: Tensor, out: Tensor) -> None:
+        if x.device.type == "meta":
+            raise ValueError(
+                f"synopsloss: layer {name!r} received a meta tensor, which holds no values to count; "
+                "run the model on real data (move the model and input to cpu or cuda)"
+            )
+        if not (x.is_floating_point() or x.is_complex()):
+            x = x.to(torch.get_default_dtype())
+        nd = rule.sample_ndim(module)
+        if x.dim() < nd or out.dim() < nd:
+            raise ValueError(
+                f"synopsloss: layer {name!r} ({type(module).__name__}) got an input of shape {tuple(x.shape)}; "
+                f"one sample needs {nd} trailing dimensions"
+            )
+        in_shape = tuple(x.shape[x.dim() - nd:])
+        out_shape = tuple(out.shape[out.dim() - nd:])
+        n_el = math.prod(in_shape)
+        if n_el == 0 or x.numel() == 0:
+            return
+        rows = x.numel() // n_el
+        lm = maps.get(module, rule, in_shape, out_shape)
+        if lm.effective.device != x.device:
+            raise ValueError(
+                f"synopsloss: layer {name!r} received its input on {x.device} but its weight is on "
+                f"{lm.effective.device}; move the input and the model to the same device"
+            )
+        flat = x.reshape(rows, n_el)
+        scale = self._find_tag(x)
+        spikes = flat if scale is None else (x.reshape(-1, scale.numel()) * scale).reshape(rows, n_el)
+        dtype = lm.effective.dtype
+        per_neuron = spikes.sum(0)
+        synops = torch.dot(per_neuron.to(dtype), lm.effective)
+        with torch.no_grad():
+            nonzero = (flat != 0).sum(0).to(dtype)
+            counts = OpCounts(
+                synops=synops,
+                dense=rows * lm.dense_total,
+                effective=torch.dot(nonzero, lm.effective),
+                spiking=torch.all((flat == 0) | (flat.abs() == 1)),
+                rows=rows,
+                in_shape=in_shape,
+                out_shape=out_shape,
+                input_sum=per_neuron.detach().sum().to(dtype),
+                input_nonzero=nonzero.sum(),
+                in_neurons=n_el,
+            )
+        self._accumulate(name, counts, lm)
+
+    def _accumulate(self, name: str, c: OpCounts, lm: Optional[LayerMaps]) -> None:
+        device = c.synops.device
+        batch = self._batch
+        acc = batch.layers.get(name)
+        if acc is None:
+            zero = torch.zeros((), dtype=c.dense.dtype, device=device)
+            acc = batch.layers[name] = _LayerAcc(zero, zero, zero, zero, device, zero, zero)
+        elif acc.device != device:
+            raise ValueError(
+                f"synopsloss: layer {name!r} received input on {device} after {acc.device} within one batch; "
+                "call counter.reset() after moving the model to another device"
+            )
+        with torch.no_grad():
+            zero = torch.zeros((), dtype=c.dense.dtype, device=device)
+            acc.eff_acs = acc.eff_acs + torch.where(c.spiking, c.effective, zero)
+            acc.eff_macs = acc.eff_macs + torch.where(c.spiking, zero, c.effective)
+            acc.dense = acc.dense + c.dense
+            acc.input_sum = acc.input_sum + c.input_sum
+            acc.input_nonzero = acc.input_nonzero + c.input_nonzero
+        acc.synops = acc.synops + c.synops
+        acc.calls += 1
+        acc.rows.add(c.rows)
+        acc.rows_total += c.rows
+        acc.in_shape, acc.out_shape, acc.maps = c.in_shape, c.out_shape, lm
+
+    # ------------------------------------------------------------------ reading
+
+    def _samples(self) -> int:
+        """Samples of the current batch, checked against every layer's rows."""
+        batch = self._batch
+        if self.batch_size is not None:
+            b, source = self.batch_size, "batch_size="
+        elif batch.fold_batch is not None:
+            b, source = batch.fold_batch, f"the time-folding layer {batch.fold_layer!r}"
+        elif batch.root_batch is not None:
+            b, source = batch.root_batch, f"dim {self.batch_dim} of the model's input"
+        else:
+            why = batch.root_note or "the model itself was not called (only its submodules were)"
+            raise ValueError(
+                f"synopsloss cannot tell how many samples the batch has: {why}. "
+                "Pass SynOpsCounter(model, batch_size=B)."
+            )
+        for name, acc in batch.layers.items():
+            bad = sorted(r for r in acc.rows if r % b)
+            if bad:
+                raise ValueError(
+                    f"synopsloss: layer {name!r} received {bad[0]} rows of shape {acc.in_shape} in one call, "
+                    f"not a multiple of the {b} samples learned from {source}. If your data is time-first "
+                    "[T, B, ...], pass batch_dim=1; otherwise pass batch_size=B."
+                )
+        return b
+
+    def _require_batch(self, what: str) -> None:
+        if not self._batch.layers:
+            raise RuntimeError(
+                f"counter.{what}() was called before any forward pass since the last reset(): "
+                "run the model on a batch first"
+            )
+
+    @property
+    def samples(self) -> int:
+        """Number of samples of the current batch."""
+        self._require_batch("samples")
+        return self._samples()
+
+    def _ordered(self, names: List[str]) -> List[str]:
+        seen = [n for n in self._batch.layers]
+        return seen + [n for n in names if n not in self._batch.layers]
+
+    def synops_per_layer(self) -> Dict[str, Tensor]:
+        """Differentiable synops per sample of each counted layer (0-dim tensors), in forward order.
+
+        Layers not called since the last reset get a zero.
+        """
+        self._require_batch("synops_per_layer")
+        b = self._samples()
+        out: Dict[str, Tensor] = {}
+        first = next(iter(self._batch.layers.values()))
+        for name in self._ordered(self.layer_names):
+            acc = self._batch.layers.get(name)
+            value = acc.synops if acc is not None else torch.zeros((), dtype=first.synops.dtype, device=first.device)
+            out[name] = (value / b).to(torch.get_default_dtype())
+        return out
+
+    def synops(self) -> Tensor:
+        """Total differentiable synops per sample since the last reset (0-dim, with grad_fn).
+
+        Raises
+        ------
+        RuntimeError
+            Before any forward pass since :meth:`reset`.
+        FloatingPointError
+            When an input held NaN or inf (with ``check_finite=True``).
+        """
+        self._require_batch("synops")
+        b = self._samples()
+        accs = list(self._batch.layers.values())
+        device = accs[0].device
+        total = accs[0].synops
+        for acc in accs[1:]:
+            total = total + acc.synops.to(device)
+        if self.check_finite and not bool(torch.isfinite(total.detach())):
+            self._raise_nonfinite()
+        return (total / b).to(torch.get_default_dtype())
+
+    def _raise_nonfinite(self) -> None:
+        bad = [n for n, a in self._batch.layers.items() if not bool(torch.isfinite(a.synops.detach()))]
+        raise FloatingPointError(
+            f"synopsloss: NaN or inf in the input of layer(s) {', '.join(repr(n) for n in bad)} since the last "
+            "reset(); the synops are undefined. Check the data and the layers before them "
+            "(torch.autograd.set_detect_anomaly can help)."
+        )
+
+    def counts(self, accumulated: bool = False) -> Dict[str, Dict[str, float]]:
+        """Per-sample counts of each layer as floats: ``dense``, ``eff_macs``, ``eff_acs``, ``synops``.
+
+        Parameters
+        ----------
+        accumulated
+            ``False``: the current batch (since the last :meth:`reset`).
+            ``True``: every batch since the counter was created (or
+            ``reset(accumulated=True)``), divided by all their samples, like
+            NeuroBench's accumulated metrics.
+        """
+        names = self._ordered(self.layer_names)
+        sums: Dict[str, Dict[str, Tensor]] = {}
+        samples = 0
+        if self._batch.layers:
+            samples = self._samples()
+            for name, acc in self._batch.layers.items():
+                sums[name] = {k: getattr(acc, k).detach() for k in COUNT_KEYS}
+        elif not accumulated:
+            self._require_batch("counts")
+        if accumulated:
+            samples += self._total_samples
+            for name, tot in self._totals.items():
+                cur = sums.setdefault(name, {})
+                for k in COUNT_KEYS:
+                    cur[k] = cur[k] + tot[k].to(cur[k].device) if k in cur else tot[k]
+            if samples == 0:
+                raise RuntimeError("counter.counts(accumulated=True) was called before any forward pass")
+        result: Dict[str, Dict[str, float]] = {}
+        present = [n for n in names if n in sums]
+        if present:
+            stacked = torch.stack([torch.stack([sums[n][k].to("cpu", torch.float64) for k in COUNT_KEYS]) for n in present])
+            values = stacked.tolist()
+            for name, row in zip(present, values):
+                if not all(math.isfinite(v) for v in row):
+                    self._raise_nonfinite_counts(name)
+                result[name] = {k: v / samples for k, v in zip(COUNT_KEYS, row)}
+        for name in names:
+            result.setdefault(name, {k: 0.0 for k in COUNT_KEYS})
+        return result
+
+    def _raise_nonfinite_counts(self, name: str) -> None:
+        raise FloatingPointError(
+            f"synopsloss: NaN or inf in the input of layer {name!r}; its synops are undefined. "
+            "Check the data and the layers before it, then counter.reset()."
+        )
+
+    def totals(self, accumulated: bool = False) -> Dict[str, float]:
+        """The :meth:`counts` summed over layers."""
+        per_layer = self.counts(accumulated=accumulated)
+        return {k: sum(row[k] for row in per_layer.values()) for k in COUNT_KEYS}
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "removed"
+        return f"SynOpsCounter({type(self.model).__name__}, {len(self._layer_rules)} layers, {state})"

@@ -1,0 +1,521 @@
+"""Connection maps: how many weight taps each input neuron of a layer drives.
+
+A *connection map* (fan-out map) of a parameter layer, for one input sample
+shape, is a tensor shaped like one input sample whose entry ``i`` is the number
+of weight taps through which input neuron ``i`` reaches an output neuron:
+
+* the **effective** map counts only taps whose weight is nonzero (a pruned or
+  exactly-zero weight is no synapse);
+* the **dense** map counts every tap.
+
+A *tap* is one use of one weight. With ``padding_mode`` ``reflect``,
+``replicate`` or ``circular`` an edge neuron is copied into the padding and can
+reach the same output through several taps; each counts (as NeuroBench counts
+it). Biases are not synapses.
+
+The map equals the column sums of the Jacobian of the layer with its nonzero
+weights set to one and no bias. For convolutions it is obtained with one
+transposed convolution of ones (and, for the non-zero padding modes, by folding
+the padded border back onto the neurons it was copied from); for transposed
+convolutions with one convolution of ones; for ``nn.Linear`` from the column
+sums of the weight mask.
+
+Layer support is one registry: :func:`register_rule` maps a module type to a
+:class:`Rule`. Looking a module up walks its class' MRO, so subclasses of
+``nn.Conv2d`` (quantised layers, for example) are handled by the ``Conv2d``
+rule unless they register their own.
+
+Example
+-------
+>>> import torch
+>>> from synopsloss.maps import connection_map
+>>> conv = torch.nn.Conv1d(1, 1, kernel_size=3, padding=1, bias=False)
+>>> connection_map(conv, (1, 5), effective=False)
+tensor([[2., 3., 3., 3., 2.]], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Rule",
+    "register_rule",
+    "register_no_synapse",
+    "find_rule",
+    "has_no_synapse",
+    "connection_map",
+    "MapCache",
+    "LayerMaps",
+    "OpCounts",
+]
+
+Shape = Tuple[int, ...]
+#: ``fanout(module, weight01, in_sample_shape, out_sample_shape) -> map`` (float32, shaped like one input sample)
+FanoutFn = Callable[[nn.Module, Tensor, Shape, Shape], Tensor]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How to count the synapses of one layer type.
+
+    Parameters
+    ----------
+    fanout
+        ``fanout(module, weight01, in_sample_shape, out_sample_shape)`` returns a
+        float32 tensor shaped ``in_sample_shape`` with each input neuron's
+        number of weight taps, given ``weight01`` (1.0 where a synapse exists,
+        0.0 where not, same shape as the weight).
+    sample_ndim
+        Number of trailing input dimensions that make up one input sample's
+        neurons (1 for ``Linear``, ``1 + spatial dims`` for convolutions); all
+        leading dimensions (batch, time, ...) are *rows*, each a full copy of
+        the sample.
+    weight
+        Name of the weight attribute (read with ``getattr``, so pruned weights
+        recomputed by ``torch.nn.utils.prune`` are seen as they are used).
+    """
+
+    fanout: Optional[FanoutFn]
+    sample_ndim: Callable[[nn.Module], int]
+    weight: str = "weight"
+    count: Optional["CountFn"] = None
+
+
+@dataclass
+class OpCounts:
+    """What one layer call contributes, for rules that count without a fan-out map.
+
+    All tensors are 0-dim, on the input's device, float64 (``spiking``: bool).
+    ``synops`` carries the autograd graph back to the inputs; the others are
+    detached. ``rows`` is how many sample-sized rows the call processed (it
+    must be a multiple of the batch's number of samples).
+    """
+
+    synops: Tensor
+    dense: Tensor
+    effective: Tensor
+    spiking: Tensor
+    rows: int
+    in_shape: Tuple[int, ...]
+    out_shape: Tuple[int, ...]
+    input_sum: Tensor
+    input_nonzero: Tensor
+    in_neurons: int = 0
+
+
+#: ``count(module, args, kwargs, output) -> OpCounts`` for layers outside the map model (recurrent layers)
+CountFn = Callable[[nn.Module, tuple, dict, object], OpCounts]
+
+
+_RULES: Dict[type, Rule] = {}
+_NO_SYNAPSE: Dict[type, str] = {}
+
+
+def _as_types(types: Union[type, Iterable[type]]) -> Tuple[type, ...]:
+    if isinstance(types, type):
+        types = (types,)
+    types = tuple(types)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise ValueError(f"register_rule expects nn.Module subclasses, got {t!r}")
+    return types
+
+
+def register_rule(
+    types: Union[type, Iterable[type]],
+    *,
+    sample_ndim: Union[int, Callable[[nn.Module], int]] = 1,
+    weight: str = "weight",
+    registry: Optional[Dict[type, Rule]] = None,
+    counts: bool = False,
+) -> Callable[[FanoutFn], FanoutFn]:
+    """Register the fan-out formula of one or more layer types (decorator).
+
+    Parameters
+    ----------
+    types
+        A module class or an iterable of them.
+    sample_ndim
+        Trailing input dims forming one sample (an int, or a function of the
+        module).
+    weight
+        Name of the weight attribute.
+    registry
+        Where to register; the global registry by default. Pass a dict to build
+        a per-counter ``custom_rules`` mapping.
+    counts
+        The decorated function is a ``count(module, args, kwargs, output) ->
+        OpCounts`` that counts a whole call itself (for layers that are no
+        single linear map of one input, such as recurrent layers), instead of
+        a fan-out function.
+
+    Raises
+    ------
+    ValueError
+        If a target is not an ``nn.Module`` subclass.
+    RuntimeError
+        If a type already has a rule in that registry.
+
+    Example
+    -------
+    >>> import torch
+    >>> from synopsloss.maps import register_rule, connection_map
+    >>> class Scale(torch.nn.Module):  # y = w * x elementwise: one synapse per input
+    ...     def __init__(self, n):
+    ...         super().__init__()
+    ...         self.weight = torch.nn.Parameter(torch.ones(n))
+    >>> rules = {}
+    >>> @register_rule(Scale, sample_ndim=1, registry=rules)
+    ... def _scale(module, w01, in_shape, out_shape):
+    ...     return w01.clone()
+    >>> connection_map(Scale(3), (3,), rules=rules)
+    tensor([1., 1., 1.], dtype=torch.float64)
+    """
+    types = _as_types(types)
+    target = _RULES if registry is None else registry
+    ndim_fn = sample_ndim if callable(sample_ndim) else (lambda _m, _n=int(sample_ndim): _n)
+
+    def decorator(fn: FanoutFn) -> FanoutFn:
+        for t in types:
+            if t in target:
+                raise RuntimeError(f"a synapse rule for {t.__name__} is already registered")
+        for t in types:
+            if counts:
+                target[t] = Rule(fanout=None, sample_ndim=ndim_fn, weight=weight, count=fn)
+            else:
+                target[t] = Rule(fanout=fn, sample_ndim=ndim_fn, weight=weight)
+        return fn
+
+    return decorator
+
+
+def register_no_synapse(types: Union[type, Iterable[type]], why: str = "") -> None:
+    """Declare module types that hold parameters but no synapses.
+
+    Norm layers (folded into the preceding weights on hardware), neuron layers
+    with learnable time constants or thresholds, and similar. The counter does
+    not warn about them.
+    """
+    for t in _as_types(types):
+        _NO_SYNAPSE[t] = why
+
+
+def find_rule(module: nn.Module, rules: Optional[Mapping[type, Rule]] = None) -> Optional[Rule]:
+    """The rule for ``module``: per-call ``rules`` first, then the global registry, by MRO."""
+    for cls in type(module).__mro__:
+        if rules is not None and cls in rules:
+            return rules[cls]
+        if cls in _RULES:
+            return _RULES[cls]
+    return None
+
+
+def has_no_synapse(module: nn.Module) -> bool:
+    """Whether ``module``'s type was declared synapse-free with :func:`register_no_synapse`."""
+    return any(cls in _NO_SYNAPSE for cls in type(module).__mro__)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@register_rule(nn.Linear, sample_ndim=1)
+def _linear_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
+    """Count synops for nn.Linear: each input feature drives its column's nonzero weights."""
+    return w01.sum(0)
+
+
+def _conv_ndim(module: nn.Module) -> int:
+    return len(module.kernel_size)
+
+
+def _conv_pads(module: nn.Module, n: int) -> Sequence[Tuple[int, int]]:
+    """(left, right) padding per spatial dim, with PyTorch's own 'same'/'valid' rule."""
+    padding = module.padding
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [(0, 0)] * n
+        if padding == "same":
+            pads = []
+            for d, k in zip(module.dilation, module.kernel_size):
+                total = d * (k - 1)
+                pads.append((total // 2, total - total // 2))
+            return pads
+        raise ValueError(f"unknown padding string {padding!r} on {type(module).__name__}")
+    return [(int(p), int(p)) for p in padding]
+
+
+def _fold_index(mode: str, padded: int, left: int, size: int, device: torch.device) -> Tensor:
+    """Index of the input neuron that each padded position copies (-1: a constant zero)."""
+    t = torch.arange(padded, device=device) - left
+    if mode == "zeros":
+        return torch.where((t >= 0) & (t < size), t, torch.full_like(t, -1))
+    if mode == "circular":
+        return torch.remainder(t, size)
+    if mode == "replicate":
+        return t.clamp(0, size - 1)
+    if mode == "reflect":
+        if size == 1:
+            return torch.zeros_like(t)
+        period = 2 * (size - 1)
+        t = torch.remainder(t, period)
+        return torch.where(t < size, t, period - t)
+    raise ValueError(f"unsupported padding_mode {mode!r}")
+
+
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@register_rule((nn.Conv1d, nn.Conv2d, nn.Conv3d), sample_ndim=lambda m: 1 + len(m.kernel_size))
+def _conv_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
+    """Count synops for nn.ConvNd: a transposed convolution of ones over the padded input,
+    with the padding folded back onto the neurons it copies (any padding_mode)."""
+    n = _conv_ndim(module)
+    spatial = in_shape[1:]
+    pads = _conv_pads(module, n)
+    padded = [s + l + r for s, (l, r) in zip(spatial, pads)]
+    outs, out_pad = [], []
+    for p, k, d, st in zip(padded, module.kernel_size, module.dilation, module.stride):
+        o = (p - d * (k - 1) - 1) // st + 1
+        if o <= 0:
+            raise ValueError(
+                f"{type(module).__name__} with kernel {tuple(module.kernel_size)} cannot be applied "
+                f"to an input of spatial shape {tuple(spatial)}"
+            )
+        outs.append(o)
+        out_pad.append(p - ((o - 1) * st + d * (k - 1) + 1))
+    if tuple(outs) != tuple(out_shape[1:]):
+        raise ValueError(
+            f"{type(module).__name__}: computed output shape {tuple(outs)} does not match the "
+            f"observed {tuple(out_shape[1:])}; this layer type needs its own synapse rule "
+            "(synopsloss.register_rule)"
+        )
+    ones = torch.ones((1, w01.shape[0], *outs), dtype=w01.dtype, device=w01.device)
+    m = _CONV_T[n](
+        ones, w01, stride=module.stride, padding=0, output_padding=tuple(out_pad),
+        groups=module.groups, dilation=module.dilation,
+    )[0]
+    mode = getattr(module, "padding_mode", "zeros")
+    for dim, (size, (left, _right)) in enumerate(zip(spatial, pads), start=1):
+        if left == 0 and m.shape[dim] == size:
+            continue
+        if mode == "zeros":
+            m = m.narrow(dim, left, size)
+            continue
+        idx = _fold_index(mode, m.shape[dim], left, size, m.device)
+        shape = list(m.shape)
+        shape[dim] = size
+        m = torch.zeros(shape, dtype=m.dtype, device=m.device).index_add_(dim, idx, m)
+    return m.contiguous()
+
+
+@register_rule(
+    (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
+    sample_ndim=lambda m: 1 + len(m.kernel_size),
+)
+def _conv_transpose_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
+    """Count synops for nn.ConvTransposeNd: its adjoint, a convolution of ones over the output."""
+    n = _conv_ndim(module)
+    ones = torch.ones((1, *out_shape), dtype=w01.dtype, device=w01.device)
+    m = _CONV[n](
+        ones, w01, stride=module.stride, padding=module.padding,
+        dilation=module.dilation, groups=module.groups,
+    )[0]
+    if tuple(m.shape) != tuple(in_shape):
+        raise ValueError(
+            f"{type(module).__name__}: fan-out map shape {tuple(m.shape)} does not match the "
+            f"input sample shape {tuple(in_shape)}"
+        )
+    return m.contiguous()
+
+
+# Parameter layers without synapses. Norm layers are folded into the preceding
+# weights on neuromorphic hardware; embeddings are look-ups, not synapses.
+register_no_synapse(
+    (
+        nn.modules.batchnorm._NormBase,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        nn.PReLU,
+    ),
+    "normalisation / activation parameters are not synapses",
+)
+
+
+# --------------------------------------------------------------------------- maps
+
+
+def _weight01(weight: Tensor, effective: bool) -> Tensor:
+    with torch.no_grad():
+        if effective:
+            return (weight.detach() != 0).to(torch.float32)
+        return torch.ones(weight.shape, dtype=torch.float32, device=weight.device)
+
+
+def _build_map(module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape, effective: bool) -> Tensor:
+    weight = getattr(module, rule.weight)
+    device = weight.device
+    # Fan-outs are small integers: build them in float32 with autocast off (a bf16
+    # transposed convolution is exact only up to 256) and keep them in float64.
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+        m = rule.fanout(module, _weight01(weight, effective), tuple(in_shape), tuple(out_shape))
+        if tuple(m.shape) != tuple(in_shape):
+            raise ValueError(
+                f"the synapse rule for {type(module).__name__} returned a map of shape "
+                f"{tuple(m.shape)} for an input sample of shape {tuple(in_shape)}"
+            )
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        return m.to(dtype)
+
+
+def _default_out_shape(module: nn.Module, rule: Rule, in_shape: Shape) -> Shape:
+    weight = getattr(module, rule.weight)
+    with torch.no_grad():
+        x = torch.zeros((1, *in_shape), dtype=weight.dtype, device=weight.device)
+        return tuple(module(x).shape[1:])
+
+
+def connection_map(
+    module: nn.Module,
+    in_sample_shape: Sequence[int],
+    *,
+    effective: bool = True,
+    out_sample_shape: Optional[Sequence[int]] = None,
+    rules: Optional[Mapping[type, Rule]] = None,
+) -> Tensor:
+    """The fan-out map of ``module`` for one input sample of shape ``in_sample_shape``.
+
+    Parameters
+    ----------
+    module
+        A layer with a registered rule (``Linear``, ``Conv1d/2d/3d``,
+        ``ConvTranspose1d/2d/3d`` or a custom one).
+    in_sample_shape
+        Shape of one input sample, without the batch dimension, e.g. ``(C, H, W)``.
+    effective
+        Count only nonzero weights (``True``) or every tap (``False``).
+    out_sample_shape
+        The layer's output sample shape; computed by running the layer once on
+        zeros if omitted.
+    rules
+        Extra rules looked up before the global registry.
+
+    Returns
+    -------
+    Tensor
+        float64 tensor of shape ``in_sample_shape``.
+
+    Example
+    -------
+    >>> import torch
+    >>> lin = torch.nn.Linear(3, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = lin.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
+    >>> connection_map(lin, (3,))
+    tensor([1., 0., 2.], dtype=torch.float64)
+    """
+    rule = find_rule(module, rules)
+    if rule is not None and rule.fanout is None:
+        raise TypeError(f"{type(module).__name__} is counted per call, it has no fan-out map")
+    if rule is None:
+        raise TypeError(f"no synapse rule for {type(module).__name__}; register one with synopsloss.register_rule")
+    in_shape = tuple(int(s) for s in in_sample_shape)
+    out_shape = tuple(out_sample_shape) if out_sample_shape is not None else _default_out_shape(module, rule, in_shape)
+    return _build_map(module, rule, in_shape, out_shape, effective)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@dataclass
+class LayerMaps:
+    """Cached maps of one layer for one input sample shape and device."""
+
+    effective: Tensor  # float64, flattened sample
+    dense: Tensor  # float64, flattened sample
+    dense_total: Tensor  # 0-dim float64: every tap of one sample
+    sample_shape: Shape
+
+
+def _weight_token(module: nn.Module, name: str) -> Optional[tuple]:
+    """A cheap, sync-free fingerprint that changes whenever the weight's values may have.
+
+    Uses the tensors' version counters (bumped by every in-place update, e.g.
+    an optimizer step) and storage pointers. Weights recomputed in a forward
+    pre-hook by ``torch.nn.utils.prune`` are fingerprinted through their
+    ``*_orig`` parameter and ``*_mask`` buffer. Returns ``None`` when no
+    fingerprint is possible (then the map is rebuilt on every call).
+    """
+    orig = module._parameters.get(name + "_orig")
+    mask = module._buffers.get(name + "_mask")
+    if orig is not None and mask is not None:
+        sources = (orig, mask)
+    else:
+        w = module._parameters.get(name)
+        if w is None:
+            w = module._buffers.get(name)
+        if w is None or w.is_inference():
+            return None
+        sources = (w,)
+    token = []
+    for t in sources:
+        if t.is_inference():
+            return None
+        token += [t.data_ptr(), t._version, tuple(t.shape)]
+    return tuple(token)
+
+
+class MapCache:
+    """Per-layer cache of connection maps, keyed by input sample shape and device.
+
+    Dense maps depend only on the shapes and are kept; effective maps are
+    rebuilt when the weight changes (see :func:`_weight_token`). Up to
+    ``max_shapes`` shapes are kept per layer (variable-length recordings or
+    image sizes just work).
+    """
+
+    def __init__(self, max_shapes: int = 16) -> None:
+        self.max_shapes = max_shapes
+        self._dense: "OrderedDict[tuple, Tuple[Tensor, Tensor]]" = OrderedDict()
+        self._eff: "OrderedDict[tuple, Tuple[Optional[tuple], Tensor]]" = OrderedDict()
+        self.builds = 0  # number of effective-map builds, for tests and diagnostics
+
+    def clear(self) -> None:
+        self._dense.clear()
+        self._eff.clear()
+
+    def _put(self, store: OrderedDict, key, value) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > self.max_shapes:
+            store.popitem(last=False)
+
+    def get(self, module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape) -> LayerMaps:
+        weight = getattr(module, rule.weight)
+        key = (in_shape, out_shape, weight.device, tuple(weight.shape))
+        dense = self._dense.get(key)
+        if dense is None:
+            dmap = _build_map(module, rule, in_shape, out_shape, effective=False).reshape(-1)
+            dense = (dmap, dmap.sum())
+            self._put(self._dense, key, dense)
+        token = _weight_token(module, rule.weight)
+        cached = self._eff.get(key)
+        if cached is None or token is None or cached[0] != token:
+            emap = _build_map(module, rule, in_shape, out_shape, effective=True).reshape(-1)
+            self.builds += 1
+            cached = (token, emap)
+            self._put(self._eff, key, cached)
+        return LayerMaps(effective=cached[1], dense=dense[0], dense_total=dense[1], sample_shape=in_shape)
+
+
+def prod(shape: Iterable[int]) -> int:
+    return math.prod(int(s) for s in shape)
