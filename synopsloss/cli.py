@@ -1,0 +1,38 @@
+"""The ``synopsloss`` command line: ``synopsloss demo`` and ``synopsloss report``.
+
+Each subcommand lives in its own module, which provides
+``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+#: subcommand -> (module, one-line help)
+COMMANDS = {
+    "demo": ("synopsloss.demo", "train a small spiking CNN on 8x8 digits without and with the synops loss"),
+    "report": ("synopsloss.reportcmd", "print the per-layer synops table of a model factory"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synopsloss", description="Count and train against synaptic operations.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
