@@ -1,0 +1,61 @@
+"""Independent references shared by the tests: brute force and live reference tools."""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, Sequence
+
+import torch
+from torch import nn
+
+
+def brute_force_map(layer: nn.Module, in_sample_shape: Sequence[int], effective: bool = True) -> torch.Tensor:
+    """Column sums of the Jacobian of ``layer`` with its nonzero weights set to one (dense: all
+    weights one) and no bias, in float64: each input neuron's number of weight taps."""
+    ref = copy.deepcopy(layer)
+    with torch.no_grad():
+        w = ref.weight
+        w.copy_((w != 0).to(w.dtype) if effective else torch.ones_like(w))
+        if getattr(ref, "bias", None) is not None:
+            ref.bias.zero_()
+    ref = ref.double()
+    x = torch.zeros(1, *in_sample_shape, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: ref(v).reshape(-1), x)
+    return jac.reshape(-1, *in_sample_shape).sum(0)
+
+
+def brute_force_counts(layer: nn.Module, x: torch.Tensor, samples: int) -> Dict[str, float]:
+    """dense / eff / synops of one call by explicit Jacobians (any layer, pruned or not)."""
+    sample_shape = x.shape[1:]
+    eff_map = brute_force_map(layer, sample_shape, True)
+    dense_map = brute_force_map(layer, sample_shape, False)
+    xd = x.detach().double()
+    spiking = bool(((xd == 0) | (xd.abs() == 1)).all())
+    eff = float(((xd != 0).double() * eff_map).sum())
+    return {
+        "dense": float(dense_map.sum()) * x.shape[0] / samples,
+        "eff_macs": 0.0 if spiking else eff / samples,
+        "eff_acs": eff / samples if spiking else 0.0,
+        "synops": float((xd * eff_map).sum()) / samples,
+    }
+
+
+def neurobench_synops(net: nn.Module, data: torch.Tensor, snntorch: bool) -> Dict[str, float]:
+    """NeuroBench's SynapticOperations on ``net`` for ``data``.
+
+    ``snntorch=True``: ``data`` is ``[B, T, ...]`` and the net is run through
+    NeuroBench's ``SNNTorchModel`` (one call per time step). Otherwise the net
+    is wrapped in ``TorchModel`` and called once on ``data``.
+    """
+    from neurobench.metrics.workload import SynapticOperations
+    from neurobench.models import SNNTorchModel, TorchModel
+
+    model = SNNTorchModel(net) if snntorch else TorchModel(net)
+    model.register_hooks()
+    try:
+        preds = model(data)
+        result = SynapticOperations()(model, preds, (data, None))
+    finally:
+        model.cleanup_hooks()
+    return {"dense": float(result["Dense"]), "eff_macs": float(result["Effective_MACs"]),
+            "eff_acs": float(result["Effective_ACs"])}
