@@ -76,6 +76,7 @@ class _LayerAcc:
     in_shape: Tuple[int, ...] = ()
     out_shape: Tuple[int, ...] = ()
     maps: Optional[LayerMaps] = None  # the maps of the last call (None for per-call rules)
+    data_fed: bool = False  # an input shared memory with a tensor the model itself was called with
 
 
 @dataclass
@@ -86,6 +87,7 @@ class _Batch:
     root_note: str = ""
     fold_batch: Optional[int] = None
     fold_layer: str = ""
+    inputs: Dict[int, Any] = field(default_factory=dict)  # storage ptr -> weakref of the model's tensor inputs
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:
@@ -164,11 +166,14 @@ class SynOpsCounter:
         self._layer_rules: Dict[str, Rule] = {}
         self._modules: Dict[str, nn.Module] = {}
         self._unsupported: List[str] = []
+        self._warned = ""
         self._enabled = True
         self._pool_tags: Dict[int, Tuple[Any, int, Tensor]] = {}
         self._batch = _Batch()
         self._totals: Dict[str, Dict[str, Tensor]] = {}
         self._total_samples = 0
+        self._data_fed_seen: Set[str] = set()
+        self._monitor: Optional[Any] = None  # NeuronMonitor: neurons, other layers, forward order
         self.attach()
 
     # ------------------------------------------------------------------ lifecycle
@@ -192,13 +197,25 @@ class SynOpsCounter:
         """Register the hooks (done by the constructor; a no-op when attached)."""
         if self.attached:
             return self
+        from .recurrent import register_snn_rules
+
+        register_snn_rules()
         neurons = integrations.neuron_types()
         passthrough = integrations.pass_through_types()
         self._layer_rules.clear()
         self._modules.clear()
         self._unsupported = []
         h = self._handles
-        h.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+        # Hooks are closures, not bound methods: ``copy.deepcopy`` of a hooked model shares a
+        # function but would deep-copy a bound method's counter (and its autograd graph).
+        # Each hook ignores calls of modules other than its own (deep copies, e.g. NeuroBench's).
+        model = self.model
+
+        def root_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if module is model:
+                self._root_pre_hook(module, args, kwargs)
+
+        h.append(self.model.register_forward_pre_hook(root_hook, with_kwargs=True))
         for name, module in self.model.named_modules():
             rule = find_rule(module, self._rules)
             if rule is not None:
@@ -211,7 +228,7 @@ class SynOpsCounter:
             if pool is not None:
                 h.append(module.register_forward_hook(self._make_pool_hook(*pool)))
             elif isinstance(module, passthrough):
-                h.append(module.register_forward_hook(self._pass_through_hook))
+                h.append(module.register_forward_hook(lambda m, a, o: self._pass_through_hook(m, a, o)))
             if integrations.is_time_folding(module):
                 h.append(module.register_forward_pre_hook(self._make_fold_hook(name)))
             own_params = any(True for _ in module.parameters(recurse=False))
@@ -227,13 +244,25 @@ class SynOpsCounter:
             if self.strict:
                 self.remove()
                 raise TypeError(msg)
-            warnings.warn(msg, UnsupportedLayerWarning, stacklevel=3)
+            if msg != self._warned:  # once per counter, not at every re-attach
+                warnings.warn(msg, UnsupportedLayerWarning, stacklevel=3)
+                self._warned = msg
         if not self._layer_rules:
             self.remove()
             raise ValueError(
                 f"{type(self.model).__name__} has no layer synopsloss can count (Linear, ConvNd, "
-                "ConvTransposeNd or a registered rule); nothing would be counted"
+                "ConvTransposeNd or a registered rule); nothing would be counted. Pass the model that "
+                "holds the synaptic layers, or register a rule for your layer type with "
+                "synopsloss.register_rule (custom_rules= for this counter only)"
             )
+        if self._monitor is None:
+            from .neurons import NeuronMonitor
+
+            self._monitor = NeuronMonitor(
+                self.model, samples_fn=self._samples, rules=self._rules, enabled_fn=lambda: self._enabled
+            )
+        else:
+            self._monitor.attach()
         return self
 
     def remove(self) -> None:
@@ -242,6 +271,8 @@ class SynOpsCounter:
             handle.remove()
         self._handles.clear()
         self._pool_tags.clear()
+        if self._monitor is not None:
+            self._monitor.remove()
 
     def __enter__(self) -> "SynOpsCounter":
         self.attach()
@@ -271,6 +302,7 @@ class SynOpsCounter:
         if accumulated:
             self._totals.clear()
             self._total_samples = 0
+            self._data_fed_seen.clear()
         elif self._batch.layers:
             samples = self._samples()
             for name, acc in self._batch.layers.items():
@@ -278,7 +310,11 @@ class SynOpsCounter:
                 for key in COUNT_KEYS:
                     value = getattr(acc, key).detach()
                     tot[key] = tot[key].to(value.device) + value if key in tot else value
+                if acc.data_fed:
+                    self._data_fed_seen.add(name)
             self._total_samples += samples
+        if self._monitor is not None:
+            self._monitor.reset(accumulated=accumulated, synaptic=self._batch.layers)
         self._batch = _Batch()
         self._pool_tags.clear()
 
@@ -290,9 +326,11 @@ class SynOpsCounter:
             return
         batch = self._batch
         batch.root_calls += 1
+        tensors = _tensor_inputs(args, kwargs)
+        # the storages of the model's own inputs: a layer reading one of them is fed by the data
+        batch.inputs = {t.untyped_storage().data_ptr(): weakref.ref(t) for t in tensors if t.device.type != "meta"}
         if self.batch_size is not None:
             return
-        tensors = _tensor_inputs(args, kwargs)
         if not tensors:
             batch.root_note = "the model was called without a tensor argument"
             return
@@ -328,19 +366,19 @@ class SynOpsCounter:
         return hook
 
     def _make_pool_hook(self, divisor_fn, n: int):
+        cache: Dict[tuple, Tensor] = {}
+
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if not self._enabled or not args or not isinstance(output, Tensor) or not isinstance(args[0], Tensor):
                 return
-            x = args[0]
-            in_sample = tuple(x.shape[-(n + 1):])
+            in_sample = tuple(args[0].shape[-(n + 1):])
             out_sample = tuple(output.shape[-(n + 1):])
-            div = divisor_fn(module, in_sample, out_sample).to(device=output.device, dtype=torch.float32)
-            div = div.expand(out_sample).reshape(-1)
-            with torch.no_grad():
-                # only spike counts (integer values) are turned back into events
-                integer = torch.all(x == torch.round(x))
-                scale = torch.where(integer, div, torch.ones_like(div))
-            self._tag(output, scale)
+            key = (in_sample, out_sample, output.device)
+            div = cache.get(key)
+            if div is None:
+                div = divisor_fn(module, in_sample, out_sample).to(device=output.device, dtype=torch.float32)
+                div = cache[key] = div.expand(out_sample).reshape(-1).contiguous()
+            self._tag(output, div)
 
         return hook
 
@@ -369,7 +407,7 @@ class SynOpsCounter:
         maps = self._maps[name]
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            if not self._enabled:
+            if not self._enabled or module is not self._modules.get(name):
                 return
             tensors = _tensor_inputs(args, kwargs)
             if len(tensors) != 1 and rule.count is None:
@@ -378,7 +416,7 @@ class SynOpsCounter:
                     "inputs; it can count layers called with exactly one input tensor. Register a custom rule "
                     "for this layer type, or exclude it by wrapping the call in counter.paused()."
                 )
-            if not isinstance(output, Tensor):
+            if not isinstance(output, Tensor) and rule.count is None:
                 raise ValueError(f"synopsloss: layer {name!r} returned {type(output).__name__}, not a tensor")
             if rule.count is not None:
                 self._accumulate(name, rule.count(module, args, kwargs, output), None)
@@ -407,25 +445,52 @@ class SynOpsCounter:
         if n_el == 0 or x.numel() == 0:
             return
         rows = x.numel() // n_el
-        lm = maps.get(module, rule, in_shape, out_shape)
+        weight = getattr(module, rule.weight, None)
+        if isinstance(weight, Tensor) and weight.device != x.device:
+            raise ValueError(
+                f"synopsloss: layer {name!r} received its input on {x.device} but its weight is on "
+                f"{weight.device}; move the input and the model to the same device"
+            )
+        try:
+            lm = maps.get(module, rule, in_shape, out_shape)
+        except ValueError as err:
+            raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
         if lm.effective.device != x.device:
             raise ValueError(
                 f"synopsloss: layer {name!r} received its input on {x.device} but its weight is on "
                 f"{lm.effective.device}; move the input and the model to the same device"
             )
         flat = x.reshape(rows, n_el)
-        scale = self._find_tag(x)
-        spikes = flat if scale is None else (x.reshape(-1, scale.numel()) * scale).reshape(rows, n_el)
         dtype = lm.effective.dtype
-        per_neuron = spikes.sum(0)
+        scale = self._find_tag(x)
+        if scale is None:
+            per_neuron = flat.sum(0)
+        else:
+            # Spike counts averaged by a pool are turned back into events (value x divisor),
+            # when the events are integers (spike counts); real-valued activations are left as they are.
+            if scale.numel() == n_el:
+                with torch.no_grad():
+                    frac = torch.aminmax(torch.frac(flat.detach() * scale))
+                    factor = torch.where((frac.min == 0) & (frac.max == 0), scale, torch.ones_like(scale))
+                per_neuron = flat.sum(0) * factor
+            else:
+                events = (x.reshape(-1, scale.numel()) * scale).reshape(rows, n_el)
+                with torch.no_grad():
+                    frac = torch.aminmax(torch.frac(events.detach()))
+                    integer = (frac.min == 0) & (frac.max == 0)
+                per_neuron = torch.where(integer, events.sum(0), flat.sum(0))
         synops = torch.dot(per_neuron.to(dtype), lm.effective)
         with torch.no_grad():
-            nonzero = (flat != 0).sum(0).to(dtype)
+            # float arithmetic only (bool reductions are several times slower):
+            # nonzeros per neuron = sum |sign(x)|; spiking <=> sign(x) - x == 0 everywhere
+            sign = flat.detach().sign()
+            nonzero = sign.abs().sum(0).to(dtype)
+            dev = torch.aminmax(sign.sub_(flat.detach()))
             counts = OpCounts(
                 synops=synops,
                 dense=rows * lm.dense_total,
                 effective=torch.dot(nonzero, lm.effective),
-                spiking=torch.all((flat == 0) | (flat.abs() == 1)),
+                spiking=(dev.min == 0) & (dev.max == 0),
                 rows=rows,
                 in_shape=in_shape,
                 out_shape=out_shape,
@@ -434,6 +499,10 @@ class SynOpsCounter:
                 in_neurons=n_el,
             )
         self._accumulate(name, counts, lm)
+        if self._batch.inputs and x.device.type != "meta":
+            ref = self._batch.inputs.get(x.untyped_storage().data_ptr())
+            if ref is not None and ref() is not None:
+                self._batch.layers[name].data_fed = True
 
     def _accumulate(self, name: str, c: OpCounts, lm: Optional[LayerMaps]) -> None:
         device = c.synops.device
@@ -504,6 +573,31 @@ class SynOpsCounter:
         seen = [n for n in self._batch.layers]
         return seen + [n for n in names if n not in self._batch.layers]
 
+    def data_fed_layers(self) -> List[str]:
+        """Counted layers fed directly by the data, in forward order.
+
+        A layer is *data-fed* when a tensor it was called with shares memory
+        with a tensor the model itself was called with (the input, a time step
+        ``x[t]`` of it or a view). Its synops are the data's spikes times the
+        layer's fan-out: training can lower them only by zeroing weights, so
+        :class:`synopsloss.SynOpsLoss` leaves them out by default. Reported
+        for the current batch and every batch since ``reset(accumulated=True)``.
+        Inputs that the model transforms before the first layer (``x.float()``,
+        encoding inside ``forward``) are not recognised: name the layers
+        explicitly then.
+
+        Example
+        -------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> counter = sl.SynOpsCounter(net)
+        >>> _ = net(torch.ones(1, 3))
+        >>> counter.data_fed_layers()
+        ['0']
+        """
+        fed = {n for n, acc in self._batch.layers.items() if acc.data_fed} | self._data_fed_seen
+        return [n for n in self._ordered(self.layer_names) if n in fed]
+
     def synops_per_layer(self) -> Dict[str, Tensor]:
         """Differentiable synops per sample of each counted layer (0-dim tensors), in forward order.
 
@@ -559,6 +653,25 @@ class SynOpsCounter:
             ``reset(accumulated=True)``), divided by all their samples, like
             NeuroBench's accumulated metrics.
         """
+        names, table, samples = self.sums(accumulated=accumulated)
+        return self.counts_from_sums(names, table, samples)
+
+    def sums(self, accumulated: bool = False) -> Tuple[List[str], Tensor, int]:
+        """Raw (not per-sample) counts, for reductions across processes.
+
+        Returns
+        -------
+        names
+            Every counted layer, in forward order (then definition order).
+        table
+            float64 CPU tensor ``[len(names), len(COUNT_KEYS)]`` of sums over all
+            calls (zeros for layers not called).
+        samples
+            The number of samples those sums cover.
+
+        Under DDP, all-reduce ``table`` and ``samples`` (sum) on every rank and
+        pass them to :meth:`counts_from_sums` (the Lightning callback does).
+        """
         names = self._ordered(self.layer_names)
         sums: Dict[str, Dict[str, Tensor]] = {}
         samples = 0
@@ -576,17 +689,20 @@ class SynOpsCounter:
                     cur[k] = cur[k] + tot[k].to(cur[k].device) if k in cur else tot[k]
             if samples == 0:
                 raise RuntimeError("counter.counts(accumulated=True) was called before any forward pass")
+        zero = torch.zeros((), dtype=torch.float64)
+        table = torch.stack([
+            torch.stack([sums[n][k].to("cpu", torch.float64) if n in sums else zero for k in COUNT_KEYS])
+            for n in names
+        ])
+        return names, table, samples
+
+    def counts_from_sums(self, names: List[str], table: Tensor, samples: int) -> Dict[str, Dict[str, float]]:
+        """Per-sample counts from :meth:`sums` (possibly reduced across processes)."""
         result: Dict[str, Dict[str, float]] = {}
-        present = [n for n in names if n in sums]
-        if present:
-            stacked = torch.stack([torch.stack([sums[n][k].to("cpu", torch.float64) for k in COUNT_KEYS]) for n in present])
-            values = stacked.tolist()
-            for name, row in zip(present, values):
-                if not all(math.isfinite(v) for v in row):
-                    self._raise_nonfinite_counts(name)
-                result[name] = {k: v / samples for k, v in zip(COUNT_KEYS, row)}
-        for name in names:
-            result.setdefault(name, {k: 0.0 for k in COUNT_KEYS})
+        for name, row in zip(names, table.tolist()):
+            if not all(math.isfinite(v) for v in row):
+                self._raise_nonfinite_counts(name)
+            result[name] = {k: (v / samples if samples else 0.0) for k, v in zip(COUNT_KEYS, row)}
         return result
 
     def _raise_nonfinite_counts(self, name: str) -> None:
