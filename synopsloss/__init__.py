@@ -7,10 +7,20 @@ SynOpsCounter
     effective MAC / effective AC operations, per sample.
 connection_map, register_rule, register_no_synapse, Rule
     Fan-out maps and the registry of layer rules.
+SynOpsTable (counter.table()), NeuronMonitor, energy presets
+    Per-layer table with neuron statistics and energy estimates.
+SynOpsLoss, schedules
+    The loss term to train against synops, and target / weight schedules.
 """
 
 from .counter import COUNT_KEYS, SynOpsCounter, UnsupportedLayerWarning
 from .maps import Rule, connection_map, register_no_synapse, register_rule
+from . import recurrent  # registers the nn.RNN/LSTM/GRU and *Cell rules
+from .energy import DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device
+from .neurons import NeuronMonitor
+from .report import LayerRow, SynOpsTable
+from . import schedules
+from .loss import SynOpsLoss, UnreachableTargetWarning
 
 __version__ = "0.1.0"
 
@@ -22,5 +32,16 @@ __all__ = [
     "register_rule",
     "register_no_synapse",
     "Rule",
+    "NeuronMonitor",
+    "SynOpsTable",
+    "LayerRow",
+    "EnergyModel",
+    "OpEnergy",
+    "DeviceEnergy",
+    "Lemaire2022",
+    "register_device",
+    "SynOpsLoss",
+    "UnreachableTargetWarning",
+    "schedules",
     "__version__",
 ]

@@ -24,13 +24,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module, _import_error=None)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ImportError as err:  # one broken subcommand must not take the others down
+            p.set_defaults(_import_error=err)
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args._import_error is not None:
+        print(
+            f"synopsloss {args.command}: cannot import {args._module} ({args._import_error}). "
+            "Install the extras it needs, e.g. pip install 'synopsloss[demo]'.",
+            file=sys.stderr,
+        )
+        return 2
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

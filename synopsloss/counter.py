@@ -53,6 +53,8 @@ __all__ = ["SynOpsCounter", "UnsupportedLayerWarning", "COUNT_KEYS"]
 
 #: The keys of each layer's entry in :meth:`SynOpsCounter.counts`.
 COUNT_KEYS = ("dense", "eff_macs", "eff_acs", "synops")
+#: How far avg-pooled spike counts times the pool's divisor may lie from an integer (float rounding).
+_EVENT_TOL = 1e-3
 
 
 class UnsupportedLayerWarning(UserWarning):
@@ -383,7 +385,11 @@ class SynOpsCounter:
         return hook
 
     def _tag(self, t: Tensor, scale: Tensor) -> None:
-        self._pool_tags[t.data_ptr()] = (weakref.ref(t), t.numel(), scale)
+        # Watch the tensor that owns the memory: a view (``y.view(...)``, ``flatten``) keeps its
+        # base alive, not the tensor it was taken from, and a pool's output can itself be a view
+        # (avg_pool1d squeezes a 2-d result), which may be freed while the data is still read.
+        owner = t._base if t._base is not None else t
+        self._pool_tags[t.data_ptr()] = (weakref.ref(owner), t.numel(), scale)
 
     def _find_tag(self, t: Tensor) -> Optional[Tensor]:
         if not self._pool_tags:
@@ -463,28 +469,35 @@ class SynOpsCounter:
         flat = x.reshape(rows, n_el)
         dtype = lm.effective.dtype
         scale = self._find_tag(x)
+        # half-precision inputs (autocast) are summed over rows in the map's dtype: a bf16 sum
+        # rounds above 256 and a float16 one overflows above 65504
+        red = dtype if flat.element_size() < 4 else None
         if scale is None:
-            per_neuron = flat.sum(0)
+            per_neuron = flat.sum(0, dtype=red)
         else:
             # Spike counts averaged by a pool are turned back into events (value x divisor),
             # when the events are integers (spike counts); real-valued activations are left as they are.
+            # Integers up to float rounding: an average over 9 times 9 need not be exact (3/9*9).
             if scale.numel() == n_el:
                 with torch.no_grad():
-                    frac = torch.aminmax(torch.frac(flat.detach() * scale))
-                    factor = torch.where((frac.min == 0) & (frac.max == 0), scale, torch.ones_like(scale))
-                per_neuron = flat.sum(0) * factor
+                    ev = flat.detach() * scale
+                    dev = torch.aminmax(ev.sub_(ev.round()))
+                    integer = (dev.min >= -_EVENT_TOL) & (dev.max <= _EVENT_TOL)
+                    factor = torch.where(integer, scale, torch.ones_like(scale))
+                per_neuron = flat.sum(0, dtype=red) * factor
             else:
                 events = (x.reshape(-1, scale.numel()) * scale).reshape(rows, n_el)
                 with torch.no_grad():
-                    frac = torch.aminmax(torch.frac(events.detach()))
-                    integer = (frac.min == 0) & (frac.max == 0)
-                per_neuron = torch.where(integer, events.sum(0), flat.sum(0))
+                    ev = events.detach()
+                    dev = torch.aminmax(ev - ev.round())
+                    integer = (dev.min >= -_EVENT_TOL) & (dev.max <= _EVENT_TOL)
+                per_neuron = torch.where(integer, events.sum(0, dtype=red), flat.sum(0, dtype=red))
         synops = torch.dot(per_neuron.to(dtype), lm.effective)
         with torch.no_grad():
             # float arithmetic only (bool reductions are several times slower):
             # nonzeros per neuron = sum |sign(x)|; spiking <=> sign(x) - x == 0 everywhere
             sign = flat.detach().sign()
-            nonzero = sign.abs().sum(0).to(dtype)
+            nonzero = sign.abs().sum(0, dtype=red).to(dtype)
             dev = torch.aminmax(sign.sub_(flat.detach()))
             counts = OpCounts(
                 synops=synops,
@@ -715,6 +728,42 @@ class SynOpsCounter:
         """The :meth:`counts` summed over layers."""
         per_layer = self.counts(accumulated=accumulated)
         return {k: sum(row[k] for row in per_layer.values()) for k in COUNT_KEYS}
+
+    def table(self, dt: Optional[float] = None, energy: Any = "horowitz45nm", accumulated: bool = False):
+        """The per-layer statistics table (:class:`synopsloss.report.SynOpsTable`).
+
+        One row per layer that ran, in forward order (synaptic layers, neuron
+        layers, and the layers without synapses between them), plus a total.
+
+        Parameters
+        ----------
+        dt
+            Seconds per time step, for the synops-per-second column.
+        energy
+            An energy preset name (see :mod:`synopsloss.energy`), an
+            ``EnergyModel``, ``{"e_ac": J, "e_mac": J}``, or ``None`` for no
+            energy column.
+        accumulated
+            ``True``: every batch since ``reset(accumulated=True)`` (each
+            ``reset()`` folds a batch in), like ``counts(accumulated=True)``.
+
+        Example
+        -------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False))
+        >>> counter = sl.SynOpsCounter(net)
+        >>> _ = net(torch.ones(1, 2))
+        >>> counter.table(energy="horowitz45nm").total.energy
+        3.6e-12
+        """
+        from .report import build_table
+
+        return build_table(self, dt=dt, energy=energy, accumulated=accumulated)
+
+    @property
+    def neurons(self):
+        """The :class:`synopsloss.neurons.NeuronMonitor` that tracks the model's neuron and other layers."""
+        return self._monitor
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "removed"

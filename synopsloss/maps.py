@@ -329,6 +329,11 @@ def _conv_transpose_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_
         ones, w01, stride=module.stride, padding=module.padding,
         dilation=module.dilation, groups=module.groups,
     )[0]
+    # output_padding (or output_size) can exceed the stride when dilation > stride: the
+    # convolution then yields trailing positions for inputs that do not exist; drop them.
+    for dim, size in enumerate(in_shape[1:], start=1):
+        if m.dim() == len(in_shape) and m.shape[dim] > size:
+            m = m.narrow(dim, 0, size)
     if tuple(m.shape) != tuple(in_shape):
         raise ValueError(
             f"{type(module).__name__}: fan-out map shape {tuple(m.shape)} does not match the "

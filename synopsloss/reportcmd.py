@@ -1,0 +1,227 @@
+"""``synopsloss report``: the per-layer synops table of a user's model factory.
+
+::
+
+    synopsloss report PACKAGE.MODULE:FACTORY --input-shape C,H,W --timesteps T \\
+        [--batch N] [--batches K] [--rate R | --input FILE] [--feed auto|steps|sequence] \\
+        [--dt SECONDS] [--energy PRESET] [--format text|markdown|csv] [--plot out.png]
+
+``FACTORY`` is called without arguments and must return an ``nn.Module`` (or
+be one). Inputs are Poisson spikes (Bernoulli with probability ``--rate`` per
+neuron and time step, seeded) or a tensor saved with ``torch.save`` shaped
+``[samples, T, *input_shape]``. Models are fed per time step (``steps``:
+``model(x[:, t])`` after resetting snntorch / sinabs state, the snntorch style)
+or whole sequences (``sequence``: ``model(x)`` with ``x`` shaped ``[B, T, ...]``,
+the sinabs style); ``auto`` picks ``sequence`` when the model holds sinabs
+layers. Counts are accumulated over all batches (per sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional, Sequence
+
+__all__ = ["add_arguments", "run"]
+
+
+def _shape(text: str) -> List[int]:
+    try:
+        dims = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape must be positive integers like 1,28,28, got {text!r}")
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"--input-shape must be positive integers like 1,28,28, got {text!r}")
+    return dims
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rate must be a probability in [0, 1], got {text!r}")
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"--rate must be a probability in [0, 1], got {text!r}")
+    return v
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``report`` arguments to ``parser``."""
+    parser.add_argument("target", metavar="PACKAGE.MODULE:FACTORY",
+                        help="import path of a function returning the model (or of the model itself)")
+    parser.add_argument("--input-shape", type=_shape, default=None,
+                        help="shape of one sample at one time step, e.g. 2,34,34 (not needed with --input)")
+    parser.add_argument("--timesteps", type=_positive, default=1, help="time steps per sample (default 1)")
+    parser.add_argument("--batch", type=_positive, default=1, help="samples per batch (default 1)")
+    parser.add_argument("--batches", type=_positive, default=1, help="number of Poisson batches (default 1)")
+    parser.add_argument("--rate", type=_rate, default=0.1, help="Poisson spike probability per neuron and step (default 0.1)")
+    parser.add_argument("--input", metavar="FILE", default=None,
+                        help="a torch.save'd tensor [samples, T, *input_shape] to use instead of Poisson spikes")
+    parser.add_argument("--feed", choices=("auto", "steps", "sequence"), default="auto",
+                        help="call the model per time step or with the whole [B, T, ...] sequence (default auto)")
+    parser.add_argument("--dt", type=float, default=None, help="seconds per time step (adds synops per second)")
+    parser.add_argument("--energy", default="horowitz45nm",
+                        help="energy preset: horowitz45nm, lemaire2022, cpu, gpu, arm, loihi, spinnaker, spinnaker2, none")
+    parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text", help="output format")
+    parser.add_argument("--plot", metavar="OUT.png", default=None, help="save bar charts of synops and firing rates")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the Poisson input (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+class _Error(Exception):
+    pass
+
+
+def _load(target: str):
+    import torch
+
+    if target.count(":") != 1:
+        raise _Error(f"the model must be given as PACKAGE.MODULE:FACTORY (one colon), got {target!r}")
+    mod_name, attr = target.split(":")
+    if not mod_name or not attr:
+        raise _Error(f"the model must be given as PACKAGE.MODULE:FACTORY, got {target!r}")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as err:
+        raise _Error(f"cannot import module {mod_name!r}: {err}. Is its package on PYTHONPATH "
+                     "(or installed), and is the name spelled with dots, not slashes?") from err
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = sorted(n for n in dir(module) if not n.startswith("_"))
+            raise _Error(f"module {mod_name!r} has no attribute {attr!r}; it defines: {', '.join(names[:20])}")
+        obj = getattr(obj, part)
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if not callable(obj):
+        raise _Error(f"{target!r} is a {type(obj).__name__}, neither an nn.Module nor a factory function")
+    try:
+        model = obj()
+    except Exception as err:
+        raise _Error(f"calling the factory {target!r}() failed: {type(err).__name__}: {err}") from err
+    if not isinstance(model, torch.nn.Module):
+        raise _Error(f"the factory {target!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _has_sinabs(model) -> bool:
+    layers = sys.modules.get("sinabs.layers")
+    st = getattr(layers, "StatefulLayer", None) if layers is not None else None
+    return st is not None and any(isinstance(m, st) for m in model.modules())
+
+
+def _reset_state(model) -> None:
+    """Reset snntorch hidden states and sinabs neuron states before a new batch."""
+    snntorch = sys.modules.get("snntorch")
+    if snntorch is not None and any(isinstance(m, snntorch.SpikingNeuron) for m in model.modules()):
+        from snntorch import utils
+
+        utils.reset(model)
+    layers = sys.modules.get("sinabs.layers")
+    st = getattr(layers, "StatefulLayer", None) if layers is not None else None
+    if st is not None:
+        for m in model.modules():
+            if isinstance(m, st):
+                m.reset_states()
+
+
+def _batches(args, torch):
+    if args.input is not None:
+        try:
+            data = torch.load(args.input, map_location="cpu", weights_only=True)
+        except FileNotFoundError as err:
+            raise _Error(f"--input file {args.input!r} does not exist") from err
+        except Exception as err:
+            raise _Error(f"cannot read --input {args.input!r} with torch.load: {err}") from err
+        if not isinstance(data, torch.Tensor) or data.dim() < 3:
+            raise _Error(f"--input must hold one tensor shaped [samples, T, *input_shape], got "
+                         f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
+        if args.input_shape is not None and list(data.shape[2:]) != list(args.input_shape):
+            raise _Error(f"--input holds samples of shape {list(data.shape[2:])} but --input-shape is {args.input_shape}")
+        data = data.float()
+        return [data[i:i + args.batch] for i in range(0, data.shape[0], args.batch)]
+    if args.input_shape is None:
+        raise _Error("give --input-shape (one sample at one time step, e.g. 1,28,28) or --input FILE")
+    gen = torch.Generator().manual_seed(args.seed)
+    shape = (args.batch, args.timesteps, *args.input_shape)
+    return [(torch.rand(shape, generator=gen) < args.rate).float() for _ in range(args.batches)]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``synopsloss report``; returns the exit status (2 on a usage error)."""
+    try:
+        return _run(args)
+    except _Error as err:
+        print(f"synopsloss report: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .counter import SynOpsCounter
+
+    model = _load(args.target)
+    model.eval()
+    batches = _batches(args, torch)
+    feed = args.feed
+    if feed == "auto":
+        feed = "sequence" if _has_sinabs(model) else "steps"
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            counter = SynOpsCounter(model)
+        except ValueError as err:
+            raise _Error(f"nothing to count in {args.target}: {err}") from err
+    for w in caught:
+        print(f"synopsloss report: warning: {w.message}", file=sys.stderr)
+    counter.reset(accumulated=True)
+    progress = tqdm(batches, desc="batches", unit="batch", disable=args.no_progress or len(batches) < 2, file=sys.stderr)
+    with torch.no_grad():
+        for x in progress:
+            counter.reset()
+            _reset_state(model)
+            try:
+                if feed == "sequence":
+                    model(x)
+                else:
+                    for t in range(x.shape[1]):
+                        model(x[:, t])
+            except Exception as err:
+                shape = list(x.shape) if feed == "sequence" else list(x[:, 0].shape)
+                raise _Error(f"the model failed on an input of shape {shape} ({feed} feed): "
+                             f"{type(err).__name__}: {err}. Check --input-shape (one sample at one time step, "
+                             "without batch and time) and --feed.") from err
+            if not counter._batch.layers:
+                raise _Error(f"no synaptic layer of {type(model).__name__} ran on the input: nothing was counted")
+    counter.reset()
+    energy = None if args.energy.lower() == "none" else args.energy
+    try:
+        table = counter.table(dt=args.dt, energy=energy, accumulated=True)
+    except ValueError as err:
+        raise _Error(str(err)) from err
+    counter.remove()
+    if args.format == "markdown":
+        sys.stdout.write(table.to_markdown())
+    elif args.format == "csv":
+        sys.stdout.write(table.to_csv())
+    else:
+        print(table)
+    if args.plot:
+        table.plot(args.plot)
+        print(f"plot saved to {args.plot}", file=sys.stderr)
+    return 0

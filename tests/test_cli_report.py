@@ -1,0 +1,118 @@
+"""``synopsloss report`` end to end, through a subprocess, with a model factory on PYTHONPATH."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+FACTORIES = textwrap.dedent(
+    """
+    import torch
+    import snntorch as snn
+
+    def snn_net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(18, 6), snn.Leaky(beta=0.9, init_hidden=True),
+            torch.nn.Linear(6, 3), snn.Leaky(beta=0.9, init_hidden=True))
+
+    def sinabs_net():
+        import sinabs.layers as sl
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(2), torch.nn.Linear(18, 6), sl.IAF(), torch.nn.Linear(6, 3))
+
+    def only_relu():
+        return torch.nn.Sequential(torch.nn.ReLU())
+
+    not_a_model = 3
+    """
+)
+
+
+@pytest.fixture()
+def env(tmp_path):
+    (tmp_path / "userpkg").mkdir()
+    (tmp_path / "userpkg" / "__init__.py").write_text("")
+    (tmp_path / "userpkg" / "models.py").write_text(FACTORIES)
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(tmp_path) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def _report(env, *args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "synopsloss", "report", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _first_layer_synops(x: torch.Tensor) -> float:
+    """Synops of Linear(18, 6) fed the data: input value x its 6 (nonzero) weights, per sample."""
+    import userpkg.models as models  # noqa: F401 (imported by the caller's sys.path)
+
+    net = models.snn_net()
+    fan = (net[1].weight != 0).sum(0).double()
+    return float((x.reshape(x.shape[0], x.shape[1], 18).double() * fan).sum() / x.shape[0])
+
+
+def test_report_counts_poisson_spikes_over_several_batches(env, tmp_path, monkeypatch):
+    res = _report(env, "userpkg.models:snn_net", "--input-shape", "2,3,3", "--timesteps", "4", "--batch", "3",
+                  "--batches", "2", "--rate", "0.25", "--seed", "7", "--format", "csv", "--energy", "loihi")
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    # the same Poisson batches, drawn independently here
+    gen = torch.Generator().manual_seed(7)
+    xs = torch.cat([(torch.rand((3, 4, 2, 3, 3), generator=gen) < 0.25).float() for _ in range(2)])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert float(rows["1"]["synops"]) == pytest.approx(_first_layer_synops(xs))
+    assert float(rows["1"]["in_rate"]) == pytest.approx(xs.mean().item())
+    assert float(rows["1"]["time_steps"]) == 4
+    assert rows["1"]["data_fed"] == "True"
+    assert [rows[n]["kind"] for n in ("0", "1", "2", "3", "4")] == ["reshape", "synaptic", "neuron", "synaptic", "neuron"]
+    assert float(rows["2"]["membrane_updates_dense"]) == 4 * 6
+    assert float(rows["Total"]["synops"]) == pytest.approx(float(rows["1"]["synops"]) + float(rows["3"]["synops"]))
+    assert "batches" in res.stderr  # the progress bar
+
+
+def test_report_text_markdown_and_plot(env, tmp_path):
+    out = tmp_path / "plot.png"
+    res = _report(env, "userpkg.models:sinabs_net", "--input-shape", "2,3,3", "--timesteps", "5",
+                  "--batch", "2", "--plot", str(out), "--dt", "0.001")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].startswith("Layer") and "Synops/s" in res.stdout
+    assert "IAF" in res.stdout and "neuron" in res.stdout
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    md = _report(env, "userpkg.models:sinabs_net", "--input-shape", "2,3,3", "--timesteps", "5", "--format", "markdown")
+    assert md.returncode == 0 and md.stdout.startswith("| Layer |")
+
+
+def test_report_reads_a_saved_input_tensor(env, tmp_path, monkeypatch):
+    x = (torch.rand(4, 3, 2, 3, 3) < 0.5).float()
+    path = tmp_path / "x.pt"
+    torch.save(x, path)
+    res = _report(env, "userpkg.models:snn_net", "--input", str(path), "--batch", "2", "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert float(rows["1"]["synops"]) == pytest.approx(_first_layer_synops(x))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nosuchpkg.models:snn_net", "--input-shape", "2,3,3"], "cannot import module 'nosuchpkg.models'"),
+    (["userpkg.models.snn_net", "--input-shape", "2,3,3"], "PACKAGE.MODULE:FACTORY"),
+    (["userpkg.models:missing", "--input-shape", "2,3,3"], "has no attribute 'missing'"),
+    (["userpkg.models:not_a_model", "--input-shape", "2,3,3"], "neither an nn.Module nor a factory"),
+    (["userpkg.models:snn_net", "--input-shape", "5,5"], "failed on an input of shape [1, 5, 5]"),
+    (["userpkg.models:only_relu", "--input-shape", "4"], "nothing to count"),
+    (["userpkg.models:snn_net", "--input-shape", "2,-3"], "--input-shape must be positive integers"),
+])
+def test_report_errors_say_what_is_wrong(env, args, message):
+    res = _report(env, *args)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr

@@ -1,0 +1,112 @@
+"""Energy presets: each computed by hand from the counted operations and the cited constants."""
+
+from __future__ import annotations
+
+import pytest
+import snntorch as snn
+import torch
+from snntorch import utils as snn_utils
+from torch import nn
+
+import synopsloss as sl
+from synopsloss.energy import ENERGY_PRESETS, Lemaire2022, get_energy_model, register_device
+
+PJ = 1e-12
+
+
+def _mixed_net():
+    """An analog first layer (MACs) and a spiking second one (ACs)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6, bias=False), snn.Leaky(beta=0.5, init_hidden=True),
+                        nn.Linear(6, 3, bias=False), snn.Leaky(beta=0.5, init_hidden=True))
+    with torch.no_grad():
+        net[0].weight.abs_().add_(0.5)  # positive drive, so the first neurons spike
+        net[2].weight[0, 0] = 0
+    return net
+
+
+def _run(energy):
+    net = _mixed_net()
+    counter = sl.SynOpsCounter(net)
+    x = torch.rand(2, 5, 4) + 0.5
+    spikes = []
+    h = net[1].register_forward_hook(lambda m, a, o: spikes.append(o.detach()))
+    snn_utils.reset(net)
+    for t in range(5):
+        net(x[:, t])
+    h.remove()
+    return net, x, torch.stack(spikes), counter.table(energy=energy)
+
+
+def test_horowitz_preset_prices_macs_and_acs_at_45nm():
+    net, x, s1, table = _run("horowitz45nm")
+    macs = 5 * 4 * 6  # every analog input reaches 6 nonzero weights, per sample and step
+    acs = float((s1.double() * (net[2].weight != 0).sum(0)).sum() / 2)
+    assert table["0"].eff_macs == pytest.approx(macs) and table["2"].eff_acs == pytest.approx(acs)
+    assert table["0"].energy == pytest.approx(macs * 4.6 * PJ)
+    assert table["2"].energy == pytest.approx(acs * 0.9 * PJ)
+    assert table.total.energy == pytest.approx(macs * 4.6 * PJ + acs * 0.9 * PJ)
+    assert table["1"].energy is None  # neuron updates are not priced by this preset
+
+
+@pytest.mark.parametrize("device,e_syn,e_neuron,spiking", [
+    ("cpu", 8.6e-9, 8.6e-9, False), ("gpu", 0.3e-9, 0.3e-9, False), ("arm", 0.9e-9, 0.9e-9, False),
+    ("loihi", 27.1e-12, 81e-12, True), ("spinnaker", 13.3e-9, 26e-9, True), ("spinnaker2", 450e-12, 2.19e-9, True),
+])
+def test_kerasspiking_device_profiles(device, e_syn, e_neuron, spiking):
+    net, x, s1, table = _run(device)
+    synops0 = float((x.double() * 6).sum() / 2)  # input value x fan-out 6
+    synops2 = float((s1.double() * (net[2].weight != 0).sum(0)).sum() / 2)
+    dense = 5 * (4 * 6 + 6 * 3)
+    neuron_updates = 5 * (6 + 3)
+    syn = (synops0 + synops2) if spiking else dense
+    assert table.total.energy == pytest.approx(syn * e_syn + neuron_updates * e_neuron)
+    assert table["3"].energy == pytest.approx(5 * 3 * e_neuron)
+    assert ENERGY_PRESETS[device].source
+
+
+def test_lemaire_model_terms():
+    net, x, s1, table = _run("lemaire2022")
+    e_add, e_mul = 0.1 * PJ, 3.1 * PJ
+    mem = lambda words: (1.09e-5 * words * 32 + 13.2) * PJ  # noqa: E731
+    acs = float((s1.double() * (net[2].weight != 0).sum(0)).sum() / 2)
+    events = float((s1 != 0).double().sum() / 2)
+    p = table["2"].energy_parts
+    assert p["ops"] == pytest.approx(acs * e_add)
+    assert p["addressing"] == pytest.approx(acs * e_add)
+    assert p["mem_weights"] == pytest.approx(acs * mem(18))
+    assert p["mem_potentials"] == pytest.approx(2 * acs * mem(3))
+    assert p["mem_io"] == pytest.approx(events * mem(6))
+    macs = 5 * 4 * 6
+    assert table["0"].energy_parts["ops"] == pytest.approx(macs * (e_mul + e_add))
+    n1 = table["1"].energy_parts
+    spikes = float(s1.double().sum() / 2)
+    assert n1["ops"] == pytest.approx(30 * e_add + 30 * (e_mul + e_add) + spikes * e_add)
+    assert n1["mem_potentials"] == pytest.approx(2 * 30 * mem(6))
+    assert n1["mem_io"] == pytest.approx(spikes * mem(6))
+    assert table.total.energy == pytest.approx(sum(sum(r.energy_parts.values()) for r in table))
+    assert Lemaire2022(bits=8).e_mem(100) == pytest.approx((1.09e-5 * 800 + 13.2) * PJ)
+
+
+def test_user_devices_and_custom_energies():
+    dev = register_device("test-chip", 2e-12, 3e-12, spiking=True, source="datasheet")
+    try:
+        net, x, s1, table = _run("test-chip")
+        ref = sl.DeviceEnergy("ref", 2e-12, 3e-12, True)
+        assert table.total.energy == pytest.approx(sum(ref.energy(r) or 0 for r in table))
+        with pytest.raises(ValueError, match="already exists"):
+            register_device("test-chip", 1, 1, True)
+    finally:
+        ENERGY_PRESETS.pop("test-chip")
+    _, _, _, t2 = _run({"e_ac": 1e-12, "e_mac": 2e-12})
+    assert t2.total.energy == pytest.approx(t2.total.eff_acs * 1e-12 + t2.total.eff_macs * 2e-12)
+    _, _, _, t3 = _run(sl.OpEnergy("mine", 0.0, 0.0, e_neuron_op=1e-12))
+    assert t3.total.energy == pytest.approx(t3.total.neuron_ops * 1e-12)
+    assert dev.spiking and dev.source == "datasheet"
+
+
+def test_unknown_energy_preset_is_named():
+    with pytest.raises(ValueError, match="unknown energy preset 'tpu'.*loihi"):
+        get_energy_model("tpu")
+    with pytest.raises(ValueError, match="e_ac"):
+        get_energy_model({"e_mac": 1.0})

@@ -1,0 +1,193 @@
+"""Recurrent ANN layers: cells against NeuroBench live, full layers against their unrolled cells."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import synopsloss as sl
+
+from helpers import neurobench_synops
+
+CELLS = [nn.RNNCell, nn.LSTMCell, nn.GRUCell]
+
+
+class CellWithState(nn.Module):
+    """Calls a cell once with an explicit (sparse, random) hidden state, as NeuroBench sees it."""
+
+    def __init__(self, cell: nn.Module, seed: int) -> None:
+        super().__init__()
+        self.cell = cell
+        self.seed = seed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        b, hdim = x.shape[0], self.cell.hidden_size
+        h = (torch.rand(b, hdim, generator=g) < 0.5).float() * torch.randn(b, hdim, generator=g)
+        if isinstance(self.cell, nn.LSTMCell):
+            c = (torch.rand(b, hdim, generator=g) < 0.5).float() * torch.randn(b, hdim, generator=g)
+            return self.cell(x, (h, c))[0]
+        return self.cell(x, h)
+
+
+def _sparse_cell(cls, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    cell = cls(6, 5)
+    with torch.no_grad():
+        cell.weight_ih[torch.rand_like(cell.weight_ih) < 0.3] = 0
+        cell.weight_hh[torch.rand_like(cell.weight_hh) < 0.3] = 0
+        cell.bias_ih[:3] = 0
+        cell.bias_hh[1:4] = 0
+    return cell
+
+
+def _ours(net: nn.Module, x: torch.Tensor, name: str):
+    with sl.SynOpsCounter(net) as counter:
+        net(x)
+        return counter.counts()[name]
+
+
+@pytest.mark.parametrize("cls", CELLS)
+@pytest.mark.parametrize("spiking", [True, False])
+def test_recurrent_cells_match_neurobench_with_a_hidden_state(cls, spiking):
+    net = CellWithState(_sparse_cell(cls, 1), seed=3)
+    x = (torch.rand(4, 6, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    if not spiking:
+        x = x * torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
+    ref = neurobench_synops(net, x, snntorch=False)
+    ours = _ours(net, x, "cell")
+    for key in ("dense", "eff_macs", "eff_acs"):
+        assert ours[key] == pytest.approx(ref[key], abs=1e-9), key
+    assert (ours["eff_acs"] > 0) == spiking
+
+
+def test_rnn_cell_without_state_matches_neurobench_on_one_sample():
+    # without a state NeuroBench reads only the first sample (inputs[0]); with one sample it agrees
+    net = nn.Sequential(_sparse_cell(nn.RNNCell, 4))
+    x = (torch.rand(1, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    ref = neurobench_synops(net, x, snntorch=False)
+    ours = _ours(net, x, "0")
+    assert ours["dense"] == ref["dense"] == 6 * 5
+    assert ours["eff_acs"] == ref["eff_acs"]
+
+
+def test_cell_synops_are_input_and_state_times_fanout():
+    cell = _sparse_cell(nn.GRUCell, 7)
+    x = torch.rand(3, 6, requires_grad=True)
+    h = torch.rand(3, 5)
+    with sl.SynOpsCounter(cell) as counter:
+        cell(x, h)
+        synops = counter.synops()
+    expected = (x.detach() @ (cell.weight_ih != 0).double().sum(0).float()).sum()
+    expected += (h @ (cell.weight_hh != 0).double().sum(0).float()).sum()
+    assert synops.item() == pytest.approx(expected.item() / 3, rel=1e-6)
+    synops.backward()
+    assert torch.allclose(x.grad, (cell.weight_ih != 0).sum(0).float().expand(3, 6) / 3)
+
+
+class Unrolled(nn.Module):
+    """A multi-layer (bidirectional) recurrent layer rebuilt from cells called with explicit states."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        cls = {nn.RNN: nn.RNNCell, nn.LSTM: nn.LSTMCell, nn.GRU: nn.GRUCell}[type(layer)]
+        self.lstm = isinstance(layer, nn.LSTM)
+        self.dirs = 2 if layer.bidirectional else 1
+        self.hidden = layer.hidden_size
+        self.cells = nn.ModuleList()
+        for lyr in range(layer.num_layers):
+            for d in range(self.dirs):
+                sfx = f"_l{lyr}" + ("_reverse" if d else "")
+                w_ih = getattr(layer, "weight_ih" + sfx)
+                cell = cls(w_ih.shape[1], layer.hidden_size)
+                with torch.no_grad():
+                    for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        getattr(cell, n).copy_(getattr(layer, n + sfx))
+                self.cells.append(cell)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, F]
+        b, t_steps = x.shape[0], x.shape[1]
+        seq = x
+        for lyr in range(len(self.cells) // self.dirs):
+            outs = []
+            for d in range(self.dirs):
+                cell = self.cells[lyr * self.dirs + d]
+                h = seq.new_zeros(b, self.hidden)
+                c = seq.new_zeros(b, self.hidden)
+                hs = [None] * t_steps
+                for t in (range(t_steps - 1, -1, -1) if d else range(t_steps)):
+                    if self.lstm:
+                        h, c = cell(seq[:, t], (h, c))
+                    else:
+                        h = cell(seq[:, t], h)
+                    hs[t] = h
+                outs.append(torch.stack(hs, 1))
+            seq = torch.cat(outs, -1)
+        return seq
+
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
+def test_full_layers_count_as_their_unrolled_cells_counted_by_neurobench(cls):
+    torch.manual_seed(0)
+    layer = cls(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+    with torch.no_grad():
+        layer.weight_ih_l0[torch.rand_like(layer.weight_ih_l0) < 0.4] = 0
+        layer.weight_hh_l1_reverse[torch.rand_like(layer.weight_hh_l1_reverse) < 0.4] = 0
+    layer.eval()
+    x = (torch.rand(2, 5, 4) < 0.5).float() * torch.randn(2, 5, 4)
+    unrolled = Unrolled(layer).eval()
+    out = layer(x)[0]
+    assert torch.allclose(unrolled(x), out, atol=1e-5)  # the reference computes the same network
+    ref = neurobench_synops(unrolled, x, snntorch=False)
+    ours = _ours(layer, x, "")
+    assert ours["dense"] == pytest.approx(ref["dense"])
+    assert ours["eff_macs"] == pytest.approx(ref["eff_macs"])
+    assert ours["eff_acs"] == ref["eff_acs"] == 0
+
+
+def test_time_first_and_batch_first_layers_count_the_same():
+    torch.manual_seed(1)
+    a = nn.LSTM(3, 4, batch_first=True)
+    b = nn.LSTM(3, 4, batch_first=False)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 6, 3)
+    ca = _ours(a, x, "")
+    with sl.SynOpsCounter(b, batch_dim=1) as counter:
+        b(x.transpose(0, 1))
+        cb = counter.counts()[""]
+    assert ca == pytest.approx(cb)
+
+
+def test_full_layer_synops_are_inputs_and_previous_states_times_fanout():
+    torch.manual_seed(2)
+    rnn = nn.RNN(3, 4, batch_first=True)
+    with torch.no_grad():
+        rnn.weight_hh_l0[0, 1] = 0
+    x = torch.rand(2, 5, 3, requires_grad=True)
+    with sl.SynOpsCounter(rnn) as counter:
+        out, _ = rnn(x)
+        synops = counter.synops()
+    h_prev = torch.cat([torch.zeros(2, 1, 4), out[:, :-1].detach()], 1)
+    f_ih = (rnn.weight_ih_l0 != 0).sum(0).float()
+    f_hh = (rnn.weight_hh_l0 != 0).sum(0).float()
+    expected = ((x.detach() * f_ih).sum() + (h_prev * f_hh).sum()) / 2
+    assert synops.item() == pytest.approx(expected.item(), rel=1e-6)
+    synops.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_packed_sequences_are_refused_with_a_clear_error():
+    rnn = nn.GRU(3, 2)
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 3), [4, 2])
+    with sl.SynOpsCounter(rnn, batch_size=2):
+        with pytest.raises(ValueError, match="PackedSequence"):
+            rnn(packed)
+
+
+def test_recurrent_rules_are_registered_on_import():
+    from synopsloss.maps import find_rule
+
+    for cls in (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell):
+        rule = find_rule(cls.__new__(cls))
+        assert rule is not None and rule.count is not None, cls
