@@ -7,12 +7,38 @@ from typing import Dict, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
+
+
+def frozen_copy(layer: nn.Module) -> nn.Module:
+    """A deep copy of ``layer`` with any ``torch.nn.utils.prune`` pruning made permanent and no hooks.
+
+    A pruned layer's weight is recomputed by a pre-hook from ``weight_orig * weight_mask``
+    (and, being a non-leaf, cannot be deep-copied); a deep copy would also keep any attached
+    counter's hooks. Brute-force references are built on this plain copy.
+    """
+    if "weight" in layer._parameters:
+        ref = copy.deepcopy(layer)
+    else:
+        weight = layer.weight
+        layer.weight = weight.detach()
+        try:
+            ref = copy.deepcopy(layer)
+        finally:
+            layer.weight = weight
+    for hook in list(ref._forward_pre_hooks.values()):
+        if isinstance(hook, prune.BasePruningMethod):
+            prune.remove(ref, hook._tensor_name)
+    for attr, hooks in vars(ref).items():
+        if attr.startswith("_") and "hooks" in attr and isinstance(hooks, dict):
+            hooks.clear()
+    return ref
 
 
 def brute_force_map(layer: nn.Module, in_sample_shape: Sequence[int], effective: bool = True) -> torch.Tensor:
     """Column sums of the Jacobian of ``layer`` with its nonzero weights set to one (dense: all
     weights one) and no bias, in float64: each input neuron's number of weight taps."""
-    ref = copy.deepcopy(layer)
+    ref = frozen_copy(layer)
     with torch.no_grad():
         w = ref.weight
         w.copy_((w != 0).to(w.dtype) if effective else torch.ones_like(w))

@@ -19,6 +19,7 @@ from torch.nn.utils import prune
 import synopsloss as sl
 
 from helpers import brute_force_counts, brute_force_map, neurobench_synops
+from helpers import frozen_copy as _frozen
 
 snn = pytest.importorskip("snntorch")
 sinabs_layers = pytest.importorskip("sinabs.layers")
@@ -29,30 +30,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning
 
 
 # --------------------------------------------------------------------------- references
-
-
-def _frozen(layer: nn.Module) -> nn.Module:
-    """A deep copy of ``layer`` with any ``torch.nn.utils.prune`` pruning made permanent.
-
-    A pruned layer's weight is recomputed by a pre-hook (and, being a non-leaf, cannot be
-    deep-copied), so brute-force references are built on this plain copy.
-    """
-    if "weight" in layer._parameters:
-        ref = copy.deepcopy(layer)
-    else:
-        weight = layer.weight
-        layer.weight = weight.detach()
-        try:
-            ref = copy.deepcopy(layer)
-        finally:
-            layer.weight = weight
-    for hook in list(ref._forward_pre_hooks.values()):
-        if isinstance(hook, prune.BasePruningMethod):
-            prune.remove(ref, hook._tensor_name)
-    for attr, hooks in vars(ref).items():  # a deep copy keeps the counter's hooks: drop them
-        if attr.startswith("_") and "hooks" in attr and isinstance(hooks, dict):
-            hooks.clear()
-    return ref
 
 
 class Recorder:

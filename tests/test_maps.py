@@ -21,6 +21,7 @@ import synopsloss as sl
 from synopsloss.maps import connection_map
 
 from helpers import brute_force_map, neurobench_synops
+from helpers import frozen_copy as _frozen
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
 
@@ -31,28 +32,6 @@ CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
 def _t(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
-
-
-def _frozen(layer: nn.Module) -> nn.Module:
-    """A copy of ``layer`` whose weight is a plain parameter (pruning made permanent).
-
-    ``brute_force_map`` overwrites ``weight``; on a pruned layer the pruning pre-hook would
-    recompute it from ``weight_orig * weight_mask`` and undo that, so the reference is built
-    on a copy with the pruning applied for good.
-    """
-    if "weight" in layer._parameters:
-        ref = copy.deepcopy(layer)
-    else:  # pruned: the computed (non-leaf) weight cannot be deep-copied
-        weight = layer.weight
-        layer.weight = weight.detach()
-        try:
-            ref = copy.deepcopy(layer)
-        finally:
-            layer.weight = weight
-    for hook in list(ref._forward_pre_hooks.values()):
-        if isinstance(hook, prune.BasePruningMethod):
-            prune.remove(ref, hook._tensor_name)
-    return ref
 
 
 # --------------------------------------------------------------------------- hand-worked maps
