@@ -234,6 +234,13 @@ _SUM_FIELDS = ("spikes", "nonzero", "per_neuron", "updates")
 _INT_FIELDS = ("updates_dense", "updates_first", "rows", "numel", "calls")
 
 
+def _count_nonzero(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """Number of nonzero elements of ``t`` as a 0-dim ``dtype`` tensor, with float ops only (no sync)."""
+    # float32 sums count exactly up to 2^24 ones; beyond that (or for half inputs) sum in ``dtype``
+    exact = t.element_size() >= 4 and t.numel() <= 2**24
+    return t.sign().abs_().sum(dtype=None if exact else dtype).to(dtype)
+
+
 class NeuronMonitor:
     """Firing rates, neuron counts, membrane updates and neuron operations of a model's layers.
 
@@ -312,7 +319,14 @@ class NeuronMonitor:
         if self.attached:
             return self
         h = self._handles
-        h.append(self.model.register_forward_pre_hook(self._root_hook, with_kwargs=True))
+        root = self.model
+
+        def root_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            # a plain function, not a bound method: a deep copy of the model must not copy the monitor
+            if module is root:
+                self._root_hook(module, args, kwargs)
+
+        h.append(root.register_forward_pre_hook(root_hook, with_kwargs=True))
         neuron_names: List[str] = []
         for name, module in self.model.named_modules():
             if name == "" and any(True for _ in module.children()):
@@ -330,18 +344,18 @@ class NeuronMonitor:
                     squeeze=integrations.is_time_folding(module),
                 )
                 if lib == "snntorch":
-                    h.append(module.register_forward_pre_hook(self._make_snntorch_pre(name)))
-                h.append(module.register_forward_hook(self._make_neuron_hook(name)))
+                    h.append(module.register_forward_pre_hook(self._make_snntorch_pre(name, module)))
+                h.append(module.register_forward_hook(self._make_neuron_hook(name, module)))
             elif synaptic:
                 kind = "recurrent synapses" if inside_neuron else "synaptic"
                 self.info[name] = dict(type=type(module).__name__, kind=kind)
-                h.append(module.register_forward_hook(self._make_order_hook(name)))
+                h.append(module.register_forward_hook(self._make_order_hook(name, module)))
             elif not inside_neuron and not any(True for _ in module.children()):
                 self.info[name] = dict(type=type(module).__name__, kind=kind)
                 if kind == "activation":
-                    h.append(module.register_forward_hook(self._make_neuron_hook(name)))
+                    h.append(module.register_forward_hook(self._make_neuron_hook(name, module)))
                 else:
-                    h.append(module.register_forward_hook(self._make_other_hook(name)))
+                    h.append(module.register_forward_hook(self._make_other_hook(name, module)))
         return self
 
     def remove(self) -> None:
@@ -414,16 +428,16 @@ class NeuronMonitor:
             acc = self._batch[name] = _NeuronAcc(kind=kind)
         return acc
 
-    def _make_order_hook(self, name: str):
+    def _make_order_hook(self, name: str, owner: nn.Module):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if self._active():
+            if module is owner and self._active():
                 self._seen(name)
 
         return hook
 
-    def _make_other_hook(self, name: str):
+    def _make_other_hook(self, name: str, owner: nn.Module):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self._active():
+            if module is not owner or not self._active():  # deep copies carry the hook: ignore them
                 return
             self._seen(name)
             acc = self._acc(name, self.info[name]["kind"])
@@ -436,9 +450,9 @@ class NeuronMonitor:
 
         return hook
 
-    def _make_snntorch_pre(self, name: str):
+    def _make_snntorch_pre(self, name: str, owner: nn.Module):
         def hook(module: nn.Module, args: tuple) -> None:
-            if not self._active():
+            if module is not owner or not self._active():
                 return
             acc = self._batch.get(name)
             mem = getattr(module, "mem", None)
@@ -448,11 +462,11 @@ class NeuronMonitor:
 
         return hook
 
-    def _make_neuron_hook(self, name: str):
+    def _make_neuron_hook(self, name: str, owner: nn.Module):
         info = self.info[name]
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self._active():
+            if module is not owner or not self._active():  # deep copies carry the hook: ignore them
                 return
             self._seen(name)
             out = output[0] if isinstance(output, (tuple, list)) else output
@@ -474,10 +488,14 @@ class NeuronMonitor:
             neurons = math.prod(sample_shape)
             flat = out.reshape(rows, neurons) if neurons else out.reshape(rows, 0)
             dtype = torch.float64 if out.device.type != "mps" else torch.float32
+            # Float arithmetic only: bool comparisons and reductions, and sums that first convert
+            # a whole activation tensor to float64, cost several times more on every call.
+            # Per-neuron sums of spikes are exact in float32 up to 2^24 rows.
+            red = dtype if flat.element_size() < 4 else None
             with torch.no_grad():
-                acc.spikes = _add(acc.spikes, flat.sum(dtype=dtype))
-                acc.nonzero = _add(acc.nonzero, (flat != 0).sum().to(dtype))
-                per = flat.sum(0, dtype=dtype)
+                per = flat.sum(0, dtype=red).to(dtype)
+                acc.spikes = _add(acc.spikes, per.sum())
+                acc.nonzero = _add(acc.nonzero, _count_nonzero(flat, dtype))
                 if acc.per_neuron is not None and acc.per_neuron.shape != per.shape:
                     acc.shape_changed = True
                     acc.per_neuron = None
@@ -490,16 +508,15 @@ class NeuronMonitor:
                             acc.updates_first += mem.numel()  # NeuroBench: every neuron at the first call
                             acc.updates = _add(acc.updates, mem.new_zeros((), dtype=dtype))
                         else:
-                            acc.updates = _add(acc.updates, ((acc.pre_mem - mem.detach()) != 0).sum().to(dtype))
+                            acc.updates = _add(acc.updates, _count_nonzero(acc.pre_mem - mem.detach(), dtype))
                         acc.updates_dense += mem.numel()
                     acc.pre_mem = None
                 elif lib == "sinabs" and x is not None and x.shape == out.shape:
-                    event = (x.detach() != 0) | (out != 0)
+                    # an event wherever the input or the output is nonzero: |x| + |out| != 0
+                    event = x.detach().abs() + out.abs()
                     if info.get("recurrent") and out.dim() >= 2 and not info.get("squeeze"):
-                        prev = torch.zeros_like(event)
-                        prev[:, 1:] = out[:, :-1] != 0
-                        event = event | prev
-                    acc.updates = _add(acc.updates, event.sum().to(dtype))
+                        event[:, 1:] += out[:, :-1].abs()
+                    acc.updates = _add(acc.updates, _count_nonzero(event, dtype))
                     acc.updates_dense += out.numel()
             acc.calls += 1
             acc.rows += rows
