@@ -66,12 +66,16 @@ def bench_training(repeats: int, B: int = 32, T: int = 20) -> None:
     torch.manual_seed(0)
     x = (torch.rand(B * T, 1, 28, 28) < 0.25).float()
     y = torch.randint(0, 10, (B,))
-    nets = {k: sinabs_tutorial_snn(B) for k in ("plain", "synopsloss", "sinabs")}
+    kinds = ("plain", "synopsloss", "lean", "sinabs")
+    nets = {k: sinabs_tutorial_snn(B) for k in kinds}
     state = nets["plain"].state_dict()
     for n in nets.values():
         n.load_state_dict(state)
     opts = {k: torch.optim.SGD(n.parameters(), lr=1e-3) for k, n in nets.items()}
-    counter = sl.SynOpsCounter(nets["synopsloss"])
+    counters = {
+        "synopsloss": sl.SynOpsCounter(nets["synopsloss"]),  # default: synapses and neurons
+        "lean": sl.SynOpsCounter(nets["lean"], neurons=False),  # what a synops loss needs
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analyzer = sinabs.SNNAnalyzer(nets["sinabs"])
@@ -79,11 +83,13 @@ def bench_training(repeats: int, B: int = 32, T: int = 20) -> None:
     def step(kind: str) -> None:
         net, opt = nets[kind], opts[kind]
         reset_states(net)
-        counter.reset()
+        counter = counters.get(kind)
+        if counter is not None:
+            counter.reset()
         opt.zero_grad()
         out = net(x).reshape(B, T, -1).sum(1)
         loss = nn.functional.cross_entropy(out, y)
-        if kind == "synopsloss":
+        if counter is not None:
             loss = loss + 1e-9 * counter.synops()
         elif kind == "sinabs":
             loss = loss + 1e-9 * analyzer.get_model_statistics()["synops"]
@@ -93,10 +99,12 @@ def bench_training(repeats: int, B: int = 32, T: int = 20) -> None:
     def forward(kind: str) -> None:
         net = nets[kind]
         reset_states(net)
-        counter.reset()
+        counter = counters.get(kind)
+        if counter is not None:
+            counter.reset()
         with torch.no_grad():
             net(x)
-        if kind == "synopsloss":
+        if counter is not None:
             counter.synops()
         elif kind == "sinabs":
             analyzer.get_model_statistics()["synops"]
@@ -112,12 +120,15 @@ def bench_training(repeats: int, B: int = 32, T: int = 20) -> None:
             times[("fwd", kind)].append(timed(lambda: forward(kind)))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n[1] sinabs tutorial SNN, B={B}, T={T}: median of {repeats} interleaved repeats")
-    print(f"{'':28s}{'plain':>10s}{'synopsloss':>12s}{'sinabs':>10s}")
+    print("synopsloss: SynOpsCounter(net) (synapses + neuron statistics for the table);")
+    print("lean: SynOpsCounter(net, neurons=False) (synapses only: what a synops loss needs)")
+    print(f"{'':24s}{'plain':>10s}{'synopsloss':>12s}{'lean':>10s}{'sinabs':>10s}")
     for what, label in (("step", "training step [ms]"), ("fwd", "forward pass [ms]")):
-        p, o, s = (med[(what, k)] * 1e3 for k in ("plain", "synopsloss", "sinabs"))
-        print(f"{label:28s}{p:10.1f}{o:12.1f}{s:10.1f}")
-        print(f"{'  ratio to plain':28s}{1.0:10.3f}{o / p:12.3f}{s / p:10.3f}")
-    counter.remove()
+        p, o, l, s = (med[(what, k)] * 1e3 for k in kinds)
+        print(f"{label:24s}{p:10.1f}{o:12.1f}{l:10.1f}{s:10.1f}")
+        print(f"{'  ratio to plain':24s}{1.0:10.3f}{o / p:12.3f}{l / p:10.3f}{s / p:10.3f}")
+    for counter in counters.values():
+        counter.remove()
 
 
 def bench_counting(repeats: int, B: int = 64) -> None:
@@ -126,32 +137,31 @@ def bench_counting(repeats: int, B: int = 64) -> None:
 
     torch.manual_seed(0)
     x = torch.relu(torch.randn(B, 3, 32, 32))
-    net = three_conv_cnn().eval()
+    nets = {k: three_conv_cnn().eval() for k in ("plain", "ours", "neurobench")}
+    for n in nets.values():
+        n.load_state_dict(nets["plain"].state_dict())
 
     def plain() -> None:
         with torch.no_grad():
-            net(x)
+            nets["plain"](x)
 
-    counter = sl.SynOpsCounter(net)
-    counter.remove()
+    # Both tools are set up once, as in an evaluation loop; each timed call is one batch.
+    counter = sl.SynOpsCounter(nets["ours"], neurons=False)  # synapses only, like SynapticOperations
 
     def ours() -> dict:
-        counter.attach()
         counter.reset()
         with torch.no_grad():
-            net(x)
-        result = counter.totals()
-        counter.remove()
-        return result
+            nets["ours"](x)
+        return counter.totals()
+
+    model = TorchModel(nets["neurobench"])
+    model.register_hooks()
 
     def neurobench() -> dict:
-        model = TorchModel(net)
-        model.register_hooks()
+        model.reset_hooks()
         with torch.no_grad():
             preds = model(x)
-            result = SynapticOperations()(model, preds, (x, None))
-        model.cleanup_hooks()
-        return result
+        return SynapticOperations()(model, preds, (x, None))
 
     ours_counts, nb_counts = ours(), neurobench()
     plain()

@@ -124,6 +124,13 @@ class SynOpsCounter:
     custom_rules
         ``{module type: Rule}`` looked up before the global registry (build it
         with :func:`synopsloss.register_rule` and ``registry=``).
+    neurons
+        Also track the spiking neuron layers (firing rates, neuron operations,
+        membrane updates) and the layers without synapses, for :meth:`table`.
+        ``False`` skips that bookkeeping (a few passes over every neuron
+        layer's input and output per call) when only synops are needed, e.g.
+        for a :class:`~synopsloss.SynOpsLoss` during training; the table then
+        holds the synaptic layers only.
     check_finite
         :meth:`synops` raises if an input held NaN or inf (one device sync per
         call of :meth:`synops`; the layer hooks never synchronise).
@@ -150,6 +157,7 @@ class SynOpsCounter:
         strict: bool = False,
         custom_rules: Optional[Mapping[type, Rule]] = None,
         check_finite: bool = True,
+        neurons: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
@@ -176,6 +184,7 @@ class SynOpsCounter:
         self._total_samples = 0
         self._data_fed_seen: Set[str] = set()
         self._monitor: Optional[Any] = None  # NeuronMonitor: neurons, other layers, forward order
+        self._track_neurons = bool(neurons)
         self.attach()
 
     # ------------------------------------------------------------------ lifecycle
@@ -257,7 +266,9 @@ class SynOpsCounter:
                 "holds the synaptic layers, or register a rule for your layer type with "
                 "synopsloss.register_rule (custom_rules= for this counter only)"
             )
-        if self._monitor is None:
+        if not self._track_neurons:
+            pass
+        elif self._monitor is None:
             from .neurons import NeuronMonitor
 
             self._monitor = NeuronMonitor(

@@ -235,10 +235,8 @@ _INT_FIELDS = ("updates_dense", "updates_first", "rows", "numel", "calls")
 
 
 def _count_nonzero(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """Number of nonzero elements of ``t`` as a 0-dim ``dtype`` tensor, with float ops only (no sync)."""
-    # float32 sums count exactly up to 2^24 ones; beyond that (or for half inputs) sum in ``dtype``
-    exact = t.element_size() >= 4 and t.numel() <= 2**24
-    return t.sign().abs_().sum(dtype=None if exact else dtype).to(dtype)
+    """Number of nonzero elements of ``t`` as a 0-dim ``dtype`` tensor (exact int64 count, no sync)."""
+    return torch.count_nonzero(t).to(dtype)
 
 
 class NeuronMonitor:
@@ -488,9 +486,8 @@ class NeuronMonitor:
             neurons = math.prod(sample_shape)
             flat = out.reshape(rows, neurons) if neurons else out.reshape(rows, 0)
             dtype = torch.float64 if out.device.type != "mps" else torch.float32
-            # Float arithmetic only: bool comparisons and reductions, and sums that first convert
-            # a whole activation tensor to float64, cost several times more on every call.
-            # Per-neuron sums of spikes are exact in float32 up to 2^24 rows.
+            # No sum that first converts a whole activation tensor to float64 (that copy costs more
+            # than the layer): per-neuron sums of spikes are exact in float32 up to 2^24 rows.
             red = dtype if flat.element_size() < 4 else None
             with torch.no_grad():
                 per = flat.sum(0, dtype=red).to(dtype)
@@ -512,10 +509,10 @@ class NeuronMonitor:
                         acc.updates_dense += mem.numel()
                     acc.pre_mem = None
                 elif lib == "sinabs" and x is not None and x.shape == out.shape:
-                    # an event wherever the input or the output is nonzero: |x| + |out| != 0
-                    event = x.detach().abs() + out.abs()
+                    # an event wherever the input or the output is nonzero
+                    event = torch.logical_or(x.detach(), out)
                     if info.get("recurrent") and out.dim() >= 2 and not info.get("squeeze"):
-                        event[:, 1:] += out[:, :-1].abs()
+                        event[:, 1:] |= out[:, :-1] != 0
                     acc.updates = _add(acc.updates, _count_nonzero(event, dtype))
                     acc.updates_dense += out.numel()
             acc.calls += 1
