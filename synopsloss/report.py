@@ -412,7 +412,8 @@ def build_table(counter: Any, *, dt: Optional[float] = None, energy: Any = "horo
     values = torch.stack(tensors).tolist() if tensors else []
     val = lambda n, k: values[index[(n, k)]] if (n, k) in index else None  # noqa: E731
 
-    order = dict(monitor.order) if monitor is not None else {}
+    # forward order: the monitor's (all layers), else the counter's own (synaptic layers, first call first)
+    order = dict(monitor.order) if monitor is not None else {n: i for i, n in enumerate(counts)}
     names = list(dict.fromkeys([*sorted(set(counts) | set(nstats), key=lambda n: (order.get(n, 1 << 30)))]))
     info = monitor.info if monitor is not None else {}
     rows: List[LayerRow] = []

@@ -1,0 +1,56 @@
+"""Counter options: ``neurons=False`` counts the same synapses and skips the neuron bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+import snntorch as snn
+import torch
+from snntorch import utils as snn_utils
+from torch import nn
+
+import synopsloss as sl
+
+from helpers import brute_force_counts
+
+
+def make_net() -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), snn.Leaky(beta=0.8, init_hidden=True),
+        nn.Flatten(), nn.Linear(4 * 6 * 6, 5), snn.Leaky(beta=0.8, init_hidden=True),
+    )
+
+
+def run(counter: sl.SynOpsCounter, net: nn.Module, x: torch.Tensor) -> None:
+    snn_utils.reset(net)
+    counter.reset()
+    for t in range(x.shape[1]):
+        net(x[:, t])
+
+
+def test_synapses_only_counter_gives_the_same_counts_and_gradients():
+    x = (torch.rand(3, 4, 1, 6, 6, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+    full_net, lean_net = make_net(), make_net()
+    lean_net.load_state_dict(full_net.state_dict())
+    full, lean = sl.SynOpsCounter(full_net), sl.SynOpsCounter(lean_net, neurons=False)
+    run(full, full_net, x)
+    run(lean, lean_net, x)
+    assert lean.counts() == full.counts()
+    full.synops().backward()
+    lean.synops().backward()
+    for a, b in zip(full_net.parameters(), lean_net.parameters()):
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+    # the first layer sees the raw spikes: brute force over the 4 calls
+    want = sum(brute_force_counts(lean_net[0], x[:, t], samples=3)["eff_acs"] for t in range(4))
+    assert lean.counts()["0"]["eff_acs"] == pytest.approx(want, rel=1e-12)
+
+
+def test_synapses_only_counter_hooks_no_neuron_layer_and_its_table_lists_synapses():
+    net = make_net()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    assert counter.neurons is None
+    assert not net[1]._forward_hooks and not net[4]._forward_hooks
+    run(counter, net, (torch.rand(2, 3, 1, 6, 6) < 0.5).float())
+    table = counter.table()
+    assert [row.name for row in table.rows] == ["0", "3"]
+    assert table.total.synops == pytest.approx(sum(c["synops"] for c in counter.counts().values()))
