@@ -266,16 +266,14 @@ class SynOpsCounter:
                 "holds the synaptic layers, or register a rule for your layer type with "
                 "synopsloss.register_rule (custom_rules= for this counter only)"
             )
-        if not self._track_neurons:
-            pass
-        elif self._monitor is None:
+        if self._monitor is not None:
+            self._monitor.attach()
+        elif self._track_neurons:
             from .neurons import NeuronMonitor
 
             self._monitor = NeuronMonitor(
                 self.model, samples_fn=self._samples, rules=self._rules, enabled_fn=lambda: self._enabled
             )
-        else:
-            self._monitor.attach()
         return self
 
     def remove(self) -> None:
