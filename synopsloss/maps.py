@@ -172,6 +172,8 @@ def register_rule(
     ...     def __init__(self, n):
     ...         super().__init__()
     ...         self.weight = torch.nn.Parameter(torch.ones(n))
+    ...     def forward(self, x):
+    ...         return self.weight * x
     >>> rules = {}
     >>> @register_rule(Scale, sample_ndim=1, registry=rules)
     ... def _scale(module, w01, in_shape, out_shape):
