@@ -8,7 +8,8 @@ Bernoulli spike frames. The network (snntorch ``Leaky`` neurons)::
 
 is trained twice from the same initialisation: with cross-entropy only, then
 with ``SynOpsLoss(counter, fraction=0.5)`` added -- half the network-driven
-synops measured on the first batch. ``conv1`` is fed by the data: its synops
+synops measured on the first batch -- whose weight warms up from 0 to 1 over
+the first 5 epochs. ``conv1`` is fed by the data: its synops
 are the input spikes times its fan-out, which training cannot lower, so the
 loss leaves it out (see :mod:`synopsloss.loss`). Both per-layer tables, the
 test accuracies and the synops reduction are printed.
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SpikingCNN", "load_data", "rate_code", "train", "evaluate", "RunResult", "add_arguments", "run", "main"]
+__all__ = ["SpikingCNN", "load_data", "rate_code", "train", "evaluate", "RunResult", "add_arguments", "run", "main", "warmup_weight"]
 
 
 # ---------------------------------------------------------------------------- data
@@ -143,7 +144,8 @@ def train(
 ) -> RunResult:
     """Train ``net`` with Adam (cosine learning rate) on cross-entropy [+ synops loss] [+ L1 activity].
 
-    ``make_loss(counter)`` builds the synops loss (e.g. ``lambda c: SynOpsLoss(c, fraction=0.5)``);
+    ``make_loss(counter)`` builds the synops loss (e.g. ``lambda c: SynOpsLoss(c, fraction=0.5)``),
+    whose ``step()`` is called after every batch (schedules count batches);
     ``activity_l1`` weights the mean hidden spike count per sample divided by the number
     of hidden neurons (a plain spike-rate regulariser, for comparison).
     Returns the test-set :class:`RunResult`.
@@ -179,11 +181,14 @@ def train(
                     loss = loss + loss_fn()
                 if activity_l1:
                     if hidden is None:
-                        hidden = _hidden_neurons(net, spikes)
+                        with counter.paused():
+                            hidden = _hidden_neurons(net, spikes)
                     loss = loss + activity_l1 * hidden_spikes / (hidden * time_steps)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if loss_fn is not None:
+                    loss_fn.step()  # its schedules advance per batch
                 bar.update(1)
                 if loss_fn is not None:
                     bar.set_postfix(target=_short(loss_fn.targets()), refresh=False)
@@ -313,6 +318,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="synops target as a fraction of the network-driven synops measured on the first "
                              "batch (default 0.5)")
     parser.add_argument("--weight", type=float, default=1.0, help="weight (lambda) of the synops loss (default 1)")
+    parser.add_argument("--warmup", type=float, default=5,
+                        help="epochs over which the loss weight rises linearly from 0 (default 5; 0: none)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (initialisation, split, spikes)")
     parser.add_argument("--time-steps", type=int, default=8, help="spike frames per digit (default 8)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -335,6 +342,8 @@ def _check(args: argparse.Namespace) -> Optional[str]:
         return f"--target must be > 0 (a fraction of the initial network-driven synops), got {args.target}"
     if not args.weight >= 0:
         return f"--weight must be >= 0, got {args.weight}"
+    if not args.warmup >= 0:
+        return f"--warmup must be >= 0 epochs, got {args.warmup}"
     if not args.lr > 0:
         return f"--lr must be > 0, got {args.lr}"
     return None
@@ -376,8 +385,11 @@ def run(args: argparse.Namespace) -> int:
     net = SpikingCNN()
     net.load_state_dict(init)  # same initialisation (a fresh net: deepcopy escapes snntorch's reset)
     reg = train(net, tuple(data), desc="with synops loss",
-                make_loss=lambda c: SynOpsLoss(c, fraction=args.target, weight=args.weight), **common)
-    print(f"\n2) cross-entropy + SynOpsLoss(fraction={args.target:g}, weight={args.weight:g}) "
+                make_loss=lambda c: SynOpsLoss(c, fraction=args.target, weight=warmup_weight(args.weight, args.warmup,
+                                                                                             len(data[1]), args.batch_size)),
+                **common)
+    warm = f", warm-up {args.warmup:g} epochs" if args.warmup else ""
+    print(f"\n2) cross-entropy + SynOpsLoss(fraction={args.target:g}, weight={args.weight:g}{warm}) "
           f"({reg.seconds:.0f} s): test accuracy {reg.accuracy:.1%}", flush=True)
     print(format_table(reg), flush=True)
     print()
@@ -386,6 +398,18 @@ def run(args: argparse.Namespace) -> int:
         _plot(base, reg, args.plot)
         print(f"plot saved to {args.plot}")
     return 0
+
+
+def warmup_weight(weight: float, epochs: float, samples: int, batch_size: int):
+    """The loss weight rising linearly from 0 over ``epochs`` epochs of batches (a number when ``epochs`` is 0).
+
+    Letting the network learn the task before the synops term acts costs less
+    accuracy at the same synops (see ``benchmarks/tradeoff.py``).
+    """
+    from .schedules import Warmup
+
+    steps = int(round(epochs * math.ceil(samples / batch_size)))
+    return Warmup(weight, steps=steps) if steps >= 1 else weight
 
 
 def main(argv: Optional[List[str]] = None) -> int:

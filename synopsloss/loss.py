@@ -237,7 +237,7 @@ class SynOpsLoss:
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, UnreachableTargetWarning, stacklevel=3)
+            warnings.warn(message, UnreachableTargetWarning, stacklevel=4)
 
     def _resolve(self, term: _Term, per_layer: Dict[str, Tensor], fed: List[str]) -> List[str]:
         if term.layers is not None:
