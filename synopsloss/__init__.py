@@ -15,7 +15,7 @@ SynOpsLoss, schedules
 
 from .counter import COUNT_KEYS, SynOpsCounter, UnsupportedLayerWarning
 from .maps import Rule, connection_map, register_no_synapse, register_rule
-from . import recurrent  # registers the nn.RNN/LSTM/GRU and *Cell rules
+from . import recurrent  # registers the nn.RNN/LSTM/GRU and *Cell rules  # noqa: F401
 from .energy import DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device
 from .neurons import NeuronMonitor
 from .report import LayerRow, SynOpsTable

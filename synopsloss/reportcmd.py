@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import List, Optional, Sequence
+from typing import List
 
 __all__ = ["add_arguments", "run"]
 
