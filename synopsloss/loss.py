@@ -175,7 +175,7 @@ class SynOpsLoss:
         if kind == "budget":
             if not isinstance(budget, Mapping):
                 raise TypeError("budget= must be a dict {layer name: synops per second}")
-            if dt is None or isinstance(dt, bool) or not isinstance(dt, (int, float)) or not dt > 0:
+            if dt is None or isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (0 < dt < math.inf):
                 raise ValueError(f"budget= needs dt=, the duration of one time step in seconds (> 0), got {dt!r}")
         if time_steps is not None and (isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1):
             raise ValueError(f"time_steps must be a positive int or None, got {time_steps!r}")
@@ -448,7 +448,7 @@ class SynOpsLoss:
         for t, s in zip(self._terms, state["terms"]):
             t.schedule.load_state_dict(s["schedule"])
             t.initial = s["initial"]
-            t.initial_sum = None if s["initial_sum"] is None else torch.tensor(s["initial_sum"], dtype=torch.float64)
+            t.initial_sum = None if s["initial_sum"] is None else torch.tensor(s["initial_sum"], dtype=torch.get_default_dtype())
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{t.label}: {t.kind} {t.schedule!r}" for t in self._terms)

@@ -84,10 +84,13 @@ class Schedule:
         return self.at(self.last_step)
 
     def step(self) -> None:
-        """Advance by one step (one batch or one epoch, as you choose)."""
+        """Advance by one step (one batch or one epoch, as you choose).
+
+        Composite schedules evaluate their children at the parent's own step
+        (``child.at(k)``), so children are not stepped: a schedule shared by
+        a composite and by another user (e.g. the loss weight) advances once.
+        """
         self.last_step += 1
-        for child in self._child_schedules():
-            child.step()
 
     def _child_schedules(self) -> List["Schedule"]:
         out: List[Schedule] = []
@@ -230,7 +233,7 @@ class Exponential(Schedule):
 
     def at(self, step: int) -> float:
         v = self.start * self.gamma ** step
-        if self.limit is None:
+        if self.limit is None or self.gamma == 1.0:
             return v
         return max(v, self.limit) if self.gamma < 1 else min(v, self.limit)
 
