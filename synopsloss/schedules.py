@@ -27,7 +27,7 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, Sequence, Union
 
 __all__ = [
     "Schedule",
@@ -91,13 +91,6 @@ class Schedule:
         a composite and by another user (e.g. the loss weight) advances once.
         """
         self.last_step += 1
-
-    def _child_schedules(self) -> List["Schedule"]:
-        out: List[Schedule] = []
-        for name in self._children:
-            child = getattr(self, name)
-            out.extend(child if isinstance(child, list) else [child])
-        return out
 
     def state_dict(self) -> Dict[str, Any]:
         """The step, the parameters and the children's state (plain Python values)."""
