@@ -45,6 +45,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from . import integrations
 from .maps import LayerMaps, MapCache, OpCounts, Rule, find_rule, has_no_synapse
@@ -227,7 +228,10 @@ class SynOpsCounter:
                 self._root_pre_hook(module, args, kwargs)
 
         h.append(self.model.register_forward_pre_hook(root_hook, with_kwargs=True))
+        param_owned: List[str] = []  # "<name>.parametrizations." of parametrized modules
         for name, module in self.model.named_modules():
+            if parametrize.is_parametrized(module):
+                param_owned.append(f"{name}.parametrizations." if name else "parametrizations.")
             rule = find_rule(module, self._rules)
             if rule is not None:
                 self._layer_rules[name] = rule
@@ -242,7 +246,9 @@ class SynOpsCounter:
                 h.append(module.register_forward_hook(lambda m, a, o: self._pass_through_hook(m, a, o)))
             if integrations.is_time_folding(module):
                 h.append(module.register_forward_pre_hook(self._make_fold_hook(name)))
-            own_params = any(True for _ in module.parameters(recurse=False))
+            if any(name.startswith(p) for p in param_owned):
+                continue  # weight_norm / spectral_norm parametrizations: their parameters are the owner's
+            own_params = any(True for _ in module.parameters(recurse=False)) or parametrize.is_parametrized(module)
             if own_params and not has_no_synapse(module) and not isinstance(module, neurons):
                 self._unsupported.append(f"{name or '<root>'} ({type(module).__name__})")
         if self._unsupported:

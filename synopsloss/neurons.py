@@ -330,6 +330,8 @@ class NeuronMonitor:
             if name == "" and any(True for _ in module.children()):
                 continue
             inside_neuron = any(name.startswith(n + ".") for n in neuron_names)
+            if ".parametrizations." in f".{name}" and not any(True for _ in module.children()):
+                continue  # weight_norm / spectral_norm internals of a layer, not layers of the model
             synaptic = find_rule(module, self._rules) is not None
             kind = layer_kind(module)
             if kind == "neuron":

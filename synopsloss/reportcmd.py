@@ -28,7 +28,10 @@ __all__ = ["add_arguments", "run"]
 
 def _shape(text: str) -> List[int]:
     try:
-        dims = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+        parts = text.strip().replace("x", ",").split(",")
+        if parts and not parts[-1].strip():  # allow one trailing comma: "6,"
+            parts = parts[:-1]
+        dims = [int(v) for v in parts]  # an empty part ("2,,3") is an error, not skipped
     except ValueError:
         raise argparse.ArgumentTypeError(f"--input-shape must be positive integers like 1,28,28, got {text!r}")
     if not dims or any(d <= 0 for d in dims):
@@ -96,6 +99,9 @@ def _load(target: str):
     except ImportError as err:
         raise _Error(f"cannot import module {mod_name!r}: {err}. Is its package on PYTHONPATH "
                      "(or installed), and is the name spelled with dots, not slashes?") from err
+    except Exception as err:  # the module itself fails while importing (SyntaxError, its own code)
+        raise _Error(f"importing module {mod_name!r} failed: {type(err).__name__}: {err}. "
+                     "Fix the module so that `python -c 'import MODULE'` works") from err
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
