@@ -90,7 +90,8 @@ def find_pool(module: nn.Module) -> Optional[Tuple[PoolDivisor, int]]:
 
 def pass_through_types() -> Tuple[type, ...]:
     """Layers that reshape, copy or drop values without mixing neurons."""
-    types = [nn.Flatten, nn.Unflatten, nn.Identity, nn.modules.dropout._DropoutNd]
+    # ReLU keeps each value or zeroes it: events = relu(pooled) x divisor stays exact
+    types = [nn.Flatten, nn.Unflatten, nn.Identity, nn.modules.dropout._DropoutNd, nn.ReLU]
     sinabs_layers = sys.modules.get("sinabs.layers")
     if sinabs_layers is not None:
         for name in ("FlattenTime", "UnflattenTime"):

@@ -54,3 +54,15 @@ def test_synapses_only_counter_hooks_no_neuron_layer_and_its_table_lists_synapse
     table = counter.table()
     assert [row.name for row in table.rows] == ["0", "3"]
     assert table.total.synops == pytest.approx(sum(c["synops"] for c in counter.counts().values()))
+
+
+def test_pool_correction_follows_spikes_through_a_relu():
+    """AvgPool -> ReLU -> Linear counts the same spike events as AvgPool -> Linear (by hand)."""
+    torch.manual_seed(0)
+    fc = nn.Linear(4, 3, bias=False)
+    with_relu = nn.Sequential(nn.AvgPool1d(2), nn.ReLU(), nn.Flatten(), fc)
+    counter = sl.SynOpsCounter(with_relu, neurons=False)
+    x = torch.tensor([[[1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]]])  # 1 sample, 1 channel, 8 steps
+    with_relu(x)
+    # window sums 2, 1, 0, 2 = 5 spike events, each reaching 3 outputs (fc's columns are nonzero)
+    assert counter.counts()["3"]["synops"] == pytest.approx(15.0)
