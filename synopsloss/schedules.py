@@ -160,14 +160,8 @@ class Constant(Schedule):
         return self.constant
 
 
-class Linear(Schedule):
-    """From ``start`` at step 0 to ``end`` at step ``steps``, linearly; ``end`` afterwards.
-
-    Example
-    -------
-    >>> Linear(1.0, 0.5, steps=10).at(4)
-    0.8
-    """
+class _Ramp(Schedule):
+    """A schedule from ``start`` (step 0) to ``end`` (step ``steps``), ``end`` afterwards."""
 
     _params = ("start", "end", "steps")
 
@@ -176,12 +170,22 @@ class Linear(Schedule):
         self.start, self.end = _number("start", start), _number("end", end)
         self.steps = _steps("steps", steps)
 
+
+class Linear(_Ramp):
+    """From ``start`` at step 0 to ``end`` at step ``steps``, linearly; ``end`` afterwards.
+
+    Example
+    -------
+    >>> Linear(1.0, 0.5, steps=10).at(4)
+    0.8
+    """
+
     def at(self, step: int) -> float:
         f = min(step, self.steps) / self.steps
         return self.start + (self.end - self.start) * f
 
 
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """Half a cosine from ``start`` (step 0) to ``end`` (step ``steps``); ``end`` afterwards.
 
     ``end + (start - end) * (1 + cos(pi * k / steps)) / 2``, as
@@ -192,13 +196,6 @@ class Cosine(Schedule):
     >>> Cosine(1.0, 0.0, steps=4).at(2)
     0.5
     """
-
-    _params = ("start", "end", "steps")
-
-    def __init__(self, start: Number, end: Number, steps: int) -> None:
-        super().__init__()
-        self.start, self.end = _number("start", start), _number("end", end)
-        self.steps = _steps("steps", steps)
 
     def at(self, step: int) -> float:
         k = min(step, self.steps)

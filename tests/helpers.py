@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Dict, Sequence
 
 import torch
@@ -85,3 +86,23 @@ def neurobench_synops(net: nn.Module, data: torch.Tensor, snntorch: bool) -> Dic
         model.cleanup_hooks()
     return {"dense": float(result["Dense"]), "eff_macs": float(result["Effective_MACs"]),
             "eff_acs": float(result["Effective_ACs"])}
+
+
+def linear_pair_synops(net: nn.Sequential, x: torch.Tensor) -> Dict[str, float]:
+    """Per-sample synops of ``Linear -> ReLU -> Linear`` layers "0" and "2", by hand:
+    input value x nonzero fan-out (computed without running the hooked modules)."""
+    with torch.no_grad():
+        fan0 = (net[0].weight != 0).sum(0).double()  # fan-out of each input neuron
+        fan2 = (net[2].weight != 0).sum(0).double()
+        h = torch.relu(torch.nn.functional.linear(x, net[0].weight, net[0].bias)).double()
+        b = x.shape[0]
+        return {"0": float((x.double() * fan0).sum()) / b, "2": float((h * fan2).sum()) / b}
+
+
+def quiet_unreachable(fn, *args, **kwargs):
+    """Call ``fn`` with synopsloss' UnreachableTargetWarning silenced."""
+    from synopsloss.loss import UnreachableTargetWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreachableTargetWarning)
+        return fn(*args, **kwargs)

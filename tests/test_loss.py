@@ -12,26 +12,13 @@ import synopsloss as sl
 from synopsloss import schedules as S
 from synopsloss.loss import UnreachableTargetWarning
 
+from helpers import linear_pair_synops as _brute_synops
+from helpers import quiet_unreachable as _quiet
+
 
 def _mlp(seed: int = 0, n_in: int = 32, hidden: int = 64, n_out: int = 8) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
-
-
-def _brute_synops(net: nn.Sequential, x: torch.Tensor) -> dict:
-    """Per-sample synops of the two Linear layers, by hand: input value x nonzero fan-out."""
-    with torch.no_grad():
-        fan0 = (net[0].weight != 0).sum(0).double()  # fan-out of each input neuron
-        fan2 = (net[2].weight != 0).sum(0).double()
-        h = torch.relu(torch.nn.functional.linear(x, net[0].weight, net[0].bias)).double()  # no hooks
-        b = x.shape[0]
-        return {"0": float((x.double() * fan0).sum()) / b, "2": float((h * fan2).sum()) / b}
-
-
-def _quiet(fn, *a, **k):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnreachableTargetWarning)
-        return fn(*a, **k)
 
 
 # ---------------------------------------------------------------------------- values by hand

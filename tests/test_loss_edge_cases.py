@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -11,28 +10,14 @@ from torch import nn
 
 import synopsloss as sl
 from synopsloss import schedules as S
-from synopsloss.loss import UnreachableTargetWarning
+
+from helpers import linear_pair_synops as _brute_synops
+from helpers import quiet_unreachable as _quiet
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 5))
-
-
-def _hand_synops(net: nn.Sequential, x: torch.Tensor) -> dict:
-    """Per-sample synops of both Linear layers by hand: input value x nonzero fan-out."""
-    with torch.no_grad():
-        h = torch.relu(torch.nn.functional.linear(x, net[0].weight, net[0].bias)).double()
-        fan0 = (net[0].weight != 0).sum(0).double()
-        fan2 = (net[2].weight != 0).sum(0).double()
-        b = x.shape[0]
-        return {"0": float((x.double() * fan0).sum()) / b, "2": float((h * fan2).sum()) / b}
-
-
-def _quiet(fn, *a, **k):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnreachableTargetWarning)
-        return fn(*a, **k)
 
 
 # ---------------------------------------------------------------------------- schedules: values by hand
@@ -116,7 +101,7 @@ def test_l1_is_the_absolute_relative_error_of_counter_synops_with_all_layers():
     net = _mlp(1)
     x = torch.rand(6, 12)
     counter = sl.SynOpsCounter(net)
-    hand = _hand_synops(net, x)
+    hand = _brute_synops(net, x)
     total = hand["0"] + hand["2"]
     for target in (0.5 * total, 1.5 * total):
         counter.reset()
@@ -134,7 +119,7 @@ def test_hinge_is_zero_at_or_below_the_target_and_the_relative_excess_above(fact
     net = _mlp(2)
     x = torch.rand(3, 12)
     counter = sl.SynOpsCounter(net)
-    s = _hand_synops(net, x)["2"]
+    s = _brute_synops(net, x)["2"]
     target = factor * s
     loss_fn = _quiet(sl.SynOpsLoss, counter, target=target, shape="hinge", weight=2.0)
     net(x)
@@ -149,7 +134,7 @@ def test_weight_scales_the_term_linearly_and_zero_weight_gives_zero():
     net = _mlp(3)
     x = torch.rand(4, 12)
     counter = sl.SynOpsCounter(net)
-    s = _hand_synops(net, x)["2"]
+    s = _brute_synops(net, x)["2"]
     net(x)
     values = {}
     for lam in (0.0, 1.0, 3.5):
@@ -163,7 +148,7 @@ def test_per_layer_dict_targets_sum_one_term_per_layer_by_hand():
     net = _mlp(4)
     x = torch.rand(5, 12)
     counter = sl.SynOpsCounter(net)
-    hand = _hand_synops(net, x)
+    hand = _brute_synops(net, x)
     t0, t2 = 0.8 * hand["0"], 3.0 * hand["2"]
     loss_fn = _quiet(sl.SynOpsLoss, counter, target={"0": t0, "2": t2}, shape="squared", weight=0.5)
     net(x)
@@ -176,7 +161,7 @@ def test_fraction_per_layer_is_measured_on_the_first_batches_then_frozen():
     net = _mlp(5)
     xs = [torch.rand(4, 12) * (1 + i) for i in range(3)]
     counter = sl.SynOpsCounter(net)
-    hands = [_hand_synops(net, x) for x in xs]
+    hands = [_brute_synops(net, x) for x in xs]
     loss_fn = _quiet(sl.SynOpsLoss, counter, fraction={"0": 0.5, "2": 0.25}, calibration_batches=2, shape="l1")
     got = []
     for x in xs:
@@ -200,7 +185,7 @@ def test_loss_step_moves_target_and_weight_schedules_by_hand():
     net = _mlp(6)
     x = torch.rand(4, 12)
     counter = sl.SynOpsCounter(net)
-    s = _hand_synops(net, x)["2"]
+    s = _brute_synops(net, x)["2"]
     loss_fn = _quiet(
         sl.SynOpsLoss, counter, target=S.Milestones(s, [1, 2], 0.5), weight=S.Exponential(1.0, 2.0), shape="hinge"
     )
@@ -367,7 +352,7 @@ def test_sgd_on_the_loss_above_target_lowers_the_synops(shape):
         net[0].bias.fill_(0.3)
     x = torch.rand(8, 12)
     counter = sl.SynOpsCounter(net)
-    start = _hand_synops(net, x)["2"]
+    start = _brute_synops(net, x)["2"]
     loss_fn = _quiet(sl.SynOpsLoss, counter, target=0.3 * start, shape=shape)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     for _ in range(5):
@@ -377,5 +362,5 @@ def test_sgd_on_the_loss_above_target_lowers_the_synops(shape):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = _hand_synops(net, x)["2"]
+    after = _brute_synops(net, x)["2"]
     assert after < 0.95 * start and math.isfinite(after)
