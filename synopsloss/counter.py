@@ -97,6 +97,12 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def _all_integer(t: Tensor) -> Tensor:
+    """0-dim bool tensor: every value of ``t`` is within ``_EVENT_TOL`` of an integer (overwrites ``t``)."""
+    dev = torch.aminmax(t.sub_(t.round()))
+    return (dev.min >= -_EVENT_TOL) & (dev.max <= _EVENT_TOL)
+
+
 def _tensor_inputs(args: tuple, kwargs: Mapping[str, Any]) -> List[Tensor]:
     return [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
 
@@ -476,11 +482,6 @@ class SynOpsCounter:
             lm = maps.get(module, rule, in_shape, out_shape)
         except ValueError as err:
             raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
-        if lm.effective.device != x.device:
-            raise ValueError(
-                f"synopsloss: layer {name!r} received its input on {x.device} but its weight is on "
-                f"{lm.effective.device}; move the input and the model to the same device"
-            )
         flat = x.reshape(rows, n_el)
         dtype = lm.effective.dtype
         scale = self._find_tag(x)
@@ -495,17 +496,13 @@ class SynOpsCounter:
             # Integers up to float rounding: an average over 9 times 9 need not be exact (3/9*9).
             if scale.numel() == n_el:
                 with torch.no_grad():
-                    ev = flat.detach() * scale
-                    dev = torch.aminmax(ev.sub_(ev.round()))
-                    integer = (dev.min >= -_EVENT_TOL) & (dev.max <= _EVENT_TOL)
+                    integer = _all_integer(flat.detach() * scale)
                     factor = torch.where(integer, scale, torch.ones_like(scale))
                 per_neuron = flat.sum(0, dtype=red) * factor
             else:
                 events = (x.reshape(-1, scale.numel()) * scale).reshape(rows, n_el)
                 with torch.no_grad():
-                    ev = events.detach()
-                    dev = torch.aminmax(ev - ev.round())
-                    integer = (dev.min >= -_EVENT_TOL) & (dev.max <= _EVENT_TOL)
+                    integer = _all_integer(events.detach().clone())
                 per_neuron = torch.where(integer, events.sum(0, dtype=red), flat.sum(0, dtype=red))
         synops = torch.dot(per_neuron.to(dtype), lm.effective)
         with torch.no_grad():
@@ -527,7 +524,7 @@ class SynOpsCounter:
                 in_neurons=n_el,
             )
         self._accumulate(name, counts, lm)
-        if self._batch.inputs and x.device.type != "meta":
+        if self._batch.inputs:
             ref = self._batch.inputs.get(x.untyped_storage().data_ptr())
             if ref is not None and ref() is not None:
                 self._batch.layers[name].data_fed = True
