@@ -26,37 +26,35 @@ from typing import List
 __all__ = ["add_arguments", "run"]
 
 
-def _shape(text: str) -> List[int]:
+def _parsed(text: str, convert, valid, message: str):
+    """``convert(text)`` if it succeeds and passes ``valid``, else one argparse error with ``message``."""
     try:
-        parts = text.strip().replace("x", ",").split(",")
-        if parts and not parts[-1].strip():  # allow one trailing comma: "6,"
-            parts = parts[:-1]
-        dims = [int(v) for v in parts]  # an empty part ("2,,3") is an error, not skipped
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-shape must be positive integers like 1,28,28, got {text!r}")
-    if not dims or any(d <= 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"--input-shape must be positive integers like 1,28,28, got {text!r}")
-    return dims
+        value = None
+    if value is None or not valid(value):
+        raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+    return value
+
+
+def _split_dims(text: str) -> List[int]:
+    parts = text.strip().replace("x", ",").split(",")
+    if parts and not parts[-1].strip():  # allow one trailing comma: "6,"
+        parts = parts[:-1]
+    return [int(v) for v in parts]  # an empty part ("2,,3") is an error, not skipped
+
+
+def _shape(text: str) -> List[int]:
+    return _parsed(text, _split_dims, lambda dims: dims and all(d > 0 for d in dims),
+                   "--input-shape must be positive integers like 1,28,28")
 
 
 def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+    return _parsed(text, int, lambda v: v > 0, "expected a positive integer")
 
 
 def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--rate must be a probability in [0, 1], got {text!r}")
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"--rate must be a probability in [0, 1], got {text!r}")
-    return v
+    return _parsed(text, float, lambda v: 0.0 <= v <= 1.0, "--rate must be a probability in [0, 1]")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
