@@ -18,7 +18,7 @@ from .maps import Rule, connection_map, register_no_synapse, register_rule
 from . import recurrent  # registers the nn.RNN/LSTM/GRU and *Cell rules  # noqa: F401
 from .energy import DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device
 from .neurons import NeuronMonitor
-from .report import LayerRow, SynOpsTable
+from .table import LayerRow, SynOpsTable
 from . import schedules
 from .loss import SynOpsLoss, UnreachableTargetWarning
 

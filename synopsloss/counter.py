@@ -742,7 +742,7 @@ class SynOpsCounter:
         return {k: sum(row[k] for row in per_layer.values()) for k in COUNT_KEYS}
 
     def table(self, dt: Optional[float] = None, energy: Any = "horowitz45nm", accumulated: bool = False):
-        """The per-layer statistics table (:class:`synopsloss.report.SynOpsTable`).
+        """The per-layer statistics table (:class:`synopsloss.table.SynOpsTable`).
 
         One row per layer that ran, in forward order (synaptic layers, neuron
         layers, and the layers without synapses between them), plus a total.

@@ -1,7 +1,7 @@
 """Energy estimates from exact operation counts: named presets and user devices.
 
 Every model turns one table row (a layer's per-sample counts, see
-:class:`synopsloss.report.LayerRow`) into energy parts in joules per sample;
+:class:`synopsloss.table.LayerRow`) into energy parts in joules per sample;
 the table sums them per layer and in total. Presets (``energy=`` of
 :meth:`SynOpsCounter.table`):
 
