@@ -4,34 +4,51 @@ Public API
 ----------
 SynOpsCounter
     Forward hooks that count differentiable synops and NeuroBench's dense /
-    effective MAC / effective AC operations, per sample.
-connection_map, register_rule, register_no_synapse, Rule
-    Fan-out maps and the registry of layer rules.
-SynOpsTable (counter.table()), NeuronMonitor, energy presets
-    Per-layer table with neuron statistics and energy estimates.
+    effective MAC / effective AC operations, per sample. Read with
+    ``synops()`` (differentiable), ``snapshot()`` (:class:`CounterSnapshot`,
+    plain data) and ``table()`` (:class:`SynOpsTable`).
 SynOpsLoss, schedules
     The loss term to train against synops, and target / weight schedules.
+NeuronMonitor
+    Firing rates and neuron operations of the synapse-free layers.
+connection_map, register_rule, register_no_synapse, Rule, LayerKind
+    Fan-out maps and the layer registry (:mod:`synopsloss.registry`).
+EnergyModel, OpEnergy, DeviceEnergy, Lemaire2022, register_device
+    Energy presets for the table (:mod:`synopsloss.energy`).
+
+Modules: ``counter`` (hooks and counting), ``snapshot`` (plain-data readings),
+``state`` (declared per-layer state), ``registry`` (layer knowledge),
+``maps`` (fan-out maths), ``pooling`` (AvgPool spike events), ``recurrent``
+(RNN/LSTM/GRU), ``neurons`` (neuron statistics), ``hooks`` (hook plumbing),
+``report`` / ``table`` (the per-layer table), ``energy``, ``loss``,
+``schedules``, ``lightning`` (Lightning callbacks), ``cli`` (command line).
 """
 
-from .counter import COUNT_KEYS, SynOpsCounter, UnsupportedLayerWarning
-from .maps import Rule, connection_map, register_no_synapse, register_rule
-from . import recurrent  # registers the nn.RNN/LSTM/GRU and *Cell rules  # noqa: F401
+from .counter import COUNT_KEYS, SynOpsCounter, SynOpsWarning, UnsupportedLayerWarning
 from .energy import DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device
+from .loss import SynOpsLoss, UnreachableTargetWarning
+from .maps import Rule, connection_map
 from .neurons import NeuronMonitor
+from .registry import LayerKind, register_no_synapse, register_rule
+from .snapshot import CounterSnapshot, LayerStats, NeuronStats
 from .table import LayerRow, SynOpsTable
 from . import schedules
-from .loss import SynOpsLoss, UnreachableTargetWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SynOpsCounter",
+    "CounterSnapshot",
+    "LayerStats",
+    "NeuronStats",
+    "SynOpsWarning",
     "UnsupportedLayerWarning",
     "COUNT_KEYS",
     "connection_map",
     "register_rule",
     "register_no_synapse",
     "Rule",
+    "LayerKind",
     "NeuronMonitor",
     "SynOpsTable",
     "LayerRow",

@@ -2,10 +2,12 @@
 
 Definitions (per layer call, input ``x`` of shape ``[*rows, *sample]``):
 
-* **synops** (differentiable): ``sum(x * effective_map)`` -- each input value
-  times its number of nonzero outgoing weight taps, so a spike count of 2
-  counts twice. Spikes averaged by an ``AvgPool`` are multiplied back by the
-  pool's divisor (counted as spike events).
+* **synops** (differentiable): ``sum(|x| * effective_map)`` -- each input
+  value's magnitude times its number of nonzero outgoing weight taps, so a
+  spike count of 2 counts twice and a -1 spike counts like a +1. The gradient
+  is the map wherever ``x >= 0`` (also at 0, so the loss reaches silent
+  neurons). Spikes averaged by an ``AvgPool`` are multiplied back by the
+  pool's divisor (counted as spike events) when the pool's input is integer.
 * **dense**: every weight tap of every input neuron, whatever its value.
 * **effective ops**: ``sum((x != 0) * effective_map)``: nonzero input times
   nonzero weight. They are **ACs** when every value of the call's input is in
@@ -19,19 +21,17 @@ samples x time steps. How the number of samples ``B`` is learned, in order:
 1. ``batch_size=`` given to the counter;
 2. sinabs ``*Squeeze`` layers (``batch_size``, or ``rows // num_timesteps``),
    for models that fold time into the batch as ``[B*T, ...]``;
-3. ``shape[batch_dim]`` of the first tensor the model itself is called with.
-   This covers models called once per time step with ``[B, ...]`` (snntorch
-   loops: call :meth:`~SynOpsCounter.reset` before each new batch) and models
-   that take ``[B, T, ...]`` and loop inside. For time-first ``[T, B, ...]``
-   input pass ``batch_dim=1``.
+3. ``shape[batch_dim]`` of the first tensor the model itself is called with
+   (searched in nested lists, tuples and dicts). When every layer's call has
+   exactly ``B`` rows (snntorch loops called once per time step with
+   ``[B, ...]``, models that take ``[B, T, ...]`` and loop inside) that is
+   certain. When layers see more rows than that (``[B, T, ...]`` or
+   ``[T, B, ...]`` into a ``Linear``, tokens), ``B`` is used only when the
+   layout is known: ``batch_dim=`` passed explicitly, or sinabs layers (which
+   take ``[B, T, ...]``); otherwise reading raises and says what to pass.
 
 Each layer's rows per call must be a multiple of ``B``; when they are not, or
 when ``B`` cannot be learned, reading the counts raises an error that says so.
-
-Only modules are hooked: functional calls (``F.conv2d`` inside a custom
-``forward``) are invisible to module hooks (see fvcore's ``flop_count.md``),
-so a module with parameters that no rule covers is named in a warning when the
-counter attaches (an error with ``strict=True``).
 """
 
 from __future__ import annotations
@@ -47,75 +47,113 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import integrations
-from .maps import LayerMaps, MapCache, OpCounts, Rule, find_rule, has_no_synapse
+from . import registry
+from .hooks import HookSet, next_stamp
+from .maps import LayerMaps, MapCache, OpCounts, Rule
+from .pooling import PoolEvents
+from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
+from .state import SynapseState, fold
 
-__all__ = ["SynOpsCounter", "UnsupportedLayerWarning", "COUNT_KEYS"]
-
-#: The keys of each layer's entry in :meth:`SynOpsCounter.counts`.
-COUNT_KEYS = ("dense", "eff_macs", "eff_acs", "synops")
-#: How far avg-pooled spike counts times the pool's divisor may lie from an integer (float rounding).
-_EVENT_TOL = 1e-3
+__all__ = ["SynOpsCounter", "SynOpsWarning", "UnsupportedLayerWarning", "COUNT_KEYS"]
 
 
-class UnsupportedLayerWarning(UserWarning):
+class SynOpsWarning(UserWarning):
+    """A count that may not mean what the user expects (each names the cause and the fix)."""
+
+
+class UnsupportedLayerWarning(SynOpsWarning):
     """A module with parameters that the counter cannot count."""
 
 
 @dataclass
-class _LayerAcc:
-    """Running sums of one layer over the calls of one batch (device tensors, float64)."""
+class _Layer:
+    """A counted layer as attached: its module, rule and map cache (no per-batch numbers)."""
 
-    synops: Tensor  # differentiable
-    eff_macs: Tensor
-    eff_acs: Tensor
-    dense: Tensor
-    device: torch.device
-    input_sum: Tensor  # sum of the input values (spike events after pool correction), detached
-    input_nonzero: Tensor  # number of nonzero input values
-    calls: int = 0
-    rows: Set[int] = field(default_factory=set)
-    rows_total: int = 0
-    in_shape: Tuple[int, ...] = ()
-    out_shape: Tuple[int, ...] = ()
-    maps: Optional[LayerMaps] = None  # the maps of the last call (None for per-call rules)
-    data_fed: bool = False  # an input shared memory with a tensor the model itself was called with
+    module: nn.Module
+    rule: Rule
+    maps: MapCache
 
 
 @dataclass
 class _Batch:
-    layers: Dict[str, _LayerAcc] = field(default_factory=dict)
+    """What the root hook learned about the current batch, and the layers' running numbers."""
+
+    layers: Dict[str, SynapseState] = field(default_factory=dict)
     root_batch: Optional[int] = None
+    root_shape: Tuple[int, ...] = ()
     root_calls: int = 0
     root_note: str = ""
     fold_batch: Optional[int] = None
     fold_layer: str = ""
-    inputs: Dict[int, Any] = field(default_factory=dict)  # storage ptr -> weakref of the model's tensor inputs
+    inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
+    outputs: Set[int] = field(default_factory=set)  # storage pointers of tensors the model returned
+    pending: bool = False  # a forward of the model started and has not returned (or raised)
+    failed: bool = False  # a forward of the model raised
+    read: bool = False  # counts of this batch were read
+    backwarded: bool = False  # its synops were backpropagated
 
 
-def _acc_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
+class _Magnitude(torch.autograd.Function):
+    """``|x|`` whose gradient is ``sign(x)`` with ``+1`` at 0 (``torch.abs`` has gradient 0 there)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.abs()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.where(x < 0, -grad, grad)
 
 
-def _all_integer(t: Tensor) -> Tensor:
-    """0-dim bool tensor: every value of ``t`` is within ``_EVENT_TOL`` of an integer (overwrites ``t``)."""
-    dev = torch.aminmax(t.sub_(t.round()))
-    return (dev.min >= -_EVENT_TOL) & (dev.max <= _EVENT_TOL)
+def magnitude(x: Tensor) -> Tensor:
+    """``|x|`` with the gradient of ``x`` for ``x >= 0`` (see :class:`_Magnitude`)."""
+    return _Magnitude.apply(x) if x.requires_grad else x.abs()
 
 
-def _tensor_inputs(args: tuple, kwargs: Mapping[str, Any]) -> List[Tensor]:
-    return [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
+def _tensors(obj: Any, out: List[Tensor]) -> List[Tensor]:
+    """Every tensor in ``obj`` (nested lists, tuples and dicts), in order."""
+    if isinstance(obj, Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _tensors(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _tensors(o, out)
+    return out
+
+
+def _storage(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass (gradient checkpointing re-runs forwards there)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def _functorch_level(t: Tensor) -> int:
+    try:
+        return torch._C._functorch.maybe_get_level(t)
+    except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+        return -1
 
 
 class SynOpsCounter:
     """Count the synaptic operations of a model, differentiably, per sample.
 
     Attaches forward hooks to every layer with a synapse rule (``nn.Linear``,
-    ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d`` and registered ones),
-    to average-pooling layers (spike-event correction) and to the root model
-    (number of samples). Nothing is stored on the model: all state lives in the
-    counter, keyed by the layers' qualified names, and :meth:`remove` (or
-    leaving the ``with`` block) takes every hook off.
+    ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``, recurrent layers and
+    registered ones), to average-pooling layers (spike-event correction) and to
+    the root model (number of samples). Nothing is stored on the model: all
+    state lives in the counter, keyed by the layers' qualified names, and
+    :meth:`remove` (or leaving the ``with`` block) takes every hook off.
+
+    Reading: :meth:`synops` (differentiable, the loss input), :meth:`snapshot`
+    (plain data: per-layer sums, shapes, fan-outs; ``.per_layer()`` and
+    ``.total()`` per sample) and :meth:`table`.
 
     Parameters
     ----------
@@ -125,7 +163,9 @@ class SynOpsCounter:
         Number of samples per batch, if it cannot be read from the inputs (see
         the module docstring for how it is learned otherwise).
     batch_dim
-        Dimension of the model's first tensor argument that holds the samples.
+        Dimension of the model's first tensor argument that holds the samples
+        (``1`` for time-first ``[T, B, ...]`` data). Passing it (even ``0``)
+        also declares the layout certain.
     strict
         Raise instead of warn when a module with parameters cannot be counted.
     custom_rules
@@ -134,21 +174,25 @@ class SynOpsCounter:
     neurons
         Also track the spiking neuron layers (firing rates, neuron operations,
         membrane updates) and the layers without synapses, for :meth:`table`.
-        ``False`` skips that bookkeeping (a few passes over every neuron
-        layer's input and output per call) when only synops are needed, e.g.
-        for a :class:`~synopsloss.SynOpsLoss` during training; the table then
-        holds the synaptic layers only.
+        ``False`` skips that bookkeeping when only synops are needed (e.g. for
+        a :class:`~synopsloss.SynOpsLoss` during training): the synaptic
+        numbers are the same either way; the table then holds the synaptic
+        layers only.
     check_finite
         :meth:`synops` raises if an input held NaN or inf (one device sync per
         call of :meth:`synops`; the layer hooks never synchronise).
+    auto_reset
+        Each call of the model is one batch: a call starts a new batch as
+        :meth:`reset` would (for models that take the whole sequence in one
+        call, e.g. evaluation loops over ``[B, T, ...]`` batches).
 
     Example
     -------
     >>> import torch, synopsloss as sl
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False))
     >>> with sl.SynOpsCounter(net) as counter:
-    ...     _ = net(torch.tensor([[1.0, 0.0, 1.0]]))
-    ...     counter.counts()["0"]
+    ...     _ = net(torch.tensor([[1.0, 0.0, -1.0]]))
+    ...     counter.snapshot().per_layer()["0"]
     {'dense': 6.0, 'eff_macs': 0.0, 'eff_acs': 4.0, 'synops': 4.0}
     """
 
@@ -160,37 +204,38 @@ class SynOpsCounter:
         model: nn.Module,
         *,
         batch_size: Optional[int] = None,
-        batch_dim: int = 0,
+        batch_dim: Optional[int] = None,
         strict: bool = False,
         custom_rules: Optional[Mapping[type, Rule]] = None,
         check_finite: bool = True,
         neurons: bool = True,
+        auto_reset: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or batch_dim < 0:
-            raise ValueError(f"batch_dim must be a non-negative int, got {batch_dim!r}")
+        _check_optional_int("batch_size", batch_size, minimum=1)
+        _check_optional_int("batch_dim", batch_dim, minimum=0)
+        if custom_rules is not None and not isinstance(custom_rules, Mapping):
+            raise TypeError(f"custom_rules must be a mapping {{module type: Rule}}, got {type(custom_rules).__name__}")
         self.model = model
         self.batch_size = batch_size
-        self.batch_dim = batch_dim
-        self.strict = strict
-        self.check_finite = check_finite
+        self.batch_dim = 0 if batch_dim is None else batch_dim
+        self._layout_given = batch_dim is not None or batch_size is not None
+        self.strict = bool(strict)
+        self.check_finite = bool(check_finite)
+        self.auto_reset = bool(auto_reset)
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
-        self._handles: List[Any] = []
+        self._hooks = HookSet()
+        self._pools = PoolEvents()
+        self._layers: Dict[str, _Layer] = {}
         self._maps: Dict[str, MapCache] = {}
-        self._layer_rules: Dict[str, Rule] = {}
-        self._modules: Dict[str, nn.Module] = {}
         self._unsupported: List[str] = []
-        self._warned = ""
-        self._enabled = True
-        self._pool_tags: Dict[int, Tuple[Any, int, Tensor]] = {}
+        self._batch_first_layers = False  # sinabs layers take [B, T, ...]
+        self._warned: Set[str] = set()
         self._batch = _Batch()
-        self._totals: Dict[str, Dict[str, Tensor]] = {}
+        self._totals: Dict[str, SynapseState] = {}
         self._total_samples = 0
-        self._data_fed_seen: Set[str] = set()
-        self._monitor: Optional[Any] = None  # NeuronMonitor: neurons, other layers, forward order
+        self._monitor: Optional[Any] = None
         self._track_neurons = bool(neurons)
         self.attach()
 
@@ -199,12 +244,12 @@ class SynOpsCounter:
     @property
     def attached(self) -> bool:
         """Whether the hooks are on the model."""
-        return bool(self._handles)
+        return self._hooks.attached
 
     @property
     def layer_names(self) -> List[str]:
         """Qualified names of the counted layers, in definition order."""
-        return list(self._layer_rules)
+        return list(self._layers)
 
     @property
     def unsupported(self) -> List[str]:
@@ -215,62 +260,19 @@ class SynOpsCounter:
         """Register the hooks (done by the constructor; a no-op when attached)."""
         if self.attached:
             return self
-        from .recurrent import register_snn_rules
-
-        register_snn_rules()
-        neurons = integrations.neuron_types()
-        passthrough = integrations.pass_through_types()
-        self._layer_rules.clear()
-        self._modules.clear()
+        self._layers.clear()
         self._unsupported = []
-        h = self._handles
-        # Hooks are closures, not bound methods: ``copy.deepcopy`` of a hooked model shares a
-        # function but would deep-copy a bound method's counter (and its autograd graph).
-        # Each hook ignores calls of modules other than its own (deep copies, e.g. NeuroBench's).
-        model = self.model
-
-        def root_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if module is model:
-                self._root_pre_hook(module, args, kwargs)
-
-        h.append(self.model.register_forward_pre_hook(root_hook, with_kwargs=True))
-        param_owned: List[str] = []  # "<name>.parametrizations." of parametrized modules
+        self._hooks.pre(self.model, self._root_pre_hook, with_kwargs=True)
+        self._hooks.forward(self.model, self._root_post_hook)
+        parametrized: List[str] = []  # "<name>.parametrizations." of parametrized modules
         for name, module in self.model.named_modules():
             if parametrize.is_parametrized(module):
-                param_owned.append(f"{name}.parametrizations." if name else "parametrizations.")
-            rule = find_rule(module, self._rules)
-            if rule is not None:
-                self._layer_rules[name] = rule
-                self._modules[name] = module
-                self._maps.setdefault(name, MapCache())
-                h.append(module.register_forward_hook(self._make_layer_hook(name, rule), with_kwargs=True))
-                continue
-            pool = integrations.find_pool(module)
-            if pool is not None:
-                h.append(module.register_forward_hook(self._make_pool_hook(*pool)))
-            elif isinstance(module, passthrough):
-                h.append(module.register_forward_hook(lambda m, a, o: self._pass_through_hook(m, a, o)))
-            if integrations.is_time_folding(module):
-                h.append(module.register_forward_pre_hook(self._make_fold_hook(name)))
-            if any(name.startswith(p) for p in param_owned):
+                parametrized.append(f"{name}.parametrizations." if name else "parametrizations.")
+            if any(name.startswith(p) for p in parametrized):
                 continue  # weight_norm / spectral_norm parametrizations: their parameters are the owner's
-            own_params = any(True for _ in module.parameters(recurse=False)) or parametrize.is_parametrized(module)
-            if own_params and not has_no_synapse(module) and not isinstance(module, neurons):
-                self._unsupported.append(f"{name or '<root>'} ({type(module).__name__})")
-        if self._unsupported:
-            msg = (
-                "synopsloss cannot count the synapses of these modules with parameters: "
-                + ", ".join(self._unsupported)
-                + ". Their synops are NOT included. Register a rule with synopsloss.register_rule "
-                "(or declare them synapse-free with synopsloss.register_no_synapse)."
-            )
-            if self.strict:
-                self.remove()
-                raise TypeError(msg)
-            if msg != self._warned:  # once per counter, not at every re-attach
-                warnings.warn(msg, UnsupportedLayerWarning, stacklevel=3)
-                self._warned = msg
-        if not self._layer_rules:
+            self._attach_module(name, module)
+        self._report_unsupported()
+        if not self._layers:
             self.remove()
             raise ValueError(
                 f"{type(self.model).__name__} has no layer synopsloss can count (Linear, ConvNd, "
@@ -283,17 +285,51 @@ class SynOpsCounter:
         elif self._track_neurons:
             from .neurons import NeuronMonitor
 
-            self._monitor = NeuronMonitor(
-                self.model, samples_fn=self._samples, rules=self._rules, enabled_fn=lambda: self._enabled
-            )
+            self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules)
         return self
+
+    def _attach_module(self, name: str, module: nn.Module) -> None:
+        rule = registry.find_rule(module, self._rules)
+        if rule is not None:
+            self._layers[name] = _Layer(module, rule, self._maps.setdefault(name, MapCache()))
+            self._hooks.forward(module, self._layer_hook(name), with_kwargs=True)
+            return
+        pool = registry.pool_divisor(module)
+        if pool is not None:
+            self._hooks.forward(module, self._pools.pool_hook(*pool))
+        elif registry.is_pass_through(module):
+            self._hooks.forward(module, self._pools.pass_through_hook)
+        if registry.is_time_folding(module):
+            self._hooks.pre(module, self._fold_hook(name))
+        elif registry.neuron_library(module) == "sinabs":
+            self._batch_first_layers = True
+        has_params = any(True for _ in module.parameters(recurse=False)) or parametrize.is_parametrized(module)
+        if has_params and not registry.has_no_synapse(module) and registry.neuron_library(module) is None:
+            self._unsupported.append(f"{name or '<root>'} ({type(module).__name__})")
+
+    def _report_unsupported(self) -> None:
+        if not self._unsupported:
+            return
+        msg = (
+            "synopsloss cannot count the synapses of these modules with parameters: "
+            + ", ".join(self._unsupported)
+            + ". Their synops are NOT included. Register a rule with synopsloss.register_rule "
+            "(or declare them synapse-free with synopsloss.register_no_synapse)."
+        )
+        if self.strict:
+            self.remove()
+            raise TypeError(msg)
+        self._warn_once(msg, UnsupportedLayerWarning, stacklevel=4)
+
+    def _warn_once(self, msg: str, category: type = SynOpsWarning, stacklevel: int = 3) -> None:
+        if msg not in self._warned:  # once per counter, not at every re-attach or call
+            self._warned.add(msg)
+            warnings.warn(msg, category, stacklevel=stacklevel)
 
     def remove(self) -> None:
         """Remove every hook from the model (state and counts stay readable)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._pool_tags.clear()
+        self._hooks.remove()
+        self._pools.clear()
         if self._monitor is not None:
             self._monitor.remove()
 
@@ -305,53 +341,70 @@ class SynOpsCounter:
     def __exit__(self, *exc: Any) -> None:
         self.remove()
 
+    def __deepcopy__(self, memo: Dict[int, Any]) -> Any:
+        raise TypeError(
+            "a SynOpsCounter holds hooks on a live model and the autograd graph of the current batch, so it "
+            "cannot be copied. Create a new SynOpsCounter on the copied model; to keep numbers, copy "
+            "counter.snapshot() (plain data)."
+        )
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        raise TypeError(
+            "a SynOpsCounter cannot be pickled (it holds hooks on a live model and an autograd graph). "
+            "Save counter.snapshot() (plain data) or the model's state_dict(), and create a new counter "
+            "after loading. To pickle the model itself, call counter.remove() first."
+        )
+
     @contextlib.contextmanager
     def paused(self) -> Iterator["SynOpsCounter"]:
         """Run the model without counting (e.g. a validation pass inside a training step)."""
-        previous, self._enabled = self._enabled, False
-        try:
-            yield self
-        finally:
-            self._enabled = previous
+        with self._hooks.paused():
+            if self._monitor is not None:
+                with self._monitor.paused():
+                    yield self
+            else:
+                yield self
 
     def reset(self, accumulated: bool = False) -> None:
         """Start a new batch.
 
         The finished batch's counts are added to the running totals read with
-        ``counts(accumulated=True)``; its differentiable synops (and their
-        autograd graph) are dropped. ``accumulated=True`` clears the running
+        ``snapshot(accumulated=True)``; its differentiable synops (and their
+        autograd graph) are dropped. A batch whose forward raised is dropped
+        without entering the totals. ``accumulated=True`` clears the running
         totals too.
         """
+        batch = self._batch
         if accumulated:
             self._totals.clear()
             self._total_samples = 0
-            self._data_fed_seen.clear()
-        elif self._batch.layers:
+        elif batch.layers and not (batch.pending or batch.failed):
             samples = self._samples()
-            for name, acc in self._batch.layers.items():
-                tot = self._totals.setdefault(name, {})
-                for key in COUNT_KEYS:
-                    value = getattr(acc, key).detach()
-                    tot[key] = tot[key].to(value.device) + value if key in tot else value
-                if acc.data_fed:
-                    self._data_fed_seen.add(name)
+            for name, state in batch.layers.items():
+                fold(self._totals.setdefault(name, SynapseState()), state)
             self._total_samples += samples
         if self._monitor is not None:
-            self._monitor.reset(accumulated=accumulated, synaptic=self._batch.layers)
+            self._monitor.reset(accumulated=accumulated, drop=batch.pending or batch.failed)
         self._batch = _Batch()
-        self._pool_tags.clear()
+        self._pools.clear()
 
     # ------------------------------------------------------------------ hooks
 
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._pool_tags.clear()
-        if not self._enabled:
-            return
+        self._pools.clear()
         batch = self._batch
+        if batch.layers and (batch.read or batch.backwarded or batch.pending or self.auto_reset):
+            self._check_new_call(batch)
+            batch = self._batch
         batch.root_calls += 1
-        tensors = _tensor_inputs(args, kwargs)
-        # the storages of the model's own inputs: a layer reading one of them is fed by the data
-        batch.inputs = {t.untyped_storage().data_ptr(): weakref.ref(t) for t in tensors if t.device.type != "meta"}
+        batch.pending = True
+        tensors = _tensors(args, [])
+        _tensors(kwargs, tensors)
+        batch.inputs.update(
+            _storage(t) for t in tensors
+            if t.grad_fn is None and t.device.type != "meta" and _functorch_level(t) == -1
+            and not isinstance(t, nn.Parameter) and _storage(t) not in self._own_storages()
+        )
         if self.batch_size is not None:
             return
         if not tensors:
@@ -363,19 +416,56 @@ class SynOpsCounter:
             return
         b = int(x.shape[self.batch_dim])
         if batch.root_batch is None:
-            batch.root_batch = b
+            batch.root_batch, batch.root_shape = b, tuple(x.shape)
         elif b != batch.root_batch:
             raise ValueError(
                 f"synopsloss: the model was called with {b} samples (dim {self.batch_dim} of its input) after "
                 f"{batch.root_batch} since the last counter.reset(). Calls between two resets are treated "
-                "as time steps of one batch: call counter.reset() before each new batch."
+                "as time steps of one batch: call counter.reset() before each new batch "
+                "(or create the counter with auto_reset=True if each call is a whole batch)."
             )
 
-    def _make_fold_hook(self, name: str):
+    def _check_new_call(self, batch: _Batch) -> None:
+        """The model is called again on a batch whose counts were read, backpropagated or interrupted."""
+        if self.auto_reset or batch.failed:
+            self.reset()
+            return
+        if batch.pending:  # the previous forward raised: its partial counts are not a batch
+            batch.failed = True
+            self.reset()
+            return
+        if batch.backwarded:
+            raise RuntimeError(
+                "synopsloss: the model was called again after the synops of this batch were backpropagated, "
+                "without counter.reset(). Call counter.reset() before each batch (for truncated BPTT, after "
+                "each backward: the counts then cover one chunk). Without it the next synops() would reach "
+                "into the freed graph of the previous batch."
+            )
+        self._warn_once(
+            "synopsloss: the model was called again after this batch's counts were read, without "
+            "counter.reset(); the calls are counted as more time steps of the same batch. If a new batch "
+            "started, call counter.reset() before it (or create the counter with auto_reset=True when each "
+            "call of the model is one whole batch).",
+            stacklevel=5,
+        )
+        batch.read = False
+
+    def _root_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._batch.pending = False
+        # a state the model returns and is called with again is the network's, not data
+        self._batch.outputs.update(_storage(t) for t in _tensors(output, []) if t.device.type != "meta"
+                                   and _functorch_level(t) == -1)
+
+    def _own_storages(self) -> Set[int]:
+        """Storages of the model's buffers and of tensors it returned in this batch (never data)."""
+        own = {_storage(b) for b in self.model.buffers() if b.device.type != "meta"}
+        return own | self._batch.outputs
+
+    def _fold_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            if not self._enabled or not args or not isinstance(args[0], Tensor):
+            if not args or not isinstance(args[0], Tensor):
                 return
-            b = integrations.time_folding_batch(module, args[0])
+            b = registry.time_folding_batch(module, args[0])
             if b is None:
                 return
             batch = self._batch
@@ -388,90 +478,42 @@ class SynOpsCounter:
 
         return hook
 
-    def _make_pool_hook(self, divisor_fn, n: int):
-        cache: Dict[tuple, Tensor] = {}
-
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self._enabled or not args or not isinstance(output, Tensor) or not isinstance(args[0], Tensor):
-                return
-            in_sample = tuple(args[0].shape[-(n + 1):])
-            out_sample = tuple(output.shape[-(n + 1):])
-            key = (in_sample, out_sample, output.device)
-            div = cache.get(key)
-            if div is None:
-                div = divisor_fn(module, in_sample, out_sample).to(device=output.device, dtype=torch.float32)
-                div = cache[key] = div.expand(out_sample).reshape(-1).contiguous()
-            self._tag(output, div)
-
-        return hook
-
-    def _tag(self, t: Tensor, scale: Tensor) -> None:
-        # Watch the tensor that owns the memory: a view (``y.view(...)``, ``flatten``) keeps its
-        # base alive, not the tensor it was taken from, and a pool's output can itself be a view
-        # (avg_pool1d squeezes a 2-d result), which may be freed while the data is still read.
-        owner = t._base if t._base is not None else t
-        self._pool_tags[t.data_ptr()] = (weakref.ref(owner), t.numel(), scale)
-
-    def _find_tag(self, t: Tensor) -> Optional[Tensor]:
-        if not self._pool_tags:
-            return None
-        entry = self._pool_tags.get(t.data_ptr())
-        if entry is None:
-            return None
-        ref, numel, scale = entry
-        if ref() is None or numel != t.numel() or t.numel() % scale.numel():
-            return None
-        return scale
-
-    def _pass_through_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if not self._pool_tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
-            return
-        scale = self._find_tag(args[0])
-        if scale is not None and output.numel() == args[0].numel():
-            self._tag(output, scale)
-
-    def _make_layer_hook(self, name: str, rule: Rule):
-        maps = self._maps[name]
+    def _layer_hook(self, name: str):
+        layer = self._layers[name]
+        rule = layer.rule
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            if not self._enabled or module is not self._modules.get(name):
+            if _in_backward():
+                return  # gradient checkpointing re-runs this forward: it was counted the first time
+            if rule.count is not None:
+                self._accumulate(name, rule.count(module, args, kwargs, output), None)
                 return
-            tensors = _tensor_inputs(args, kwargs)
-            if len(tensors) != 1 and rule.count is None:
+            tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
+            if len(tensors) != 1:
                 raise ValueError(
                     f"synopsloss: layer {name!r} ({type(module).__name__}) was called with {len(tensors)} tensor "
                     "inputs; it can count layers called with exactly one input tensor. Register a custom rule "
                     "for this layer type, or exclude it by wrapping the call in counter.paused()."
                 )
-            if not isinstance(output, Tensor) and rule.count is None:
+            if not isinstance(output, Tensor):
                 raise ValueError(f"synopsloss: layer {name!r} returned {type(output).__name__}, not a tensor")
-            if rule.count is not None:
-                self._accumulate(name, rule.count(module, args, kwargs, output), None)
-            else:
-                self._count(name, module, rule, maps, tensors[0], output)
+            self._count(name, layer, tensors[0], output)
 
         return hook
 
-    def _count(self, name: str, module: nn.Module, rule: Rule, maps: MapCache, x: Tensor, out: Tensor) -> None:
-        if x.device.type == "meta":
-            raise ValueError(
-                f"synopsloss: layer {name!r} received a meta tensor, which holds no values to count; "
-                "run the model on real data (move the model and input to cpu or cuda)"
-            )
-        if not (x.is_floating_point() or x.is_complex()):
-            x = x.to(torch.get_default_dtype())
+    def _count(self, name: str, layer: _Layer, x: Tensor, out: Tensor) -> None:
+        module, rule = layer.module, layer.rule
+        x = _checked_input(name, module, x)
         nd = rule.sample_ndim(module)
         if x.dim() < nd or out.dim() < nd:
             raise ValueError(
                 f"synopsloss: layer {name!r} ({type(module).__name__}) got an input of shape {tuple(x.shape)}; "
                 f"one sample needs {nd} trailing dimensions"
             )
-        in_shape = tuple(x.shape[x.dim() - nd:])
-        out_shape = tuple(out.shape[out.dim() - nd:])
+        in_shape, out_shape = tuple(x.shape[x.dim() - nd:]), tuple(out.shape[out.dim() - nd:])
         n_el = math.prod(in_shape)
         if n_el == 0 or x.numel() == 0:
             return
-        rows = x.numel() // n_el
         weight = getattr(module, rule.weight, None)
         if isinstance(weight, Tensor) and weight.device != x.device:
             raise ValueError(
@@ -479,80 +521,64 @@ class SynOpsCounter:
                 f"{weight.device}; move the input and the model to the same device"
             )
         try:
-            lm = maps.get(module, rule, in_shape, out_shape)
+            lm = layer.maps.get(module, rule, in_shape, out_shape)
         except ValueError as err:
             raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
+        counts = self._map_counts(name, x, lm, n_el, out_shape)
+        self._accumulate(name, counts, lm, data=_storage(x) in self._batch.inputs)
+
+    def _map_counts(self, name: str, x: Tensor, lm: LayerMaps, n_el: int, out_shape: Tuple[int, ...]) -> OpCounts:
+        """One call's counts from the input and the layer's fan-out maps (no host-device sync)."""
+        rows = x.numel() // n_el
         flat = x.reshape(rows, n_el)
         dtype = lm.effective.dtype
-        scale = self._find_tag(x)
         # half-precision inputs (autocast) are summed over rows in the map's dtype: a bf16 sum
         # rounds above 256 and a float16 one overflows above 65504
         red = dtype if flat.element_size() < 4 else None
-        if scale is None:
-            per_neuron = flat.sum(0, dtype=red)
-        else:
-            # Spike counts averaged by a pool are turned back into events (value x divisor),
-            # when the events are integers (spike counts); real-valued activations are left as they are.
-            # Integers up to float rounding: an average over 9 times 9 need not be exact (3/9*9).
-            if scale.numel() == n_el:
-                with torch.no_grad():
-                    integer = _all_integer(flat.detach() * scale)
-                    factor = torch.where(integer, scale, torch.ones_like(scale))
-                per_neuron = flat.sum(0, dtype=red) * factor
-            else:
-                events = (x.reshape(-1, scale.numel()) * scale).reshape(rows, n_el)
-                with torch.no_grad():
-                    integer = _all_integer(events.detach().clone())
-                per_neuron = torch.where(integer, events.sum(0, dtype=red), flat.sum(0, dtype=red))
+        mag = magnitude(flat)
+        mag_sum = mag.sum(0, dtype=red)
+        per_neuron = self._pools.events(name, x, mag, mag_sum, red, self._warn_once)
         synops = torch.dot(per_neuron.to(dtype), lm.effective)
         with torch.no_grad():
-            # float arithmetic only (bool reductions are several times slower):
-            # nonzeros per neuron = sum |sign(x)|; spiking <=> sign(x) - x == 0 everywhere
-            sign = flat.detach().sign()
-            nonzero = sign.abs().sum(0, dtype=red).to(dtype)
-            dev = torch.aminmax(sign.sub_(flat.detach()))
-            counts = OpCounts(
+            # float arithmetic only (bool reductions are several times slower): nonzeros per neuron
+            # = sum sign(|x|); spiking <=> max |x| <= 1 and sum |x| == sum sign(|x|) (then |x| = sign(|x|))
+            mag = mag.detach()
+            nonzero = mag.sign().sum(0, dtype=red).to(dtype)
+            spiking = (mag.amax() <= 1) & (mag_sum.detach().to(dtype).sum() == nonzero.sum())
+            return OpCounts(
                 synops=synops,
                 dense=rows * lm.dense_total,
                 effective=torch.dot(nonzero, lm.effective),
-                spiking=(dev.min == 0) & (dev.max == 0),
+                spiking=spiking,
                 rows=rows,
-                in_shape=in_shape,
+                in_shape=tuple(lm.sample_shape),
                 out_shape=out_shape,
-                input_sum=per_neuron.detach().sum().to(dtype),
+                input_sum=per_neuron.detach().to(dtype).sum(),
                 input_nonzero=nonzero.sum(),
                 in_neurons=n_el,
             )
-        self._accumulate(name, counts, lm)
-        if self._batch.inputs:
-            ref = self._batch.inputs.get(x.untyped_storage().data_ptr())
-            if ref is not None and ref() is not None:
-                self._batch.layers[name].data_fed = True
 
-    def _accumulate(self, name: str, c: OpCounts, lm: Optional[LayerMaps]) -> None:
-        device = c.synops.device
+    def _accumulate(self, name: str, c: OpCounts, lm: Optional[LayerMaps], data: bool = False) -> None:
         batch = self._batch
-        acc = batch.layers.get(name)
-        if acc is None:
-            zero = torch.zeros((), dtype=c.dense.dtype, device=device)
-            acc = batch.layers[name] = _LayerAcc(zero, zero, zero, zero, device, zero, zero)
-        elif acc.device != device:
+        state = batch.layers.get(name)
+        device = c.synops.device
+        if state is None:
+            state = batch.layers[name] = SynapseState(first_seen=next_stamp(), device=device)
+        elif state.device != device:
             raise ValueError(
-                f"synopsloss: layer {name!r} received input on {device} after {acc.device} within one batch; "
+                f"synopsloss: layer {name!r} received input on {device} after {state.device} within one batch; "
                 "call counter.reset() after moving the model to another device"
             )
         with torch.no_grad():
             zero = torch.zeros((), dtype=c.dense.dtype, device=device)
-            acc.eff_acs = acc.eff_acs + torch.where(c.spiking, c.effective, zero)
-            acc.eff_macs = acc.eff_macs + torch.where(c.spiking, zero, c.effective)
-            acc.dense = acc.dense + c.dense
-            acc.input_sum = acc.input_sum + c.input_sum
-            acc.input_nonzero = acc.input_nonzero + c.input_nonzero
-        acc.synops = acc.synops + c.synops
-        acc.calls += 1
-        acc.rows.add(c.rows)
-        acc.rows_total += c.rows
-        acc.in_shape, acc.out_shape, acc.maps = c.in_shape, c.out_shape, lm
+            call = SynapseState(
+                dense=c.dense, input_sum=c.input_sum, input_nonzero=c.input_nonzero,
+                eff_acs=torch.where(c.spiking, c.effective, zero), eff_macs=torch.where(c.spiking, zero, c.effective),
+                calls=1, rows_total=c.rows, rows={c.rows}, in_shape=c.in_shape, out_shape=c.out_shape, maps=lm,
+                in_neurons=c.in_neurons, data_calls=int(data), samples=c.samples,
+            )
+            fold(state, call)
+        state.synops = c.synops if state.synops is None else state.synops + c.synops
 
     # ------------------------------------------------------------------ reading
 
@@ -560,33 +586,74 @@ class SynOpsCounter:
         """Samples of the current batch, checked against every layer's rows."""
         batch = self._batch
         if self.batch_size is not None:
-            b, source = self.batch_size, "batch_size="
+            b, source, certain = self.batch_size, "batch_size=", True
         elif batch.fold_batch is not None:
-            b, source = batch.fold_batch, f"the time-folding layer {batch.fold_layer!r}"
+            b, source, certain = batch.fold_batch, f"the time-folding layer {batch.fold_layer!r}", True
+        elif any(s.samples for s in batch.layers.values()):
+            name, b = next((n, s.samples) for n, s in batch.layers.items() if s.samples)
+            source, certain = f"layer {name!r}, which knows its layout (batch_first)", True
         elif batch.root_batch is not None:
-            b, source = batch.root_batch, f"dim {self.batch_dim} of the model's input"
+            b, source = batch.root_batch, f"dim {self.batch_dim} of the model's input {batch.root_shape}"
+            certain = self._layout_given or self._batch_first_layers
         else:
             why = batch.root_note or "the model itself was not called (only its submodules were)"
             raise ValueError(
                 f"synopsloss cannot tell how many samples the batch has: {why}. "
                 "Pass SynOpsCounter(model, batch_size=B)."
             )
-        for name, acc in batch.layers.items():
-            bad = sorted(r for r in acc.rows if r % b)
+        if b == 0:
+            raise ValueError(
+                f"synopsloss: the batch has 0 samples ({source}); there is nothing to count per sample. "
+                "Skip empty batches, or call counter.reset() and run a batch with samples."
+            )
+        for name, state in batch.layers.items():
+            bad = sorted(r for r in state.rows if r % b)
             if bad:
+                unbatched = len(state.in_shape) >= len(batch.root_shape) and batch.root_shape
+                hint = (
+                    " The model seems to be called on one sample without a batch dimension: add one "
+                    "(x.unsqueeze(0)) or pass batch_size=1." if unbatched else
+                    " If your data is time-first [T, B, ...], pass batch_dim=1; otherwise pass batch_size=B."
+                )
                 raise ValueError(
-                    f"synopsloss: layer {name!r} received {bad[0]} rows of shape {acc.in_shape} in one call, "
-                    f"not a multiple of the {b} samples learned from {source}. If your data is time-first "
-                    "[T, B, ...], pass batch_dim=1; otherwise pass batch_size=B."
+                    f"synopsloss: layer {name!r} received {bad[0]} rows of shape {state.in_shape} in one call, "
+                    f"not a multiple of the {b} samples learned from {source}.{hint}"
+                )
+            if not certain and any(r != b for r in state.rows):
+                r = max(state.rows)
+                raise ValueError(
+                    f"synopsloss cannot tell how many samples the batch has: layer {name!r} received {r} rows "
+                    f"of shape {state.in_shape} in one call from a model input of shape {batch.root_shape}, so "
+                    f"the input has {r // b} more entries per sample than dim {self.batch_dim} says (time steps "
+                    "or tokens) and [B, T, ...] cannot be told from [T, B, ...]. Pass "
+                    "SynOpsCounter(model, batch_dim=0) for batch-first data, batch_dim=1 for time-first "
+                    "[T, B, ...] data, or batch_size=B."
                 )
         return b
 
     def _require_batch(self, what: str) -> None:
-        if not self._batch.layers:
+        batch = self._batch
+        if batch.layers and not batch.failed and not batch.pending:
+            return
+        if batch.pending or batch.failed:
             raise RuntimeError(
-                f"counter.{what}() was called before any forward pass since the last reset(): "
-                "run the model on a batch first"
+                f"counter.{what}(): the last forward pass of the model raised (or is still running), so this "
+                "batch's counts are incomplete. Call counter.reset() and run the batch again."
             )
+        if not self.attached:
+            raise RuntimeError(
+                f"counter.{what}(): the counter is detached (remove() was called or its with-block ended), so "
+                "no forward pass was counted since the last reset(). Call counter.attach() before running the model."
+            )
+        if batch.root_batch == 0:
+            raise ValueError(
+                f"counter.{what}(): the model was called with a batch of 0 samples (input shape "
+                f"{batch.root_shape}); there is nothing to count per sample. Skip empty batches."
+            )
+        raise RuntimeError(
+            f"counter.{what}() was called before any forward pass since the last reset(): "
+            "run the model on a batch first"
+        )
 
     @property
     def samples(self) -> int:
@@ -594,16 +661,14 @@ class SynOpsCounter:
         self._require_batch("samples")
         return self._samples()
 
-    def _ordered(self, names: List[str]) -> List[str]:
-        seen = [n for n in self._batch.layers]
-        return seen + [n for n in names if n not in self._batch.layers]
-
     def data_fed_layers(self) -> List[str]:
         """Counted layers fed directly by the data, in forward order.
 
-        A layer is *data-fed* when a tensor it was called with shares memory
-        with a tensor the model itself was called with (the input, a time step
-        ``x[t]`` of it or a view). Its synops are the data's spikes times the
+        A layer is *data-fed* when every call of it read a tensor the model
+        itself was called with (the input, a time step ``x[t]`` of it or a
+        view) and that the network did not compute: a recurrent state passed
+        back into the model carries an autograd graph or is read only at some
+        calls, so it is not data. Its synops are the data's spikes times the
         layer's fan-out: training can lower them only by zeroing weights, so
         :class:`synopsloss.SynOpsLoss` leaves them out by default. Reported
         for the current batch and every batch since ``reset(accumulated=True)``.
@@ -620,26 +685,38 @@ class SynOpsCounter:
         >>> counter.data_fed_layers()
         ['0']
         """
-        fed = {n for n, acc in self._batch.layers.items() if acc.data_fed} | self._data_fed_seen
-        return [n for n in self._ordered(self.layer_names) if n in fed]
+        states = self._merged(accumulated=True)
+        return [n for n, s in states.items() if s.calls and s.data_calls == s.calls]
 
-    def synops_per_layer(self) -> Dict[str, Tensor]:
-        """Differentiable synops per sample of each counted layer (0-dim tensors), in forward order.
+    def _merged(self, accumulated: bool, current: bool = True) -> Dict[str, SynapseState]:
+        """Layer states of the current batch (and the totals), in forward order."""
+        out: Dict[str, SynapseState] = {}
+        sources = [self._totals] if accumulated else []
+        if current:
+            sources.append(self._batch.layers)
+        for src in sources:
+            for name, state in src.items():
+                fold(out.setdefault(name, SynapseState()), state)
+        return dict(sorted(out.items(), key=lambda kv: kv[1].first_seen))
 
-        Layers not called since the last reset get a zero.
+    def time_steps(self, layer: str) -> float:
+        """Time steps per sample of ``layer`` in the current batch (calls x rows per call / samples).
+
+        Cheap (no device sync): what :class:`~synopsloss.SynOpsLoss` uses for ``budget=``.
         """
-        self._require_batch("synops_per_layer")
-        b = self._samples()
-        out: Dict[str, Tensor] = {}
-        first = next(iter(self._batch.layers.values()))
-        for name in self._ordered(self.layer_names):
-            acc = self._batch.layers.get(name)
-            value = acc.synops if acc is not None else torch.zeros((), dtype=first.synops.dtype, device=first.device)
-            out[name] = (value / b).to(torch.get_default_dtype())
-        return out
+        state = self._batch.layers.get(layer)
+        if state is None:
+            return 0.0
+        return state.rows_total / self._samples()
 
-    def synops(self) -> Tensor:
-        """Total differentiable synops per sample since the last reset (0-dim, with grad_fn).
+    def synops(self, by_layer: bool = False) -> Any:
+        """Differentiable synops per sample since the last reset (0-dim, with grad_fn).
+
+        Parameters
+        ----------
+        by_layer
+            Return ``{layer: 0-dim tensor}`` for every counted layer, in forward
+            order (layers not called since the last reset get a zero).
 
         Raises
         ------
@@ -650,96 +727,143 @@ class SynOpsCounter:
         """
         self._require_batch("synops")
         b = self._samples()
-        accs = list(self._batch.layers.values())
-        device = accs[0].device
-        total = accs[0].synops
-        for acc in accs[1:]:
-            total = total + acc.synops.to(device)
+        batch = self._batch
+        batch.read = True
+        states = list(batch.layers.values())
+        device = states[0].device
+        if by_layer:
+            names = list(self._merged(False)) + [n for n in self._layers if n not in batch.layers]
+            zero = torch.zeros((), dtype=states[0].synops.dtype, device=device)
+            per = {n: batch.layers[n].synops if n in batch.layers else zero for n in names}
+            out = {n: (v / b).to(torch.get_default_dtype()) for n, v in per.items()}
+            if out and next(iter(out.values())).requires_grad:
+                self._watch_backward(next(v for v in out.values() if v.requires_grad))
+            return out
+        total = states[0].synops
+        for state in states[1:]:
+            total = total + state.synops.to(device)
         if self.check_finite and not bool(torch.isfinite(total.detach())):
             self._raise_nonfinite()
-        return (total / b).to(torch.get_default_dtype())
+        result = (total / b).to(torch.get_default_dtype())
+        if result.requires_grad:
+            self._watch_backward(result)
+        return result
+
+    def _watch_backward(self, t: Tensor) -> None:
+        ref = weakref.ref(self._batch)
+
+        def hook(grad: Tensor) -> None:
+            batch = ref()
+            if batch is not None:
+                batch.backwarded = True
+
+        t.register_hook(hook)
 
     def _raise_nonfinite(self) -> None:
-        bad = [n for n, a in self._batch.layers.items() if not bool(torch.isfinite(a.synops.detach()))]
+        bad = [n for n, s in self._batch.layers.items() if not bool(torch.isfinite(s.synops.detach()))]
         raise FloatingPointError(
             f"synopsloss: NaN or inf in the input of layer(s) {', '.join(repr(n) for n in bad)} since the last "
             "reset(); the synops are undefined. Check the data and the layers before them "
             "(torch.autograd.set_detect_anomaly can help)."
         )
 
-    def counts(self, accumulated: bool = False) -> Dict[str, Dict[str, float]]:
-        """Per-sample counts of each layer as floats: ``dense``, ``eff_macs``, ``eff_acs``, ``synops``.
+    def snapshot(self, accumulated: bool = False) -> CounterSnapshot:
+        """The counter's numbers as plain data (one device-to-host copy).
 
         Parameters
         ----------
         accumulated
             ``False``: the current batch (since the last :meth:`reset`).
             ``True``: every batch since the counter was created (or
-            ``reset(accumulated=True)``), divided by all their samples, like
+            ``reset(accumulated=True)``), over all their samples, like
             NeuroBench's accumulated metrics.
-        """
-        names, table, samples = self.sums(accumulated=accumulated)
-        return self.counts_from_sums(names, table, samples)
-
-    def sums(self, accumulated: bool = False) -> Tuple[List[str], Tensor, int]:
-        """Raw (not per-sample) counts, for reductions across processes.
 
         Returns
         -------
-        names
-            Every counted layer, in forward order (then definition order).
-        table
-            float64 CPU tensor ``[len(names), len(COUNT_KEYS)]`` of sums over all
-            calls (zeros for layers not called).
-        samples
-            The number of samples those sums cover.
+        CounterSnapshot
+            Per-layer sums and shapes (``.layers``), neuron statistics
+            (``.neurons``), ``.samples``; ``.per_layer()`` / ``.total()`` per sample.
 
-        Under DDP, all-reduce ``table`` and ``samples`` (sum) on every rank and
-        pass them to :meth:`counts_from_sums` (the Lightning callback does).
+        Example
+        -------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False))
+        >>> counter = sl.SynOpsCounter(net)
+        >>> _ = net(torch.ones(4, 2))
+        >>> counter.snapshot().total()["eff_acs"]
+        4.0
         """
-        names = self._ordered(self.layer_names)
-        sums: Dict[str, Dict[str, Tensor]] = {}
-        samples = 0
-        if self._batch.layers:
-            samples = self._samples()
-            for name, acc in self._batch.layers.items():
-                sums[name] = {k: getattr(acc, k).detach() for k in COUNT_KEYS}
-        elif not accumulated:
-            self._require_batch("counts")
-        if accumulated:
-            samples += self._total_samples
-            for name, tot in self._totals.items():
-                cur = sums.setdefault(name, {})
-                for k in COUNT_KEYS:
-                    cur[k] = cur[k] + tot[k].to(cur[k].device) if k in cur else tot[k]
-            if samples == 0:
-                raise RuntimeError("counter.counts(accumulated=True) was called before any forward pass")
-        zero = torch.zeros((), dtype=torch.float64)
-        table = torch.stack([
-            torch.stack([sums[n][k].to("cpu", torch.float64) if n in sums else zero for k in COUNT_KEYS])
-            for n in names
-        ])
-        return names, table, samples
+        batch = self._batch
+        current = bool(batch.layers) and not (batch.pending or batch.failed)
+        if not current and not (accumulated and self._total_samples):
+            self._require_batch("snapshot")
+        samples = (self._samples() if current else 0) + (self._total_samples if accumulated else 0)
+        batch.read = batch.read or current
+        states = self._merged(accumulated, current=current)
+        idle = [n for n in self._layers if n not in states]
+        if idle:
+            self._warn_once(
+                f"synopsloss: layer(s) {', '.join(repr(n) for n in idle)} did not run through a counted call "
+                "since the last reset; they show 0 synops. If they should have run, they were replaced after the "
+                "counter attached (re-create the counter), called as layer.forward(x) (call layer(x)), or "
+                "compiled before the counter attached (attach first).", stacklevel=4)
+            for n in idle:
+                states[n] = SynapseState(first_seen=1 << 62)
+        neurons = self._monitor.snapshot(accumulated=accumulated, current=current) if self._monitor is not None else {}
+        return CounterSnapshot(samples, self._layer_stats(states), neurons, accumulated)
 
-    def counts_from_sums(self, names: List[str], table: Tensor, samples: int) -> Dict[str, Dict[str, float]]:
-        """Per-sample counts from :meth:`sums` (possibly reduced across processes)."""
-        result: Dict[str, Dict[str, float]] = {}
-        for name, row in zip(names, table.tolist()):
-            if not all(math.isfinite(v) for v in row):
-                self._raise_nonfinite_counts(name)
-            result[name] = {k: (v / samples if samples else 0.0) for k, v in zip(COUNT_KEYS, row)}
-        return result
+    def _layer_stats(self, states: Dict[str, SynapseState]) -> Dict[str, LayerStats]:
+        values: List[Tensor] = []
+        for state in states.values():
+            for k in ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero"):
+                v = getattr(state, k)
+                values.append(v.detach().to("cpu", torch.float64).reshape(()) if v is not None
+                              else torch.zeros((), dtype=torch.float64))
+            lm = state.maps
+            has_map = lm is not None and lm.effective.numel() > 0
+            values.append(lm.effective.mean().detach().cpu().double() if has_map else torch.zeros((), dtype=torch.float64))
+            values.append(lm.effective.max().detach().cpu().double() if has_map else torch.zeros((), dtype=torch.float64))
+        flat = torch.stack(values).tolist() if values else []
+        out: Dict[str, LayerStats] = {}
+        for i, (name, state) in enumerate(states.items()):
+            v = flat[8 * i: 8 * i + 8]
+            for key, x in zip(COUNT_KEYS, (v[1], v[2], v[3], v[0])):
+                if not math.isfinite(x):
+                    raise FloatingPointError(
+                        f"synopsloss: NaN or inf in the input of layer {name!r}; its {key} are undefined. "
+                        "Check the data and the layers before it, then counter.reset()."
+                    )
+            layer = self._layers.get(name)
+            module = layer.module if layer is not None else None
+            has_map = state.maps is not None and state.maps.effective.numel() > 0
+            out[name] = LayerStats(
+                name=name, type=type(module).__name__ if module is not None else "?",
+                kind=str(self._kind(name)), order=int(state.first_seen or 0),
+                synops=v[0], dense=v[1], eff_macs=v[2], eff_acs=v[3], input_sum=v[4], input_nonzero=v[5],
+                calls=state.calls, rows=state.rows_total, in_shape=tuple(state.in_shape),
+                out_shape=tuple(state.out_shape), in_neurons=state.in_neurons,
+                weights=self._weights(layer), fanout_mean=v[6] if has_map else None,
+                fanout_max=v[7] if has_map else None, data_fed=bool(state.calls and state.data_calls == state.calls),
+            )
+        return out
 
-    def _raise_nonfinite_counts(self, name: str) -> None:
-        raise FloatingPointError(
-            f"synopsloss: NaN or inf in the input of layer {name!r}; its synops are undefined. "
-            "Check the data and the layers before it, then counter.reset()."
-        )
+    def _kind(self, name: str) -> registry.LayerKind:
+        """Synapses inside a neuron module (snntorch RLeaky, sinabs *Recurrent) are recurrent synapses."""
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            owner = self.model.get_submodule(".".join(parts[:i]))
+            if registry.neuron_library(owner) is not None:
+                return registry.LayerKind.RECURRENT
+        return registry.LayerKind.SYNAPTIC
 
-    def totals(self, accumulated: bool = False) -> Dict[str, float]:
-        """The :meth:`counts` summed over layers."""
-        per_layer = self.counts(accumulated=accumulated)
-        return {k: sum(row[k] for row in per_layer.values()) for k in COUNT_KEYS}
+    @staticmethod
+    def _weights(layer: Optional[_Layer]) -> Optional[int]:
+        if layer is None:
+            return None
+        if layer.rule.fanout is not None:
+            w = getattr(layer.module, layer.rule.weight, None)
+            return int(w.numel()) if isinstance(w, Tensor) else None
+        return sum(p.numel() for n, p in layer.module.named_parameters() if n.startswith("weight"))
 
     def table(self, dt: Optional[float] = None, energy: Any = "horowitz45nm", accumulated: bool = False):
         """The per-layer statistics table (:class:`synopsloss.table.SynOpsTable`).
@@ -757,7 +881,7 @@ class SynOpsCounter:
             energy column.
         accumulated
             ``True``: every batch since ``reset(accumulated=True)`` (each
-            ``reset()`` folds a batch in), like ``counts(accumulated=True)``.
+            ``reset()`` folds a batch in), like ``snapshot(accumulated=True)``.
 
         Example
         -------
@@ -770,13 +894,91 @@ class SynOpsCounter:
         """
         from .report import build_table
 
-        return build_table(self, dt=dt, energy=energy, accumulated=accumulated)
+        return build_table(
+            self.snapshot(accumulated=accumulated), dt=dt, energy=energy,
+            per_neuron=self._monitor.firing_rates(accumulated=accumulated) if self._monitor is not None else None,
+        )
 
     @property
     def neurons(self):
         """The :class:`synopsloss.neurons.NeuronMonitor` that tracks the model's neuron and other layers."""
         return self._monitor
 
+    # ------------------------------------------------------------------ deprecated readers
+
+    def _deprecated(self, old: str, new: str) -> None:
+        warnings.warn(f"counter.{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+    def synops_per_layer(self) -> Dict[str, Tensor]:
+        """Deprecated: ``synops(by_layer=True)``."""
+        self._deprecated("synops_per_layer()", "counter.synops(by_layer=True)")
+        self._require_batch("synops_per_layer")
+        return self.synops(by_layer=True)
+
+    def counts(self, accumulated: bool = False) -> Dict[str, Dict[str, float]]:
+        """Deprecated: ``snapshot(accumulated).per_layer()``."""
+        self._deprecated("counts()", "counter.snapshot(accumulated).per_layer()")
+        if not accumulated:
+            self._require_batch("counts")
+        return self.snapshot(accumulated=accumulated).per_layer()
+
+    def totals(self, accumulated: bool = False) -> Dict[str, float]:
+        """Deprecated: ``snapshot(accumulated).total()``."""
+        self._deprecated("totals()", "counter.snapshot(accumulated).total()")
+        return self.snapshot(accumulated=accumulated).total()
+
+    def sums(self, accumulated: bool = False) -> Tuple[List[str], Tensor, int]:
+        """Deprecated: ``snapshot(accumulated)`` (sums per layer) and ``CounterSnapshot.all_reduce``."""
+        self._deprecated("sums()", "counter.snapshot(accumulated) and CounterSnapshot.all_reduce()")
+        snap = self.snapshot(accumulated=accumulated)
+        names = list(snap.layers) + [n for n in self._layers if n not in snap.layers]
+        table = torch.tensor(
+            [[getattr(snap.layers[n], k) if n in snap.layers else 0.0 for k in COUNT_KEYS] for n in names],
+            dtype=torch.float64,
+        )
+        return names, table, snap.samples
+
+    def counts_from_sums(self, names: List[str], table: Tensor, samples: int) -> Dict[str, Dict[str, float]]:
+        """Deprecated: ``CounterSnapshot.per_layer()`` of a reduced snapshot."""
+        self._deprecated("counts_from_sums()", "CounterSnapshot.all_reduce(...).per_layer()")
+        out: Dict[str, Dict[str, float]] = {}
+        for name, row in zip(names, table.tolist()):
+            if not all(math.isfinite(v) for v in row):
+                raise FloatingPointError(f"synopsloss: NaN or inf in the input of layer {name!r}")
+            out[name] = {k: (v / samples if samples else 0.0) for k, v in zip(COUNT_KEYS, row)}
+        return out
+
     def __repr__(self) -> str:
         state = "attached" if self.attached else "removed"
-        return f"SynOpsCounter({type(self.model).__name__}, {len(self._layer_rules)} layers, {state})"
+        return f"SynOpsCounter({type(self.model).__name__}, {len(self._layers)} layers, {state})"
+
+
+def _check_optional_int(name: str, value: Any, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:
+    if x.device.type == "meta":
+        raise ValueError(
+            f"synopsloss: layer {name!r} received a meta tensor, which holds no values to count; "
+            "run the model on real data (move the model and input to cpu or cuda)"
+        )
+    if _functorch_level(x) != -1:
+        raise RuntimeError(
+            f"synopsloss: layer {name!r} ran inside a torch.func transform (vmap / grad / jacrev); the counter "
+            "cannot count per-sample slices of a transformed batch. Run the model outside the transform to count "
+            "it, or wrap the transformed call in counter.paused()."
+        )
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"synopsloss: layer {name!r} was called while torch.jit.trace records the model; the counter's hooks "
+            "would be traced into the graph. Call counter.remove() (or trace inside counter.paused()) before tracing."
+        )
+    if not (x.is_floating_point() or x.is_complex()):
+        x = x.to(torch.get_default_dtype())
+    return x

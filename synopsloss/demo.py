@@ -227,7 +227,7 @@ def evaluate(net: nn.Module, counter: Any, x: Tensor, y: Tensor, *, time_steps: 
             logits = net(rate_code(x[i:i + batch_size], time_steps, gen))
             correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
     table = counter.table(accumulated=True, energy=None) if hasattr(counter, "table") else None
-    counts = counter.counts(accumulated=True)
+    counts = counter.snapshot(accumulated=True).per_layer()
     fed = counter.data_fed_layers()
     counter.reset(accumulated=True)
     net.train()

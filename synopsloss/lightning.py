@@ -162,9 +162,11 @@ class SynOpsMonitor(_pl.Callback):
     def _batch_end(self, trainer: Any, stage: str) -> None:
         if stage not in self.stages or self.logging_interval != "step" or stage != "train":
             return
-        counter = self.counters[stage]
-        if counter._batch.layers:
-            self._log(trainer, {k + "_step": v for k, v in self._metrics(stage, counter.counts()).items()})
+        try:
+            counts = self.counters[stage].snapshot().per_layer()
+        except RuntimeError:  # nothing ran in this batch
+            return
+        self._log(trainer, {k + "_step": v for k, v in self._metrics(stage, counts).items()})
 
     def _epoch_end(self, trainer: Any, pl_module: Any, stage: str) -> None:
         counter = self.counters.get(stage)
@@ -172,13 +174,11 @@ class SynOpsMonitor(_pl.Callback):
             return
         counter.reset()  # fold the last batch into the totals
         counter.remove()
-        if counter._total_samples == 0:
+        try:
+            snap = counter.snapshot(accumulated=True)
+        except RuntimeError:  # no batch of this stage ran
             return
-        names, table, samples = counter.sums(accumulated=True)
-        device = getattr(pl_module, "device", torch.device("cpu"))
-        table = trainer.strategy.reduce(table.to(device), reduce_op="sum").cpu()
-        total = trainer.strategy.reduce(torch.tensor(float(samples), dtype=torch.float64, device=device), reduce_op="sum")
-        metrics = self._metrics(stage, counter.counts_from_sums(names, table, int(round(float(total)))))
+        metrics = self._metrics(stage, snap.all_reduce().per_layer())
         self.last_metrics[stage] = metrics
         self._log(trainer, metrics)
 

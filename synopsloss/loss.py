@@ -255,17 +255,14 @@ class SynOpsLoss:
     def _time_steps(self, name: str) -> float:
         if self.time_steps is not None:
             return float(self.time_steps)
-        acc = self.counter._batch.layers.get(name)  # rows of all calls of this batch / samples
-        if acc is None:
-            return 0.0
-        return acc.rows_total / self.counter.samples
+        return self.counter.time_steps(name)
 
     # ------------------------------------------------------------------ the loss
 
     def __call__(self) -> Tensor:
         """The loss for the batch counted since the last ``counter.reset()`` (0-dim, differentiable)."""
         try:
-            per_layer = self.counter.synops_per_layer()
+            per_layer = self.counter.synops(by_layer=True)
         except RuntimeError as err:
             raise RuntimeError(
                 "SynOpsLoss was called before any forward pass since counter.reset(): run the model on the "

@@ -20,8 +20,9 @@ the padded border back onto the neurons it was copied from); for transposed
 convolutions with one convolution of ones; for ``nn.Linear`` from the column
 sums of the weight mask.
 
-Layer support is one registry: :func:`register_rule` maps a module type to a
-:class:`Rule`. Looking a module up walks its class' MRO, so subclasses of
+Which layer types use which formula is one table,
+:data:`synopsloss.registry.SYNAPSE_RULES` (:func:`synopsloss.register_rule`
+adds types). Looking a module up walks its class' MRO, so subclasses of
 ``nn.Conv2d`` (quantised layers, for example) are handled by the ``Conv2d``
 rule unless they register their own.
 
@@ -45,17 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "Rule",
-    "register_rule",
-    "register_no_synapse",
-    "find_rule",
-    "has_no_synapse",
-    "connection_map",
-    "MapCache",
-    "LayerMaps",
-    "OpCounts",
-]
+__all__ = ["Rule", "OpCounts", "connection_map", "MapCache", "LayerMaps"]
 
 Shape = Tuple[int, ...]
 #: ``fanout(module, weight01, in_sample_shape, out_sample_shape) -> map`` (float32, shaped like one input sample)
@@ -109,127 +100,31 @@ class OpCounts:
     input_sum: Tensor
     input_nonzero: Tensor
     in_neurons: int = 0
+    samples: Optional[int] = None  # samples of the call, when the layer knows its layout (batch_first)
 
 
 #: ``count(module, args, kwargs, output) -> OpCounts`` for layers outside the map model (recurrent layers)
 CountFn = Callable[[nn.Module, tuple, dict, object], OpCounts]
 
 
-_RULES: Dict[type, Rule] = {}
-_NO_SYNAPSE: Dict[type, str] = {}
+def fixed_ndim(n: int) -> Callable[[nn.Module], int]:
+    """A ``sample_ndim`` function returning ``n`` for every module."""
+
+    def sample_ndim(_module: nn.Module) -> int:
+        return n
+
+    return sample_ndim
 
 
-def _as_types(types: Union[type, Iterable[type]]) -> Tuple[type, ...]:
-    if isinstance(types, type):
-        types = (types,)
-    types = tuple(types)
-    for t in types:
-        if not (isinstance(t, type) and issubclass(t, nn.Module)):
-            raise ValueError(f"register_rule expects nn.Module subclasses, got {t!r}")
-    return types
-
-
-def register_rule(
-    types: Union[type, Iterable[type]],
-    *,
-    sample_ndim: Union[int, Callable[[nn.Module], int]] = 1,
-    weight: str = "weight",
-    registry: Optional[Dict[type, Rule]] = None,
-    counts: bool = False,
-) -> Callable[[FanoutFn], FanoutFn]:
-    """Register the fan-out formula of one or more layer types (decorator).
-
-    Parameters
-    ----------
-    types
-        A module class or an iterable of them.
-    sample_ndim
-        Trailing input dims forming one sample (an int, or a function of the
-        module).
-    weight
-        Name of the weight attribute.
-    registry
-        Where to register; the global registry by default. Pass a dict to build
-        a per-counter ``custom_rules`` mapping.
-    counts
-        The decorated function is a ``count(module, args, kwargs, output) ->
-        OpCounts`` that counts a whole call itself (for layers that are no
-        single linear map of one input, such as recurrent layers), instead of
-        a fan-out function.
-
-    Raises
-    ------
-    ValueError
-        If a target is not an ``nn.Module`` subclass.
-    RuntimeError
-        If a type already has a rule in that registry.
-
-    Example
-    -------
-    >>> import torch
-    >>> from synopsloss.maps import register_rule, connection_map
-    >>> class Scale(torch.nn.Module):  # y = w * x elementwise: one synapse per input
-    ...     def __init__(self, n):
-    ...         super().__init__()
-    ...         self.weight = torch.nn.Parameter(torch.ones(n))
-    ...     def forward(self, x):
-    ...         return self.weight * x
-    >>> rules = {}
-    >>> @register_rule(Scale, sample_ndim=1, registry=rules)
-    ... def _scale(module, w01, in_shape, out_shape):
-    ...     return w01.clone()
-    >>> connection_map(Scale(3), (3,), rules=rules)
-    tensor([1., 1., 1.], dtype=torch.float64)
-    """
-    types = _as_types(types)
-    target = _RULES if registry is None else registry
-    ndim_fn = sample_ndim if callable(sample_ndim) else (lambda _m, _n=int(sample_ndim): _n)
-
-    def decorator(fn: FanoutFn) -> FanoutFn:
-        for t in types:
-            if t in target:
-                raise RuntimeError(f"a synapse rule for {t.__name__} is already registered")
-        for t in types:
-            if counts:
-                target[t] = Rule(fanout=None, sample_ndim=ndim_fn, weight=weight, count=fn)
-            else:
-                target[t] = Rule(fanout=fn, sample_ndim=ndim_fn, weight=weight)
-        return fn
-
-    return decorator
-
-
-def register_no_synapse(types: Union[type, Iterable[type]], why: str = "") -> None:
-    """Declare module types that hold parameters but no synapses.
-
-    Norm layers (folded into the preceding weights on hardware), neuron layers
-    with learnable time constants or thresholds, and similar. The counter does
-    not warn about them.
-    """
-    for t in _as_types(types):
-        _NO_SYNAPSE[t] = why
-
-
-def find_rule(module: nn.Module, rules: Optional[Mapping[type, Rule]] = None) -> Optional[Rule]:
-    """The rule for ``module``: per-call ``rules`` first, then the global registry, by MRO."""
-    for cls in type(module).__mro__:
-        if rules is not None and cls in rules:
-            return rules[cls]
-        if cls in _RULES:
-            return _RULES[cls]
-    return None
-
-
-def has_no_synapse(module: nn.Module) -> bool:
-    """Whether ``module``'s type was declared synapse-free with :func:`register_no_synapse`."""
-    return any(cls in _NO_SYNAPSE for cls in type(module).__mro__)
+def conv_sample_ndim(module: nn.Module) -> int:
+    """Channels plus the spatial dims of a (transposed) convolution."""
+    return 1 + len(module.kernel_size)
 
 
 # --------------------------------------------------------------------------- rules
 
 
-@register_rule(nn.Linear, sample_ndim=1)
-def _linear_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
+def linear_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
     """Count synops for nn.Linear: each input feature drives its column's nonzero weights."""
     return w01.sum(0)
 
@@ -276,8 +171,7 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-@register_rule((nn.Conv1d, nn.Conv2d, nn.Conv3d), sample_ndim=lambda m: 1 + len(m.kernel_size))
-def _conv_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
+def conv_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
     """Count synops for nn.ConvNd: a transposed convolution of ones over the padded input,
     with the padding folded back onto the neurons it copies (any padding_mode)."""
     n = _conv_ndim(module)
@@ -319,11 +213,7 @@ def _conv_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Sha
     return m.contiguous()
 
 
-@register_rule(
-    (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
-    sample_ndim=lambda m: 1 + len(m.kernel_size),
-)
-def _conv_transpose_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
+def conv_transpose_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
     """Count synops for nn.ConvTransposeNd: its adjoint, a convolution of ones over the output."""
     n = _conv_ndim(module)
     ones = torch.ones((1, *out_shape), dtype=w01.dtype, device=w01.device)
@@ -342,20 +232,6 @@ def _conv_transpose_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_
             f"input sample shape {tuple(in_shape)}"
         )
     return m.contiguous()
-
-
-# Parameter layers without synapses. Norm layers are folded into the preceding
-# weights on neuromorphic hardware; embeddings are look-ups, not synapses.
-register_no_synapse(
-    (
-        nn.modules.batchnorm._NormBase,
-        nn.LayerNorm,
-        nn.GroupNorm,
-        nn.LocalResponseNorm,
-        nn.PReLU,
-    ),
-    "normalisation / activation parameters are not synapses",
-)
 
 
 # --------------------------------------------------------------------------- maps
@@ -430,6 +306,8 @@ def connection_map(
     >>> connection_map(lin, (3,))
     tensor([1., 0., 2.], dtype=torch.float64)
     """
+    from .registry import find_rule
+
     rule = find_rule(module, rules)
     if rule is not None and rule.fanout is None:
         raise TypeError(f"{type(module).__name__} is counted per call, it has no fan-out map")
@@ -526,3 +404,15 @@ class MapCache:
 
 def prod(shape: Iterable[int]) -> int:
     return math.prod(int(s) for s in shape)
+
+
+_MOVED = ("register_rule", "register_no_synapse", "find_rule", "has_no_synapse")
+
+
+def __getattr__(name: str):
+    # the registry functions lived here before synopsloss.registry held every layer table
+    if name in _MOVED:
+        from . import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,7 +42,7 @@ Full layers (``RNN``, ``LSTM``, ``GRU``; any ``num_layers``, ``bidirectional``, 
     network without dropout. The operations are ACs only when every layer's
     input is spikes (a single layer fed spikes), MACs otherwise.
 
-Synops (differentiable) of every variant: ``sum(x * fan-out of W_ih) + sum(h *
+Synops (differentiable) of every variant: ``sum(|x| * fan-out of W_ih) + sum(|h| *
 fan-out of W_hh)`` (+ ``m * fan-out of W_hr``), each input value times its
 number of nonzero outgoing weights; biases and element-wise gate products are
 not synapses.
@@ -53,7 +53,7 @@ Example
 >>> cell = torch.nn.RNNCell(3, 2, bias=False)
 >>> with sl.SynOpsCounter(cell) as counter:
 ...     _ = cell(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0]]))
-...     counter.counts()[""]["eff_acs"]
+...     counter.snapshot().per_layer()[""]["eff_acs"]
 6.0
 """
 
@@ -67,9 +67,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .maps import OpCounts, register_rule
+from .maps import OpCounts
 
-__all__ = ["neurobench_cell_ops", "register_snn_rules"]
+__all__ = ["neurobench_cell_ops", "cell_counts", "layer_counts"]
+
+
+def _magnitude(t: Tensor) -> Tensor:
+    """``|t|`` with gradient 1 at 0 (see :func:`synopsloss.counter.magnitude`)."""
+    return torch.where(t < 0, -t, t)
 
 
 def _bin(t: Tensor) -> Tensor:
@@ -182,8 +187,7 @@ def _ops_pair(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, state_given: bool) -> Tuple
     return eff, dense
 
 
-@register_rule((nn.RNNCell, nn.LSTMCell, nn.GRUCell), counts=True)
-def _cell_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> OpCounts:
+def cell_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> OpCounts:
     """Count synops for nn.RNNCell / LSTMCell / GRUCell with NeuroBench's cell formulas."""
     kind = _kind(module)
     if not args or not isinstance(args[0], Tensor):
@@ -206,9 +210,9 @@ def _cell_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> O
     b_hh = module.bias_hh if module.bias else None
     eff, dense = _ops_pair(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, hx is not None)
     f_ih = _fanout(w_ih).to(x.device)
-    synops = (x.to(torch.float64) * f_ih).sum()
+    synops = (_magnitude(x.to(torch.float64)) * f_ih).sum()
     if h is not None:
-        synops = synops + (h.to(torch.float64) * _fanout(w_hh).to(x.device)).sum()
+        synops = synops + (_magnitude(h.to(torch.float64)) * _fanout(w_hh).to(x.device)).sum()
     with torch.no_grad():
         return OpCounts(
             synops=synops, dense=dense, effective=eff, spiking=_spiking(x), rows=x.shape[0],
@@ -241,8 +245,7 @@ def _step(kind: str, x: Tensor, h: Tensor, c: Optional[Tensor], w: dict, nonline
 _DROPOUT_WARNED = set()
 
 
-@register_rule((nn.RNN, nn.LSTM, nn.GRU), counts=True)
-def _layer_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> OpCounts:
+def layer_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> OpCounts:
     """Count synops for nn.RNN / LSTM / GRU as their unrolled cells (see the module docstring)."""
     kind = _kind(module)
     if not args:
@@ -309,13 +312,13 @@ def _layer_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> 
             xs = xs.reshape(T * B, -1)
             hp = torch.stack(h_prev).reshape(T * B, -1)
             cp = torch.stack(c_prev).reshape(T * B, -1) if kind == "lstm" else None
-            synops = synops + (xs.to(dtype) * _fanout(w["w_ih"]).to(x.device)).sum()
-            synops = synops + (hp.to(dtype) * _fanout(w["w_hh"]).to(x.device)).sum()
+            synops = synops + (_magnitude(xs.to(dtype)) * _fanout(w["w_ih"]).to(x.device)).sum()
+            synops = synops + (_magnitude(hp.to(dtype)) * _fanout(w["w_hh"]).to(x.device)).sum()
             e, dn = _ops_pair(kind, xs, hp, cp, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], True)
             eff, dense = eff + e, dense + dn
             if w["w_hr"] is not None:
                 mm = torch.stack(ms).reshape(T * B, -1)
-                synops = synops + (mm.to(dtype) * _fanout(w["w_hr"]).to(x.device)).sum()
+                synops = synops + (_magnitude(mm.to(dtype)) * _fanout(w["w_hr"]).to(x.device)).sum()
                 with torch.no_grad():
                     eff = eff + (_bin(mm) @ _bin(w["w_hr"]).T).sum()
                     dense = dense + float(T * B * w["w_hr"].numel())
@@ -323,7 +326,7 @@ def _layer_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> 
         layer_in = torch.cat(outs, dim=-1) if D > 1 else outs[0]
     with torch.no_grad():
         return OpCounts(
-            synops=synops, dense=dense, effective=eff, spiking=all_spiking, rows=T * B,
+            synops=synops, dense=dense, effective=eff, spiking=all_spiking, rows=T * B, samples=B,
             in_shape=(module.input_size,), out_shape=(D * h_out,),
             input_sum=x.detach().to(dtype).sum(), input_nonzero=(x != 0).sum().to(dtype),
             in_neurons=module.input_size,
@@ -332,34 +335,18 @@ def _layer_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> 
 
 # --------------------------------------------------------------------------- SNN recurrent synapses
 
-_SNN_REGISTERED = set()
+def one_to_one_fanout(module: nn.Module, w01: Tensor, in_shape, out_shape) -> Tensor:
+    """Count synops for snntorch's RecurrentOneToOne: spike x V, one synapse per neuron where V != 0.
 
-
-def _one_to_one_fanout(module: nn.Module, w01: Tensor, in_shape, out_shape) -> Tensor:
-    """Count synops for snntorch's RecurrentOneToOne: spike x V, one synapse per neuron where V != 0."""
+    snntorch's ``RLeaky`` / ``RSynaptic`` with ``all_to_all=False`` multiply
+    the previous spikes element-wise by ``V``. Their ``all_to_all=True``
+    variant uses an ``nn.Linear`` / ``nn.Conv2d`` (``.recurrent``), and
+    sinabs' ``*Recurrent`` layers their ``rec_connect`` module: those are
+    counted by the ordinary rules.
+    """
     return w01.expand(in_shape).clone() if w01.dim() else w01.reshape(()).expand(in_shape).clone()
 
 
-def register_snn_rules() -> None:
-    """Register rules for the recurrent synapses of SNN libraries the program has imported.
-
-    snntorch's ``RLeaky`` / ``RSynaptic`` with ``all_to_all=False`` multiply
-    the previous spikes element-wise by ``V`` in a ``RecurrentOneToOne``
-    module: one synapse per neuron (none where ``V == 0``). Their
-    ``all_to_all=True`` variant uses an ``nn.Linear`` / ``nn.Conv2d``
-    (``.recurrent``), and sinabs' ``*Recurrent`` layers their ``rec_connect``
-    module: those are counted by the ordinary rules. Called by the counter
-    when it attaches; looks snntorch up in ``sys.modules`` only.
-    """
-    snntorch = sys.modules.get("snntorch")
-    if snntorch is None:
-        return
-    for modname in ("snntorch._neurons.rleaky", "snntorch._neurons.rsynaptic"):
-        mod = sys.modules.get(modname)
-        cls = getattr(mod, "RecurrentOneToOne", None) if mod is not None else None
-        if cls is None or cls in _SNN_REGISTERED:
-            continue
-        _SNN_REGISTERED.add(cls)
-        register_rule(cls, sample_ndim=lambda m: max(int(torch.as_tensor(m.V).dim()), 1), weight="V")(
-            _one_to_one_fanout
-        )
+def one_to_one_ndim(module: nn.Module) -> int:
+    """One sample of a RecurrentOneToOne is shaped like ``V`` (at least one dim)."""
+    return max(int(torch.as_tensor(module.V).dim()), 1)

@@ -210,8 +210,10 @@ def _run(args: argparse.Namespace) -> int:
                 raise _Error(f"the model failed on an input of shape {shape} ({feed} feed): "
                              f"{type(err).__name__}: {err}. Check --input-shape (one sample at one time step, "
                              "without batch and time) and --feed.") from err
-            if not counter._batch.layers:
-                raise _Error(f"no synaptic layer of {type(model).__name__} ran on the input: nothing was counted")
+            try:
+                counter.snapshot()
+            except RuntimeError as err:
+                raise _Error(f"no synaptic layer of {type(model).__name__} ran on the input: nothing was counted") from err
     counter.reset()
     energy = None if args.energy.lower() == "none" else args.energy
     try:

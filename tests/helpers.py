@@ -63,7 +63,7 @@ def brute_force_counts(layer: nn.Module, x: torch.Tensor, samples: int) -> Dict[
         "dense": float(dense_map.sum()) * x.shape[0] / samples,
         "eff_macs": 0.0 if spiking else eff / samples,
         "eff_acs": eff / samples if spiking else 0.0,
-        "synops": float((xd * eff_map).sum()) / samples,
+        "synops": float((xd.abs() * eff_map).sum()) / samples,
     }
 
 
@@ -96,7 +96,7 @@ def linear_pair_synops(net: nn.Sequential, x: torch.Tensor) -> Dict[str, float]:
         fan2 = (net[2].weight != 0).sum(0).double()
         h = torch.relu(torch.nn.functional.linear(x, net[0].weight, net[0].bias)).double()
         b = x.shape[0]
-        return {"0": float((x.double() * fan0).sum()) / b, "2": float((h * fan2).sum()) / b}
+        return {"0": float((x.double().abs() * fan0).sum()) / b, "2": float((h * fan2).sum()) / b}
 
 
 def quiet_unreachable(fn, *args, **kwargs):

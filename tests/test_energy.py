@@ -55,7 +55,7 @@ def test_horowitz_preset_prices_macs_and_acs_at_45nm():
 ])
 def test_kerasspiking_device_profiles(device, e_syn, e_neuron, spiking):
     net, x, s1, table = _run(device)
-    synops0 = float((x.double() * 6).sum() / 2)  # input value x fan-out 6
+    synops0 = float((x.double().abs() * 6).sum() / 2)  # input value x fan-out 6
     synops2 = float((s1.double() * (net[2].weight != 0).sum(0)).sum() / 2)
     dense = 5 * (4 * 6 + 6 * 3)
     neuron_updates = 5 * (6 + 3)

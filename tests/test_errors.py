@@ -190,10 +190,26 @@ class _KwargsOnly(nn.Module):
         return self.fc(batch["x"])
 
 
-def test_batch_size_undeterminable_without_tensor_argument() -> None:
+def test_samples_found_in_nested_keyword_inputs() -> None:
     net = _KwargsOnly()
     counter = sl.SynOpsCounter(net)
     net(batch={"x": _spikes(2, 3)})
+    assert counter.samples == 2
+
+
+class _MakesItsInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = _linear()
+
+    def forward(self, n: int) -> torch.Tensor:
+        return self.fc(torch.ones(n, 3))
+
+
+def test_batch_size_undeterminable_without_tensor_argument() -> None:
+    net = _MakesItsInput()
+    counter = sl.SynOpsCounter(net)
+    net(2)
     with pytest.raises(ValueError, match=r"called without a tensor argument.*batch_size=B"):
         counter.synops()
 

@@ -138,8 +138,8 @@ def test_neurobench_doc_example_effective_4_dense_9():
     assert c["dense"] == 9.0
     assert c["eff_macs"] == 4.0
     assert c["eff_acs"] == 0.0
-    # every column has two nonzero weights: 0*2 + 1.3*2 + (-1)*2
-    assert c["synops"] == pytest.approx(0.6, abs=1e-6)
+    # every column has two nonzero weights: |0|*2 + |1.3|*2 + |-1|*2 (magnitudes: a -1 spike counts)
+    assert c["synops"] == pytest.approx(4.6, abs=1e-6)
     ref = neurobench_synops(nn.Sequential(copy.deepcopy(lin)), x, snntorch=False)
     assert (ref["dense"], ref["eff_macs"], ref["eff_acs"]) == (9.0, 4.0, 0.0)
     # with a spike vector instead, the same pairs are ACs

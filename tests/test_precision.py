@@ -49,7 +49,7 @@ def test_counts_beyond_2_to_the_24_are_exact_integers() -> None:
     net = nn.Sequential(layer)
     steps = 3
     x = torch.ones(1, steps, n)  # one sample, three rows (time steps) in one call
-    counter = sl.SynOpsCounter(net)
+    counter = sl.SynOpsCounter(net, batch_dim=0)
     net(x)
     dense, eff = steps * n * n, steps * (n * n - len(zeros))
     assert dense > 2**24 and _not_float32_exact(dense) and _not_float32_exact(eff)
@@ -114,7 +114,7 @@ def test_differentiable_synops_above_1e9_are_within_1e_minus_6_of_float64() -> N
     fanout = (layer.weight.detach() != 0).sum(0).double()  # by hand: nonzero weights per input column
     reference = float(x.detach().double().reshape(rows, n).sum(0) @ fanout)
     assert reference > 1e9
-    counter = sl.SynOpsCounter(net)
+    counter = sl.SynOpsCounter(net, batch_dim=0)
     net(x)
     synops = counter.synops()
     assert synops.dtype == torch.get_default_dtype()
@@ -181,7 +181,7 @@ def test_spike_counts_above_256_are_not_rounded_under_autocast(dtype: torch.dtyp
         net[0].weight.copy_(torch.eye(2))
         net[1].weight.fill_(2.0)
     x = torch.ones(1, 257, 2)  # one sample with 257 time steps folded into its rows
-    counter = sl.SynOpsCounter(net)
+    counter = sl.SynOpsCounter(net, batch_dim=0)
     with torch.autocast("cpu", dtype=dtype):
         net(x)
         counts = counter.counts()

@@ -135,7 +135,7 @@ def _check_layer(layer: nn.Module, sample_shape: Tuple[int, ...], x: torch.Tenso
 
     net = nn.Sequential(layer)
     x = x.clone().requires_grad_(True)
-    with sl.SynOpsCounter(net) as counter:
+    with sl.SynOpsCounter(net, batch_dim=0) as counter:
         net(x)
         got = counter.counts()["0"]
         synops = counter.synops()
@@ -148,7 +148,8 @@ def _check_layer(layer: nn.Module, sample_shape: Tuple[int, ...], x: torch.Tenso
     assert float(synops.detach()) == pytest.approx(ref["synops"], rel=1e-5, abs=1e-4)
     # d synops / d x_i = effective fan-out of neuron i / samples, for every row
     synops.backward()
-    expected_grad = (eff_ref / samples).to(torch.float32).expand_as(x)
+    # (magnitudes: -fan-out where x < 0, +fan-out at and above 0)
+    expected_grad = torch.where(x.detach() < 0, -1.0, 1.0) * (eff_ref / samples).to(torch.float32).expand_as(x)
     torch.testing.assert_close(x.grad, expected_grad, rtol=1e-6, atol=1e-6)
 
 
@@ -228,7 +229,7 @@ class _Recorder:
             e = float(((xd != 0).double() * eff).sum())
             total["dense"] += float(dense.sum()) * xd.shape[0]
             total["eff_acs" if spiking else "eff_macs"] += e
-            total["synops"] += float((xd * eff).sum())
+            total["synops"] += float((xd.abs() * eff).sum())
         return {k: v / samples for k, v in total.items()}
 
     def close(self) -> None:

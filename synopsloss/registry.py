@@ -1,0 +1,410 @@
+"""Everything synopsloss knows about layer types, in one place.
+
+Each concern is one literal table, read top to bottom:
+
+* :data:`SYNAPSE_RULES`: layer types with synapses and how to count them
+  (fan-out formulas in :mod:`synopsloss.maps`, per-call counts of recurrent
+  layers in :mod:`synopsloss.recurrent`);
+* :data:`NO_SYNAPSE`: types that hold parameters but no synapses (norms, PReLU);
+* :data:`LAYER_KINDS`: what a synapse-free layer is in the table (:class:`LayerKind`);
+* :data:`POOL_DIVISORS`: average pools and their divisors (spike-event correction);
+* :data:`PASS_THROUGH`: layers that keep each value or zero it (the correction follows them);
+* :data:`NEURON_LIBRARIES` and :data:`NEURON_OP_COSTS`: spiking neuron base
+  classes and the operations of one membrane update;
+* :data:`TIME_FOLDING`: layers that know the samples of ``[B*T, ...]`` inputs.
+
+Third-party classes (snntorch, sinabs, ...) are named by dotted path and
+resolved in ``sys.modules`` by :func:`resolve`: importing synopsloss never
+imports them, and their rows apply once the user's program has imported them.
+:func:`register_rule` and :func:`register_no_synapse` add user types.
+
+Example
+-------
+>>> import torch
+>>> from synopsloss.registry import find_rule, layer_kind, LayerKind
+>>> find_rule(torch.nn.Conv2d(1, 1, 3)) is SYNAPSE_RULES[torch.nn.Conv2d]
+True
+>>> layer_kind(torch.nn.Dropout()) is LayerKind.DROPOUT
+True
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+
+from torch import Tensor, nn
+
+from . import maps, pooling, recurrent
+from .maps import FanoutFn, Rule
+
+__all__ = [
+    "LayerKind",
+    "SYNAPSE_RULES",
+    "NO_SYNAPSE",
+    "LAYER_KINDS",
+    "POOL_DIVISORS",
+    "PASS_THROUGH",
+    "NEURON_LIBRARIES",
+    "NEURON_OP_COSTS",
+    "TIME_FOLDING",
+    "resolve",
+    "register_rule",
+    "register_no_synapse",
+    "find_rule",
+    "has_no_synapse",
+    "layer_kind",
+    "neuron_library",
+    "neuron_op_cost",
+    "pool_divisor",
+    "is_pass_through",
+    "is_time_folding",
+    "time_folding_batch",
+]
+
+
+class LayerKind(str, enum.Enum):
+    """What a layer is in the table (a ``str``: ``LayerKind.SYNAPTIC == "synaptic"``)."""
+
+    SYNAPTIC = "synaptic"
+    RECURRENT = "recurrent synapses"
+    NEURON = "neuron"
+    ACTIVATION = "activation"
+    NORM = "norm (folded)"
+    DROPOUT = "dropout"
+    POOLING = "pooling"
+    UPSAMPLING = "upsampling"
+    RESHAPE = "reshape"
+    IDENTITY = "identity"
+    OTHER = "no synapses"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TypeKey = Union[type, str]  # a class, or the dotted path of a third-party class
+
+# --------------------------------------------------------------------------- synapses
+
+_conv_nd = maps.conv_sample_ndim
+
+#: Layer types with synapses. Looked up along the module's MRO (subclasses inherit a rule).
+SYNAPSE_RULES: Dict[TypeKey, Rule] = {
+    nn.Linear: Rule(maps.linear_fanout, maps.fixed_ndim(1)),
+    nn.Conv1d: Rule(maps.conv_fanout, _conv_nd),
+    nn.Conv2d: Rule(maps.conv_fanout, _conv_nd),
+    nn.Conv3d: Rule(maps.conv_fanout, _conv_nd),
+    nn.ConvTranspose1d: Rule(maps.conv_transpose_fanout, _conv_nd),
+    nn.ConvTranspose2d: Rule(maps.conv_transpose_fanout, _conv_nd),
+    nn.ConvTranspose3d: Rule(maps.conv_transpose_fanout, _conv_nd),
+    nn.RNNCell: Rule(None, maps.fixed_ndim(1), count=recurrent.cell_counts),
+    nn.LSTMCell: Rule(None, maps.fixed_ndim(1), count=recurrent.cell_counts),
+    nn.GRUCell: Rule(None, maps.fixed_ndim(1), count=recurrent.cell_counts),
+    nn.RNN: Rule(None, maps.fixed_ndim(1), count=recurrent.layer_counts),
+    nn.LSTM: Rule(None, maps.fixed_ndim(1), count=recurrent.layer_counts),
+    nn.GRU: Rule(None, maps.fixed_ndim(1), count=recurrent.layer_counts),
+    # snntorch RLeaky / RSynaptic (all_to_all=False): spike x V, one synapse per neuron where V != 0
+    "snntorch._neurons.rleaky.RecurrentOneToOne": Rule(
+        recurrent.one_to_one_fanout, recurrent.one_to_one_ndim, weight="V"),
+    "snntorch._neurons.rsynaptic.RecurrentOneToOne": Rule(
+        recurrent.one_to_one_fanout, recurrent.one_to_one_ndim, weight="V"),
+}
+
+#: Types with parameters but no synapses (folded into the preceding weights on hardware, or activations).
+NO_SYNAPSE: Dict[TypeKey, str] = {
+    nn.modules.batchnorm._NormBase: "normalisation parameters are folded into the weights",
+    nn.LayerNorm: "normalisation parameters are folded into the weights",
+    nn.GroupNorm: "normalisation parameters are folded into the weights",
+    nn.LocalResponseNorm: "normalisation has no synapses",
+    nn.PReLU: "an activation's slope is no synapse",
+}
+
+# --------------------------------------------------------------------------- synapse-free layers
+
+_ACT, _NORM, _POOL = LayerKind.ACTIVATION, LayerKind.NORM, LayerKind.POOLING
+
+#: What synapse-free layers are (neurons are found through :data:`NEURON_LIBRARIES`).
+LAYER_KINDS: Dict[TypeKey, LayerKind] = {
+    **{t: _ACT for t in (
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+        nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign,
+        nn.Threshold, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.LogSigmoid)},
+    nn.modules.batchnorm._NormBase: _NORM,
+    nn.LayerNorm: _NORM,
+    nn.GroupNorm: _NORM,
+    nn.LocalResponseNorm: _NORM,
+    nn.modules.dropout._DropoutNd: LayerKind.DROPOUT,
+    nn.modules.pooling._AvgPoolNd: _POOL,
+    nn.modules.pooling._MaxPoolNd: _POOL,
+    nn.modules.pooling._AdaptiveAvgPoolNd: _POOL,
+    nn.modules.pooling._AdaptiveMaxPoolNd: _POOL,
+    nn.modules.pooling._LPPoolNd: _POOL,
+    nn.modules.pooling._MaxUnpoolNd: _POOL,
+    "sinabs.layers.SpikingMaxPooling2dLayer": _POOL,
+    nn.Upsample: LayerKind.UPSAMPLING,
+    nn.PixelShuffle: LayerKind.UPSAMPLING,
+    nn.PixelUnshuffle: LayerKind.UPSAMPLING,
+    nn.Flatten: LayerKind.RESHAPE,
+    nn.Unflatten: LayerKind.RESHAPE,
+    "sinabs.layers.FlattenTime": LayerKind.RESHAPE,
+    "sinabs.layers.UnflattenTime": LayerKind.RESHAPE,
+    nn.Identity: LayerKind.IDENTITY,
+}
+
+#: Average pools: ``(divisor function, spatial dims)`` (see :mod:`synopsloss.pooling`).
+POOL_DIVISORS: Dict[TypeKey, Tuple[Callable, int]] = {
+    nn.AvgPool1d: (pooling.avgpool_divisor, 1),
+    nn.AvgPool2d: (pooling.avgpool_divisor, 2),
+    nn.AvgPool3d: (pooling.avgpool_divisor, 3),
+    nn.AdaptiveAvgPool1d: (pooling.adaptive_divisor, 1),
+    nn.AdaptiveAvgPool2d: (pooling.adaptive_divisor, 2),
+    nn.AdaptiveAvgPool3d: (pooling.adaptive_divisor, 3),
+}
+
+#: Layers that keep each value or zero it (``relu(pooled) x divisor`` stays exact).
+PASS_THROUGH: Tuple[TypeKey, ...] = (
+    nn.Flatten, nn.Unflatten, nn.Identity, nn.modules.dropout._DropoutNd, nn.ReLU,
+    "sinabs.layers.FlattenTime", "sinabs.layers.UnflattenTime",
+)
+
+# --------------------------------------------------------------------------- neurons
+
+#: Spiking neuron base classes and the library they belong to.
+NEURON_LIBRARIES: Dict[str, str] = {
+    "snntorch.SpikingNeuron": "snntorch",
+    "sinabs.layers.StatefulLayer": "sinabs",
+}
+
+#: Operations of one membrane update, per library and type name (see :mod:`synopsloss.neurons`).
+#: snntorch: NeuroBench 2.3's ``neuron_ops_reset_operations`` by reset mechanism; sinabs: the base
+#: cost of the update equations (extras for synaptic currents etc. in :func:`neuron_op_cost`).
+NEURON_OP_COSTS: Dict[str, Dict[str, Union[int, Dict[str, int]]]] = {
+    "snntorch": {
+        "Leaky": {"subtract": 4, "zero": 4},
+        "RLeaky": {"subtract": 4, "zero": 4},  # the recurrent synapses are counted as synops
+        "Synaptic": {"subtract": 6, "zero": 8},
+        "RSynaptic": {"subtract": 6, "zero": 8},
+        "Lapicque": {"subtract": 11, "zero": 11},
+        "Alpha": {"subtract": 18, "zero": 24},
+    },
+    "sinabs": {
+        "ExpLeak": 2,  # decay multiply, add input (no spikes)
+        "IAF": 3,  # add input, compare, reset
+        "ALIF": 8,  # LIF's 4 + threshold-trace decay and spike add (2) + adaptive threshold (2)
+        "LIF": 4,  # decay multiply, add input, compare, reset
+    },
+}
+
+#: sinabs ``*Squeeze`` layers: inputs shaped ``[B*T, ...]``, samples known from ``batch_size`` / ``num_timesteps``.
+TIME_FOLDING: Tuple[str, ...] = ("sinabs.layers.SqueezeMixin",)
+
+# --------------------------------------------------------------------------- lookups
+
+
+def resolve(key: TypeKey) -> Optional[type]:
+    """The class a table key names: the key itself, or a dotted path looked up in ``sys.modules``."""
+    if isinstance(key, type):
+        return key
+    module, _, name = key.rpartition(".")
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    return cls if isinstance(cls, type) else None
+
+
+def _lookup(table: Mapping[TypeKey, object], module: nn.Module) -> Optional[object]:
+    """The entry of the first class in ``module``'s MRO that the table names."""
+    resolved = {resolve(k): v for k, v in table.items()}
+    resolved.pop(None, None)
+    for cls in type(module).__mro__:
+        if cls in resolved:
+            return resolved[cls]
+    return None
+
+
+def _types(keys: Iterable[TypeKey]) -> Tuple[type, ...]:
+    return tuple(t for t in (resolve(k) for k in keys) if t is not None)
+
+
+def _as_types(types: Union[type, Iterable[type]]) -> Tuple[type, ...]:
+    types = (types,) if isinstance(types, type) else tuple(types)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise TypeError(f"register_rule expects nn.Module subclasses, got {t!r}")
+    return types
+
+
+def register_rule(
+    types: Union[type, Iterable[type]],
+    *,
+    sample_ndim: Union[int, Callable[[nn.Module], int]] = 1,
+    weight: str = "weight",
+    registry: Optional[Dict[type, Rule]] = None,
+    counts: bool = False,
+) -> Callable[[FanoutFn], FanoutFn]:
+    """Register the fan-out formula of one or more layer types (decorator).
+
+    Parameters
+    ----------
+    types
+        A module class or an iterable of them.
+    sample_ndim
+        Trailing input dims forming one sample (an int, or a function of the module).
+    weight
+        Name of the weight attribute.
+    registry
+        Where to register; :data:`SYNAPSE_RULES` by default. Pass a dict to
+        build a per-counter ``custom_rules`` mapping.
+    counts
+        The decorated function is a ``count(module, args, kwargs, output) ->
+        OpCounts`` that counts a whole call itself (layers that are no single
+        linear map of one input), instead of a fan-out function.
+
+    Raises
+    ------
+    TypeError
+        If a target is not an ``nn.Module`` subclass.
+    RuntimeError
+        If a type already has a rule in that registry.
+
+    Example
+    -------
+    >>> import torch
+    >>> from synopsloss import register_rule, connection_map
+    >>> class Scale(torch.nn.Module):  # y = w * x elementwise: one synapse per input
+    ...     def __init__(self, n):
+    ...         super().__init__()
+    ...         self.weight = torch.nn.Parameter(torch.ones(n))
+    ...     def forward(self, x):
+    ...         return self.weight * x
+    >>> rules = {}
+    >>> @register_rule(Scale, sample_ndim=1, registry=rules)
+    ... def _scale(module, w01, in_shape, out_shape):
+    ...     return w01.clone()
+    >>> connection_map(Scale(3), (3,), rules=rules)
+    tensor([1., 1., 1.], dtype=torch.float64)
+    """
+    types = _as_types(types)
+    target = SYNAPSE_RULES if registry is None else registry
+    ndim_fn = sample_ndim if callable(sample_ndim) else maps.fixed_ndim(int(sample_ndim))
+
+    def decorator(fn: FanoutFn) -> FanoutFn:
+        for t in types:
+            if t in target:
+                raise RuntimeError(f"a synapse rule for {t.__name__} is already registered")
+        for t in types:
+            target[t] = Rule(None, ndim_fn, weight, count=fn) if counts else Rule(fn, ndim_fn, weight)
+        return fn
+
+    return decorator
+
+
+def register_no_synapse(types: Union[type, Iterable[type]], why: str = "") -> None:
+    """Declare module types that hold parameters but no synapses (the counter does not warn about them).
+
+    Example
+    -------
+    >>> import torch
+    >>> class Gain(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.g = torch.nn.Parameter(torch.ones(()))
+    >>> register_no_synapse(Gain, "a global gain is no synapse")
+    >>> has_no_synapse(Gain())
+    True
+    """
+    for t in _as_types(types):
+        NO_SYNAPSE[t] = why
+
+
+def find_rule(module: nn.Module, rules: Optional[Mapping[type, Rule]] = None) -> Optional[Rule]:
+    """The rule for ``module``: per-counter ``rules`` first, then :data:`SYNAPSE_RULES`, by MRO."""
+    if rules:
+        for cls in type(module).__mro__:
+            if cls in rules:
+                return rules[cls]
+    return _lookup(SYNAPSE_RULES, module)  # type: ignore[return-value]
+
+
+def has_no_synapse(module: nn.Module) -> bool:
+    """Whether ``module``'s type holds no synapses (:data:`NO_SYNAPSE` or :func:`register_no_synapse`)."""
+    return _lookup(NO_SYNAPSE, module) is not None
+
+
+def neuron_library(module: nn.Module) -> Optional[str]:
+    """``"snntorch"``, ``"sinabs"``, ... when ``module`` is a spiking neuron layer, else ``None``."""
+    return _lookup(NEURON_LIBRARIES, module)  # type: ignore[return-value]
+
+
+def layer_kind(module: nn.Module) -> LayerKind:
+    """What a synapse-free module is in the table (neurons first, then :data:`LAYER_KINDS`)."""
+    if neuron_library(module) is not None:
+        return LayerKind.NEURON
+    kind = _lookup(LAYER_KINDS, module)
+    return kind if kind is not None else LayerKind.OTHER  # type: ignore[return-value]
+
+
+def pool_divisor(module: nn.Module) -> Optional[Tuple[Callable, int]]:
+    """``(divisor function, spatial dims)`` of an average-pool module, else ``None``."""
+    return _lookup(POOL_DIVISORS, module)  # type: ignore[return-value]
+
+
+def is_pass_through(module: nn.Module) -> bool:
+    """Whether ``module`` only reshapes, copies, drops or rectifies values."""
+    return isinstance(module, _types(PASS_THROUGH))
+
+
+def is_time_folding(module: nn.Module) -> bool:
+    """Whether ``module`` is a sinabs ``*Squeeze`` layer (inputs shaped ``[B*T, ...]``)."""
+    return isinstance(module, _types(TIME_FOLDING))
+
+
+def time_folding_batch(module: nn.Module, x: Tensor) -> Optional[int]:
+    """Samples in ``x`` for sinabs ``*Squeeze`` layers fed ``[B*T, ...]`` (else ``None``)."""
+    if not is_time_folding(module):
+        return None
+    batch_size = int(getattr(module, "batch_size", -1) or -1)
+    if batch_size > 0:
+        return batch_size
+    steps = int(getattr(module, "num_timesteps", -1) or -1)
+    if steps > 0 and x.dim() > 0:
+        return x.shape[0] // steps
+    return None
+
+
+def neuron_op_cost(module: nn.Module, costs: Optional[Mapping[str, int]] = None) -> Optional[int]:
+    """Operations of one membrane update of ``module`` (``None``: unknown type).
+
+    ``costs`` (``{class name: ops}``) is looked up first, along the class' MRO,
+    then :data:`NEURON_OP_COSTS`. sinabs layers add ``+2`` with a synaptic
+    current (``tau_syn``: decay multiply, add), ``+1`` with ``norm_input``
+    (input scaled by ``1 - alpha``; not for ``IAF``) and ``+1`` with
+    ``min_v_mem`` (clamp).
+
+    Example
+    -------
+    >>> import sinabs.layers as sl
+    >>> neuron_op_cost(sl.IAF()), neuron_op_cost(sl.LIF(tau_mem=10.0)), neuron_op_cost(sl.ALIF(10.0, 10.0))
+    (3, 5, 9)
+    """
+    names = [c.__name__ for c in type(module).__mro__]
+    if costs:
+        for n in names:
+            if n in costs:
+                return int(costs[n])
+    lib = neuron_library(module)
+    table = NEURON_OP_COSTS.get(lib or "", {})
+    entry = next((table[n] for n in names if n in table), None)
+    if entry is None:
+        return None
+    if isinstance(entry, dict):
+        return entry.get(getattr(module, "_reset_mechanism", "subtract"))
+    extra = 0
+    if lib == "sinabs":
+        if getattr(module, "norm_input", False) and "IAF" not in names:
+            extra += 1
+        if getattr(module, "min_v_mem", None) is not None:
+            extra += 1
+        if getattr(module, "tau_syn", None) is not None or getattr(module, "alpha_syn", None) is not None:
+            extra += 2
+    return int(entry) + extra

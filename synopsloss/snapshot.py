@@ -1,0 +1,233 @@
+"""Plain-data snapshots of a counter: what the table, the loss, Lightning, DDP and the CLI read.
+
+:meth:`SynOpsCounter.snapshot` copies the counter's state to plain Python
+numbers once (one device-to-host transfer) and returns a
+:class:`CounterSnapshot`. Its layer records hold *sums* over the snapshot's
+``samples`` samples (so snapshots of several batches or processes add up
+exactly); :meth:`CounterSnapshot.per_layer` and :meth:`CounterSnapshot.total`
+are the per-sample views.
+
+Example
+-------
+>>> import torch, synopsloss as sl
+>>> net = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False))
+>>> counter = sl.SynOpsCounter(net)
+>>> _ = net(torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]))
+>>> snap = counter.snapshot()
+>>> snap.samples, snap.layers["0"].eff_acs, snap.total()["eff_acs"]
+(2, 10.0, 5.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+__all__ = ["COUNT_KEYS", "LayerStats", "NeuronStats", "CounterSnapshot"]
+
+#: The operation counts of every synaptic layer (per-sample views of :meth:`CounterSnapshot.per_layer`).
+COUNT_KEYS = ("dense", "eff_macs", "eff_acs", "synops")
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One synaptic layer: sums over every call and sample of the snapshot.
+
+    Attributes
+    ----------
+    name, type, kind
+        Qualified module name, class name, :class:`~synopsloss.registry.LayerKind` value.
+    order
+        Forward order among all of the snapshot's layers (first call first).
+    synops, dense, eff_macs, eff_acs
+        Summed counts (divide by ``CounterSnapshot.samples`` for per sample).
+    input_sum, input_nonzero
+        Sum of the input magnitudes (spike events) and number of nonzero inputs.
+    calls, rows
+        Calls of the layer and sample-sized input rows over all calls.
+    in_shape, out_shape, in_neurons
+        One sample's input / output shape and input neurons (last call).
+    weights
+        Weight entries (``None`` when the rule has no single weight).
+    fanout_mean, fanout_max
+        Effective fan-out over the input neurons (last call's map).
+    data_fed
+        Every call read a tensor the model itself was called with.
+    """
+
+    name: str
+    type: str
+    kind: str
+    order: int
+    synops: float = 0.0
+    dense: float = 0.0
+    eff_macs: float = 0.0
+    eff_acs: float = 0.0
+    input_sum: float = 0.0
+    input_nonzero: float = 0.0
+    calls: int = 0
+    rows: int = 0
+    in_shape: Tuple[int, ...] = ()
+    out_shape: Tuple[int, ...] = ()
+    in_neurons: int = 0
+    weights: Optional[int] = None
+    fanout_mean: Optional[float] = None
+    fanout_max: Optional[float] = None
+    data_fed: bool = False
+
+
+@dataclass(frozen=True)
+class NeuronStats:
+    """One neuron, activation or other synapse-free layer: sums over the snapshot's samples.
+
+    ``spikes`` is the sum of output values, ``nonzero`` the nonzero outputs,
+    ``updates`` the membrane updates (``None`` when not tracked for the type),
+    ``updates_dense`` every neuron at every step, ``rows`` the sample-sized
+    output rows over all calls, ``neurons`` one sample's output size,
+    ``op_cost`` the operations of one update (``None``: unknown type).
+    """
+
+    name: str
+    type: str
+    kind: str
+    order: int
+    library: Optional[str] = None
+    op_cost: Optional[int] = None
+    leaky: Optional[bool] = None
+    spikes: Optional[float] = None
+    nonzero: Optional[float] = None
+    updates: Optional[float] = None
+    updates_dense: int = 0
+    rows: int = 0
+    numel: int = 0
+    calls: int = 0
+    neurons: int = 0
+    sample_shape: Tuple[int, ...] = ()
+    in_shape: Tuple[int, ...] = ()
+    out_shape: Tuple[int, ...] = ()
+
+
+_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows")
+_NEURON_SUMS = ("spikes", "nonzero", "updates", "updates_dense", "rows", "numel", "calls")
+
+
+@dataclass(frozen=True)
+class CounterSnapshot:
+    """The counter's numbers at one moment, as plain data.
+
+    Attributes
+    ----------
+    samples
+        Number of samples the sums cover.
+    layers
+        Synaptic layers by name, in forward order.
+    neurons
+        Neuron, activation and other synapse-free layers by name, in forward
+        order (empty for a counter created with ``neurons=False``).
+    accumulated
+        Whether the snapshot covers every batch since ``reset(accumulated=True)``.
+    """
+
+    samples: int
+    layers: Dict[str, LayerStats] = field(default_factory=dict)
+    neurons: Dict[str, NeuronStats] = field(default_factory=dict)
+    accumulated: bool = False
+
+    def per_layer(self) -> Dict[str, Dict[str, float]]:
+        """``{layer: {"dense", "eff_macs", "eff_acs", "synops"}}`` per sample, in forward order."""
+        n = self.samples
+        return {name: {k: (getattr(s, k) / n if n else 0.0) for k in COUNT_KEYS} for name, s in self.layers.items()}
+
+    def total(self) -> Dict[str, float]:
+        """The per-sample counts summed over layers."""
+        rows = self.per_layer().values()
+        return {k: sum(r[k] for r in rows) for k in COUNT_KEYS}
+
+    def order(self) -> Dict[str, int]:
+        """Every layer of the snapshot (synaptic and not) by forward position."""
+        both = [*self.layers.values(), *self.neurons.values()]
+        return {s.name: i for i, s in enumerate(sorted(both, key=lambda s: s.order))}
+
+    def merge(self, other: "CounterSnapshot") -> "CounterSnapshot":
+        """The snapshot of both sets of samples (sums added; shapes and maps from ``other``).
+
+        Example
+        -------
+        >>> a = CounterSnapshot(2, {"fc": LayerStats("fc", "Linear", "synaptic", 0, synops=6.0)})
+        >>> b = CounterSnapshot(1, {"fc": LayerStats("fc", "Linear", "synaptic", 0, synops=3.0)})
+        >>> a.merge(b).per_layer()["fc"]["synops"]
+        3.0
+        """
+
+        def add(mine: Dict[str, Any], theirs: Dict[str, Any], keys: Tuple[str, ...]) -> Dict[str, Any]:
+            out = dict(mine)
+            for name, s in theirs.items():
+                m = out.get(name)
+                if m is None:
+                    out[name] = s
+                    continue
+                sums = {k: _add(getattr(m, k), getattr(s, k)) for k in keys}
+                out[name] = dataclasses.replace(s, order=min(m.order, s.order), **sums)
+            return dict(sorted(out.items(), key=lambda kv: kv[1].order))
+
+        return CounterSnapshot(
+            self.samples + other.samples,
+            add(self.layers, other.layers, _LAYER_SUMS),
+            add(self.neurons, other.neurons, _NEURON_SUMS),
+            self.accumulated or other.accumulated,
+        )
+
+    def all_reduce(self, group: Any = None) -> "CounterSnapshot":
+        """The snapshot of every process's samples (``torch.distributed``; collective: call it on every rank).
+
+        Layer sums and sample counts are added across the processes of
+        ``group`` (the default group if ``None``), so per-sample numbers are
+        the average over all ranks' samples, not a mean of per-rank means.
+        Layers that ran on some ranks only are included. Without an
+        initialised process group, returns the snapshot unchanged.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        names: list = [None] * dist.get_world_size(group)
+        dist.all_gather_object(names, (list(self.layers), list(self.neurons)), group=group)
+        layer_names = list(dict.fromkeys(n for ls, _ in names for n in ls))
+        neuron_names = list(dict.fromkeys(n for _, ns in names for n in ns))
+        values = [float(self.samples)]
+        for n in layer_names:
+            s = self.layers.get(n)
+            values += [float(getattr(s, k)) if s is not None else 0.0 for k in _LAYER_SUMS]
+        for n in neuron_names:
+            s = self.neurons.get(n)
+            values += [float(getattr(s, k) or 0.0) if s is not None else 0.0 for k in _NEURON_SUMS]
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        vals = iter(t.tolist())
+        samples = int(round(next(vals)))
+        layers = {}
+        for n in layer_names:
+            sums = {k: next(vals) for k in _LAYER_SUMS}
+            base = self.layers.get(n) or LayerStats(n, "?", "synaptic", len(layers))
+            sums["calls"], sums["rows"] = int(round(sums["calls"])), int(round(sums["rows"]))
+            layers[n] = dataclasses.replace(base, **sums)
+        neurons = {}
+        for n in neuron_names:
+            sums = {k: next(vals) for k in _NEURON_SUMS}
+            base = self.neurons.get(n) or NeuronStats(n, "?", "neuron", len(layers) + len(neurons))
+            for k in ("updates_dense", "rows", "numel", "calls"):
+                sums[k] = int(round(sums[k]))
+            if base.updates is None:
+                sums["updates"] = None
+            neurons[n] = dataclasses.replace(base, **sums)
+        return CounterSnapshot(samples, layers, neurons, self.accumulated)
+
+
+def _add(a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return a if b is None else b
+    return a + b

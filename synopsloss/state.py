@@ -1,0 +1,142 @@
+"""Declared per-layer state: each field says once how it reduces.
+
+A counted layer's running numbers live in one state object owned by the
+counter (synaptic layers) or the neuron monitor (neuron and other layers).
+Every field is declared with :func:`state_field` and a :class:`Reduce` rule,
+as torchmetrics' ``add_state`` declares ``dist_reduce_fx``, so that the three
+operations every owner needs are one generic function each:
+
+* folding a finished batch into the running totals (:func:`fold`);
+* merging the numbers of two batches or two processes (the same :func:`fold`);
+* resetting (a new, default-constructed state object).
+
+Fields declared with ``reduce=None`` are per-batch scratch (not folded).
+
+Example
+-------
+>>> import torch
+>>> from synopsloss.state import SynapseState, fold
+>>> a, b = SynapseState(), SynapseState()
+>>> a.dense, a.calls, a.in_shape = torch.tensor(6.0), 2, (3,)
+>>> b.dense, b.calls, b.in_shape = torch.tensor(4.0), 1, (5,)
+>>> total = fold(fold(SynapseState(), a), b)
+>>> float(total.dense), total.calls, total.in_shape
+(10.0, 3, (5,))
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional, Set, Tuple, TypeVar
+
+from torch import Tensor
+
+__all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold"]
+
+
+class Reduce(enum.Enum):
+    """How a state field combines across calls, batches and processes."""
+
+    SUM = "sum"  #: added (tensors are detached when folded into totals)
+    LAST = "last"  #: the newer value wins (shapes, the maps of the last call)
+    MIN = "min"  #: the smaller wins (forward-order stamps)
+    ANY = "any"  #: logical or (flags)
+    UNION = "union"  #: set union (rows per call)
+
+
+def state_field(reduce: Optional[Reduce], default: Any = None, factory: Any = None) -> Any:
+    """A dataclass field carrying its reduction rule (``None``: per-batch scratch, not folded)."""
+    meta = {"reduce": reduce}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _sum(a: Any, b: Any, detach: bool) -> Any:
+    if b is None:
+        return a
+    if isinstance(b, Tensor):
+        b = b.detach() if detach else b
+        if a is None:
+            return b
+        if a.shape != b.shape:
+            return None  # a per-neuron sum over calls of different shapes has no meaning
+        return a + b.to(a.device)
+    return b if a is None else a + b
+
+
+_COMBINE = {
+    Reduce.SUM: _sum,
+    Reduce.LAST: lambda a, b, _d: a if b is None or b == () else b,
+    Reduce.MIN: lambda a, b, _d: a if b is None else (b if a is None else min(a, b)),
+    Reduce.ANY: lambda a, b, _d: bool(a) or bool(b),
+    Reduce.UNION: lambda a, b, _d: set(a) | set(b),
+}
+
+S = TypeVar("S")
+
+
+def fold(into: S, other: S, *, detach: bool = True) -> S:
+    """Combine ``other`` into ``into`` field by field with each field's :class:`Reduce` rule.
+
+    Tensors of summed fields are detached unless ``detach=False``. A summed
+    tensor whose shape differs between the two (a layer whose sample shape
+    changed) becomes ``None`` and sets ``shape_changed`` where the state has
+    that flag. Returns ``into``.
+    """
+    for f in fields(into):  # type: ignore[arg-type]
+        reduce = f.metadata.get("reduce")
+        if reduce is None:
+            continue
+        a, b = getattr(into, f.name), getattr(other, f.name)
+        value = _COMBINE[reduce](a, b, detach)
+        if value is None and a is not None and b is not None and hasattr(into, "shape_changed"):
+            into.shape_changed = True  # type: ignore[attr-defined]
+        setattr(into, f.name, value)
+    return into
+
+
+@dataclass
+class SynapseState:
+    """Running numbers of one synaptic layer (sums over calls; device tensors in the map's dtype)."""
+
+    synops: Optional[Tensor] = state_field(Reduce.SUM)  # differentiable within a batch
+    dense: Optional[Tensor] = state_field(Reduce.SUM)
+    eff_macs: Optional[Tensor] = state_field(Reduce.SUM)
+    eff_acs: Optional[Tensor] = state_field(Reduce.SUM)
+    input_sum: Optional[Tensor] = state_field(Reduce.SUM)  # sum of |input| (spike events after pool correction)
+    input_nonzero: Optional[Tensor] = state_field(Reduce.SUM)
+    calls: int = state_field(Reduce.SUM, 0)
+    rows_total: int = state_field(Reduce.SUM, 0)
+    rows: Set[int] = state_field(Reduce.UNION, factory=set)  # rows of one call, for the samples check
+    in_shape: Tuple[int, ...] = state_field(Reduce.LAST, ())
+    out_shape: Tuple[int, ...] = state_field(Reduce.LAST, ())
+    maps: Any = state_field(Reduce.LAST)  # LayerMaps of the last call (fan-out statistics)
+    in_neurons: int = state_field(Reduce.LAST, 0)
+    samples: Optional[int] = state_field(Reduce.LAST)  # samples of a call, from a layer that knows its layout
+    data_calls: int = state_field(Reduce.SUM, 0)  # calls that read the model's own input (data-fed if all)
+    first_seen: Optional[int] = state_field(Reduce.MIN)  # forward-order stamp
+    device: Any = state_field(Reduce.LAST)
+
+
+@dataclass
+class NeuronState:
+    """Running numbers of one neuron, activation or other synapse-free layer."""
+
+    spikes: Optional[Tensor] = state_field(Reduce.SUM)
+    nonzero: Optional[Tensor] = state_field(Reduce.SUM)
+    per_neuron: Optional[Tensor] = state_field(Reduce.SUM)  # None once the sample shape changed
+    updates: Optional[Tensor] = state_field(Reduce.SUM)
+    updates_dense: int = state_field(Reduce.SUM, 0)
+    updates_first: int = state_field(Reduce.SUM, 0)
+    rows: int = state_field(Reduce.SUM, 0)
+    numel: int = state_field(Reduce.SUM, 0)
+    calls: int = state_field(Reduce.SUM, 0)
+    shape_changed: bool = state_field(Reduce.ANY, False)
+    neurons: int = state_field(Reduce.LAST, 0)
+    sample_shape: Tuple[int, ...] = state_field(Reduce.LAST, ())
+    in_shape: Tuple[int, ...] = state_field(Reduce.LAST, ())
+    out_shape: Tuple[int, ...] = state_field(Reduce.LAST, ())
+    first_seen: Optional[int] = state_field(Reduce.MIN)
+    pre_mem: Optional[Tensor] = state_field(None)  # snntorch membrane before the call (scratch)
