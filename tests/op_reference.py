@@ -25,7 +25,7 @@ def jacobian_map(op: Callable[[Tensor, Tensor], Tensor], w: Tensor, sample_shape
     """Each input neuron's number of weight taps: Jacobian column sums of ``op(x, w01)`` for one sample."""
     w01 = (w.detach() != 0).double() if effective else torch.ones_like(w.detach(), dtype=torch.float64)
     x0 = torch.zeros(1, *sample_shape, dtype=torch.float64)
-    jac = torch.autograd.functional.jacobian(lambda v: op(v, w01).reshape(-1), x0)
+    jac = torch.autograd.functional.jacobian(lambda v: op(v, w01).reshape(-1), x0, vectorize=True)
     return jac.reshape(-1, *sample_shape).sum(0)
 
 
