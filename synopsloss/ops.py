@@ -138,9 +138,15 @@ What reaches ``__torch_function__`` (torch 2.13, checked with a
   ``TransformerEncoderLayer`` and ``TransformerEncoder`` check
   ``torch.overrides.has_torch_function`` (True under any mode) and take the
   Python path. The counter must therefore push its mode before the outermost
-  such module's ``forward`` (a forward pre-hook on it or an ancestor); pushed
-  inside it, the fast path runs unseen. They are flagged in case they are
-  called directly.
+  such module's ``forward`` (a forward pre-hook on it or an ancestor); a mode
+  pushed later lets ``MultiheadAttention`` run its fused kernel unseen.
+  ``TransformerEncoderLayer`` also leaves its fast path when any of its
+  submodules has a forward (pre-)hook, which the counter's hooks on its
+  ``Linear`` layers already are; ``MultiheadAttention`` checks no hooks. The
+  fused ops are flagged in case they are called directly. Note that
+  ``MultiheadAttention.out_proj`` is an ``nn.Linear`` whose ``forward`` is
+  never called (its weight is passed to ``F.multi_head_attention_forward``):
+  a module hook on it never fires.
 * ``nn.LSTM`` etc. call ``torch.lstm`` / ``torch.gru_cell`` ...: those are
   counted by the module rules of :mod:`synopsloss.recurrent`; called
   functionally they are flagged.
@@ -288,18 +294,55 @@ def _weightness(a: Tensor, b: Tensor, is_weight: IsWeight, batch_rule: bool) -> 
     return a_w, b_w
 
 
+class _Magnitude(torch.autograd.Function):
+    """``|t|`` whose derivative is +1 at ``t = 0`` (-1 below): the values and gradient of
+    ``torch.where(t < 0, -t, t)`` at the cost of one ``abs`` (the sign mask is built in backward only)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:
+        ctx.save_for_backward(t)
+        return t.abs()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (t,) = ctx.saved_tensors
+        return torch.where(t < 0, -grad, grad)
+
+
 def _magnitude(t: Tensor) -> Tensor:
     """|t| with derivative +1 at t = 0 (``torch.abs`` has 0 there)."""
-    return torch.where(t < 0, -t, t)
+    if not t.requires_grad or not torch.is_grad_enabled():
+        return t.abs()
+    return _Magnitude.apply(t)
 
 
-def _in_pm1(t: Tensor) -> Tensor:
-    """0-dim bool tensor: every value of ``t`` is in {-1, 0, 1} (no device sync)."""
+def _rsum(t: Tensor, dims: Sequence[int], acc: torch.dtype) -> Tensor:
+    """``t`` summed over ``dims`` (none: all kept), as ``acc``.
+
+    32/64-bit floats are summed in their own dtype (exact for integer counts below 2**24, as the
+    module counter does; ``sum(dtype=float64)`` would first copy the whole tensor on CPU); half
+    precision and integer tensors are summed in ``acc`` (a bf16 sum rounds above 256)."""
+    if not dims:
+        return t.to(acc)
+    if t.dtype in (torch.float32, torch.float64):
+        return t.sum(list(dims)).to(acc)
+    return t.sum(list(dims), dtype=acc)
+
+
+def _nonzero_and_pm1(t: Tensor, dims: Sequence[int], acc: torch.dtype, pm1: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """Nonzeros of ``t`` summed over ``dims``, and (``pm1``) whether every value is in {-1, 0, 1}.
+
+    Float arithmetic only, sharing one ``sign`` pass (bool comparisons and reductions are several
+    times slower on CPU); no device sync."""
     t = t.detach()
-    if t.dtype == torch.bool:
-        return torch.ones((), dtype=torch.bool, device=t.device)
-    dev = torch.aminmax(t.sign().sub_(t))
-    return (dev.min == 0) & (dev.max == 0)
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    s = t.sign()
+    spiking = None
+    if pm1:
+        dev = torch.aminmax(s - t)
+        spiking = (dev.min == 0) & (dev.max == 0)
+    return _rsum(s.abs_(), dims, acc), spiking
 
 
 def _zero_scalar(v: Any) -> bool:
@@ -393,17 +436,17 @@ def _map_counts(op: str, x: Tensor, emap: Tensor, dense_row: Any, in_shape: Shap
     acc = emap.dtype
     with _counting(x.device):
         flat = x.reshape(rows, n_el)
-        per_neuron = _magnitude(flat).sum(0, dtype=acc)
+        per_neuron = _rsum(_magnitude(flat), (0,), acc)
         synops = torch.dot(per_neuron, emap)
         with torch.no_grad():
-            nonzero = (flat.detach() != 0).sum(0, dtype=acc)
+            nonzero, spiking = _nonzero_and_pm1(flat, (0,), acc, True)
             return [
                 OpCount(
                     op=op,
                     synops=synops,
                     dense=dense_row * rows,
                     effective=torch.dot(nonzero, emap),
-                    spiking=_in_pm1(flat),
+                    spiking=spiking,
                     rows=rows,
                     in_shape=tuple(in_shape),
                     out_shape=tuple(out_shape),
@@ -419,15 +462,13 @@ def _h_linear(args: tuple, kwargs: dict, out: Any, is_weight: IsWeight) -> List[
     w = _check(_arg(args, kwargs, 1, ("weight",)), "F.linear", "weight")
     if _is_param(x) or (is_weight is not None and bool(is_weight(x))):
         return []  # weight preprocessing
-    acc = _acc_dtype(w.device)
-    with torch.no_grad(), _counting(w.device):
-        w01 = (w.detach() != 0).to(torch.float32)
-        if w.dim() == 1:  # F.linear(x[..., in], w[in]) -> [...]
-            emap, in_shape, out_shape = w01.to(acc), (w.shape[0],), ()
-        else:
-            emap = _linear_fanout(None, w01, (w.shape[1],), (w.shape[0],)).to(acc)
-            in_shape, out_shape = (w.shape[1],), (w.shape[0],)
-        dense_row = torch.full((), w.numel(), dtype=acc, device=w.device)
+    if w.dim() == 1:  # F.linear(x[..., in], w[in]) -> [...]
+        in_shape, out_shape = (int(w.shape[0]),), ()
+        build: Callable[[Tensor], Tensor] = lambda w01: w01  # noqa: E731
+    else:
+        in_shape, out_shape = (int(w.shape[1]),), (int(w.shape[0]),)
+        build = lambda w01: _linear_fanout(None, w01, in_shape, out_shape)  # noqa: E731
+    emap, dense_row = _cached_map(("linear", tuple(w.shape), w.device), w, build)
     return _map_counts("linear", x, emap, dense_row, in_shape, out_shape)
 
 
@@ -545,13 +586,30 @@ def _sizes(*pairs: Tuple[Tensor, str]) -> Dict[str, int]:
     return sizes
 
 
-def _reduce(t: Tensor, labels: str, keep: FrozenSet[str], acc: torch.dtype) -> Tuple[Tensor, str]:
-    """Sum (in ``acc``) the indices of ``t`` that no other operand has: they factor out of every term."""
-    dims = [i for i, c in enumerate(labels) if c not in keep]
-    rest = "".join(c for c in labels if c in keep)
-    if dims:
-        return t.sum(dims, dtype=acc), rest
-    return t.to(acc), rest
+def _pair_total(x: Tensor, lx: str, y: Tensor, ly: str, mask: Optional[Tensor], lm: str, acc: torch.dtype,
+                contracted: str = "") -> Tensor:
+    """Sum over every index value of ``x * y`` (``* mask``), size-1 dims broadcast, as a 0-dim ``acc``.
+
+    With a mask, ``einsum`` contracts only the ``contracted`` indices (a batched matmul, batch dims
+    kept: summing them inside ``einsum`` would copy both operands); the rest is summed after the
+    mask is applied."""
+    if mask is None:  # elementwise on the (reduced) operands: no matmul needed
+        union = lx + "".join(c for c in dict.fromkeys(ly) if c not in lx)
+        xs = x.reshape(tuple(x.shape) + (1,) * (len(union) - len(lx)))
+        in_y = [c for c in union if c in ly]
+        order = [ly.index(c) for c in in_y]
+        if order != list(range(len(ly))):
+            y = y.permute(order)
+        ys = y.reshape([y.shape[in_y.index(c)] if c in ly else 1 for c in union])
+        return (xs * ys).sum().to(acc)
+    kept = "".join(c for c in dict.fromkeys(lx + ly) if c not in contracted or c in lm)
+    pair = torch.einsum(f"{lx},{ly}->{kept}", x, y)
+    in_m = [c for c in kept if c in lm]
+    m = mask.permute([lm.index(c) for c in in_m]) if in_m != list(lm) else mask
+    m = m.reshape([m.shape[in_m.index(c)] if c in lm else 1 for c in kept]).to(pair.dtype)
+    masked = pair * m
+    # the last dim in pair's dtype (exact for counts below 2**24), the rest in acc
+    return masked.sum(-1).to(acc).sum() if masked.dim() else masked.to(acc)
 
 
 def _contract(
@@ -582,24 +640,26 @@ def _contract(
     b, lb = _diagonal(b, lb)
     device = a.device
     acc = _acc_dtype(device)
-    pairs = [(a, la), (b, lb)] + ([(mask, lm)] if mask is not None else [])
-    sizes = _sizes(*pairs)
+    sizes = _sizes(*([(a, la), (b, lb)] + ([(mask, lm)] if mask is not None else [])))
+    set_m = frozenset(lm)
+    # indices that only one operand has factor out of every term: sum them first
+    dims_a = [i for i, c in enumerate(la) if c not in set_m and c not in lb]
+    dims_b = [i for i, c in enumerate(lb) if c not in set_m and c not in la]
+    ra = "".join(c for i, c in enumerate(la) if i not in dims_a)
+    rb = "".join(c for i, c in enumerate(lb) if i not in dims_b)
+    # with a mask the pair sum is a matmul: run it in float32 (exact for 0/1 and counts below 2**24)
+    # unless an operand is float64; without one, what is left is small and summed in acc
+    red = acc if mask is None or torch.float64 in (a.dtype, b.dtype) else torch.float32
     with _counting(device):
-        set_m = frozenset(lm)
-        keep_a = frozenset(lb) | set_m
-        keep_b = frozenset(la) | set_m
         with torch.no_grad():
-            nz_a, ra = _reduce(a.detach() != 0, la, keep_a, acc)
-            nz_b, rb = _reduce(b.detach() != 0, lb, keep_b, acc)
-        mag_a = nz_a if a_w else _reduce(_magnitude(a), la, keep_a, acc)[0]
-        mag_b = nz_b if b_w else _reduce(_magnitude(b), lb, keep_b, acc)[0]
-        if mask is None:
-            eq, extra = f"{ra},{rb}->", []
-        else:
-            eq, extra = f"{ra},{rb},{lm}->", [mask.to(acc)]
-        synops = torch.einsum(eq, mag_a, mag_b, *extra)
+            nz_a, pm_a = _nonzero_and_pm1(a, dims_a, red, not a_w)
+            nz_b, pm_b = _nonzero_and_pm1(b, dims_b, red, not b_w)
+        mag_a = nz_a if a_w else _rsum(_magnitude(a), dims_a, red)
+        mag_b = nz_b if b_w else _rsum(_magnitude(b), dims_b, red)
+        contracted = "".join(c for c in ra if c in rb and c not in lo)
+        synops = _pair_total(mag_a, ra, mag_b, rb, mask, lm, acc, contracted)
         with torch.no_grad():
-            effective = torch.einsum(eq, nz_a, nz_b, *extra)
+            effective = _pair_total(nz_a, ra, nz_b, rb, mask, lm, acc, contracted)
             if mask is None:
                 dense = torch.full((), float(math.prod(sizes.values())), dtype=acc, device=device)
             else:
@@ -614,13 +674,13 @@ def _contract(
                 in_shape = tuple(int(x.shape[i]) for i in contracted)
                 rows = x.numel() // max(math.prod(in_shape), 1)
                 out_shape = tuple(sizes[c] for c in lo if c in lw and c not in lx)
-                spiking = _in_pm1(x)
-                first_sum, first_nz = (mag_b if a_w else mag_a), (nz_b if a_w else nz_a)
+                spiking = pm_b if a_w else pm_a
+                first_sum, first_nz = (mag_b, nz_b) if a_w else (mag_a, nz_a)
             else:
                 rows = math.prod(sizes[c] for c in batch)
                 in_shape = tuple(int(s) for c, s in zip(la, a.shape) if c not in batch)
                 out_shape = tuple(sizes[c] for c in lo if c not in batch)
-                spiking = _in_pm1(a) | _in_pm1(b)
+                spiking = pm_a | pm_b
                 first_sum, first_nz = mag_a, nz_a
             return [
                 OpCount(
@@ -632,8 +692,8 @@ def _contract(
                     rows=rows,
                     in_shape=in_shape,
                     out_shape=out_shape,
-                    input_sum=first_sum.detach().sum(),
-                    input_nonzero=first_nz.sum(),
+                    input_sum=first_sum.detach().sum().to(acc),
+                    input_nonzero=first_nz.sum().to(acc),
                     weighted=a_w or b_w,
                 )
             ]
