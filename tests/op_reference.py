@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -29,7 +29,8 @@ def jacobian_map(op: Callable[[Tensor, Tensor], Tensor], w: Tensor, sample_shape
     return jac.reshape(-1, *sample_shape).sum(0)
 
 
-def weight_op_counts(op: Callable[[Tensor, Tensor], Tensor], x: Tensor, w: Tensor, sample_ndim: int) -> Dict[str, float]:
+def weight_op_counts(op: Callable[[Tensor, Tensor], Tensor], x: Tensor, w: Tensor,
+                     sample_ndim: int) -> Dict[str, Any]:
     """dense / effective / synops / spiking of ``op(x, w)`` from Jacobian tap counts (x: [rows..., sample])."""
     sample = tuple(x.shape[x.dim() - sample_ndim:])
     emap = jacobian_map(op, w, sample, True)

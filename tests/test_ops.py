@@ -8,7 +8,6 @@ attention), closed-form gradients, and the module counter run on a module twin.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
@@ -355,7 +354,7 @@ SPELLINGS = {
     "einsum": lambda a, b: torch.einsum("bmk,bkn->bmn", a, b),
     "einsum list": lambda a, b: torch.einsum("bmk,bkn->bmn", [a, b]),
     "einsum sublist": lambda a, b: torch.einsum(a, [0, 1, 2], b, [0, 2, 3], [0, 1, 3]),
-    "tensordot-free": lambda a, b: torch.baddbmm(torch.zeros(()), a, b),
+    "torch.baddbmm": lambda a, b: torch.baddbmm(torch.zeros(()), a, b),
 }
 
 
@@ -639,7 +638,8 @@ def test_half_precision_counts_are_exact(dtype):
 
 def test_flagged_unknown_and_non_synapse_ops():
     x = torch.randn(2, 3)
-    for func in (F.bilinear, torch.linalg.multi_dot, torch._native_multi_head_attention, F.multi_head_attention_forward):
+    flagged = (F.bilinear, torch.linalg.multi_dot, torch._native_multi_head_attention, F.multi_head_attention_forward)
+    for func in flagged:
         assert func in ops.FLAGGED_OPS
         with pytest.raises(ops.UncountableOpError, match="cannot count"):
             count_op(func, (x,), {}, x)
