@@ -45,7 +45,9 @@ operand is a weight when it is shared by all samples:
 Otherwise both operands are activations. Limits: a plain tensor attribute
 that is neither a parameter nor a buffer, used as ``x[B,K] @ W[K,N]`` (both
 2-D), is taken for an activation: the product then has ``rows = 1`` and the
-counter's samples check raises; register it as a buffer. ``einsum`` and
+counter's samples check raises when ``B > 1`` (with ``B = 1`` it is counted
+as a product: AC/MAC by the product rule, ``|W|`` in place of ``nz(W)``);
+register it as a buffer. ``einsum`` and
 ``tensordot`` have no batch dims to compare, so rule 3 does not apply to them.
 A product of two weights (``A @ B`` of two factors of a low-rank weight) is
 weight preprocessing, folded on hardware: it counts nothing (an empty list).
@@ -136,7 +138,12 @@ What reaches ``__torch_function__`` (torch 2.13, checked with a
   body with its ``has_torch_function`` check skipped: a mode that runs
   ``with self: return TRANSPARENT_OPS[func](*args, **kwargs)`` sees (and counts,
   with the real dropout masks) every inner op, and the output is the same.
-  ``count_op`` on ``F.multi_head_attention_forward`` itself raises.
+  ``count_op`` on ``F.multi_head_attention_forward`` itself raises. The two
+  paths agree on the projections and on effective ops; they differ where the
+  ops they run differ: with ``need_weights=True`` the ``bmm`` receives
+  ``q * head_dim**-0.5`` (its synops are scaled, and ``q`` is no longer in
+  {-1, 0, 1}), and the dense ops of ``bmm(attn, v)`` include the masked pairs
+  (``attn`` is zero there, but a ``bmm`` multiplies every pair).
 * The fused fast paths ``torch._native_multi_head_attention`` and
   ``torch._transformer_encoder_layer_fwd`` (eval mode, no grad) never reach a
   mode that is active when the module's ``forward`` starts: ``MultiheadAttention``,

@@ -716,3 +716,20 @@ def test_is_weight_marks_tensors_computed_from_buffers():
     (as_weight,) = run(torch.mm, x, scaled, is_weight=lambda t: t is scaled)
     check(as_weight, _linear_ref(x, scaled.t()))
     assert as_weight.weighted and as_weight.rows == 5
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "circular"])
+def test_conv_after_f_pad_counts_like_the_module_with_its_padding_mode(padding_mode):
+    torch.manual_seed(29)
+    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode=padding_mode, bias=False)
+    x = make_x("counts", (2, 2, 5, 4), torch.Generator().manual_seed(30))
+    net = nn.Sequential(conv)
+    with sl.SynOpsCounter(net, neurons=False) as counter:
+        net(x)
+        mod = counter.counts()["0"]
+    with Capture() as cap:  # nn.Conv2d pads with F.pad, then runs F.conv2d with padding=0
+        conv._conv_forward(x, conv.weight, None)
+    (c,) = cap.counts
+    assert c.op == "conv2d" and c.in_shape == (2, 7, 6)
+    assert float(c.dense) / 2 == mod["dense"]
+    assert (float(c.effective) / 2, float(c.synops) / 2) == (mod["eff_macs"], mod["synops"])
