@@ -244,8 +244,16 @@ def test_every_table_path_resolves_in_the_installed_versions(norse):
         assert cls is not None, path
         if row.rule_base is not None:
             assert issubclass(cls, fw.resolve(row.rule_base)), path
+
+
+def test_norse_recurrent_weights_are_out_by_in_parameters(norse):
+    rows = [r for r in fw.SYNAPSE_TYPES.values() if r.library == "norse" and r.weights and r.rule_base is None]
+    assert len(rows) >= 10
+    for row in rows:
+        module = fw.resolve(row.path)(3, 4)  # input_size 3, hidden_size 4
+        shapes = {"input_weights": (4, 3), "recurrent_weights": (4, 4)}
         for param, _, _ in row.weights:
-            assert param == "get_weight()" or hasattr(cls, "__init__")
+            assert isinstance(getattr(module, param), nn.Parameter) and getattr(module, param).shape == shapes[param]
 
 
 def test_every_exported_neuron_class_has_a_row(norse):
