@@ -37,6 +37,7 @@ when ``B`` cannot be learned, reading the counts raises an error that says so.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 import weakref
@@ -225,7 +226,7 @@ class SynOpsCounter:
         self.check_finite = bool(check_finite)
         self.auto_reset = bool(auto_reset)
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
-        self._hooks = HookSet()
+        self._hooks = HookSet(self)
         self._pools = PoolEvents()
         self._layers: Dict[str, _Layer] = {}
         self._maps: Dict[str, MapCache] = {}
@@ -262,8 +263,8 @@ class SynOpsCounter:
             return self
         self._layers.clear()
         self._unsupported = []
-        self._hooks.pre(self.model, self._root_pre_hook, with_kwargs=True)
-        self._hooks.forward(self.model, self._root_post_hook)
+        self._hooks.pre(self.model, SynOpsCounter._root_pre_hook, with_kwargs=True)
+        self._hooks.forward(self.model, SynOpsCounter._root_post_hook)
         parametrized: List[str] = []  # "<name>.parametrizations." of parametrized modules
         for name, module in self.model.named_modules():
             if parametrize.is_parametrized(module):
@@ -292,15 +293,15 @@ class SynOpsCounter:
         rule = registry.find_rule(module, self._rules)
         if rule is not None:
             self._layers[name] = _Layer(module, rule, self._maps.setdefault(name, MapCache()))
-            self._hooks.forward(module, self._layer_hook(name), with_kwargs=True)
+            self._hooks.forward(module, functools.partial(SynOpsCounter._layer_hook, name=name), with_kwargs=True)
             return
         pool = registry.pool_divisor(module)
         if pool is not None:
-            self._hooks.forward(module, self._pools.pool_hook(*pool))
+            self._hooks.forward(module, self._pools.pool_hook(*pool), owned=False)
         elif registry.is_pass_through(module):
-            self._hooks.forward(module, self._pools.pass_through_hook)
+            self._hooks.forward(module, self._pools.pass_through_hook, owned=False)
         if registry.is_time_folding(module):
-            self._hooks.pre(module, self._fold_hook(name))
+            self._hooks.pre(module, functools.partial(SynOpsCounter._fold_hook, name=name))
         elif registry.neuron_library(module) == "sinabs":
             self._batch_first_layers = True
         has_params = any(True for _ in module.parameters(recurse=False)) or parametrize.is_parametrized(module)
@@ -461,45 +462,37 @@ class SynOpsCounter:
         own = {_storage(b) for b in self.model.buffers() if b.device.type != "meta"}
         return own | self._batch.outputs
 
-    def _fold_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            if not args or not isinstance(args[0], Tensor):
-                return
-            b = registry.time_folding_batch(module, args[0])
-            if b is None:
-                return
-            batch = self._batch
-            if batch.fold_batch is not None and b != batch.fold_batch:
-                raise ValueError(
-                    f"synopsloss: time-folding layers disagree on the batch size ({batch.fold_layer!r}: "
-                    f"{batch.fold_batch}, {name!r}: {b}); give them the same batch_size"
-                )
-            batch.fold_batch, batch.fold_layer = b, name
+    def _fold_hook(self, module: nn.Module, args: tuple, *, name: str) -> None:
+        if not args or not isinstance(args[0], Tensor):
+            return
+        b = registry.time_folding_batch(module, args[0])
+        if b is None:
+            return
+        batch = self._batch
+        if batch.fold_batch is not None and b != batch.fold_batch:
+            raise ValueError(
+                f"synopsloss: time-folding layers disagree on the batch size ({batch.fold_layer!r}: "
+                f"{batch.fold_batch}, {name!r}: {b}); give them the same batch_size"
+            )
+        batch.fold_batch, batch.fold_layer = b, name
 
-        return hook
-
-    def _layer_hook(self, name: str):
+    def _layer_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any, *, name: str) -> None:
+        if _in_backward():
+            return  # gradient checkpointing re-runs this forward: it was counted the first time
         layer = self._layers[name]
-        rule = layer.rule
-
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            if _in_backward():
-                return  # gradient checkpointing re-runs this forward: it was counted the first time
-            if rule.count is not None:
-                self._accumulate(name, rule.count(module, args, kwargs, output), None)
-                return
-            tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
-            if len(tensors) != 1:
-                raise ValueError(
-                    f"synopsloss: layer {name!r} ({type(module).__name__}) was called with {len(tensors)} tensor "
-                    "inputs; it can count layers called with exactly one input tensor. Register a custom rule "
-                    "for this layer type, or exclude it by wrapping the call in counter.paused()."
-                )
-            if not isinstance(output, Tensor):
-                raise ValueError(f"synopsloss: layer {name!r} returned {type(output).__name__}, not a tensor")
-            self._count(name, layer, tensors[0], output)
-
-        return hook
+        if layer.rule.count is not None:
+            self._accumulate(name, layer.rule.count(module, args, kwargs, output), None)
+            return
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
+        if len(tensors) != 1:
+            raise ValueError(
+                f"synopsloss: layer {name!r} ({type(module).__name__}) was called with {len(tensors)} tensor "
+                "inputs; it can count layers called with exactly one input tensor. Register a custom rule "
+                "for this layer type, or exclude it by wrapping the call in counter.paused()."
+            )
+        if not isinstance(output, Tensor):
+            raise ValueError(f"synopsloss: layer {name!r} returned {type(output).__name__}, not a tensor")
+        self._count(name, layer, tensors[0], output)
 
     def _count(self, name: str, layer: _Layer, x: Tensor, out: Tensor) -> None:
         module, rule = layer.module, layer.rule

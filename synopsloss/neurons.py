@@ -76,7 +76,10 @@ Example
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import torch
@@ -164,9 +167,11 @@ class NeuronMonitor:
         self.batch_size = batch_size
         self.batch_dim = batch_dim
         self.costs = dict(costs or {})
-        self._samples_fn = samples_fn
+        # a bound method of the owning counter is held weakly: the counter owns the monitor
+        self._samples_fn = weakref.WeakMethod(samples_fn) if inspect.ismethod(samples_fn) else (
+            (lambda: samples_fn) if samples_fn is not None else None)
         self._rules = rules
-        self._hooks = HookSet()
+        self._hooks = HookSet(self)
         self.info: Dict[str, Dict[str, Any]] = {}  # name -> type, kind, cost, leaky, library (static)
         self._batch: Dict[str, NeuronState] = {}
         self._totals: Dict[str, NeuronState] = {}
@@ -185,7 +190,7 @@ class NeuronMonitor:
         """Register the hooks (done by the constructor)."""
         if self.attached:
             return self
-        self._hooks.pre(self.model, self._root_hook, with_kwargs=True)
+        self._hooks.pre(self.model, NeuronMonitor._root_hook, with_kwargs=True)
         neuron_names: List[str] = []
         for name, module in self.model.named_modules():
             if name == "" and any(True for _ in module.children()):
@@ -202,8 +207,8 @@ class NeuronMonitor:
                 self._attach_neuron(name, module)
             elif not inside_neuron and leaf:
                 self.info[name] = dict(type=type(module).__name__, kind=kind)
-                track = self._neuron_hook(name) if kind is LayerKind.ACTIVATION else self._other_hook(name)
-                self._hooks.forward(module, track)
+                track = NeuronMonitor._neuron_hook if kind is LayerKind.ACTIVATION else NeuronMonitor._other_hook
+                self._hooks.forward(module, functools.partial(track, name=name))
         return self
 
     def _attach_neuron(self, name: str, module: nn.Module) -> None:
@@ -215,8 +220,8 @@ class NeuronMonitor:
             squeeze=registry.is_time_folding(module),
         )
         if lib == "snntorch":
-            self._hooks.pre(module, self._snntorch_pre(name))
-        self._hooks.forward(module, self._neuron_hook(name))
+            self._hooks.pre(module, functools.partial(NeuronMonitor._snntorch_pre, name=name))
+        self._hooks.forward(module, functools.partial(NeuronMonitor._neuron_hook, name=name))
 
     def remove(self) -> None:
         """Remove every hook (statistics stay readable)."""
@@ -261,41 +266,30 @@ class NeuronMonitor:
             state = self._batch[name] = NeuronState(first_seen=next_stamp())
         return state
 
-    def _other_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            state = self._state(name)
-            state.calls += 1
-            x = args[0] if args and isinstance(args[0], Tensor) else None
-            if x is not None and x.dim() > 0:
-                state.in_shape = tuple(x.shape[1:])
-            if isinstance(output, Tensor) and output.dim() > 0:
-                state.out_shape = tuple(output.shape[1:])
+    def _other_hook(self, module: nn.Module, args: tuple, output: Any, *, name: str) -> None:
+        state = self._state(name)
+        state.calls += 1
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        if x is not None and x.dim() > 0:
+            state.in_shape = tuple(x.shape[1:])
+        if isinstance(output, Tensor) and output.dim() > 0:
+            state.out_shape = tuple(output.shape[1:])
 
-        return hook
+    def _snntorch_pre(self, module: nn.Module, args: tuple, *, name: str) -> None:
+        state = self._batch.get(name)
+        mem = getattr(module, "mem", None)
+        if state is not None and isinstance(mem, Tensor):
+            # snntorch rebinds ``mem`` each step, so a reference is the state before the call
+            state.pre_mem = mem.detach()
 
-    def _snntorch_pre(self, name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            state = self._batch.get(name)
-            mem = getattr(module, "mem", None)
-            if state is not None and isinstance(mem, Tensor):
-                # snntorch rebinds ``mem`` each step, so a reference is the state before the call
-                state.pre_mem = mem.detach()
-
-        return hook
-
-    def _neuron_hook(self, name: str):
-        info = self.info[name]
-
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if not isinstance(out, Tensor) or out.dim() == 0:
-                return
-            x = args[0] if args and isinstance(args[0], Tensor) else None
-            first = name not in self._batch
-            state = self._state(name)
-            self._track(module, info, state, x, out.detach(), first)
-
-        return hook
+    def _neuron_hook(self, module: nn.Module, args: tuple, output: Any, *, name: str) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(out, Tensor) or out.dim() == 0:
+            return
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        first = name not in self._batch
+        state = self._state(name)
+        self._track(module, self.info[name], state, x, out.detach(), first)
 
     def _track(self, module: nn.Module, info: Dict[str, Any], state: NeuronState, x: Optional[Tensor],
                out: Tensor, first: bool) -> None:
@@ -348,8 +342,9 @@ class NeuronMonitor:
     # ------------------------------------------------------------------ reading
 
     def _samples(self) -> int:
-        if self._samples_fn is not None:
-            return int(self._samples_fn())
+        fn = self._samples_fn() if isinstance(self._samples_fn, weakref.WeakMethod) else self._samples_fn
+        if fn is not None:
+            return int(fn())
         if self.batch_size is not None:
             return self.batch_size
         if self._fold_batch is not None:
