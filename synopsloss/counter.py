@@ -51,6 +51,7 @@ from torch.nn.utils import parametrize
 from . import registry
 from .hooks import HookSet, next_stamp
 from .maps import LayerMaps, MapCache, OpCounts, Rule
+from .opscope import OpScope, compiled_submodules
 from .pooling import PoolEvents
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
 from .state import SynapseState, fold
@@ -186,6 +187,13 @@ class SynOpsCounter:
         Each call of the model is one batch: a call starts a new batch as
         :meth:`reset` would (for models that take the whole sequence in one
         call, e.g. evaluation loops over ``[B, T, ...]`` batches).
+    ops
+        Op-level counting (:mod:`synopsloss.opscope`): ``"auto"`` counts,
+        op by op, the forwards that module hooks cannot see (attention
+        products, ``nn.MultiheadAttention``, functional ``F.linear`` /
+        ``F.conv2d`` / ``@`` with the model's weights, masked or QAT weights);
+        plain module models are unchanged. ``"all"``: every op of the whole
+        forward (slower). ``"none"``: module hooks only.
 
     Example
     -------
@@ -211,6 +219,7 @@ class SynOpsCounter:
         check_finite: bool = True,
         neurons: bool = True,
         auto_reset: bool = False,
+        ops: str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
@@ -238,6 +247,7 @@ class SynOpsCounter:
         self._total_samples = 0
         self._monitor: Optional[Any] = None
         self._track_neurons = bool(neurons)
+        self._scope = OpScope(self, ops)
         self.attach()
 
     # ------------------------------------------------------------------ lifecycle
@@ -249,8 +259,9 @@ class SynOpsCounter:
 
     @property
     def layer_names(self) -> List[str]:
-        """Qualified names of the counted layers, in definition order."""
-        return list(self._layers)
+        """Qualified names of the counted layers, in definition order, then the op rows seen so far
+        (``blocks.0.attn.matmul``: :mod:`synopsloss.opscope`), in the order they were first seen."""
+        return list(self._layers) + [n for n in self._scope.rows if n not in self._layers]
 
     @property
     def unsupported(self) -> List[str]:
@@ -263,6 +274,13 @@ class SynOpsCounter:
             return self
         self._layers.clear()
         self._unsupported = []
+        self._scope.reset_plan()
+        compiled = compiled_submodules(self.model)
+        if compiled:
+            self._warn_once(
+                f"synopsloss: submodule(s) {', '.join(repr(n) for n in compiled)} were compiled with torch.compile "
+                "before the counter attached; compiled code does not run the counter's hooks, so their synapses "
+                "may not be counted. Attach the counter first, then compile.", stacklevel=4)
         self._hooks.pre(self.model, SynOpsCounter._root_pre_hook, with_kwargs=True)
         self._hooks.forward(self.model, SynOpsCounter._root_post_hook)
         parametrized: List[str] = []  # "<name>.parametrizations." of parametrized modules
@@ -273,7 +291,7 @@ class SynOpsCounter:
                 continue  # weight_norm / spectral_norm parametrizations: their parameters are the owner's
             self._attach_module(name, module)
         self._report_unsupported()
-        if not self._layers:
+        if not self._layers and not self._scope.scoped and self._scope.ops != "all":
             self.remove()
             raise ValueError(
                 f"{type(self.model).__name__} has no layer synopsloss can count (Linear, ConvNd, "
@@ -287,12 +305,15 @@ class SynOpsCounter:
             from .neurons import NeuronMonitor
 
             self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules)
+        self._scope.attach(self.model, self._layers)  # last: its frames close after every other hook
         return self
 
     def _attach_module(self, name: str, module: nn.Module) -> None:
         rule = registry.find_rule(module, self._rules)
         if rule is not None:
             self._layers[name] = _Layer(module, rule, self._maps.setdefault(name, MapCache()))
+            if self._scope.scoped_rule(name, module, rule, self._rules):
+                return  # its forward is counted op by op, with the weight its ops receive
             self._hooks.forward(module, functools.partial(SynOpsCounter._layer_hook, name=name), with_kwargs=True)
             return
         pool = registry.pool_divisor(module)
@@ -305,7 +326,8 @@ class SynOpsCounter:
         elif registry.neuron_library(module) == "sinabs":
             self._batch_first_layers = True
         has_params = any(True for _ in module.parameters(recurse=False)) or parametrize.is_parametrized(module)
-        if has_params and not registry.has_no_synapse(module) and registry.neuron_library(module) is None:
+        if has_params and not registry.has_no_synapse(module) and registry.neuron_library(module) is None \
+                and not self._scope.scoped_params(name, module):
             self._unsupported.append(f"{name or '<root>'} ({type(module).__name__})")
 
     def _report_unsupported(self) -> None:
@@ -330,6 +352,7 @@ class SynOpsCounter:
     def remove(self) -> None:
         """Remove every hook from the model (state and counts stay readable)."""
         self._hooks.remove()
+        self._scope.remove()
         self._pools.clear()
         if self._monitor is not None:
             self._monitor.remove()
@@ -793,7 +816,19 @@ class SynOpsCounter:
         samples = (self._samples() if current else 0) + (self._total_samples if accumulated else 0)
         batch.read = batch.read or current
         states = self._merged(accumulated, current=current)
-        idle = [n for n in self._layers if n not in states]
+        idle = [n for n in self._layers if n not in states and not self._scope.used(self._layers[n].module)]
+        silent = self._scope.silent()
+        if silent:
+            msg = (
+                f"synopsloss: module(s) {', '.join(silent)} have parameters, but no counted op used them as "
+                "weights while the model ran: their synapses are NOT included. They apply their weights through "
+                "ops that are no synapses (elementwise products), ops that cannot be counted, or did not run "
+                "(called as m.forward(x), replaced after attach). Register a rule with synopsloss.register_rule "
+                "(or declare them synapse-free with synopsloss.register_no_synapse)."
+            )
+            if self.strict:
+                raise TypeError(msg)
+            self._warn_once(msg, UnsupportedLayerWarning, stacklevel=4)
         if idle:
             self._warn_once(
                 f"synopsloss: layer(s) {', '.join(repr(n) for n in idle)} did not run through a counted call "
@@ -828,10 +863,11 @@ class SynOpsCounter:
                     )
             layer = self._layers.get(name)
             module = layer.module if layer is not None else None
+            op_row = self._scope.rows.get(name) if layer is None else None
             has_map = state.maps is not None and state.maps.effective.numel() > 0
             out[name] = LayerStats(
-                name=name, type=type(module).__name__ if module is not None else "?",
-                kind=str(self._kind(name)), order=int(state.first_seen or 0),
+                name=name, type=op_row.op if op_row else type(module).__name__ if module is not None else "?",
+                kind=str(op_row.kind if op_row else self._kind(name)), order=int(state.first_seen or 0),
                 synops=v[0], dense=v[1], eff_macs=v[2], eff_acs=v[3], input_sum=v[4], input_nonzero=v[5],
                 calls=state.calls, rows=state.rows_total, in_shape=tuple(state.in_shape),
                 out_shape=tuple(state.out_shape), in_neurons=state.in_neurons,

@@ -92,10 +92,13 @@ class HookSet:
         return hook
 
     def forward(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False,
-                owned: bool = True) -> None:
-        """``fn([owner,] module, args, [kwargs,] output)`` after each call of ``module`` itself (not of its copies)."""
+                owned: bool = True, always_call: bool = False) -> None:
+        """``fn([owner,] module, args, [kwargs,] output)`` after each call of ``module`` itself (not of its copies).
+
+        ``always_call=True``: also when the forward raised (then as ``fn([owner,] module, args, None)``).
+        """
         hook = self._guard(module, fn, owned and self._owner is not None)
-        self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs))
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs, always_call=always_call))
 
     def pre(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False, owned: bool = True) -> None:
         """``fn([owner,] module, args, [kwargs])`` before each call of ``module`` itself."""

@@ -11,7 +11,9 @@ Each concern is one literal table, read top to bottom:
 * :data:`PASS_THROUGH`: layers that keep each value or zero it (the correction follows them);
 * :data:`NEURON_LIBRARIES` and :data:`NEURON_OP_COSTS`: spiking neuron base
   classes and the operations of one membrane update;
-* :data:`TIME_FOLDING`: layers that know the samples of ``[B*T, ...]`` inputs.
+* :data:`TIME_FOLDING`: layers that know the samples of ``[B*T, ...]`` inputs;
+* :data:`OP_SCOPED` and :data:`RULE_FORWARD_AS_IS`: which forwards are counted
+  op by op (:mod:`synopsloss.opscope`).
 
 Third-party classes (snntorch, sinabs, ...) are named by dotted path and
 resolved in ``sys.modules`` by :func:`resolve`: importing synopsloss never
@@ -49,6 +51,8 @@ __all__ = [
     "NEURON_LIBRARIES",
     "NEURON_OP_COSTS",
     "TIME_FOLDING",
+    "OP_SCOPED",
+    "RULE_FORWARD_AS_IS",
     "resolve",
     "register_rule",
     "register_no_synapse",
@@ -69,6 +73,7 @@ class LayerKind(str, enum.Enum):
 
     SYNAPTIC = "synaptic"
     RECURRENT = "recurrent synapses"
+    PRODUCT = "activation product"  #: activation x activation product (attention q @ k^T), counted op by op
     NEURON = "neuron"
     ACTIVATION = "activation"
     NORM = "norm (folded)"
@@ -198,6 +203,30 @@ NEURON_OP_COSTS: Dict[str, Dict[str, Union[int, Dict[str, int]]]] = {
 
 #: sinabs ``*Squeeze`` layers: inputs shaped ``[B*T, ...]``, samples known from ``batch_size`` / ``num_timesteps``.
 TIME_FOLDING: Tuple[str, ...] = ("sinabs.layers.SqueezeMixin",)
+
+# --------------------------------------------------------------------------- op-level counting
+
+#: Module types whose forward is counted op by op (:mod:`synopsloss.opscope`): the counting mode is pushed
+#: before their forward starts, so fused fast paths are not taken and every product is seen.
+OP_SCOPED: Dict[TypeKey, str] = {
+    nn.MultiheadAttention: "in-projection, q @ k^T, attn @ v and out-projection inside F.multi_head_attention_forward",
+    nn.TransformerEncoderLayer: "self-attention (and its fast path, skipped under the mode)",
+    nn.TransformerDecoderLayer: "self- and cross-attention",
+    nn.TransformerEncoder: "converts inputs to nested tensors on its fast path; the mode keeps it dense",
+    nn.TransformerDecoder: "holds decoder layers",
+    nn.Transformer: "holds encoder and decoder",
+    # SpikingJelly 2.0 Spikformer / QKFormer: (v @ k^T) @ q in _ssa_kernel_torch. Not listed: the Spike-driven
+    # Transformer's SpikeDrivenSelfAttention and QKFormer's QKAttention multiply elementwise (q * kv, attn * k),
+    # which are no synapses (see synopsloss.ops.NOT_SYNAPSE_OPS); their convolutions are module layers.
+    "spikingjelly.activation_based.layer.attention.SpikingSelfAttention": "(v @ k^T) @ q spike products",
+}
+
+#: Types with a map rule whose class overrides ``forward`` but applies the rule's weight unchanged (so the
+#: module hook stays: cheaper, and the AvgPool correction applies). Any other override is counted op by op.
+RULE_FORWARD_AS_IS: Tuple[TypeKey, ...] = tuple(
+    f"spikingjelly.activation_based.layer.{n}"  # 'm' mode: [T, B, ...] flattened to [T*B, ...] around the base forward
+    for n in ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+)
 
 # --------------------------------------------------------------------------- lookups
 
