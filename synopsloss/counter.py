@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import registry
+from ._validate import check_int
 from .hooks import HookSet, next_stamp
 from .maps import LayerMaps, MapCache, OpCounts, Rule
 from .pooling import PoolEvents
@@ -947,12 +948,7 @@ class SynOpsCounter:
 
 
 def _check_optional_int(name: str, value: Any, minimum: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    check_int(name, value, minimum=minimum, optional=True)
 
 
 def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:
