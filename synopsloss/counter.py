@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import registry
+from ._validate import check_int
 from .hooks import HookSet, next_stamp
 from .maps import LayerMaps, MapCache, OpCounts, Rule
 from .opscope import OpScope, compiled_submodules
@@ -403,10 +404,15 @@ class SynOpsCounter:
             self._totals.clear()
             self._total_samples = 0
         elif batch.layers and not (batch.pending or batch.failed):
-            samples = self._samples()
-            for name, state in batch.layers.items():
-                fold(self._totals.setdefault(name, SynapseState()), state)
-            self._total_samples += samples
+            try:
+                samples = self._samples()
+            except ValueError as err:
+                self._warn_once(f"synopsloss: reset() leaves the last batch out of the accumulated totals: {err}",
+                                stacklevel=3)
+            else:
+                for name, state in batch.layers.items():
+                    fold(self._totals.setdefault(name, SynapseState()), state)
+                self._total_samples += samples
         if self._monitor is not None:
             self._monitor.reset(accumulated=accumulated, drop=batch.pending or batch.failed)
         self._batch = _Batch()
@@ -500,11 +506,11 @@ class SynOpsCounter:
         batch.fold_batch, batch.fold_layer = b, name
 
     def _layer_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any, *, name: str) -> None:
-        if _in_backward():
-            return  # gradient checkpointing re-runs this forward: it was counted the first time
         layer = self._layers[name]
         if layer.rule.count is not None:
-            self._accumulate(name, layer.rule.count(module, args, kwargs, output), None)
+            counts = layer.rule.count(module, args, kwargs, output)
+            if not _in_backward():  # gradient checkpointing re-runs forwards in backward: counted once
+                self._accumulate(name, counts, None)
             return
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
         if len(tensors) != 1:
@@ -541,6 +547,11 @@ class SynOpsCounter:
         except ValueError as err:
             raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
         counts = self._map_counts(name, x, lm, n_el, out_shape)
+        if _in_backward():
+            # gradient checkpointing re-runs this forward during backward: it was counted the first time
+            # (the computation above still runs: non-reentrant checkpointing checks that the recomputation
+            # saves the same tensors for backward as the original forward did)
+            return
         self._accumulate(name, counts, lm, data=_storage(x) in self._batch.inputs)
 
     def _map_counts(self, name: str, x: Tensor, lm: LayerMaps, n_el: int, out_shape: Tuple[int, ...]) -> OpCounts:
@@ -549,8 +560,9 @@ class SynOpsCounter:
         flat = x.reshape(rows, n_el)
         dtype = lm.effective.dtype
         # half-precision inputs (autocast) are summed over rows in the map's dtype: a bf16 sum
-        # rounds above 256 and a float16 one overflows above 65504
-        red = dtype if flat.element_size() < 4 else None
+        # rounds above 256 and a float16 one overflows above 65504; float32 sums are exact integers
+        # only below 2^24, so long inputs (rows x spike counts up to 4) are summed in float64 too
+        red = dtype if (flat.element_size() < 4 or rows >= 1 << 22) else None
         mag = magnitude(flat)
         mag_sum = mag.sum(0, dtype=red)
         per_neuron = self._pools.events(name, x, mag, mag_sum, red, self._warn_once)
@@ -929,6 +941,11 @@ class SynOpsCounter:
         )
 
     @property
+    def map_cache_bytes(self) -> int:
+        """Bytes of connection maps the counter holds now (bounded per layer by ``MapCache.max_bytes``)."""
+        return sum(cache.nbytes for cache in self._maps.values())
+
+    @property
     def neurons(self):
         """The :class:`synopsloss.neurons.NeuronMonitor` that tracks the model's neuron and other layers."""
         return self._monitor
@@ -983,12 +1000,7 @@ class SynOpsCounter:
 
 
 def _check_optional_int(name: str, value: Any, minimum: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    check_int(name, value, minimum=minimum, optional=True)
 
 
 def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:

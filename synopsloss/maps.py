@@ -326,7 +326,6 @@ class LayerMaps:
     """Cached maps of one layer for one input sample shape and device."""
 
     effective: Tensor  # float64, flattened sample
-    dense: Tensor  # float64, flattened sample
     dense_total: Tensor  # 0-dim float64: every tap of one sample
     sample_shape: Shape
 
@@ -362,26 +361,55 @@ def _weight_token(module: nn.Module, name: str) -> Optional[tuple]:
 class MapCache:
     """Per-layer cache of connection maps, keyed by input sample shape and device.
 
-    Dense maps depend only on the shapes and are kept; effective maps are
-    rebuilt when the weight changes (see :func:`_weight_token`). Up to
-    ``max_shapes`` shapes are kept per layer (variable-length recordings or
-    image sizes just work).
+    Effective maps are rebuilt when the weight changes (see
+    :func:`_weight_token`); of the dense map only its total is kept. The cache
+    is bounded: at most ``max_shapes`` input shapes and ``max_bytes`` bytes of
+    maps per layer (least recently used first out), so variable-length
+    recordings or image sizes just work without growing without limit. A map
+    larger than ``max_bytes`` on its own is used for its call and not kept.
+    ``nbytes`` is what the cache holds now (``SynOpsCounter.map_cache_bytes``
+    sums it over the layers).
+
+    Example
+    -------
+    >>> import torch
+    >>> from synopsloss.registry import find_rule
+    >>> conv = torch.nn.Conv2d(1, 1, 3)
+    >>> cache = MapCache(max_shapes=2)
+    >>> for size in (5, 6, 7):
+    ...     _ = cache.get(conv, find_rule(conv), (1, size, size), (1, size - 2, size - 2))
+    >>> len(cache), cache.nbytes  # the 7x7 and 6x6 maps, float64
+    (2, 680)
     """
 
-    def __init__(self, max_shapes: int = 16) -> None:
+    #: default bound on the bytes of maps kept per layer
+    MAX_BYTES = 256 * 2 ** 20
+
+    def __init__(self, max_shapes: int = 16, max_bytes: Optional[int] = None) -> None:
         self.max_shapes = max_shapes
-        self._dense: "OrderedDict[tuple, Tuple[Tensor, Tensor]]" = OrderedDict()
+        self.max_bytes = self.MAX_BYTES if max_bytes is None else int(max_bytes)
+        self._dense: "OrderedDict[tuple, Tensor]" = OrderedDict()  # key -> 0-dim total
         self._eff: "OrderedDict[tuple, Tuple[Optional[tuple], Tensor]]" = OrderedDict()
         self.builds = 0  # number of effective-map builds, for tests and diagnostics
+
+    def __len__(self) -> int:
+        return len(self._eff)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the maps held now."""
+        return sum(m.numel() * m.element_size() for _t, m in self._eff.values())
 
     def clear(self) -> None:
         self._dense.clear()
         self._eff.clear()
 
-    def _put(self, store: OrderedDict, key, value) -> None:
+    def _put(self, store: OrderedDict, key, value, nbytes: int = 0) -> None:
+        if nbytes > self.max_bytes:
+            return  # too big to keep: used for this call only
         store[key] = value
         store.move_to_end(key)
-        while len(store) > self.max_shapes:
+        while len(store) > self.max_shapes or (store is self._eff and self.nbytes > self.max_bytes):
             store.popitem(last=False)
 
     def get(self, module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape) -> LayerMaps:
@@ -389,8 +417,7 @@ class MapCache:
         key = (in_shape, out_shape, weight.device, tuple(weight.shape))
         dense = self._dense.get(key)
         if dense is None:
-            dmap = _build_map(module, rule, in_shape, out_shape, effective=False).reshape(-1)
-            dense = (dmap, dmap.sum())
+            dense = _build_map(module, rule, in_shape, out_shape, effective=False).sum()
             self._put(self._dense, key, dense)
         token = _weight_token(module, rule.weight)
         cached = self._eff.get(key)
@@ -398,8 +425,10 @@ class MapCache:
             emap = _build_map(module, rule, in_shape, out_shape, effective=True).reshape(-1)
             self.builds += 1
             cached = (token, emap)
-            self._put(self._eff, key, cached)
-        return LayerMaps(effective=cached[1], dense=dense[0], dense_total=dense[1], sample_shape=in_shape)
+            self._put(self._eff, key, cached, emap.numel() * emap.element_size())
+        else:
+            self._eff.move_to_end(key)
+        return LayerMaps(effective=cached[1], dense_total=dense, sample_shape=in_shape)
 
 
 def prod(shape: Iterable[int]) -> int:

@@ -86,6 +86,7 @@ import torch
 from torch import Tensor, nn
 
 from . import registry
+from ._validate import check_int
 from .hooks import HookSet, next_stamp
 from .registry import LayerKind, layer_kind, neuron_op_cost
 from .snapshot import NeuronStats
@@ -161,8 +162,7 @@ class NeuronMonitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"NeuronMonitor expects a torch.nn.Module, got {type(model).__name__}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        check_int("batch_size", batch_size, minimum=1, optional=True)
         self.model = model
         self.batch_size = batch_size
         self.batch_dim = batch_dim

@@ -214,7 +214,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .maps import _conv_fanout, _conv_transpose_fanout, _linear_fanout
+from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
 
 __all__ = [
     "OpCount",

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from torch import Tensor
 
+from ._validate import check_number
 from .neurons import neuron_row
 from .snapshot import CounterSnapshot, LayerStats
 from .table import LayerRow, SynOpsTable
@@ -57,8 +58,8 @@ def build_table(
     """
     from .energy import get_energy_model
 
-    if dt is not None and (isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (math.isfinite(dt) and dt > 0)):
-        raise ValueError(f"dt must be a positive, finite number of seconds per time step, got {dt!r}")
+    if dt is not None:
+        check_number("dt (seconds per time step)", dt, positive=True)
     model = get_energy_model(energy)
     samples = snapshot.samples
     if not samples:
