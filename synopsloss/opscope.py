@@ -126,8 +126,8 @@ Example
 ...         q = self.fc(x)
 ...         return self.attn(q, x)
 >>> net = Net()
->>> counter = sl.SynOpsCounter(net, neurons=False)
->>> _ = net(torch.ones(1, 3, 2))
+>>> counter = sl.SynOpsCounter(net, neurons=False, batch_size=1)
+>>> _ = net(torch.ones(1, 3, 2))  # one sample of 3 tokens
 >>> snap = counter.snapshot()
 >>> list(snap.layers), snap.layers["attn.matmul"].kind, snap.layers["attn.matmul"].dense
 (['fc', 'attn.matmul'], 'activation product', 18.0)
@@ -138,6 +138,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import os
 import sys
 import textwrap
 import weakref
@@ -183,6 +184,7 @@ _COUNTED_NAMES = frozenset({
     "conv_transpose3d", "convolution", "scaled_dot_product_attention", "multi_head_attention_forward",
 })
 _SKIP_METHODS = frozenset({"__init__", "extra_repr", "reset_parameters", "_reset_parameters", "__repr__"})
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _WATCHED = frozenset(COUNTED_OPS) | frozenset(FLAGGED_OPS) | frozenset(TRANSPARENT_OPS)
 
 
@@ -223,32 +225,32 @@ def class_code(cls: type) -> Optional[ClassCode]:
     """
     counted, self_calls, passed = False, set(), set()
     for klass in cls.__mro__:
-        mod = getattr(klass, "__module__", "") or ""
-        if klass is object or mod == "torch" or mod.startswith("torch."):
+        if klass is object or _is_torch_class(klass):
             break
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError, IndentationError):
-            return None
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef) and node.name in _SKIP_METHODS:
-                node.body = []  # constructors build weights: no forward ops there
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.BinOp, ast.AugAssign)) and isinstance(node.op, ast.MatMult):
-                counted = True
-            elif isinstance(node, ast.Call):
-                f = node.func
-                name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
-                if name in _COUNTED_NAMES:
-                    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
-                        self_calls.add(name)
-                    else:
-                        counted = True
-                for arg in list(node.args) + [k.value for k in node.keywords]:
-                    for sub in ast.walk(arg):
-                        if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
-                                and sub.value.id == "self"):
-                            passed.add(sub.attr)
+        for attr, value in vars(klass).items():
+            fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if attr in _SKIP_METHODS or not inspect.isfunction(fn):
+                continue
+            try:  # method by method: a class typed in a notebook or doctest has no class source, its methods do
+                tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+            except (OSError, TypeError, SyntaxError, IndentationError):
+                return None
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.BinOp, ast.AugAssign)) and isinstance(node.op, ast.MatMult):
+                    counted = True
+                elif isinstance(node, ast.Call):
+                    f = node.func
+                    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+                    if name in _COUNTED_NAMES:
+                        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+                            self_calls.add(name)
+                        else:
+                            counted = True
+                    for arg in list(node.args) + [k.value for k in node.keywords]:
+                        for sub in ast.walk(arg):
+                            if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
+                                    and sub.value.id == "self"):
+                                passed.add(sub.attr)
     return ClassCode(counted, frozenset(self_calls), frozenset(passed))
 
 
@@ -493,7 +495,7 @@ class OpScope:
             for p in m.parameters(recurse=False):
                 if p.device.type != "meta":
                     own.add(_storage(p))
-                    probe = probe or p
+                    probe = p if probe is None else probe
             if not neuron:
                 own.update(_storage(b) for b in m.buffers(recurse=False) if b.device.type != "meta")
         self._own_storages = own
@@ -544,8 +546,7 @@ class OpScope:
         out = func(*args, **kwargs)
         if not counting:
             return out
-        caller = sys._getframe(2).f_globals.get("__name__", "")
-        if caller.startswith("synopsloss."):
+        if sys._getframe(2).f_code.co_filename.startswith(_PACKAGE_DIR):
             return out  # the counter's own hooks (neuron statistics) running inside a scope
         counter = self._counter()
         if counter is None:
