@@ -311,18 +311,53 @@ def _param_of(t: Tensor) -> Optional[nn.Parameter]:
 
 
 class _Mode(torch.overrides.TorchFunctionMode):
-    """The counting mode: every watched op goes to its :class:`OpScope`, every other op runs unchanged."""
+    """The counting mode: every watched op is offered to the counting scopes, every other op runs unchanged.
 
-    def __init__(self, scope: "OpScope") -> None:
+    One mode for the process, pushed while at least one scope counts (two counters on one model
+    push and pop their frames in interleaved order; one shared mode keeps the stack balanced).
+    """
+
+    def __init__(self) -> None:
         super().__init__()
-        self.scope = scope
+        self.scopes: List["OpScope"] = []  # scopes whose innermost frame counts
+        self.pushed = False
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         if kwargs is None:
             kwargs = {}
         if func not in _WATCHED:
             return func(*args, **kwargs)
-        return self.scope._on_op(func, args, kwargs)
+        scopes = [s for s in self.scopes if s._counting()]
+        body = TRANSPARENT_OPS.get(func)
+        if body is not None and scopes:
+            with self:  # re-entered: the composite's inner ops are counted one by one
+                return body(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if scopes and not sys._getframe(1).f_code.co_filename.startswith(_PACKAGE_DIR):
+            for scope in scopes:  # (not the counter's own hooks, e.g. neuron statistics, run inside a scope)
+                scope._on_op(func, args, kwargs, out)
+        return out
+
+    def want(self, scope: "OpScope", counting: bool) -> None:
+        """Whether ``scope``'s innermost frame counts; push or pop the mode accordingly."""
+        if counting:
+            if scope not in self.scopes:
+                self.scopes.append(scope)
+        elif scope in self.scopes:
+            self.scopes.remove(scope)
+        if self.scopes and not self.pushed:
+            self.__enter__()
+            self.pushed = True
+        elif not self.scopes and self.pushed:
+            n = torch._C._len_torch_function_stack()
+            if n and torch._C._get_function_stack_at(n - 1) is self:
+                self.__exit__(None, None, None)
+                self.pushed = False
+            # else: another mode was pushed above ours inside the forward: ours stays on the stack,
+            # passing ops through, and is popped at the next frame change
+
+
+_MODE = _Mode()
 
 
 @dataclass
@@ -359,8 +394,6 @@ class OpScope:
         self.ops = ops
         self._counter = weakref.ref(counter)
         self._hooks = HookSet(self)
-        self._mode = _Mode(self)
-        self._active = False
         self._stack: List[_Frame] = []
         self.rows: Dict[str, OpRow] = {}
         self.scoped: Dict[str, str] = {}  # module name -> why it is counted op by op
@@ -474,7 +507,7 @@ class OpScope:
         """Take the frame hooks off (and the mode, if a forward was interrupted inside a scope)."""
         self._hooks.remove()
         self._stack.clear()
-        self._set_active(False)
+        _MODE.want(self, False)
 
     @property
     def active(self) -> bool:
@@ -503,19 +536,8 @@ class OpScope:
 
     # ------------------------------------------------------------------ the stack
 
-    def _set_active(self, want: bool) -> None:
-        if want == self._active:
-            return
-        if want:
-            self._mode.__enter__()
-            self._active = True
-            return
-        n = torch._C._len_torch_function_stack()
-        if n and torch._C._get_function_stack_at(n - 1) is self._mode:
-            self._mode.__exit__(None, None, None)
-            self._active = False
-        # else: another mode was pushed above ours inside the forward; ours stays (ops pass through
-        # while no counting frame is on top) and is popped at the next frame change
+    def _counting(self) -> bool:
+        return bool(self._stack) and self._stack[-1].counting and not _in_backward()
 
     def _enter(self, module: nn.Module, args: tuple, *, name: str, counting: bool) -> None:
         counter = self._counter()
@@ -524,7 +546,7 @@ class OpScope:
             self._refresh_storages(counter.model)
         frame = _Frame(name, weakref.ref(module), counting and enabled, name in self.own_rule)
         self._stack.append(frame)
-        self._set_active(frame.counting)
+        _MODE.want(self, frame.counting)
 
     def _exit(self, module: nn.Module, args: tuple, output: Any) -> None:
         stack = self._stack
@@ -532,36 +554,26 @@ class OpScope:
             if stack[i].module() is module:
                 del stack[i:]
                 break
-        self._set_active(bool(stack) and stack[-1].counting)
+        _MODE.want(self, bool(stack) and stack[-1].counting)
 
     # ------------------------------------------------------------------ ops
 
-    def _on_op(self, func: Callable, args: tuple, kwargs: dict) -> Any:
-        frame = self._stack[-1] if self._stack else None
-        counting = frame is not None and frame.counting and not _in_backward()
-        body = TRANSPARENT_OPS.get(func)
-        if body is not None and counting:
-            with self._mode:  # re-entered: the composite's inner ops are counted one by one
-                return body(*args, **kwargs)
-        out = func(*args, **kwargs)
-        if not counting:
-            return out
-        if sys._getframe(2).f_code.co_filename.startswith(_PACKAGE_DIR):
-            return out  # the counter's own hooks (neuron statistics) running inside a scope
+    def _on_op(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        """Count one watched op that ran inside this scope's innermost (counting) frame."""
+        frame = self._stack[-1]
         counter = self._counter()
         if counter is None:
-            return out
+            return
         self._leaves = []
         try:
             counts = count_op(func, args, kwargs, out, is_weight=self._is_weight)
         except UncountableOpError as err:
             self._flag(counter, frame, func, err)
-            return out
+            return
         except (TypeError, ValueError) as err:
             raise type(err)(f"synopsloss: module {frame.name or '<root>'!r}: {err}") from err
         if counts:
             self._record(counter, frame, counts, args, kwargs)
-        return out
 
     def _is_weight(self, t: Tensor) -> bool:
         if t.device.type == "meta":
