@@ -423,8 +423,8 @@ class OpScope:
         base = _rule_class(module, rules)
         if base is None or type(module).forward is base.forward:
             return False
-        if isinstance(module, registry._types(registry.RULE_FORWARD_AS_IS)):
-            return False
+        if any(type(module).forward is c.forward for c in registry._types(registry.RULE_FORWARD_AS_IS)):
+            return False  # a listed type's own forward (a subclass overriding it again is counted op by op)
         self.scoped[name] = f"{type(module).__name__} overrides forward"
         self.own_rule.add(name)
         return True
