@@ -210,7 +210,9 @@ class ClassCode:
     passed: FrozenSet[str]  # ``X`` of every ``self.X`` inside a call's arguments
 
 
-@functools.lru_cache(maxsize=512)
+_CLASS_CODE: "weakref.WeakKeyDictionary[type, Optional[ClassCode]]" = weakref.WeakKeyDictionary()
+
+
 def class_code(cls: type) -> Optional[ClassCode]:
     """:class:`ClassCode` of ``cls`` and its bases up to the first ``torch`` class; ``None`` if unreadable.
 
@@ -223,6 +225,14 @@ def class_code(cls: type) -> Optional[ClassCode]:
     >>> class_code(Gain).counted
     True
     """
+    if cls in _CLASS_CODE:
+        return _CLASS_CODE[cls]
+    code = _read_class(cls)
+    _CLASS_CODE[cls] = code
+    return code
+
+
+def _read_class(cls: type) -> Optional[ClassCode]:
     counted, self_calls, passed = False, set(), set()
     for klass in cls.__mro__:
         if klass is object or _is_torch_class(klass):
