@@ -16,7 +16,9 @@ So the mode is pushed only *inside the forward of the modules that need it*
 (a forward pre-hook pushes it, a forward hook registered with
 ``always_call=True`` pops it, so an exception pops it too); everything else
 keeps the module hooks, and a model where no module needs it gets no extra hook
-at all. The modules that need it are chosen when the counter attaches
+at all. One mode object serves every counter in the process and stays pushed
+while any of them counts, so two counters on one model keep the mode stack
+balanced (one forward at a time: the mode stack is per thread). The modules that need it are chosen when the counter attaches
 (:class:`OpScope`, ``SynOpsCounter(..., ops=)``):
 
 ``ops="auto"`` (default):
@@ -623,7 +625,10 @@ class OpScope:
                     todo.append(nxt)
                     continue
                 # an input without grad: a buffer or a scalar is fine, anything else may be data
-                saved = getattr(node, "_saved_self" if i == 0 else "_saved_other", None)
+                try:
+                    saved = getattr(node, "_saved_self" if i == 0 else "_saved_other", None)
+                except RuntimeError:  # freed by an earlier backward
+                    return False
                 if not isinstance(saved, Tensor) or not (saved.numel() == 1 or _storage(saved) in self._own_storages):
                     return False
         if not leaves:

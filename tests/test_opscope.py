@@ -551,3 +551,21 @@ def test_rows_are_stable_across_time_steps_of_a_loop():
     assert len(att.kept) == 3
     want = sum(matmul_terms(q, k.transpose(-2, -1))["synops"] for q, k, _ in att.kept)
     assert got["att.matmul"].synops == pytest.approx(want)
+
+
+def test_paused_counter_counts_no_op_and_two_counters_count_the_same_rows():
+    net = Wrapped()
+    x = spikes(2, 3, 6, seed=14)
+    first = sl.SynOpsCounter(net, batch_dim=0, neurons=False)
+    with first.paused():
+        net(x)
+    with pytest.raises(RuntimeError, match="before any forward pass"):
+        first.snapshot()
+    second = sl.SynOpsCounter(net, batch_dim=0, neurons=False)
+    depth = torch._C._len_torch_function_stack()
+    net(x)
+    assert torch._C._len_torch_function_stack() == depth  # one shared mode, pushed and popped once
+    a, b = layers(first), layers(second)
+    assert list(a) == list(b) == ["attn.linear", "attn.bmm", "attn.bmm.1", "attn.out_proj"]
+    for n in a:
+        assert a[n].synops == b[n].synops and a[n].dense == b[n].dense
