@@ -37,6 +37,7 @@ when ``B`` cannot be learned, reading the counts raises an error that says so.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import warnings
@@ -815,7 +816,13 @@ class SynOpsCounter:
             for n in idle:
                 states[n] = SynapseState(first_seen=1 << 62)
         neurons = self._monitor.snapshot(accumulated=accumulated, current=current) if self._monitor is not None else {}
-        return CounterSnapshot(samples, self._layer_stats(states), neurons, accumulated)
+        layers = self._layer_stats(states)
+        # forward order as ranks 0, 1, ... over both kinds of layers (the stamps are process-wide counters)
+        ranked = sorted([*layers.values(), *neurons.values()], key=lambda s: s.order)
+        rank = {id(s): i for i, s in enumerate(ranked)}
+        layers = {n: dataclasses.replace(s, order=rank[id(s)]) for n, s in layers.items()}
+        neurons = {n: dataclasses.replace(s, order=rank[id(s)]) for n, s in neurons.items()}
+        return CounterSnapshot(samples, layers, neurons, accumulated)
 
     def _layer_stats(self, states: Dict[str, SynapseState]) -> Dict[str, LayerStats]:
         values: List[Tensor] = []
