@@ -32,6 +32,44 @@ def _synaptic_row(s: LayerStats, samples: int, dt: Optional[float]) -> LayerRow:
     return row
 
 
+def _total_row(rows: List[LayerRow], dt: Optional[float], model: Any) -> LayerRow:
+    """Shares and energies of the rows (set in place), and the total row: sums; rates weighted over neurons."""
+    total_synops = sum(r.synops for r in rows if r.synops is not None)
+    for r in rows:
+        if r.synops is not None:
+            r.share = r.synops / total_synops if total_synops else 0.0
+        if model is not None:
+            r.energy_parts = model.parts(r)
+            r.energy = sum(r.energy_parts.values()) if r.energy_parts else None
+
+    def tsum(attr: str) -> Optional[float]:
+        vals = [getattr(r, attr) for r in rows if getattr(r, attr) is not None]
+        return sum(vals) if vals else None
+
+    neuron_rows = [r for r in rows if r.kind == "neuron" and r.neurons and r.time_steps]
+    slots = sum(r.neurons * r.time_steps for r in neuron_rows)
+    total = LayerRow(name="Total", type="", kind="", synops=total_synops, dense=tsum("dense"),
+                     eff_macs=tsum("eff_macs"), eff_acs=tsum("eff_acs"), neuron_ops=tsum("neuron_ops"),
+                     neuron_ops_dense=tsum("neuron_ops_dense"), membrane_updates=tsum("membrane_updates"),
+                     membrane_updates_dense=tsum("membrane_updates_dense"), spikes=tsum("spikes"),
+                     neurons=sum(r.neurons for r in rows if r.kind == "neuron" and r.neurons) or None,
+                     share=1.0 if total_synops else None, energy=tsum("energy"))
+    if slots:
+        total.firing_rate = sum(r.spikes for r in neuron_rows) / slots
+    steps = [r.time_steps for r in rows if r.synops is not None and r.time_steps]
+    if steps and total_synops is not None:
+        total.time_steps = max(steps)
+        total.synops_per_step = total_synops / total.time_steps
+        total.synops_per_s = _div(total.synops_per_step, dt)
+    if model is not None:
+        parts: Dict[str, float] = {}
+        for r in rows:
+            for k, v in r.energy_parts.items():
+                parts[k] = parts.get(k, 0.0) + v
+        total.energy_parts = parts
+    return total
+
+
 def _div(a: Optional[float], b: Optional[float]) -> Optional[float]:
     if a is None or b is None or b == 0:
         return None
@@ -79,39 +117,7 @@ def build_table(
                 setattr(row, k, s[k])
             rows.append(row)
 
-    total_synops = sum(r.synops for r in rows if r.synops is not None)
-    for r in rows:
-        if r.synops is not None:
-            r.share = r.synops / total_synops if total_synops else 0.0
-        if model is not None:
-            r.energy_parts = model.parts(r)
-            r.energy = sum(r.energy_parts.values()) if r.energy_parts else None
-
-    def tsum(attr: str) -> Optional[float]:
-        vals = [getattr(r, attr) for r in rows if getattr(r, attr) is not None]
-        return sum(vals) if vals else None
-
-    neuron_rows = [r for r in rows if r.kind == "neuron" and r.neurons and r.time_steps]
-    slots = sum(r.neurons * r.time_steps for r in neuron_rows)
-    total = LayerRow(name="Total", type="", kind="", synops=total_synops, dense=tsum("dense"),
-                     eff_macs=tsum("eff_macs"), eff_acs=tsum("eff_acs"), neuron_ops=tsum("neuron_ops"),
-                     neuron_ops_dense=tsum("neuron_ops_dense"), membrane_updates=tsum("membrane_updates"),
-                     membrane_updates_dense=tsum("membrane_updates_dense"), spikes=tsum("spikes"),
-                     neurons=sum(r.neurons for r in rows if r.kind == "neuron" and r.neurons) or None,
-                     share=1.0 if total_synops else None, energy=tsum("energy"))
-    if slots:
-        total.firing_rate = sum(r.spikes for r in neuron_rows) / slots
-    steps = [r.time_steps for r in rows if r.synops is not None and r.time_steps]
-    if steps and total_synops is not None:
-        total.time_steps = max(steps)
-        total.synops_per_step = total_synops / total.time_steps
-        total.synops_per_s = _div(total.synops_per_step, dt)
-    if model is not None:
-        parts: Dict[str, float] = {}
-        for r in rows:
-            for k, v in r.energy_parts.items():
-                parts[k] = parts.get(k, 0.0) + v
-        total.energy_parts = parts
+    total = _total_row(rows, dt, model)
     notes = []
     unknown = [r.name for r in rows if r.kind == "neuron" and r.neuron_ops is None and r.membrane_updates is not None]
     if unknown:
