@@ -93,6 +93,9 @@ class LayerRow:
     share: Optional[float] = None
     energy: Optional[float] = None
     energy_parts: Dict[str, float] = field(default_factory=dict)
+    synops_estimate: Optional[float] = None  # papers' firing rate x T x FLOPs (see synopsloss.report)
+    estimate_error: Optional[float] = None  # synops_estimate / synops - 1
+    energy_paper: Optional[float] = None  # 0.9 pJ x estimate (4.6 pJ x dense for non-spike inputs)
 
 
 # (title, attribute, format) of the rendered columns
@@ -109,6 +112,7 @@ _COLUMNS: List[Tuple[str, str, str]] = [
     ("Synops", "synops", "si"),
     ("Synops/step", "synops_per_step", "si"),
     ("Synops/s", "synops_per_s", "si"),
+    ("Est. fr*T*FLOPs", "synops_estimate", "si"),
     ("Dense", "dense", "si"),
     ("Eff MACs", "eff_macs", "si"),
     ("Eff ACs", "eff_acs", "si"),
