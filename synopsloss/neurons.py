@@ -209,7 +209,8 @@ class NeuronMonitor:
                 neuron_names.append(name)
                 self._attach_neuron(name, module)
             elif not inside_neuron and leaf:
-                self.info[name] = dict(type=type(module).__name__, kind=kind)
+                self.info[name] = dict(type=type(module).__name__, kind=kind,
+                                       stepped=frameworks.step_layout(module) is not None)
                 track = NeuronMonitor._neuron_hook if kind is LayerKind.ACTIVATION else NeuronMonitor._other_hook
                 self._hooks.forward(module, functools.partial(track, name=name))
         return self
@@ -280,10 +281,12 @@ class NeuronMonitor:
         state = self._state(name)
         state.calls += 1
         x = args[0] if args and isinstance(args[0], Tensor) else None
-        if x is not None and x.dim() > 0:
-            state.in_shape = tuple(x.shape[1:])
-        if isinstance(output, Tensor) and output.dim() > 0:
-            state.out_shape = tuple(output.shape[1:])
+        # SpikingJelly layers in multi-step mode take [T, B, ...]: one sample is shape[2:]
+        lead = 2 if self.info[name].get("stepped") and frameworks.step_layout(module)[0] == "time_first" else 1
+        if x is not None and x.dim() >= lead:
+            state.in_shape = tuple(x.shape[lead:])
+        if isinstance(output, Tensor) and output.dim() >= lead:
+            state.out_shape = tuple(output.shape[lead:])
 
     def _snntorch_pre(self, module: nn.Module, args: tuple, *, name: str) -> None:
         state = self._batch.get(name)
@@ -341,8 +344,8 @@ class NeuronMonitor:
             per = flat.sum(0, dtype=red).to(dtype) if spiking else None
             call = NeuronState(spikes=per.sum() if spiking else None, nonzero=_count_nonzero(flat, dtype), per_neuron=per,
                                calls=1, rows=rows, numel=out.numel(), neurons=neurons, sample_shape=sample_shape,
-                               out_shape=tuple(out.shape[1:]),
-                               in_shape=tuple(x.shape[1:]) if x is not None and x.dim() > 0 else ())
+                               out_shape=tuple(out.shape[2:] if time_first else out.shape[1:]),
+                               in_shape=tuple(x.shape[2 if time_first else 1:]) if x is not None and x.dim() > 1 else ())
             if lib == "snntorch":
                 self._snntorch_updates(module, state, call, first, dtype)
             elif lib == "sinabs" and x is not None and x.shape == out.shape:

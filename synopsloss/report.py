@@ -102,7 +102,7 @@ def build_table(
     for name in names:
         if name in snapshot.layers:
             rows.append(_synaptic_row(snapshot.layers[name], samples, dt))
-        else:
+        if name in snapshot.neurons:  # both: a neuron with synapses of its own (norse LIFRecurrentCell)
             s = neuron_row(snapshot.neurons[name], samples)
             row = LayerRow(name=name, type=s["type"] or "?", kind=s["kind"], in_shape=s["in_shape"] or None,
                            out_shape=s["out_shape"] or None)
@@ -123,7 +123,7 @@ def build_table(
         vals = [getattr(r, attr) for r in rows if getattr(r, attr) is not None]
         return sum(vals) if vals else None
 
-    neuron_rows = [r for r in rows if r.kind == "neuron" and r.neurons and r.time_steps]
+    neuron_rows = [r for r in rows if r.kind == "neuron" and r.neurons and r.time_steps and r.spikes is not None]
     slots = sum(r.neurons * r.time_steps for r in neuron_rows)
     total = LayerRow(name="Total", type="", kind="", synops=total_synops, dense=tsum("dense"),
                      eff_macs=tsum("eff_macs"), eff_acs=tsum("eff_acs"), neuron_ops=tsum("neuron_ops"),
