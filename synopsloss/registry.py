@@ -234,10 +234,24 @@ def resolve(key: TypeKey) -> Optional[type]:
     return cls if isinstance(cls, type) else None
 
 
-def _lookup(table: Mapping[TypeKey, object], module: nn.Module) -> Optional[object]:
-    """The entry of the first class in ``module``'s MRO that the table names."""
+_RESOLVED: Dict[int, Tuple[tuple, Dict[type, object]]] = {}
+
+
+def _resolved(table: Mapping[TypeKey, object]) -> Dict[type, object]:
+    """``{class: entry}`` of a table's keys that resolve now; cached until its keys change or a module is imported."""
+    stamp = (len(sys.modules), tuple(table))
+    cached = _RESOLVED.get(id(table))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     resolved = {resolve(k): v for k, v in table.items()}
     resolved.pop(None, None)
+    _RESOLVED[id(table)] = (stamp, resolved)
+    return resolved
+
+
+def _lookup(table: Mapping[TypeKey, object], module: nn.Module) -> Optional[object]:
+    """The entry of the first class in ``module``'s MRO that the table names."""
+    resolved = _resolved(table)
     for cls in type(module).__mro__:
         if cls in resolved:
             return resolved[cls]

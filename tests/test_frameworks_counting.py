@@ -422,3 +422,58 @@ def test_paper_estimate_is_exact_for_dense_weights_and_uses_macs_for_analog_inpu
     assert table["0"].synops_estimate == pytest.approx(rate * T * 6 * 4) == pytest.approx(table["0"].synops)
     assert table["2"].eff_macs > 0  # ReLU outputs are not spikes: the paper counts dense MACs
     assert table["2"].energy_paper == pytest.approx(4.6e-12 * T * 4 * 2)
+
+
+class _LoopInside(nn.Module):
+    """snntorch-style: [B, T, F] in, one Linear + Leaky call per step inside forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import snntorch as snn
+
+        self.fc = nn.Linear(6, 4)
+        self.lif = snn.Leaky(0.9, init_hidden=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([self.lif(self.fc(xt)) for xt in x.unbind(1)])
+
+
+class _LSTMHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 4, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.lstm(x)[0])  # the Linear sees [B, T, 4]
+
+
+def _sinabs(squeeze: bool) -> nn.Module:
+    sinabs = pytest.importorskip("sinabs.layers")
+    neuron = sinabs.IAFSqueeze(batch_size=B) if squeeze else sinabs.IAF()
+    return nn.Sequential(nn.Linear(6, 4), neuron, nn.Linear(4, 3))
+
+
+@pytest.mark.parametrize("case", ["sinabs", "sinabs_squeeze", "snntorch_calls", "snntorch_inside", "lstm"])
+def test_time_steps_are_learned_from_each_librarys_layout(case):
+    steps = 5
+    x = zoo.spike_train((B, steps, 6), seed=11)
+    if case == "sinabs":
+        net, run = _sinabs(False), lambda n: n(x)  # [B, T, ...]
+    elif case == "sinabs_squeeze":
+        net, run = _sinabs(True), lambda n: n(x.flatten(0, 1))  # [B*T, ...]
+    elif case == "snntorch_calls":
+        pytest.importorskip("snntorch")
+        net = _LoopInside()
+        net = nn.Sequential(net.fc, net.lif)
+        run = lambda n: [n(x[:, t]) for t in range(steps)]  # noqa: E731
+    elif case == "snntorch_inside":
+        pytest.importorskip("snntorch")
+        net, run = _LoopInside(), lambda n: n(x)
+    else:
+        net, run = _LSTMHead(), lambda n: n(x)
+    counter = sl.SynOpsCounter(net)
+    run(net)
+    assert counter.samples == B and counter.time_steps() == steps
+    assert all(counter.time_steps(n) == steps for n in counter.layer_names)
+    assert counter.snapshot().time_steps == steps
