@@ -21,7 +21,14 @@ samples x time steps. How the number of samples ``B`` is learned, in order:
 1. ``batch_size=`` given to the counter;
 2. sinabs ``*Squeeze`` layers (``batch_size``, or ``rows // num_timesteps``),
    for models that fold time into the batch as ``[B*T, ...]``;
-3. ``shape[batch_dim]`` of the first tensor the model itself is called with
+3. layers whose input layout is known (:func:`synopsloss.registry.time_probes`):
+   SpikingJelly modules (``step_mode='m'`` and ``MultiStepModule`` classes:
+   ``[T, B, ...]``, ``'s'``: ``[B, ...]``), norse sequence modules
+   (``[T, B, ...]``) and cells (``[B, ...]``), sinabs neurons
+   (``[B, T, ...]``). The model's own input may then be ``[T, B, ...]`` or
+   ``[B, ...]`` (repeated inside): no ``batch_dim`` is needed, and one that
+   disagrees is an error;
+4. ``shape[batch_dim]`` of the first tensor the model itself is called with
    (searched in nested lists, tuples and dicts). When every layer's call has
    exactly ``B`` rows (snntorch loops called once per time step with
    ``[B, ...]``, models that take ``[B, T, ...]`` and loop inside) that is
@@ -32,6 +39,27 @@ samples x time steps. How the number of samples ``B`` is learned, in order:
 
 Each layer's rows per call must be a multiple of ``B``; when they are not, or
 when ``B`` cannot be learned, reading the counts raises an error that says so.
+
+Time steps (:meth:`SynOpsCounter.time_steps`, ``CounterSnapshot.time_steps``,
+the table's ``time_steps``, ``synops_per_step`` and ``synops_per_s`` columns,
+``SynOpsLoss(budget=...)``) are learned per batch, in order:
+
+1. ``time_dim=``: the length of that dim of the model's input (summed over calls);
+2. the first layer of 3. above to run: the steps its calls covered
+   (``T`` per ``[T, B, ...]`` call, one per ``[B, ...]`` call, so a loop of
+   norse cells inside the model counts its steps); snntorch neurons likewise
+   (one step per call);
+3. sinabs ``*Squeeze`` layers: rows / ``B``;
+4. ``nn.RNN`` / ``LSTM`` / ``GRU`` layers: their sequence length;
+5. otherwise the number of calls of the model (snntorch-style loops). A
+   dimension the counter is not told about is not time: ``[B, N, C]`` into a
+   ``Linear`` is ``N`` tokens at one step.
+
+A layer's time steps are the sum over its calls of the steps each covered:
+``T`` when the call's leading (non-sample) dims carry the time dim --
+``[T, B, ...]``, ``[B, T, ...]`` or ``[T*B, ...]`` (SpikingJelly's
+``SeqToANNContainer``) --, else one; the remaining leading dims are tokens. A
+head applied to the time-averaged output runs one step.
 """
 
 from __future__ import annotations

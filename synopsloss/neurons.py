@@ -56,9 +56,34 @@ and divided by the number of samples):
   have no cost: their neuron operations are reported as unknown, never as 0.
   Pass ``costs={type name: ops}`` to set or override any cost.
 
+SpikingJelly 2.0 and norse 1.1 neurons (every class of
+:data:`synopsloss.frameworks.NEURON_TYPES`; costs from their rows' terms, the
+same convention) are tracked too:
+
+* **layout**: SpikingJelly neurons with ``step_mode='m'`` (and its
+  multi-step-only neurons) and norse sequence modules (``LIF``, ``LIFRecurrent``,
+  ...) take ``[T, B, ...]``: rows ``T*B``, neurons ``shape[2:]``; SpikingJelly
+  ``'s'`` neurons and norse cells run one step on ``[B, ...]`` (norse returns
+  ``(spikes, state)``: the spikes are read).
+* **membrane updates**: one step per call with the membrane exposed
+  (SpikingJelly ``'s'``: ``module.v`` before and after the call; norse cells:
+  ``state.v`` passed in and returned): NeuroBench's rule, as for snntorch.
+  All steps in one call (only the last step's membrane is exposed):
+  *event-driven*, as for sinabs -- an update where the input or the output
+  is nonzero (norse ``LIFRecurrent``: where the input or the previous spikes
+  reach the neuron through a nonzero weight). A neuron with a synaptic
+  current (norse ``LIF``) changes its membrane at every step after an input,
+  so the event-driven count is what a lazily-leaking chip updates, not the
+  trajectory.
+* neurons whose output is a membrane or an analog value (norse ``LI``, SJ
+  ``LIAFNode``, ``NonSpiking*``) have no spikes and no firing rate; ternary
+  neurons' -1 spikes count as spikes.
+
 Recurrent synapses (snntorch ``RLeaky``/``RSynaptic``' ``recurrent`` module,
-sinabs ``*Recurrent``' ``rec_connect``) are synapses: the
-:class:`~synopsloss.SynOpsCounter` counts them as layers of their own.
+sinabs ``*Recurrent``' ``rec_connect``; norse recurrent modules'
+``input_weights`` / ``recurrent_weights``) are synapses: the
+:class:`~synopsloss.SynOpsCounter` counts them as layers of their own (a norse
+recurrent module is then both a synaptic and a neuron row of the table).
 
 Example
 -------
