@@ -56,6 +56,9 @@ class LayerStats:
         Effective fan-out over the input neurons (last call's map).
     data_fed
         Every call read a tensor the model itself was called with.
+    sample_steps
+        Samples x time steps the layer ran (divide by ``CounterSnapshot.samples``
+        for its time steps per sample; see :meth:`SynOpsCounter.time_steps`).
     """
 
     name: str
@@ -77,6 +80,7 @@ class LayerStats:
     fanout_mean: Optional[float] = None
     fanout_max: Optional[float] = None
     data_fed: bool = False
+    sample_steps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class NeuronStats:
     out_shape: Tuple[int, ...] = ()
 
 
-_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows")
+_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows", "sample_steps")
 _NEURON_SUMS = ("spikes", "nonzero", "updates", "updates_dense", "rows", "numel", "calls")
 
 
@@ -129,12 +133,26 @@ class CounterSnapshot:
         order (empty for a counter created with ``neurons=False``).
     accumulated
         Whether the snapshot covers every batch since ``reset(accumulated=True)``.
+    sample_steps
+        Samples x time steps of the batches (:attr:`time_steps` per sample).
     """
 
     samples: int
     layers: Dict[str, LayerStats] = field(default_factory=dict)
     neurons: Dict[str, NeuronStats] = field(default_factory=dict)
     accumulated: bool = False
+    sample_steps: float = 0.0
+
+    @property
+    def time_steps(self) -> Optional[float]:
+        """Time steps per sample (see :meth:`SynOpsCounter.time_steps`; ``None`` when unknown).
+
+        Example
+        -------
+        >>> CounterSnapshot(4, sample_steps=12.0).time_steps
+        3.0
+        """
+        return self.sample_steps / self.samples if self.samples and self.sample_steps else None
 
     def per_layer(self) -> Dict[str, Dict[str, float]]:
         """``{layer: {"dense", "eff_macs", "eff_acs", "synops"}}`` per sample, in forward order."""
@@ -178,6 +196,7 @@ class CounterSnapshot:
             add(self.layers, other.layers, _LAYER_SUMS),
             add(self.neurons, other.neurons, _NEURON_SUMS),
             self.accumulated or other.accumulated,
+            self.sample_steps + other.sample_steps,
         )
 
     def all_reduce(self, group: Any = None) -> "CounterSnapshot":
@@ -197,7 +216,7 @@ class CounterSnapshot:
         dist.all_gather_object(names, (list(self.layers), list(self.neurons)), group=group)
         layer_names = list(dict.fromkeys(n for ls, _ in names for n in ls))
         neuron_names = list(dict.fromkeys(n for _, ns in names for n in ns))
-        values = [float(self.samples)]
+        values = [float(self.samples), float(self.sample_steps)]
         for n in layer_names:
             s = self.layers.get(n)
             values += [float(getattr(s, k)) if s is not None else 0.0 for k in _LAYER_SUMS]
@@ -209,6 +228,7 @@ class CounterSnapshot:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
         vals = iter(t.tolist())
         samples = int(round(next(vals)))
+        sample_steps = next(vals)
         layers = {}
         for n in layer_names:
             sums = {k: next(vals) for k in _LAYER_SUMS}
@@ -224,7 +244,7 @@ class CounterSnapshot:
             if base.updates is None:
                 sums["updates"] = None
             neurons[n] = dataclasses.replace(base, **sums)
-        return CounterSnapshot(samples, layers, neurons, self.accumulated)
+        return CounterSnapshot(samples, layers, neurons, self.accumulated, sample_steps)
 
 
 def _add(a: Any, b: Any) -> Any:

@@ -22,7 +22,7 @@ Columns (attributes of :class:`LayerRow`):
 ``neurons``                 output neurons (synaptic: one sample of the output; neuron layers: neurons)
 ``fanout_mean/max``         effective fan-out over the input neurons (nonzero weight taps)
 ``in_rate``                 input events per input neuron per time step (input sum / rows / neurons)
-``time_steps``              rows per sample (calls x rows per call / samples)
+``time_steps``              time steps the layer ran (``SynOpsCounter.time_steps``; tokens are not steps)
 ``synops``                  input value x effective fan-out; ``synops_per_step`` = ``synops / time_steps``;
                             ``synops_per_s`` = ``synops_per_step / dt`` (``dt`` in seconds per step)
 ``dense``, ``eff_macs``,    NeuroBench's ``Dense``, ``Effective_MACs``, ``Effective_ACs``
@@ -30,6 +30,8 @@ Columns (attributes of :class:`LayerRow`):
 ``neuron_ops(_dense)``,     NeuroBench's ``NeuronOperations`` (see :mod:`synopsloss.neurons`)
 ``membrane_updates(_dense)``
 ``firing_rate``             output spikes per neuron per time step; ``density``: nonzero outputs fraction
+``synops_estimate``         papers' firing rate x T x FLOPs (``estimate_error``, ``energy_paper``: see
+                            :mod:`synopsloss.report`)
 ``share``                   the layer's share of the total synops
 ``energy``                  joules per sample under the table's energy model (:mod:`synopsloss.energy`)
 ==========================  ===================================================================
@@ -93,6 +95,9 @@ class LayerRow:
     share: Optional[float] = None
     energy: Optional[float] = None
     energy_parts: Dict[str, float] = field(default_factory=dict)
+    synops_estimate: Optional[float] = None  # papers' firing rate x T x FLOPs (see synopsloss.report)
+    estimate_error: Optional[float] = None  # synops_estimate / synops - 1
+    energy_paper: Optional[float] = None  # 0.9 pJ x estimate (4.6 pJ x dense for non-spike inputs)
 
 
 # (title, attribute, format) of the rendered columns
@@ -109,6 +114,7 @@ _COLUMNS: List[Tuple[str, str, str]] = [
     ("Synops", "synops", "si"),
     ("Synops/step", "synops_per_step", "si"),
     ("Synops/s", "synops_per_s", "si"),
+    ("Est. fr*T*FLOPs", "synops_estimate", "si"),
     ("Dense", "dense", "si"),
     ("Eff MACs", "eff_macs", "si"),
     ("Eff ACs", "eff_acs", "si"),
