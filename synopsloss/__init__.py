@@ -7,8 +7,8 @@ SynOpsCounter
     effective MAC / effective AC operations, per sample.
 connection_map, register_rule, register_no_synapse, Rule
     Fan-out maps and the registry of layer rules.
-SynOpsTable (counter.table()), NeuronMonitor, energy presets
-    Per-layer table with neuron statistics and energy estimates.
+SynOpsTable (counter.table()), compare, NeuronMonitor, energy presets
+    Per-layer table with neuron statistics and energy estimates; two tables side by side.
 SynOpsLoss, schedules
     The loss term to train against synops, and target / weight schedules.
 """
@@ -18,7 +18,7 @@ from .maps import Rule, connection_map, register_no_synapse, register_rule
 from . import recurrent  # registers the nn.RNN/LSTM/GRU and *Cell rules  # noqa: F401
 from .energy import DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device
 from .neurons import NeuronMonitor
-from .table import LayerRow, SynOpsTable
+from .table import LayerRow, SynOpsComparison, SynOpsTable, compare
 from . import schedules
 from .loss import SynOpsLoss, UnreachableTargetWarning
 
@@ -35,6 +35,8 @@ __all__ = [
     "NeuronMonitor",
     "SynOpsTable",
     "LayerRow",
+    "compare",
+    "SynOpsComparison",
     "EnergyModel",
     "OpEnergy",
     "DeviceEnergy",
