@@ -669,23 +669,28 @@ class SynOpsTable:
                 rec[f"energy_{k}"] = v
         return pd.DataFrame.from_records(records).set_index("name")
 
-    def plot(self, path: Optional[str] = None, *, figsize: Tuple[float, float] = (10.0, 6.0), log: bool = False):
-        """Bar charts of synops per layer and firing rate per neuron layer (matplotlib).
+    def plot(self, path: Optional[str] = None, *, figsize: Optional[Tuple[float, float]] = None,
+             log: bool = False):
+        """Horizontal bar charts of synops per layer and firing rate per neuron layer (matplotlib).
 
-        Bars are labelled ``"name (Type)"``; layers fed by the data are grey.
+        Bars are labelled ``"name (Type)"`` in forward order, top to bottom;
+        layers fed by the data are grey and marked ``*``; each synops bar
+        carries its share of the total.
 
         Parameters
         ----------
         path
             Save the figure there (PNG, PDF, SVG, ... by extension).
         figsize
-            Figure size in inches.
+            Figure size in inches; default: 8 wide and tall enough for one
+            bar per layer.
         log
             Logarithmic synops axis (for layers of very different sizes).
 
         Returns
         -------
         matplotlib.figure.Figure
+            ``fig.axes[0]`` holds the synops bars, ``fig.axes[1]`` the firing rates.
         """
         try:
             from matplotlib.figure import Figure
@@ -695,30 +700,38 @@ class SynOpsTable:
             raise TypeError(f"log must be True or False, got {log!r}")
         syn = [r for r in self.rows if r.synops is not None]
         neu = [r for r in self.rows if r.firing_rate is not None]
+        if figsize is None:
+            figsize = (8.0, 2.2 + 0.32 * (len(syn) + max(len(neu), 1)))
         fig = Figure(figsize=figsize, layout="constrained")
-        ax1, ax2 = fig.subplots(2, 1)
+        # one subfigure per chart: its title is centred on the whole width, so long layer names cannot push it out
+        sf1, sf2 = fig.subfigures(2, 1, height_ratios=[max(len(syn), 1) + 2, max(len(neu), 1) + 2])
+        ax1, ax2 = sf1.subplots(), sf2.subplots()
         label = lambda r: f"{r.name} ({r.type})" + (" *" if r.data_fed else "")  # noqa: E731
-        heights = [r.synops for r in syn]
-        bars = ax1.bar(range(len(syn)), heights, color=["#b0b0b0" if r.data_fed else "#1f77b4" for r in syn])
-        ax1.set_xticks(range(len(syn)), [label(r) for r in syn], rotation=30, ha="right", rotation_mode="anchor")
-        ax1.set_ylabel("synops per sample" + (" (log)" if log else ""))
-        ax1.set_title(f"Synaptic operations per layer (total {_fmt(self.total.synops, 'si')}"
-                      + (", grey: set by the input data" if any(r.data_fed for r in syn) else "") + ")")
-        top = max([h for h in heights if h > 0], default=1.0)
+        widths = [r.synops for r in syn]
+        bars = ax1.barh(range(len(syn)), widths, color=["#b0b0b0" if r.data_fed else "#1f77b4" for r in syn])
+        ax1.set_yticks(range(len(syn)), [label(r) for r in syn])
+        ax1.invert_yaxis()
+        title = f"Synops per sample and layer{' (log scale)' if log else ''}; total {_fmt(self.total.synops, 'si')}"
+        if any(r.data_fed for r in syn):
+            title += "\n* grey: fed by the data, set by the input"
+        sf1.suptitle(title, fontsize=11)
+        top = max([w for w in widths if w > 0], default=1.0)
         if log:
-            low = min([h for h in heights if h > 0], default=1.0)
-            ax1.set_yscale("log")
-            ax1.set_ylim(low / 3, top * 4)  # room for the percentages above the bars
+            low = min([w for w in widths if w > 0], default=1.0)
+            ax1.set_xscale("log")
+            ax1.set_xlim(low / 3, top * 10)  # room for the percentages after the bars
         else:
-            ax1.set_ylim(0, top * 1.15)
+            ax1.set_xlim(0, top * 1.2)
         for b, r in zip(bars, syn):
-            if r.share is not None and b.get_height() > 0:
-                ax1.annotate(f"{100 * r.share:.0f}%", (b.get_x() + b.get_width() / 2, b.get_height()),
-                             xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8)
-        ax2.bar(range(len(neu)), [r.firing_rate for r in neu], color="#d62728")
-        ax2.set_xticks(range(len(neu)), [label(r) for r in neu], rotation=30, ha="right", rotation_mode="anchor")
-        ax2.set_ylabel("spikes / neuron / step")
-        ax2.set_title("Firing rate per neuron layer" if neu else "Firing rate per neuron layer (no neuron layers)")
+            if r.share is not None and b.get_width() > 0:
+                ax1.annotate(f"{100 * r.share:.0f}%" if r.share >= 0.01 else "<1%",
+                             (b.get_width(), b.get_y() + b.get_height() / 2),
+                             xytext=(3, 0), textcoords="offset points", ha="left", va="center", fontsize=8)
+        ax2.barh(range(len(neu)), [r.firing_rate for r in neu], color="#d62728")
+        ax2.set_yticks(range(len(neu)), [label(r) for r in neu])
+        ax2.invert_yaxis()
+        sf2.suptitle("Firing rate per neuron layer (spikes per neuron per time step)" if neu
+                     else "Firing rate per neuron layer (no neuron layers)", fontsize=11)
         if path is not None:
             fig.savefig(path, dpi=120)
         return fig
