@@ -519,7 +519,7 @@ class SynOpsTable:
 
     def _parts(self, columns: Union[None, str, Sequence[str]]):
         keys = self._keys(columns)
-        titles = [COLUMNS[k][0] for k in keys]
+        titles = ["Block" if k == "name" and self.view == "blocks" else COLUMNS[k][0] for k in keys]
         kinds = [COLUMNS[k][1] for k in keys]
 
         def cells(row: LayerRow) -> List[str]:
@@ -817,13 +817,17 @@ class SynOpsComparison:
         The network-driven synops (every layer not fed by the data), when some layer is fed by the data.
     labels : tuple of str
         Names of the two tables in the column titles.
+    view : str
+        ``"layers"`` or ``"blocks"``.
     """
 
     _KEYS = ("name", "type", "synops_before", "synops_after", "ratio", "rate_before", "rate_after",
              "energy_before", "energy_after")
 
     def __init__(self, rows: Sequence[ComparisonRow], total: ComparisonRow, driven: Optional[ComparisonRow],
-                 labels: Tuple[str, str], samples: Tuple[int, int], energy_model: Optional[str]) -> None:
+                 labels: Tuple[str, str], samples: Tuple[int, int], energy_model: Optional[str],
+                 view: str = "layers") -> None:
+        self.view = view
         self.rows = list(rows)
         self.total = total
         self.driven = driven
@@ -852,7 +856,7 @@ class SynOpsComparison:
 
     def _parts(self):
         a, b = self.labels
-        spec = {"name": ("Layer", "name"), "type": ("Type", "str"), "synops_before": (f"Synops {a}", "si"),
+        spec = {"name": ("Block" if self.view == "blocks" else "Layer", "name"), "type": ("Type", "str"), "synops_before": (f"Synops {a}", "si"),
                 "synops_after": (f"Synops {b}", "si"), "ratio": (f"{a}/{b}", "ratio"),
                 "rate_before": (f"Rate {a}", "rate"), "rate_after": (f"Rate {b}", "rate"),
                 "energy_before": (f"Energy {a}", "joule"), "energy_after": (f"Energy {b}", "joule")}
@@ -985,4 +989,5 @@ def compare(before: SynOpsTable, after: SynOpsTable, *, labels: Tuple[str, str] 
     model = before.energy_model
     if after.energy_model != before.energy_model:
         model = f"{before.energy_model} ({labels[0]}) and {after.energy_model} ({labels[1]})"
-    return SynOpsComparison(rows, total, driven, (labels[0], labels[1]), (before.samples, after.samples), model)
+    return SynOpsComparison(rows, total, driven, (labels[0], labels[1]), (before.samples, after.samples), model,
+                            view=view)
