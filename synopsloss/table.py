@@ -23,7 +23,7 @@ Columns (attributes of :class:`LayerRow`; the keys of :data:`COLUMNS`):
 ``fanout_mean/max``         effective fan-out over the input neurons (nonzero weight taps)
 ``in_rate``                 input events per input neuron per time step (input sum / rows / neurons)
 ``time_steps``              rows per sample (calls x rows per call / samples)
-``synops``                  input value x effective fan-out; ``synops_per_step`` = ``synops / time_steps``;
+``synops``                  input magnitude x effective fan-out; ``synops_per_step`` = ``synops / time_steps``;
                             ``synops_per_s`` = ``synops_per_step / dt`` (``dt`` in seconds per step)
 ``dense``, ``eff_macs``,    NeuroBench's ``Dense``, ``Effective_MACs``, ``Effective_ACs``
 ``eff_acs``
@@ -172,7 +172,7 @@ COLUMNS: Dict[str, Tuple[str, str, str]] = {
     "in_rate": ("In rate", "rate", "input events per input neuron per time step"),
     "input_events": ("In events", "si", "nonzero inputs per sample"),
     "time_steps": ("T", "num", "time steps (rows per sample)"),
-    "synops": ("Synops", "si", "input value x effective fan-out, per sample"),
+    "synops": ("Synops", "si", "input magnitude x effective fan-out, per sample"),
     "synops_per_step": ("Synops/step", "si", "synops per sample per time step"),
     "synops_per_s": ("Synops/s", "si", "synops per sample per second (needs dt)"),
     "dense": ("Dense", "si", "NeuroBench Dense: every weight tap of every input neuron"),

@@ -20,8 +20,29 @@ SPIKES = {"a": [1, 0, 1, 0], "b": [0, 0, 0, 0], "c": [0, 1, 0, 0]}
 ZERO = {("c", "z")}
 
 
+plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "synopsloss", "font.size": 10})
+
+
+def table_plot(path: Path) -> None:
+    """``SynOpsTable.plot`` of the network on the table page (same seed, same spikes)."""
+    import torch
+    import snntorch as snn
+    from snntorch import utils
+    from torch import nn
+
+    import synopsloss as sl
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), snn.Leaky(beta=0.9, init_hidden=True), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(8 * 4 * 4, 10), snn.Leaky(beta=0.9, init_hidden=True))
+    counter = sl.SynOpsCounter(net)
+    utils.reset(net)
+    for _ in range(8):
+        net((torch.rand(16, 1, 8, 8) < 0.3).float())
+    counter.table(dt=1e-3).plot(str(path), figsize=(7.0, 4.0))
+
+
 def synops_figure(path: Path) -> None:
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "synopsloss", "font.size": 10})
     fig, ax = plt.subplots(figsize=(8.2, 3.4))
     ax.set_xlim(0, 10.4)
     ax.set_ylim(-0.3, 4.1)
@@ -67,5 +88,5 @@ def synops_figure(path: Path) -> None:
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     synops_figure(OUT / "synops.svg")
-    synops_figure(Path("/tmp/synops_preview.png"))
-    print("wrote", OUT / "synops.svg")
+    table_plot(OUT / "table_plot.svg")
+    print("wrote", OUT / "synops.svg", OUT / "table_plot.svg")
