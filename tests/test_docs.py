@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
@@ -43,6 +44,7 @@ def test_python_examples_of_a_page_run(page, tmp_path, monkeypatch):
     """Every ```python block of the page, in order, in one namespace (```py blocks are fragments, not run)."""
     pytest.importorskip("snntorch")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sl.energy, "ENERGY_PRESETS", dict(sl.energy.ENERGY_PRESETS))  # pages may register devices
     torch.manual_seed(0)
     namespace: dict = {"__name__": "__docs__"}
     for i, block in enumerate(FENCE.findall(page.read_text())):
@@ -72,3 +74,47 @@ def test_the_home_page_figure_states_what_the_counter_counts():
     assert (counts["synops"], counts["dense"], counts["eff_acs"]) == (8.0, 36.0, 8.0)
     svg = (DOCS / "img" / "synops.svg").read_text()
     assert ">synops per sample<" in svg and ">8<" in svg and "9 x 4 = 36" in svg
+
+
+def _literal_pieces(node: ast.AST) -> list:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.JoinedStr):
+        out, cur = [], ""
+        for v in node.values:
+            if isinstance(v, ast.Constant):
+                cur += v.value
+            else:
+                out, cur = out + [cur], ""
+        return out + [cur]
+    if isinstance(node, ast.BinOp):
+        return _literal_pieces(node.left) + _literal_pieces(node.right)
+    return []
+
+
+def _messages(path: Path):
+    """(line, longest literal piece) of every raise X("..."), warnings.warn("...") and loss._warn(key, "...")."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        arg = None
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
+            arg = node.exc.args[0]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "warn" and node.args:
+                arg = node.args[0]
+            elif node.func.attr == "_warn" and len(node.args) > 1:
+                arg = node.args[1]
+        if arg is not None:
+            pieces = sorted((p.strip(" :;.,") for p in _literal_pieces(arg)), key=len)
+            if pieces and len(pieces[-1]) >= 15:
+                yield node.lineno, pieces[-1]
+
+
+INTERNAL = {"a block needs a synaptic or a neuron row", "unreachable"}  # guards that no caller can reach
+
+
+def test_troubleshooting_quotes_every_error_and_warning_message():
+    norm = lambda s: re.sub(r"\s+", " ", s.replace("`", ""))  # noqa: E731
+    page = norm((DOCS / "troubleshooting.md").read_text())
+    missing = [f"{path.name}:{line}: {text}" for path in sorted((ROOT / "synopsloss").glob("*.py"))
+               for line, text in _messages(path) if text not in INTERNAL and norm(text)[:45] not in page]
+    assert not missing, "docs/troubleshooting.md lacks these messages (add cause and fix):\n" + "\n".join(missing)
