@@ -118,3 +118,15 @@ def test_troubleshooting_quotes_every_error_and_warning_message():
     missing = [f"{path.name}:{line}: {text}" for path in sorted((ROOT / "synopsloss").glob("*.py"))
                for line, text in _messages(path) if text not in INTERNAL and norm(text)[:45] not in page]
     assert not missing, "docs/troubleshooting.md lacks these messages (add cause and fix):\n" + "\n".join(missing)
+
+
+def test_readme_example_runs_and_its_links_exist(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    (block,) = FENCE.findall(readme)
+    assert len(block.strip().splitlines()) <= 14  # the short example, not a tutorial
+    pytest.importorskip("snntorch")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    links = re.findall(r"\]\(([^)#]+)", readme)
+    assert links and all((ROOT / link).exists() for link in links if "://" not in link), links
