@@ -67,8 +67,8 @@ synops loss) side by side: synops per layer, their ratio ``before / after``,
 firing rates and energy, with the total and (when a layer is fed by the data)
 the network-driven synops.
 
-Example
--------
+Examples
+--------
 >>> import torch, synopsloss as sl
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False), torch.nn.ReLU())
 >>> counter = sl.SynOpsCounter(net)
