@@ -591,7 +591,20 @@ class SynOpsTable:
         return f"SynOpsTable({len(self.rows)} {self.view}, synops={_fmt(self.total.synops, 'si')} per sample)"
 
     def to_markdown(self, columns: Union[None, str, Sequence[str]] = None, *, view: Optional[str] = None) -> str:
-        """A GitHub-flavoured Markdown table (``columns`` and ``view`` as in :meth:`render`)."""
+        """A GitHub-flavoured Markdown table (``columns`` and ``view`` as in :meth:`render`).
+
+        Examples
+        --------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False))
+        >>> counter = sl.SynOpsCounter(net)
+        >>> _ = net(torch.tensor([[1.0, 0.0]]))
+        >>> print("\\n".join(counter.table().to_markdown(["synops"]).splitlines()[:4]))
+        | Layer | Synops |
+        |---|---:|
+        | 0 \\* | 1 |
+        | Total | 1 |
+        """
         table = self._view(view or self.view)
         return _render_markdown(*table._parts(columns))
 
@@ -637,7 +650,17 @@ class SynOpsTable:
     _CSV_SKIP = ("energy_parts",)
 
     def to_csv(self, path: Optional[str] = None) -> str:
-        """Every column at full precision as CSV (one line per layer and the total); written to ``path`` if given."""
+        """Every column at full precision as CSV (one line per layer and the total); written to ``path`` if given.
+
+        Examples
+        --------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False))
+        >>> counter = sl.SynOpsCounter(net)
+        >>> _ = net(torch.tensor([[1.0, 0.0]]))
+        >>> counter.table().to_csv().splitlines()[1].split(",")[:5]
+        ['0', 'Linear', 'synaptic', 'True', '2']
+        """
         names = [f.name for f in fields(type(self.rows[0]) if self.rows else LayerRow) if f.name not in self._CSV_SKIP]
         parts = sorted({k for r in self.rows for k in r.energy_parts})
         buf = io.StringIO()
@@ -691,6 +714,16 @@ class SynOpsTable:
         -------
         matplotlib.figure.Figure
             ``fig.axes[0]`` holds the synops bars, ``fig.axes[1]`` the firing rates.
+
+        Examples
+        --------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False))
+        >>> counter = sl.SynOpsCounter(net)
+        >>> _ = net(torch.tensor([[1.0, 0.0]]))
+        >>> fig = counter.table().plot(log=True)
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        ['0 (Linear) *']
         """
         try:
             from matplotlib.figure import Figure

@@ -130,3 +130,13 @@ def test_readme_example_runs_and_its_links_exist(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
     links = re.findall(r"\]\(([^)#]+)", readme)
     assert links and all((ROOT / link).exists() for link in links if "://" not in link), links
+
+
+def test_table_page_lists_every_column_and_preset():
+    from synopsloss.table import COLUMNS, PRESETS
+
+    page = (DOCS / "table.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", page, re.M))
+    assert {k: t.strip() for k, t in rows.items() if k in COLUMNS} == {k: v[0] for k, v in COLUMNS.items()}
+    presets = dict(re.findall(r'^\| `"(\w+)"`[^|]*\| ([^|]+) \|', page, re.M))
+    assert {k: tuple(re.findall(r"`(\w+)`", v)) for k, v in presets.items()} == PRESETS
