@@ -117,10 +117,10 @@ class SynOpsRegularizer(_pl.Callback):
     What it does, per training batch: resets the counter (validation, test and
     predict loops and the sanity check are never counted: the counter is
     detached there, and paused between training batches); learns the batch's
-    samples from the batch (``batch_size_fn``); after the batch, steps the
-    schedules (``interval="step"``: to ``trainer.global_step``, i.e. per
-    optimizer step, also under gradient accumulation; ``"epoch"``: once per
-    training epoch) and logs.
+    samples from the batch (``batch_size_fn``); after the batch, logs and steps
+    the schedules (``interval="step"``: once per optimizer step taken, so
+    gradient accumulation counts optimizer steps; ``"epoch"``: once per
+    training epoch). A second ``fit`` continues the schedules.
 
     Logged with ``pl_module.log`` (``{prefix}`` default ``synops``), per sample:
 
@@ -270,6 +270,7 @@ class SynOpsRegularizer(_pl.Callback):
         self._cal: Optional[Dict[str, Tensor]] = None  # DDP calibration: per-term synops sums, and "__n__"
         self._epoch_term: Optional[Tensor] = None
         self._epoch_steps = 0
+        self._synced = 0  # the trainer's global_step the schedules were last stepped to
         self._warned: set = set()
 
     # -------------------------------------------------------------- public
@@ -370,10 +371,13 @@ class SynOpsRegularizer(_pl.Callback):
 
     # -------------------------------------------------------------- schedules
 
-    def _advance(self, step: int) -> None:
+    def _sync_steps(self, trainer: Any) -> None:
+        """Step the schedules once per optimizer step taken since the last call (``interval="step"``)."""
         assert self._loss_fn is not None
-        while self._loss_fn.last_step < step:
+        step = int(trainer.global_step)
+        for _ in range(step - self._synced):
             self._loss_fn.step()
+        self._synced = step
 
     # -------------------------------------------------------------- layers of the terms
 
@@ -520,15 +524,17 @@ class SynOpsRegularizer(_pl.Callback):
                        f"'{self.prefix}/train/...'; a SynOpsMonitor with the same prefix and stage 'train' logs the "
                        "same names. Give it stages=('validate', 'test') or another prefix.")
 
+    def on_train_start(self, trainer: "_pl.Trainer", pl_module: "_pl.LightningModule") -> None:
+        """Schedules step from here on (after a checkpoint restored the trainer's step and this state)."""
+        self._synced = int(trainer.global_step)
+
     def on_train_epoch_start(self, trainer: "_pl.Trainer", pl_module: "_pl.LightningModule") -> None:
-        """Start the epoch's totals; with ``interval="epoch"``, catch the schedules up to the epoch."""
+        """Start the epoch's totals."""
         if self._counter is None:
             return
         self._attach()
         self._counter.reset(accumulated=True)
         self._epoch_term, self._epoch_steps = None, 0
-        if self.interval == "epoch":
-            self._advance(trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: "_pl.Trainer", pl_module: "_pl.LightningModule", batch: Any,
                              batch_idx: int) -> None:
@@ -541,7 +547,7 @@ class SynOpsRegularizer(_pl.Callback):
         if self._own_batch_size:
             self._counter.batch_size = int(self.batch_size_fn(batch))
         if self.interval == "step":
-            self._advance(trainer.global_step)
+            self._sync_steps(trainer)
         self._term = None
         self._in_batch = True
 
@@ -558,15 +564,15 @@ class SynOpsRegularizer(_pl.Callback):
         self._log_step(trainer, pl_module)
         self._pause_counter()
         if self.interval == "step":
-            self._advance(trainer.global_step)
+            self._sync_steps(trainer)
 
     def on_train_epoch_end(self, trainer: "_pl.Trainer", pl_module: "_pl.LightningModule") -> None:
         """Log the epoch's synops over all its samples (and ranks); with ``interval="epoch"``, step the schedules."""
         if self._counter is None:
             return
         self._log_epoch(trainer, pl_module)
-        if self.interval == "epoch":
-            self._advance(trainer.current_epoch + 1)
+        if self.interval == "epoch" and self._loss_fn is not None:
+            self._loss_fn.step()
 
     def _off(self, *args: Any, **kwargs: Any) -> None:
         self._detach()

@@ -136,6 +136,15 @@ def test_gradient_accumulation_steps_schedules_per_optimizer_step():
     assert same_weights(module.net, manual_training(batch=2, accumulate=2))
 
 
+def test_a_second_fit_continues_the_schedules():
+    module = make_module()
+    fit(module, trainer(max_epochs=1))
+    fit(module, trainer(max_epochs=1))  # a new trainer starts at global_step 0
+    assert module.reg.loss_fn.last_step == 6
+    assert module.reg.loss_fn.weight.value == 1.0 and module.reg.loss_fn.targets()["driven"] == pytest.approx(
+        0.5 * module.reg.loss_fn.initial()["driven"])
+
+
 def test_epoch_interval_steps_schedules_once_per_epoch(tmp_path):
     module = make_module(interval="epoch", **reg_kwargs())
     t = fit(module, trainer(tmp_path, max_epochs=3))
@@ -323,6 +332,12 @@ def test_forgetting_the_loss_call_warns():
     module = NoLoss()
     with pytest.warns(sl.SynOpsWarning, match="did not call .loss"):
         trainer(max_epochs=1).fit(module, DataLoader(data(N_TRAIN, 0), batch_size=4))
+
+
+def test_a_monitor_logging_the_same_training_names_is_pointed_out():
+    with pytest.warns(sl.SynOpsWarning, match="stages=\\('validate', 'test'\\)"):
+        trainer(max_epochs=1, limit_train_batches=1, callbacks=[SynOpsMonitor()]).fit(
+            make_module(), DataLoader(data(N_TRAIN, 0), batch_size=4))
 
 
 def test_misuse_is_named():
