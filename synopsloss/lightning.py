@@ -512,7 +512,14 @@ class SynOpsRegularizer(_pl.Callback):
     # -------------------------------------------------------------- hooks
 
     def setup(self, trainer: "_pl.Trainer", pl_module: "_pl.LightningModule", stage: str) -> None:
-        """Build the counter and the loss on the module the trainer fits (other stages: nothing)."""
+        """Build the counter and the loss on the module the trainer fits (other stages: nothing).
+
+        Raises
+        ------
+        ValueError
+            A SynOpsMonitor with the same prefix also logs the training loop;
+            the loss's own argument errors.
+        """
         if stage != "fit":
             return
         self._trainer = trainer
@@ -520,9 +527,11 @@ class SynOpsRegularizer(_pl.Callback):
         clashes = [cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, SynOpsMonitor)
                    and "train" in cb.stages and cb.prefix == self.prefix]
         if clashes:
-            self._warn("monitor", "SynOpsRegularizer already logs the training synops under "
-                       f"'{self.prefix}/train/...'; a SynOpsMonitor with the same prefix and stage 'train' logs the "
-                       "same names. Give it stages=('validate', 'test') or another prefix.")
+            raise ValueError(
+                f"SynOpsRegularizer logs the training synops under '{self.prefix}/train/...', and a SynOpsMonitor "
+                "with the same prefix and stage 'train' would log the same names (Lightning refuses that). Give "
+                "the monitor stages=('validate', 'test') or another prefix."
+            )
 
     def on_train_start(self, trainer: "_pl.Trainer", pl_module: "_pl.LightningModule") -> None:
         """Schedules step from here on (after a checkpoint restored the trainer's step and this state)."""

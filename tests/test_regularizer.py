@@ -334,8 +334,8 @@ def test_forgetting_the_loss_call_warns():
         trainer(max_epochs=1).fit(module, DataLoader(data(N_TRAIN, 0), batch_size=4))
 
 
-def test_a_monitor_logging_the_same_training_names_is_pointed_out():
-    with pytest.warns(sl.SynOpsWarning, match="stages=\\('validate', 'test'\\)"):
+def test_a_monitor_logging_the_same_training_names_is_refused():
+    with pytest.raises(ValueError, match="stages=\\('validate', 'test'\\)"):
         trainer(max_epochs=1, limit_train_batches=1, callbacks=[SynOpsMonitor()]).fit(
             make_module(), DataLoader(data(N_TRAIN, 0), batch_size=4))
 
