@@ -183,7 +183,7 @@ class SynOpsRegularizer(_pl.Callback):
     ------
     ValueError
         Not exactly one of ``target`` / ``fraction`` / ``budget``; an unknown
-        ``interval`` or ``shape``. When fitting starts: the loss's own errors
+        ``interval`` or ``shape``; an empty ``prefix``. When fitting starts: the loss's own errors
         (unknown layer names, a non-positive target, ...), or a ``module``
         that the LightningModule does not have.
     TypeError
@@ -197,7 +197,7 @@ class SynOpsRegularizer(_pl.Callback):
     >>> reg.loss()  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    RuntimeError: SynOpsRegularizer.loss() is called from training_step while the Trainer fits with this callback ...
+    RuntimeError: SynOpsRegularizer.loss() was called outside a training batch: call it in training_step ...
     """
 
     def __init__(
@@ -236,8 +236,10 @@ class SynOpsRegularizer(_pl.Callback):
             raise TypeError(f"batch_size_fn must be callable, got {type(batch_size_fn).__name__}")
         if counter_kwargs is not None and not isinstance(counter_kwargs, Mapping):
             raise TypeError(f"counter_kwargs must be a dict, got {type(counter_kwargs).__name__}")
-        if not isinstance(prefix, str) or not prefix:
-            raise TypeError(f"prefix must be a non-empty str, got {prefix!r}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        if not prefix:
+            raise ValueError("prefix must be a non-empty str (the first part of the logged names)")
         self._spec = {"target": target, "fraction": fraction, "budget": budget}[given[0]]
         self._kind = given[0]
         self._loss_kwargs: Dict[str, Any] = dict(
@@ -303,9 +305,9 @@ class SynOpsRegularizer(_pl.Callback):
         """
         if self._loss_fn is None or not self._in_batch:
             raise RuntimeError(
-                "SynOpsRegularizer.loss() is called from training_step while the Trainer fits with this callback "
-                "(pass it in Trainer(callbacks=[...]) or return it from configure_callbacks()); validation and test "
-                "steps have no synops term (count them with SynOpsMonitor)."
+                "SynOpsRegularizer.loss() was called outside a training batch: call it in training_step while a "
+                "Trainer fits with this callback (pass it in Trainer(callbacks=[...]) or return it from "
+                "configure_callbacks()). Validation and test steps have no synops term; count them with SynOpsMonitor."
             )
         if self._term is None:
             calibrating = not self._loss_fn.calibrated

@@ -205,10 +205,12 @@ def test_resume_after_two_epochs_gives_the_weights_and_logs_of_four_uninterrupte
 
 
 def test_step_metrics_are_logged_at_the_step_of_their_batch(tmp_path):
-    t = fit(make_module(hand=True), trainer(tmp_path))
+    monitor = SynOpsMonitor(logging_interval="step", stages=("train",), prefix="monitor")
+    t = fit(make_module(hand=True), trainer(tmp_path, callbacks=[monitor]))
     rows = logs(t).dropna(subset=["hand_synops"])
     assert len(rows) == 6 and rows["hand_synops"].nunique() == 6  # every batch differs
     assert rows["synops/train/synops_step"].tolist() == pytest.approx(rows["hand_synops"].tolist(), rel=1e-6)
+    assert rows["monitor/train/synops_step"].tolist() == pytest.approx(rows["hand_synops"].tolist(), rel=1e-6)
     # the target and the weight of the step's schedules, on the same row
     assert rows["synops/train/weight"].tolist() == pytest.approx([min(k / 3, 1.0) for k in range(6)])
     initial = rows["synops/train/regularized_step"].iloc[0]
@@ -342,7 +344,7 @@ def test_a_monitor_logging_the_same_training_names_is_refused():
 
 def test_misuse_is_named():
     reg = SynOpsRegularizer(fraction=0.5)
-    with pytest.raises(RuntimeError, match="training_step"):
+    with pytest.raises(RuntimeError, match="outside a training batch"):
         reg.loss()
     with pytest.raises(ValueError, match="exactly one"):
         SynOpsRegularizer(target=10.0, fraction=0.5)
