@@ -256,8 +256,7 @@ class SynOpsRegularizer(_pl.Callback):
         self.prefix = prefix
         self.per_layer = bool(per_layer)
         self.prog_bar = bool(prog_bar)
-        #: the last logged values, as plain floats (also the epoch values, without ``_step``)
-        self.last_metrics: Dict[str, float] = {}
+        self._last: Dict[str, Union[float, Tensor]] = {}  # tensors until read: no device sync per step
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -286,6 +285,11 @@ class SynOpsRegularizer(_pl.Callback):
     def loss_fn(self) -> Optional[SynOpsLoss]:
         """The :class:`~synopsloss.SynOpsLoss` (``None`` until fitting starts)."""
         return self._loss_fn
+
+    @property
+    def last_metrics(self) -> Dict[str, float]:
+        """The last logged value of each name, as plain floats."""
+        return {k: float(v) for k, v in self._last.items()}
 
     @property
     def state_key(self) -> str:
@@ -443,7 +447,7 @@ class SynOpsRegularizer(_pl.Callback):
         else:  # the value is the same on every rank: "max" over ranks keeps it exact
             pl_module.log(name, t, on_step=False, on_epoch=True, prog_bar=prog_bar, reduce_fx="max",
                           sync_dist=True, batch_size=batch_size)
-        self.last_metrics[name] = float(t)
+        self._last[name] = t
 
     def _log_step(self, trainer: Any, pl_module: Any) -> None:
         counter, loss_fn = self._counter, self._loss_fn
@@ -615,7 +619,7 @@ class SynOpsRegularizer(_pl.Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (applied to the loss now, or when it is built)."""
         loss_state = state_dict.get("loss")
-        self.last_metrics = dict(state_dict.get("last_metrics", {}))
+        self._last = dict(state_dict.get("last_metrics", {}))
         if loss_state is None:
             return
         if self._loss_fn is not None:
