@@ -34,7 +34,6 @@ Example
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
