@@ -100,8 +100,9 @@ class SynOpsLoss:
     budget
         Instead of ``target``: ``{layer name: synops per second}``, e.g. a
         chip's limit; needs ``dt`` (seconds per time step). The target per
-        sample is ``budget * dt * T``, with ``T`` the time steps of the batch
-        (the layer's input rows per sample, or ``time_steps=``). Default shape
+        sample is ``budget * dt * T``, with ``T`` the time steps the layer ran
+        in the batch (:meth:`SynOpsCounter.time_steps`: time steps, never
+        tokens; or ``time_steps=``). Default shape
         ``"hinge"``.
     dt, time_steps
         Time step in seconds, and (optional) number of time steps, for ``budget``.

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,9 @@ class Rule:
         the sample.
     weight
         Name of the weight attribute (read with ``getattr``, so pruned weights
-        recomputed by ``torch.nn.utils.prune`` are seen as they are used).
+        recomputed by ``torch.nn.utils.prune`` are seen as they are used), or
+        ``"method()"``: the weight the layer computes with, returned by that
+        method (SpikingJelly's ``WSConv2d.get_weight()``; see :func:`rule_weight`).
     """
 
     fanout: Optional[FanoutFn]
@@ -105,6 +107,19 @@ class OpCounts:
 
 #: ``count(module, args, kwargs, output) -> OpCounts`` for layers outside the map model (recurrent layers)
 CountFn = Callable[[nn.Module, tuple, dict, object], OpCounts]
+
+
+def rule_weight(module: nn.Module, name: str) -> Any:
+    """The weight a rule names: ``getattr(module, name)``, or ``module.method()`` for ``name = "method()"``.
+
+    Example
+    -------
+    >>> rule_weight(torch.nn.Linear(2, 3), "weight").shape
+    torch.Size([3, 2])
+    """
+    if name.endswith("()"):
+        return getattr(module, name[:-2])()
+    return getattr(module, name)
 
 
 def fixed_ndim(n: int) -> Callable[[nn.Module], int]:
@@ -245,7 +260,7 @@ def _weight01(weight: Tensor, effective: bool) -> Tensor:
 
 
 def _build_map(module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape, effective: bool) -> Tensor:
-    weight = getattr(module, rule.weight)
+    weight = rule_weight(module, rule.weight)
     device = weight.device
     # Fan-outs are small integers: build them in float32 with autocast off (a bf16
     # transposed convolution is exact only up to 256) and keep them in float64.
@@ -261,7 +276,7 @@ def _build_map(module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape,
 
 
 def _default_out_shape(module: nn.Module, rule: Rule, in_shape: Shape) -> Shape:
-    weight = getattr(module, rule.weight)
+    weight = rule_weight(module, rule.weight)
     with torch.no_grad():
         x = torch.zeros((1, *in_shape), dtype=weight.dtype, device=weight.device)
         return tuple(module(x).shape[1:])
@@ -339,6 +354,11 @@ def _weight_token(module: nn.Module, name: str) -> Optional[tuple]:
     ``*_orig`` parameter and ``*_mask`` buffer. Returns ``None`` when no
     fingerprint is possible (then the map is rebuilt on every call).
     """
+    if name.endswith("()"):  # a weight computed by a method from the module's own tensors
+        own = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+        if not own or any(t.is_inference() for t in own):
+            return None
+        return tuple(v for t in own for v in (t.data_ptr(), t._version, tuple(t.shape)))
     orig = module._parameters.get(name + "_orig")
     mask = module._buffers.get(name + "_mask")
     if orig is not None and mask is not None:
@@ -413,7 +433,7 @@ class MapCache:
             store.popitem(last=False)
 
     def get(self, module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape) -> LayerMaps:
-        weight = getattr(module, rule.weight)
+        weight = rule_weight(module, rule.weight)
         key = (in_shape, out_shape, weight.device, tuple(weight.shape))
         dense = self._dense.get(key)
         if dense is None:

@@ -315,6 +315,22 @@ def _tensor_args(args: tuple, kwargs: dict) -> Iterator[Tensor]:
             yield a
 
 
+def _lead(c: OpCount, tensors: List[Tensor]) -> Optional[Tuple[int, ...]]:
+    """The leading (row) dims of the call's activation operand: ``(T, B, heads)`` of a spike product, ``(B, N)``
+    of a linear on tokens (the counter reads time steps from them); ``None`` when no operand ends in
+    ``in_shape`` with exactly ``rows`` rows (broadcast batch dims)."""
+    n = len(c.in_shape)
+    for t in tensors:
+        if t.dim() >= n and tuple(t.shape[t.dim() - n:]) == tuple(c.in_shape):
+            lead = tuple(int(s) for s in t.shape[:t.dim() - n])
+            size = 1
+            for s in lead:
+                size *= s
+            if size == c.rows:
+                return lead
+    return None
+
+
 def _param_of(t: Tensor) -> Optional[nn.Parameter]:
     if isinstance(t, nn.Parameter):
         return t
@@ -669,7 +685,7 @@ class OpScope:
                 synops=c.synops, dense=c.dense, effective=c.effective, spiking=c.spiking, rows=c.rows,
                 in_shape=tuple(c.in_shape), out_shape=tuple(c.out_shape), input_sum=c.input_sum,
                 input_nonzero=c.input_nonzero, in_neurons=n_el,
-            ), None, data=data)
+            ), None, data=data, lead=_lead(c, tensors))
 
     def _flag(self, counter: Any, frame: _Frame, func: Callable, err: Exception) -> None:
         op = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))

@@ -110,6 +110,7 @@ def test_spikformer_attention_products_equal_the_hand_formula():
         assert s.dense == ref["dense"] and s.synops == pytest.approx(ref["synops"])
         assert s.eff_acs == pytest.approx(ref["effective"]) and s.eff_macs == 0  # q is spikes: ACs
         assert s.rows == zoo.T * B * attn.num_heads  # T x samples x heads, tokens are not rows
+        assert counter.time_steps(name) == zoo.T  # read from the product's leading dims [T, B, heads]
     # the hand formula is the term count: loops over every term of one head of one step
     loop = matmul_terms(a[0, 0, 0], q[0, 0, 0])
     one = product_by_hand(a[0, 0, 0], q[0, 0, 0])
