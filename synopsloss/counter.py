@@ -482,6 +482,14 @@ class SynOpsCounter:
 
     # ------------------------------------------------------------------ hooks
 
+    def _counting_enabled(self) -> bool:
+        """Whether the hooks count (not paused): read by the op-level frames (:mod:`synopsloss.opscope`)."""
+        return self._hooks.enabled
+
+    def _data_storages(self) -> Set[int]:
+        """Storages of the tensors the model was called with in this batch (data-fed op rows)."""
+        return self._batch.inputs
+
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pools.clear()
         batch = self._batch

@@ -409,7 +409,8 @@ class OpScope:
     Parameters
     ----------
     counter
-        The owning counter (``_accumulate``, ``_warn_once``, ``strict``, ``_hooks``).
+        The owning counter (``_accumulate``, ``_warn_once``, ``_counting_enabled``, ``_data_storages``,
+        ``strict``, ``model``).
     ops
         ``"auto"``, ``"all"`` or ``"none"`` (see the module docstring).
     """
@@ -569,7 +570,7 @@ class OpScope:
 
     def _enter(self, module: nn.Module, args: tuple, *, name: str, counting: bool) -> None:
         counter = self._counter()
-        enabled = counter is not None and counter._hooks.enabled
+        enabled = counter is not None and counter._counting_enabled()
         if not self._stack and enabled and counting:
             self._refresh_storages(counter.model)
         frame = _Frame(name, weakref.ref(module), counting and enabled, name in self.own_rule)
@@ -663,7 +664,7 @@ class OpScope:
                     owner = owner or self._owner.get(id(p))
             self.used_params.update(self._leaves)
             self.weight_frames.add(frame.name)
-        inputs = counter._batch.inputs
+        inputs = counter._data_storages()
         data = any(_storage(t) in inputs for t in tensors if t.device.type != "meta")
         for c in counts:
             if c.weighted and owner is not None:
