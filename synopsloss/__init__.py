@@ -20,7 +20,9 @@ EnergyModel, OpEnergy, DeviceEnergy, Lemaire2022, register_device
 
 Modules: ``counter`` (hooks and counting), ``snapshot`` (plain-data readings),
 ``state`` (declared per-layer state), ``registry`` (layer knowledge),
-``maps`` (fan-out maths), ``pooling`` (AvgPool spike events), ``recurrent``
+``maps`` (fan-out maths), ``ops`` (counts of functional and tensor ops),
+``opscope`` (op-level counting inside the modules that need it: attention,
+functional weights), ``pooling`` (AvgPool spike events), ``recurrent``
 (RNN/LSTM/GRU), ``neurons`` (neuron statistics), ``hooks`` (hook plumbing),
 ``report`` / ``table`` (the per-layer table), ``energy``, ``loss``,
 ``schedules``, ``lightning`` (Lightning callbacks), ``cli`` (command line).
