@@ -81,7 +81,7 @@ from torch.nn.utils import parametrize
 from . import frameworks, registry
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
-from .maps import LayerMaps, MapCache, OpCounts, Rule
+from .maps import LayerMaps, MapCache, OpCounts, Rule, magnitude
 from .opscope import OpScope, compiled_submodules
 from .pooling import PoolEvents
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
@@ -133,25 +133,6 @@ class _Batch:
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
     backwarded: bool = False  # its synops were backpropagated
-
-
-class _Magnitude(torch.autograd.Function):
-    """``|x|`` whose gradient is ``sign(x)`` with ``+1`` at 0 (``torch.abs`` has gradient 0 there)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x.abs()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return torch.where(x < 0, -grad, grad)
-
-
-def magnitude(x: Tensor) -> Tensor:
-    """``|x|`` with the gradient of ``x`` for ``x >= 0`` (see :class:`_Magnitude`)."""
-    return _Magnitude.apply(x) if x.requires_grad else x.abs()
 
 
 def _tensors(obj: Any, out: List[Tensor]) -> List[Tensor]:

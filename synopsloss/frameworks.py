@@ -84,6 +84,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .maps import magnitude
+
 __all__ = [
     "NeuronType",
     "SynapseType",
@@ -896,11 +898,6 @@ def recurrent_inputs(module: nn.Module, args: tuple, output: Any) -> Dict[str, T
 _MC_WARNED: set = set()
 
 
-def _magnitude(t: Tensor) -> Tensor:
-    """``|t|`` with gradient 1 at 0 (the counter's convention)."""
-    return torch.where(t < 0, -t, t)
-
-
 def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
     """Count synops for norse recurrent modules (``input_weights`` and ``recurrent_weights``) and ``LILinearCell``.
 
@@ -957,7 +954,7 @@ def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: A
     for t, w in pairs:
         flat = t.reshape(-1, w.shape[1]).to(dtype)
         fan = (w.detach() != 0).sum(0).to(dtype)
-        synops = synops + (_magnitude(flat) * fan).sum()
+        synops = synops + (magnitude(flat) * fan).sum()
         with torch.no_grad():
             effective = effective + ((flat != 0).to(dtype) * fan).sum()
             dense = dense + float(flat.shape[0] * w.numel())
@@ -969,7 +966,7 @@ def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: A
         return OpCounts(
             synops=synops, dense=dense, effective=effective, spiking=spiking, rows=rows, samples=samples,
             in_shape=(int(w_in.shape[1]),), out_shape=(int(w_in.shape[0]),),
-            input_sum=_magnitude(xd).sum(), input_nonzero=(xd != 0).sum().to(dtype), in_neurons=int(w_in.shape[1]),
+            input_sum=magnitude(xd).sum(), input_nonzero=(xd != 0).sum().to(dtype), in_neurons=int(w_in.shape[1]),
         )
 
 

@@ -122,6 +122,39 @@ def rule_weight(module: nn.Module, name: str) -> Any:
     return getattr(module, name)
 
 
+class _Magnitude(torch.autograd.Function):
+    """``|x|`` whose gradient is ``sign(x)`` with ``+1`` at 0 (``torch.abs`` has gradient 0 there)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.abs()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.where(x < 0, -grad, grad)
+
+
+def magnitude(x: Tensor) -> Tensor:
+    """``|x|`` with the gradient of ``torch.where(x < 0, -x, x)``: +1 at and above 0, -1 below.
+
+    Synops count input magnitudes; the gradient at 0 lets a loss reach silent
+    neurons (``torch.abs`` has gradient 0 there). One ``abs`` in forward; the
+    sign mask is built in backward only.
+
+    Example
+    -------
+    >>> x = torch.tensor([-2.0, 0.0, 3.0], requires_grad=True)
+    >>> magnitude(x).sum().backward()
+    >>> x.grad
+    tensor([-1.,  1.,  1.])
+    """
+    if not x.requires_grad or not torch.is_grad_enabled():
+        return x.abs()
+    return _Magnitude.apply(x)
+
+
 def fixed_ndim(n: int) -> Callable[[nn.Module], int]:
     """A ``sample_ndim`` function returning ``n`` for every module."""
 
