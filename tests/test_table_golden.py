@@ -160,7 +160,7 @@ def test_golden_numbers_equal_a_hand_computation():
 
 
 def test_compact_default_fits_120_characters():
-    from synopsloss.demo import SpikingCNN
+    from synopsloss.cli.digits import SpikingCNN
 
     net = SpikingCNN()
     counter = sl.SynOpsCounter(net, batch_dim=1)
