@@ -81,9 +81,10 @@ from torch.nn.utils import parametrize
 from . import frameworks, registry
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
-from .maps import LayerMaps, MapCache, OpCounts, Rule, magnitude
+from .maps import LayerMaps, MapCache, OpCounts, Rule
 from .opscope import OpScope, compiled_submodules
 from .pooling import PoolEvents
+from .reductions import Scratch, abs_row_sums
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
 from .state import SynapseState, fold
 
@@ -273,7 +274,8 @@ class SynOpsCounter:
         self.auto_reset = bool(auto_reset)
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
         self._hooks = HookSet(self)
-        self._pools = PoolEvents()
+        self._scratch = Scratch()  # reused work buffers of the hooks (CPU), shared with the pools and neurons
+        self._pools = PoolEvents(self._scratch)
         self._layers: Dict[str, _Layer] = {}
         self._maps: Dict[str, MapCache] = {}
         self._unsupported: List[str] = []
@@ -345,7 +347,8 @@ class SynOpsCounter:
         elif self._track_neurons:
             from .neurons import NeuronMonitor
 
-            self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules)
+            self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules,
+                                          scratch=self._scratch)
         self._scope.attach(self.model, self._layers)  # last: its frames close after every other hook
         return self
 
@@ -637,7 +640,12 @@ class SynOpsCounter:
         self._accumulate(name, counts, lm, data=_storage(x) in self._batch.inputs, lead=tuple(x.shape[:x.dim() - nd]))
 
     def _map_counts(self, name: str, x: Tensor, lm: LayerMaps, n_el: int, out_shape: Tuple[int, ...]) -> OpCounts:
-        """One call's counts from the input and the layer's fan-out maps (no host-device sync)."""
+        """One call's counts from the input and the layer's fan-out maps (no host-device sync).
+
+        Every per-neuron sum comes from one walk over the input in blocks that reuse the
+        counter's work buffers (:func:`synopsloss.reductions.abs_row_sums`): ``|x|``, its max,
+        ``x != 0`` and, for an average-pool output, the spike events.
+        """
         rows = x.numel() // n_el
         flat = x.reshape(rows, n_el)
         dtype = lm.effective.dtype
@@ -645,26 +653,27 @@ class SynOpsCounter:
         # rounds above 256 and a float16 one overflows above 65504; float32 sums are exact integers
         # only below 2^24, so long inputs (rows x spike counts up to 4) are summed in float64 too
         red = dtype if (flat.element_size() < 4 or rows >= 1 << 22) else None
-        mag = magnitude(flat)
-        mag_sum = mag.sum(0, dtype=red)
-        per_neuron = self._pools.events(name, x, mag, mag_sum, red, self._warn_once)
-        synops = torch.dot(per_neuron.to(dtype), lm.effective)
+        scale, integer = self._pools.scale_for(name, x, rows, n_el, self._warn_once)
+        st = abs_row_sums(flat, self._scratch, red, scale)
+        per_neuron = st.mag_sum if integer is None else torch.where(integer, st.events, st.mag_sum)
+        per_neuron = per_neuron.to(dtype)
+        synops = torch.dot(per_neuron, lm.effective)
         with torch.no_grad():
-            # float arithmetic only (bool reductions are several times slower): nonzeros per neuron
-            # = sum sign(|x|); spiking <=> max |x| <= 1 and sum |x| == sum sign(|x|) (then |x| = sign(|x|))
-            mag = mag.detach()
-            nonzero = mag.sign().sum(0, dtype=red).to(dtype)
-            spiking = (mag.amax() <= 1) & (mag_sum.detach().to(dtype).sum() == nonzero.sum())
+            # spiking <=> max |x| <= 1 and sum |x| == number of nonzeros (then |x| = sign(|x|))
+            nonzero = st.nonzero.to(dtype)
+            nonzero_total = nonzero.sum()
+            input_sum = per_neuron.detach().sum()
+            mag_total = input_sum if integer is None else st.mag_sum.detach().to(dtype).sum()
             return OpCounts(
                 synops=synops,
                 dense=rows * lm.dense_total,
                 effective=torch.dot(nonzero, lm.effective),
-                spiking=spiking,
+                spiking=(st.amax <= 1) & (mag_total == nonzero_total),
                 rows=rows,
                 in_shape=tuple(lm.sample_shape),
                 out_shape=out_shape,
-                input_sum=per_neuron.detach().to(dtype).sum(),
-                input_nonzero=nonzero.sum(),
+                input_sum=input_sum,
+                input_nonzero=nonzero_total,
                 in_neurons=n_el,
             )
 
@@ -680,16 +689,13 @@ class SynOpsCounter:
                 f"synopsloss: layer {name!r} received input on {device} after {state.device} within one batch; "
                 "call counter.reset() after moving the model to another device"
             )
-        with torch.no_grad():
-            zero = torch.zeros((), dtype=c.dense.dtype, device=device)
-            call = SynapseState(
-                dense=c.dense, input_sum=c.input_sum, input_nonzero=c.input_nonzero,
-                eff_acs=torch.where(c.spiking, c.effective, zero), eff_macs=torch.where(c.spiking, zero, c.effective),
-                calls=1, rows_total=c.rows, rows={c.rows}, in_shape=c.in_shape, out_shape=c.out_shape, maps=lm,
-                in_neurons=c.in_neurons, data_calls=int(data), samples=c.samples,
-                leads=Counter({_lead_key(c, lead): 1}),
-            )
-            fold(state, call)
+        fold(state, SynapseState(
+            calls=1, rows_total=c.rows, rows={c.rows}, in_shape=c.in_shape, out_shape=c.out_shape, maps=lm,
+            in_neurons=c.in_neurons, data_calls=int(data), samples=c.samples,
+            leads=Counter({_lead_key(c, lead): 1}),
+        ))
+        # the counts are summed when read (SynapseState.settle): no tensor op per call for them here
+        state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero)
         state.synops = c.synops if state.synops is None else state.synops + c.synops
 
     # ------------------------------------------------------------------ reading
@@ -1015,8 +1021,9 @@ class SynOpsCounter:
                               else torch.zeros((), dtype=torch.float64))
             lm = state.maps
             has_map = lm is not None and lm.effective.numel() > 0
-            values.append(lm.effective.mean().detach().cpu().double() if has_map else torch.zeros((), dtype=torch.float64))
-            values.append(lm.effective.max().detach().cpu().double() if has_map else torch.zeros((), dtype=torch.float64))
+            mean, top = lm.fanout_stats() if has_map else (None, None)  # per-map constants, cached with the map
+            values.append(mean.cpu().double() if has_map else torch.zeros((), dtype=torch.float64))
+            values.append(top.cpu().double() if has_map else torch.zeros((), dtype=torch.float64))
         flat = torch.stack(values).tolist() if values else []
         out: Dict[str, LayerStats] = {}
         for i, (name, state) in enumerate(states.items()):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -133,7 +133,12 @@ class _Magnitude(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return torch.where(x < 0, -grad, grad)
+        if torch.is_grad_enabled() or not x.is_floating_point():  # double backward: differentiable form
+            return torch.where(x < 0, -grad, grad)
+        # grad * (1 - 2 [x < 0]) in float arithmetic: a boolean mask and where are 5-10x slower on CPU
+        out = torch.empty(x.shape, dtype=grad.dtype, device=x.device)
+        torch.lt(x, 0, out=out)
+        return torch.addcmul(grad, out, grad, value=-2, out=out)
 
 
 def magnitude(x: Tensor) -> Tensor:
@@ -376,6 +381,14 @@ class LayerMaps:
     effective: Tensor  # float64, flattened sample
     dense_total: Tensor  # 0-dim float64: every tap of one sample
     sample_shape: Shape
+    _fanout: Optional[Tuple[Tensor, Tensor]] = field(default=None, repr=False, compare=False)
+
+    def fanout_stats(self) -> Tuple[Tensor, Tensor]:
+        """Mean and max of the effective map (0-dim, on the map's device), computed once per map."""
+        if self._fanout is None:
+            m = self.effective.detach()
+            self._fanout = (m.mean(), m.max()) if m.numel() else (m.new_zeros(()), m.new_zeros(()))
+        return self._fanout
 
 
 def _weight_token(module: nn.Module, name: str) -> Optional[tuple]:
@@ -442,7 +455,7 @@ class MapCache:
         self.max_shapes = max_shapes
         self.max_bytes = self.MAX_BYTES if max_bytes is None else int(max_bytes)
         self._dense: "OrderedDict[tuple, Tensor]" = OrderedDict()  # key -> 0-dim total
-        self._eff: "OrderedDict[tuple, Tuple[Optional[tuple], Tensor]]" = OrderedDict()
+        self._eff: "OrderedDict[tuple, Tuple[Optional[tuple], LayerMaps]]" = OrderedDict()
         self.builds = 0  # number of effective-map builds, for tests and diagnostics
 
     def __len__(self) -> int:
@@ -451,7 +464,7 @@ class MapCache:
     @property
     def nbytes(self) -> int:
         """Bytes of the maps held now."""
-        return sum(m.numel() * m.element_size() for _t, m in self._eff.values())
+        return sum(lm.effective.numel() * lm.effective.element_size() for _t, lm in self._eff.values())
 
     def clear(self) -> None:
         self._dense.clear()
@@ -477,11 +490,12 @@ class MapCache:
         if cached is None or token is None or cached[0] != token:
             emap = _build_map(module, rule, in_shape, out_shape, effective=True).reshape(-1)
             self.builds += 1
-            cached = (token, emap)
+            # one LayerMaps per map, reused by every call (and its fan-out statistics computed once)
+            cached = (token, LayerMaps(effective=emap, dense_total=dense, sample_shape=in_shape))
             self._put(self._eff, key, cached, emap.numel() * emap.element_size())
         else:
             self._eff.move_to_end(key)
-        return LayerMaps(effective=cached[1], dense_total=dense, sample_shape=in_shape)
+        return cached[1]
 
 
 def prod(shape: Iterable[int]) -> int:

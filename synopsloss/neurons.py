@@ -113,6 +113,7 @@ from torch import Tensor, nn
 from . import frameworks, registry
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
+from .reductions import Scratch, count_nonzero, neuron_counts
 from .registry import LayerKind, layer_kind, neuron_op_cost
 from .snapshot import NeuronStats
 from .state import NeuronState, fold
@@ -186,6 +187,7 @@ class NeuronMonitor:
         costs: Optional[Mapping[str, int]] = None,
         samples_fn: Optional[Callable[[], int]] = None,
         rules: Optional[Mapping[type, Any]] = None,
+        scratch: Optional[Scratch] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"NeuronMonitor expects a torch.nn.Module, got {type(model).__name__}")
@@ -198,6 +200,7 @@ class NeuronMonitor:
         self._samples_fn = weakref.WeakMethod(samples_fn) if inspect.ismethod(samples_fn) else (
             (lambda: samples_fn) if samples_fn is not None else None)
         self._rules = rules
+        self._scratch = scratch if scratch is not None else Scratch()  # reused work buffers (CPU)
         self._hooks = HookSet(self)
         self.info: Dict[str, Dict[str, Any]] = {}  # name -> type, kind, cost, leaky, library (static)
         self._batch: Dict[str, NeuronState] = {}
@@ -365,20 +368,26 @@ class NeuronMonitor:
         # No sum that first converts a whole activation tensor to float64 (that copy costs more
         # than the layer): per-neuron sums of spikes are exact in float32 up to 2^24 rows.
         red = dtype if flat.element_size() < 4 else None
+        # sinabs: an event wherever the input or the output is nonzero, counted in the same walk
+        events = lib == "sinabs" and x is not None and x.shape == out.shape
+        recurrent = events and info.get("recurrent") and out.dim() >= 2 and not info.get("squeeze")
         with torch.no_grad():
-            per = flat.sum(0, dtype=red).to(dtype) if spiking else None
-            call = NeuronState(spikes=per.sum() if spiking else None, nonzero=_count_nonzero(flat, dtype), per_neuron=per,
+            per, nonzero, updates = neuron_counts(
+                flat, x.reshape(flat.shape) if events and not recurrent else None, dtype, red, self._scratch,
+                per_neuron=spiking)
+            call = NeuronState(spikes=per.sum() if spiking else None, nonzero=nonzero, per_neuron=per,
                                calls=1, rows=rows, numel=out.numel(), neurons=neurons, sample_shape=sample_shape,
                                out_shape=tuple(out.shape[2:] if time_first else out.shape[1:]),
                                in_shape=tuple(x.shape[2 if time_first else 1:]) if x is not None and x.dim() > 1 else ())
             if lib == "snntorch":
-                self._snntorch_updates(module, state, call, first, dtype)
-            elif lib == "sinabs" and x is not None and x.shape == out.shape:
-                # an event wherever the input or the output is nonzero
+                self._snntorch_updates(module, state, call, first, dtype, self._scratch)
+            elif recurrent:  # ... or, for *Recurrent layers, where the neuron spiked at the previous step
                 event = torch.logical_or(x.detach(), out)
-                if info.get("recurrent") and out.dim() >= 2 and not info.get("squeeze"):
-                    event[:, 1:] |= out[:, :-1] != 0
+                event[:, 1:] |= out[:, :-1] != 0
                 call.updates = _count_nonzero(event, dtype)
+                call.updates_dense = out.numel()
+            elif events:
+                call.updates = updates
                 call.updates_dense = out.numel()
             elif row is not None:
                 self._framework_updates(module, row, state, call, x, out, output, pre_state, first, time_first, dtype)
@@ -386,7 +395,7 @@ class NeuronMonitor:
 
     @staticmethod
     def _snntorch_updates(module: nn.Module, state: NeuronState, call: NeuronState, first: bool,
-                          dtype: torch.dtype) -> None:
+                          dtype: torch.dtype, scratch: Scratch) -> None:
         """NeuroBench: every neuron at the first call of a batch, then one per changed membrane."""
         mem = getattr(module, "mem", None)
         if isinstance(mem, Tensor):
@@ -394,7 +403,7 @@ class NeuronMonitor:
                 call.updates_first = mem.numel()
                 call.updates = mem.new_zeros((), dtype=dtype)
             else:
-                call.updates = _count_nonzero(state.pre_mem - mem.detach(), dtype)
+                call.updates = count_nonzero(state.pre_mem, dtype, scratch, minus=mem)
             call.updates_dense = mem.numel()
         state.pre_mem = None
 

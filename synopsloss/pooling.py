@@ -31,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import reductions
+from .reductions import Scratch
+
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL"]
 
 Shape = Tuple[int, ...]
@@ -114,8 +117,9 @@ class PoolEvents:
     applied and a warning names the layer.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scratch: Optional[Scratch] = None) -> None:
         self._tags: Dict[int, _Tag] = {}
+        self._scratch = scratch if scratch is not None else Scratch()
 
     def clear(self) -> None:
         self._tags.clear()
@@ -136,7 +140,8 @@ class PoolEvents:
                 div = divisor_fn(module, in_sample, out_sample, n).to(device=output.device, dtype=torch.float32)
                 div = cache[key] = div.expand(out_sample).reshape(-1).contiguous()
             with torch.no_grad():
-                integer = all_integer(x.detach()) if x.is_floating_point() else torch.ones((), dtype=torch.bool)
+                integer = (reductions.all_integer(x, EVENT_TOL, self._scratch) if x.is_floating_point()
+                           else torch.ones((), dtype=torch.bool, device=x.device))
             self._tags[output.untyped_storage().data_ptr()] = _Tag(output, div, integer)
 
         return hook
@@ -174,32 +179,31 @@ class PoolEvents:
         except RuntimeError:
             return tag, None, "it reads the pool's memory outside the pool's output"
 
-    def events(self, name: str, x: Tensor, mag: Tensor, mag_sum: Tensor, red: Optional[torch.dtype],
-               warn: Callable[[str], None]) -> Tensor:
-        """Per-neuron input magnitudes of a synaptic layer, as spike events when ``x`` is a pool output.
+    def scale_for(self, name: str, x: Tensor, rows: int, n_el: int,
+                  warn: Callable[[str], None]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """The divisors that turn ``x``'s values into spike events, when ``x`` is an average-pool output.
 
-        ``mag`` is ``|x|`` as ``[rows, neurons]`` and ``mag_sum`` its sum over
-        rows. When ``x`` is no pool output, or the pool's input was not
-        integer, ``mag_sum`` is returned unchanged.
+        Returns ``(scale, integer)``: ``scale`` per neuron (``[n_el]``) or per
+        element (``[rows, n_el]``, for views whose divisors differ between
+        rows), and ``integer`` the 0-dim bool "the pool's input held
+        integers" (only then are events counted). ``(None, None)`` when ``x``
+        is no pool output, or when the correction cannot be applied (then a
+        warning names the layer).
         """
         if not self._tags:
-            return mag_sum
+            return None, None
         tag, scale, why = self._find(x)
         if tag is None:
-            return mag_sum
+            return None, None
         if scale is None:
             warn(f"synopsloss: layer {name!r} reads an average-pool output but {why}; its spikes are counted as "
                  "the pooled values, not as spike events (the AvgPool correction is not applied). Apply the "
                  "change before the pool, or count the events yourself.")
-            return mag_sum
-        rows, n_el = mag.shape
-        src = mag.float() if mag.element_size() < 4 else mag
-        if scale.numel() == mag.numel():  # divisors laid out like the view x
-            events = src * scale.reshape(rows, n_el)
-        else:  # one sample's divisors, repeated over the rows
-            events = (src.reshape(-1, scale.numel()) * scale).reshape(rows, n_el)
-        # integers up to float rounding (3/9*9, or bf16 spikes): round, keeping the gradient
-        events = events + (events.detach().round() - events.detach())
-        if red is None and events.dtype != mag_sum.dtype:
-            events = events.to(mag_sum.dtype)
-        return torch.where(tag.integer, events.sum(0, dtype=red), mag_sum)
+            return None, None
+        if scale.numel() == rows * n_el:  # divisors laid out like the view x
+            scale = scale.reshape(rows, n_el)
+            return (scale[0] if rows == 1 else scale), tag.integer
+        if n_el % scale.numel() == 0:  # one sample's divisors, the same for every row
+            return (scale if n_el == scale.numel() else scale.repeat(n_el // scale.numel())), tag.integer
+        # a row holds part of a pool sample: the divisors repeat along the flattened input
+        return scale.expand(rows * n_el // scale.numel(), scale.numel()).reshape(rows, n_el), tag.integer

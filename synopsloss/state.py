@@ -29,8 +29,9 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Set, Tuple, TypeVar
+from typing import Any, Dict, List, Optional, Set, Tuple, TypeVar
 
+import torch
 from torch import Tensor
 
 __all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold"]
@@ -86,16 +87,24 @@ def fold(into: S, other: S, *, detach: bool = True) -> S:
     changed) becomes ``None`` and sets ``shape_changed`` where the state has
     that flag. Returns ``into``.
     """
-    for f in fields(into):  # type: ignore[arg-type]
-        reduce = f.metadata.get("reduce")
-        if reduce is None:
-            continue
-        a, b = getattr(into, f.name), getattr(other, f.name)
-        value = _COMBINE[reduce](a, b, detach)
-        if value is None and a is not None and b is not None and hasattr(into, "shape_changed"):
+    settle = getattr(other, "settle", None)
+    if settle is not None:
+        settle()  # calls recorded since the last read enter the sums now
+    plan = _PLANS.get(type(into))
+    if plan is None:  # the reduced fields of a state class, looked up once (fold runs on every layer call)
+        plan = _PLANS[type(into)] = [(f.name, _COMBINE[f.metadata["reduce"]]) for f in fields(into)  # type: ignore[arg-type]
+                                     if f.metadata.get("reduce") is not None]
+    flag = hasattr(into, "shape_changed")
+    for name, combine in plan:
+        a, b = getattr(into, name), getattr(other, name)
+        value = combine(a, b, detach)
+        if value is None and flag and a is not None and b is not None:
             into.shape_changed = True  # type: ignore[attr-defined]
-        setattr(into, f.name, value)
+        setattr(into, name, value)
     return into
+
+
+_PLANS: Dict[type, List[Tuple[str, Any]]] = {}
 
 
 @dataclass
@@ -121,6 +130,36 @@ class SynapseState:
     data_calls: int = state_field(Reduce.SUM, 0)  # calls that read the model's own input (data-fed if all)
     first_seen: Optional[int] = state_field(Reduce.MIN)  # forward-order stamp
     device: Any = state_field(Reduce.LAST)
+    # calls recorded but not yet summed, (dense, effective, spiking, input_sum, input_nonzero) each: the
+    # hooks append (no tensor op per call) and settle() sums them when the state is read or folded
+    pending: list = state_field(None, factory=list)
+
+    def record(self, dense: Tensor, effective: Tensor, spiking: Tensor, input_sum: Tensor,
+               input_nonzero: Tensor) -> None:
+        """One call's counts (0-dim tensors, ``spiking`` bool), summed into the fields at the next :meth:`settle`."""
+        self.pending.append((dense, effective, spiking, input_sum, input_nonzero))
+
+    def settle(self) -> "SynapseState":
+        """Sum the recorded calls into the fields: a few stacked ops however many calls there were."""
+        if not self.pending:
+            return self
+        dense, effective, spiking, input_sum, input_nonzero = zip(*self.pending)
+        self.pending = []
+        one = len(dense) == 1
+        with torch.no_grad():
+            eff = effective[0] if one else torch.stack(effective)
+            spk = spiking[0] if one else torch.stack(spiking)
+            zero = eff.new_zeros(())
+            sums = {
+                "dense": dense[0] if one else torch.stack(dense).sum(),
+                "eff_acs": torch.where(spk, eff, zero).sum(),
+                "eff_macs": torch.where(spk, zero, eff).sum(),
+                "input_sum": input_sum[0] if one else torch.stack(input_sum).sum(),
+                "input_nonzero": input_nonzero[0] if one else torch.stack(input_nonzero).sum(),
+            }
+            for key, value in sums.items():
+                setattr(self, key, _sum(getattr(self, key), value, True))
+        return self
 
 
 @dataclass

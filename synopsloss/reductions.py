@@ -1,0 +1,330 @@
+"""The reductions the hooks run on every layer call, without full-size temporaries or boolean tensors.
+
+Two costs dominate counting on CPU, more than the arithmetic itself (measured
+on the 2-core CI machine, torch 2.13):
+
+* **fresh memory**: PyTorch's CPU allocator hands large blocks back to the
+  operating system, so every full-size temporary (``x.abs()``, ``x != 0``,
+  ``x - x.round()``) is page-faulted in again, about 0.5 ms per MiB;
+* **boolean tensors**: masks, ``torch.where`` and ``count_nonzero`` run
+  5-20x slower than the same float arithmetic.
+
+The functions here therefore walk a ``[rows, neurons]`` tensor in row blocks of
+at most :data:`BLOCK` elements, write every intermediate into one reused
+:class:`Scratch` buffer (on CPU; other devices allocate as usual, their
+caching allocators already reuse memory), compare with ``out=`` float
+tensors, and never synchronise with the device.
+
+Example
+-------
+>>> import torch
+>>> x = torch.tensor([[1.0, 0.0, -2.0], [0.0, 0.0, 1.0]])
+>>> s = row_stats(x, Scratch())
+>>> s.mag_sum.tolist(), s.nonzero.tolist(), float(s.amax)
+([1.0, 0.0, 3.0], [1.0, 0.0, 2.0], 2.0)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["BLOCK", "Scratch", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_nonzero",
+           "neuron_counts"]
+
+#: Elements per row block (4 MiB of float32): large enough that the few small ops per block cost
+#: nothing next to the passes over the data, small enough to stay in cache and bound the scratch.
+BLOCK = 1 << 20
+
+
+class Scratch:
+    """Reused CPU work buffers: one per slot, dtype and device, as large as the largest row block asked for.
+
+    At most ``BLOCK`` elements per buffer unless a single row is longer (then
+    one row). On other devices :meth:`get` allocates a new tensor each time.
+
+    Example
+    -------
+    >>> s = Scratch()
+    >>> s.get(10, torch.float32, torch.device("cpu")).shape, s.nbytes
+    (torch.Size([10]), 40)
+    """
+
+    def __init__(self) -> None:
+        self._buffers: Dict[Tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+    def get(self, numel: int, dtype: torch.dtype, device: torch.device, slot: int = 0) -> Tensor:
+        """A flat tensor of ``numel`` elements to overwrite (its contents are undefined)."""
+        if device.type != "cpu":
+            return torch.empty(numel, dtype=dtype, device=device)
+        key = (slot, dtype, device)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            with torch.inference_mode(False):  # usable inside and outside inference mode
+                buf = torch.empty(numel, dtype=dtype, device=device)
+            self._buffers[key] = buf
+        return buf if buf.numel() == numel else buf[:numel]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffers."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+class _Walk:
+    """How to walk a ``[rows, n]`` tensor in blocks of at most ``BLOCK`` elements (one block off CPU).
+
+    Many rows (``n <= BLOCK / 64``): blocks of whole rows, whose per-column sums are added up.
+    Few long rows (a batch of images without time steps): blocks of columns spanning every row,
+    whose per-column sums fill their slice of the result (no sum over a handful of rows per block).
+    """
+
+    __slots__ = ("by_cols", "spans")
+
+    def __init__(self, flat: Tensor) -> None:
+        rows, n = flat.shape
+        self.by_cols = False
+        if flat.device.type != "cpu" or rows * n <= BLOCK:
+            self.spans = [(0, rows)]
+        elif n * 64 <= BLOCK:
+            step = BLOCK // n
+            self.spans = [(s, min(s + step, rows)) for s in range(0, rows, step)]
+        else:
+            self.by_cols = True
+            width = max(1, BLOCK // rows)
+            self.spans = [(s, min(s + width, n)) for s in range(0, n, width)]
+
+    def block(self, t: Tensor, span: Tuple[int, int]) -> Tensor:
+        """The block of ``t`` (laid out like the walked tensor)."""
+        if len(self.spans) == 1:
+            return t
+        return t[:, span[0]:span[1]] if self.by_cols else t[span[0]:span[1]]
+
+    def column_sums(self, buf: Tensor, span: Tuple[int, int], acc: Optional[Tensor], n: int,
+                    red: Optional[torch.dtype]) -> Tensor:
+        """Add the block's per-column sums into ``acc`` (created at the first block)."""
+        if len(self.spans) == 1:
+            return buf.sum(0, dtype=red)
+        if self.by_cols:
+            if acc is None:
+                acc = torch.empty(n, dtype=red or buf.dtype, device=buf.device)
+            torch.sum(buf, 0, dtype=red, out=acc[span[0]:span[1]])
+            return acc
+        s = buf.sum(0, dtype=red)
+        return s if acc is None else acc.add_(s)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``t`` as ``[rows, rest]`` (rows: its first dimension)."""
+    return t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], -1)
+
+
+def _buffer(scratch: Scratch, block: Tensor, dtype: torch.dtype, slot: int) -> Tensor:
+    return scratch.get(block.numel(), dtype, block.device, slot).view(block.shape)
+
+
+class RowStats(NamedTuple):
+    """Column statistics of a ``[rows, neurons]`` tensor ``x`` (see :func:`row_stats`)."""
+
+    mag_sum: Tensor  #: per neuron: sum over rows of |x|
+    nonzero: Tensor  #: per neuron: number of nonzero x (as a float)
+    amax: Tensor  #: 0-dim: max |x|
+    amin: Optional[Tensor]  #: 0-dim: min x (when asked for)
+    events: Optional[Tensor]  #: per neuron: sum over rows of round(|x| * scale) (when a scale is given)
+
+
+def row_stats(flat: Tensor, scratch: Scratch, red: Optional[torch.dtype] = None, *,
+              scale: Optional[Tensor] = None, want_min: bool = False) -> RowStats:
+    """Per-neuron sums of ``|x|`` and of ``x != 0``, ``max |x|`` (and ``min x``), in a few passes.
+
+    Parameters
+    ----------
+    flat
+        ``[rows, neurons]``.
+    red
+        dtype of the per-neuron sums (``None``: ``flat``'s own; pass float64
+        for half precision, whose sums round above 256).
+    scale
+        AvgPool divisors, ``[neurons]`` or laid out like ``flat``: also
+        returns ``events``, the per-neuron sums of ``round(|x| * scale)``.
+    want_min
+        Also return ``min x`` (one more read pass).
+    """
+    with torch.no_grad():
+        flat = flat.detach()
+        n = flat.shape[1]
+        walk = _Walk(flat)
+        per_element = scale is not None and scale.dim() == 2
+        ev_dtype = torch.promote_types(flat.dtype, torch.float32)
+        mag = nz = top = low = ev = None
+        for span in walk.spans:
+            b = walk.block(flat, span)
+            buf = _buffer(scratch, b, flat.dtype, 0)
+            torch.abs(b, out=buf)
+            mag = walk.column_sums(buf, span, mag, n, red)
+            m = buf.amax()
+            top = m if top is None else torch.maximum(top, m)
+            if want_min:
+                lo = b.amin()
+                low = lo if low is None else torch.minimum(low, lo)
+            if scale is not None:
+                sc = walk.block(scale, span) if per_element else (scale if not walk.by_cols else scale[span[0]:span[1]])
+                e = _buffer(scratch, b, ev_dtype, 1)
+                torch.mul(buf, sc, out=e)
+                e.round_()
+                ev = walk.column_sums(e, span, ev, n, red)
+            buf.sign_()  # |x| -> 1 where x != 0 (NaN stays NaN, as x.abs().sign() does)
+            nz = walk.column_sums(buf, span, nz, n, red)
+        return RowStats(mag, nz, top, low, ev)
+
+
+class _AbsRowSums(torch.autograd.Function):
+    """``row_stats`` with gradients for ``mag_sum`` and ``events``: ``d|x|/dx = sign(x)``, ``+1`` at 0."""
+
+    @staticmethod
+    def forward(ctx: Any, flat: Tensor, scale: Optional[Tensor], scratch: Scratch,
+                red: Optional[torch.dtype]) -> Tuple[Tensor, ...]:
+        # the sign of the gradient is needed only where x < 0; on CPU its min is read in backward
+        # (no device there) to skip that pass for non-negative inputs (spikes, ReLU outputs)
+        st = row_stats(flat, scratch, red, scale=scale, want_min=flat.device.type == "cpu")
+        ctx.save_for_backward(flat, scale)
+        ctx.amin = st.amin
+        outs = (st.mag_sum, st.nonzero, st.amax) + ((st.events,) if scale is not None else ())
+        ctx.mark_non_differentiable(st.nonzero, st.amax)
+        return outs
+
+    @staticmethod
+    def backward(ctx: Any, g_mag: Optional[Tensor], _nz: Any, _amax: Any, *rest: Optional[Tensor]) -> Tuple[Any, ...]:
+        flat, scale = ctx.saved_tensors
+        g_ev = rest[0] if rest else None
+        coef = g_mag
+        if g_ev is not None:
+            ev = g_ev * scale  # [neurons], or laid out like flat
+            coef = ev if coef is None else coef + ev
+        if coef is None:
+            return None, None, None, None
+        coef = coef.to(flat.dtype)
+        if torch.is_grad_enabled():  # double backward: a differentiable expression
+            coef = coef.expand(flat.shape)
+            return torch.where(flat < 0, -coef, coef), None, None, None
+        if ctx.amin is not None and bool(ctx.amin >= 0):  # CPU, no x < 0: sign(x) = 1 everywhere
+            return coef.expand(flat.shape), None, None, None
+        # coef * (1 - 2 [x < 0]) in float arithmetic (a boolean mask and where are several times slower)
+        out = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device)
+        torch.lt(flat, 0, out=out)
+        torch.addcmul(coef, out, coef, value=-2, out=out)
+        return out, None, None, None
+
+
+def abs_row_sums(flat: Tensor, scratch: Scratch, red: Optional[torch.dtype] = None,
+                 scale: Optional[Tensor] = None) -> RowStats:
+    """:func:`row_stats` whose ``mag_sum`` and ``events`` carry gradients back to ``flat`` when it requires them.
+
+    The gradient of ``|x|`` is ``sign(x)`` with ``+1`` at 0 (so a loss on
+    synops reaches silent neurons); ``events`` passes gradients straight
+    through the rounding (``scale`` per element).
+
+    Example
+    -------
+    >>> x = torch.tensor([[0.0, -1.0], [2.0, 0.0]], requires_grad=True)
+    >>> abs_row_sums(x, Scratch()).mag_sum.sum().backward()
+    >>> x.grad.tolist()
+    [[1.0, -1.0], [1.0, 1.0]]
+    """
+    if not (flat.requires_grad and torch.is_grad_enabled()):
+        return row_stats(flat, scratch, red, scale=scale)
+    outs = _AbsRowSums.apply(flat, scale, scratch, red)
+    return RowStats(outs[0], outs[1], outs[2], None, outs[3] if scale is not None else None)
+
+
+def all_integer(t: Tensor, tol: float, scratch: Scratch) -> Tensor:
+    """0-dim bool tensor: every value of ``t`` is within ``tol`` of an integer (no host sync)."""
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    with torch.no_grad():
+        lo = hi = None
+        flat = _rows(t.detach())
+        walk = _Walk(flat)
+        for span in walk.spans:
+            b = walk.block(flat, span)
+            buf = _buffer(scratch, b, b.dtype, 0)
+            torch.round(b, out=buf)
+            buf.sub_(b)  # round(t) - t
+            mn, mx = torch.aminmax(buf)
+            lo = mn if lo is None else torch.minimum(lo, mn)
+            hi = mx if hi is None else torch.maximum(hi, mx)
+        return (lo >= -tol) & (hi <= tol)
+
+
+def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Optional[Tensor] = None) -> Tensor:
+    """Number of nonzero (or NaN) elements of ``t`` (of ``t - minus``), as a 0-dim ``dtype`` tensor.
+
+    Exact (per-column float sums of a block stay below 2**24) and sync-free.
+    """
+    if not t.is_floating_point() or (minus is not None and (minus.shape != t.shape or not minus.is_floating_point())):
+        return torch.count_nonzero(t if minus is None else t - minus).to(dtype)
+    if t.numel() == 0:
+        return torch.zeros((), dtype=dtype, device=t.device)
+    with torch.no_grad():
+        total = torch.zeros((), dtype=dtype, device=t.device)
+        flat = _rows(t.detach())
+        fm = None if minus is None else _rows(minus.detach())
+        walk = _Walk(flat)
+        for span in walk.spans:
+            b = walk.block(flat, span)
+            buf = _buffer(scratch, b, torch.promote_types(b.dtype, b.dtype if fm is None else fm.dtype), 0)
+            if fm is not None:
+                torch.sub(b, walk.block(fm, span), out=buf)
+                b = buf
+            torch.ne(b, 0, out=buf)
+            total += buf.sum(0).to(dtype).sum()
+        return total
+
+
+def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red: Optional[torch.dtype],
+                  scratch: Scratch, per_neuron: bool = True) -> Tuple[Optional[Tensor], Tensor, Optional[Tensor]]:
+    """A neuron layer's output statistics in one walk: per-neuron sums, nonzeros and (with ``other``) events.
+
+    Parameters
+    ----------
+    flat
+        The output as ``[rows, neurons]``.
+    other
+        The input, same shape, or ``None``.
+    dtype, red
+        dtype of the results, and of the per-neuron sums over rows (``None``: ``flat``'s own).
+    per_neuron
+        Compute the per-neuron sums (else ``None`` is returned for them).
+
+    Returns
+    -------
+    ``(per_neuron, nonzero, events)``: sums over rows (``[neurons]``), the number of nonzero
+    outputs, and the number of positions where the input or the output is nonzero (``None``
+    without ``other``); exact and sync-free.
+    """
+    with torch.no_grad():
+        flat = flat.detach()
+        other = None if other is None else other.detach()
+        nz = torch.zeros((), dtype=dtype, device=flat.device)
+        ev = None if other is None else torch.zeros((), dtype=dtype, device=flat.device)
+        per = None
+        walk = _Walk(flat)
+        for span in walk.spans:
+            b = walk.block(flat, span)
+            if per_neuron:
+                per = walk.column_sums(b, span, per, flat.shape[1], red)
+            u = _buffer(scratch, b, torch.float32, 0)
+            torch.ne(b, 0, out=u)
+            nz += u.sum()  # a block's count is exact in float32 (< 2**24); the total in dtype
+            if other is not None:
+                ob = walk.block(other, span)
+                v = _buffer(scratch, ob, torch.float32, 1)
+                torch.ne(ob, 0, out=v)
+                torch.maximum(u, v, out=u)
+                ev += u.sum()
+        return (per.to(dtype) if per_neuron else None), nz, ev

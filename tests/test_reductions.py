@@ -1,0 +1,117 @@
+"""The hooks' block-wise reductions against brute force, for one block and for many (BLOCK made tiny)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synopsloss import reductions as R
+
+
+@pytest.fixture(params=["one block", "row blocks", "column blocks"])
+def walk(request, monkeypatch):
+    """The same tensors walked whole, in blocks of whole rows, and in blocks of columns."""
+    if request.param == "row blocks":
+        monkeypatch.setattr(R, "BLOCK", 64 * 3)  # n = 3 columns * 64 <= BLOCK: blocks of 64 rows
+    elif request.param == "column blocks":
+        monkeypatch.setattr(R, "BLOCK", 7)  # few rows, long rows: blocks of 7 // rows columns
+    return request.param
+
+
+def _signed_counts(rows: int, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (rows, n), generator=g).float()
+    x[0, 0] = -0.0  # a negative zero: |x| = 0, gradient +1
+    return x
+
+
+@pytest.mark.parametrize("shape", [(300, 3), (4, 50), (1, 1)])
+def test_row_stats_equal_brute_force_sums(walk, shape):
+    x = _signed_counts(*shape)
+    st = R.row_stats(x, R.Scratch(), want_min=True)
+    assert torch.equal(st.mag_sum, x.abs().sum(0))
+    assert torch.equal(st.nonzero, (x != 0).float().sum(0))
+    assert float(st.amax) == float(x.abs().max())
+    assert float(st.amin) == float(x.min())
+    assert st.events is None
+
+
+@pytest.mark.parametrize("per_element", [False, True])
+def test_events_are_rounded_products_with_the_divisors(walk, per_element):
+    g = torch.Generator().manual_seed(1)
+    counts = torch.randint(0, 10, (6, 40), generator=g).double()
+    divisor = torch.randint(1, 10, (6, 40) if per_element else (40,), generator=g).float()
+    x = (counts / divisor).float()  # pooled values: events / divisor, rounded to float32
+    st = R.row_stats(x, R.Scratch(), scale=divisor)
+    expected = (x.double() * divisor.double()).round().sum(0)
+    assert torch.equal(st.events.double(), expected)
+    assert torch.equal(st.events.double(), counts.sum(0))
+
+
+def test_half_precision_sums_in_the_given_dtype(walk):
+    x = torch.full((300, 3), 1.0, dtype=torch.bfloat16)  # 300 > 256: a bf16 sum would round
+    st = R.row_stats(x, R.Scratch(), red=torch.float64)
+    assert st.mag_sum.dtype == torch.float64 and st.mag_sum.tolist() == [300.0] * 3
+    assert st.nonzero.tolist() == [300.0] * 3
+
+
+@pytest.mark.parametrize("nonnegative", [True, False])
+def test_gradient_is_the_sign_with_plus_one_at_zero(walk, nonnegative):
+    x = _signed_counts(6, 40, seed=2)
+    if nonnegative:
+        x = x.abs()  # the shortcut that returns an expanded gradient
+    x.requires_grad_(True)
+    w = torch.randn(40, dtype=torch.float64)
+    scale = torch.randint(1, 5, (40,)).float()
+    st = R.abs_row_sums(x, R.Scratch(), scale=scale)
+    (st.mag_sum.double() @ w + st.events.double() @ w).backward()
+    sign = torch.where(x.detach() < 0, -1.0, 1.0)  # +1 at 0 and at -0.0
+    expected = sign * (w + w * scale.double()).float()
+    assert torch.allclose(x.grad, expected.expand_as(x), rtol=1e-6, atol=0)
+
+
+def test_double_backward_differentiates_the_sign_expression():
+    x = _signed_counts(5, 4, seed=3).requires_grad_(True)
+    st = R.abs_row_sums(x, R.Scratch())
+    (g,) = torch.autograd.grad(st.mag_sum.sum(), x, create_graph=True)
+    assert torch.equal(g.detach(), torch.where(x.detach() < 0, -1.0, 1.0))
+
+
+def test_all_integer_tolerates_float_rounding_only(walk):
+    x = torch.randint(0, 4, (50, 3)).float()
+    scratch = R.Scratch()
+    assert bool(R.all_integer(x + 1e-4, 1e-3, scratch))
+    y = x.clone()
+    y[37, 2] += 0.25
+    assert not bool(R.all_integer(y, 1e-3, scratch))
+    assert bool(R.all_integer(torch.empty(0, 3), 1e-3, scratch))
+
+
+def test_count_nonzero_and_differences(walk):
+    a = _signed_counts(40, 5, seed=4)
+    b = _signed_counts(40, 5, seed=5)
+    a[3, 1] = float("nan")
+    scratch = R.Scratch()
+    assert float(R.count_nonzero(a, torch.float64, scratch)) == int(torch.count_nonzero(a))
+    assert float(R.count_nonzero(a, torch.float64, scratch, minus=b)) == int(torch.count_nonzero(a - b))
+
+
+def test_neuron_counts_equal_brute_force(walk):
+    out = _signed_counts(30, 7, seed=6).abs()
+    x = _signed_counts(30, 7, seed=7)
+    per, nz, ev = R.neuron_counts(out, x, torch.float64, None, R.Scratch())
+    assert torch.equal(per, out.sum(0).double())
+    assert float(nz) == int(torch.count_nonzero(out))
+    assert float(ev) == int(torch.count_nonzero(torch.logical_or(out, x)))
+    per, nz, ev = R.neuron_counts(out, None, torch.float64, None, R.Scratch())
+    assert ev is None and float(nz) == int(torch.count_nonzero(out))
+
+
+def test_scratch_is_reused_and_bounded():
+    scratch = R.Scratch()
+    a = scratch.get(10, torch.float32, torch.device("cpu"))
+    b = scratch.get(4, torch.float32, torch.device("cpu"))
+    assert a.data_ptr() == b.data_ptr() and scratch.nbytes == 40
+    x = torch.ones(R.BLOCK // 100 * 300, 100)  # three blocks of whole rows
+    R.row_stats(x, scratch)
+    assert scratch.nbytes <= 40 + R.BLOCK * 4
