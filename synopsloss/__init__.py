@@ -7,6 +7,8 @@ SynOpsCounter
     effective MAC / effective AC operations, per sample. Read with
     ``synops()`` (differentiable), ``snapshot()`` (:class:`CounterSnapshot`,
     plain data) and ``table()`` (:class:`SynOpsTable`).
+SynOpsTable, compare
+    The per-layer table (text, Markdown, LaTeX, CSV, DataFrame, plot) and two tables side by side.
 SynOpsLoss, schedules
     The loss term to train against synops, and target / weight schedules.
 NeuronMonitor
@@ -18,7 +20,9 @@ EnergyModel, OpEnergy, DeviceEnergy, Lemaire2022, register_device
 
 Modules: ``counter`` (hooks and counting), ``snapshot`` (plain-data readings),
 ``state`` (declared per-layer state), ``registry`` (layer knowledge),
-``maps`` (fan-out maths), ``pooling`` (AvgPool spike events), ``recurrent``
+``maps`` (fan-out maths), ``ops`` (counts of functional and tensor ops),
+``opscope`` (op-level counting inside the modules that need it: attention,
+functional weights), ``pooling`` (AvgPool spike events), ``recurrent``
 (RNN/LSTM/GRU), ``neurons`` (neuron statistics), ``hooks`` (hook plumbing),
 ``report`` / ``table`` (the per-layer table), ``energy``, ``loss``,
 ``schedules``, ``lightning`` (Lightning callbacks), ``cli`` (command line).
@@ -31,7 +35,7 @@ from .maps import Rule, connection_map
 from .neurons import NeuronMonitor
 from .registry import LayerKind, register_no_synapse, register_rule
 from .snapshot import CounterSnapshot, LayerStats, NeuronStats
-from .table import LayerRow, SynOpsTable
+from .table import LayerRow, SynOpsComparison, SynOpsTable, compare
 from . import schedules
 
 __version__ = "0.1.0"
@@ -52,6 +56,8 @@ __all__ = [
     "NeuronMonitor",
     "SynOpsTable",
     "LayerRow",
+    "compare",
+    "SynOpsComparison",
     "EnergyModel",
     "OpEnergy",
     "DeviceEnergy",

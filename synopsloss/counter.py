@@ -21,7 +21,14 @@ samples x time steps. How the number of samples ``B`` is learned, in order:
 1. ``batch_size=`` given to the counter;
 2. sinabs ``*Squeeze`` layers (``batch_size``, or ``rows // num_timesteps``),
    for models that fold time into the batch as ``[B*T, ...]``;
-3. ``shape[batch_dim]`` of the first tensor the model itself is called with
+3. layers whose input layout is known (:func:`synopsloss.registry.time_probes`):
+   SpikingJelly modules (``step_mode='m'`` and ``MultiStepModule`` classes:
+   ``[T, B, ...]``, ``'s'``: ``[B, ...]``), norse sequence modules
+   (``[T, B, ...]``) and cells (``[B, ...]``), sinabs neurons
+   (``[B, T, ...]``). The model's own input may then be ``[T, B, ...]`` or
+   ``[B, ...]`` (repeated inside): no ``batch_dim`` is needed, and one that
+   disagrees is an error;
+4. ``shape[batch_dim]`` of the first tensor the model itself is called with
    (searched in nested lists, tuples and dicts). When every layer's call has
    exactly ``B`` rows (snntorch loops called once per time step with
    ``[B, ...]``, models that take ``[B, T, ...]`` and loop inside) that is
@@ -32,11 +39,35 @@ samples x time steps. How the number of samples ``B`` is learned, in order:
 
 Each layer's rows per call must be a multiple of ``B``; when they are not, or
 when ``B`` cannot be learned, reading the counts raises an error that says so.
+
+Time steps (:meth:`SynOpsCounter.time_steps`, ``CounterSnapshot.time_steps``,
+the table's ``time_steps``, ``synops_per_step`` and ``synops_per_s`` columns,
+``SynOpsLoss(budget=...)``) are learned per batch, in order:
+
+1. ``time_dim=``: the length of that dim of the model's input (summed over calls);
+2. the first layer of 3. above to run: the steps its calls covered
+   (``T`` per ``[T, B, ...]`` call, one per ``[B, ...]`` call, so a loop of
+   norse cells inside the model counts its steps); snntorch neurons likewise
+   (one step per call);
+3. sinabs ``*Squeeze`` layers: rows / ``B``;
+4. ``nn.RNN`` / ``LSTM`` / ``GRU`` layers: their sequence length;
+5. otherwise the number of calls of the model (snntorch-style loops). A
+   dimension the counter is not told about is not time: ``[B, N, C]`` into a
+   ``Linear`` is ``N`` tokens at one step.
+
+A layer's time steps are the sum over its calls of the steps each covered:
+``T`` when the call's leading (non-sample) dims carry the time dim --
+``[T, B, ...]``, ``[B, T, ...]`` or ``[T*B, ...]`` (SpikingJelly's
+``SeqToANNContainer``) --, else one; the remaining leading dims are tokens. A
+head applied to the time-averaged output runs one step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+from collections import Counter
 import math
 import warnings
 import weakref
@@ -47,9 +78,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import registry
+from . import frameworks, registry
+from ._validate import check_int
 from .hooks import HookSet, next_stamp
-from .maps import LayerMaps, MapCache, OpCounts, Rule
+from .maps import LayerMaps, MapCache, OpCounts, Rule, magnitude
+from .opscope import OpScope, compiled_submodules
 from .pooling import PoolEvents
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
 from .state import SynapseState, fold
@@ -85,31 +118,21 @@ class _Batch:
     root_note: str = ""
     fold_batch: Optional[int] = None
     fold_layer: str = ""
+    fold_steps: Dict[str, int] = field(default_factory=dict)  # time steps seen by each time-folding layer
+    fold_tc: int = 0  # time steps of one folded call ([B*T, ...])
+    probe_batch: Optional[int] = None  # samples from a layer whose input layout is known (SJ / norse / sinabs)
+    probe_layer: str = ""
+    probe_conflict: str = ""
+    probe_steps: Dict[str, int] = field(default_factory=dict)  # time steps each probe saw, in first-call order
+    probe_tc: int = 0  # most time steps in one probe call (the length of the data's time dim)
+    root_steps: int = 0  # time steps of the model's input (time_dim=)
+    root_tc: int = 0
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
     outputs: Set[int] = field(default_factory=set)  # storage pointers of tensors the model returned
     pending: bool = False  # a forward of the model started and has not returned (or raised)
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
     backwarded: bool = False  # its synops were backpropagated
-
-
-class _Magnitude(torch.autograd.Function):
-    """``|x|`` whose gradient is ``sign(x)`` with ``+1`` at 0 (``torch.abs`` has gradient 0 there)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x.abs()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return torch.where(x < 0, -grad, grad)
-
-
-def magnitude(x: Tensor) -> Tensor:
-    """``|x|`` with the gradient of ``x`` for ``x >= 0`` (see :class:`_Magnitude`)."""
-    return _Magnitude.apply(x) if x.requires_grad else x.abs()
 
 
 def _tensors(obj: Any, out: List[Tensor]) -> List[Tensor]:
@@ -185,6 +208,21 @@ class SynOpsCounter:
         Each call of the model is one batch: a call starts a new batch as
         :meth:`reset` would (for models that take the whole sequence in one
         call, e.g. evaluation loops over ``[B, T, ...]`` batches).
+    ops
+        Op-level counting (:mod:`synopsloss.opscope`): ``"auto"`` counts,
+        op by op, the forwards that module hooks cannot see (attention
+        products, ``nn.MultiheadAttention``, functional ``F.linear`` /
+        ``F.conv2d`` / ``@`` with the model's weights, masked or QAT weights);
+        plain module models are unchanged. ``"all"``: every op of the whole
+        forward (slower). ``"none"``: module hooks only.
+    time_dim
+        Dimension of the model's first tensor argument that holds the time
+        steps (``1`` for ``[B, T, ...]``, ``0`` for ``[T, B, ...]``; then
+        ``batch_dim`` defaults to the other one). Needed only for layouts the
+        counter cannot know: SpikingJelly, norse, sinabs and snntorch layers
+        tell it (see the module docstring). Layers whose input carries this
+        dim (``[B, T, ...]``, ``[T, B, ...]`` or ``[B*T, ...]``) run ``T`` steps
+        per call; a dim that is not declared is not time (tokens).
 
     Example
     -------
@@ -210,22 +248,31 @@ class SynOpsCounter:
         check_finite: bool = True,
         neurons: bool = True,
         auto_reset: bool = False,
+        time_dim: Optional[int] = None,
+        ops: str = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
         _check_optional_int("batch_size", batch_size, minimum=1)
         _check_optional_int("batch_dim", batch_dim, minimum=0)
+        _check_optional_int("time_dim", time_dim, minimum=0)
+        if time_dim is not None and batch_dim is None:
+            batch_dim = 1 if time_dim == 0 else 0
+        if time_dim is not None and time_dim == batch_dim:
+            raise ValueError(f"time_dim and batch_dim must be different dims of the input, both are {time_dim}")
         if custom_rules is not None and not isinstance(custom_rules, Mapping):
             raise TypeError(f"custom_rules must be a mapping {{module type: Rule}}, got {type(custom_rules).__name__}")
         self.model = model
         self.batch_size = batch_size
         self.batch_dim = 0 if batch_dim is None else batch_dim
+        self.time_dim = time_dim
         self._layout_given = batch_dim is not None or batch_size is not None
+        self._batch_dim_given = batch_dim is not None
         self.strict = bool(strict)
         self.check_finite = bool(check_finite)
         self.auto_reset = bool(auto_reset)
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
-        self._hooks = HookSet()
+        self._hooks = HookSet(self)
         self._pools = PoolEvents()
         self._layers: Dict[str, _Layer] = {}
         self._maps: Dict[str, MapCache] = {}
@@ -235,8 +282,10 @@ class SynOpsCounter:
         self._batch = _Batch()
         self._totals: Dict[str, SynapseState] = {}
         self._total_samples = 0
+        self._total_sample_steps = 0.0
         self._monitor: Optional[Any] = None
         self._track_neurons = bool(neurons)
+        self._scope = OpScope(self, ops)
         self.attach()
 
     # ------------------------------------------------------------------ lifecycle
@@ -248,8 +297,9 @@ class SynOpsCounter:
 
     @property
     def layer_names(self) -> List[str]:
-        """Qualified names of the counted layers, in definition order."""
-        return list(self._layers)
+        """Qualified names of the counted layers, in definition order, then the op rows seen so far
+        (``blocks.0.attn.matmul``: :mod:`synopsloss.opscope`), in the order they were first seen."""
+        return list(self._layers) + [n for n in self._scope.rows if n not in self._layers]
 
     @property
     def unsupported(self) -> List[str]:
@@ -262,8 +312,15 @@ class SynOpsCounter:
             return self
         self._layers.clear()
         self._unsupported = []
-        self._hooks.pre(self.model, self._root_pre_hook, with_kwargs=True)
-        self._hooks.forward(self.model, self._root_post_hook)
+        self._scope.reset_plan()
+        compiled = compiled_submodules(self.model)
+        if compiled:
+            self._warn_once(
+                f"synopsloss: submodule(s) {', '.join(repr(n) for n in compiled)} were compiled with torch.compile "
+                "before the counter attached; compiled code does not run the counter's hooks, so their synapses "
+                "may not be counted. Attach the counter first, then compile.", stacklevel=4)
+        self._hooks.pre(self.model, SynOpsCounter._root_pre_hook, with_kwargs=True)
+        self._hooks.forward(self.model, SynOpsCounter._root_post_hook)
         parametrized: List[str] = []  # "<name>.parametrizations." of parametrized modules
         for name, module in self.model.named_modules():
             if parametrize.is_parametrized(module):
@@ -271,8 +328,11 @@ class SynOpsCounter:
             if any(name.startswith(p) for p in parametrized):
                 continue  # weight_norm / spectral_norm parametrizations: their parameters are the owner's
             self._attach_module(name, module)
+        for name, (layout, gives_samples) in registry.time_probes(self.model).items():
+            self._hooks.pre(self.model.get_submodule(name), functools.partial(
+                SynOpsCounter._probe_hook, name=name, layout=layout, samples=gives_samples))
         self._report_unsupported()
-        if not self._layers:
+        if not self._layers and not self._scope.scoped and self._scope.ops != "all":
             self.remove()
             raise ValueError(
                 f"{type(self.model).__name__} has no layer synopsloss can count (Linear, ConvNd, "
@@ -286,25 +346,29 @@ class SynOpsCounter:
             from .neurons import NeuronMonitor
 
             self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules)
+        self._scope.attach(self.model, self._layers)  # last: its frames close after every other hook
         return self
 
     def _attach_module(self, name: str, module: nn.Module) -> None:
         rule = registry.find_rule(module, self._rules)
         if rule is not None:
             self._layers[name] = _Layer(module, rule, self._maps.setdefault(name, MapCache()))
-            self._hooks.forward(module, self._layer_hook(name), with_kwargs=True)
+            if self._scope.scoped_rule(name, module, rule, self._rules):
+                return  # its forward is counted op by op, with the weight its ops receive
+            self._hooks.forward(module, functools.partial(SynOpsCounter._layer_hook, name=name), with_kwargs=True)
             return
         pool = registry.pool_divisor(module)
         if pool is not None:
-            self._hooks.forward(module, self._pools.pool_hook(*pool))
+            self._hooks.forward(module, self._pools.pool_hook(*pool), owned=False)
         elif registry.is_pass_through(module):
-            self._hooks.forward(module, self._pools.pass_through_hook)
+            self._hooks.forward(module, self._pools.pass_through_hook, owned=False)
         if registry.is_time_folding(module):
-            self._hooks.pre(module, self._fold_hook(name))
+            self._hooks.pre(module, functools.partial(SynOpsCounter._fold_hook, name=name))
         elif registry.neuron_library(module) == "sinabs":
             self._batch_first_layers = True
         has_params = any(True for _ in module.parameters(recurse=False)) or parametrize.is_parametrized(module)
-        if has_params and not registry.has_no_synapse(module) and registry.neuron_library(module) is None:
+        if has_params and not registry.has_no_synapse(module) and registry.neuron_library(module) is None \
+                and not self._scope.scoped_params(name, module):
             self._unsupported.append(f"{name or '<root>'} ({type(module).__name__})")
 
     def _report_unsupported(self) -> None:
@@ -329,6 +393,7 @@ class SynOpsCounter:
     def remove(self) -> None:
         """Remove every hook from the model (state and counts stay readable)."""
         self._hooks.remove()
+        self._scope.remove()
         self._pools.clear()
         if self._monitor is not None:
             self._monitor.remove()
@@ -378,17 +443,33 @@ class SynOpsCounter:
         if accumulated:
             self._totals.clear()
             self._total_samples = 0
+            self._total_sample_steps = 0.0
         elif batch.layers and not (batch.pending or batch.failed):
-            samples = self._samples()
-            for name, state in batch.layers.items():
-                fold(self._totals.setdefault(name, SynapseState()), state)
-            self._total_samples += samples
+            try:
+                samples = self._samples()
+            except ValueError as err:
+                self._warn_once(f"synopsloss: reset() leaves the last batch out of the accumulated totals: {err}",
+                                stacklevel=3)
+            else:
+                steps = self._set_sample_steps(samples)
+                for name, state in batch.layers.items():
+                    fold(self._totals.setdefault(name, SynapseState()), state)
+                self._total_samples += samples
+                self._total_sample_steps += samples * steps
         if self._monitor is not None:
             self._monitor.reset(accumulated=accumulated, drop=batch.pending or batch.failed)
         self._batch = _Batch()
         self._pools.clear()
 
     # ------------------------------------------------------------------ hooks
+
+    def _counting_enabled(self) -> bool:
+        """Whether the hooks count (not paused): read by the op-level frames (:mod:`synopsloss.opscope`)."""
+        return self._hooks.enabled
+
+    def _data_storages(self) -> Set[int]:
+        """Storages of the tensors the model was called with in this batch (data-fed op rows)."""
+        return self._batch.inputs
 
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pools.clear()
@@ -405,6 +486,15 @@ class SynOpsCounter:
             if t.grad_fn is None and t.device.type != "meta" and _functorch_level(t) == -1
             and not isinstance(t, nn.Parameter) and _storage(t) not in self._own_storages()
         )
+        if self.time_dim is not None:
+            if not tensors or tensors[0].dim() <= self.time_dim:
+                raise ValueError(
+                    f"synopsloss: time_dim={self.time_dim} but the model was called with "
+                    f"{'no tensor' if not tensors else f'an input of shape {tuple(tensors[0].shape)}'}; pass the "
+                    "dim of the model's first tensor argument that holds the time steps, or time_dim=None")
+            steps = int(tensors[0].shape[self.time_dim])
+            batch.root_steps += steps
+            batch.root_tc = max(batch.root_tc, steps)
         if self.batch_size is not None:
             return
         if not tensors:
@@ -461,45 +551,59 @@ class SynOpsCounter:
         own = {_storage(b) for b in self.model.buffers() if b.device.type != "meta"}
         return own | self._batch.outputs
 
-    def _fold_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            if not args or not isinstance(args[0], Tensor):
-                return
-            b = registry.time_folding_batch(module, args[0])
-            if b is None:
-                return
-            batch = self._batch
-            if batch.fold_batch is not None and b != batch.fold_batch:
-                raise ValueError(
-                    f"synopsloss: time-folding layers disagree on the batch size ({batch.fold_layer!r}: "
-                    f"{batch.fold_batch}, {name!r}: {b}); give them the same batch_size"
-                )
-            batch.fold_batch, batch.fold_layer = b, name
+    def _fold_hook(self, module: nn.Module, args: tuple, *, name: str) -> None:
+        if not args or not isinstance(args[0], Tensor):
+            return
+        b = registry.time_folding_batch(module, args[0])
+        if b is None:
+            return
+        batch = self._batch
+        if batch.fold_batch is not None and b != batch.fold_batch:
+            raise ValueError(
+                f"synopsloss: time-folding layers disagree on the batch size ({batch.fold_layer!r}: "
+                f"{batch.fold_batch}, {name!r}: {b}); give them the same batch_size"
+            )
+        batch.fold_batch, batch.fold_layer = b, name
+        steps = int(args[0].shape[0]) // b if b else 0
+        batch.fold_steps[name] = batch.fold_steps.get(name, 0) + steps
+        batch.fold_tc = max(batch.fold_tc, steps)
 
-        return hook
+    def _probe_hook(self, module: nn.Module, args: tuple, *, name: str, layout: registry.ProbeLayout,
+                    samples: bool) -> None:
+        """A layer whose input layout is known: record its samples and time steps (Python ints, no sync)."""
+        if _in_backward() or not args or not isinstance(args[0], Tensor):
+            return
+        try:
+            b, t = frameworks.probe_sizes(layout, args[0])
+        except ValueError:
+            return  # an input it cannot read (unbatched): the other sources decide
+        batch = self._batch
+        batch.probe_steps[name] = batch.probe_steps.get(name, 0) + t
+        batch.probe_tc = max(batch.probe_tc, t)
+        if not samples:
+            return
+        if batch.probe_batch is None:
+            batch.probe_batch, batch.probe_layer = b, name
+        elif b != batch.probe_batch and not batch.probe_conflict:
+            batch.probe_conflict = f"{name!r} saw {b}"
 
-    def _layer_hook(self, name: str):
+    def _layer_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any, *, name: str) -> None:
         layer = self._layers[name]
-        rule = layer.rule
-
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            if _in_backward():
-                return  # gradient checkpointing re-runs this forward: it was counted the first time
-            if rule.count is not None:
-                self._accumulate(name, rule.count(module, args, kwargs, output), None)
-                return
-            tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
-            if len(tensors) != 1:
-                raise ValueError(
-                    f"synopsloss: layer {name!r} ({type(module).__name__}) was called with {len(tensors)} tensor "
-                    "inputs; it can count layers called with exactly one input tensor. Register a custom rule "
-                    "for this layer type, or exclude it by wrapping the call in counter.paused()."
-                )
-            if not isinstance(output, Tensor):
-                raise ValueError(f"synopsloss: layer {name!r} returned {type(output).__name__}, not a tensor")
-            self._count(name, layer, tensors[0], output)
-
-        return hook
+        if layer.rule.count is not None:
+            counts = layer.rule.count(module, args, kwargs, output)
+            if not _in_backward():  # gradient checkpointing re-runs forwards in backward: counted once
+                self._accumulate(name, counts, None)
+            return
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
+        if len(tensors) != 1:
+            raise ValueError(
+                f"synopsloss: layer {name!r} ({type(module).__name__}) was called with {len(tensors)} tensor "
+                "inputs; it can count layers called with exactly one input tensor. Register a custom rule "
+                "for this layer type, or exclude it by wrapping the call in counter.paused()."
+            )
+        if not isinstance(output, Tensor):
+            raise ValueError(f"synopsloss: layer {name!r} returned {type(output).__name__}, not a tensor")
+        self._count(name, layer, tensors[0], output)
 
     def _count(self, name: str, layer: _Layer, x: Tensor, out: Tensor) -> None:
         module, rule = layer.module, layer.rule
@@ -525,7 +629,12 @@ class SynOpsCounter:
         except ValueError as err:
             raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
         counts = self._map_counts(name, x, lm, n_el, out_shape)
-        self._accumulate(name, counts, lm, data=_storage(x) in self._batch.inputs)
+        if _in_backward():
+            # gradient checkpointing re-runs this forward during backward: it was counted the first time
+            # (the computation above still runs: non-reentrant checkpointing checks that the recomputation
+            # saves the same tensors for backward as the original forward did)
+            return
+        self._accumulate(name, counts, lm, data=_storage(x) in self._batch.inputs, lead=tuple(x.shape[:x.dim() - nd]))
 
     def _map_counts(self, name: str, x: Tensor, lm: LayerMaps, n_el: int, out_shape: Tuple[int, ...]) -> OpCounts:
         """One call's counts from the input and the layer's fan-out maps (no host-device sync)."""
@@ -533,8 +642,9 @@ class SynOpsCounter:
         flat = x.reshape(rows, n_el)
         dtype = lm.effective.dtype
         # half-precision inputs (autocast) are summed over rows in the map's dtype: a bf16 sum
-        # rounds above 256 and a float16 one overflows above 65504
-        red = dtype if flat.element_size() < 4 else None
+        # rounds above 256 and a float16 one overflows above 65504; float32 sums are exact integers
+        # only below 2^24, so long inputs (rows x spike counts up to 4) are summed in float64 too
+        red = dtype if (flat.element_size() < 4 or rows >= 1 << 22) else None
         mag = magnitude(flat)
         mag_sum = mag.sum(0, dtype=red)
         per_neuron = self._pools.events(name, x, mag, mag_sum, red, self._warn_once)
@@ -558,7 +668,8 @@ class SynOpsCounter:
                 in_neurons=n_el,
             )
 
-    def _accumulate(self, name: str, c: OpCounts, lm: Optional[LayerMaps], data: bool = False) -> None:
+    def _accumulate(self, name: str, c: OpCounts, lm: Optional[LayerMaps], data: bool = False,
+                    lead: Optional[Tuple[int, ...]] = None) -> None:
         batch = self._batch
         state = batch.layers.get(name)
         device = c.synops.device
@@ -576,6 +687,7 @@ class SynOpsCounter:
                 eff_acs=torch.where(c.spiking, c.effective, zero), eff_macs=torch.where(c.spiking, zero, c.effective),
                 calls=1, rows_total=c.rows, rows={c.rows}, in_shape=c.in_shape, out_shape=c.out_shape, maps=lm,
                 in_neurons=c.in_neurons, data_calls=int(data), samples=c.samples,
+                leads=Counter({_lead_key(c, lead): 1}),
             )
             fold(state, call)
         state.synops = c.synops if state.synops is None else state.synops + c.synops
@@ -589,6 +701,17 @@ class SynOpsCounter:
             b, source, certain = self.batch_size, "batch_size=", True
         elif batch.fold_batch is not None:
             b, source, certain = batch.fold_batch, f"the time-folding layer {batch.fold_layer!r}", True
+        elif batch.probe_batch is not None:
+            b, source, certain = batch.probe_batch, f"layer {batch.probe_layer!r}, whose input layout is known", True
+            if batch.probe_conflict:
+                raise ValueError(
+                    f"synopsloss: layers whose input layout is known disagree on the number of samples: "
+                    f"{batch.probe_layer!r} saw {b}, {batch.probe_conflict}. Pass SynOpsCounter(model, batch_size=B).")
+            if self._batch_dim_given and batch.root_batch is not None and batch.root_batch != b:
+                raise ValueError(
+                    f"synopsloss: batch_dim={self.batch_dim} gives {batch.root_batch} samples (model input "
+                    f"{batch.root_shape}), but {source} received {b}. Drop batch_dim= (the layer's layout is "
+                    "known) or pass the right one.")
         elif any(s.samples for s in batch.layers.values()):
             name, b = next((n, s.samples) for n, s in batch.layers.items() if s.samples)
             source, certain = f"layer {name!r}, which knows its layout (batch_first)", True
@@ -613,7 +736,8 @@ class SynOpsCounter:
                 hint = (
                     " The model seems to be called on one sample without a batch dimension: add one "
                     "(x.unsqueeze(0)) or pass batch_size=1." if unbatched else
-                    " If your data is time-first [T, B, ...], pass batch_dim=1; otherwise pass batch_size=B."
+                    " If your data is time-first [T, B, ...], pass batch_dim=1 (or time_dim=0, which also "
+                    "declares its time steps); otherwise pass batch_size=B."
                 )
                 raise ValueError(
                     f"synopsloss: layer {name!r} received {bad[0]} rows of shape {state.in_shape} in one call, "
@@ -626,8 +750,9 @@ class SynOpsCounter:
                     f"of shape {state.in_shape} in one call from a model input of shape {batch.root_shape}, so "
                     f"the input has {r // b} more entries per sample than dim {self.batch_dim} says (time steps "
                     "or tokens) and [B, T, ...] cannot be told from [T, B, ...]. Pass "
-                    "SynOpsCounter(model, batch_dim=0) for batch-first data, batch_dim=1 for time-first "
-                    "[T, B, ...] data, or batch_size=B."
+                    "SynOpsCounter(model, batch_dim=0) for batch-first data (e.g. [B, tokens, ...]), batch_dim=1 "
+                    "for time-first [T, B, ...] data, time_dim=1 / time_dim=0 to declare [B, T, ...] / [T, B, ...] "
+                    "time series, or batch_size=B."
                 )
         return b
 
@@ -699,15 +824,62 @@ class SynOpsCounter:
                 fold(out.setdefault(name, SynapseState()), state)
         return dict(sorted(out.items(), key=lambda kv: kv[1].first_seen))
 
-    def time_steps(self, layer: str) -> float:
-        """Time steps per sample of ``layer`` in the current batch (calls x rows per call / samples).
+    def time_steps(self, layer: Optional[str] = None) -> float:
+        """Time steps of the current batch (``layer=None``), or the steps ``layer`` ran in it.
 
-        Cheap (no device sync): what :class:`~synopsloss.SynOpsLoss` uses for ``budget=``.
+        A layer's steps are the sum over its calls of the steps one call
+        covers: ``T`` when its input carries the batch's time dim
+        (``[T, B, ...]``, ``[B, T, ...]`` or ``[T*B, ...]``), else one. Other
+        leading dims are tokens, not time: a ``Linear`` over ``[B, N, C]``
+        called once runs 1 step (see the module docstring for how ``T`` is
+        learned). Cheap (no device sync): what
+        :class:`~synopsloss.SynOpsLoss` uses for ``budget=``; the table's
+        ``time_steps`` column and ``synops_per_step`` / ``synops_per_s``.
+
+        Example
+        -------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 2))
+        >>> counter = sl.SynOpsCounter(net, batch_dim=0)
+        >>> for t in range(3):  # three steps of [B=2, tokens=5, 4]
+        ...     _ = net(torch.ones(2, 5, 4))
+        >>> counter.time_steps(), counter.time_steps("0")
+        (3.0, 3.0)
         """
+        if layer is None:
+            self._require_batch("time_steps")
+            self._samples()
+            return float(self._time_layout()[0])
         state = self._batch.layers.get(layer)
         if state is None:
             return 0.0
-        return state.rows_total / self._samples()
+        b = self._samples()
+        return float(_layer_steps(state, b, self._time_layout()[1]))
+
+    def _time_layout(self) -> Tuple[float, int, str]:
+        """``(time steps of the batch, steps of a call that carries the time dim, source)``."""
+        batch = self._batch
+        if self.time_dim is not None and batch.root_steps:
+            return float(batch.root_steps), batch.root_tc, f"dim {self.time_dim} of the model's input"
+        if batch.probe_steps:
+            name, steps = next(iter(batch.probe_steps.items()))
+            return float(steps), batch.probe_tc, f"layer {name!r}, whose input layout is known"
+        if batch.fold_steps:
+            name, steps = next(iter(batch.fold_steps.items()))
+            return float(steps), batch.fold_tc, f"the time-folding layer {name!r}"
+        for name, state in batch.layers.items():
+            if state.samples:  # a layer that knows its layout (nn.RNN / LSTM / GRU)
+                tc = max((r // state.samples for r in state.rows), default=1)
+                return state.rows_total / state.samples, tc, f"layer {name!r}, which knows its layout"
+        calls = batch.root_calls or max((s.calls for s in batch.layers.values()), default=0)
+        return float(calls), 1, "the calls of the model"
+
+    def _set_sample_steps(self, samples: int) -> float:
+        """Store ``samples x steps`` on the batch's layer states; return the batch's time steps."""
+        steps, tc, _ = self._time_layout()
+        for state in self._batch.layers.values():
+            state.sample_steps = float(samples * _layer_steps(state, samples, tc))
+        return steps
 
     def synops(self, by_layer: bool = False) -> Any:
         """Differentiable synops per sample since the last reset (0-dim, with grad_fn).
@@ -798,9 +970,25 @@ class SynOpsCounter:
         if not current and not (accumulated and self._total_samples):
             self._require_batch("snapshot")
         samples = (self._samples() if current else 0) + (self._total_samples if accumulated else 0)
+        sample_steps = self._total_sample_steps if accumulated else 0.0
+        if current:
+            b = self._samples()
+            sample_steps += b * self._set_sample_steps(b)
         batch.read = batch.read or current
         states = self._merged(accumulated, current=current)
-        idle = [n for n in self._layers if n not in states]
+        idle = [n for n in self._layers if n not in states and not self._scope.used(self._layers[n].module)]
+        silent = self._scope.silent()
+        if silent:
+            msg = (
+                f"synopsloss: module(s) {', '.join(silent)} have parameters, but no counted op used them as "
+                "weights while the model ran: their synapses are NOT included. They apply their weights through "
+                "ops that are no synapses (elementwise products), ops that cannot be counted, or did not run "
+                "(called as m.forward(x), replaced after attach). Register a rule with synopsloss.register_rule "
+                "(or declare them synapse-free with synopsloss.register_no_synapse)."
+            )
+            if self.strict:
+                raise TypeError(msg)
+            self._warn_once(msg, UnsupportedLayerWarning, stacklevel=4)
         if idle:
             self._warn_once(
                 f"synopsloss: layer(s) {', '.join(repr(n) for n in idle)} did not run through a counted call "
@@ -810,7 +998,13 @@ class SynOpsCounter:
             for n in idle:
                 states[n] = SynapseState(first_seen=1 << 62)
         neurons = self._monitor.snapshot(accumulated=accumulated, current=current) if self._monitor is not None else {}
-        return CounterSnapshot(samples, self._layer_stats(states), neurons, accumulated)
+        layers = self._layer_stats(states)
+        # forward order as ranks 0, 1, ... over both kinds of layers (the stamps are process-wide counters)
+        ranked = sorted([*layers.values(), *neurons.values()], key=lambda s: s.order)
+        rank = {id(s): i for i, s in enumerate(ranked)}
+        layers = {n: dataclasses.replace(s, order=rank[id(s)]) for n, s in layers.items()}
+        neurons = {n: dataclasses.replace(s, order=rank[id(s)]) for n, s in neurons.items()}
+        return CounterSnapshot(samples, layers, neurons, accumulated, sample_steps=sample_steps)
 
     def _layer_stats(self, states: Dict[str, SynapseState]) -> Dict[str, LayerStats]:
         values: List[Tensor] = []
@@ -835,22 +1029,25 @@ class SynOpsCounter:
                     )
             layer = self._layers.get(name)
             module = layer.module if layer is not None else None
+            op_row = self._scope.rows.get(name) if layer is None else None
             has_map = state.maps is not None and state.maps.effective.numel() > 0
             out[name] = LayerStats(
-                name=name, type=type(module).__name__ if module is not None else "?",
-                kind=str(self._kind(name)), order=int(state.first_seen or 0),
+                name=name, type=op_row.op if op_row else type(module).__name__ if module is not None else "?",
+                kind=str(op_row.kind if op_row else self._kind(name)), order=int(state.first_seen or 0),
                 synops=v[0], dense=v[1], eff_macs=v[2], eff_acs=v[3], input_sum=v[4], input_nonzero=v[5],
                 calls=state.calls, rows=state.rows_total, in_shape=tuple(state.in_shape),
                 out_shape=tuple(state.out_shape), in_neurons=state.in_neurons,
                 weights=self._weights(layer), fanout_mean=v[6] if has_map else None,
                 fanout_max=v[7] if has_map else None, data_fed=bool(state.calls and state.data_calls == state.calls),
+                sample_steps=state.sample_steps,
             )
         return out
 
     def _kind(self, name: str) -> registry.LayerKind:
-        """Synapses inside a neuron module (snntorch RLeaky, sinabs *Recurrent) are recurrent synapses."""
+        """Synapses inside a neuron module (snntorch RLeaky, sinabs *Recurrent) or of one (norse
+        LIFRecurrentCell) are recurrent synapses."""
         parts = name.split(".")
-        for i in range(1, len(parts)):
+        for i in range(1, len(parts) + 1):
             owner = self.model.get_submodule(".".join(parts[:i]))
             if registry.neuron_library(owner) is not None:
                 return registry.LayerKind.RECURRENT
@@ -863,7 +1060,8 @@ class SynOpsCounter:
         if layer.rule.fanout is not None:
             w = getattr(layer.module, layer.rule.weight, None)
             return int(w.numel()) if isinstance(w, Tensor) else None
-        return sum(p.numel() for n, p in layer.module.named_parameters() if n.startswith("weight"))
+        return sum(p.numel() for n, p in layer.module.named_parameters()
+                   if n.startswith("weight") or n.endswith("_weights"))  # norse: input_weights, recurrent_weights
 
     def table(self, dt: Optional[float] = None, energy: Any = "horowitz45nm", accumulated: bool = False):
         """The per-layer statistics table (:class:`synopsloss.table.SynOpsTable`).
@@ -898,6 +1096,11 @@ class SynOpsCounter:
             self.snapshot(accumulated=accumulated), dt=dt, energy=energy,
             per_neuron=self._monitor.firing_rates(accumulated=accumulated) if self._monitor is not None else None,
         )
+
+    @property
+    def map_cache_bytes(self) -> int:
+        """Bytes of connection maps the counter holds now (bounded per layer by ``MapCache.max_bytes``)."""
+        return sum(cache.nbytes for cache in self._maps.values())
 
     @property
     def neurons(self):
@@ -953,13 +1156,34 @@ class SynOpsCounter:
         return f"SynOpsCounter({type(self.model).__name__}, {len(self._layers)} layers, {state})"
 
 
+def _lead_key(c: OpCounts, lead: Optional[Tuple[int, ...]]) -> tuple:
+    """What :func:`_call_steps` needs of one call: its leading (row) dims, or ``("T", steps)``."""
+    if lead is not None:
+        return lead
+    if c.samples:  # the rule knows its layout: rows = steps x samples
+        return ("T", c.rows // c.samples)
+    return (c.rows,)
+
+
+def _call_steps(lead: tuple, samples: int, tc: int) -> int:
+    """Time steps one call covers: ``tc`` when its leading dims carry the time dim (``[T, B]``,
+    ``[B, T]`` or ``[T*B]``), else 1 (one step; other leading dims are tokens)."""
+    if lead and lead[0] == "T":
+        return int(lead[1])
+    if tc <= 1 or not lead:
+        return 1
+    if len(lead) >= 2 and {lead[0], lead[1]} == {tc, samples}:
+        return tc
+    return tc if lead[0] == tc * samples else 1
+
+
+def _layer_steps(state: SynapseState, samples: int, tc: int) -> int:
+    """Time steps a layer ran in a batch: the sum of :func:`_call_steps` over its calls."""
+    return sum(n * _call_steps(lead, samples, tc) for lead, n in state.leads.items())
+
+
 def _check_optional_int(name: str, value: Any, minimum: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    check_int(name, value, minimum=minimum, optional=True)
 
 
 def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:

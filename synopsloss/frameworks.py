@@ -84,6 +84,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .maps import magnitude
+
 __all__ = [
     "NeuronType",
     "SynapseType",
@@ -889,3 +891,105 @@ def recurrent_inputs(module: nn.Module, args: tuple, output: Any) -> Dict[str, T
     z0 = torch.zeros(step_shape, dtype=out.dtype, device=out.device) if z0 is None else z0.to(out.dtype).expand(step_shape)
     z_prev = torch.cat([z0.unsqueeze(0), out[:-1]]) if sequence else z0
     return {"input_weights": x, "recurrent_weights": z_prev}
+
+
+# --------------------------------------------------------------------------- synapse rules
+
+_MC_WARNED: set = set()
+
+
+def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    """Count synops for norse recurrent modules (``input_weights`` and ``recurrent_weights``) and ``LILinearCell``.
+
+    One call's :class:`~synopsloss.maps.OpCounts`: the input ``x`` (``args[0]``)
+    drives the columns of ``input_weights`` and the previous step's spikes
+    (:func:`recurrent_inputs`) those of ``recurrent_weights``, each like an
+    ``nn.Linear``: ``synops = sum(|x| * fan-out(input_weights)) + sum(|z_prev| *
+    fan-out(recurrent_weights))`` (fan-out: nonzero entries of a column);
+    effective: nonzero inputs x fan-out; *dense*: every entry of both weights at
+    every step, since norse multiplies the recurrent weights at every step
+    (with zeros when no state is passed). The ops are ACs when ``x`` is in
+    {-1, 0, 1} (``z`` are spikes). Cells hold ``B`` rows per call, sequence
+    modules ``T*B`` (``samples`` = ``B``: the layout is known). ``LIFMC*``
+    cells' compartment coupling ``g_coupling`` (membrane x membrane, not
+    spike-driven) is not counted (a warning says so).
+
+    Example
+    -------
+    >>> import norse.torch as norse
+    >>> cell = norse.LIFRecurrentCell(3, 2)
+    >>> with torch.no_grad():
+    ...     _ = cell.input_weights.fill_(1.0)
+    >>> c = norse_synapse_counts(cell, (torch.tensor([[1.0, 0.0, 1.0]]),), {}, cell(torch.tensor([[1.0, 0.0, 1.0]])))
+    >>> float(c.synops), float(c.dense), c.rows, c.samples  # 2 inputs x 2 outputs; no previous spikes
+    (4.0, 10.0, 1, 1)
+    """
+    from .maps import OpCounts
+
+    w_in = getattr(module, "input_weights", None)
+    if not isinstance(w_in, Tensor):
+        raise TypeError(f"norse_synapse_counts expects a norse module with input_weights, got {type(module).__name__}")
+    if not args or not isinstance(args[0], Tensor):
+        raise ValueError(f"{type(module).__name__} must be called with its input tensor as first argument")
+    x = args[0]
+    pairs = [(x, w_in)]
+    if isinstance(getattr(module, "recurrent_weights", None), Tensor):
+        state = args[1] if len(args) > 1 else kwargs.get("state")
+        z_prev = recurrent_inputs(module, (x, state), output)["recurrent_weights"]
+        pairs.append((z_prev, module.recurrent_weights))
+    if getattr(module, "g_coupling", None) is not None and id(module) not in _MC_WARNED:
+        _MC_WARNED.add(id(module))
+        import warnings
+
+        warnings.warn(f"synopsloss does not count the compartment coupling g_coupling of {type(module).__name__} "
+                      "(membrane x membrane products, not spike-driven synapses); only input_weights and "
+                      "recurrent_weights are counted", stacklevel=2)
+    sequence = x.dim() >= 3 and _isinstance(module, ("norse.torch.module.snn.SNNRecurrent",))
+    dtype = torch.float64
+    synops = torch.zeros((), dtype=dtype, device=x.device)
+    with torch.no_grad():
+        effective = torch.zeros((), dtype=dtype, device=x.device)
+        dense = torch.zeros((), dtype=dtype, device=x.device)
+        spiking = torch.ones((), dtype=torch.bool, device=x.device)
+    for t, w in pairs:
+        flat = t.reshape(-1, w.shape[1]).to(dtype)
+        fan = (w.detach() != 0).sum(0).to(dtype)
+        synops = synops + (magnitude(flat) * fan).sum()
+        with torch.no_grad():
+            effective = effective + ((flat != 0).to(dtype) * fan).sum()
+            dense = dense + float(flat.shape[0] * w.numel())
+            spiking = spiking & torch.all((flat == 0) | (flat.abs() == 1))
+    rows = x.numel() // w_in.shape[1]
+    samples = int(x.shape[1]) if sequence else (int(x.shape[0]) if x.dim() >= 2 else 1)
+    with torch.no_grad():
+        xd = x.detach().to(dtype)
+        return OpCounts(
+            synops=synops, dense=dense, effective=effective, spiking=spiking, rows=rows, samples=samples,
+            in_shape=(int(w_in.shape[1]),), out_shape=(int(w_in.shape[0]),),
+            input_sum=magnitude(xd).sum(), input_nonzero=(xd != 0).sum().to(dtype), in_neurons=int(w_in.shape[1]),
+        )
+
+
+def lconv2d_fanout(module: nn.Module, w01: Tensor, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...]) -> Tensor:
+    """Count synops for norse ``LConv2d``: a 2-d convolution with ``weight[..., 0]`` at every step.
+
+    norse permutes ``[T, N, C, H, W]`` to ``[N, C, H, W, T]`` and convolves with a
+    ``(k, k, 1)`` kernel, so one sample of one step is ``[C, H, W]`` (rows ``T*N``).
+
+    Example
+    -------
+    >>> import norse.torch as norse
+    >>> conv = norse.LConv2d(1, 1, 3, padding=1)
+    >>> lconv2d_fanout(conv, torch.ones_like(conv.weight), (1, 3, 3), (1, 3, 3))[0].tolist()
+    [[4.0, 6.0, 4.0], [6.0, 9.0, 6.0], [4.0, 6.0, 4.0]]
+    """
+    from types import SimpleNamespace
+
+    from .maps import conv_fanout
+
+    if isinstance(module.padding, str):
+        raise ValueError(f"{type(module).__name__} with padding={module.padding!r} is not supported; pass integers")
+    conv2d = SimpleNamespace(kernel_size=tuple(module.kernel_size[:2]), stride=tuple(module.stride[:2]),
+                             padding=tuple(module.padding[:2]), dilation=tuple(module.dilation[:2]),
+                             groups=module.groups, padding_mode=module.padding_mode)
+    return conv_fanout(conv2d, w01[..., 0], in_shape, out_shape)

@@ -1,31 +1,44 @@
 """Hook plumbing shared by the counter and the neuron monitor: attach, remove, pause, the root hook.
 
-Hooks are closures, not bound methods, and each ignores calls of modules other
-than its own: ``copy.deepcopy`` of a hooked model copies the hook functions
-(sharing their closures), and deep copies (NeuroBench's, for example) must
-not be counted. Nothing is written onto the user's modules.
+Each hook ignores calls of modules other than its own: ``copy.deepcopy`` of a
+hooked model copies the hook functions, and deep copies (NeuroBench's, for
+example) must not be counted. Nothing is written onto the user's modules.
+
+The model holds its hooks, so a hook must not hold its owner (a counter or a
+monitor): a counter created in a function and never removed would otherwise
+live, and count, forever. A :class:`HookSet` keeps only a weak reference to
+its owner and passes it to each hook function as the first argument; when the
+owner is garbage-collected, every hook is removed.
 
 Example
 -------
 >>> import torch
 >>> from synopsloss.hooks import HookSet
+>>> class Recorder:
+...     def __init__(self, net):
+...         self.seen = []
+...         self.hooks = HookSet(self)
+...         self.hooks.forward(net, Recorder.on_call)
+...     def on_call(self, module, args, out):
+...         self.seen.append(tuple(out.shape))
 >>> net = torch.nn.Linear(2, 2)
->>> seen = []
->>> hooks = HookSet()
->>> hooks.forward(net, lambda m, args, out: seen.append(out.shape))
+>>> rec = Recorder(net)
 >>> _ = net(torch.ones(1, 2))
->>> with hooks.paused():
+>>> with rec.hooks.paused():
 ...     _ = net(torch.ones(3, 2))
->>> hooks.remove(); _ = net(torch.ones(4, 2))
->>> seen
-[torch.Size([1, 2])]
+>>> rec.seen
+[(1, 2)]
+>>> del rec  # unreachable: its hooks go with it
+>>> len(net._forward_hooks)
+0
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, Callable, Iterator, List
+import weakref
+from typing import Any, Callable, Iterator, List, Optional
 
 from torch import nn
 
@@ -40,37 +53,61 @@ def next_stamp() -> int:
 
 
 class HookSet:
-    """The forward hooks one owner put on a model, switched on and off together."""
+    """The forward hooks one owner put on a model, switched on and off together.
 
-    def __init__(self) -> None:
+    Hook functions registered with ``owned=True`` (the default) are called as
+    ``fn(owner, module, ...)`` with the owner looked up through a weak
+    reference; ``owned=False`` functions are called as ``fn(module, ...)``
+    and must not reference the owner.
+    """
+
+    def __init__(self, owner: Optional[Any] = None) -> None:
         self._handles: List[Any] = []
         self.enabled = True
+        self._owner = weakref.ref(owner) if owner is not None else None
+        if owner is not None:
+            weakref.finalize(owner, _remove_all, self._handles)
 
     @property
     def attached(self) -> bool:
         """Whether any hook is registered."""
         return bool(self._handles)
 
-    def _guard(self, owner: nn.Module, fn: Callable[..., None]) -> Callable[..., None]:
+    def _guard(self, target: nn.Module, fn: Callable[..., None], owned: bool) -> Callable[..., None]:
+        target_ref = weakref.ref(target)
+        owner_ref = self._owner if owned else None
+        state = weakref.ref(self)
+
         def hook(module: nn.Module, *rest: Any) -> None:
-            if module is owner and self.enabled:
+            hooks = state()
+            if hooks is None or not hooks.enabled or module is not target_ref():
+                return
+            if owner_ref is None:
                 fn(module, *rest)
+                return
+            owner = owner_ref()
+            if owner is not None:
+                fn(owner, module, *rest)
 
         return hook
 
-    def forward(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False) -> None:
-        """``fn(module, args, [kwargs,] output)`` after each call of ``module`` itself (not of its copies)."""
-        self._handles.append(module.register_forward_hook(self._guard(module, fn), with_kwargs=with_kwargs))
+    def forward(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False,
+                owned: bool = True, always_call: bool = False) -> None:
+        """``fn([owner,] module, args, [kwargs,] output)`` after each call of ``module`` itself (not of its copies).
 
-    def pre(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False) -> None:
-        """``fn(module, args, [kwargs])`` before each call of ``module`` itself."""
-        self._handles.append(module.register_forward_pre_hook(self._guard(module, fn), with_kwargs=with_kwargs))
+        ``always_call=True``: also when the forward raised (then as ``fn([owner,] module, args, None)``).
+        """
+        hook = self._guard(module, fn, owned and self._owner is not None)
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs, always_call=always_call))
+
+    def pre(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False, owned: bool = True) -> None:
+        """``fn([owner,] module, args, [kwargs])`` before each call of ``module`` itself."""
+        hook = self._guard(module, fn, owned and self._owner is not None)
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
 
     def remove(self) -> None:
         """Take every hook off."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        _remove_all(self._handles)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -80,3 +117,9 @@ class HookSet:
             yield
         finally:
             self.enabled = before
+
+
+def _remove_all(handles: List[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()

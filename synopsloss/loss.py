@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .counter import SynOpsCounter
+from ._validate import ArgumentTypeError, check_int
 from .schedules import Schedule, as_schedule
 
 __all__ = ["SynOpsLoss", "UnreachableTargetWarning", "SHAPES"]
@@ -59,7 +60,7 @@ def _positive(name: str, value: Any) -> None:
     if isinstance(value, Schedule):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number or a synopsloss.schedules.Schedule, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{name} must be a number or a synopsloss.schedules.Schedule, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
             f"{name} must be > 0, got {value!r}: a synops target of zero or less can only be approached "
@@ -99,8 +100,9 @@ class SynOpsLoss:
     budget
         Instead of ``target``: ``{layer name: synops per second}``, e.g. a
         chip's limit; needs ``dt`` (seconds per time step). The target per
-        sample is ``budget * dt * T``, with ``T`` the time steps of the batch
-        (the layer's input rows per sample, or ``time_steps=``). Default shape
+        sample is ``budget * dt * T``, with ``T`` the time steps the layer ran
+        in the batch (:meth:`SynOpsCounter.time_steps`: time steps, never
+        tokens; or ``time_steps=``). Default shape
         ``"hinge"``.
     dt, time_steps
         Time step in seconds, and (optional) number of time steps, for ``budget``.
@@ -164,21 +166,24 @@ class SynOpsLoss:
             shape = "hinge" if kind == "budget" else "squared"
         if shape not in SHAPES:
             raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
-        if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
-            raise ValueError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
+        check_int("calibration_batches", calibration_batches, minimum=1)
         if isinstance(weight, Schedule):
             self.weight = weight
         else:
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise ArgumentTypeError(f"weight must be a number >= 0 or a Schedule, got {weight!r}")
+            if not (math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"weight must be a number >= 0 or a Schedule, got {weight!r}")
             self.weight = as_schedule(weight, "weight")
         if kind == "budget":
             if not isinstance(budget, Mapping):
-                raise TypeError("budget= must be a dict {layer name: synops per second}")
-            if dt is None or isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (0 < dt < math.inf):
-                raise ValueError(f"budget= needs dt=, the duration of one time step in seconds (> 0), got {dt!r}")
-        if time_steps is not None and (isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1):
-            raise ValueError(f"time_steps must be a positive int or None, got {time_steps!r}")
+                raise ArgumentTypeError("budget= must be a dict {layer name: synops per second}")
+            why = f"budget= needs dt=, the duration of one time step in seconds (> 0), got {dt!r}"
+            if dt is not None and (isinstance(dt, bool) or not isinstance(dt, (int, float))):
+                raise ArgumentTypeError(why)
+            if dt is None or not (0 < dt < math.inf):
+                raise ValueError(why)
+        check_int("time_steps", time_steps, minimum=1, optional=True)
 
         self.counter = counter
         self.shape = shape
@@ -188,6 +193,8 @@ class SynOpsLoss:
         self.last_step = 0
         self._calls = 0
         self._warned: set = set()
+        #: batches without any loss.step() after which moving schedules warn
+        self.unstepped_warning_calls = 100
 
         known = counter.layer_names
         if isinstance(spec, Mapping):
@@ -271,6 +278,7 @@ class SynOpsLoss:
         fed = self.counter.data_fed_layers()
         calibrating = self._calls < self.calibration_batches
         self._calls += 1
+        self._check_stepped()
         weight = self.weight.value
         if weight < 0:
             raise ValueError(f"SynOpsLoss: the weight schedule gave {weight} < 0 at step {self.last_step}")
@@ -291,6 +299,7 @@ class SynOpsLoss:
             else:
                 f = r.abs()
             total = f if total is None else total + f
+            self._check_gradient(names, per_layer, fed)
             if calibrating and self._calls == self.calibration_batches:
                 self._check_reachable(term, names, per_layer, fed, t)
         assert total is not None
@@ -336,7 +345,6 @@ class SynOpsLoss:
             fed_sel = [n for n in names if n in fed]
             s_fed = float(sum(per_layer[n].detach() for n in fed_sel)) if fed_sel else 0.0
             fed_all = float(sum(per_layer[n].detach() for n in fed)) if fed else 0.0
-            no_grad = [n for n in names if n not in fed and torch.is_grad_enabled() and not per_layer[n].requires_grad]
         if self.layers == "driven" and term.layers is None and not fed:
             self._warn(
                 "nofed",
@@ -372,12 +380,46 @@ class SynOpsLoss:
                 f"of those layers ({s_sel:.6g}); with shape {self.shape!r} the loss pushes synops UP to it "
                 f"(shape='hinge' only penalises going above).{hint}",
             )
+
+    def _check_gradient(self, names: List[str], per_layer: Dict[str, Tensor], fed: List[str]) -> None:
+        """Warn once when regularised synops carry no gradient: the loss could not lower them."""
+        if not torch.is_grad_enabled():
+            return  # the loss itself is evaluated without gradient (validation): nothing to train
+        no_grad = [n for n in names if n not in fed and not per_layer[n].requires_grad]
         if no_grad:
             self._warn(
                 "nograd",
-                f"SynOpsLoss: the synops of layer(s) {no_grad} carry no gradient (nothing trainable feeds them); "
-                "they count towards the target but the loss cannot lower them.",
+                f"SynOpsLoss: the synops of layer(s) {no_grad} carry no gradient, so the loss cannot lower them: "
+                "the forward pass ran under torch.no_grad() / inference_mode, or nothing trainable feeds those "
+                "layers (a frozen layer before them, requires_grad=False). Run the forward with gradients on, or "
+                "regularise other layers (layers=[...]).",
             )
+
+    def _check_stepped(self) -> None:
+        """Warn once when schedules that change with the step were never stepped."""
+        if self.last_step or self._calls < self.unstepped_warning_calls:
+            return
+        moving = [s for s in self._schedules if s.at(0) != s.at(10 ** 9) or s.at(0) != s.at(1)]
+        if moving:
+            zero = self.weight.value == 0
+            self._warn(
+                "unstepped",
+                f"SynOpsLoss: {self._calls} batches were computed but loss.step() was never called, so the schedules "
+                f"{moving} stay at step 0" + (" and the loss weight is 0: the loss has no effect" if zero else "")
+                + ". Call loss.step() after each optimizer step (or once per epoch).",
+            )
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> Any:
+        raise TypeError(
+            "a SynOpsLoss is bound to a SynOpsCounter on a live model and cannot be copied. Create a new "
+            "SynOpsLoss on a new counter and restore its state with loss.load_state_dict(old.state_dict())."
+        )
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        raise TypeError(
+            "a SynOpsLoss cannot be pickled (it is bound to a SynOpsCounter on a live model). Save "
+            "loss.state_dict() (plain data) and load it into a new SynOpsLoss."
+        )
 
     # ------------------------------------------------------------------ schedules and state
 

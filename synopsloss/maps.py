@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,9 @@ class Rule:
         the sample.
     weight
         Name of the weight attribute (read with ``getattr``, so pruned weights
-        recomputed by ``torch.nn.utils.prune`` are seen as they are used).
+        recomputed by ``torch.nn.utils.prune`` are seen as they are used), or
+        ``"method()"``: the weight the layer computes with, returned by that
+        method (SpikingJelly's ``WSConv2d.get_weight()``; see :func:`rule_weight`).
     """
 
     fanout: Optional[FanoutFn]
@@ -105,6 +107,52 @@ class OpCounts:
 
 #: ``count(module, args, kwargs, output) -> OpCounts`` for layers outside the map model (recurrent layers)
 CountFn = Callable[[nn.Module, tuple, dict, object], OpCounts]
+
+
+def rule_weight(module: nn.Module, name: str) -> Any:
+    """The weight a rule names: ``getattr(module, name)``, or ``module.method()`` for ``name = "method()"``.
+
+    Example
+    -------
+    >>> rule_weight(torch.nn.Linear(2, 3), "weight").shape
+    torch.Size([3, 2])
+    """
+    if name.endswith("()"):
+        return getattr(module, name[:-2])()
+    return getattr(module, name)
+
+
+class _Magnitude(torch.autograd.Function):
+    """``|x|`` whose gradient is ``sign(x)`` with ``+1`` at 0 (``torch.abs`` has gradient 0 there)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.abs()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.where(x < 0, -grad, grad)
+
+
+def magnitude(x: Tensor) -> Tensor:
+    """``|x|`` with the gradient of ``torch.where(x < 0, -x, x)``: +1 at and above 0, -1 below.
+
+    Synops count input magnitudes; the gradient at 0 lets a loss reach silent
+    neurons (``torch.abs`` has gradient 0 there). One ``abs`` in forward; the
+    sign mask is built in backward only.
+
+    Example
+    -------
+    >>> x = torch.tensor([-2.0, 0.0, 3.0], requires_grad=True)
+    >>> magnitude(x).sum().backward()
+    >>> x.grad
+    tensor([-1.,  1.,  1.])
+    """
+    if not x.requires_grad or not torch.is_grad_enabled():
+        return x.abs()
+    return _Magnitude.apply(x)
 
 
 def fixed_ndim(n: int) -> Callable[[nn.Module], int]:
@@ -245,7 +293,7 @@ def _weight01(weight: Tensor, effective: bool) -> Tensor:
 
 
 def _build_map(module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape, effective: bool) -> Tensor:
-    weight = getattr(module, rule.weight)
+    weight = rule_weight(module, rule.weight)
     device = weight.device
     # Fan-outs are small integers: build them in float32 with autocast off (a bf16
     # transposed convolution is exact only up to 256) and keep them in float64.
@@ -261,7 +309,7 @@ def _build_map(module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape,
 
 
 def _default_out_shape(module: nn.Module, rule: Rule, in_shape: Shape) -> Shape:
-    weight = getattr(module, rule.weight)
+    weight = rule_weight(module, rule.weight)
     with torch.no_grad():
         x = torch.zeros((1, *in_shape), dtype=weight.dtype, device=weight.device)
         return tuple(module(x).shape[1:])
@@ -326,7 +374,6 @@ class LayerMaps:
     """Cached maps of one layer for one input sample shape and device."""
 
     effective: Tensor  # float64, flattened sample
-    dense: Tensor  # float64, flattened sample
     dense_total: Tensor  # 0-dim float64: every tap of one sample
     sample_shape: Shape
 
@@ -340,6 +387,11 @@ def _weight_token(module: nn.Module, name: str) -> Optional[tuple]:
     ``*_orig`` parameter and ``*_mask`` buffer. Returns ``None`` when no
     fingerprint is possible (then the map is rebuilt on every call).
     """
+    if name.endswith("()"):  # a weight computed by a method from the module's own tensors
+        own = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+        if not own or any(t.is_inference() for t in own):
+            return None
+        return tuple(v for t in own for v in (t.data_ptr(), t._version, tuple(t.shape)))
     orig = module._parameters.get(name + "_orig")
     mask = module._buffers.get(name + "_mask")
     if orig is not None and mask is not None:
@@ -362,35 +414,63 @@ def _weight_token(module: nn.Module, name: str) -> Optional[tuple]:
 class MapCache:
     """Per-layer cache of connection maps, keyed by input sample shape and device.
 
-    Dense maps depend only on the shapes and are kept; effective maps are
-    rebuilt when the weight changes (see :func:`_weight_token`). Up to
-    ``max_shapes`` shapes are kept per layer (variable-length recordings or
-    image sizes just work).
+    Effective maps are rebuilt when the weight changes (see
+    :func:`_weight_token`); of the dense map only its total is kept. The cache
+    is bounded: at most ``max_shapes`` input shapes and ``max_bytes`` bytes of
+    maps per layer (least recently used first out), so variable-length
+    recordings or image sizes just work without growing without limit. A map
+    larger than ``max_bytes`` on its own is used for its call and not kept.
+    ``nbytes`` is what the cache holds now (``SynOpsCounter.map_cache_bytes``
+    sums it over the layers).
+
+    Example
+    -------
+    >>> import torch
+    >>> from synopsloss.registry import find_rule
+    >>> conv = torch.nn.Conv2d(1, 1, 3)
+    >>> cache = MapCache(max_shapes=2)
+    >>> for size in (5, 6, 7):
+    ...     _ = cache.get(conv, find_rule(conv), (1, size, size), (1, size - 2, size - 2))
+    >>> len(cache), cache.nbytes  # the 7x7 and 6x6 maps, float64
+    (2, 680)
     """
 
-    def __init__(self, max_shapes: int = 16) -> None:
+    #: default bound on the bytes of maps kept per layer
+    MAX_BYTES = 256 * 2 ** 20
+
+    def __init__(self, max_shapes: int = 16, max_bytes: Optional[int] = None) -> None:
         self.max_shapes = max_shapes
-        self._dense: "OrderedDict[tuple, Tuple[Tensor, Tensor]]" = OrderedDict()
+        self.max_bytes = self.MAX_BYTES if max_bytes is None else int(max_bytes)
+        self._dense: "OrderedDict[tuple, Tensor]" = OrderedDict()  # key -> 0-dim total
         self._eff: "OrderedDict[tuple, Tuple[Optional[tuple], Tensor]]" = OrderedDict()
         self.builds = 0  # number of effective-map builds, for tests and diagnostics
+
+    def __len__(self) -> int:
+        return len(self._eff)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the maps held now."""
+        return sum(m.numel() * m.element_size() for _t, m in self._eff.values())
 
     def clear(self) -> None:
         self._dense.clear()
         self._eff.clear()
 
-    def _put(self, store: OrderedDict, key, value) -> None:
+    def _put(self, store: OrderedDict, key, value, nbytes: int = 0) -> None:
+        if nbytes > self.max_bytes:
+            return  # too big to keep: used for this call only
         store[key] = value
         store.move_to_end(key)
-        while len(store) > self.max_shapes:
+        while len(store) > self.max_shapes or (store is self._eff and self.nbytes > self.max_bytes):
             store.popitem(last=False)
 
     def get(self, module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape) -> LayerMaps:
-        weight = getattr(module, rule.weight)
+        weight = rule_weight(module, rule.weight)
         key = (in_shape, out_shape, weight.device, tuple(weight.shape))
         dense = self._dense.get(key)
         if dense is None:
-            dmap = _build_map(module, rule, in_shape, out_shape, effective=False).reshape(-1)
-            dense = (dmap, dmap.sum())
+            dense = _build_map(module, rule, in_shape, out_shape, effective=False).sum()
             self._put(self._dense, key, dense)
         token = _weight_token(module, rule.weight)
         cached = self._eff.get(key)
@@ -398,8 +478,10 @@ class MapCache:
             emap = _build_map(module, rule, in_shape, out_shape, effective=True).reshape(-1)
             self.builds += 1
             cached = (token, emap)
-            self._put(self._eff, key, cached)
-        return LayerMaps(effective=cached[1], dense=dense[0], dense_total=dense[1], sample_shape=in_shape)
+            self._put(self._eff, key, cached, emap.numel() * emap.element_size())
+        else:
+            self._eff.move_to_end(key)
+        return LayerMaps(effective=cached[1], dense_total=dense, sample_shape=in_shape)
 
 
 def prod(shape: Iterable[int]) -> int:

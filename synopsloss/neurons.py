@@ -56,9 +56,34 @@ and divided by the number of samples):
   have no cost: their neuron operations are reported as unknown, never as 0.
   Pass ``costs={type name: ops}`` to set or override any cost.
 
+SpikingJelly 2.0 and norse 1.1 neurons (every class of
+:data:`synopsloss.frameworks.NEURON_TYPES`; costs from their rows' terms, the
+same convention) are tracked too:
+
+* **layout**: SpikingJelly neurons with ``step_mode='m'`` (and its
+  multi-step-only neurons) and norse sequence modules (``LIF``, ``LIFRecurrent``,
+  ...) take ``[T, B, ...]``: rows ``T*B``, neurons ``shape[2:]``; SpikingJelly
+  ``'s'`` neurons and norse cells run one step on ``[B, ...]`` (norse returns
+  ``(spikes, state)``: the spikes are read).
+* **membrane updates**: one step per call with the membrane exposed
+  (SpikingJelly ``'s'``: ``module.v`` before and after the call; norse cells:
+  ``state.v`` passed in and returned): NeuroBench's rule, as for snntorch.
+  All steps in one call (only the last step's membrane is exposed):
+  *event-driven*, as for sinabs -- an update where the input or the output
+  is nonzero (norse ``LIFRecurrent``: where the input or the previous spikes
+  reach the neuron through a nonzero weight). A neuron with a synaptic
+  current (norse ``LIF``) changes its membrane at every step after an input,
+  so the event-driven count is what a lazily-leaking chip updates, not the
+  trajectory.
+* neurons whose output is a membrane or an analog value (norse ``LI``, SJ
+  ``LIAFNode``, ``NonSpiking*``) have no spikes and no firing rate; ternary
+  neurons' -1 spikes count as spikes.
+
 Recurrent synapses (snntorch ``RLeaky``/``RSynaptic``' ``recurrent`` module,
-sinabs ``*Recurrent``' ``rec_connect``) are synapses: the
-:class:`~synopsloss.SynOpsCounter` counts them as layers of their own.
+sinabs ``*Recurrent``' ``rec_connect``; norse recurrent modules'
+``input_weights`` / ``recurrent_weights``) are synapses: the
+:class:`~synopsloss.SynOpsCounter` counts them as layers of their own (a norse
+recurrent module is then both a synaptic and a neuron row of the table).
 
 Example
 -------
@@ -76,19 +101,25 @@ Example
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
-from . import registry
+from . import frameworks, registry
+from ._validate import check_int
 from .hooks import HookSet, next_stamp
 from .registry import LayerKind, layer_kind, neuron_op_cost
 from .snapshot import NeuronStats
 from .state import NeuronState, fold
 
 __all__ = ["NeuronMonitor", "NEUROBENCH_NEURON_OPS", "neuron_op_cost", "layer_kind"]
+
+_FRAMEWORKS = ("spikingjelly", "norse")
 
 #: NeuroBench 2.3 ``neuron_ops_reset_operations``: operations per membrane update (snntorch types).
 NEUROBENCH_NEURON_OPS = {k: v for k, v in registry.NEURON_OP_COSTS["snntorch"].items() if not k.startswith("R")}
@@ -158,21 +189,23 @@ class NeuronMonitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"NeuronMonitor expects a torch.nn.Module, got {type(model).__name__}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        check_int("batch_size", batch_size, minimum=1, optional=True)
         self.model = model
         self.batch_size = batch_size
         self.batch_dim = batch_dim
         self.costs = dict(costs or {})
-        self._samples_fn = samples_fn
+        # a bound method of the owning counter is held weakly: the counter owns the monitor
+        self._samples_fn = weakref.WeakMethod(samples_fn) if inspect.ismethod(samples_fn) else (
+            (lambda: samples_fn) if samples_fn is not None else None)
         self._rules = rules
-        self._hooks = HookSet()
+        self._hooks = HookSet(self)
         self.info: Dict[str, Dict[str, Any]] = {}  # name -> type, kind, cost, leaky, library (static)
         self._batch: Dict[str, NeuronState] = {}
         self._totals: Dict[str, NeuronState] = {}
         self._total_samples = 0
         self._root_batch: Optional[int] = None
         self._fold_batch: Optional[int] = None
+        self._probe_batch: Optional[int] = None  # samples seen by a SpikingJelly / norse neuron (its layout is known)
         self.attach()
 
     # ------------------------------------------------------------------ lifecycle
@@ -185,7 +218,7 @@ class NeuronMonitor:
         """Register the hooks (done by the constructor)."""
         if self.attached:
             return self
-        self._hooks.pre(self.model, self._root_hook, with_kwargs=True)
+        self._hooks.pre(self.model, NeuronMonitor._root_hook, with_kwargs=True)
         neuron_names: List[str] = []
         for name, module in self.model.named_modules():
             if name == "" and any(True for _ in module.children()):
@@ -194,29 +227,36 @@ class NeuronMonitor:
             leaf = not any(True for _ in module.children())
             if ".parametrizations." in f".{name}" and leaf:
                 continue  # weight_norm / spectral_norm internals of a layer, not layers of the model
-            if registry.find_rule(module, self._rules) is not None:
-                continue  # synaptic: the counter's
             kind = layer_kind(module)
+            if kind is not LayerKind.NEURON and registry.find_rule(module, self._rules) is not None:
+                continue  # synaptic: the counter's (a neuron with synapses of its own, norse recurrent cells: both)
             if kind is LayerKind.NEURON:
                 neuron_names.append(name)
                 self._attach_neuron(name, module)
             elif not inside_neuron and leaf:
-                self.info[name] = dict(type=type(module).__name__, kind=kind)
-                track = self._neuron_hook(name) if kind is LayerKind.ACTIVATION else self._other_hook(name)
-                self._hooks.forward(module, track)
+                self.info[name] = dict(type=type(module).__name__, kind=kind,
+                                       stepped=frameworks.step_layout(module) is not None)
+                track = NeuronMonitor._neuron_hook if kind is LayerKind.ACTIVATION else NeuronMonitor._other_hook
+                self._hooks.forward(module, functools.partial(track, name=name))
         return self
 
     def _attach_neuron(self, name: str, module: nn.Module) -> None:
         lib = registry.neuron_library(module)
+        row = frameworks.find_neuron(module) if lib in _FRAMEWORKS else None
         self.info[name] = dict(
             type=type(module).__name__, kind=LayerKind.NEURON, library=lib,
-            cost=neuron_op_cost(module, self.costs), leaky=_is_leaky(module),
+            cost=neuron_op_cost(module, self.costs), leaky=row.leaky if row is not None else _is_leaky(module),
             recurrent="Recurrent" in type(module).__name__ or hasattr(module, "recurrent"),
-            squeeze=registry.is_time_folding(module),
+            squeeze=registry.is_time_folding(module), row=row,
         )
         if lib == "snntorch":
-            self._hooks.pre(module, self._snntorch_pre(name))
-        self._hooks.forward(module, self._neuron_hook(name))
+            self._hooks.pre(module, functools.partial(NeuronMonitor._snntorch_pre, name=name))
+        elif lib == "spikingjelly":
+            self._hooks.pre(module, functools.partial(NeuronMonitor._sj_pre, name=name))
+        if lib == "norse":  # the state comes in as args[1] or state=
+            self._hooks.forward(module, functools.partial(NeuronMonitor._norse_hook, name=name), with_kwargs=True)
+        else:
+            self._hooks.forward(module, functools.partial(NeuronMonitor._neuron_hook, name=name))
 
     def remove(self) -> None:
         """Remove every hook (statistics stay readable)."""
@@ -245,6 +285,7 @@ class NeuronMonitor:
         self._batch = {}
         self._root_batch = None
         self._fold_batch = None
+        self._probe_batch = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -261,49 +302,59 @@ class NeuronMonitor:
             state = self._batch[name] = NeuronState(first_seen=next_stamp())
         return state
 
-    def _other_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            state = self._state(name)
-            state.calls += 1
-            x = args[0] if args and isinstance(args[0], Tensor) else None
-            if x is not None and x.dim() > 0:
-                state.in_shape = tuple(x.shape[1:])
-            if isinstance(output, Tensor) and output.dim() > 0:
-                state.out_shape = tuple(output.shape[1:])
+    def _other_hook(self, module: nn.Module, args: tuple, output: Any, *, name: str) -> None:
+        state = self._state(name)
+        state.calls += 1
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        # SpikingJelly layers in multi-step mode take [T, B, ...]: one sample is shape[2:]
+        lead = 2 if self.info[name].get("stepped") and frameworks.step_layout(module)[0] == "time_first" else 1
+        if x is not None and x.dim() >= lead:
+            state.in_shape = tuple(x.shape[lead:])
+        if isinstance(output, Tensor) and output.dim() >= lead:
+            state.out_shape = tuple(output.shape[lead:])
 
-        return hook
+    def _snntorch_pre(self, module: nn.Module, args: tuple, *, name: str) -> None:
+        state = self._batch.get(name)
+        mem = getattr(module, "mem", None)
+        if state is not None and isinstance(mem, Tensor):
+            # snntorch rebinds ``mem`` each step, so a reference is the state before the call
+            state.pre_mem = mem.detach()
 
-    def _snntorch_pre(self, name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            state = self._batch.get(name)
-            mem = getattr(module, "mem", None)
-            if state is not None and isinstance(mem, Tensor):
-                # snntorch rebinds ``mem`` each step, so a reference is the state before the call
-                state.pre_mem = mem.detach()
+    def _sj_pre(self, module: nn.Module, args: tuple, *, name: str) -> None:
+        state = self._batch.get(name)
+        v = frameworks.membrane(self.info[name]["row"], module, None)
+        if state is not None and v is not None:
+            state.pre_mem = v.detach()  # SpikingJelly rebinds ``v`` at each step, like snntorch ``mem``
 
-        return hook
+    def _norse_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any, *, name: str) -> None:
+        pre = args[1] if len(args) > 1 else kwargs.get("state")
+        self._neuron_hook(module, args, output, name=name, pre_state=pre)
 
-    def _neuron_hook(self, name: str):
-        info = self.info[name]
-
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if not isinstance(out, Tensor) or out.dim() == 0:
-                return
-            x = args[0] if args and isinstance(args[0], Tensor) else None
-            first = name not in self._batch
-            state = self._state(name)
-            self._track(module, info, state, x, out.detach(), first)
-
-        return hook
+    def _neuron_hook(self, module: nn.Module, args: tuple, output: Any, *, name: str, pre_state: Any = None) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(out, Tensor) or out.dim() == 0:
+            return
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        first = name not in self._batch
+        state = self._state(name)
+        self._track(module, self.info[name], state, x, out.detach(), first, output=output, pre_state=pre_state)
 
     def _track(self, module: nn.Module, info: Dict[str, Any], state: NeuronState, x: Optional[Tensor],
-               out: Tensor, first: bool) -> None:
+               out: Tensor, first: bool, output: Any = None, pre_state: Any = None) -> None:
         lib = info.get("library")
-        if lib == "sinabs" and not info.get("squeeze") and out.dim() >= 2:
+        row = info.get("row")
+        time_first = row is not None and out.dim() >= 2 and (
+            row.layout in ("multi_step", "time_first")
+            or (row.layout == "step_mode" and getattr(module, "step_mode", "s") == "m"))
+        if (lib == "sinabs" and not info.get("squeeze") and out.dim() >= 2) or time_first:
             sample_shape, rows = tuple(out.shape[2:]), out.shape[0] * out.shape[1]
         else:
             sample_shape, rows = tuple(out.shape[1:]), out.shape[0]
+        if row is not None and self._probe_batch is None:
+            self._probe_batch = int(out.shape[1] if time_first else out.shape[0])
+        spiking = row is None or row.output not in ("membrane", "analog")
+        if row is not None and row.output == "signed":
+            out = out.abs()  # a -1 spike is one spike
         if info.get("squeeze") and x is not None:
             b = registry.time_folding_batch(module, x)
             if b is not None:
@@ -315,11 +366,11 @@ class NeuronMonitor:
         # than the layer): per-neuron sums of spikes are exact in float32 up to 2^24 rows.
         red = dtype if flat.element_size() < 4 else None
         with torch.no_grad():
-            per = flat.sum(0, dtype=red).to(dtype)
-            call = NeuronState(spikes=per.sum(), nonzero=_count_nonzero(flat, dtype), per_neuron=per,
+            per = flat.sum(0, dtype=red).to(dtype) if spiking else None
+            call = NeuronState(spikes=per.sum() if spiking else None, nonzero=_count_nonzero(flat, dtype), per_neuron=per,
                                calls=1, rows=rows, numel=out.numel(), neurons=neurons, sample_shape=sample_shape,
-                               out_shape=tuple(out.shape[1:]),
-                               in_shape=tuple(x.shape[1:]) if x is not None and x.dim() > 0 else ())
+                               out_shape=tuple(out.shape[2:] if time_first else out.shape[1:]),
+                               in_shape=tuple(x.shape[2 if time_first else 1:]) if x is not None and x.dim() > 1 else ())
             if lib == "snntorch":
                 self._snntorch_updates(module, state, call, first, dtype)
             elif lib == "sinabs" and x is not None and x.shape == out.shape:
@@ -329,6 +380,8 @@ class NeuronMonitor:
                     event[:, 1:] |= out[:, :-1] != 0
                 call.updates = _count_nonzero(event, dtype)
                 call.updates_dense = out.numel()
+            elif row is not None:
+                self._framework_updates(module, row, state, call, x, out, output, pre_state, first, time_first, dtype)
             fold(state, call, detach=False)
 
     @staticmethod
@@ -345,15 +398,57 @@ class NeuronMonitor:
             call.updates_dense = mem.numel()
         state.pre_mem = None
 
+    @staticmethod
+    def _framework_updates(module: nn.Module, row: Any, state: NeuronState, call: NeuronState, x: Optional[Tensor],
+                           out: Tensor, output: Any, pre_state: Any, first: bool, time_first: bool,
+                           dtype: torch.dtype) -> None:
+        """SpikingJelly / norse membrane updates.
+
+        One step per call with the membrane exposed (SJ ``step_mode='s'``:
+        ``module.v`` before and after; norse cells: the state passed in and the
+        one returned): NeuroBench's rule, as for snntorch. All steps in one
+        call (SJ ``'m'``, norse sequence modules; only the last step's membrane
+        is exposed): event-driven, as for sinabs.
+        """
+        call.updates_dense = out.numel()
+        post = frameworks.membrane(row, module, output) if not time_first else None
+        if post is not None:
+            if row.library == "norse":
+                where, _, path = row.membrane.partition(":")
+                pre = frameworks._attr(pre_state, path) if pre_state is not None else None
+            else:
+                pre = state.pre_mem
+            state.pre_mem = None
+            if first or not isinstance(pre, Tensor) or pre.shape != post.shape:
+                call.updates_first = post.numel()
+                call.updates = post.new_zeros((), dtype=dtype)
+            else:
+                call.updates = _count_nonzero(pre.detach() - post.detach(), dtype)
+            call.updates_dense = post.numel()
+            return
+        state.pre_mem = None
+        # event-driven: a neuron and step that received a nonzero input or emitted a spike
+        if x is not None and x.shape == out.shape:
+            received = x.detach() != 0
+        else:
+            received = _synaptic_input(module, x, pre_state, output)
+            if received is None or received.shape != out.shape:
+                call.updates_dense = out.numel()
+                return  # unknown (None): the table says so
+        call.updates = _count_nonzero(received | (out != 0), dtype)
+
     # ------------------------------------------------------------------ reading
 
     def _samples(self) -> int:
-        if self._samples_fn is not None:
-            return int(self._samples_fn())
+        fn = self._samples_fn() if isinstance(self._samples_fn, weakref.WeakMethod) else self._samples_fn
+        if fn is not None:
+            return int(fn())
         if self.batch_size is not None:
             return self.batch_size
         if self._fold_batch is not None:
             return self._fold_batch
+        if self._probe_batch is not None:
+            return self._probe_batch
         if self._root_batch is not None:
             return self._root_batch
         raise ValueError(
@@ -437,6 +532,10 @@ class NeuronMonitor:
         if state is None or self.info.get(name, {}).get("kind") not in kinds:
             raise KeyError(f"{name!r} is not a neuron layer that ran since the last reset; neuron layers: "
                            f"{[n for n in merged if self.info.get(n, {}).get('kind') in kinds]}")
+        row = self.info[name].get("row")
+        if row is not None and row.output in ("membrane", "analog"):
+            raise ValueError(f"{name!r} ({row.path.rpartition('.')[2]}) outputs {row.output} values, not spikes; "
+                             "it has no firing rate")
         if state.per_neuron is None or state.shape_changed:
             raise ValueError(f"the neurons of {name!r} changed shape between calls; no per-neuron rate")
         samples = (self._samples() if self._batch else 0) + (self._total_samples if accumulated else 0)
@@ -446,6 +545,21 @@ class NeuronMonitor:
     def __repr__(self) -> str:
         n = sum(1 for i in self.info.values() if i["kind"] is LayerKind.NEURON)
         return f"NeuronMonitor({type(self.model).__name__}, {n} neuron layers, {'attached' if self.attached else 'removed'})"
+
+
+def _synaptic_input(module: nn.Module, x: Optional[Tensor], pre_state: Any, output: Any) -> Optional[Tensor]:
+    """Where a norse module with ``input_weights`` (and ``recurrent_weights``) received nonzero input."""
+    w_in = getattr(module, "input_weights", None)
+    if x is None or not isinstance(w_in, Tensor):
+        return None
+    with torch.no_grad():
+        mask = (w_in.detach() != 0).to(torch.float32)
+        acc = x.detach().abs().to(torch.float32) @ mask.T
+        w_rec = getattr(module, "recurrent_weights", None)
+        if isinstance(w_rec, Tensor):
+            z = frameworks.recurrent_inputs(module, (x, pre_state), output)["recurrent_weights"]
+            acc = acc + z.detach().abs().to(torch.float32) @ (w_rec.detach() != 0).to(torch.float32).T
+    return acc != 0
 
 
 def neuron_row(s: NeuronStats, samples: int) -> Dict[str, Any]:
@@ -462,8 +576,9 @@ def neuron_row(s: NeuronStats, samples: int) -> Dict[str, Any]:
     row.update(neurons=s.neurons, time_steps=s.rows / samples)
     row["density"] = s.nonzero / slots if slots and s.nonzero is not None else None
     if s.kind == LayerKind.NEURON:
-        row["spikes"] = s.spikes / samples
-        row["firing_rate"] = s.spikes / slots if slots else None
+        if s.spikes is not None:  # None: the output is a membrane or an analog value, not spikes
+            row["spikes"] = s.spikes / samples
+            row["firing_rate"] = s.spikes / slots if slots else None
         row["op_cost"] = s.op_cost
         if s.updates is not None:
             row["membrane_updates"] = s.updates / samples

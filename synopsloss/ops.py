@@ -214,7 +214,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .maps import _conv_fanout, _conv_transpose_fanout, _linear_fanout
+from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
+from .maps import magnitude
 
 __all__ = [
     "OpCount",
@@ -312,26 +313,10 @@ def _weightness(a: Tensor, b: Tensor, is_weight: IsWeight, batch_rule: bool) -> 
     return a_w, b_w
 
 
-class _Magnitude(torch.autograd.Function):
-    """``|t|`` whose derivative is +1 at ``t = 0`` (-1 below): the values and gradient of
-    ``torch.where(t < 0, -t, t)`` at the cost of one ``abs`` (the sign mask is built in backward only)."""
-
-    @staticmethod
-    def forward(ctx: Any, t: Tensor) -> Tensor:
-        ctx.save_for_backward(t)
-        return t.abs()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (t,) = ctx.saved_tensors
-        return torch.where(t < 0, -grad, grad)
 
 
-def _magnitude(t: Tensor) -> Tensor:
-    """|t| with derivative +1 at t = 0 (``torch.abs`` has 0 there)."""
-    if not t.requires_grad or not torch.is_grad_enabled():
-        return t.abs()
-    return _Magnitude.apply(t)
+
+
 
 
 def _rsum(t: Tensor, dims: Sequence[int], acc: torch.dtype) -> Tensor:
@@ -454,7 +439,7 @@ def _map_counts(op: str, x: Tensor, emap: Tensor, dense_row: Any, in_shape: Shap
     acc = emap.dtype
     with _counting(x.device):
         flat = x.reshape(rows, n_el)
-        per_neuron = _rsum(_magnitude(flat), (0,), acc)
+        per_neuron = _rsum(magnitude(flat), (0,), acc)
         synops = torch.dot(per_neuron, emap)
         with torch.no_grad():
             nonzero, spiking = _nonzero_and_pm1(flat, (0,), acc, True)
@@ -672,8 +657,8 @@ def _contract(
         with torch.no_grad():
             nz_a, pm_a = _nonzero_and_pm1(a, dims_a, red, not a_w)
             nz_b, pm_b = _nonzero_and_pm1(b, dims_b, red, not b_w)
-        mag_a = nz_a if a_w else _rsum(_magnitude(a), dims_a, red)
-        mag_b = nz_b if b_w else _rsum(_magnitude(b), dims_b, red)
+        mag_a = nz_a if a_w else _rsum(magnitude(a), dims_a, red)
+        mag_b = nz_b if b_w else _rsum(magnitude(b), dims_b, red)
         contracted = "".join(c for c in ra if c in rb and c not in lo)
         synops = _pair_total(mag_a, ra, mag_b, rb, mask, lm, acc, contracted)
         with torch.no_grad():

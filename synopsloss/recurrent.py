@@ -67,14 +67,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .maps import OpCounts
+from .maps import OpCounts, magnitude
 
 __all__ = ["neurobench_cell_ops", "cell_counts", "layer_counts"]
 
 
-def _magnitude(t: Tensor) -> Tensor:
-    """``|t|`` with gradient 1 at 0 (see :func:`synopsloss.counter.magnitude`)."""
-    return torch.where(t < 0, -t, t)
+
 
 
 def _bin(t: Tensor) -> Tensor:
@@ -210,9 +208,9 @@ def cell_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Op
     b_hh = module.bias_hh if module.bias else None
     eff, dense = _ops_pair(kind, x, h, c, w_ih, w_hh, b_ih, b_hh, hx is not None)
     f_ih = _fanout(w_ih).to(x.device)
-    synops = (_magnitude(x.to(torch.float64)) * f_ih).sum()
+    synops = (magnitude(x.to(torch.float64)) * f_ih).sum()
     if h is not None:
-        synops = synops + (_magnitude(h.to(torch.float64)) * _fanout(w_hh).to(x.device)).sum()
+        synops = synops + (magnitude(h.to(torch.float64)) * _fanout(w_hh).to(x.device)).sum()
     with torch.no_grad():
         return OpCounts(
             synops=synops, dense=dense, effective=eff, spiking=_spiking(x), rows=x.shape[0],
@@ -312,13 +310,13 @@ def layer_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> O
             xs = xs.reshape(T * B, -1)
             hp = torch.stack(h_prev).reshape(T * B, -1)
             cp = torch.stack(c_prev).reshape(T * B, -1) if kind == "lstm" else None
-            synops = synops + (_magnitude(xs.to(dtype)) * _fanout(w["w_ih"]).to(x.device)).sum()
-            synops = synops + (_magnitude(hp.to(dtype)) * _fanout(w["w_hh"]).to(x.device)).sum()
+            synops = synops + (magnitude(xs.to(dtype)) * _fanout(w["w_ih"]).to(x.device)).sum()
+            synops = synops + (magnitude(hp.to(dtype)) * _fanout(w["w_hh"]).to(x.device)).sum()
             e, dn = _ops_pair(kind, xs, hp, cp, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], True)
             eff, dense = eff + e, dense + dn
             if w["w_hr"] is not None:
                 mm = torch.stack(ms).reshape(T * B, -1)
-                synops = synops + (_magnitude(mm.to(dtype)) * _fanout(w["w_hr"]).to(x.device)).sum()
+                synops = synops + (magnitude(mm.to(dtype)) * _fanout(w["w_hr"]).to(x.device)).sum()
                 with torch.no_grad():
                     eff = eff + (_bin(mm) @ _bin(w["w_hr"]).T).sum()
                     dense = dense + float(T * B * w["w_hr"].numel())

@@ -11,9 +11,16 @@ Each concern is one literal table, read top to bottom:
 * :data:`PASS_THROUGH`: layers that keep each value or zero it (the correction follows them);
 * :data:`NEURON_LIBRARIES` and :data:`NEURON_OP_COSTS`: spiking neuron base
   classes and the operations of one membrane update;
-* :data:`TIME_FOLDING`: layers that know the samples of ``[B*T, ...]`` inputs.
+* :data:`TIME_FOLDING`: layers that know the samples of ``[B*T, ...]`` inputs;
+* :data:`OP_SCOPED` and :data:`RULE_FORWARD_AS_IS`: which forwards are counted
+  op by op (:mod:`synopsloss.opscope`).
 
-Third-party classes (snntorch, sinabs, ...) are named by dotted path and
+SpikingJelly 2.0 and norse 1.1 are described in :mod:`synopsloss.frameworks`
+(one literal table per concern there: neuron types with their operation
+costs, synapse holders, time layouts); the tables here read those, so each
+number is written once.
+
+Third-party classes (snntorch, sinabs, SpikingJelly, norse) are named by dotted path and
 resolved in ``sys.modules`` by :func:`resolve`: importing synopsloss never
 imports them, and their rows apply once the user's program has imported them.
 :func:`register_rule` and :func:`register_no_synapse` add user types.
@@ -36,7 +43,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
-from . import maps, pooling, recurrent
+from . import frameworks, maps, pooling, recurrent
 from .maps import FanoutFn, Rule
 
 __all__ = [
@@ -49,6 +56,8 @@ __all__ = [
     "NEURON_LIBRARIES",
     "NEURON_OP_COSTS",
     "TIME_FOLDING",
+    "OP_SCOPED",
+    "RULE_FORWARD_AS_IS",
     "resolve",
     "register_rule",
     "register_no_synapse",
@@ -61,6 +70,7 @@ __all__ = [
     "is_pass_through",
     "is_time_folding",
     "time_folding_batch",
+    "time_probes",
 ]
 
 
@@ -69,6 +79,7 @@ class LayerKind(str, enum.Enum):
 
     SYNAPTIC = "synaptic"
     RECURRENT = "recurrent synapses"
+    PRODUCT = "activation product"  #: activation x activation product (attention q @ k^T), counted op by op
     NEURON = "neuron"
     ACTIVATION = "activation"
     NORM = "norm (folded)"
@@ -109,6 +120,16 @@ SYNAPSE_RULES: Dict[TypeKey, Rule] = {
         recurrent.one_to_one_fanout, recurrent.one_to_one_ndim, weight="V"),
     "snntorch._neurons.rsynaptic.RecurrentOneToOne": Rule(
         recurrent.one_to_one_fanout, recurrent.one_to_one_ndim, weight="V"),
+    # SpikingJelly: layer.Conv2d / Linear / ... subclass the torch layers (their rules apply through the MRO);
+    # weight-standardised layers compute with get_weight(), so a zero in .weight is no zero synapse
+    "spikingjelly.activation_based.layer.WSConv2d": Rule(maps.conv_fanout, _conv_nd, weight="get_weight()"),
+    "spikingjelly.activation_based.layer.WSLinear": Rule(maps.linear_fanout, maps.fixed_ndim(1), weight="get_weight()"),
+    # norse LConv2d subclasses Conv3d but convolves [T, N, C, H, W] per step with weight[..., 0]
+    "norse.torch.LConv2d": Rule(frameworks.lconv2d_fanout, maps.fixed_ndim(3)),
+    # norse recurrent modules (input_weights x input + recurrent_weights x previous spikes) and LILinearCell
+    **{path: Rule(None, maps.fixed_ndim(1), weight="input_weights", count=frameworks.norse_synapse_counts)
+       for path, row in frameworks.SYNAPSE_TYPES.items()
+       if any(w[0] == "input_weights" for w in row.weights)},
 }
 
 #: Types with parameters but no synapses (folded into the preceding weights on hardware, or activations).
@@ -170,15 +191,19 @@ PASS_THROUGH: Tuple[TypeKey, ...] = (
 
 # --------------------------------------------------------------------------- neurons
 
-#: Spiking neuron base classes and the library they belong to.
+#: Spiking neuron base classes and the library they belong to (SpikingJelly / norse: every
+#: class of :data:`synopsloss.frameworks.NEURON_TYPES`, base classes included).
 NEURON_LIBRARIES: Dict[str, str] = {
     "snntorch.SpikingNeuron": "snntorch",
     "sinabs.layers.StatefulLayer": "sinabs",
+    **{path: row.library for path, row in frameworks.NEURON_TYPES.items()},
 }
 
 #: Operations of one membrane update, per library and type name (see :mod:`synopsloss.neurons`).
 #: snntorch: NeuroBench 2.3's ``neuron_ops_reset_operations`` by reset mechanism; sinabs: the base
 #: cost of the update equations (extras for synaptic currents etc. in :func:`neuron_op_cost`).
+#: SpikingJelly and norse: the ``terms`` of their rows in :data:`synopsloss.frameworks.NEURON_TYPES`
+#: (same convention; read by :func:`neuron_op_cost` through :func:`synopsloss.frameworks.neuron_ops`).
 NEURON_OP_COSTS: Dict[str, Dict[str, Union[int, Dict[str, int]]]] = {
     "snntorch": {
         "Leaky": {"subtract": 4, "zero": 4},
@@ -196,8 +221,34 @@ NEURON_OP_COSTS: Dict[str, Dict[str, Union[int, Dict[str, int]]]] = {
     },
 }
 
+_FRAMEWORK_LIBRARIES = ("spikingjelly", "norse")
+
 #: sinabs ``*Squeeze`` layers: inputs shaped ``[B*T, ...]``, samples known from ``batch_size`` / ``num_timesteps``.
 TIME_FOLDING: Tuple[str, ...] = ("sinabs.layers.SqueezeMixin",)
+
+# --------------------------------------------------------------------------- op-level counting
+
+#: Module types whose forward is counted op by op (:mod:`synopsloss.opscope`): the counting mode is pushed
+#: before their forward starts, so fused fast paths are not taken and every product is seen.
+OP_SCOPED: Dict[TypeKey, str] = {
+    nn.MultiheadAttention: "in-projection, q @ k^T, attn @ v and out-projection inside F.multi_head_attention_forward",
+    nn.TransformerEncoderLayer: "self-attention (and its fast path, skipped under the mode)",
+    nn.TransformerDecoderLayer: "self- and cross-attention",
+    nn.TransformerEncoder: "converts inputs to nested tensors on its fast path; the mode keeps it dense",
+    nn.TransformerDecoder: "holds decoder layers",
+    nn.Transformer: "holds encoder and decoder",
+    # SpikingJelly 2.0 Spikformer / QKFormer: (v @ k^T) @ q in _ssa_kernel_torch. Not listed: the Spike-driven
+    # Transformer's SpikeDrivenSelfAttention and QKFormer's QKAttention multiply elementwise (q * kv, attn * k),
+    # which are no synapses (see synopsloss.ops.NOT_SYNAPSE_OPS); their convolutions are module layers.
+    "spikingjelly.activation_based.layer.attention.SpikingSelfAttention": "(v @ k^T) @ q spike products",
+}
+
+#: Types with a map rule whose class overrides ``forward`` but applies the rule's weight unchanged (so the
+#: module hook stays: cheaper, and the AvgPool correction applies). Any other override is counted op by op.
+RULE_FORWARD_AS_IS: Tuple[TypeKey, ...] = tuple(
+    f"spikingjelly.activation_based.layer.{n}"  # 'm' mode: [T, B, ...] flattened to [T*B, ...] around the base forward
+    for n in ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+)
 
 # --------------------------------------------------------------------------- lookups
 
@@ -212,10 +263,24 @@ def resolve(key: TypeKey) -> Optional[type]:
     return cls if isinstance(cls, type) else None
 
 
-def _lookup(table: Mapping[TypeKey, object], module: nn.Module) -> Optional[object]:
-    """The entry of the first class in ``module``'s MRO that the table names."""
+_RESOLVED: Dict[int, Tuple[tuple, Dict[type, object]]] = {}
+
+
+def _resolved(table: Mapping[TypeKey, object]) -> Dict[type, object]:
+    """``{class: entry}`` of a table's keys that resolve now; cached until its keys change or a module is imported."""
+    stamp = (len(sys.modules), tuple(table))
+    cached = _RESOLVED.get(id(table))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     resolved = {resolve(k): v for k, v in table.items()}
     resolved.pop(None, None)
+    _RESOLVED[id(table)] = (stamp, resolved)
+    return resolved
+
+
+def _lookup(table: Mapping[TypeKey, object], module: nn.Module) -> Optional[object]:
+    """The entry of the first class in ``module``'s MRO that the table names."""
+    resolved = _resolved(table)
     for cls in type(module).__mro__:
         if cls in resolved:
             return resolved[cls]
@@ -372,11 +437,50 @@ def time_folding_batch(module: nn.Module, x: Tensor) -> Optional[int]:
     return None
 
 
+#: ``(layout, batch dim, time dim)`` of a probe's input (see :func:`synopsloss.frameworks.step_layout`)
+ProbeLayout = Tuple[str, int, Optional[int]]
+
+
+def time_probes(model: nn.Module) -> Dict[str, Tuple[ProbeLayout, bool]]:
+    """Modules whose input shows a batch's time steps: ``{name: (layout, gives the samples too)}``.
+
+    * SpikingJelly / norse: the probes of :func:`synopsloss.frameworks.time_layout`
+      (``[T, B, ...]`` multi-step and sequence modules, ``[B, ...]`` single-step
+      modules and cells), samples and steps;
+    * sinabs neurons other than ``*Squeeze`` (``[B, T, ...]``), samples and steps
+      (``*Squeeze`` layers are :data:`TIME_FOLDING`);
+    * snntorch neurons: one step per call (steps only; the samples stay those
+      of the model's input).
+
+    Example
+    -------
+    >>> import torch, snntorch as snn
+    >>> time_probes(torch.nn.Sequential(torch.nn.Linear(2, 2), snn.Leaky(0.5)))
+    {'1': (('per_step', 0, None), False)}
+    """
+    out: Dict[str, Tuple[ProbeLayout, bool]] = {}
+    layout = frameworks.time_layout(model)
+    if layout is not None:
+        out.update({name: (lay, True) for name, lay in layout["probes"].items()})
+    for name, module in model.named_modules():
+        if name in out:
+            continue
+        lib = neuron_library(module)
+        if lib == "sinabs" and not is_time_folding(module):
+            out[name] = (("batch_time", 0, 1), True)
+        elif lib == "snntorch":
+            out[name] = (("per_step", 0, None), False)
+    return out
+
+
 def neuron_op_cost(module: nn.Module, costs: Optional[Mapping[str, int]] = None) -> Optional[int]:
     """Operations of one membrane update of ``module`` (``None``: unknown type).
 
     ``costs`` (``{class name: ops}``) is looked up first, along the class' MRO,
-    then :data:`NEURON_OP_COSTS`. sinabs layers add ``+2`` with a synaptic
+    then :data:`NEURON_OP_COSTS` (SpikingJelly / norse: their row's terms in
+    :data:`synopsloss.frameworks.NEURON_TYPES`, evaluated on the module's
+    parameters; ``None`` for rows without a derived cost and for subclasses
+    that override the update). sinabs layers add ``+2`` with a synaptic
     current (``tau_syn``: decay multiply, add), ``+1`` with ``norm_input``
     (input scaled by ``1 - alpha``; not for ``IAF``) and ``+1`` with
     ``min_v_mem`` (clamp).
@@ -393,6 +497,8 @@ def neuron_op_cost(module: nn.Module, costs: Optional[Mapping[str, int]] = None)
             if n in costs:
                 return int(costs[n])
     lib = neuron_library(module)
+    if lib in _FRAMEWORK_LIBRARIES:
+        return frameworks.neuron_ops(module)
     table = NEURON_OP_COSTS.get(lib or "", {})
     entry = next((table[n] for n in names if n in table), None)
     if entry is None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Sequence, Union
 
+from ._validate import check_int, check_number
+
 __all__ = [
     "Schedule",
     "Constant",
@@ -46,19 +48,11 @@ Number = Union[int, float]
 
 
 def _number(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    if nonnegative and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return float(value)
+    return check_number(name, value, positive=positive, nonnegative=nonnegative)
 
 
 def _steps(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return check_int(name, value, minimum=minimum)
 
 
 class Schedule:

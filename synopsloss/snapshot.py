@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
-
-import torch
+from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["COUNT_KEYS", "LayerStats", "NeuronStats", "CounterSnapshot"]
 
@@ -56,6 +54,9 @@ class LayerStats:
         Effective fan-out over the input neurons (last call's map).
     data_fed
         Every call read a tensor the model itself was called with.
+    sample_steps
+        Samples x time steps the layer ran (divide by ``CounterSnapshot.samples``
+        for its time steps per sample; see :meth:`SynOpsCounter.time_steps`).
     """
 
     name: str
@@ -77,6 +78,7 @@ class LayerStats:
     fanout_mean: Optional[float] = None
     fanout_max: Optional[float] = None
     data_fed: bool = False
+    sample_steps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class NeuronStats:
     out_shape: Tuple[int, ...] = ()
 
 
-_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows")
+_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows", "sample_steps")
 _NEURON_SUMS = ("spikes", "nonzero", "updates", "updates_dense", "rows", "numel", "calls")
 
 
@@ -129,12 +131,26 @@ class CounterSnapshot:
         order (empty for a counter created with ``neurons=False``).
     accumulated
         Whether the snapshot covers every batch since ``reset(accumulated=True)``.
+    sample_steps
+        Samples x time steps of the batches (:attr:`time_steps` per sample).
     """
 
     samples: int
     layers: Dict[str, LayerStats] = field(default_factory=dict)
     neurons: Dict[str, NeuronStats] = field(default_factory=dict)
     accumulated: bool = False
+    sample_steps: float = 0.0
+
+    @property
+    def time_steps(self) -> Optional[float]:
+        """Time steps per sample (see :meth:`SynOpsCounter.time_steps`; ``None`` when unknown).
+
+        Example
+        -------
+        >>> CounterSnapshot(4, sample_steps=12.0).time_steps
+        3.0
+        """
+        return self.sample_steps / self.samples if self.samples and self.sample_steps else None
 
     def per_layer(self) -> Dict[str, Dict[str, float]]:
         """``{layer: {"dense", "eff_macs", "eff_acs", "synops"}}`` per sample, in forward order."""
@@ -152,7 +168,10 @@ class CounterSnapshot:
         return {s.name: i for i, s in enumerate(sorted(both, key=lambda s: s.order))}
 
     def merge(self, other: "CounterSnapshot") -> "CounterSnapshot":
-        """The snapshot of both sets of samples (sums added; shapes and maps from ``other``).
+        """The snapshot of both sets of samples (sums added).
+
+        Shapes, fan-outs and the other descriptive fields come from the record
+        of a layer that ran (``calls > 0``), ``other``'s when both ran.
 
         Example
         -------
@@ -170,7 +189,8 @@ class CounterSnapshot:
                     out[name] = s
                     continue
                 sums = {k: _add(getattr(m, k), getattr(s, k)) for k in keys}
-                out[name] = dataclasses.replace(s, order=min(m.order, s.order), **sums)
+                base = m if (m.calls and not s.calls) else s
+                out[name] = dataclasses.replace(base, order=min(m.order, s.order), **sums)
             return dict(sorted(out.items(), key=lambda kv: kv[1].order))
 
         return CounterSnapshot(
@@ -178,53 +198,58 @@ class CounterSnapshot:
             add(self.layers, other.layers, _LAYER_SUMS),
             add(self.neurons, other.neurons, _NEURON_SUMS),
             self.accumulated or other.accumulated,
+            self.sample_steps + other.sample_steps,
         )
 
     def all_reduce(self, group: Any = None) -> "CounterSnapshot":
         """The snapshot of every process's samples (``torch.distributed``; collective: call it on every rank).
 
-        Layer sums and sample counts are added across the processes of
-        ``group`` (the default group if ``None``), so per-sample numbers are
+        Every rank's snapshot is gathered (``all_gather_object``, one small
+        pickle per rank) and the sums and sample counts are added in rank
+        order, so every rank gets the same snapshot and per-sample numbers are
         the average over all ranks' samples, not a mean of per-rank means.
-        Layers that ran on some ranks only are included. Without an
+        Layers that ran on some ranks only are included, described by a rank
+        where they ran; ``order`` is renumbered to one forward order merged
+        from all ranks (the ranks' own orders are process-local). Without an
         initialised process group, returns the snapshot unchanged.
+
+        Example
+        -------
+        >>> import torch.distributed as dist
+        >>> snap = CounterSnapshot(2, {"fc": LayerStats("fc", "Linear", "synaptic", 0, synops=6.0)})
+        >>> dist.is_initialized() or snap.all_reduce() is snap
+        True
         """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             return self
-        names: list = [None] * dist.get_world_size(group)
-        dist.all_gather_object(names, (list(self.layers), list(self.neurons)), group=group)
-        layer_names = list(dict.fromkeys(n for ls, _ in names for n in ls))
-        neuron_names = list(dict.fromkeys(n for _, ns in names for n in ns))
-        values = [float(self.samples)]
-        for n in layer_names:
-            s = self.layers.get(n)
-            values += [float(getattr(s, k)) if s is not None else 0.0 for k in _LAYER_SUMS]
-        for n in neuron_names:
-            s = self.neurons.get(n)
-            values += [float(getattr(s, k) or 0.0) if s is not None else 0.0 for k in _NEURON_SUMS]
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        vals = iter(t.tolist())
-        samples = int(round(next(vals)))
-        layers = {}
-        for n in layer_names:
-            sums = {k: next(vals) for k in _LAYER_SUMS}
-            base = self.layers.get(n) or LayerStats(n, "?", "synaptic", len(layers))
-            sums["calls"], sums["rows"] = int(round(sums["calls"])), int(round(sums["rows"]))
-            layers[n] = dataclasses.replace(base, **sums)
-        neurons = {}
-        for n in neuron_names:
-            sums = {k: next(vals) for k in _NEURON_SUMS}
-            base = self.neurons.get(n) or NeuronStats(n, "?", "neuron", len(layers) + len(neurons))
-            for k in ("updates_dense", "rows", "numel", "calls"):
-                sums[k] = int(round(sums[k]))
-            if base.updates is None:
-                sums["updates"] = None
-            neurons[n] = dataclasses.replace(base, **sums)
-        return CounterSnapshot(samples, layers, neurons, self.accumulated)
+        parts: List[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, self, group=group)
+        merged = parts[0]
+        for part in parts[1:]:
+            merged = merged.merge(part)
+        return merged._renumbered(parts)
+
+    def _renumbered(self, parts: List["CounterSnapshot"]) -> "CounterSnapshot":
+        """``order`` as positions in one forward order merged from ``parts`` (layers that ran, per part)."""
+        merged: List[str] = []
+        for part in parts:
+            records = [*part.layers.values(), *part.neurons.values()]
+            prev: Optional[str] = None
+            for rec in sorted((r for r in records if r.calls), key=lambda r: r.order):
+                if rec.name not in merged:
+                    merged.insert(merged.index(prev) + 1 if prev is not None else 0, rec.name)
+                prev = rec.name
+        rest = [n for n in [*self.layers, *self.neurons] if n not in merged]
+        position = {n: i for i, n in enumerate(merged + rest)}
+
+        def renumber(records: Dict[str, Any]) -> Dict[str, Any]:
+            out = {n: dataclasses.replace(r, order=position[n]) for n, r in records.items()}
+            return dict(sorted(out.items(), key=lambda kv: kv[1].order))
+
+        return CounterSnapshot(self.samples, renumber(self.layers), renumber(self.neurons), self.accumulated,
+                               self.sample_steps)
 
 
 def _add(a: Any, b: Any) -> Any:

@@ -27,6 +27,7 @@ Example
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Set, Tuple, TypeVar
 
@@ -115,6 +116,8 @@ class SynapseState:
     maps: Any = state_field(Reduce.LAST)  # LayerMaps of the last call (fan-out statistics)
     in_neurons: int = state_field(Reduce.LAST, 0)
     samples: Optional[int] = state_field(Reduce.LAST)  # samples of a call, from a layer that knows its layout
+    leads: Counter = state_field(Reduce.SUM, factory=Counter)  # {leading (row) dims of a call: calls}
+    sample_steps: float = state_field(Reduce.SUM, 0.0)  # samples x time steps, set when a batch is read or folded
     data_calls: int = state_field(Reduce.SUM, 0)  # calls that read the model's own input (data-fed if all)
     first_seen: Optional[int] = state_field(Reduce.MIN)  # forward-order stamp
     device: Any = state_field(Reduce.LAST)

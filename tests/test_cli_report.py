@@ -28,6 +28,12 @@ FACTORIES = textwrap.dedent(
         torch.manual_seed(0)
         return torch.nn.Sequential(torch.nn.Flatten(2), torch.nn.Linear(18, 6), sl.IAF(), torch.nn.Linear(6, 3))
 
+    def squeeze_net():
+        import sinabs.layers as sl
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(18, 6), sl.IAFSqueeze(batch_size=3),
+                                   torch.nn.Linear(6, 3))
+
     def only_relu():
         return torch.nn.Sequential(torch.nn.ReLU())
 
@@ -116,3 +122,37 @@ def test_report_errors_say_what_is_wrong(env, args, message):
     assert res.returncode == 2
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_report_runs_sinabs_squeeze_models_with_time_folded_into_the_batch(env, tmp_path, monkeypatch):
+    res = _report(env, "userpkg.models:squeeze_net", "--input-shape", "2,3,3", "--time-steps", "4", "--batch", "3",
+                  "--rate", "0.3", "--seed", "1", "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand((3, 4, 2, 3, 3), generator=gen) < 0.3).float()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # same network weights as snn_net's first Linear(18, 6) (seed 0, Flatten first): per sample, not per B*T row
+    assert float(rows["1"]["synops"]) == pytest.approx(_first_layer_synops(x))
+    assert float(rows["1"]["time_steps"]) == 4
+    assert rows["2"]["kind"] == "neuron"
+
+
+def test_report_finds_a_factory_module_in_the_current_directory(tmp_path):
+    (tmp_path / "mymodels.py").write_text("import torch\n\ndef net():\n    return torch.nn.Sequential(torch.nn.Linear(4, 2))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = _report(env, "mymodels:net", "--input-shape", "4", "--rate", "1.0", "--format", "csv", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    assert float(rows["0"]["dense"]) == 8.0  # every input spikes: 4 inputs x 2 outputs, one sample, one step
+
+
+@pytest.mark.parametrize("spelling", ["--time-steps", "--timesteps"])
+def test_report_and_demo_accept_the_same_time_steps_option(env, spelling):
+    res = _report(env, "userpkg.models:snn_net", "--input-shape", "2,3,3", spelling, "3", "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    assert float({r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}["1"]["time_steps"]) == 3
+    from synopsloss.cli import build_parser
+
+    args = build_parser().parse_args(["demo", spelling, "5"])
+    assert args.time_steps == 5

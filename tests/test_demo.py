@@ -58,7 +58,7 @@ def test_demo_runs_end_to_end_and_its_summary_agrees_with_its_tables(tmp_path):
     # T x sum(intensity x fan-out) with the fan-out of a 3x3, padding-1 conv with 16 channels, by hand
     conv1 = [synops_of(rows[0]), synops_of(rows[3])]
     assert conv1[0] == conv1[1]
-    from synopsloss.demo import load_data
+    from synopsloss.cli.digits import load_data
 
     x_test = load_data(3)[2][:40, 0].double()
     per_dim = torch.tensor([2.0] + [3.0] * 6 + [2.0], dtype=torch.float64)

@@ -89,7 +89,7 @@ def test_conv_transpose_called_with_output_size_counts_its_real_output():
 def test_linear_on_time_sequences_counts_every_step_per_sample():
     lin = nn.Linear(5, 3, bias=False)
     net = nn.Sequential(lin)
-    counter = sl.SynOpsCounter(net, batch_dim=0)
+    counter = sl.SynOpsCounter(net, time_dim=1)
     x = _spikes(4, 6, 5)  # [B, T, F]
     net(x)
     c = counter.counts()["0"]
@@ -97,6 +97,12 @@ def test_linear_on_time_sequences_counts_every_step_per_sample():
     assert c["eff_acs"] == float(x.sum()) * 3 / 4
     assert c["synops"] == pytest.approx(float(x.sum()) * 3 / 4)
     assert counter.table()["0"].time_steps == pytest.approx(6)
+    # the same counts without time_dim: dim 1 is tokens, one step
+    counter.remove()
+    tokens = sl.SynOpsCounter(net, batch_dim=0)
+    net(x)
+    assert tokens.snapshot().per_layer()["0"] == pytest.approx(c)
+    assert tokens.table()["0"].time_steps == 1
 
 
 def test_a_layer_called_twice_counts_both_calls():

@@ -227,7 +227,8 @@ def test_torch_rules_count_sj_layers_through_their_mro(name):
         for h in handles:
             h.remove()
     brute = _brute(model, calls)
-    assert set(ours) == set(brute)
+    # the attention products (SpikingSelfAttention's two matmuls) are rows of their own: tests/test_transformers.py
+    assert set(brute) <= set(ours) and all(".attn.matmul" in n for n in set(ours) - set(brute))
     for layer, b in brute.items():
         assert ours[layer] == pytest.approx(b["all"] / samples, rel=1e-6), layer
 

@@ -166,12 +166,19 @@ def test_text_markdown_csv_and_dataframe_hold_the_same_numbers():
     counter = sl.SynOpsCounter(net)
     _run(net, (torch.rand(2, 3, 1, 4, 4) < 0.5).float() * 4)
     table = counter.table(dt=0.01)
-    text = str(table)
+    text = table.render("full")
     lines = text.splitlines()
     assert lines[0].startswith("Layer") and "Synops/s" in lines[0]
-    assert len({len(line) for line in lines[2:2 + len(table)]}) >= 1
-    for r in table:
-        assert any(line.startswith(r.name) for line in lines)
+    # fixed width: header, rule, every layer row and the total are equally long (the last column is right-aligned)
+    # and each number sits under its title: slicing a row at its column's span gives that row's value
+    grid = lines[:2 + len(table)] + [lines[3 + len(table)]]
+    assert {len(line) for line in grid} == {len(lines[1])}
+    start = lines[0].index("Synops/step") + len("Synops/step")
+    end = lines[0].index("Synops/s", start) + len("Synops/s")
+    for line, r in zip(lines[2:2 + len(table)], table):
+        assert line.startswith(r.name + (" *" if r.data_fed else "") + " ")
+        want = "-" if r.synops_per_s is None else f"{r.synops_per_s / 1e3:.3g}k"
+        assert line[start:end].strip() == want, (r.name, line)
     md = table.to_markdown().splitlines()
     assert md[0].startswith("| Layer |") and len([m for m in md if m.startswith("| ")]) == len(table) + 2
     rows = list(csv.DictReader(io.StringIO(table.to_csv())))
@@ -196,8 +203,44 @@ def test_plot_draws_the_table_numbers(tmp_path):
     fig = table.plot(str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ax1, ax2 = fig.axes
-    assert [p.get_height() for p in ax1.patches] == pytest.approx([table["0"].synops, table["8"].synops])
-    assert [p.get_height() for p in ax2.patches] == pytest.approx([table["2"].firing_rate, table["9"].firing_rate])
+    assert [p.get_width() for p in ax1.patches] == pytest.approx([table["0"].synops, table["8"].synops])
+    assert [p.get_width() for p in ax2.patches] == pytest.approx([table["2"].firing_rate, table["9"].firing_rate])
+    assert [t.get_text() for t in ax1.get_yticklabels()] == ["0 (Conv2d) *", "8 (Linear)"]
+    assert [t.get_text() for t in ax2.get_yticklabels()] == ["2 (Leaky)", "9 (Leaky)"]
+
+
+def test_plot_keeps_every_label_inside_the_figure(tmp_path):
+    """Long layer names, many layers, a small figure and a log axis: no text is clipped at the figure edges."""
+    FigureCanvasAgg = pytest.importorskip("matplotlib.backends.backend_agg").FigureCanvasAgg
+    net = nn.Sequential(*[m for _ in range(5) for m in (nn.Linear(6, 6), snn.Leaky(beta=0.9, init_hidden=True))])
+    wrapper = nn.Module()
+    wrapper.a_rather_long_encoder_name = net
+    wrapper.forward = lambda x: net(x)
+    counter = sl.SynOpsCounter(wrapper)
+    snn_utils.reset(net)
+    for _ in range(3):
+        wrapper(torch.ones(2, 6))
+    table = counter.table()
+    for kwargs in ({}, {"log": True}, {"figsize": (5.0, 4.0)}):
+        fig = table.plot(str(tmp_path / "p.png"), **kwargs)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()  # lays the figure out as savefig does
+        renderer = canvas.get_renderer()
+        width, height = fig.bbox.width, fig.bbox.height
+        labels = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+        assert "a_rather_long_encoder_name.0 (Linear) *" in labels and "a_rather_long_encoder_name.9 (Leaky)" in labels
+        for ax in fig.axes:  # everything drawn for an axes: tick labels, axis labels, title, percentages
+            box = ax.get_tightbbox(renderer)
+            assert box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= width + 0.5 and box.y1 <= height + 0.5, \
+                (kwargs, box, width, height)
+            assert all(t.get_window_extent(renderer).x1 <= width + 0.5 for t in ax.texts)
+        titles = [sf._suptitle for sf in fig.subfigs]
+        assert [t.get_text().splitlines()[0] for t in titles] == [
+            f"Synops per sample and layer{' (log scale)' if kwargs.get('log') else ''}; total {table.total.synops:.3g}",
+            "Firing rate per neuron layer (spikes per neuron per time step)"]
+        for t in titles:
+            box = t.get_window_extent(renderer)
+            assert box.x0 >= -0.5 and box.x1 <= width + 0.5 and box.y1 <= height + 0.5, (kwargs, t.get_text())
 
 
 def test_table_before_any_forward_pass_says_what_to_do():

@@ -2,8 +2,8 @@
 
 ::
 
-    synopsloss report PACKAGE.MODULE:FACTORY --input-shape C,H,W --timesteps T \\
-        [--batch N] [--batches K] [--rate R | --input FILE] [--feed auto|steps|sequence] \\
+    synopsloss report PACKAGE.MODULE:FACTORY --input-shape C,H,W --time-steps T \\
+        [--batch N] [--batches K] [--rate R | --input FILE] [--feed auto|steps|sequence|folded] \\
         [--dt SECONDS] [--energy PRESET] [--format text|markdown|csv] [--plot out.png]
 
 ``FACTORY`` is called without arguments and must return an ``nn.Module`` (or
@@ -12,14 +12,19 @@ neuron and time step, seeded) or a tensor saved with ``torch.save`` shaped
 ``[samples, T, *input_shape]``. Models are fed per time step (``steps``:
 ``model(x[:, t])`` after resetting snntorch / sinabs state, the snntorch style)
 or whole sequences (``sequence``: ``model(x)`` with ``x`` shaped ``[B, T, ...]``,
-the sinabs style); ``auto`` picks ``sequence`` when the model holds sinabs
-layers. Counts are accumulated over all batches (per sample).
+the sinabs style), or time folded into the batch (``folded``: ``model(x)``
+with ``x`` shaped ``[B*T, ...]``, for sinabs ``*Squeeze`` layers); ``auto``
+picks ``folded`` when the model holds ``*Squeeze`` layers, ``sequence`` when
+it holds other sinabs layers, else ``steps``. ``FACTORY``'s module is looked
+up on ``sys.path`` and in the current directory. Counts are accumulated over
+all batches (per sample).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List
 
@@ -63,14 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="import path of a function returning the model (or of the model itself)")
     parser.add_argument("--input-shape", type=_shape, default=None,
                         help="shape of one sample at one time step, e.g. 2,34,34 (not needed with --input)")
-    parser.add_argument("--timesteps", type=_positive, default=1, help="time steps per sample (default 1)")
+    parser.add_argument("--time-steps", "--timesteps", dest="timesteps", type=_positive, default=1,
+                        help="time steps per sample (default 1)")
     parser.add_argument("--batch", type=_positive, default=1, help="samples per batch (default 1)")
     parser.add_argument("--batches", type=_positive, default=1, help="number of Poisson batches (default 1)")
     parser.add_argument("--rate", type=_rate, default=0.1, help="Poisson spike probability per neuron and step (default 0.1)")
     parser.add_argument("--input", metavar="FILE", default=None,
                         help="a torch.save'd tensor [samples, T, *input_shape] to use instead of Poisson spikes")
-    parser.add_argument("--feed", choices=("auto", "steps", "sequence"), default="auto",
-                        help="call the model per time step or with the whole [B, T, ...] sequence (default auto)")
+    parser.add_argument("--feed", choices=("auto", "steps", "sequence", "folded"), default="auto",
+                        help="call the model per time step, with the whole [B, T, ...] sequence, or with time "
+                             "folded into the batch [B*T, ...] (default auto)")
     parser.add_argument("--dt", type=float, default=None, help="seconds per time step (adds synops per second)")
     parser.add_argument("--energy", default="horowitz45nm",
                         help="energy preset: horowitz45nm, lemaire2022, cpu, gpu, arm, loihi, spinnaker, spinnaker2, none")
@@ -92,6 +99,9 @@ def _load(target: str):
     mod_name, attr = target.split(":")
     if not mod_name or not attr:
         raise _Error(f"the model must be given as PACKAGE.MODULE:FACTORY, got {target!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # a factory module next to the user, as `python -c` would find it
     try:
         module = importlib.import_module(mod_name)
     except ImportError as err:
@@ -119,10 +129,14 @@ def _load(target: str):
     return model
 
 
-def _has_sinabs(model) -> bool:
-    layers = sys.modules.get("sinabs.layers")
-    st = getattr(layers, "StatefulLayer", None) if layers is not None else None
-    return st is not None and any(isinstance(m, st) for m in model.modules())
+def _auto_feed(model) -> str:
+    from ..registry import is_time_folding, neuron_library
+
+    if any(is_time_folding(m) for m in model.modules()):
+        return "folded"
+    if any(neuron_library(m) == "sinabs" for m in model.modules()):
+        return "sequence"
+    return "steps"
 
 
 def _reset_state(model) -> None:
@@ -175,20 +189,21 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .counter import SynOpsCounter
+    from ..counter import SynOpsCounter
 
     model = _load(args.target)
     model.eval()
     batches = _batches(args, torch)
     feed = args.feed
     if feed == "auto":
-        feed = "sequence" if _has_sinabs(model) else "steps"
+        feed = _auto_feed(model)
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            counter = SynOpsCounter(model)
+            # the batches are [B, T, ...] (or [B*T, ...] folded, where the Squeeze layers know B)
+            counter = SynOpsCounter(model, batch_dim=0)
         except ValueError as err:
             raise _Error(f"nothing to count in {args.target}: {err}") from err
     for w in caught:
@@ -202,11 +217,14 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 if feed == "sequence":
                     model(x)
+                elif feed == "folded":
+                    model(x.reshape(-1, *x.shape[2:]))
                 else:
                     for t in range(x.shape[1]):
                         model(x[:, t])
             except Exception as err:
-                shape = list(x.shape) if feed == "sequence" else list(x[:, 0].shape)
+                shape = {"sequence": list(x.shape), "folded": [x.shape[0] * x.shape[1], *x.shape[2:]]}.get(
+                    feed, list(x[:, 0].shape))
                 raise _Error(f"the model failed on an input of shape {shape} ({feed} feed): "
                              f"{type(err).__name__}: {err}. Check --input-shape (one sample at one time step, "
                              "without batch and time) and --feed.") from err

@@ -1,7 +1,9 @@
 """The ``synopsloss`` command line: ``synopsloss demo`` and ``synopsloss report``.
 
-Each subcommand lives in its own module, which provides
-``add_arguments(parser)`` and ``run(args) -> int``.
+Each subcommand lives in its own module of this package (:mod:`synopsloss.cli.demo`,
+:mod:`synopsloss.cli.report`), which provides ``add_arguments(parser)`` and
+``run(args) -> int``. The demo's data, network and training loop are in
+:mod:`synopsloss.cli.digits`, outside the library's import path.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import List, Optional
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
-    "demo": ("synopsloss.demo", "train a small spiking CNN on 8x8 digits without and with the synops loss"),
-    "report": ("synopsloss.reportcmd", "print the per-layer synops table of a model factory"),
+    "demo": ("synopsloss.cli.demo", "train a small spiking CNN on 8x8 digits without and with the synops loss"),
+    "report": ("synopsloss.cli.report", "print the per-layer synops table of a model factory"),
 }
 
 

@@ -1,0 +1,727 @@
+"""Op-level counting, scoped to the modules that need it: functional ops, attention products, weights as used.
+
+The counter's module hooks see ``nn.Linear`` / ``nn.ConvNd`` calls. What they
+cannot see -- ``F.linear`` / ``F.conv2d`` / ``x @ w`` inside a ``forward``, the
+``q @ k^T`` and ``attn @ v`` products of self-attention, the in- and
+out-projections of ``nn.MultiheadAttention``, a weight masked or
+fake-quantised inside ``forward`` -- is counted here, op by op, with the
+definitions of :mod:`synopsloss.ops` (weight ops exactly as the module rules;
+activation x activation products as ``|A| @ |B|``, gradients to both operands).
+
+Mechanism
+---------
+A ``torch.overrides.TorchFunctionMode`` sees every op at the Python API level,
+but an empty mode around a whole training step already costs 5-19 % on CPU.
+So the mode is pushed only *inside the forward of the modules that need it*
+(a forward pre-hook pushes it, a forward hook registered with
+``always_call=True`` pops it, so an exception pops it too); everything else
+keeps the module hooks, and a model where no module needs it gets no extra hook
+at all. One mode object serves every counter in the process and stays pushed
+while any of them counts, so two counters on one model keep the mode stack
+balanced (one forward at a time: the mode stack is per thread). The modules that need it are chosen when the counter attaches
+(:class:`OpScope`, ``SynOpsCounter(..., ops=)``):
+
+``ops="auto"`` (default):
+
+1. types in :data:`synopsloss.registry.OP_SCOPED` (``nn.MultiheadAttention``,
+   ``nn.Transformer*``, SpikingJelly's ``SpikingSelfAttention``);
+2. modules with their own parameters that no synapse rule covers and whose
+   class (outside ``torch``) passes a parameter to a call (``F.linear(x,
+   self.w * self.mask)``, norse's ``self.activation(x, s, self.input_weights)``)
+   or calls a counted op; a parameter used only in arithmetic
+   (``x * self.gain``) cannot be counted and is named at attach, as before;
+3. modules with a map rule (``nn.Linear`` / ``nn.ConvNd`` subclasses) whose
+   class overrides ``forward`` (QAT, hand-rolled pruning: the weight the op
+   receives is counted, not ``.weight``), except the types in
+   :data:`synopsloss.registry.RULE_FORWARD_AS_IS` (SpikingJelly's
+   ``layer.ConvNd``, whose ``forward`` only folds time into the batch); their
+   module hook is then not registered;
+4. modules whose class (outside ``torch``, not a neuron) runs a counted op in
+   its own code: ``@``, or a call of ``matmul``, ``bmm``, ``einsum``,
+   ``linear``, ``conv2d``, ``scaled_dot_product_attention``, ... (found in the
+   class' source with :mod:`ast` when the counter attaches; a call of a child
+   module, ``self.linear(x)``, does not count).
+
+``ops="all"``: the whole model's forward (every module gets a frame, so ops are
+attributed to the innermost module). ``ops="none"``: module hooks only.
+
+Inside a scoped module, a descendant that is counted by its own module hook
+(an ``nn.Linear`` child called as a module) pops the mode while it runs, so its
+op is not counted twice; so do neuron modules without parameters (they run no
+counted op, and their many elementwise ops then skip the mode). The mode is
+pushed before the outermost ``MultiheadAttention`` / ``Transformer*`` forward
+starts, so their fused fast paths (which check ``has_torch_function``) are not
+taken; ``F.multi_head_attention_forward`` runs as
+:data:`synopsloss.ops.TRANSPARENT_OPS` with the mode re-entered, so its
+projections and products are each counted. ``count_op`` always runs with the
+mode popped (``__torch_function__`` pops it). A module that is called from a
+scoped module but lives outside its subtree (a shared layer) has no frame
+there: its op would be counted by both paths. Keep shared layers inside.
+
+Rows
+----
+One row per (module, op occurrence): the ``k``-th call of an op in one forward
+call of module ``blocks.0.attn`` is row ``blocks.0.attn.matmul`` (``k = 0``),
+``blocks.0.attn.matmul.1``, ... (stable across calls and time steps while the
+forward takes the same path). The root's rows are the op names. Exceptions,
+so that a table reads like the model:
+
+* a weight op whose weight operand *is* a parameter of a layer with a rule
+  (``nn.MultiheadAttention.out_proj``, never called as a module: its weight is
+  passed to ``F.multi_head_attention_forward``) goes to that layer's row;
+* a weight op inside a rule-(3) module (QAT ``Linear``) goes to the module's
+  own row.
+
+:class:`OpRow` records each op row's op name (the table's ``type``: ``matmul``,
+``conv2d``, ``sdpa.qk``) and kind (:attr:`~synopsloss.registry.LayerKind.SYNAPTIC`
+for weight ops, :attr:`~synopsloss.registry.LayerKind.PRODUCT` for
+activation x activation products). Rows take part in the counter's samples
+check like layers: a product's rows are its batch dims (``T * B * heads`` for
+Spikformer's attention), a weight op's rows are its input rows.
+
+Which operand is a weight
+-------------------------
+:mod:`synopsloss.ops` asks ``is_weight(t)``. Here it is True for tensors whose
+storage is one of the model's parameters or buffers (neuron buffers excluded:
+they may hold per-sample state; re-read when the parameters move), and, when
+autograd records the forward, for tensors computed only from parameters by
+elementwise, view and reduction ops (``w * mask``, ``fake_quantize(w)``,
+``(w - w.mean()) / w.std()``): the autograd graph is walked (at most
+:data:`MAX_WALK` nodes; a node outside :data:`WEIGHT_PREP_NODES` or an input
+that is not a parameter, a buffer or a scalar stops it). Under ``no_grad`` a
+derived weight is recognised only through the batch-dims rule of
+:mod:`synopsloss.ops` (``x[B, N, C] @ w[C, D]``); ``x[B, C] @ (w * m).t()``
+then counts as a product with one row, which the samples check reports.
+
+Never a silent zero
+-------------------
+When the counts are read (:meth:`OpScope.silent`): a layer with a rule that
+neither ran as a module nor had its weight used by a counted op, and a scoped
+module with parameters none of which a counted op used (and in whose forward
+no weight op was counted), are named in a warning (``strict=True``: an error
+for the latter). Ops in :data:`synopsloss.ops.FLAGGED_OPS` (``F.bilinear``,
+sparse products, the fused attention kernels called directly, ...) are named
+once with the module that ran them (``strict=True``: an error). Submodules
+compiled with ``torch.compile`` before the counter attached are named at
+attach. Not corrected on the op path: the AvgPool spike-event correction
+(apply it with module layers).
+
+Cost
+----
+Plain module models: no change (no extra hook). Inside a scoped module each op
+pays one Python call (a dict lookup for ops that are not counted), and each
+counted op what :func:`synopsloss.ops.count_op` costs. Nothing synchronises
+with the device.
+
+Example
+-------
+>>> import torch, synopsloss as sl
+>>> class Attn(torch.nn.Module):
+...     def forward(self, q, k):
+...         return q @ k.transpose(-2, -1)
+>>> class Net(torch.nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.fc = torch.nn.Linear(2, 2, bias=False)
+...         self.attn = Attn()
+...     def forward(self, x):
+...         q = self.fc(x)
+...         return self.attn(q, x)
+>>> net = Net()
+>>> counter = sl.SynOpsCounter(net, neurons=False, batch_size=1)
+>>> _ = net(torch.ones(1, 3, 2))  # one sample of 3 tokens
+>>> snap = counter.snapshot()
+>>> list(snap.layers), snap.layers["attn.matmul"].kind, snap.layers["attn.matmul"].dense
+(['fc', 'attn.matmul'], 'activation product', 18.0)
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import os
+import sys
+import textwrap
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from . import registry
+from .hooks import HookSet
+from .maps import OpCounts, Rule
+from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, count_op
+
+__all__ = ["OpScope", "OpRow", "OPS_MODES", "WEIGHT_PREP_NODES", "MAX_WALK", "class_code"]
+
+#: Values of ``SynOpsCounter(ops=...)``.
+OPS_MODES = ("auto", "all", "none")
+
+#: Most autograd nodes walked to decide whether a tensor was computed from parameters only.
+MAX_WALK = 32
+
+#: Autograd node types of weight preprocessing: elementwise, view and reduction ops (a masked,
+#: fake-quantised or standardised weight). A matmul, convolution, embedding, a custom Function or any
+#: other node means the tensor may depend on data: it is not a weight.
+WEIGHT_PREP_NODES: FrozenSet[str] = frozenset(
+    f"{name}Backward{i}" for name in (
+        "Mul", "Div", "Add", "Sub", "Neg", "Abs", "Sign", "Round", "Clamp", "ClampMin", "ClampMax", "Hardtanh",
+        "Where", "MaskedFill", "T", "Transpose", "Permute", "View", "UnsafeView", "ReshapeAlias", "Expand",
+        "Squeeze", "Unsqueeze", "Clone", "ToCopy", "Slice", "Select", "Split", "SplitWithSizes", "Unbind",
+        "Mean", "Sum", "Std", "Var", "VarMean", "StdMean", "Sqrt", "Rsqrt", "Pow", "Exp", "Tanh", "Sigmoid",
+        "Reciprocal", "Floor", "Ceil", "Trunc", "Alias", "Flip", "Roll", "Contiguous", "Cat", "Stack",
+        "FakeQuantizePerTensorAffineCachemask", "FakeQuantizePerChannelAffineCachemask",
+        "_FakeQuantizePerTensorAffineCachemaskTensorQparams", "Norm", "LinalgVectorNorm", "Max", "Amax",
+    ) for i in range(4)
+)
+
+#: Names whose call counts synapses (the attribute or function name of ``F.linear``, ``x.matmul``, ...).
+_COUNTED_NAMES = frozenset({
+    "matmul", "mm", "bmm", "baddbmm", "addmm", "addbmm", "addmv", "addr", "mv", "dot", "vdot", "inner", "outer",
+    "ger", "einsum", "tensordot", "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "convolution", "scaled_dot_product_attention", "multi_head_attention_forward",
+})
+_SKIP_METHODS = frozenset({"__init__", "extra_repr", "reset_parameters", "_reset_parameters", "__repr__"})
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_WATCHED = frozenset(COUNTED_OPS) | frozenset(FLAGGED_OPS) | frozenset(TRANSPARENT_OPS)
+
+
+@dataclass(frozen=True)
+class OpRow:
+    """An op row of the table: the op (``LayerStats.type``), its kind and the module whose forward ran it."""
+
+    op: str
+    kind: registry.LayerKind
+    module: str
+
+
+@dataclass(frozen=True)
+class ClassCode:
+    """What a class' own methods (outside ``torch``) do, read from their source with :mod:`ast`.
+
+    ``counted_self_calls``: names ``X`` of ``self.X(...)`` calls that look like counted ops (a child
+    module named ``linear`` is one, so they are checked against the instance's children).
+    """
+
+    counted: bool  # ``@`` or a call of a counted op other than ``self.X(...)``
+    counted_self_calls: FrozenSet[str]
+    passed: FrozenSet[str]  # ``X`` of every ``self.X`` inside a call's arguments
+
+
+_CLASS_CODE: "weakref.WeakKeyDictionary[type, Optional[ClassCode]]" = weakref.WeakKeyDictionary()
+
+
+def class_code(cls: type) -> Optional[ClassCode]:
+    """:class:`ClassCode` of ``cls`` and its bases up to the first ``torch`` class; ``None`` if unreadable.
+
+    Example
+    -------
+    >>> import torch
+    >>> class Gain(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return x @ self.w
+    >>> class_code(Gain).counted
+    True
+    """
+    if cls in _CLASS_CODE:
+        return _CLASS_CODE[cls]
+    code = _read_class(cls)
+    _CLASS_CODE[cls] = code
+    return code
+
+
+def _read_class(cls: type) -> Optional[ClassCode]:
+    counted, self_calls, passed = False, set(), set()
+    for klass in cls.__mro__:
+        if klass is object or _is_torch_class(klass):
+            break
+        for attr, value in vars(klass).items():
+            fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if attr in _SKIP_METHODS or not inspect.isfunction(fn):
+                continue
+            try:  # method by method: a class typed in a notebook or doctest has no class source, its methods do
+                tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+            except (OSError, TypeError, SyntaxError, IndentationError):
+                return None
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.BinOp, ast.AugAssign)) and isinstance(node.op, ast.MatMult):
+                    counted = True
+                elif isinstance(node, ast.Call):
+                    f = node.func
+                    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+                    if name in _COUNTED_NAMES:
+                        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+                            self_calls.add(name)
+                        else:
+                            counted = True
+                    for arg in list(node.args) + [k.value for k in node.keywords]:
+                        for sub in ast.walk(arg):
+                            if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
+                                    and sub.value.id == "self"):
+                                passed.add(sub.attr)
+    return ClassCode(counted, frozenset(self_calls), frozenset(passed))
+
+
+def _is_torch_class(cls: type) -> bool:
+    mod = getattr(cls, "__module__", "") or ""
+    return mod == "torch" or mod.startswith("torch.")
+
+
+def _own_params(module: nn.Module) -> List[Tuple[str, nn.Parameter]]:
+    """A module's own parameters, with those of its parametrizations (``weight_norm``: original0/1)."""
+    out = list(module.named_parameters(recurse=False))
+    if parametrize.is_parametrized(module):
+        out += [(f"parametrizations.{n}", p) for n, p in module.parametrizations.named_parameters()]
+    return out
+
+
+def _param_names(module: nn.Module) -> Set[str]:
+    names = set(module._parameters)
+    if parametrize.is_parametrized(module):
+        names |= set(module.parametrizations.keys())
+    return names
+
+
+def _rule_class(module: nn.Module, rules: Dict[type, Rule]) -> Optional[type]:
+    """The class in ``module``'s MRO that its synapse rule is registered for."""
+    table = dict(rules)
+    for k in registry.SYNAPSE_RULES:
+        cls = registry.resolve(k)
+        if cls is not None:
+            table.setdefault(cls, registry.SYNAPSE_RULES[k])
+    return next((c for c in type(module).__mro__ if c in table), None)
+
+
+def _storage(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _in_backward() -> bool:
+    return torch._C._current_graph_task_id() != -1
+
+
+def _tensor_args(args: tuple, kwargs: dict) -> Iterator[Tensor]:
+    for a in args:
+        if isinstance(a, Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, Tensor))
+    for a in kwargs.values():
+        if isinstance(a, Tensor):
+            yield a
+
+
+def _lead(c: OpCount, tensors: List[Tensor]) -> Optional[Tuple[int, ...]]:
+    """The leading (row) dims of the call's activation operand: ``(T, B, heads)`` of a spike product, ``(B, N)``
+    of a linear on tokens (the counter reads time steps from them); ``None`` when no operand ends in
+    ``in_shape`` with exactly ``rows`` rows (broadcast batch dims)."""
+    n = len(c.in_shape)
+    for t in tensors:
+        if t.dim() >= n and tuple(t.shape[t.dim() - n:]) == tuple(c.in_shape):
+            lead = tuple(int(s) for s in t.shape[:t.dim() - n])
+            size = 1
+            for s in lead:
+                size *= s
+            if size == c.rows:
+                return lead
+    return None
+
+
+def _param_of(t: Tensor) -> Optional[nn.Parameter]:
+    if isinstance(t, nn.Parameter):
+        return t
+    base = getattr(t, "_base", None)
+    return base if isinstance(base, nn.Parameter) else None
+
+
+class _Mode(torch.overrides.TorchFunctionMode):
+    """The counting mode: every watched op is offered to the counting scopes, every other op runs unchanged.
+
+    One mode for the process, pushed while at least one scope counts (two counters on one model
+    push and pop their frames in interleaved order; one shared mode keeps the stack balanced).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scopes: List["OpScope"] = []  # scopes whose innermost frame counts
+        self.pushed = False
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        if kwargs is None:
+            kwargs = {}
+        if func not in _WATCHED:
+            return func(*args, **kwargs)
+        scopes = [s for s in self.scopes if s._counting()]
+        body = TRANSPARENT_OPS.get(func)
+        if body is not None and scopes:
+            with self:  # re-entered: the composite's inner ops are counted one by one
+                return body(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if scopes and not sys._getframe(1).f_code.co_filename.startswith(_PACKAGE_DIR):
+            for scope in scopes:  # (not the counter's own hooks, e.g. neuron statistics, run inside a scope)
+                scope._on_op(func, args, kwargs, out)
+        return out
+
+    def want(self, scope: "OpScope", counting: bool) -> None:
+        """Whether ``scope``'s innermost frame counts; push or pop the mode accordingly."""
+        if counting:
+            if scope not in self.scopes:
+                self.scopes.append(scope)
+        elif scope in self.scopes:
+            self.scopes.remove(scope)
+        if self.scopes and not self.pushed:
+            self.__enter__()
+            self.pushed = True
+        elif not self.scopes and self.pushed:
+            n = torch._C._len_torch_function_stack()
+            if n and torch._C._get_function_stack_at(n - 1) is self:
+                self.__exit__(None, None, None)
+                self.pushed = False
+            # else: another mode was pushed above ours inside the forward: ours stays on the stack,
+            # passing ops through, and is popped at the next frame change
+
+
+_MODE = _Mode()
+
+
+@dataclass
+class _Frame:
+    """One forward call of a module with a frame (the scope stack)."""
+
+    name: str
+    module: Any  # weakref to the module
+    counting: bool  # ops are counted here (else: a child counted by its module hook, a neuron, a paused counter)
+    own_rule: bool = False  # a rule-(3) module: its weight ops go to its own row
+    seen: Dict[str, int] = field(default_factory=dict)  # op -> occurrences in this call
+
+
+class OpScope:
+    """Chooses the modules counted op by op, pushes the counting mode inside them and attributes their ops.
+
+    Owned by a :class:`~synopsloss.SynOpsCounter` (``counter._scope``); holds
+    it weakly. The counter asks :meth:`scoped_rule` / :meth:`scoped_params`
+    while it attaches its module hooks, then calls :meth:`attach`.
+
+    Parameters
+    ----------
+    counter
+        The owning counter (``_accumulate``, ``_warn_once``, ``_counting_enabled``, ``_data_storages``,
+        ``strict``, ``model``).
+    ops
+        ``"auto"``, ``"all"`` or ``"none"`` (see the module docstring).
+    """
+
+    def __init__(self, counter: Any, ops: str) -> None:
+        if not isinstance(ops, str):
+            raise TypeError(f"ops must be one of {OPS_MODES} (a str), got {type(ops).__name__}")
+        if ops not in OPS_MODES:
+            raise ValueError(f"ops must be one of {OPS_MODES}, got {ops!r}")
+        self.ops = ops
+        self._counter = weakref.ref(counter)
+        self._hooks = HookSet(self)
+        self._stack: List[_Frame] = []
+        self.rows: Dict[str, OpRow] = {}
+        self.scoped: Dict[str, str] = {}  # module name -> why it is counted op by op
+        self.own_rule: Set[str] = set()  # rule modules counted op by op (rule 3)
+        self.param_modules: Dict[str, nn.Module] = {}  # scoped modules with parameters and no rule
+        self.used_params: Set[int] = set()  # ids of parameters a counted op used as (or to build) its weight
+        self.weight_frames: Set[str] = set()  # frames in which a weight op was counted
+        self._owner: Dict[int, str] = {}  # id(parameter) -> rule layer owning it
+        self._own_storages: Set[int] = set()
+        self._probe: Optional[Tuple[Any, int]] = None
+        self._leaves: List[int] = []
+        self._warned_ops: Set[Tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------ choosing
+
+    def reset_plan(self) -> None:
+        """Forget which modules are scoped (before the counter attaches again); rows and usage stay."""
+        self.remove()
+        self.scoped.clear()
+        self.own_rule.clear()
+        self.param_modules.clear()
+
+    def scoped_rule(self, name: str, module: nn.Module, rule: Rule, rules: Dict[type, Rule]) -> bool:
+        """Rule 3: a map-rule module whose class overrides ``forward`` is counted op by op."""
+        if self.ops == "none" or rule.fanout is None:
+            return False
+        base = _rule_class(module, rules)
+        if base is None or type(module).forward is base.forward:
+            return False
+        if any(type(module).forward is c.forward for c in registry._types(registry.RULE_FORWARD_AS_IS)):
+            return False  # a listed type's own forward (a subclass overriding it again is counted op by op)
+        self.scoped[name] = f"{type(module).__name__} overrides forward"
+        self.own_rule.add(name)
+        return True
+
+    def scoped_params(self, name: str, module: nn.Module) -> bool:
+        """Rules 1 and 2 for a module with parameters and no rule: whether its ops will be counted."""
+        if self.ops == "none":
+            return False
+        if isinstance(module, registry._types(registry.OP_SCOPED)):
+            self.scoped[name] = "registry.OP_SCOPED"
+        elif _is_torch_class(type(module)):
+            return False
+        else:
+            code = class_code(type(module))
+            if code is not None and not code.counted and not (_param_names(module) & code.passed) \
+                    and not (code.counted_self_calls - set(module._modules)):
+                return False
+            self.scoped[name] = "parameters without a rule"
+        self.param_modules[name] = module
+        return True
+
+    def _wants(self, module: nn.Module) -> Optional[str]:
+        """Rules 1 and 4 for modules without parameters of their own."""
+        if isinstance(module, registry._types(registry.OP_SCOPED)):
+            return "registry.OP_SCOPED"
+        if _is_torch_class(type(module)) or registry.neuron_library(module) is not None:
+            return None
+        code = class_code(type(module))
+        if code is None:
+            return None
+        if code.counted or (code.counted_self_calls - set(module._modules)):
+            return "runs a counted op in its own code"
+        return None
+
+    # ------------------------------------------------------------------ attaching
+
+    def attach(self, model: nn.Module, layers: Dict[str, Any]) -> None:
+        """Register the frame hooks. ``layers``: the counter's ``{name: _Layer}`` (rule modules)."""
+        self.remove()
+        self._owner = {}
+        for lname, layer in layers.items():
+            for pname, p in _own_params(layer.module):
+                if not pname.startswith("bias"):
+                    self._owner.setdefault(id(p), lname)
+        if self.ops == "none":
+            return
+        if self.ops == "all":
+            self.scoped.setdefault("", "ops='all'")
+        modules = dict(model.named_modules())
+        for name, module in modules.items():
+            if name not in self.scoped and not (name in layers) and not any(True for _ in module.parameters(False)):
+                why = self._wants(module)
+                if why is not None:
+                    self.scoped[name] = why
+        if not self.scoped:
+            return
+        roots = sorted(self.scoped, key=len)
+        inside: Set[str] = set()
+        for name in modules:
+            if any(r == "" or name == r or name.startswith(r + ".") for r in roots):
+                inside.add(name)
+        for name, module in modules.items():
+            if name not in inside:
+                continue
+            if name in self.scoped:
+                kind = "count"
+            elif name in layers:
+                kind = "quiet"  # counted by its module hook
+            elif registry.neuron_library(module) is not None and not any(True for _ in module.parameters()):
+                kind = "quiet"
+            elif self.ops == "all":
+                kind = "count"  # every module gets a frame: ops go to the innermost module
+            else:
+                continue
+            self._hooks.pre(module, functools.partial(OpScope._enter, name=name, counting=kind == "count"))
+            self._hooks.forward(module, OpScope._exit, always_call=True)
+        self._refresh_storages(model, force=True)
+
+    def remove(self) -> None:
+        """Take the frame hooks off (and the mode, if a forward was interrupted inside a scope)."""
+        self._hooks.remove()
+        self._stack.clear()
+        _MODE.want(self, False)
+
+    @property
+    def active(self) -> bool:
+        """Whether any module is counted op by op."""
+        return bool(self._hooks.attached)
+
+    def _refresh_storages(self, model: nn.Module, force: bool = False) -> None:
+        """Storages of the model's parameters and buffers (neuron buffers excluded), re-read if they moved."""
+        if not force and self._probe is not None:
+            ref, ptr = self._probe
+            p = ref()
+            if p is not None and p.device.type != "meta" and _storage(p) == ptr:
+                return
+        own: Set[int] = set()
+        probe = None
+        for m in model.modules():
+            neuron = registry.neuron_library(m) is not None
+            for p in m.parameters(recurse=False):
+                if p.device.type != "meta":
+                    own.add(_storage(p))
+                    probe = p if probe is None else probe
+            if not neuron:
+                own.update(_storage(b) for b in m.buffers(recurse=False) if b.device.type != "meta")
+        self._own_storages = own
+        self._probe = (weakref.ref(probe), _storage(probe)) if probe is not None else None
+
+    # ------------------------------------------------------------------ the stack
+
+    def _counting(self) -> bool:
+        return bool(self._stack) and self._stack[-1].counting and not _in_backward()
+
+    def _enter(self, module: nn.Module, args: tuple, *, name: str, counting: bool) -> None:
+        counter = self._counter()
+        enabled = counter is not None and counter._counting_enabled()
+        if not self._stack and enabled and counting:
+            self._refresh_storages(counter.model)
+        frame = _Frame(name, weakref.ref(module), counting and enabled, name in self.own_rule)
+        self._stack.append(frame)
+        _MODE.want(self, frame.counting)
+
+    def _exit(self, module: nn.Module, args: tuple, output: Any) -> None:
+        stack = self._stack
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].module() is module:
+                del stack[i:]
+                break
+        _MODE.want(self, bool(stack) and stack[-1].counting)
+
+    # ------------------------------------------------------------------ ops
+
+    def _on_op(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        """Count one watched op that ran inside this scope's innermost (counting) frame."""
+        frame = self._stack[-1]
+        counter = self._counter()
+        if counter is None:
+            return
+        self._leaves = []
+        try:
+            counts = count_op(func, args, kwargs, out, is_weight=self._is_weight)
+        except UncountableOpError as err:
+            self._flag(counter, frame, func, err)
+            return
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"synopsloss: module {frame.name or '<root>'!r}: {err}") from err
+        if counts:
+            self._record(counter, frame, counts, args, kwargs)
+
+    def _is_weight(self, t: Tensor) -> bool:
+        if t.device.type == "meta":
+            return False
+        if _storage(t) in self._own_storages:
+            p = _param_of(t)
+            if p is not None:
+                self._leaves.append(id(p))
+            return True
+        if t.grad_fn is None or not torch.is_grad_enabled():
+            return False
+        return self._derived(t)
+
+    def _derived(self, t: Tensor) -> bool:
+        """Whether autograd recorded ``t`` as computed from parameters only (bounded walk)."""
+        leaves: List[int] = []
+        todo = [t.grad_fn]
+        seen: Set[int] = set()
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if len(seen) > MAX_WALK:
+                return False
+            kind = type(node).__name__
+            if kind == "AccumulateGrad":
+                var = node.variable
+                if not isinstance(var, nn.Parameter) or _storage(var) not in self._own_storages:
+                    return False
+                leaves.append(id(var))
+                continue
+            if kind not in WEIGHT_PREP_NODES:
+                return False
+            for i, (nxt, _) in enumerate(node.next_functions):
+                if nxt is not None:
+                    todo.append(nxt)
+                    continue
+                # an input without grad: a buffer or a scalar is fine, anything else may be data
+                try:
+                    saved = getattr(node, "_saved_self" if i == 0 else "_saved_other", None)
+                except RuntimeError:  # freed by an earlier backward
+                    return False
+                if not isinstance(saved, Tensor) or not (saved.numel() == 1 or _storage(saved) in self._own_storages):
+                    return False
+        if not leaves:
+            return False
+        self._leaves.extend(leaves)
+        return True
+
+    def _record(self, counter: Any, frame: _Frame, counts: List[OpCount], args: tuple, kwargs: dict) -> None:
+        tensors = list(_tensor_args(args, kwargs))
+        owner = None
+        if any(c.weighted for c in counts):
+            for t in tensors:
+                p = _param_of(t)
+                if p is not None:
+                    self._leaves.append(id(p))
+                    owner = owner or self._owner.get(id(p))
+            self.used_params.update(self._leaves)
+            self.weight_frames.add(frame.name)
+        inputs = counter._data_storages()
+        data = any(_storage(t) in inputs for t in tensors if t.device.type != "meta")
+        for c in counts:
+            if c.weighted and owner is not None:
+                row = owner
+            elif c.weighted and frame.own_rule:
+                row = frame.name
+            else:
+                k = frame.seen.get(c.op, 0)
+                frame.seen[c.op] = k + 1
+                base = f"{frame.name}.{c.op}" if frame.name else c.op
+                row = base if k == 0 else f"{base}.{k}"
+                if row not in self.rows:
+                    kind = registry.LayerKind.SYNAPTIC if c.weighted else registry.LayerKind.PRODUCT
+                    self.rows[row] = OpRow(c.op, kind, frame.name)
+            n_el = 1
+            for s in c.in_shape:
+                n_el *= int(s)
+            counter._accumulate(row, OpCounts(
+                synops=c.synops, dense=c.dense, effective=c.effective, spiking=c.spiking, rows=c.rows,
+                in_shape=tuple(c.in_shape), out_shape=tuple(c.out_shape), input_sum=c.input_sum,
+                input_nonzero=c.input_nonzero, in_neurons=n_el,
+            ), None, data=data, lead=_lead(c, tensors))
+
+    def _flag(self, counter: Any, frame: _Frame, func: Callable, err: Exception) -> None:
+        op = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+        msg = (f"synopsloss: module {frame.name or '<root>'!r} ran {op}, whose synapses are NOT counted: {err}")
+        if counter.strict:
+            raise UncountableOpError(msg) from err
+        if (frame.name, op) not in self._warned_ops:
+            self._warned_ops.add((frame.name, op))
+            from .counter import UnsupportedLayerWarning
+
+            counter._warn_once(msg, UnsupportedLayerWarning, stacklevel=6)
+
+    # ------------------------------------------------------------------ reading
+
+    def used(self, module: nn.Module) -> bool:
+        """Whether a counted op used one of ``module``'s own parameters as (or to build) its weight."""
+        return any(id(p) in self.used_params for _, p in _own_params(module))
+
+    def silent(self) -> List[str]:
+        """Scoped modules with parameters that ran no counted weight op with any of them, as ``'name (Type)'``."""
+        return [f"{n or '<root>'} ({type(m).__name__})" for n, m in self.param_modules.items()
+                if n not in self.weight_frames and not self.used(m)]
+
+
+def compiled_submodules(model: nn.Module) -> List[str]:
+    """Names of ``torch.compile``-d submodules (``OptimizedModule``) of ``model``; never imports dynamo.
+
+    Example
+    -------
+    >>> import torch
+    >>> compiled_submodules(torch.nn.Sequential(torch.nn.Linear(1, 1)))
+    []
+    """
+    mod = sys.modules.get("torch._dynamo.eval_frame")
+    cls = getattr(mod, "OptimizedModule", None) if mod is not None else None
+    if cls is None:
+        return []
+    return [n or "<root>" for n, m in model.named_modules() if isinstance(m, cls)]

@@ -1,0 +1,151 @@
+"""Column selection, the block view, compare() and the LaTeX export of the per-layer table."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import synopsloss as sl
+from synopsloss.table import COLUMNS, PRESETS, LayerRow, SynOpsTable
+
+snn = pytest.importorskip("snntorch")
+
+
+def _plain_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2),  # conv + its ReLU
+        nn.Conv2d(2, 2, 3, padding=1), nn.Flatten(),  # a conv with no activation before the next synaptic layer
+        nn.Linear(8, 4), nn.Dropout(0.1), nn.ReLU(), nn.Linear(4, 2),  # linear + ReLU, then a readout
+    ).eval()
+
+
+def _table(net: nn.Module, x: torch.Tensor, **kwargs) -> SynOpsTable:
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    return counter.table(**kwargs)
+
+
+def test_unknown_columns_raise_a_value_error_listing_the_valid_ones():
+    table = _table(_plain_net(), torch.rand(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="unknown column.*'synapses'.*valid columns: name, type") as err:
+        table.render(["synops", "synapses"])
+    assert all(k in str(err.value) for k in COLUMNS) and all(p in str(err.value) for p in PRESETS)
+    with pytest.raises(ValueError, match="unknown column preset 'tiny'.*presets: compact, neurobench"):
+        table.to_markdown("tiny")
+    with pytest.raises(ValueError, match=r"a single column: columns=\['synops'\]"):
+        table.to_latex("synops")
+    with pytest.raises(TypeError, match="columns must be a preset name or a list"):
+        table.render(3)
+    with pytest.raises(ValueError, match="view must be 'layers' or 'blocks'"):
+        table.render(view="block")
+
+
+def test_presets_drop_empty_columns_and_explicit_columns_keep_them_name_first():
+    table = _table(_plain_net(), torch.rand(2, 1, 4, 4), energy=None)
+    header = table.render().splitlines()[0].split()
+    assert "Synops/s" not in header and "Energy" not in header  # no dt, no energy model
+    explicit = table.render(["synops_per_s", "synops"]).splitlines()
+    assert explicit[0].split() == ["Layer", "Synops/s", "Synops"]
+    assert explicit[2].split() == ["0", "*", "-", f"{table['0'].synops:.3g}"]
+
+
+def test_block_view_pairs_each_synaptic_layer_with_the_next_activation_and_keeps_every_count():
+    table = _table(_plain_net(), torch.rand(2, 1, 4, 4))
+    blocks = table.blocks()
+    assert [(b.name, b.synaptic, b.neuron) for b in blocks] == [
+        ("0 + 2", "0", "2"), ("4", "4", None), ("6 + 8", "6", "8"), ("9", "9", None)]
+    assert [b.type for b in blocks] == ["Conv2d + ReLU", "Conv2d", "Linear + ReLU", "Linear"]
+    for b in blocks:
+        assert b.synops == table[b.synaptic].synops and b.dense == table[b.synaptic].dense
+        if b.neuron is not None:
+            assert b.density == table[b.neuron].density and b.neurons == table[b.neuron].neurons
+    assert sum(b.synops for b in blocks) == pytest.approx(table.total.synops)
+    assert sum(b.energy for b in blocks) == pytest.approx(table.total.energy)
+    assert blocks.total is table.total and blocks.view == "blocks" and blocks.blocks() is blocks
+    assert table.render(view="blocks") == str(blocks)
+    rows = list(csv.DictReader(io.StringIO(blocks.to_csv())))
+    assert [(r["synaptic"], r["neuron"]) for r in rows[:2]] == [("0", "2"), ("4", "")]
+
+
+def test_block_view_takes_a_neuron_once_and_keeps_unclaimed_neurons_as_their_own_blocks():
+    net = nn.Sequential(snn.Leaky(beta=0.5, init_hidden=True), nn.Linear(3, 3), nn.Linear(3, 3),
+                        snn.Leaky(beta=0.5, init_hidden=True))
+    table = _table(net, torch.ones(2, 3) * 2)
+    assert [(b.synaptic, b.neuron) for b in table.blocks()] == [(None, "0"), ("1", None), ("2", "3")]
+
+
+def test_recurrent_synapses_join_their_neurons_block():
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(4, 3)
+            self.lif = snn.RLeaky(beta=0.9, linear_features=3)
+            with torch.no_grad():
+                self.fc.weight.fill_(1.0)  # every neuron spikes: the recurrent synapses carry spikes
+
+        def forward(self, x):
+            spk, mem = self.lif.init_rleaky()
+            for t in range(x.shape[0]):
+                spk, mem = self.lif(self.fc(x[t]) * 3, spk, mem)
+            return spk
+
+    net = Recurrent()
+    counter = sl.SynOpsCounter(net, batch_dim=1)
+    net(torch.ones(4, 2, 4))
+    table = counter.table()
+    assert table["lif.recurrent"].synops > 0
+    (block,) = table.blocks()
+    assert (block.synaptic, block.neuron, block.recurrent) == ("fc", "lif", ("lif.recurrent",))
+    assert block.synops == pytest.approx(table["fc"].synops + table["lif.recurrent"].synops)
+    assert block.firing_rate == table["lif"].firing_rate
+    assert "Recurrent synapses counted in their neuron's block: lif (lif.recurrent)." in str(table.blocks())
+
+
+def test_compare_refuses_what_is_not_a_table():
+    table = _table(_plain_net(), torch.rand(2, 1, 4, 4))
+    with pytest.raises(TypeError, match="after must be a SynOpsTable"):
+        sl.compare(table, {"synops": 1})
+    with pytest.raises(ValueError, match="view must be"):
+        sl.compare(table, table, view="all")
+    with pytest.raises(ValueError, match="labels must be two non-empty strings"):
+        sl.compare(table, table, labels=("a",))
+
+
+def test_compare_matches_layers_by_name_and_marks_what_one_table_lacks():
+    small = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
+    big = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False), nn.Linear(1, 1))
+    for net in (small, big):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(1.0)
+    with torch.no_grad():
+        small[2].weight.zero_()  # no synapse left: the ratio is infinite
+    a, b = _table(big, torch.ones(1, 2)), _table(small, torch.ones(1, 2))
+    comparison = sl.compare(a, b, labels=("big", "small"))
+    assert [r.name for r in comparison] == ["0", "2", "3"]
+    assert comparison["2"].ratio == float("inf") and comparison["3"].synops_after is None
+    # big: 0 reads the data; 2 gets the ReLU's [2, 2] (fan-out 1 each: 4); 3 gets 4 (fan-out 1)
+    assert comparison["Network-driven"].synops_before == 4 + 4 and comparison["Network-driven"].synops_after == 0
+    text = str(comparison).splitlines()
+    assert text[0].split()[:6] == ["Layer", "Type", "Synops", "big", "Synops", "small"]
+    # two inputs of value 2, one weight each: synops 4, 2 effective MACs x 4.6 pJ
+    assert text[3].split() == ["2", "Linear", "4", "0", "inf", "9.2", "pJ", "0", "J"]
+    assert text[4].split()[:5] == ["3", "Linear", "4", "-", "-"]
+
+
+def test_latex_escapes_special_characters_and_checks_its_arguments():
+    rows = [LayerRow(name="enc_1.conv%a", type="My_Conv", kind="synaptic", synops=1.5e3, energy=2e-6, share=1.0)]
+    table = SynOpsTable(rows, LayerRow(name="Total", type="", kind="", synops=1.5e3, energy=2e-6, share=1.0),
+                        samples=1, energy_model="x_y")
+    tex = table.to_latex(caption="Per-layer $E$", label="tab:x")
+    assert r"enc\_1.conv\%a & My\_Conv & synaptic & 1.5k & 100.0\% & 2 $\mu$J \\" in tex
+    assert r"\caption{Per-layer $E$}" in tex and r"energy: x\_y model" in tex
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 1 and tex.count(r"\midrule") == 2
+    with pytest.raises(TypeError, match="caption must be a string"):
+        table.to_latex(caption=1)
