@@ -221,12 +221,16 @@ def light_cnn() -> nn.Sequential:
     )
 
 
-def heavier_cnn() -> nn.Sequential:
+def three_conv_cnn() -> nn.Sequential:
+    """The heavier CNN (conv 3-32-64-64 with max pools); also imported by ``opscope_overhead.py``."""
     return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 8 * 8, 10),
     )
+
+
+heavier_cnn = three_conv_cnn
 
 
 class BasicBlock(nn.Module):
@@ -295,31 +299,33 @@ def reset_states(net: nn.Module) -> None:
 
 
 def attention_counting() -> Tuple[Dict[str, Any], str]:
-    """Counter arguments that switch on op-level counting (attention products), when this synopsloss has it."""
+    """Counter arguments for the Spikformer rows, and a note on whether attention products are counted."""
     params = inspect.signature(sl.SynOpsCounter).parameters
-    for name in ("ops", "count_ops", "functional", "op_level", "tensor_ops"):
-        if name in params:
-            return {name: True}, f"op-level counting on ({name}=True): the attention products are counted"
+    if "ops" in params:
+        return {}, (f"op-level counting: SynOpsCounter's default ops={params['ops'].default!r} counts the attention "
+                    "products (q @ k^T, attn @ v) with the module layers")
     return {}, ("NOTE: this synopsloss counts modules only; the attention products (q @ k^T, attn @ v) are NOT "
-                "counted yet, so these rows measure module-level counting. They pick up op-level counting as soon "
-                "as SynOpsCounter takes an ops/count_ops/functional/op_level argument.")
+                "counted, so these rows measure module-level counting.")
 
 
-def counter_memory(counter: Any) -> Tuple[int, int, int, int]:
-    """(map cache bytes, their bound, scratch bytes, counted layers) of a counter (private attributes)."""
-    held = bound = 0
+def op_rows(counter: Any) -> int:
+    """Layers of the last snapshot that are no modules of the model (op-level rows: attention products)."""
+    modules = dict(counter.model.named_modules())
+    try:
+        names = list(counter.snapshot().layers)
+    except Exception:  # pragma: no cover - nothing counted
+        return 0
+    return sum(1 for n in names if n not in modules)
+
+
+def counter_memory(counter: Any) -> Tuple[int, str, int, int]:
+    """(map cache bytes, the bound, work-buffer bytes, counted layers) of a counter."""
     maps = getattr(counter, "_maps", {})
-    for cache in maps.values():
-        per_shape = 0
-        for store in (getattr(cache, "_dense", {}), getattr(cache, "_eff", {})):
-            for value in store.values():
-                for t in value if isinstance(value, tuple) else (value,):
-                    if isinstance(t, torch.Tensor):
-                        held += t.numel() * t.element_size()
-            if store:
-                per_shape += max(sum(t.numel() * t.element_size() for t in (v if isinstance(v, tuple) else (v,))
-                                     if isinstance(t, torch.Tensor)) for v in store.values())
-        bound += getattr(cache, "max_shapes", 0) * per_shape
+    held = int(counter.map_cache_bytes) if hasattr(counter, "map_cache_bytes") else 0
+    caches = list(maps.values())
+    bound = "?"
+    if caches and hasattr(caches[0], "max_bytes"):
+        bound = f"{caches[0].max_shapes} shapes, {caches[0].max_bytes / 2 ** 20:.0f} MiB per layer"
     scratch = getattr(counter, "_scratch", None)
     return held, bound, int(getattr(scratch, "nbytes", 0)), len(maps)
 
@@ -611,12 +617,13 @@ def section_spikingjelly(args: argparse.Namespace) -> None:
         sj_total[0] = sum(c.get_counts().get("Global", {}).values()) / B
 
     totals = ours()
+    rows = op_rows(counter)
     times = measure({"plain": plain, "ours": ours, "sj": sj}, max(3, args.repeats // 2))
     w.__exit__(None, None, None)
     counter.remove()
     p = med(times["plain"])
     add = {k: med(diffs(times, k, "plain")) for k in ("ours", "sj")}
-    say(f"  {note}")
+    say(f"  {note}; op-level rows in the snapshot: {rows}")
     say(f"  Spikformer {SPIKFORMER}, B={B}: median of {len(times['plain'])} interleaved rounds")
     say(f"  plain forward                     {p * 1e3:9.2f} ms")
     say(f"  + synopsloss counts               {add['ours'] * 1e3:9.2f} ms = {add['ours'] / p:6.3f}x the forward")
@@ -636,16 +643,15 @@ def section_spikingjelly(args: argparse.Namespace) -> None:
 
 def section_memory() -> None:
     say("\n" + "=" * 100)
-    say("[4] Memory held by the counters of this run (fan-out map caches: LRU of max_shapes input shapes per layer)")
-    say(f"  {'counter':70s}{'layers':>7s}{'maps KiB':>11s}{'bound KiB':>11s}{'work KiB':>10s}")
+    say("[4] Memory held by the counters of this run: fan-out map caches (LRU, bounded per layer) and work buffers")
+    say(f"  {'counter':62s}{'layers':>7s}{'maps KiB':>11s}{'work KiB':>10s}  bound of the maps")
     for label, c in COUNTERS:
         held, bound, scratch, n = counter_memory(c)
-        say(f"  {label[:70]:70s}{n:7d}{held / 1024:11.1f}{bound / 1024:11.1f}{scratch / 1024:10.1f}")
+        say(f"  {label[:62]:62s}{n:7d}{held / 1024:11.1f}{scratch / 1024:10.1f}  {bound}")
         record("4", label, "map cache KiB", held / 1024, unit="KiB")
-        record("4", label, "map cache bound KiB", bound / 1024, unit="KiB")
         if scratch:
             record("4", label, "work buffers KiB", scratch / 1024, unit="KiB")
-    say("  bound = max_shapes (16) x the maps of the largest shape seen, per layer; work = reused per-call buffers")
+    say("  work = buffers the hooks reuse on every call (absent without the hot-path patch)")
 
 
 # ============================================================================ 5. GPU
@@ -699,7 +705,7 @@ def write(tag: str, info: Dict[str, str]) -> None:
     print(f"\nwrote {RESULTS_DIR / (stem + '.md')} and .csv")
 
 
-def aggregate(paths: Sequence[str]) -> None:
+def aggregate(paths: Sequence[str], name: str = "overhead_summary") -> None:
     """Median and range of every figure over several runs' CSVs."""
     rows: Dict[Tuple[str, str, str], List[float]] = {}
     meta: Dict[Tuple[str, str, str], Tuple[str, str]] = {}
@@ -724,7 +730,8 @@ def aggregate(paths: Sequence[str]) -> None:
     text = "\n".join(lines)
     print(text)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "overhead_summary.md").write_text("# Counting overhead over several runs\n\n" + text + "\n")
+    (RESULTS_DIR / f"{name}.md").write_text("# Counting overhead over several runs\n\n" + text + "\n")
+    print(f"\nwrote {RESULTS_DIR / (name + '.md')}")
 
 
 # ============================================================================ main
@@ -742,10 +749,11 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result files (overhead_<tag>.md/.csv)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--aggregate", nargs="+", metavar="CSV", help="summarise the CSVs of several runs")
+    parser.add_argument("--summary", default="overhead_summary", help="file name (no suffix) of --aggregate's table")
     parser.add_argument("--gpu-section-on", default=None, help=argparse.SUPPRESS)  # test the GPU code on 'cpu'
     args = parser.parse_args()
     if args.aggregate:
-        aggregate(args.aggregate)
+        aggregate(args.aggregate, args.summary)
         return
     args.repeats = args.repeats or (5 if args.quick else 15)
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
