@@ -52,16 +52,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # tasks.py, regularizers.py
 
-METHODS = ("baseline", "synops", "iterative", "l1", "hinge", "fanout")
+METHODS = ("baseline", "synops", "ramp", "iterative", "l1", "hinge", "fanout")
 LABELS = {
     "baseline": "cross-entropy only",
     "synops": "SynOpsLoss, fraction of initial (ours)",
+    "ramp": "SynOpsLoss, fraction ramped 1 -> f (ours)",
     "iterative": "iterative target x0.7 per stage (Sorbaro 2020)",
     "l1": "L1 spike rate",
     "hinge": "hinge^2 on rate, max_rate (lava-dl)",
     "fanout": "fan-out-weighted spikes (Suetake 2023)",
 }
-STRENGTH = {"synops": "fraction", "iterative": "stages", "l1": "lambda", "hinge": "max_rate", "fanout": "lambda"}
+STRENGTH = {"synops": "fraction", "ramp": "fraction", "iterative": "stages", "l1": "lambda", "hinge": "max_rate", "fanout": "lambda"}
 
 #: The published sweep (``--full``) and the quick default. Per dataset: epochs and strengths per method.
 FULL: Dict[str, Any] = {
@@ -103,7 +104,22 @@ def _task(name: str, seed: int):
 
 
 def run_one(job: Job) -> Dict[str, Any]:
-    """Train one (dataset, method, strength, seed) and measure it on the test set; runs in a worker."""
+    """Train one (dataset, method, strength, seed) and measure it on the test set; runs in a worker.
+
+    A run that raises gives a row with NaN figures and the error (the sweep goes on; the report lists it).
+    """
+    try:
+        return _run_one(job)
+    except Exception as err:  # noqa: BLE001 -- recorded in the row, reported, never silently averaged
+        nan = float("nan")
+        return {"dataset": job["dataset"], "method": job["method"],
+                "strength": "" if job["strength"] is None else job["strength"], "seed": job["seed"],
+                "accuracy": nan, "driven_synops": nan, "total_synops": nan, "target": "", "hidden_rate": nan,
+                "layer_rates": "", "epochs": job["epochs"], "seconds": 0.0, "cpu_seconds": 0.0,
+                "warnings": f"ERROR {type(err).__name__}: {err}"}
+
+
+def _run_one(job: Job) -> Dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -127,7 +143,7 @@ def run_one(job: Job) -> Dict[str, Any]:
 
     torch.manual_seed(seed)
     net = task.make_net()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     counter = sl.SynOpsCounter(net, batch_dim=1, neurons=False)   # input [T, B, ...]
     weight = Warmup(1.0, steps=warm) if warm >= 1 else sl.schedules.Constant(1.0)
     loss_fn: Any = None
@@ -135,6 +151,9 @@ def run_one(job: Job) -> Dict[str, Any]:
     cache = _FanoutCache()
     if method == "synops":
         loss_fn = sl.SynOpsLoss(counter, fraction=value, weight=weight)
+    elif method == "ramp":   # the target falls linearly from the initial synops to `value` x them over 3/4 of training
+        ramp = sl.schedules.Linear(1.0, value, steps=max(1, int(0.75 * epochs * batches)))
+        loss_fn = sl.SynOpsLoss(counter, fraction=ramp, weight=weight)
     elif method == "iterative":
         loss_fn = IterativeTarget(counter, stages=int(value), steps_per_stage=max(1, epochs * batches // int(value)),
                                   factor=0.7, weight=weight, window=batches)
@@ -189,7 +208,7 @@ def run_one(job: Job) -> Dict[str, Any]:
             sum(s.numel() for s in v) for v in probe.spikes.values())
     counter.remove()
     target: Any = ""
-    if method == "synops":
+    if method in ("synops", "ramp"):
         target = loss_fn.targets()["driven"]
     elif method == "iterative":
         target = loss_fn.targets[-1]
@@ -198,6 +217,7 @@ def run_one(job: Job) -> Dict[str, Any]:
         "accuracy": result.accuracy, "driven_synops": result.driven_synops, "total_synops": result.synops,
         "target": target, "hidden_rate": round(hidden_rate, 5),
         "layer_rates": " ".join(f"{n}={r:.4f}" for n, r in rates.items()), "epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
         "warnings": "; ".join(caught),
     }
 
@@ -212,6 +232,8 @@ def means(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Per (dataset, method, strength): mean, min and max over seeds of accuracy and synops."""
     groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
     for r in rows:
+        if math.isnan(_f(r, "accuracy")):   # a failed run (listed by report()), not a number to average
+            continue
         groups.setdefault((str(r["dataset"]), str(r["method"]), str(r["strength"])), []).append(r)
     out = []
     for (ds, method, strength), rs in groups.items():
@@ -274,7 +296,7 @@ def verdict(mean_rows: List[Dict[str, Any]], points: float = 1.0) -> Dict[str, A
 
 # ----------------------------------------------------------------------------- output
 
-STYLE = {"baseline": ("k", "s"), "synops": ("C0", "o"), "iterative": ("C2", "D"), "l1": ("C3", "^"),
+STYLE = {"baseline": ("k", "s"), "synops": ("C0", "o"), "ramp": ("C9", "*"), "iterative": ("C2", "D"), "l1": ("C3", "^"),
          "hinge": ("C1", "v"), "fanout": ("C4", "P")}
 
 
@@ -363,6 +385,9 @@ def report(rows: List[Dict[str, Any]], out: str, start: float, write_csv: bool) 
             w.writerows(rows)
     mean_rows = means(rows)
     judged = verdict(mean_rows)
+    failed = [r for r in rows if math.isnan(_f(r, "accuracy"))]
+    for r in failed:
+        print(f"FAILED RUN {r['dataset']} {r['method']} {r['strength']} seed {r['seed']}: {r['warnings']}")
     pngs = []
     for ds in sorted({m["dataset"] for m in mean_rows}):
         path = os.path.join(out, f"tradeoff_{ds}.png")
@@ -385,7 +410,7 @@ def report(rows: List[Dict[str, Any]], out: str, start: float, write_csv: bool) 
               + "; ".join(parts))
         print(f"  {ds}: WINNER {v['winner']}")
     summary = {"seeds": seeds, "means": mean_rows, "verdict": judged, "csv": csv_path, "png": pngs,
-               "runs": len(rows), "seconds": round(time.perf_counter() - start, 1)}
+               "runs": len(rows), "failed_runs": len(failed), "seconds": round(time.perf_counter() - start, 1)}
     with open(os.path.join(out, "tradeoff.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"\nwrote {csv_path}, {', '.join(pngs)}, {os.path.join(out, 'tradeoff.json')}")
@@ -470,7 +495,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in results:
         rows.append(r)
         print(f"  {r['dataset']:<8} {r['method']:<10}{str(r['strength']):>6} seed {r['seed']}: "
-              f"acc {100 * r['accuracy']:5.1f}%  driven synops {r['driven_synops']:>10,.0f}  ({r['seconds']} s)"
+              f"acc {100 * r['accuracy']:5.1f}%  driven synops {r['driven_synops']:>10,.0f}  "
+              f"({r['seconds']} s, cpu {r['cpu_seconds']} s)"
               + (f"  [{r['warnings']}]" if r["warnings"] else ""), flush=True)
     if args.jobs > 1:
         pool.shutdown()
