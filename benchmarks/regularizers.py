@@ -150,9 +150,12 @@ def l1_spike_rate(spikes: Dict[str, List[Tensor]]) -> Tensor:
     """The L1 spike-rate term: mean of ``|s|`` over every hidden neuron, time step and sample.
 
     ``R = sum_{l,t,b,i} |s_{l,t,b,i}| / sum_{l,t,b,i} 1``: the usual activity
-    regulariser (e.g. the snntorch / Zenke & Vogels 2021 style "spike count"
-    penalty, here as a rate in [0, 1]). It weighs every spike the same,
-    whatever the neuron's fan-out. Used as ``lambda * R``.
+    regulariser, e.g. snntorch's ``functional.reg.l1_rate_sparsity``
+    (``Lambda * sum(spikes)``), here divided by the number of neuron-steps and
+    samples so that it is a rate in [0, 1] and ``lambda`` does not depend on
+    the network's size. It weighs every spike the same, whatever the neuron's
+    fan-out. Used as ``lambda * R`` (the existing ``l1`` baseline of the
+    trade-off benchmark and of ``synopsloss.demo.train(activity_l1=...)``).
 
     Parameters
     ----------

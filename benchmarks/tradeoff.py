@@ -64,26 +64,25 @@ LABELS = {
 }
 STRENGTH = {"synops": "fraction", "ramp": "fraction", "iterative": "stages", "l1": "lambda", "hinge": "max_rate", "fanout": "lambda"}
 
-#: The published sweep (``--full``) and the quick default. Per dataset: epochs and strengths per method.
+#: The published sweep (``--full``) and the quick default: per dataset, epochs and the strengths of each method.
+#: Three strengths per method, chosen from a one-seed exploration of every method to bracket its 1-point line.
 FULL: Dict[str, Any] = {
     "seeds": [0, 1, 2],
     "digits": {"epochs": 20, "train_samples": None, "test_samples": None,
-               "grid": {"synops": [0.2, 0.3, 0.4, 0.5, 0.7], "iterative": [2, 3, 4],
-                        "l1": [0.5, 1.0, 2.0, 3.0], "hinge": [0.02, 0.04, 0.06, 0.1],
-                        "fanout": [0.5, 1.0, 2.0, 4.0]}},
+               "grid": {"synops": [0.3, 0.4, 0.5], "ramp": [0.3, 0.4, 0.5], "iterative": [3, 4, 5],
+                        "l1": [3.0, 4.0, 6.0], "hinge": [0.005, 0.0075, 0.01], "fanout": [2.0, 3.0, 4.0]}},
     "mnist1d": {"epochs": 10, "train_samples": None, "test_samples": None,
-                "grid": {"synops": [0.2, 0.3, 0.4, 0.5, 0.7], "iterative": [2, 3, 4],
-                         "l1": [0.5, 1.0, 2.0, 3.0], "hinge": [0.02, 0.04, 0.06, 0.1],
-                         "fanout": [0.5, 1.0, 2.0, 4.0]}},
+                "grid": {"synops": [0.5, 0.6, 0.8], "ramp": [0.15, 0.2, 0.3], "iterative": [4, 5, 6],
+                         "l1": [3.0, 4.0, 6.0], "hinge": [0.01, 0.015, 0.02], "fanout": [6.0, 8.0, 12.0]}},
 }
 SMALL: Dict[str, Any] = {
     "seeds": [0],
-    "digits": {"epochs": 6, "train_samples": 640, "test_samples": None,
-               "grid": {"synops": [0.3, 0.6], "iterative": [2], "l1": [1.0, 3.0], "hinge": [0.04],
-                        "fanout": [1.0, 4.0]}},
-    "mnist1d": {"epochs": 3, "train_samples": 1280, "test_samples": None,
-                "grid": {"synops": [0.3, 0.6], "iterative": [2], "l1": [1.0, 3.0], "hinge": [0.04],
-                         "fanout": [1.0, 4.0]}},
+    "digits": {"epochs": 4, "train_samples": 512, "test_samples": None,
+               "grid": {"synops": [0.3, 0.5], "ramp": [0.3, 0.5], "iterative": [2, 4], "l1": [1.0, 4.0],
+                        "hinge": [0.005, 0.02], "fanout": [1.0, 4.0]}},
+    "mnist1d": {"epochs": 3, "train_samples": 1024, "test_samples": 500,
+                "grid": {"synops": [0.5, 0.8], "ramp": [0.2, 0.4], "iterative": [2, 4], "l1": [2.0, 6.0],
+                         "hinge": [0.01, 0.03], "fanout": [4.0, 8.0]}},
 }
 
 Job = Dict[str, Any]
@@ -266,9 +265,39 @@ def front(points: Sequence[Tuple[float, float]]) -> List[Tuple[float, float]]:
     return out
 
 
+def front_at(points: Sequence[Tuple[float, float]], line: float) -> Tuple[Optional[float], str]:
+    """Where a method's Pareto front of (synops, accuracy) means crosses the accuracy ``line``.
+
+    Linear in log synops between the front's last point below the line and its first point at or above it.
+    Returns ``(synops, note)``: note ``"interpolated"``; ``"at most"`` when every point is at or above the
+    line (the front crosses it somewhere below the fewest synops tested: that value is an upper bound);
+    ``"not reached"`` (None) when no point reaches the line.
+
+    Example
+    -------
+    >>> front_at([(100.0, 0.90), (10.0, 0.80), (1000.0, 0.95)], 0.85)   # halfway between 10 and 100 in log
+    (31.62..., 'interpolated')
+    >>> front_at([(100.0, 0.90)], 0.85)
+    (100.0, 'at most')
+    """
+    fr = front(points)
+    above = [i for i, (_, a) in enumerate(fr) if a >= line]
+    if not above:
+        return None, "not reached"
+    i = above[0]
+    if i == 0:
+        return fr[0][0], "at most"
+    (s0, a0), (s1, a1) = fr[i - 1], fr[i]
+    u = (line - a0) / (a1 - a0)
+    return math.exp(math.log(s0) + u * (math.log(s1) - math.log(s0))), "interpolated"
+
+
 def verdict(mean_rows: List[Dict[str, Any]], points: float = 1.0) -> Dict[str, Any]:
     """Per dataset: each method's fewest mean network-driven synops among its settings whose mean accuracy
-    is at most ``points`` below the baseline's mean, and the method with the fewest (the winner)."""
+    is at most ``points`` below the baseline's mean, and the method with the fewest (the winner).
+
+    Also each method's Pareto front interpolated at that accuracy line (:func:`front_at`), an estimate
+    that depends less on where a method's strengths happen to fall."""
     out: Dict[str, Any] = {}
     for ds in sorted({m["dataset"] for m in mean_rows}):
         ms = [m for m in mean_rows if m["dataset"] == ds]
@@ -287,10 +316,19 @@ def verdict(mean_rows: List[Dict[str, Any]], points: float = 1.0) -> Dict[str, A
                                 if cand["driven_synops"] > 0 else math.inf}
             elif any(m["method"] == method for m in ms):
                 best[method] = None
+        fronts: Dict[str, Any] = {}
+        for method in METHODS[1:]:
+            pts = [(m["driven_synops"], m["accuracy"]) for m in ms if m["method"] == method and m["driven_synops"] > 0]
+            if pts:
+                at, note = front_at(pts, line)
+                fronts[method] = {"synops": at, "note": note,
+                                  "reduction": None if at is None else base["driven_synops"] / at}
         ranked = sorted((k for k, v in best.items() if v), key=lambda k: best[k]["driven_synops"])
+        fr_ranked = sorted((k for k, v in fronts.items() if v["synops"] is not None), key=lambda k: fronts[k]["synops"])
         out[ds] = {"baseline_accuracy": base["accuracy"], "baseline_driven_synops": base["driven_synops"],
                    "baseline_total_synops": base["total_synops"], "accuracy_line": line, "points": points,
-                   "best": best, "winner": ranked[0] if ranked else None, "ranking": ranked}
+                   "best": best, "winner": ranked[0] if ranked else None, "ranking": ranked,
+                   "front_at_line": fronts, "front_ranking": fr_ranked}
     return out
 
 
@@ -337,7 +375,8 @@ def plot(mean_rows: List[Dict[str, Any]], dataset: str, path: str, judged: Optio
     if below:
         ax.set_ylim(bottom=low)
         ax.text(0.01, 0.02, "below the axis (mean): " + "; ".join(below), transform=ax.transAxes, fontsize=6, wrap=True)
-    ax.set_xlabel("network-driven synops per sample (test set; mean, bars min/max over seeds)")
+    ax.set_xscale("log")
+    ax.set_xlabel("network-driven synops per sample (test set, log scale; mean, bars min/max over seeds)")
     ax.set_ylabel("test accuracy (%)")
     title = {"digits": "8x8 digits, spiking 2-D CNN", "mnist1d": "MNIST-1D, spiking 1-D CNN"}.get(dataset, dataset)
     if judged and judged.get("winner"):
@@ -358,20 +397,30 @@ def verdict_markdown(judged: Dict[str, Any]) -> str:
         lines.append(f"**{ds}**: cross-entropy only {100 * v['baseline_accuracy']:.1f}%, "
                      f"{v['baseline_driven_synops']:,.0f} network-driven synops per sample; "
                      f"line at {100 * v['accuracy_line']:.1f}%.\n")
-        lines.append("| method | best setting within 1 point | accuracy | network-driven synops | x fewer | total synops |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| method | best setting within 1 point | accuracy | network-driven synops | x fewer | "
+                     "total synops | front at the line |")
+        lines.append("|---|---|---|---|---|---|---|")
         for method in METHODS[1:]:
             if method not in v["best"]:
                 continue
             b = v["best"][method]
+            f = v.get("front_at_line", {}).get(method)
+            ftxt = ""
+            if f and f["synops"] is not None:
+                ftxt = ("<= " if f["note"] == "at most" else "") + f"{f['synops']:,.0f} ({f['reduction']:.2f}x)"
             if b is None:
-                lines.append(f"| {LABELS[method]} | none within 1 point | | | | |")
+                lines.append(f"| {LABELS[method]} | none within 1 point | | | | | {ftxt} |")
                 continue
             win = " **(most removed)**" if method == v["winner"] else ""
             lines.append(f"| {LABELS[method]}{win} | {STRENGTH[method]} {float(b['strength']):g} | "
                          f"{100 * b['accuracy']:.1f}% | {b['driven_synops']:,.0f} | {b['reduction']:.2f}x | "
-                         f"{b['total_synops']:,.0f} |")
+                         f"{b['total_synops']:,.0f} | {ftxt} |")
         lines.append("")
+        if v.get("front_ranking"):
+            lines.append("Front at the line: each method's Pareto front of means, interpolated (log synops) where it "
+                         "crosses the line; `<=` when every setting stayed above the line. Fewest: "
+                         + ", ".join(v["front_ranking"]) + ".")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -408,12 +457,15 @@ def report(rows: List[Dict[str, Any]], out: str, start: float, write_csv: bool) 
                  f"({b['reduction']:.2f}x)" if b else f"{k}: none" for k, b in v["best"].items()]
         print(f"  {ds}: baseline {100 * v['baseline_accuracy']:.1f}%, {v['baseline_driven_synops']:,.0f}; "
               + "; ".join(parts))
+        fr = [f"{k} {'<=' if v['front_at_line'][k]['note'] == 'at most' else ''}"
+              f"{v['front_at_line'][k]['synops']:,.0f}" for k in v["front_ranking"]]
+        print(f"  {ds}: fronts at the line (fewest first): " + "; ".join(fr))
         print(f"  {ds}: WINNER {v['winner']}")
     summary = {"seeds": seeds, "means": mean_rows, "verdict": judged, "csv": csv_path, "png": pngs,
                "runs": len(rows), "failed_runs": len(failed), "seconds": round(time.perf_counter() - start, 1)}
     with open(os.path.join(out, "tradeoff.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"\nwrote {csv_path}, {', '.join(pngs)}, {os.path.join(out, 'tradeoff.json')}")
+    print(f"\nwrote {csv_path + ', ' if write_csv else ''}{', '.join(pngs)}, {os.path.join(out, 'tradeoff.json')}")
     return summary
 
 
