@@ -539,6 +539,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{len(jobs)} training runs ({'full' if args.full else 'small'} settings) on {args.jobs} process(es), "
           f"1 torch thread each", flush=True)
     rows: List[Dict[str, Any]] = []
+    os.makedirs(args.out, exist_ok=True)
+    partial = os.path.join(args.out, "tradeoff.partial.csv")   # rows so far: --from-csv can use it if a run dies
     if args.jobs <= 1:
         results = map(run_one, jobs)
     else:
@@ -546,6 +548,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         results = pool.map(run_one, jobs)
     for r in results:
         rows.append(r)
+        with open(partial, "a" if len(rows) > 1 else "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(r))
+            if len(rows) == 1:
+                w.writeheader()
+            w.writerow(r)
         print(f"  {r['dataset']:<8} {r['method']:<10}{str(r['strength']):>6} seed {r['seed']}: "
               f"acc {100 * r['accuracy']:5.1f}%  driven synops {r['driven_synops']:>10,.0f}  "
               f"({r['seconds']} s, cpu {r['cpu_seconds']} s)"
@@ -555,6 +562,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     order = {k: i for i, k in enumerate(METHODS)}
     rows.sort(key=lambda r: (r["dataset"], order[r["method"]], float(r["strength"] or 0), r["seed"]))
     report(rows, args.out, start, write_csv=True)
+    os.remove(partial)
     return 0
 
 

@@ -186,17 +186,18 @@ def test_tradeoff_tiny_run_writes_one_row_per_run_and_a_front_per_dataset(bench,
     out = tmp_path / "res"
     tr.main(["--datasets", "digits", "mnist1d", "--seeds", "0", "--epochs", "1", "--train-samples", "96",
              "--test-samples", "40", "--time-steps", "2", "--batch-size", "48", "--jobs", "1", "--out", str(out),
-             "--grid-only", "--grid", "synops=0.5", "iterative=2", "l1=1", "hinge=0.05", "fanout=1"])
+             "--grid-only", "--grid", "synops=0.5", "ramp=0.5", "iterative=2", "l1=1", "hinge=0.05", "fanout=1"])
     with open(out / "tradeoff.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 6
+    assert len(rows) == 2 * 7
     assert {(r["dataset"], r["method"]) for r in rows} == {(d, m) for d in ("digits", "mnist1d") for m in tr.METHODS}
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1
         assert 0 < float(r["driven_synops"]) < float(r["total_synops"])    # conv1 is data-fed: total is larger
     assert (out / "tradeoff_digits.png").stat().st_size > 0 and (out / "tradeoff_mnist1d.png").stat().st_size > 0
     summary = json.loads((out / "tradeoff.json").read_text())
-    assert set(summary["verdict"]) == {"digits", "mnist1d"}
+    assert set(summary["verdict"]) == {"digits", "mnist1d"} and summary["failed_runs"] == 0
+    assert not (out / "tradeoff.partial.csv").exists()
 
 
 # ----------------------------------------------------------------------------- run_all
@@ -211,6 +212,9 @@ forward pass [ms]             10.0        15.0      12.0      12.5
   ratio to plain             1.000       1.500     1.200     1.250
 
 [2] 3-conv CNN, B=64, 32x32: median of 3 interleaved repeats
+plain forward                    100.00 ms
+forward + synopsloss counts()    120.00 ms  (adds 20.00 ms = 0.200x the forward)
+forward + NeuroBench SynOps      370.00 ms  (adds 270.00 ms = 2.70x the forward)
 NeuroBench overhead / synopsloss overhead: 13.5x
   identical: True
 """
@@ -242,7 +246,13 @@ def test_run_all_summary_parses_the_figures_and_records_a_failed_benchmark(bench
     assert figures["ratios"] == {"training step": [1.0, 1.15, 1.05, 1.1], "forward pass": [1.0, 1.5, 1.2, 1.25]}
     assert figures["columns"] == ["plain", "synopsloss", "lean", "sinabs"]
     assert figures["neurobench_over_ours"] == 13.5 and figures["identical_to_neurobench"] is True
+    assert (figures["ours_adds_ms"], figures["ours_adds_x"], figures["neurobench_adds_x"]) == (20.0, 0.2, 2.7)
     recs["overhead"].update(returncode=0, stdout=OVERHEAD_OUT)
     md = ra.summarize(recs, ra.machine(), False, str(tmp_path), info_end="1.00")
     assert "| training step | 1.00 | 1.15 | 1.05 | 1.10 |" in md and "13.5x" in md
     assert os.path.exists(tmp_path / "overhead.csv")
+    # a negative added time (noise) is said to be noise, not turned into a huge ratio
+    noisy = OVERHEAD_OUT.replace("adds 20.00 ms = 0.200x", "adds -5.00 ms = -0.050x").replace("13.5x", "5000000.0x")
+    recs["overhead"].update(stdout=noisy)
+    md = ra.summarize(recs, ra.machine(), False, str(tmp_path), info_end="1.00")
+    assert "overhead / synopsloss': **" not in md and "not meaningful" in md   # raw lines are still quoted
