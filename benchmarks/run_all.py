@@ -138,9 +138,26 @@ def run(name: str, cmd: List[str], out: str, timeout: Optional[float]) -> Dict[s
         f.write(stdout)
         if stderr.strip():
             f.write("\n--- stderr ---\n" + stderr)
-    rec["stdout"], rec["stderr_tail"] = stdout, "\n".join(stderr.strip().splitlines()[-8:])
+    rec["stderr_tail"] = "\n".join(stderr.strip().splitlines()[-8:])
+    rec["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with open(os.path.join(out, f"{name}.run.json"), "w") as f:
+        json.dump(rec, f, indent=1)
+    rec["stdout"] = stdout
     status = "ok" if rec["returncode"] == 0 else f"FAILED ({rec['returncode']})"
     print(f"[{name}] {status} in {rec['seconds']:.0f} s", flush=True)
+    return rec
+
+
+def earlier(name: str, out: str) -> Optional[Dict[str, Any]]:
+    """The record of an earlier run of benchmark ``name`` in ``out`` (``<name>.run.json`` + ``<name>.txt``)."""
+    try:
+        with open(os.path.join(out, f"{name}.run.json")) as f:
+            rec = json.load(f)
+        with open(os.path.join(out, f"{name}.txt")) as f:
+            rec["stdout"] = f.read().split("\n--- stderr ---\n")[0]
+    except (OSError, ValueError):
+        return None
+    rec["earlier"] = True
     return rec
 
 
@@ -264,9 +281,10 @@ def _overhead_png(ratios: Dict[str, List[float]], columns: List[str], path: str)
 
 
 def _status(rec: Dict[str, Any]) -> str:
+    when = f" (an earlier invocation, finished {rec.get('finished', '?')})" if rec.get("earlier") else ""
     if rec["returncode"] == 0:
-        return f"ok, {rec['seconds']:.0f} s"
-    return f"**FAILED** (exit status {rec['returncode']}, after {rec['seconds']:.0f} s)"
+        return f"ok, {rec['seconds']:.0f} s{when}"
+    return f"**FAILED** (exit status {rec['returncode']}, after {rec['seconds']:.0f} s){when}"
 
 
 def _failure(rec: Dict[str, Any]) -> List[str]:
@@ -360,6 +378,13 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
             sys.path.insert(0, HERE)
             from tradeoff import verdict_markdown
 
+            cpu = data.get("cpu_seconds_total")
+            if cpu:
+                md += ["", f"Training and testing took {cpu / 60:.0f} CPU-minutes in all (sum over runs of each "
+                       f"process' CPU time: about {cpu / 120:.0f} minutes of wall clock on 2 idle cores)"
+                       + (f"; {data['reused_runs']} of the {data['runs']} runs were taken from an earlier "
+                          "invocation's CSV (`--reuse`: training is deterministic, so they are what a rerun gives)"
+                          if data.get("reused_runs") else "") + "."]
             md += ["", f"{data['runs']} training runs, seeds {data['seeds']}; `tradeoff.csv` (one row per run), "
                    + ", ".join(f"`{os.path.basename(p)}`" for p in data["png"]) + " (Pareto fronts).", "",
                    "Fewest network-driven synops per sample (test set, mean over seeds) among the settings whose mean "
@@ -385,14 +410,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="run only these")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--timeout", type=float, default=None, help="seconds before a benchmark is stopped (default: none)")
+    p.add_argument("--reuse-tradeoff", action="store_true",
+                   help="pass --reuse <out>/tradeoff.csv <out>/tradeoff.partial.csv to tradeoff.py: keep the runs "
+                        "already there (e.g. after an interruption, or when strengths were added) and train the rest")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     info = machine()
     cmds = commands(args.full, out)
+    if args.reuse_tradeoff:
+        cmds["tradeoff"] += ["--reuse", os.path.join(out, "tradeoff.csv"), os.path.join(out, "tradeoff.partial.csv")]
     recs: Dict[str, Dict[str, Any]] = {}
     for name in BENCHMARKS:
         if name not in args.only:
+            rec = earlier(name, out)   # keep an earlier invocation's figures in the summary
+            if rec is not None:
+                recs[name] = rec
             continue
         rec = run(name, cmds[name], out, args.timeout)
         if name == "overhead" and rec["returncode"] == 2 and "unrecognized arguments" in rec["stderr_tail"] \
@@ -403,7 +436,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec["note"] = f"its small-settings options were refused ({rejected}); ran with its defaults"
         recs[name] = rec
     summarize(recs, info, args.full, out, info_end=_load())
-    failed = [n for n, r in recs.items() if r["returncode"] != 0]
+    failed = [n for n, r in recs.items() if r["returncode"] != 0 and n in args.only]
     print(f"wrote {os.path.join(out, 'summary.md')}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

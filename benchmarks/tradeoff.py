@@ -86,6 +86,8 @@ SMALL: Dict[str, Any] = {
 }
 
 Job = Dict[str, Any]
+ROW_KEYS = ("dataset", "method", "strength", "seed", "accuracy", "driven_synops", "total_synops", "target",
+            "settings", "hidden_rate", "layer_rates", "epochs", "seconds", "cpu_seconds", "warnings")
 
 
 # ----------------------------------------------------------------------------- one training run
@@ -102,6 +104,40 @@ def _task(name: str, seed: int):
     return _TASKS[key]
 
 
+def settings_of(job: Job) -> str:
+    """The training settings of a job besides dataset, method, strength, seed and epochs (a CSV column)."""
+    return (f"T={job['time_steps']} batch={job['batch_size']} lr={job['lr']:g} warmup={job['warmup']:g} "
+            f"hinge_lam={job['hinge_lam']:g} train={job.get('train_samples') or 'all'} "
+            f"test={job.get('test_samples') or 'all'}")
+
+
+def reusable(rows: Sequence[Dict[str, Any]], jobs: Sequence[Job]) -> Dict[int, Dict[str, Any]]:
+    """Rows of earlier runs that a job would reproduce, by job index.
+
+    Training is deterministic on the CPU (seeded initialisation, spikes and batch order, one thread), so
+    a finished row with the same dataset, method, strength, seed, epochs and settings is what the job
+    would give. Rows without a ``settings`` column (older CSVs) match on the other keys only.
+    """
+    def key(d: str, m: str, strength: Any, seed: Any, epochs: Any) -> Tuple[str, str, str, int, int]:
+        return d, m, "" if strength in ("", None) else f"{float(strength):g}", int(seed), int(epochs)
+
+    index: Dict[Tuple[str, str, str, int, int], Dict[str, Any]] = {}
+    for r in rows:
+        if r.get("accuracy") in ("", None) or math.isnan(float(r["accuracy"])):
+            continue
+        index[key(r["dataset"], r["method"], r["strength"], r["seed"], r["epochs"])] = r
+    out: Dict[int, Dict[str, Any]] = {}
+    for i, j in enumerate(jobs):
+        r = index.get(key(j["dataset"], j["method"], j["strength"], j["seed"], j["epochs"]))
+        if r is not None and r.get("settings") in (None, "", settings_of(j)):
+            row = dict(r, settings=settings_of(j), strength="" if j["strength"] is None else j["strength"],
+                       seed=j["seed"], epochs=j["epochs"])
+            for k in ("accuracy", "driven_synops", "total_synops", "hidden_rate", "seconds", "cpu_seconds"):
+                row[k] = float(row[k]) if row.get(k) not in (None, "") else float("nan")
+            out[i] = row
+    return out
+
+
 def run_one(job: Job) -> Dict[str, Any]:
     """Train one (dataset, method, strength, seed) and measure it on the test set; runs in a worker.
 
@@ -113,7 +149,8 @@ def run_one(job: Job) -> Dict[str, Any]:
         nan = float("nan")
         return {"dataset": job["dataset"], "method": job["method"],
                 "strength": "" if job["strength"] is None else job["strength"], "seed": job["seed"],
-                "accuracy": nan, "driven_synops": nan, "total_synops": nan, "target": "", "hidden_rate": nan,
+                "accuracy": nan, "driven_synops": nan, "total_synops": nan, "target": "",
+                "settings": settings_of(job), "hidden_rate": nan,
                 "layer_rates": "", "epochs": job["epochs"], "seconds": 0.0, "cpu_seconds": 0.0,
                 "warnings": f"ERROR {type(err).__name__}: {err}"}
 
@@ -214,7 +251,7 @@ def _run_one(job: Job) -> Dict[str, Any]:
     return {
         "dataset": job["dataset"], "method": method, "strength": "" if value is None else value, "seed": seed,
         "accuracy": result.accuracy, "driven_synops": result.driven_synops, "total_synops": result.synops,
-        "target": target, "hidden_rate": round(hidden_rate, 5),
+        "target": target, "settings": settings_of(job), "hidden_rate": round(hidden_rate, 5),
         "layer_rates": " ".join(f"{n}={r:.4f}" for n, r in rates.items()), "epochs": epochs, "seconds": round(time.perf_counter() - start, 1),
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
         "warnings": "; ".join(caught),
@@ -424,7 +461,7 @@ def verdict_markdown(judged: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: List[Dict[str, Any]], out: str, start: float, write_csv: bool) -> Dict[str, Any]:
+def report(rows: List[Dict[str, Any]], out: str, start: float, write_csv: bool, reused: int = 0) -> Dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     csv_path = os.path.join(out, "tradeoff.csv")
     if write_csv:
@@ -462,7 +499,8 @@ def report(rows: List[Dict[str, Any]], out: str, start: float, write_csv: bool) 
         print(f"  {ds}: fronts at the line (fewest first): " + "; ".join(fr))
         print(f"  {ds}: WINNER {v['winner']}")
     summary = {"seeds": seeds, "means": mean_rows, "verdict": judged, "csv": csv_path, "png": pngs,
-               "runs": len(rows), "failed_runs": len(failed), "seconds": round(time.perf_counter() - start, 1)}
+               "runs": len(rows), "failed_runs": len(failed), "reused_runs": reused,
+               "cpu_seconds_total": round(sum(float(r.get("cpu_seconds") or 0) for r in rows), 1), "seconds": round(time.perf_counter() - start, 1)}
     with open(os.path.join(out, "tradeoff.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"\nwrote {csv_path + ', ' if write_csv else ''}{', '.join(pngs)}, {os.path.join(out, 'tradeoff.json')}")
@@ -528,6 +566,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel training processes")
     p.add_argument("--out", default="benchmarks/results", help="folder for tradeoff.csv, tradeoff_*.png, tradeoff.json")
     p.add_argument("--from-csv", default=None, help="skip training: summarise and plot an existing tradeoff.csv")
+    p.add_argument("--reuse", nargs="+", default=None, metavar="CSV",
+                   help="take the rows of runs these CSVs already hold (e.g. a tradeoff.partial.csv left by an "
+                        "interrupted run) instead of training them again; training is deterministic")
     args = p.parse_args(argv)
     start = time.perf_counter()
     if args.from_csv:
@@ -536,17 +577,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         report(rows, args.out, start, write_csv=False)
         return 0
     jobs = jobs_for(args)
+    old_rows: List[Dict[str, Any]] = []
+    for path in args.reuse or []:
+        if os.path.exists(path):
+            with open(path) as f:
+                old_rows += list(csv.DictReader(f))
+    reused = reusable(old_rows, jobs)
+    todo = [j for i, j in enumerate(jobs) if i not in reused]
     print(f"{len(jobs)} training runs ({'full' if args.full else 'small'} settings) on {args.jobs} process(es), "
-          f"1 torch thread each", flush=True)
+          f"1 torch thread each" + (f"; {len(reused)} reused from {', '.join(args.reuse)}" if reused else ""),
+          flush=True)
     rows: List[Dict[str, Any]] = []
     os.makedirs(args.out, exist_ok=True)
-    partial = os.path.join(args.out, "tradeoff.partial.csv")   # rows so far: --from-csv can use it if a run dies
+    partial = os.path.join(args.out, "tradeoff.partial.csv")   # rows so far: --reuse can take them if a run dies
     if args.jobs <= 1:
-        results = map(run_one, jobs)
+        results = map(run_one, todo)
     else:
         pool = ProcessPoolExecutor(max_workers=args.jobs)
-        results = pool.map(run_one, jobs)
-    for r in results:
+        results = pool.map(run_one, todo)
+    for r in list(reused.values()) + list(results):
+        r = {k: r[k] for k in ROW_KEYS if k in r}
         rows.append(r)
         with open(partial, "a" if len(rows) > 1 else "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(r))
@@ -560,8 +610,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.jobs > 1:
         pool.shutdown()
     order = {k: i for i, k in enumerate(METHODS)}
-    rows.sort(key=lambda r: (r["dataset"], order[r["method"]], float(r["strength"] or 0), r["seed"]))
-    report(rows, args.out, start, write_csv=True)
+    rows.sort(key=lambda r: (r["dataset"], order[r["method"]], float(r["strength"] or 0), int(r["seed"])))
+    report(rows, args.out, start, write_csv=True, reused=len(reused))
     os.remove(partial)
     return 0
 

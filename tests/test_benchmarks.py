@@ -256,3 +256,41 @@ def test_run_all_summary_parses_the_figures_and_records_a_failed_benchmark(bench
     recs["overhead"].update(stdout=noisy)
     md = ra.summarize(recs, ra.machine(), False, str(tmp_path), info_end="1.00")
     assert "overhead / synopsloss': **" not in md and "not meaningful" in md   # raw lines are still quoted
+
+
+def test_tradeoff_reuses_finished_rows_and_trains_only_the_rest(bench, tmp_path):
+    """A rerun with --reuse takes the rows an earlier run left and gives the same CSV as training them again."""
+    tr = bench["tradeoff"]
+    common = ["--datasets", "digits", "--seeds", "0", "--epochs", "1", "--train-samples", "64", "--test-samples", "32",
+              "--time-steps", "2", "--batch-size", "32", "--jobs", "1", "--grid-only"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    tr.main(common + ["--out", str(first), "--grid", "l1=1"])
+    tr.main(common + ["--out", str(second), "--grid", "l1=1", "fanout=1", "--reuse", str(first / "tradeoff.csv")])
+    with open(first / "tradeoff.csv") as f:
+        a = {(r["method"], r["strength"]): r for r in csv.DictReader(f)}
+    with open(second / "tradeoff.csv") as f:
+        b = {(r["method"], r["strength"]): r for r in csv.DictReader(f)}
+    assert set(b) == {("baseline", ""), ("l1", "1.0"), ("fanout", "1.0")}
+    for k in a:   # reused: the same figures, and the same seconds (not retrained)
+        assert {c: b[k][c] for c in ("accuracy", "driven_synops", "seconds")} == \
+            {c: a[k][c] for c in ("accuracy", "driven_synops", "seconds")}
+    assert json.loads((second / "tradeoff.json").read_text())["reused_runs"] == 2
+    # and training again gives the very same figures (what makes reuse legitimate)
+    third = tmp_path / "c"
+    tr.main(common + ["--out", str(third), "--grid", "l1=1"])
+    with open(third / "tradeoff.csv") as f:
+        c = {(r["method"], r["strength"]): r for r in csv.DictReader(f)}
+    assert {k: (v["accuracy"], v["driven_synops"]) for k, v in c.items()} == \
+        {k: (v["accuracy"], v["driven_synops"]) for k, v in a.items()}
+
+
+def test_run_all_keeps_each_benchmarks_record_for_a_later_partial_rerun(bench, tmp_path):
+    ra = bench["run_all"]
+    rec = ra.run("soak", [sys.executable, "-c", f"print({SOAK_OUT!r}); import sys; sys.stderr.write('warn')"],
+                 str(tmp_path), timeout=60)
+    assert rec["returncode"] == 0 and "live tensors" in rec["stdout"]
+    again = ra.earlier("soak", str(tmp_path))
+    assert again["earlier"] and again["stdout"].strip() == SOAK_OUT.strip()   # stderr kept apart
+    md = ra.summarize({"soak": again}, ra.machine(), True, str(tmp_path), info_end="1")
+    assert "an earlier invocation" in md and "FLAT (no leak)" in md
+    assert ra.earlier("overhead", str(tmp_path)) is None
