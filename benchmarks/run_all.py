@@ -1,0 +1,445 @@
+"""Run every benchmark and write ``benchmarks/results/`` (CSV + PNG) and ``benchmarks/results/summary.md``.
+
+Runs, each as a subprocess (so one failing does not stop the others, and each
+gets a fresh process):
+
+1. ``overhead.py`` (time overhead of counting; small: ``--repeats 3``),
+2. ``soak.py`` (memory over a long training run; small: 200 steps, full: 1000),
+3. ``tradeoff.py`` (accuracy vs synops against other regularisers; small
+   settings by default, ``--full`` for the published sweep).
+
+Each benchmark's output is kept verbatim in ``<name>.txt``; its key figures
+are parsed from what it prints (``overhead``, ``soak``) or read from the JSON
+it writes (``tradeoff``) into ``overhead.csv``, ``soak.csv`` / ``soak.png``
+and ``summary.md``, next to a description of the machine (CPU model, cores,
+memory, load, torch version and threads, date, git commit). A benchmark that
+fails or whose output cannot be parsed is recorded as such in the summary;
+the run goes on.
+
+Usage::
+
+    python benchmarks/run_all.py            # small settings (a few minutes on 2 cores)
+    python benchmarks/run_all.py --full     # the published figures
+    python benchmarks/run_all.py --only tradeoff --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BENCHMARKS = ("overhead", "soak", "tradeoff")
+
+
+# ----------------------------------------------------------------------------- the machine
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def machine() -> Dict[str, Any]:
+    """CPU model, cores, memory, load, OS, Python / torch versions and threads, date, git commit."""
+    cpuinfo = _read("/proc/cpuinfo")
+    models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.M)
+    info: Dict[str, Any] = {
+        "cpu_model": models[0].strip() if models else (platform.processor() or "unknown"),
+        "logical_cpus": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(int(mem.group(1)) / 2**20, 1) if mem else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": _load(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_default_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = "not installed"
+    try:
+        import synopsloss
+
+        info["synopsloss"] = getattr(synopsloss, "__version__", "?")
+    except ImportError:
+        info["synopsloss"] = "not importable"
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit:
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        info["git_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+    return info
+
+
+def _load() -> Optional[str]:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)"
+    except OSError:
+        return None
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# ----------------------------------------------------------------------------- running
+
+def commands(full: bool, out: str) -> Dict[str, List[str]]:
+    """The command line of each benchmark (small or full settings)."""
+    py = sys.executable
+    return {
+        "overhead": [py, os.path.join(HERE, "overhead.py")] + ([] if full else ["--repeats", "3"]),
+        "soak": [py, os.path.join(HERE, "soak.py"), "--threads", "1"]
+        + (["--steps", "1000", "--every", "100"] if full else ["--steps", "200", "--every", "50"]),
+        "tradeoff": [py, os.path.join(HERE, "tradeoff.py"), "--out", out] + (["--full"] if full else []),
+    }
+
+
+def run(name: str, cmd: List[str], out: str, timeout: Optional[float]) -> Dict[str, Any]:
+    """Run one benchmark; its stdout and stderr go to ``<out>/<name>.txt``. Never raises."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    print(f"[{name}] {' '.join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    rec: Dict[str, Any] = {"name": name, "command": " ".join(["python"] + [os.path.relpath(c, ROOT)
+                                                                            if c.startswith(ROOT) else c
+                                                                            for c in cmd[1:]])}
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        rec["returncode"], stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as err:
+        rec["returncode"] = "timeout"
+        stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        stderr = (err.stderr.decode() if isinstance(err.stderr, bytes) else (err.stderr or "")) + \
+            f"\nkilled after {timeout:.0f} s"
+    except OSError as err:
+        rec["returncode"], stdout, stderr = "not started", "", str(err)
+    rec["seconds"] = round(time.perf_counter() - start, 1)
+    with open(os.path.join(out, f"{name}.txt"), "w") as f:
+        f.write(stdout)
+        if stderr.strip():
+            f.write("\n--- stderr ---\n" + stderr)
+    rec["stderr_tail"] = "\n".join(stderr.strip().splitlines()[-8:])
+    rec["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with open(os.path.join(out, f"{name}.run.json"), "w") as f:
+        json.dump(rec, f, indent=1)
+    rec["stdout"] = stdout
+    status = "ok" if rec["returncode"] == 0 else f"FAILED ({rec['returncode']})"
+    print(f"[{name}] {status} in {rec['seconds']:.0f} s", flush=True)
+    return rec
+
+
+def earlier(name: str, out: str) -> Optional[Dict[str, Any]]:
+    """The record of an earlier run of benchmark ``name`` in ``out`` (``<name>.run.json`` + ``<name>.txt``)."""
+    try:
+        with open(os.path.join(out, f"{name}.run.json")) as f:
+            rec = json.load(f)
+        with open(os.path.join(out, f"{name}.txt")) as f:
+            rec["stdout"] = f.read().split("\n--- stderr ---\n")[0]
+    except (OSError, ValueError):
+        return None
+    rec["earlier"] = True
+    return rec
+
+
+# ----------------------------------------------------------------------------- parsing
+
+_NUM = r"([-+]?\d[\d,]*\.?\d*(?:e[-+]?\d+)?)"
+
+
+def parse_overhead(text: str) -> Dict[str, Any]:
+    """Figures printed by overhead.py: ratios to a plain step / forward, counting overhead vs NeuroBench.
+
+    Example
+    -------
+    >>> t = "training step [ms]   10.0  11.0  10.5  10.8\\n  ratio to plain   1.000  1.100  1.050  1.080\\n"
+    >>> parse_overhead(t)["ratios"]["training step"]
+    [1.0, 1.1, 1.05, 1.08]
+    """
+    figures: Dict[str, Any] = {"ratios": {}, "lines": []}
+    lines = text.splitlines()
+    header: Optional[List[str]] = None
+    for i, line in enumerate(lines):
+        if re.match(r"^\s+plain\s+", line):
+            header = line.split()
+        m = re.match(r"^(\S.*?)\s*\[ms\]", line)
+        if m and i + 1 < len(lines) and "ratio" in lines[i + 1]:
+            figures["ratios"][m.group(1).strip()] = [float(v) for v in re.findall(r"\d+\.\d+", lines[i + 1])]
+            figures["lines"] += [line, lines[i + 1]]
+        elif re.search(r"x the forward|overhead /|identical:|^\[\d\]|^torch ", line):
+            figures["lines"].append(line)
+    if header:
+        figures["columns"] = header
+    for key, pattern in (("ours", r"synopsloss counts\(\)"), ("neurobench", r"NeuroBench SynOps")):
+        m = re.search(pattern + r".*?adds\s+" + _NUM + r" ms = " + _NUM + "x", text)
+        if m:
+            figures[f"{key}_adds_ms"], figures[f"{key}_adds_x"] = float(m.group(1)), float(m.group(2))
+    m = re.search(r"NeuroBench overhead / synopsloss overhead:\s*" + _NUM + "x", text)
+    if m:
+        figures["neurobench_over_ours"] = float(m.group(1))
+    m = re.search(r"identical:\s*(\w+)", text)
+    if m:
+        figures["identical_to_neurobench"] = m.group(1) == "True"
+    return figures
+
+
+def parse_soak(text: str) -> Dict[str, Any]:
+    """Per report: step, RSS, peak RSS, live tensors, synops; and the verdict line.
+
+    Example
+    -------
+    >>> t = "step   100  rss    300.0 MiB  peak    301.0 MiB  live tensors    94  synops/sample  12.0  task loss 1.0  (1 s)"
+    >>> parse_soak(t)["records"][0]["tensors"]
+    94
+    """
+    records = []
+    for m in re.finditer(r"^step\s+(\d+)\s+rss\s+" + _NUM + r" MiB\s+peak\s+" + _NUM +
+                         r" MiB\s+live tensors\s+(\d+)\s+synops/sample\s+" + _NUM, text, re.M):
+        records.append({"step": int(m.group(1)), "rss_mib": float(m.group(2)), "peak_rss_mib": float(m.group(3)),
+                        "tensors": int(m.group(4)), "synops": float(m.group(5).replace(",", ""))})
+    out: Dict[str, Any] = {"records": records}
+    m = re.search(r"^after warm-up.*$", text, re.M)
+    if m:
+        out["growth"] = m.group(0)
+    m = re.search(r"^verdict:\s*(.+)$", text, re.M)
+    if m:
+        out["verdict"] = m.group(1).strip()
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _write_csv(path: str, rows: Sequence[Dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _soak_png(records: List[Dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(steps, [r["rss_mib"] for r in records], "o-", label="RSS")
+    ax.plot(steps, [r["peak_rss_mib"] for r in records], "s--", label="peak RSS")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MiB")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["tensors"] for r in records], "^:", color="C3", label="live tensors")
+    ax2.set_ylabel("live tensors")
+    ax2.set_ylim(0, max(r["tensors"] for r in records) * 1.3)
+    fig.legend(loc="lower right", fontsize=8)
+    ax.set_title("soak: memory over a training run with SynOpsLoss", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _overhead_png(ratios: Dict[str, List[float]], columns: List[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.8 / max(len(ratios), 1)
+    for k, (what, vals) in enumerate(ratios.items()):
+        xs = [i + k * width for i in range(len(vals))]
+        ax.bar(xs, vals, width, label=what)
+    ax.set_xticks([i + width * (len(ratios) - 1) / 2 for i in range(len(columns))])
+    ax.set_xticklabels(columns, fontsize=8)
+    ax.axhline(1.0, color="k", lw=0.7)
+    ax.set_ylabel("time / plain")
+    ax.set_title("overhead: time relative to the plain network (median)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _status(rec: Dict[str, Any]) -> str:
+    when = f" (an earlier invocation, finished {rec.get('finished', '?')})" if rec.get("earlier") else ""
+    if rec["returncode"] == 0:
+        return f"ok, {rec['seconds']:.0f} s{when}"
+    return f"**FAILED** (exit status {rec['returncode']}, after {rec['seconds']:.0f} s){when}"
+
+
+def _failure(rec: Dict[str, Any]) -> List[str]:
+    if rec["returncode"] == 0:
+        return []
+    return ["", "Last lines of its error output:", "", "```", rec["stderr_tail"] or "(none)", "```"]
+
+
+def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool, out: str,
+              info_end: Optional[str] = None) -> str:
+    """Write overhead.csv, soak.csv/png and summary.md from the runs; return the markdown."""
+    md = [f"# Benchmark results ({'full' if full else 'small'} settings)", "",
+          f"Written by `python benchmarks/run_all.py{' --full' if full else ''}`. "
+          "Every figure below is parsed from the benchmarks' own output (kept verbatim in `<name>.txt`).", "",
+          "## Machine", "",
+          "| | |", "|---|---|",
+          f"| CPU | {info['cpu_model']} |",
+          f"| cores | {info['logical_cpus']} logical, {info['cpus_available']} available to this process |",
+          f"| memory | {info['memory_gib']} GiB |",
+          f"| OS | {info['os']} |",
+          f"| Python / torch | {info['python']} / {info.get('torch')} (default {info.get('torch_default_threads')} threads) |",
+          f"| synopsloss | {info.get('synopsloss')}, commit {info.get('git_commit', '?')} |",
+          f"| date | {info['date']} |",
+          f"| load average | at start {info['load_average']}; at end {info_end} |",
+          "", "The machine is shared: the load average says how busy it was. Threads: overhead.py sets its own "
+          "(`--threads`, default 2); soak.py runs with 1; tradeoff.py trains in 2 processes of 1 thread each.", ""]
+
+    if "overhead" in recs:
+        rec = recs["overhead"]
+        md += ["## Overhead (`overhead.py`)", "", f"`{rec['command']}`: {_status(rec)}."]
+        if rec.get("note"):
+            md += ["", f"Note: {rec['note']}."]
+        figures = parse_overhead(rec["stdout"]) if rec["stdout"] else {"ratios": {}, "lines": []}
+        if figures["ratios"]:
+            cols = figures.get("columns") or [f"col{i}" for i in range(len(next(iter(figures["ratios"].values()))))]
+            rows = [dict({"measurement": k}, **{c: v for c, v in zip(cols, vals)}) for k, vals in figures["ratios"].items()]
+            _write_csv(os.path.join(out, "overhead.csv"), rows)
+            try:
+                _overhead_png(figures["ratios"], cols, os.path.join(out, "overhead.png"))
+            except Exception as err:  # a plot must not lose the figures
+                md.append(f"(overhead.png not drawn: {err})")
+            md += ["", "Time relative to the plain network (medians; `overhead.csv`, `overhead.png`):", "",
+                   "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            md += [f"| {k} | " + " | ".join(f"{v:.2f}" for v in vals) + " |" for k, vals in figures["ratios"].items()]
+        if "ours_adds_x" in figures and "neurobench_adds_x" in figures:
+            md += ["", f"Counting on a 3-conv CNN: synopsloss `counts()` adds {figures['ours_adds_x']:.3f}x a forward "
+                   f"pass, NeuroBench's `SynapticOperations` {figures['neurobench_adds_x']:.2f}x."]
+            if figures["ours_adds_ms"] <= 0:
+                md.append("synopsloss' added time was at or below zero in this run (timing noise on a busy machine), "
+                          "so the ratio of the two overheads is not meaningful here.")
+            elif "neurobench_over_ours" in figures:
+                md.append(f"NeuroBench's overhead / synopsloss': **{figures['neurobench_over_ours']:.1f}x**.")
+        if "identical_to_neurobench" in figures:
+            md += ["", f"Dense / effective MAC / AC counts identical to NeuroBench's: {figures['identical_to_neurobench']}."]
+        if figures["lines"]:
+            md += ["", "Key lines as printed:", "", "```"] + figures["lines"] + ["```"]
+        elif rec["returncode"] == 0:
+            md += ["", "(no figure could be parsed from its output: see `overhead.txt`)"]
+        md += _failure(rec) + [""]
+
+    if "soak" in recs:
+        rec = recs["soak"]
+        md += ["## Soak (`soak.py`)", "", f"`{rec['command']}`: {_status(rec)}."]
+        figures = parse_soak(rec["stdout"]) if rec["stdout"] else {"records": []}
+        if figures["records"]:
+            r = figures["records"]
+            _write_csv(os.path.join(out, "soak.csv"), r)
+            try:
+                _soak_png(r, os.path.join(out, "soak.png"))
+            except Exception as err:
+                md.append(f"(soak.png not drawn: {err})")
+            md += ["", f"Live tensors at each report from step {r[0]['step']} to {r[-1]['step']}: "
+                   f"{', '.join(str(x['tensors']) for x in r)}; RSS {r[0]['rss_mib']:.1f} -> {r[-1]['rss_mib']:.1f} MiB, "
+                   f"peak RSS {r[0]['peak_rss_mib']:.1f} -> {r[-1]['peak_rss_mib']:.1f} MiB (`soak.csv`, `soak.png`)."]
+            if "growth" in figures:
+                md += ["", f"`{figures['growth']}`"]
+            md += ["", f"Verdict: **{figures.get('verdict', 'not printed')}**."]
+        elif rec["returncode"] == 0:
+            md += ["", "(no figure could be parsed from its output: see `soak.txt`)"]
+        md += _failure(rec) + [""]
+
+    if "tradeoff" in recs:
+        rec = recs["tradeoff"]
+        md += ["## Accuracy vs synops (`tradeoff.py`)", "", f"`{rec['command']}`: {_status(rec)}."]
+        path = os.path.join(out, "tradeoff.json")
+        data = None
+        if rec["returncode"] == 0 and os.path.exists(path):
+            with open(path) as f:
+                data = json.load(f)
+        if data:
+            sys.path.insert(0, HERE)
+            from tradeoff import verdict_markdown
+
+            cpu = data.get("cpu_seconds_total")
+            if cpu:
+                md += ["", f"Training and testing took {cpu / 60:.0f} CPU-minutes in all (sum over runs of each "
+                       f"process' CPU time: about {cpu / 120:.0f} minutes of wall clock on 2 idle cores)"
+                       + (f"; {data['reused_runs']} of the {data['runs']} runs were taken from an earlier "
+                          "invocation's CSV (`--reuse`: training is deterministic, so they are what a rerun gives)"
+                          if data.get("reused_runs") else "") + "."]
+            md += ["", f"{data['runs']} training runs, seeds {data['seeds']}; `tradeoff.csv` (one row per run), "
+                   + ", ".join(f"`{os.path.basename(p)}`" for p in data["png"]) + " (Pareto fronts).", "",
+                   "Fewest network-driven synops per sample (test set, mean over seeds) among the settings whose mean "
+                   "accuracy is at most 1 point below the cross-entropy-only mean:", "",
+                   verdict_markdown(data["verdict"])]
+            for ds, v in data["verdict"].items():
+                md.append(f"- {ds}: most network-driven synops removed within 1 point: **{v['winner']}**"
+                          + (f" (ranking: {', '.join(v['ranking'])})" if v["ranking"] else ""))
+            if not full:
+                md += ["", "Small settings (few epochs, one seed, part of the data): a check that the benchmark "
+                       "runs, not a result. `--full` gives the published figures."]
+        md += _failure(rec) + [""]
+
+    text = "\n".join(md).rstrip() + "\n"
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--full", action="store_true", help="the published settings (tradeoff alone ~25 min on 2 cores)")
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="run only these")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a benchmark is stopped (default: none)")
+    p.add_argument("--reuse-tradeoff", action="store_true",
+                   help="pass --reuse <out>/tradeoff.csv <out>/tradeoff.partial.csv to tradeoff.py: keep the runs "
+                        "already there (e.g. after an interruption, or when strengths were added) and train the rest")
+    args = p.parse_args(argv)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    info = machine()
+    cmds = commands(args.full, out)
+    if args.reuse_tradeoff:
+        cmds["tradeoff"] += ["--reuse", os.path.join(out, "tradeoff.csv"), os.path.join(out, "tradeoff.partial.csv")]
+    recs: Dict[str, Dict[str, Any]] = {}
+    for name in BENCHMARKS:
+        if name not in args.only:
+            rec = earlier(name, out)   # keep an earlier invocation's figures in the summary
+            if rec is not None:
+                recs[name] = rec
+            continue
+        rec = run(name, cmds[name], out, args.timeout)
+        if name == "overhead" and rec["returncode"] == 2 and "unrecognized arguments" in rec["stderr_tail"] \
+                and len(cmds[name]) > 2:
+            # overhead.py's options changed: run it with its own defaults rather than not at all
+            rejected = rec["stderr_tail"].splitlines()[-1]
+            rec = run(name, cmds[name][:2], out, args.timeout)
+            rec["note"] = f"its small-settings options were refused ({rejected}); ran with its defaults"
+        recs[name] = rec
+    summarize(recs, info, args.full, out, info_end=_load())
+    failed = [n for n, r in recs.items() if r["returncode"] != 0 and n in args.only]
+    print(f"wrote {os.path.join(out, 'summary.md')}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The benchmark baselines (benchmarks/regularizers.py), the trade-off benchmark and run_all, on tiny settings."""
+
+from __future__ import annotations
+
+import csv
+import doctest
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import synopsloss as sl
+
+snn = pytest.importorskip("snntorch")
+from snntorch import utils as snn_utils  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark modules, imported from benchmarks/ (not a package)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        yield {name: importlib.import_module(name) for name in ("regularizers", "tasks", "tradeoff", "run_all")}
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_benchmark_docstring_examples_run(bench):
+    for module in bench.values():
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, module.__name__
+
+
+# ----------------------------------------------------------------------------- the penalties, by hand
+
+def test_l1_spike_rate_is_the_mean_of_all_hidden_spikes(bench):
+    s = {"a": [torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[1.0, 1.0], [0.0, 1.0]])],
+         "b": [torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])]}
+    # (1 + 3 + 3) spikes over 8 + 8 values
+    assert bench["regularizers"].l1_spike_rate(s).item() == pytest.approx(7 / 16)
+
+
+def test_hinge_squared_rate_penalises_only_layers_above_the_max_rate(bench):
+    f = bench["regularizers"].hinge_squared_rate
+    a = torch.tensor([[1.0, 0.0, 1.0, 1.0]], requires_grad=True)     # rate 0.75
+    b = torch.tensor([[0.0, 0.0, 0.0, 1.0]], requires_grad=True)     # rate 0.25
+    v = f({"a": [a], "b": [b]}, max_rate=0.5)
+    assert v.item() == pytest.approx(0.25 ** 2)
+    v.backward()
+    assert torch.allclose(a.grad, torch.full((1, 4), 2 * 0.25 / 4))   # d/ds (r - m)^2 = 2 (r - m) / n
+    assert torch.equal(b.grad, torch.zeros(1, 4))
+    assert f({"a": [a], "b": [b]}, max_rate=0.2).item() == pytest.approx(0.55 ** 2 + 0.05 ** 2)
+    assert f({"a": [a], "b": [b]}, max_rate=0.8).item() == 0.0
+
+
+def test_outgoing_synapses_counts_taps_by_hand(bench):
+    f = bench["regularizers"].outgoing_synapses
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    # 3x3 input, 3x3 kernel, zero padding: corner 4 taps, edge 6, centre 9
+    assert torch.equal(f(conv, (1, 3, 3)), torch.tensor([[[4.0, 6.0, 4.0], [6.0, 9.0, 6.0], [4.0, 6.0, 4.0]]]))
+    fc = nn.Linear(3, 4)
+    with torch.no_grad():
+        fc.weight[:, 1] = 0.0          # input 1 has no synapse
+        fc.weight[0, 2] = 0.0          # input 2 has 3
+    assert torch.equal(f(fc, (3,)), torch.tensor([4.0, 0.0, 3.0]))
+    strided = nn.Conv1d(1, 2, 2, stride=2)   # non-overlapping windows: each input reaches 1 output x 2 channels
+    assert torch.equal(f(strided, (1, 6)), torch.full((1, 6), 2.0))
+
+
+def _spiking_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), snn.Leaky(beta=0.5, init_hidden=True, threshold=0.1),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), snn.Leaky(beta=0.5, init_hidden=True, threshold=0.1),
+        nn.Flatten(), nn.Linear(4 * 3 * 3, 5),
+    )
+    with torch.no_grad():
+        net[2].weight[0, 1] = 0.0     # a pruned 3x3 slice: fewer outgoing synapses for channel-1 neurons
+        net[5].weight[:, :6] = 0.0
+    return net
+
+
+def test_fanout_penalty_equals_the_counters_synops_of_the_next_layers(bench):
+    """Suetake et al.'s sum_i spikes_i x outgoing synapses_i is the synops of the layers those spikes feed."""
+    r = bench["regularizers"]
+    net = _spiking_net()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    rec = r.ActivityRecorder(net, synaptic_layers=["2", "5"])
+    snn_utils.reset(net)
+    x = (torch.rand(3, 6, 1, 6, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()   # [T, B, ...]
+    for t in range(3):
+        net(x[t])
+    inputs = torch.cat([i.flatten() for i in rec.inputs["2"] + rec.inputs["5"]])
+    assert set(inputs.unique().tolist()) <= {0.0, 1.0} and inputs.sum() > 0   # binary spikes, some of them
+    per_layer = counter.synops_per_layer()
+    omega = r.fanout_weighted_spikes(rec.inputs, rec.layers, normalize=False)
+    assert omega.item() == pytest.approx((per_layer["2"] + per_layer["5"]).item(), rel=1e-6)
+    assert omega.item() == pytest.approx(sum(per_layer[n].item() for n in per_layer if n not in counter.data_fed_layers()))
+    # the gradient reaches the spikes (through the surrogate) and the weights before them
+    omega.backward()
+    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+    rec.remove()
+    counter.remove()
+
+
+def test_normalised_fanout_penalty_is_synops_over_dense_synops(bench):
+    r = bench["regularizers"]
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+    net = nn.Sequential(fc1, snn.Leaky(beta=0.5, init_hidden=True, threshold=0.05), fc2)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with r.ActivityRecorder(net, synaptic_layers=["2"]) as rec:
+        x = torch.rand(5, 4)
+        net(x)
+        net(x)
+        c = counter.counts()["2"]
+        v = r.fanout_weighted_spikes(rec.inputs, rec.layers)
+    assert c["dense"] == 2 * 6 * 3        # two calls, 6 inputs x 3 outputs
+    assert v.item() == pytest.approx(c["synops"] / c["dense"])
+    counter.remove()
+
+
+def test_iterative_target_lowers_the_target_to_07_of_the_last_achieved(bench):
+    r = bench["regularizers"]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(5, 4, generator=g) * (k + 1) for k in range(5)]
+    # hand: the driven layer "2" gets relu(fc1(x)) and every input has 3 outgoing synapses
+    with torch.no_grad():
+        driven = [float(torch.relu(net[0](x)).sum() * 3 / 5) for x in batches]
+    counter = sl.SynOpsCounter(net)
+    it = r.IterativeTarget(counter, stages=2, steps_per_stage=2, factor=0.7, weight=2.0)
+    losses = []
+    for x in batches:
+        counter.reset()
+        net(x)
+        losses.append(float(it().detach()))
+        it.step()
+    t1 = 0.7 * driven[0]
+    t2 = 0.7 * (driven[0] + driven[1]) / 2
+    assert it.targets == pytest.approx([t1, t2])
+    assert it.achieved == pytest.approx([(driven[0] + driven[1]) / 2, (driven[2] + driven[3]) / 2])
+    assert losses[1] == pytest.approx(2.0 * ((driven[1] - t1) / t1) ** 2, rel=1e-5)
+    assert losses[3] == pytest.approx(2.0 * ((driven[3] - t2) / t2) ** 2, rel=1e-5)
+    assert losses[4] == pytest.approx(2.0 * ((driven[4] - t2) / t2) ** 2, rel=1e-5)   # the last target stays
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+def test_mnist1d_is_generated_offline_and_rate_coded_on_two_channels(bench):
+    t = bench["tasks"].load_task("mnist1d")
+    x_tr, y_tr, x_te, y_te = t.data
+    assert x_tr.shape == (4000, 2, 40) and x_te.shape == (1000, 2, 40)
+    assert 0 <= float(x_tr.min()) and float(x_tr.max()) <= 1
+    assert (x_tr[:, 0] * x_tr[:, 1]).abs().max() == 0      # a sample is ON or OFF, never both
+    assert sorted(y_tr.unique().tolist()) == list(range(10))
+
+
+def test_verdict_picks_the_fewest_synops_within_one_point(bench):
+    tr = bench["tradeoff"]
+    rows = []
+    for method, strength, acc, syn in [("baseline", "", 0.900, 100.0), ("synops", 0.5, 0.895, 30.0),
+                                       ("synops", 0.3, 0.880, 10.0), ("l1", 1.0, 0.891, 25.0),
+                                       ("l1", 2.0, 0.850, 5.0), ("hinge", 0.1, 0.80, 50.0)]:
+        for seed, d in ((0, -0.004), (1, 0.004)):
+            rows.append({"dataset": "d", "method": method, "strength": strength, "seed": seed,
+                         "accuracy": acc + d, "driven_synops": syn, "total_synops": syn + 7, "target": ""})
+    v = tr.verdict(tr.means(rows))["d"]
+    assert v["accuracy_line"] == pytest.approx(0.89)
+    assert v["winner"] == "l1" and v["best"]["l1"]["strength"] == "1.0"      # 0.891 >= 0.89; 0.880 is not
+    assert v["best"]["synops"]["driven_synops"] == 30.0 and v["best"]["hinge"] is None
+    assert v["best"]["l1"]["reduction"] == pytest.approx(4.0)
+    assert v["ranking"] == ["l1", "synops"]
+
+
+def test_tradeoff_tiny_run_writes_one_row_per_run_and_a_front_per_dataset(bench, tmp_path):
+    tr = bench["tradeoff"]
+    out = tmp_path / "res"
+    tr.main(["--datasets", "digits", "mnist1d", "--seeds", "0", "--epochs", "1", "--train-samples", "96",
+             "--test-samples", "40", "--time-steps", "2", "--batch-size", "48", "--jobs", "1", "--out", str(out),
+             "--grid-only", "--grid", "synops=0.5", "ramp=0.5", "iterative=2", "l1=1", "hinge=0.05", "fanout=1"])
+    with open(out / "tradeoff.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 7
+    assert {(r["dataset"], r["method"]) for r in rows} == {(d, m) for d in ("digits", "mnist1d") for m in tr.METHODS}
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1
+        assert 0 < float(r["driven_synops"]) < float(r["total_synops"])    # conv1 is data-fed: total is larger
+    assert (out / "tradeoff_digits.png").stat().st_size > 0 and (out / "tradeoff_mnist1d.png").stat().st_size > 0
+    summary = json.loads((out / "tradeoff.json").read_text())
+    assert set(summary["verdict"]) == {"digits", "mnist1d"} and summary["failed_runs"] == 0
+    assert not (out / "tradeoff.partial.csv").exists()
+
+
+# ----------------------------------------------------------------------------- run_all
+
+OVERHEAD_OUT = """torch 2.13.0, 2 threads, wall clock
+
+[1] sinabs tutorial SNN, B=32, T=20: median of 3 interleaved repeats
+                             plain  synopsloss      lean    sinabs
+training step [ms]            20.0        23.0      21.0      22.0
+  ratio to plain             1.000       1.150     1.050     1.100
+forward pass [ms]             10.0        15.0      12.0      12.5
+  ratio to plain             1.000       1.500     1.200     1.250
+
+[2] 3-conv CNN, B=64, 32x32: median of 3 interleaved repeats
+plain forward                    100.00 ms
+forward + synopsloss counts()    120.00 ms  (adds 20.00 ms = 0.200x the forward)
+forward + NeuroBench SynOps      370.00 ms  (adds 270.00 ms = 2.70x the forward)
+NeuroBench overhead / synopsloss overhead: 13.5x
+  identical: True
+"""
+
+SOAK_OUT = """step   100  rss    300.0 MiB  peak    301.0 MiB  live tensors    94  synops/sample    1,234.5  task loss 1.0  (1 s)
+step   200  rss    300.5 MiB  peak    301.0 MiB  live tensors    94  synops/sample    1,200.0  task loss 0.9  (2 s)
+after warm-up (step 100): live tensors +0, RSS +0.5 MiB, peak RSS +0.0 MiB
+verdict: FLAT (no leak)
+"""
+
+
+def test_run_all_summary_parses_the_figures_and_records_a_failed_benchmark(bench, tmp_path):
+    ra = bench["run_all"]
+    recs = {
+        "overhead": {"name": "overhead", "command": "python benchmarks/overhead.py --repeats 3", "returncode": 2,
+                     "seconds": 1.0, "stdout": "", "stderr_tail": "error: unrecognized arguments: --repeats"},
+        "soak": {"name": "soak", "command": "python benchmarks/soak.py", "returncode": 0, "seconds": 3.0,
+                 "stdout": SOAK_OUT, "stderr_tail": ""},
+    }
+    md = ra.summarize(recs, ra.machine(), False, str(tmp_path), info_end="1.00")
+    assert "**FAILED** (exit status 2" in md and "unrecognized arguments: --repeats" in md
+    assert "94, 94" in md and "FLAT (no leak)" in md
+    with open(tmp_path / "soak.csv") as f:
+        assert [r["tensors"] for r in csv.DictReader(f)] == ["94", "94"]
+    assert (tmp_path / "summary.md").read_text() == md
+    assert "| CPU |" in md and "torch" in md
+
+    figures = ra.parse_overhead(OVERHEAD_OUT)
+    assert figures["ratios"] == {"training step": [1.0, 1.15, 1.05, 1.1], "forward pass": [1.0, 1.5, 1.2, 1.25]}
+    assert figures["columns"] == ["plain", "synopsloss", "lean", "sinabs"]
+    assert figures["neurobench_over_ours"] == 13.5 and figures["identical_to_neurobench"] is True
+    assert (figures["ours_adds_ms"], figures["ours_adds_x"], figures["neurobench_adds_x"]) == (20.0, 0.2, 2.7)
+    recs["overhead"].update(returncode=0, stdout=OVERHEAD_OUT)
+    md = ra.summarize(recs, ra.machine(), False, str(tmp_path), info_end="1.00")
+    assert "| training step | 1.00 | 1.15 | 1.05 | 1.10 |" in md and "13.5x" in md
+    assert os.path.exists(tmp_path / "overhead.csv")
+    # a negative added time (noise) is said to be noise, not turned into a huge ratio
+    noisy = OVERHEAD_OUT.replace("adds 20.00 ms = 0.200x", "adds -5.00 ms = -0.050x").replace("13.5x", "5000000.0x")
+    recs["overhead"].update(stdout=noisy)
+    md = ra.summarize(recs, ra.machine(), False, str(tmp_path), info_end="1.00")
+    assert "overhead / synopsloss': **" not in md and "not meaningful" in md   # raw lines are still quoted
+
+
+def test_tradeoff_reuses_finished_rows_and_trains_only_the_rest(bench, tmp_path):
+    """A rerun with --reuse takes the rows an earlier run left and gives the same CSV as training them again."""
+    tr = bench["tradeoff"]
+    common = ["--datasets", "digits", "--seeds", "0", "--epochs", "1", "--train-samples", "64", "--test-samples", "32",
+              "--time-steps", "2", "--batch-size", "32", "--jobs", "1", "--grid-only"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    tr.main(common + ["--out", str(first), "--grid", "l1=1"])
+    tr.main(common + ["--out", str(second), "--grid", "l1=1", "fanout=1", "--reuse", str(first / "tradeoff.csv")])
+    with open(first / "tradeoff.csv") as f:
+        a = {(r["method"], r["strength"]): r for r in csv.DictReader(f)}
+    with open(second / "tradeoff.csv") as f:
+        b = {(r["method"], r["strength"]): r for r in csv.DictReader(f)}
+    assert set(b) == {("baseline", ""), ("l1", "1.0"), ("fanout", "1.0")}
+    for k in a:   # reused: the same figures, and the same seconds (not retrained)
+        assert {c: b[k][c] for c in ("accuracy", "driven_synops", "seconds")} == \
+            {c: a[k][c] for c in ("accuracy", "driven_synops", "seconds")}
+    assert json.loads((second / "tradeoff.json").read_text())["reused_runs"] == 2
+    # and training again gives the very same figures (what makes reuse legitimate)
+    third = tmp_path / "c"
+    tr.main(common + ["--out", str(third), "--grid", "l1=1"])
+    with open(third / "tradeoff.csv") as f:
+        c = {(r["method"], r["strength"]): r for r in csv.DictReader(f)}
+    assert {k: (v["accuracy"], v["driven_synops"]) for k, v in c.items()} == \
+        {k: (v["accuracy"], v["driven_synops"]) for k, v in a.items()}
+
+
+def test_run_all_keeps_each_benchmarks_record_for_a_later_partial_rerun(bench, tmp_path):
+    ra = bench["run_all"]
+    rec = ra.run("soak", [sys.executable, "-c", f"print({SOAK_OUT!r}); import sys; sys.stderr.write('warn')"],
+                 str(tmp_path), timeout=60)
+    assert rec["returncode"] == 0 and "live tensors" in rec["stdout"]
+    again = ra.earlier("soak", str(tmp_path))
+    assert again["earlier"] and again["stdout"].strip() == SOAK_OUT.strip()   # stderr kept apart
+    md = ra.summarize({"soak": again}, ra.machine(), True, str(tmp_path), info_end="1")
+    assert "an earlier invocation" in md and "FLAT (no leak)" in md
+    assert ra.earlier("overhead", str(tmp_path)) is None
