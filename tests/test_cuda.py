@@ -60,5 +60,5 @@ def test_a_counted_training_step_never_synchronises_in_the_hooks():
         loss.backward()
         opt.step()
         opt.zero_grad()
-    # the same counts as a CPU twin (the step ran, the hooks counted)
+    # the hooks counted every step without a host-device synchronisation
     assert counter.snapshot().per_layer()["0"]["eff_acs"] > 0
