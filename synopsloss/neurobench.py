@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Callable, Any, Dict, List, Optional
 
 from torch import nn
 
@@ -257,55 +257,30 @@ class NeuroBenchMetrics:
 def _metric_classes(shared: NeuroBenchMetrics, accumulated: type, workload: type) -> List[type]:
     """NeuroBench metric classes (named as NeuroBench's) reading ``shared``."""
 
-    class SynapticOperations(accumulated):  # type: ignore[misc, valid-type]
-        """Effective MACs / ACs and dense synaptic operations per sample (NeuroBench's keys)."""
+    def accumulated_metric(name: str, doc: str, result: Callable[[], Any], neurons: bool) -> type:
+        """An accumulated metric: NeuroBench resets, calls it per batch and reads ``compute()``."""
 
-        def __init__(self) -> None:
-            super().__init__(requires_hooks=False)
+        def __init__(self: Any) -> None:
+            accumulated.__init__(self, requires_hooks=False)
+            if neurons:
+                shared._neuron_layers(CounterSnapshot(0))
 
-        def reset(self) -> None:
-            shared.reset()
-
-        def __call__(self, model: Any, preds: Any, data: Any) -> Dict[str, float]:
+        def __call__(self: Any, model: Any, preds: Any, data: Any) -> Any:
             shared.collect(model, data)
             return self.compute()
 
-        def compute(self) -> Dict[str, float]:
-            return shared.synaptic_operations()
+        body = {"__doc__": doc, "__init__": __init__, "__call__": __call__,
+                "reset": lambda self: shared.reset(), "compute": lambda self: result()}
+        return type(name, (accumulated,), body)
 
-    class NeuronOperations(accumulated):  # type: ignore[misc, valid-type]
-        """Effective and dense neuron operations per sample (NeuroBench's keys)."""
-
-        def __init__(self) -> None:
-            super().__init__(requires_hooks=False)
-            shared._neuron_layers(CounterSnapshot(0))
-
-        def reset(self) -> None:
-            shared.reset()
-
-        def __call__(self, model: Any, preds: Any, data: Any) -> Dict[str, float]:
-            shared.collect(model, data)
-            return self.compute()
-
-        def compute(self) -> Dict[str, float]:
-            return shared.neuron_operations()
-
-    class MembraneUpdates(accumulated):  # type: ignore[misc, valid-type]
-        """Membrane potential updates per sample."""
-
-        def __init__(self) -> None:
-            super().__init__(requires_hooks=False)
-            shared._neuron_layers(CounterSnapshot(0))
-
-        def reset(self) -> None:
-            shared.reset()
-
-        def __call__(self, model: Any, preds: Any, data: Any) -> float:
-            shared.collect(model, data)
-            return self.compute()
-
-        def compute(self) -> float:
-            return shared.membrane_updates()
+    SynapticOperations = accumulated_metric(
+        "SynapticOperations", "Effective MACs / ACs and dense synaptic operations per sample (NeuroBench's keys).",
+        shared.synaptic_operations, neurons=False)
+    NeuronOperations = accumulated_metric(
+        "NeuronOperations", "Effective and dense neuron operations per sample (NeuroBench's keys).",
+        shared.neuron_operations, neurons=True)
+    MembraneUpdates = accumulated_metric(
+        "MembraneUpdates", "Membrane potential updates per sample.", shared.membrane_updates, neurons=True)
 
     class ActivationSparsity(workload):  # type: ignore[misc, valid-type]
         """Sparsity of the batch's activations (NeuroBench averages it over batches, weighted by samples)."""
