@@ -415,6 +415,12 @@ def plot(mean_rows: List[Dict[str, Any]], dataset: str, path: str, judged: Optio
         ax.set_ylim(bottom=low)
         ax.text(0.01, 0.02, "below the axis (mean): " + "; ".join(below), transform=ax.transAxes, fontsize=6, wrap=True)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    for axis in (ax.xaxis,):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if f"{v:.0e}"[0] in "2358" else ""))
+    ax.tick_params(axis="x", which="both", labelsize=8)
     ax.set_xlabel("network-driven synops per sample (test set, log scale; mean, bars min/max over seeds)")
     ax.set_ylabel("test accuracy (%)")
     title = {"digits": "8x8 digits, spiking 2-D CNN", "mnist1d": "MNIST-1D, spiking 1-D CNN"}.get(dataset, dataset)
