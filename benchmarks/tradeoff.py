@@ -314,8 +314,9 @@ def front_at(points: Sequence[Tuple[float, float]], line: float) -> Tuple[Option
 
     Example
     -------
-    >>> front_at([(100.0, 0.90), (10.0, 0.80), (1000.0, 0.95)], 0.85)   # halfway between 10 and 100 in log
-    (31.62..., 'interpolated')
+    >>> at, note = front_at([(100.0, 0.90), (10.0, 0.80), (1000.0, 0.95)], 0.85)   # halfway from 10 to 100, in log
+    >>> round(at, 2), note
+    (31.62, 'interpolated')
     >>> front_at([(100.0, 0.90)], 0.85)
     (100.0, 'at most')
     """
