@@ -82,7 +82,7 @@ def machine() -> Dict[str, Any]:
         info["synopsloss"] = "not importable"
     commit = _git("rev-parse", "--short", "HEAD")
     if commit:
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
         info["git_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
     return info
 
