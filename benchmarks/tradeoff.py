@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
@@ -605,7 +606,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         pool = ProcessPoolExecutor(max_workers=args.jobs)
         results = pool.map(run_one, todo)
-    for r in list(reused.values()) + list(results):
+    for r in itertools.chain(reused.values(), results):   # lazily: each row is saved as soon as it is done
         r = {k: r[k] for k in ROW_KEYS if k in r}
         rows.append(r)
         with open(partial, "a" if len(rows) > 1 else "w", newline="") as f:
