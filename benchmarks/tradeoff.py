@@ -76,7 +76,7 @@ FULL: Dict[str, Any] = {
                         "l1": [4.0, 6.0, 10.0], "hinge": [100.0, 300.0, 1000.0], "fanout": [2.0, 3.0, 4.0]}},
     "mnist1d": {"epochs": 10, "train_samples": None, "test_samples": None,
                 "grid": {"synops": [0.5, 0.6, 0.8], "ramp": [0.15, 0.2, 0.3], "iterative": [3, 4, 5],
-                         "l1": [0.5, 2.0, 4.0], "hinge": [10.0, 30.0, 100.0], "fanout": [2.0, 4.0, 6.0]}},
+                         "l1": [0.5, 2.0, 4.0], "hinge": [3.0, 10.0, 30.0], "fanout": [2.0, 4.0, 6.0]}},
 }
 SMALL: Dict[str, Any] = {
     "seeds": [0],
