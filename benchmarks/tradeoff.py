@@ -32,7 +32,7 @@ network-driven synops, on each dataset.
 Usage::
 
     python benchmarks/tradeoff.py            # small settings, < 3 minutes on 2 cores
-    python benchmarks/tradeoff.py --full     # the published run (3 seeds, every strength)
+    python benchmarks/tradeoff.py --full     # the published run: 114 runs, ~44 CPU-minutes (~22 min on 2 idle cores)
     python benchmarks/tradeoff.py --from-csv benchmarks/results/tradeoff.csv   # re-plot, re-judge
 """
 
@@ -555,7 +555,7 @@ def jobs_for(args: argparse.Namespace) -> List[Job]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="the published sweep (3 seeds, every strength; ~25 min on 2 cores)")
+    p.add_argument("--full", action="store_true", help="the published sweep (3 seeds, 3 strengths per method; ~22 min on 2 idle cores)")
     p.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"],
                    choices=["digits", "mnist1d"])
     p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS[1:]),
