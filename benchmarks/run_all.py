@@ -82,7 +82,7 @@ def machine() -> Dict[str, Any]:
         info["synopsloss"] = "not importable"
     commit = _git("rev-parse", "--short", "HEAD")
     if commit:
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
         info["git_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
     return info
 
@@ -294,10 +294,11 @@ def _failure(rec: Dict[str, Any]) -> List[str]:
 
 
 def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool, out: str,
-              info_end: Optional[str] = None) -> str:
+              info_end: Optional[str] = None, argv: Optional[Sequence[str]] = None) -> str:
     """Write overhead.csv, soak.csv/png and summary.md from the runs; return the markdown."""
+    args = " ".join(argv) if argv is not None else ("--full" if full else "")
     md = [f"# Benchmark results ({'full' if full else 'small'} settings)", "",
-          f"Written by `python benchmarks/run_all.py{' --full' if full else ''}`. "
+          f"Written by `python benchmarks/run_all.py{' ' + args if args else ''}`. "
           "Every figure below is parsed from the benchmarks' own output (kept verbatim in `<name>.txt`).", "",
           "## Machine", "",
           "| | |", "|---|---|",
@@ -435,7 +436,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             rec = run(name, cmds[name][:2], out, args.timeout)
             rec["note"] = f"its small-settings options were refused ({rejected}); ran with its defaults"
         recs[name] = rec
-    summarize(recs, info, args.full, out, info_end=_load())
+    summarize(recs, info, args.full, out, info_end=_load(), argv=sys.argv[1:] if argv is None else argv)
     failed = [n for n, r in recs.items() if r["returncode"] != 0 and n in args.only]
     print(f"wrote {os.path.join(out, 'summary.md')}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

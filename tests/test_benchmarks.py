@@ -186,7 +186,7 @@ def test_tradeoff_tiny_run_writes_one_row_per_run_and_a_front_per_dataset(bench,
     out = tmp_path / "res"
     tr.main(["--datasets", "digits", "mnist1d", "--seeds", "0", "--epochs", "1", "--train-samples", "96",
              "--test-samples", "40", "--time-steps", "2", "--batch-size", "48", "--jobs", "1", "--out", str(out),
-             "--grid-only", "--grid", "synops=0.5", "ramp=0.5", "iterative=2", "l1=1", "hinge=0.05", "fanout=1"])
+             "--grid-only", "--grid", "synops=0.5", "ramp=0.5", "iterative=2", "l1=1", "hinge=50", "fanout=1"])
     with open(out / "tradeoff.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 7
