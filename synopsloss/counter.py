@@ -81,22 +81,16 @@ from torch.nn.utils import parametrize
 from . import frameworks, registry
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
-from .maps import LayerMaps, MapCache, OpCounts, Rule
+from .errors import SynOpsWarning, UnsupportedLayerWarning
+from .maps import MapCache, OpCounts, Rule, module_map_args, rule_weight
+from .records import Call
 from .opscope import OpScope, compiled_submodules
 from .pooling import PoolEvents
 from .reductions import Scratch, abs_row_sums
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
-from .state import SynapseState, fold
+from .state import SynapseState, fold, settle_all
 
 __all__ = ["SynOpsCounter", "SynOpsWarning", "UnsupportedLayerWarning", "COUNT_KEYS"]
-
-
-class SynOpsWarning(UserWarning):
-    """A count that may not mean what the user expects (each names the cause and the fix)."""
-
-
-class UnsupportedLayerWarning(SynOpsWarning):
-    """A module with parameters that the counter cannot count."""
 
 
 @dataclass
@@ -129,7 +123,8 @@ class _Batch:
     root_steps: int = 0  # time steps of the model's input (time_dim=)
     root_tc: int = 0
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
-    outputs: Set[int] = field(default_factory=set)  # storage pointers of tensors the model returned
+    held: List[Tensor] = field(default_factory=list)  # that data, held so that no other tensor reuses its memory
+    outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
     pending: bool = False  # a forward of the model started and has not returned (or raised)
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
@@ -455,6 +450,7 @@ class SynOpsCounter:
                                 stacklevel=3)
             else:
                 steps = self._set_sample_steps(samples)
+                settle_all(list(batch.layers.values()))
                 for name, state in batch.layers.items():
                     fold(self._totals.setdefault(name, SynapseState()), state)
                 self._total_samples += samples
@@ -466,14 +462,6 @@ class SynOpsCounter:
 
     # ------------------------------------------------------------------ hooks
 
-    def _counting_enabled(self) -> bool:
-        """Whether the hooks count (not paused): read by the op-level frames (:mod:`synopsloss.opscope`)."""
-        return self._hooks.enabled
-
-    def _data_storages(self) -> Set[int]:
-        """Storages of the tensors the model was called with in this batch (data-fed op rows)."""
-        return self._batch.inputs
-
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pools.clear()
         batch = self._batch
@@ -484,11 +472,13 @@ class SynOpsCounter:
         batch.pending = True
         tensors = _tensors(args, [])
         _tensors(kwargs, tensors)
-        batch.inputs.update(
-            _storage(t) for t in tensors
-            if t.grad_fn is None and t.device.type != "meta" and _functorch_level(t) == -1
-            and not isinstance(t, nn.Parameter) and _storage(t) not in self._own_storages()
-        )
+        data = [t for t in tensors if t.grad_fn is None and t.device.type != "meta" and _functorch_level(t) == -1
+                and not isinstance(t, nn.Parameter)]
+        if data:
+            own = self._own_storages()
+            data = [t for t in data if _storage(t) not in own]
+            batch.held.extend(data)
+            batch.inputs.update(_storage(t) for t in data)
         if self.time_dim is not None:
             if not tensors or tensors[0].dim() <= self.time_dim:
                 raise ValueError(
@@ -545,14 +535,16 @@ class SynOpsCounter:
 
     def _root_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._batch.pending = False
-        # a state the model returns and is called with again is the network's, not data
-        self._batch.outputs.update(_storage(t) for t in _tensors(output, []) if t.device.type != "meta"
+        # a state the model returns and is called with again is the network's, not data; held weakly,
+        # so that a freed output's memory, reused by fresh data, is not mistaken for it
+        self._batch.outputs.extend(weakref.ref(t) for t in _tensors(output, []) if t.device.type != "meta"
                                    and _functorch_level(t) == -1)
 
     def _own_storages(self) -> Set[int]:
-        """Storages of the model's buffers and of tensors it returned in this batch (never data)."""
+        """Storages of the model's buffers and of live tensors it returned in this batch (never data)."""
         own = {_storage(b) for b in self.model.buffers() if b.device.type != "meta"}
-        return own | self._batch.outputs
+        live = [r() for r in self._batch.outputs]
+        return own | {_storage(t) for t in live if t is not None}
 
     def _fold_hook(self, module: nn.Module, args: tuple, *, name: str) -> None:
         if not args or not isinstance(args[0], Tensor):
@@ -595,7 +587,7 @@ class SynOpsCounter:
         if layer.rule.count is not None:
             counts = layer.rule.count(module, args, kwargs, output)
             if not _in_backward():  # gradient checkpointing re-runs forwards in backward: counted once
-                self._accumulate(name, counts, None)
+                self._accumulate(name, counts)
             return
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
         if len(tensors) != 1:
@@ -609,6 +601,7 @@ class SynOpsCounter:
         self._count(name, layer, tensors[0], output)
 
     def _count(self, name: str, layer: _Layer, x: Tensor, out: Tensor) -> None:
+        """Record one call of a map-ruled layer (no tensor op: the counts are reduced when read)."""
         module, rule = layer.module, layer.rule
         x = _checked_input(name, module, x)
         nd = rule.sample_ndim(module)
@@ -619,84 +612,89 @@ class SynOpsCounter:
             )
         in_shape, out_shape = tuple(x.shape[x.dim() - nd:]), tuple(out.shape[out.dim() - nd:])
         n_el = math.prod(in_shape)
-        if n_el == 0 or x.numel() == 0:
+        if n_el == 0 or x.numel() == 0 or _in_backward():
+            # gradient checkpointing re-runs this forward during backward: it was counted the first time
             return
-        weight = getattr(module, rule.weight, None)
+        weight = rule_weight(module, rule.weight)
         if isinstance(weight, Tensor) and weight.device != x.device:
             raise ValueError(
                 f"synopsloss: layer {name!r} received its input on {x.device} but its weight is on "
                 f"{weight.device}; move the input and the model to the same device"
             )
         try:
-            lm = layer.maps.get(module, rule, in_shape, out_shape)
+            entry = layer.maps.entry(*module_map_args(module, rule, weight, in_shape, out_shape))
         except ValueError as err:
             raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
-        counts = self._map_counts(name, x, lm, n_el, out_shape)
-        if _in_backward():
-            # gradient checkpointing re-runs this forward during backward: it was counted the first time
-            # (the computation above still runs: non-reentrant checkpointing checks that the recomputation
-            # saves the same tensors for backward as the original forward did)
-            return
-        self._accumulate(name, counts, lm, data=_storage(x) in self._batch.inputs, lead=tuple(x.shape[:x.dim() - nd]))
-
-    def _map_counts(self, name: str, x: Tensor, lm: LayerMaps, n_el: int, out_shape: Tuple[int, ...]) -> OpCounts:
-        """One call's counts from the input and the layer's fan-out maps (no host-device sync).
-
-        Every per-neuron sum comes from one walk over the input in blocks that reuse the
-        counter's work buffers (:func:`synopsloss.reductions.abs_row_sums`): ``|x|``, its max,
-        ``x != 0`` and, for an average-pool output, the spike events.
-        """
         rows = x.numel() // n_el
-        flat = x.reshape(rows, n_el)
-        dtype = lm.effective.dtype
-        # half-precision inputs (autocast) are summed over rows in the map's dtype: a bf16 sum
-        # rounds above 256 and a float16 one overflows above 65504; float32 sums are exact integers
-        # only below 2^24, so long inputs (rows x spike counts up to 4) are summed in float64 too
-        red = dtype if (flat.element_size() < 4 or rows >= 1 << 22) else None
         scale, integer = self._pools.scale_for(name, x, rows, n_el, self._warn_once)
-        st = abs_row_sums(flat, self._scratch, red, scale)
-        per_neuron = st.mag_sum if integer is None else torch.where(integer, st.events, st.mag_sum)
-        per_neuron = per_neuron.to(dtype)
-        synops = torch.dot(per_neuron, lm.effective)
-        with torch.no_grad():
-            # spiking <=> max |x| <= 1 and sum |x| == number of nonzeros (then |x| = sign(|x|))
-            nonzero = st.nonzero.to(dtype)
-            nonzero_total = nonzero.sum()
-            input_sum = per_neuron.detach().sum()
-            mag_total = input_sum if integer is None else st.mag_sum.detach().to(dtype).sum()
-            return OpCounts(
-                synops=synops,
-                dense=rows * lm.dense_total,
-                effective=torch.dot(nonzero, lm.effective),
-                spiking=(st.amax <= 1) & (mag_total == nonzero_total),
-                rows=rows,
-                in_shape=tuple(lm.sample_shape),
-                out_shape=out_shape,
-                input_sum=input_sum,
-                input_nonzero=nonzero_total,
-                in_neurons=n_el,
-            )
+        self.record_call(name, Call(x, rows, entry, weight, layer.maps, scale, integer, x._version),
+                         in_shape=in_shape, out_shape=out_shape, data=self._is_data(x),
+                         lead=tuple(x.shape[:x.dim() - nd]))
 
-    def _accumulate(self, name: str, c: OpCounts, lm: Optional[LayerMaps], data: bool = False,
-                    lead: Optional[Tuple[int, ...]] = None) -> None:
-        batch = self._batch
-        state = batch.layers.get(name)
-        device = c.synops.device
+    def record_call(self, name: str, call: Call, *, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...],
+                    data: bool, lead: Optional[Tuple[int, ...]]) -> None:
+        """Record one counted weight-op call of row ``name`` (module hooks and the function mode both end here).
+
+        With grad enabled the call is kept and reduced when the counts are read
+        (its input is held: autograd holds it anyway); with grad disabled it is
+        reduced at once, so an evaluation loop holds no inputs.
+        """
+        state = self._state(name, call.x.device)
+        state.calls += 1
+        state.rows_total += call.rows
+        state.rows.add(call.rows)
+        state.in_shape, state.out_shape = in_shape, out_shape
+        state.in_neurons = call.entry.effective.numel()
+        state.data_calls += int(data)
+        state.leads[lead if lead is not None else (call.rows,)] += 1
+        state.records.append(call)
+        if not torch.is_grad_enabled() or call.x.is_inference():
+            state.settle()
+
+    def _state(self, name: str, device: torch.device) -> SynapseState:
+        state = self._batch.layers.get(name)
         if state is None:
-            state = batch.layers[name] = SynapseState(first_seen=next_stamp(), device=device)
+            state = self._batch.layers[name] = SynapseState(first_seen=next_stamp(), device=device)
         elif state.device != device:
             raise ValueError(
                 f"synopsloss: layer {name!r} received input on {device} after {state.device} within one batch; "
                 "call counter.reset() after moving the model to another device"
             )
+        return state
+
+    def _is_data(self, x: Tensor) -> bool:
+        """Whether ``x`` is (a view of) a tensor the model itself was called with in this batch.
+
+        The inputs are held by the batch, so their storages cannot be freed and reused by
+        another tensor while the batch lasts; a tensor with an autograd history was computed.
+        """
+        return x.grad_fn is None and bool(self._batch.inputs) and _storage(x) in self._batch.inputs
+
+    def is_data(self, tensors: List[Tensor]) -> bool:
+        """Whether any of ``tensors`` is (a view of) the data of this batch (read by the function mode)."""
+        return any(t.device.type != "meta" and self._is_data(t) for t in tensors)
+
+    @property
+    def counting(self) -> bool:
+        """Whether the hooks count now (not paused, attached)."""
+        return self._hooks.enabled
+
+    def _accumulate(self, name: str, c: OpCounts, data: bool = False,
+                    lead: Optional[Tuple[int, ...]] = None) -> None:
+        """Add one call whose rule computed its counts itself (recurrent cells, activation products)."""
+        state = self._state(name, c.synops.device)
         fold(state, SynapseState(
-            calls=1, rows_total=c.rows, rows={c.rows}, in_shape=c.in_shape, out_shape=c.out_shape, maps=lm,
+            calls=1, rows_total=c.rows, rows={c.rows}, in_shape=c.in_shape, out_shape=c.out_shape,
             in_neurons=c.in_neurons, data_calls=int(data), samples=c.samples,
             leads=Counter({_lead_key(c, lead): 1}),
         ))
         # the counts are summed when read (SynapseState.settle): no tensor op per call for them here
         state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero)
         state.synops = c.synops if state.synops is None else state.synops + c.synops
+
+    def accumulate(self, name: str, counts: OpCounts, *, data: bool, lead: Optional[Tuple[int, ...]]) -> None:
+        """Add one counted call whose rule computed its counts (the function mode's activation products)."""
+        self._accumulate(name, counts, data=data, lead=lead)
 
     # ------------------------------------------------------------------ reading
 
@@ -825,6 +823,8 @@ class SynOpsCounter:
         sources = [self._totals] if accumulated else []
         if current:
             sources.append(self._batch.layers)
+        if current:
+            settle_all(list(self._batch.layers.values()))
         for src in sources:
             for name, state in src.items():
                 fold(out.setdefault(name, SynapseState()), state)
@@ -908,6 +908,7 @@ class SynOpsCounter:
         batch = self._batch
         batch.read = True
         states = list(batch.layers.values())
+        settle_all(states)
         device = states[0].device
         if by_layer:
             names = list(self._merged(False)) + [n for n in self._layers if n not in batch.layers]
@@ -917,9 +918,7 @@ class SynOpsCounter:
             if out and next(iter(out.values())).requires_grad:
                 self._watch_backward(next(v for v in out.values() if v.requires_grad))
             return out
-        total = states[0].synops
-        for state in states[1:]:
-            total = total + state.synops.to(device)
+        total = states[0].synops if len(states) == 1 else torch.stack([st.synops.to(device) for st in states]).sum()
         if self.check_finite and not bool(torch.isfinite(total.detach())):
             self._raise_nonfinite()
         result = (total / b).to(torch.get_default_dtype())

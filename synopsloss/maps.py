@@ -374,13 +374,23 @@ def connection_map(
 # --------------------------------------------------------------------------- cache
 
 
-@dataclass
+@dataclass(eq=False)
 class LayerMaps:
-    """Cached maps of one layer for one input sample shape and device."""
+    """One cached map: the effective map of a weight op for one input sample shape and device.
+
+    ``mask`` is the weight's nonzero pattern the map was built from and
+    ``build(weight01) -> map`` rebuilds it: :meth:`MapCache.current` checks, when a
+    recorded call is reduced, that the weight *as used* still has that pattern
+    (values, not version counters: fused optimizer steps and ``functional_call``
+    weights do not bump ``_version``).
+    """
 
     effective: Tensor  # float64, flattened sample
     dense_total: Tensor  # 0-dim float64: every tap of one sample
     sample_shape: Shape
+    mask: Optional[Tensor] = field(default=None, repr=False)
+    build: Optional[Callable[[Tensor], Tensor]] = field(default=None, repr=False)
+    key: Any = field(default=None, repr=False)
     _fanout: Optional[Tuple[Tensor, Tensor]] = field(default=None, repr=False, compare=False)
 
     def fanout_stats(self) -> Tuple[Tensor, Tensor]:
@@ -391,50 +401,45 @@ class LayerMaps:
         return self._fanout
 
 
-def _weight_token(module: nn.Module, name: str) -> Optional[tuple]:
-    """A cheap, sync-free fingerprint that changes whenever the weight's values may have.
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
 
-    Uses the tensors' version counters (bumped by every in-place update, e.g.
-    an optimizer step) and storage pointers. Weights recomputed in a forward
-    pre-hook by ``torch.nn.utils.prune`` are fingerprinted through their
-    ``*_orig`` parameter and ``*_mask`` buffer. Returns ``None`` when no
-    fingerprint is possible (then the map is rebuilt on every call).
-    """
-    if name.endswith("()"):  # a weight computed by a method from the module's own tensors
-        own = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
-        if not own or any(t.is_inference() for t in own):
-            return None
-        return tuple(v for t in own for v in (t.data_ptr(), t._version, tuple(t.shape)))
-    orig = module._parameters.get(name + "_orig")
-    mask = module._buffers.get(name + "_mask")
-    if orig is not None and mask is not None:
-        sources = (orig, mask)
-    else:
-        w = module._parameters.get(name)
-        if w is None:
-            w = module._buffers.get(name)
-        if w is None or w.is_inference():
-            return None
-        sources = (w,)
-    token = []
-    for t in sources:
-        if t.is_inference():
-            return None
-        token += [t.data_ptr(), t._version, tuple(t.shape)]
-    return tuple(token)
+
+def _run_build(build: Callable[[Tensor], Tensor], w01: Tensor, sample_shape: Shape, what: str) -> Tensor:
+    """``build(w01)`` as a flat map in the accumulation dtype (float32 build, autocast off: exact small ints)."""
+    device = w01.device
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+        m = build(w01)
+        if tuple(m.shape) != tuple(sample_shape) and m.numel() != math.prod(sample_shape):
+            raise ValueError(
+                f"the synapse rule for {what} returned a map of shape "
+                f"{tuple(m.shape)} for an input sample of shape {tuple(sample_shape)}"
+            )
+        return m.reshape(-1).to(_acc_dtype(device))
+
+
+def weight_mask(weight: Tensor) -> Tensor:
+    """The nonzero pattern of a weight as used (bool, detached; a DTensor is gathered whole)."""
+    with torch.no_grad():
+        w = weight.detach()
+        full = getattr(w, "full_tensor", None)  # a DTensor (FSDP2 shard): the pattern of the whole weight
+        if callable(full):
+            w = full()
+        return w != 0
 
 
 class MapCache:
-    """Per-layer cache of connection maps, keyed by input sample shape and device.
+    """Bounded cache of connection maps, one entry per (geometry, input sample shape, device).
 
-    Effective maps are rebuilt when the weight changes (see
-    :func:`_weight_token`); of the dense map only its total is kept. The cache
-    is bounded: at most ``max_shapes`` input shapes and ``max_bytes`` bytes of
-    maps per layer (least recently used first out), so variable-length
-    recordings or image sizes just work without growing without limit. A map
-    larger than ``max_bytes`` on its own is used for its call and not kept.
-    ``nbytes`` is what the cache holds now (``SynOpsCounter.map_cache_bytes``
-    sums it over the layers).
+    Both ways into the counter use it: module hooks (one cache per layer) and
+    the function mode (:data:`synopsloss.ops.MAP_CACHE`). A call only looks its
+    entry up; when the call is reduced, :meth:`current` checks the entry against
+    the weight *as used* (its nonzero pattern, compared by value on CPU; on other
+    devices the map is rebuilt at each read, which needs no host sync) and
+    rebuilds it only when the pattern changed. At most ``max_shapes`` entries
+    and ``max_bytes`` bytes of maps are kept (least recently used first out); a
+    map larger than ``max_bytes`` on its own is used for its calls and not kept.
+    ``nbytes`` is what the cache holds now.
 
     Example
     -------
@@ -448,14 +453,13 @@ class MapCache:
     (2, 680)
     """
 
-    #: default bound on the bytes of maps kept per layer
+    #: default bound on the bytes of maps kept per cache
     MAX_BYTES = 256 * 2 ** 20
 
     def __init__(self, max_shapes: int = 16, max_bytes: Optional[int] = None) -> None:
         self.max_shapes = max_shapes
         self.max_bytes = self.MAX_BYTES if max_bytes is None else int(max_bytes)
-        self._dense: "OrderedDict[tuple, Tensor]" = OrderedDict()  # key -> 0-dim total
-        self._eff: "OrderedDict[tuple, Tuple[Optional[tuple], LayerMaps]]" = OrderedDict()
+        self._eff: "OrderedDict[tuple, LayerMaps]" = OrderedDict()
         self.builds = 0  # number of effective-map builds, for tests and diagnostics
 
     def __len__(self) -> int:
@@ -464,38 +468,68 @@ class MapCache:
     @property
     def nbytes(self) -> int:
         """Bytes of the maps held now."""
-        return sum(lm.effective.numel() * lm.effective.element_size() for _t, lm in self._eff.values())
+        return sum(lm.effective.numel() * lm.effective.element_size() for lm in self._eff.values())
 
     def clear(self) -> None:
-        self._dense.clear()
         self._eff.clear()
 
-    def _put(self, store: OrderedDict, key, value, nbytes: int = 0) -> None:
-        if nbytes > self.max_bytes:
-            return  # too big to keep: used for this call only
-        store[key] = value
-        store.move_to_end(key)
-        while len(store) > self.max_shapes or (store is self._eff and self.nbytes > self.max_bytes):
-            store.popitem(last=False)
+    def _put(self, key: tuple, value: LayerMaps) -> None:
+        if value.effective.numel() * value.effective.element_size() > self.max_bytes:
+            return  # too big to keep: used for its calls only
+        self._eff[key] = value
+        self._eff.move_to_end(key)
+        while len(self._eff) > self.max_shapes or self.nbytes > self.max_bytes:
+            self._eff.popitem(last=False)
+
+    def entry(self, key: tuple, weight: Tensor, build: Callable[[Tensor], Tensor], sample_shape: Shape,
+              what: str = "this layer") -> LayerMaps:
+        """The cached map under ``key`` (built from ``weight`` on a miss; not checked against it here)."""
+        ent = self._eff.get(key)
+        if ent is not None:
+            self._eff.move_to_end(key)
+            return ent
+        ones = torch.ones(weight.shape, dtype=torch.float32, device=weight.device)
+        dense = _run_build(build, ones, sample_shape, what).sum()
+        mask = weight_mask(weight)
+        ent = LayerMaps(effective=_run_build(build, mask.to(torch.float32), sample_shape, what),
+                        dense_total=dense, sample_shape=tuple(sample_shape), mask=mask, build=build, key=key)
+        self.builds += 1
+        self._put(key, ent)
+        return ent
+
+    def current(self, ent: LayerMaps, weight: Optional[Tensor]) -> LayerMaps:
+        """``ent``, or a rebuilt entry when ``weight`` (as used by a call) has another nonzero pattern."""
+        if weight is None or ent.build is None:
+            return ent
+        mask = weight_mask(weight)
+        if mask.device.type == "cpu" and ent.mask is not None and mask.shape == ent.mask.shape \
+                and torch.equal(mask, ent.mask):
+            return ent
+        new = LayerMaps(effective=_run_build(ent.build, mask.to(torch.float32), ent.sample_shape, "this layer"),
+                        dense_total=ent.dense_total, sample_shape=ent.sample_shape, mask=mask, build=ent.build,
+                        key=ent.key)
+        self.builds += 1
+        if self._eff.get(ent.key) is ent:
+            self._put(ent.key, new)
+        return new
 
     def get(self, module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape) -> LayerMaps:
+        """The (current) map of a module layer for one input / output sample shape."""
         weight = rule_weight(module, rule.weight)
-        key = (in_shape, out_shape, weight.device, tuple(weight.shape))
-        dense = self._dense.get(key)
-        if dense is None:
-            dense = _build_map(module, rule, in_shape, out_shape, effective=False).sum()
-            self._put(self._dense, key, dense)
-        token = _weight_token(module, rule.weight)
-        cached = self._eff.get(key)
-        if cached is None or token is None or cached[0] != token:
-            emap = _build_map(module, rule, in_shape, out_shape, effective=True).reshape(-1)
-            self.builds += 1
-            # one LayerMaps per map, reused by every call (and its fan-out statistics computed once)
-            cached = (token, LayerMaps(effective=emap, dense_total=dense, sample_shape=in_shape))
-            self._put(self._eff, key, cached, emap.numel() * emap.element_size())
-        else:
-            self._eff.move_to_end(key)
-        return cached[1]
+        ent = self.entry(*module_map_args(module, rule, weight, in_shape, out_shape))
+        return self.current(ent, weight)
+
+
+def module_map_args(module: nn.Module, rule: Rule, weight: Tensor, in_shape: Shape,
+                    out_shape: Shape) -> Tuple[tuple, Tensor, Callable[[Tensor], Tensor], Shape, str]:
+    """``(key, weight, build, sample_shape, what)`` for :meth:`MapCache.entry`, for a module layer."""
+    key = (in_shape, out_shape, weight.device, tuple(weight.shape))
+    fanout = rule.fanout
+
+    def build(w01: Tensor) -> Tensor:
+        return fanout(module, w01, in_shape, out_shape)
+
+    return key, weight, build, in_shape, type(module).__name__
 
 
 def prod(shape: Iterable[int]) -> int:

@@ -27,12 +27,15 @@ Example
 from __future__ import annotations
 
 import enum
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Set, Tuple, TypeVar
 
 import torch
 from torch import Tensor
+
+from .errors import SynOpsWarning
 
 __all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold"]
 
@@ -133,6 +136,8 @@ class SynapseState:
     # calls recorded but not yet summed, (dense, effective, spiking, input_sum, input_nonzero) each: the
     # hooks append (no tensor op per call) and settle() sums them when the state is read or folded
     pending: list = state_field(None, factory=list)
+    # weight-op calls recorded as they ran (synopsloss.records.Call), reduced by settle()
+    records: list = state_field(None, factory=list)
 
     def record(self, dense: Tensor, effective: Tensor, spiking: Tensor, input_sum: Tensor,
                input_nonzero: Tensor) -> None:
@@ -141,6 +146,8 @@ class SynapseState:
 
     def settle(self) -> "SynapseState":
         """Sum the recorded calls into the fields: a few stacked ops however many calls there were."""
+        if self.records:
+            self._settle_records()
         if not self.pending:
             return self
         dense, effective, spiking, input_sum, input_nonzero = zip(*self.pending)
@@ -160,6 +167,39 @@ class SynapseState:
             for key, value in sums.items():
                 setattr(self, key, _sum(getattr(self, key), value, True))
         return self
+
+
+    def _settle_records(self) -> None:
+        settle_all([self])
+
+    def apply(self, sums: Any, calls: list) -> None:
+        """Add the reduced counts of ``calls`` (:class:`synopsloss.records.Sums`) to the fields."""
+        if sums.changed:
+            warnings.warn(
+                f"synopsloss: the input of a counted layer (shape {tuple(calls[sums.changed[0]].x.shape)}) was "
+                "modified in place after the layer read it and before the counts were read; it is counted with "
+                "its new values. Read the counts (counter.synops() / snapshot()) before changing it, or change "
+                "a copy (x = x.clone()) instead.", SynOpsWarning, stacklevel=5)
+        self.synops = sums.synops if self.synops is None else self.synops + sums.synops
+        self.maps = sums.maps
+        for key in ("dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero"):
+            setattr(self, key, _sum(getattr(self, key), getattr(sums, key), True))
+
+
+def settle_all(states: List["SynapseState"]) -> None:
+    """Reduce the recorded calls of many layers together (one group per input shape, not per layer)."""
+    from .records import reduce_layers
+
+    todo = [st for st in states if st.records]
+    if todo:
+        calls = [st.records for st in todo]
+        for st in todo:
+            st.records = []
+        for st, sums, recs in zip(todo, reduce_layers(calls), calls):
+            st.apply(sums, recs)
+    for st in states:
+        if st.pending:
+            st.settle()
 
 
 @dataclass

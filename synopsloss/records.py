@@ -1,0 +1,185 @@
+"""The one per-call record of a weight op, and its reduction when the counts are read.
+
+Both ways into the counter -- a module's forward hook (``nn.Linear``,
+``nn.Conv2d``, ...) and the function mode (``F.linear``, ``F.conv2d``, ... inside
+op-scoped modules) -- turn a counted call into the same :class:`Call`: the
+input as used, the map entry of its weight and the weight as used. Recording
+launches no tensor op. :func:`reduce_calls` turns any number of calls into the
+counts of :class:`Sums` with one rule, so the two ways cannot drift apart:
+
+* calls that share a map and a row count are stacked and reduced together:
+  ``|x|`` and ``x != 0`` summed over rows (float32 while exact, float64 when a
+  call has 2^22 rows or more, or half-precision inputs), then one matrix
+  product with the float64 fan-out map per group gives every call's synops and
+  effective ops;
+* a call is *spiking* (its effective ops are ACs) when ``max |x| <= 1`` and
+  ``sum |x| == number of nonzeros`` (every value in {-1, 0, 1}); otherwise MACs;
+* an input read from an average-pool output of integers (spike counts) is
+  counted as spike events (``round(|x| * divisor)``), one call at a time.
+
+The synops keep the autograd graph to every recorded input (:func:`maps.magnitude`).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .maps import LayerMaps, MapCache, magnitude
+from .reductions import Scratch, abs_row_sums
+
+__all__ = ["Call", "Sums", "reduce_calls", "reduce_layers"]
+
+#: rows of one call from which per-neuron sums are taken in float64 (float32 sums are exact below 2^24)
+WIDE_ROWS = 1 << 22
+
+
+class Call(NamedTuple):
+    """One counted call of a weight op (nothing is computed when it is recorded).
+
+    ``x`` is the input as the op read it (any leading dims; its trailing
+    ``n_el`` values are one sample), ``entry`` the cached map looked up for it,
+    ``weight`` the weight as used (checked against the map when reduced),
+    ``cache`` the cache that owns the entry, ``scale`` / ``integer`` the
+    average-pool correction (``None`` when the input is no pool output) and
+    ``version`` the input's version counter at the call (an input changed in
+    place before the read is reported).
+    """
+
+    x: Tensor
+    rows: int
+    entry: LayerMaps
+    weight: Optional[Tensor]
+    cache: Optional[MapCache]
+    scale: Optional[Tensor] = None
+    integer: Optional[Tensor] = None
+    version: int = 0
+
+
+class Sums(NamedTuple):
+    """Counts of some calls of one layer: 0-dim tensors in the map's dtype; ``synops`` differentiable."""
+
+    synops: Tensor
+    dense: Tensor
+    eff_acs: Tensor
+    eff_macs: Tensor
+    input_sum: Tensor
+    input_nonzero: Tensor
+    maps: LayerMaps  # the map of the last call (fan-out statistics)
+    changed: Tuple[int, ...]  # indices of calls whose input was modified in place after the call
+
+
+def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -> Tuple[Tensor, ...]:
+    """Per-call synops, effective ops, |x| totals, nonzeros, amax and dense taps for calls of one shape."""
+    acc = maps[0].effective.dtype
+    one = len(xs) == 1
+    x = xs[0].reshape(1, rows, n_el) if one else torch.stack([t.reshape(rows, n_el) for t in xs])
+    emap = maps[0].effective.unsqueeze(0) if one else torch.stack([m.effective for m in maps])
+    dense = maps[0].dense_total.reshape(1) if one else torch.stack([m.dense_total for m in maps])
+    red = acc if (x.element_size() < 4 or rows >= WIDE_ROWS) else None
+    mag = magnitude(x)
+    magc = mag.sum(1, dtype=red)  # [calls, n_el]
+    synops = torch.linalg.vecdot(magc.to(acc), emap)  # [calls]
+    with torch.no_grad():
+        nzc = (x != 0).sum(1, dtype=red if red is not None else magc.dtype)
+        eff = torch.linalg.vecdot(nzc.to(acc), emap)
+        mag_tot = magc.detach().sum(1, dtype=acc)
+        nz_tot = nzc.sum(1, dtype=acc)
+        amax = mag.detach().reshape(len(xs), -1).amax(1).to(acc) if x.numel() else mag_tot.new_zeros(len(xs))
+    return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows)
+
+
+def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
+    """One call whose input is an average-pool output: its values counted as spike events."""
+    emap = ent.effective
+    acc = emap.dtype
+    flat = call.x.reshape(call.rows, emap.numel())
+    red = acc if (flat.element_size() < 4 or call.rows >= WIDE_ROWS) else None
+    st = abs_row_sums(flat, Scratch(), red, call.scale)
+    per_neuron = torch.where(call.integer, st.events, st.mag_sum).to(acc)
+    synops = torch.dot(per_neuron, emap).reshape(1)
+    with torch.no_grad():
+        nonzero = st.nonzero.to(acc)
+        return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1),
+                nonzero.sum().reshape(1), st.amax.to(acc).reshape(1), st.mag_sum.detach().to(acc).sum().reshape(1),
+                (ent.dense_total * float(call.rows)).reshape(1))
+
+
+def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
+    """The counts of each layer's recorded calls, reduced together in a few tensor ops per input shape.
+
+    Calls of all layers whose inputs have the same rows and sample size are
+    stacked into one group (whatever their layer), so a network of many small
+    layers is read in a handful of ops; each layer's sums are then gathered
+    with one ``index_add``.
+
+    Example
+    -------
+    >>> import torch
+    >>> from synopsloss.maps import MapCache
+    >>> w = torch.tensor([[1.0, 0.0], [2.0, 3.0]])           # Linear(2, 2): fan-outs 2 and 1
+    >>> cache = MapCache()
+    >>> ent = cache.entry(("lin",), w, lambda w01: w01.sum(0), (2,))
+    >>> x = torch.tensor([[1.0, 1.0], [0.0, 1.0]])           # two rows of spikes
+    >>> (s,) = reduce_layers([[Call(x, 2, ent, w, cache)]])
+    >>> float(s.synops), float(s.dense), float(s.eff_acs), float(s.eff_macs)
+    (4.0, 8.0, 4.0, 0.0)
+    """
+    memo: Dict[tuple, LayerMaps] = {}  # (id(weight as used), id(entry)) -> its current map, once per read
+    groups: Dict[tuple, List[Tuple[int, Call, LayerMaps]]] = {}
+    pooled: List[Tuple[int, Call, LayerMaps]] = []
+    last: List[Optional[LayerMaps]] = [None] * len(layers)
+    for li, calls in enumerate(layers):
+        for c in calls:
+            ent = c.entry
+            if c.weight is not None and c.cache is not None:
+                k = (id(c.weight), id(ent))
+                ent = memo.get(k)  # type: ignore[assignment]
+                if ent is None:
+                    ent = memo[k] = c.cache.current(c.entry, c.weight)
+            last[li] = ent
+            item = (li, c, ent)
+            if c.scale is not None:
+                pooled.append(item)
+            else:
+                key = (c.rows, ent.effective.numel(), c.x.dtype, c.x.device, ent.effective.dtype)
+                groups.setdefault(key, []).append(item)
+    parts: List[Tuple[Tensor, ...]] = []
+    owners: List[int] = []
+    for (rows, n_el, _, _, _), items in groups.items():
+        parts.append(_group_sums([c.x for _, c, _ in items], [e for _, _, e in items], rows, n_el))
+        owners.extend(li for li, _, _ in items)
+    for li, c, ent in pooled:
+        parts.append(_pooled_sums(c, ent))
+        owners.append(li)
+    cols = [torch.cat([p[j] for p in parts]) if len(parts) > 1 else parts[0][j] for j in range(7)]
+    synops = cols[0]
+    with torch.no_grad():
+        eff, in_sum, nz, amax, mag, dense = cols[1:]
+        # spiking <=> every value in {-1, 0, 1}: max |x| <= 1 and sum |x| == number of nonzeros
+        spiking = (amax <= 1) & (mag == nz)
+        zero = eff.new_zeros(())
+        stats = torch.stack([dense, torch.where(spiking, eff, zero), torch.where(spiking, zero, eff), in_sum, nz])
+    n = len(layers)
+    if n == 1:
+        per_syn = [synops.sum()]
+        with torch.no_grad():
+            per_stats = [list(stats.sum(1).unbind(0))]
+    else:
+        index = torch.tensor(owners, device=synops.device)
+        per_syn = list(synops.new_zeros(n).index_add(0, index, synops).unbind(0))
+        with torch.no_grad():
+            table = stats.new_zeros(5, n).index_add_(1, index, stats)
+            per_stats = [list(col) for col in zip(*(row.unbind(0) for row in table.unbind(0)))]
+    return [
+        Sums(per_syn[li], *per_stats[li], maps=last[li],  # type: ignore[arg-type]
+             changed=tuple(i for i, c in enumerate(calls) if c.x._version != c.version))
+        for li, calls in enumerate(layers)
+    ]
+
+
+def reduce_calls(calls: Sequence[Call]) -> Sums:
+    """The counts of one layer's ``calls`` (see :func:`reduce_layers`)."""
+    return reduce_layers([calls])[0]
