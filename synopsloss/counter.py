@@ -626,8 +626,7 @@ class SynOpsCounter:
         except ValueError as err:
             raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
         rows = x.numel() // n_el
-        scale, integer = self._pools.scale_for(name, x, rows, n_el, self._warn_once)
-        self.record_call(name, Call(x, rows, entry, weight, layer.maps, scale, integer, x._version),
+        self.record_call(name, Call(x, rows, entry, weight, layer.maps, version=x._version),
                          in_shape=in_shape, out_shape=out_shape, data=self._is_data(x),
                          lead=tuple(x.shape[:x.dim() - nd]))
 
@@ -639,6 +638,11 @@ class SynOpsCounter:
         (its input is held: autograd holds it anyway); with grad disabled it is
         reduced at once, so an evaluation loop holds no inputs.
         """
+        if self._pools.tagged:  # the AvgPool spike-event correction, on both paths
+            scale, integer = self._pools.scale_for(name, call.x, call.rows, call.entry.effective.numel(),
+                                                   self._warn_once)
+            if scale is not None:
+                call = call._replace(scale=scale, integer=integer)
         state = self._state(name, call.x.device)
         state.calls += 1
         state.rows_total += call.rows
@@ -673,6 +677,10 @@ class SynOpsCounter:
     def is_data(self, tensors: List[Tensor]) -> bool:
         """Whether any of ``tensors`` is (a view of) the data of this batch (read by the function mode)."""
         return any(t.device.type != "meta" and self._is_data(t) for t in tensors)
+
+    def warn(self, msg: str, category: type = SynOpsWarning, stacklevel: int = 3) -> None:
+        """Warn once per message (the op-level scopes report through it)."""
+        self._warn_once(msg, category, stacklevel=stacklevel + 1)
 
     @property
     def counting(self) -> bool:

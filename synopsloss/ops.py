@@ -201,6 +201,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import types
@@ -215,7 +216,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
-from .maps import magnitude
+from .maps import MapCache, magnitude
+from .records import Call, reduce_calls
 
 __all__ = [
     "OpCount",
@@ -262,6 +264,8 @@ class OpCount:
     input_sum: Tensor
     input_nonzero: Tensor
     weighted: bool
+    #: a weight op's recorded call (its counts are reduced by :mod:`synopsloss.records`, as a module layer's)
+    call: Optional[Call] = None
 
 
 Handler = Callable[[tuple, dict, Any, IsWeight], List[OpCount]]
@@ -360,104 +364,34 @@ def _counting(device: torch.device):
 # --------------------------------------------------------------------------- weight ops with maps
 
 
-class MapLRU:
-    """A small LRU of fan-out maps of functional weight ops.
-
-    Dense maps are keyed by shapes and conv arguments only. Effective maps
-    depend on the weight's values: they are cached only for ``nn.Parameter``
-    weights, keyed additionally by the parameter's identity (a weak reference,
-    checked on every hit), storage and version counter (bumped by every
-    in-place update, e.g. an optimizer step; ``weight.data = ...`` bypasses it,
-    as for the module counter). Any other weight tensor is rebuilt every call.
-    """
-
-    def __init__(self, max_entries: int = 64) -> None:
-        self.max_entries = max_entries
-        self._store: "OrderedDict[tuple, Any]" = OrderedDict()
-        self.builds = 0  # effective-map builds, for tests and diagnostics
-
-    def clear(self) -> None:
-        self._store.clear()
-
-    def get(self, key: tuple) -> Any:
-        value = self._store.get(key)
-        if value is not None:
-            self._store.move_to_end(key)
-        return value
-
-    def put(self, key: tuple, value: Any) -> None:
-        self._store[key] = value
-        self._store.move_to_end(key)
-        while len(self._store) > self.max_entries:
-            self._store.popitem(last=False)
+#: The map cache of the function mode (the same class as each module layer's, bounded;
+#: ``MAP_CACHE.clear()`` frees it).
+MAP_CACHE = MapCache(max_shapes=64)
 
 
-#: The cache used by :func:`count_op` (bounded; ``MAP_CACHE.clear()`` frees it).
-MAP_CACHE = MapLRU()
-
-
-def _weight_key(w: Tensor) -> Optional[tuple]:
-    if not isinstance(w, nn.Parameter) or w.is_inference():
-        return None
-    return (id(w), w.data_ptr(), w._version)
-
-
-def _cached_map(kind: tuple, w: Tensor, build: Callable[[Tensor], Tensor]) -> Tuple[Tensor, Tensor]:
-    """(effective map, dense taps of one row) for ``w``; ``build(w01) -> map`` (float32)."""
-    device = w.device
-    acc = _acc_dtype(device)
-    dense_key = ("dense",) + kind
-    dense = MAP_CACHE.get(dense_key)
-
-    def run(w01: Tensor) -> Tensor:
-        with torch.inference_mode(False), torch.no_grad(), _counting(device):
-            return build(w01).reshape(-1).to(acc)
-
-    if dense is None:
-        dense = run(torch.ones(w.shape, dtype=torch.float32, device=device)).sum()
-        MAP_CACHE.put(dense_key, dense)
-    wkey = _weight_key(w)
-    if wkey is not None:
-        hit = MAP_CACHE.get(("eff", wkey) + kind)
-        if hit is not None and hit[0]() is w:
-            return hit[1], dense
-    with torch.no_grad():
-        w01 = (w.detach() != 0).to(torch.float32)
-    emap = run(w01)
-    MAP_CACHE.builds += 1
-    if wkey is not None:
-        MAP_CACHE.put(("eff", wkey) + kind, (weakref.ref(w), emap))
-    return emap, dense
-
-
-def _map_counts(op: str, x: Tensor, emap: Tensor, dense_row: Any, in_shape: Shape, out_shape: Shape) -> List[OpCount]:
-    """Counts of one weight-op call from its effective map (flattened one row) and taps per row."""
+def _weight_call(op: str, x: Tensor, w: Tensor, kind: tuple, build: Callable[[Tensor], Tensor],
+                 in_shape: Shape, out_shape: Shape) -> List[OpCount]:
+    """One weight-op call as a record (reduced by :func:`synopsloss.records.reduce_layers` when read)."""
     n_el = math.prod(in_shape)
     if x.numel() == 0 or n_el == 0:
         return []
-    rows = x.numel() // n_el
-    acc = emap.dtype
-    with _counting(x.device):
-        flat = x.reshape(rows, n_el)
-        per_neuron = _rsum(magnitude(flat), (0,), acc)
-        synops = torch.dot(per_neuron, emap)
-        with torch.no_grad():
-            nonzero, spiking = _nonzero_and_pm1(flat, (0,), acc, True)
-            return [
-                OpCount(
-                    op=op,
-                    synops=synops,
-                    dense=dense_row * rows,
-                    effective=torch.dot(nonzero, emap),
-                    spiking=spiking,
-                    rows=rows,
-                    in_shape=tuple(in_shape),
-                    out_shape=tuple(out_shape),
-                    input_sum=per_neuron.detach().sum(),
-                    input_nonzero=nonzero.sum(),
-                    weighted=True,
-                )
-            ]
+    if not (x.is_floating_point() or x.is_complex()):
+        x = x.to(torch.get_default_dtype())
+    ent = MAP_CACHE.entry(kind, w, build, in_shape, f"F.{op}")
+    call = Call(x, x.numel() // n_el, ent, w, MAP_CACHE, version=x._version)
+    none = None
+    return [OpCount(op=op, synops=none, dense=none, effective=none, spiking=none,  # type: ignore[arg-type]
+                    rows=call.rows, in_shape=tuple(in_shape), out_shape=tuple(out_shape), input_sum=none,
+                    input_nonzero=none, weighted=True, call=call)]
+
+
+def _complete(c: OpCount) -> OpCount:
+    """A recorded weight-op call reduced to its counts (what :func:`count_op` returns)."""
+    if c.call is None:
+        return c
+    s = reduce_calls([c.call])
+    return dataclasses.replace(c, synops=s.synops, dense=s.dense, effective=s.eff_acs + s.eff_macs,
+                               spiking=s.spiking_calls > 0, input_sum=s.input_sum, input_nonzero=s.input_nonzero)
 
 
 def _h_linear(args: tuple, kwargs: dict, out: Any, is_weight: IsWeight) -> List[OpCount]:
@@ -471,8 +405,7 @@ def _h_linear(args: tuple, kwargs: dict, out: Any, is_weight: IsWeight) -> List[
     else:
         in_shape, out_shape = (int(w.shape[1]),), (int(w.shape[0]),)
         build = lambda w01: _linear_fanout(None, w01, in_shape, out_shape)  # noqa: E731
-    emap, dense_row = _cached_map(("linear", tuple(w.shape), w.device), w, build)
-    return _map_counts("linear", x, emap, dense_row, in_shape, out_shape)
+    return _weight_call("linear", x, w, ("linear", tuple(w.shape), w.device), build, in_shape, out_shape)
 
 
 def _ntuple(v: Any, n: int, what: str, op: str) -> Tuple[int, ...]:
@@ -526,10 +459,9 @@ def _conv_counts(op: str, n: int, transposed: bool, x: Any, w: Any, out: Any, st
     fanout = _conv_transpose_fanout if transposed else _conv_fanout
     kind = (op, tuple(w.shape), in_shape, out_shape, stride, pad, dilation, int(groups), w.device)
     try:
-        emap, dense_row = _cached_map(kind, w, lambda w01: fanout(spec, w01, in_shape, out_shape))
+        return _weight_call(op, x, w, kind, lambda w01: fanout(spec, w01, in_shape, out_shape), in_shape, out_shape)
     except ValueError as err:
         raise ValueError(f"synopsloss: {err}") from err
-    return _map_counts(op, x, emap, dense_row, in_shape, out_shape)
 
 
 def _h_conv(n: int) -> Handler:
@@ -1090,4 +1022,13 @@ def count_op(func: Callable, args: tuple, kwargs: Optional[dict], out: Any, *,
         return None
     if is_weight is not None and not callable(is_weight):
         raise TypeError(f"is_weight must be a callable or None, got {type(is_weight).__name__}")
+    return [_complete(c) for c in handler(tuple(args), dict(kwargs or {}), out, is_weight)]
+
+
+def record_op(func: Callable, args: tuple, kwargs: Optional[dict], out: Any, *,
+              is_weight: IsWeight = None) -> Optional[List[OpCount]]:
+    """Like :func:`count_op`, but weight ops come back as recorded calls (``OpCount.call``), not reduced."""
+    handler = OP_HANDLERS.get(func)
+    if handler is None:
+        return count_op(func, args, kwargs, out, is_weight=is_weight)
     return handler(tuple(args), dict(kwargs or {}), out, is_weight)

@@ -152,9 +152,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import registry
+from .errors import UnsupportedLayerWarning
 from .hooks import HookSet
 from .maps import OpCounts, Rule
-from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, count_op
+from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, record_op
 
 __all__ = ["OpScope", "OpRow", "OPS_MODES", "WEIGHT_PREP_NODES", "MAX_WALK", "class_code"]
 
@@ -570,7 +571,7 @@ class OpScope:
 
     def _enter(self, module: nn.Module, args: tuple, *, name: str, counting: bool) -> None:
         counter = self._counter()
-        enabled = counter is not None and counter._counting_enabled()
+        enabled = counter is not None and counter.counting
         if not self._stack and enabled and counting:
             self._refresh_storages(counter.model)
         frame = _Frame(name, weakref.ref(module), counting and enabled, name in self.own_rule)
@@ -595,7 +596,7 @@ class OpScope:
             return
         self._leaves = []
         try:
-            counts = count_op(func, args, kwargs, out, is_weight=self._is_weight)
+            counts = record_op(func, args, kwargs, out, is_weight=self._is_weight)
         except UncountableOpError as err:
             self._flag(counter, frame, func, err)
             return
@@ -664,8 +665,7 @@ class OpScope:
                     owner = owner or self._owner.get(id(p))
             self.used_params.update(self._leaves)
             self.weight_frames.add(frame.name)
-        inputs = counter._data_storages()
-        data = any(_storage(t) in inputs for t in tensors if t.device.type != "meta")
+        data = counter.is_data(tensors)
         for c in counts:
             if c.weighted and owner is not None:
                 row = owner
@@ -679,14 +679,19 @@ class OpScope:
                 if row not in self.rows:
                     kind = registry.LayerKind.SYNAPTIC if c.weighted else registry.LayerKind.PRODUCT
                     self.rows[row] = OpRow(c.op, kind, frame.name)
+            lead = _lead(c, tensors)
+            if c.call is not None:
+                counter.record_call(row, c.call, in_shape=tuple(c.in_shape), out_shape=tuple(c.out_shape),
+                                    data=data, lead=lead)
+                continue
             n_el = 1
             for s in c.in_shape:
                 n_el *= int(s)
-            counter._accumulate(row, OpCounts(
+            counter.accumulate(row, OpCounts(
                 synops=c.synops, dense=c.dense, effective=c.effective, spiking=c.spiking, rows=c.rows,
                 in_shape=tuple(c.in_shape), out_shape=tuple(c.out_shape), input_sum=c.input_sum,
                 input_nonzero=c.input_nonzero, in_neurons=n_el,
-            ), None, data=data, lead=_lead(c, tensors))
+            ), data=data, lead=lead)
 
     def _flag(self, counter: Any, frame: _Frame, func: Callable, err: Exception) -> None:
         op = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
@@ -695,9 +700,7 @@ class OpScope:
             raise UncountableOpError(msg) from err
         if (frame.name, op) not in self._warned_ops:
             self._warned_ops.add((frame.name, op))
-            from .counter import UnsupportedLayerWarning
-
-            counter._warn_once(msg, UnsupportedLayerWarning, stacklevel=6)
+            counter.warn(msg, UnsupportedLayerWarning, stacklevel=6)
 
     # ------------------------------------------------------------------ reading
 

@@ -124,6 +124,11 @@ class PoolEvents:
     def clear(self) -> None:
         self._tags.clear()
 
+    @property
+    def tagged(self) -> bool:
+        """Whether a pool output was tagged since the last clear (else no input needs a lookup)."""
+        return bool(self._tags)
+
     def pool_hook(self, divisor_fn: Callable[[nn.Module, Shape, Shape, int], Tensor], n: int):
         """A forward hook for one pool module: tags its output with the per-position divisor."""
         cache: Dict[tuple, Tensor] = {}

@@ -68,6 +68,7 @@ class Sums(NamedTuple):
     input_sum: Tensor
     input_nonzero: Tensor
     maps: LayerMaps  # the map of the last call (fan-out statistics)
+    spiking_calls: Tensor  # number of calls whose input was all in {-1, 0, 1}
     changed: Tuple[int, ...]  # indices of calls whose input was modified in place after the call
 
 
@@ -161,7 +162,8 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         # spiking <=> every value in {-1, 0, 1}: max |x| <= 1 and sum |x| == number of nonzeros
         spiking = (amax <= 1) & (mag == nz)
         zero = eff.new_zeros(())
-        stats = torch.stack([dense, torch.where(spiking, eff, zero), torch.where(spiking, zero, eff), in_sum, nz])
+        stats = torch.stack([dense, torch.where(spiking, eff, zero), torch.where(spiking, zero, eff), in_sum, nz,
+                             spiking.to(eff.dtype)])
     n = len(layers)
     if n == 1:
         per_syn = [synops.sum()]
@@ -171,10 +173,10 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         index = torch.tensor(owners, device=synops.device)
         per_syn = list(synops.new_zeros(n).index_add(0, index, synops).unbind(0))
         with torch.no_grad():
-            table = stats.new_zeros(5, n).index_add_(1, index, stats)
+            table = stats.new_zeros(6, n).index_add_(1, index, stats)
             per_stats = [list(col) for col in zip(*(row.unbind(0) for row in table.unbind(0)))]
     return [
-        Sums(per_syn[li], *per_stats[li], maps=last[li],  # type: ignore[arg-type]
+        Sums(per_syn[li], *per_stats[li][:5], maps=last[li], spiking_calls=per_stats[li][5],  # type: ignore[arg-type]
              changed=tuple(i for i, c in enumerate(calls) if c.x._version != c.version))
         for li, calls in enumerate(layers)
     ]
