@@ -88,7 +88,7 @@ from .opscope import OpScope, compiled_submodules
 from .pooling import PoolEvents
 from .reductions import Scratch, abs_row_sums
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
-from .state import SynapseState, fold, settle_all
+from .state import SUM_KEYS, SynapseState, Totals, _sum, fold, settle_all
 
 __all__ = ["SynOpsCounter", "SynOpsWarning", "UnsupportedLayerWarning", "COUNT_KEYS"]
 
@@ -277,7 +277,8 @@ class SynOpsCounter:
         self._batch_first_layers = False  # sinabs layers take [B, T, ...]
         self._warned: Set[str] = set()
         self._batch = _Batch()
-        self._totals: Dict[str, SynapseState] = {}
+        self._totals: Dict[str, SynapseState] = {}  # Python fields of the running totals, per layer
+        self._sums = Totals()  # their summed tensor fields
         self._total_samples = 0
         self._total_sample_steps = 0.0
         self._monitor: Optional[Any] = None
@@ -440,6 +441,7 @@ class SynOpsCounter:
         batch = self._batch
         if accumulated:
             self._totals.clear()
+            self._sums.clear()
             self._total_samples = 0
             self._total_sample_steps = 0.0
         elif batch.layers and not (batch.pending or batch.failed):
@@ -451,6 +453,7 @@ class SynOpsCounter:
             else:
                 steps = self._set_sample_steps(samples)
                 settle_all(list(batch.layers.values()))
+                self._sums.take(batch.layers)  # one stacked add (else each field is folded below)
                 for name, state in batch.layers.items():
                     fold(self._totals.setdefault(name, SynapseState()), state)
                 self._total_samples += samples
@@ -836,6 +839,11 @@ class SynOpsCounter:
         for src in sources:
             for name, state in src.items():
                 fold(out.setdefault(name, SynapseState()), state)
+            if src is self._totals:
+                for name, values in self._sums.rows().items():
+                    st = out.setdefault(name, SynapseState())
+                    for key, value in zip(SUM_KEYS, values):
+                        setattr(st, key, _sum(getattr(st, key), value, True))
         return dict(sorted(out.items(), key=lambda kv: kv[1].first_seen))
 
     def time_steps(self, layer: Optional[str] = None) -> float:

@@ -202,6 +202,71 @@ def settle_all(states: List["SynapseState"]) -> None:
             st.settle()
 
 
+#: the summed tensor fields of a synapse state, kept for all layers in one matrix by :class:`Totals`
+SUM_KEYS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero")
+
+
+class Totals:
+    """Running totals of every layer's summed tensor fields: one stacked add per batch, not one per field.
+
+    :meth:`take` moves a finished batch's fields into a ``[layers, 6]`` matrix (the
+    states keep their Python fields, folded as usual); :meth:`rows` gives them back
+    per layer when the accumulated counts are read.
+    """
+
+    def __init__(self) -> None:
+        self.index: Dict[str, int] = {}
+        self._pending: List[Tuple[List[int], Tensor]] = []
+        self._mat: Optional[Tensor] = None
+
+    def clear(self) -> None:
+        self.index.clear()
+        self._pending.clear()
+        self._mat = None
+
+    def take(self, states: Dict[str, "SynapseState"]) -> bool:
+        """Move the fields of ``states`` into the totals (``False``: they differ in device or dtype, nothing moved)."""
+        vals = [getattr(st, k) for st in states.values() for k in SUM_KEYS]
+        if not vals or any(v is None or v.dim() != 0 for v in vals):
+            return False
+        if len({(v.device, v.dtype) for v in vals}) != 1:
+            return False
+        with torch.no_grad():
+            mat = torch.stack([v.detach() for v in vals]).view(len(states), len(SUM_KEYS))
+        idx = [self.index.setdefault(n, len(self.index)) for n in states]
+        self._pending.append((idx, mat))
+        for st in states.values():
+            for k in SUM_KEYS:
+                setattr(st, k, None)
+        if len(self._pending) >= 32:
+            self._compact()
+        return True
+
+    def _compact(self) -> None:
+        with torch.no_grad():
+            for idx, mat in self._pending:
+                n = len(self.index)
+                if self._mat is None:
+                    self._mat = mat.new_zeros(n, len(SUM_KEYS))
+                elif self._mat.shape[0] < n or self._mat.device != mat.device:
+                    grown = mat.new_zeros(n, len(SUM_KEYS))
+                    grown[: self._mat.shape[0]] += self._mat.to(mat.device)
+                    self._mat = grown
+                if idx == list(range(len(idx))):
+                    self._mat[: len(idx)] += mat
+                else:
+                    self._mat.index_add_(0, torch.tensor(idx, device=mat.device), mat)
+        self._pending.clear()
+
+    def rows(self) -> Dict[str, List[Tensor]]:
+        """``{layer: [synops, dense, eff_macs, eff_acs, input_sum, input_nonzero]}`` (0-dim tensors)."""
+        self._compact()
+        if self._mat is None:
+            return {}
+        per = [list(r.unbind(0)) for r in self._mat.unbind(0)]
+        return {name: per[i] for name, i in self.index.items()}
+
+
 @dataclass
 class NeuronState:
     """Running numbers of one neuron, activation or other synapse-free layer."""
