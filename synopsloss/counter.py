@@ -652,6 +652,7 @@ class SynOpsCounter:
         state.rows.add(call.rows)
         state.in_shape, state.out_shape = in_shape, out_shape
         state.in_neurons = call.entry.effective.numel()
+        state.in_values += call.rows * state.in_neurons
         state.data_calls += int(data)
         state.leads[lead if lead is not None else (call.rows,)] += 1
         state.records.append(call)
@@ -696,7 +697,7 @@ class SynOpsCounter:
         state = self._state(name, c.synops.device)
         fold(state, SynapseState(
             calls=1, rows_total=c.rows, rows={c.rows}, in_shape=c.in_shape, out_shape=c.out_shape,
-            in_neurons=c.in_neurons, data_calls=int(data), samples=c.samples,
+            in_neurons=c.in_neurons, in_values=c.rows * c.in_neurons, data_calls=int(data), samples=c.samples,
             leads=Counter({_lead_key(c, lead): 1}),
         ))
         # the counts are summed when read (SynapseState.settle): no tensor op per call for them here
@@ -893,8 +894,12 @@ class SynOpsCounter:
             if state.samples:  # a layer that knows its layout (nn.RNN / LSTM / GRU)
                 tc = max((r // state.samples for r in state.rows), default=1)
                 return state.rows_total / state.samples, tc, f"layer {name!r}, which knows its layout"
-        calls = batch.root_calls or max((s.calls for s in batch.layers.values()), default=0)
-        return float(calls), 1, "the calls of the model"
+        # one step per call of the model; a model that loops over time inside its forward calls its
+        # per-step layers ([B, ...] rows) that many times: the most common call count among them
+        per_step = Counter(s.calls for s in batch.layers.values()
+                           if all(len(lead) == 1 and lead[0] != "T" for lead in s.leads))
+        inner = max(per_step.items(), key=lambda kv: (kv[1], kv[0]))[0] if per_step else 0
+        return float(max(batch.root_calls, inner)), 1, "the calls of the model"
 
     def _set_sample_steps(self, samples: int) -> float:
         """Store ``samples x steps`` on the batch's layer states; return the batch's time steps."""
@@ -931,8 +936,9 @@ class SynOpsCounter:
             zero = torch.zeros((), dtype=states[0].synops.dtype, device=device)
             per = {n: batch.layers[n].synops if n in batch.layers else zero for n in names}
             out = {n: (v / b).to(torch.get_default_dtype()) for n, v in per.items()}
-            if out and next(iter(out.values())).requires_grad:
-                self._watch_backward(next(v for v in out.values() if v.requires_grad))
+            for v in out.values():  # a loss may use any subset of the layers (SynOpsLoss leaves data-fed ones out)
+                if v.requires_grad:
+                    self._watch_backward(v)
             return out
         total = states[0].synops if len(states) == 1 else torch.stack([st.synops.to(device) for st in states]).sum()
         if self.check_finite and not bool(torch.isfinite(total.detach())):
@@ -1061,7 +1067,7 @@ class SynOpsCounter:
                 out_shape=tuple(state.out_shape), in_neurons=state.in_neurons,
                 weights=self._weights(layer), fanout_mean=v[6] if has_map else None,
                 fanout_max=v[7] if has_map else None, data_fed=bool(state.calls and state.data_calls == state.calls),
-                sample_steps=state.sample_steps,
+                sample_steps=state.sample_steps, in_values=state.in_values,
             )
         return out
 
@@ -1200,8 +1206,16 @@ def _call_steps(lead: tuple, samples: int, tc: int) -> int:
 
 
 def _layer_steps(state: SynapseState, samples: int, tc: int) -> int:
-    """Time steps a layer ran in a batch: the sum of :func:`_call_steps` over its calls."""
-    return sum(n * _call_steps(lead, samples, tc) for lead, n in state.leads.items())
+    """Time steps a layer ran in a batch: the sum of :func:`_call_steps` over its calls.
+
+    A layer called once per step whose other leading dim happens to equal ``T``
+    (``N == T`` tokens) would read as ``T`` steps per call: a layer never runs more
+    calls x steps than one step per call when it is called ``tc`` times or more.
+    """
+    steps = sum(n * _call_steps(lead, samples, tc) for lead, n in state.leads.items())
+    if tc > 1 and state.calls >= tc and steps > state.calls:
+        return state.calls
+    return steps
 
 
 def _check_optional_int(name: str, value: Any, minimum: int) -> None:

@@ -57,6 +57,9 @@ class LayerStats:
     sample_steps
         Samples x time steps the layer ran (divide by ``CounterSnapshot.samples``
         for its time steps per sample; see :meth:`SynOpsCounter.time_steps`).
+    in_values
+        Input values read over all calls (rows x input neurons of each call: a layer
+        run at two resolutions counts each at its own size).
     """
 
     name: str
@@ -79,6 +82,7 @@ class LayerStats:
     fanout_max: Optional[float] = None
     data_fed: bool = False
     sample_steps: float = 0.0
+    in_values: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class NeuronStats:
     out_shape: Tuple[int, ...] = ()
 
 
-_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows", "sample_steps")
+_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows", "sample_steps", "in_values")
 _NEURON_SUMS = ("spikes", "nonzero", "updates", "updates_dense", "rows", "numel", "calls")
 
 

@@ -127,6 +127,7 @@ class SynapseState:
     out_shape: Tuple[int, ...] = state_field(Reduce.LAST, ())
     maps: Any = state_field(Reduce.LAST)  # LayerMaps of the last call (fan-out statistics)
     in_neurons: int = state_field(Reduce.LAST, 0)
+    in_values: int = state_field(Reduce.SUM, 0)  # rows x input neurons, summed over calls
     samples: Optional[int] = state_field(Reduce.LAST)  # samples of a call, from a layer that knows its layout
     leads: Counter = state_field(Reduce.SUM, factory=Counter)  # {leading (row) dims of a call: calls}
     sample_steps: float = state_field(Reduce.SUM, 0.0)  # samples x time steps, set when a batch is read or folded
