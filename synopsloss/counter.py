@@ -1051,14 +1051,9 @@ class SynOpsCounter:
         return out
 
     def _kind(self, name: str) -> registry.LayerKind:
-        """Synapses inside a neuron module (snntorch RLeaky, sinabs *Recurrent) or of one (norse
-        LIFRecurrentCell) are recurrent synapses."""
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):
-            owner = self.model.get_submodule(".".join(parts[:i]))
-            if registry.neuron_library(owner) is not None:
-                return registry.LayerKind.RECURRENT
-        return registry.LayerKind.SYNAPTIC
+        """A neuron's own recurrent weights (snntorch RLeaky.recurrent, sinabs rec_connect, norse
+        LIFRecurrentCell) are recurrent synapses; feed-forward layers inside a neuron are synaptic."""
+        return registry.synapse_kind(self.model, name)
 
     @staticmethod
     def _weights(layer: Optional[_Layer]) -> Optional[int]:

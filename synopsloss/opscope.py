@@ -36,11 +36,15 @@ balanced (one forward at a time: the mode stack is per thread). The modules that
    :data:`synopsloss.registry.RULE_FORWARD_AS_IS` (SpikingJelly's
    ``layer.ConvNd``, whose ``forward`` only folds time into the batch); their
    module hook is then not registered;
-4. modules whose class (outside ``torch``, not a neuron) runs a counted op in
+4. modules whose class (outside ``torch``) runs a counted op in
    its own code: ``@``, or a call of ``matmul``, ``bmm``, ``einsum``,
    ``linear``, ``conv2d``, ``scaled_dot_product_attention``, ... (found in the
    class' source with :mod:`ast` when the counter attaches; a call of a child
-   module, ``self.linear(x)``, does not count).
+   module, ``self.linear(x)``, does not count). Neuron modules too (snntorch's
+   ``AssociativeLeaky``: ``einsum`` and ``bmm`` of its projections), except
+   the types of :data:`synopsloss.registry.NEURON_OPS_NO_SYNAPSE` (SpikingJelly's
+   ``PSN``, whose weight mixes one neuron's time steps); neurons whose code runs
+   no such op (almost all) get no frame of their own.
 
 ``ops="all"``: the whole model's forward (every module gets a frame, so ops are
 attributed to the innermost module). ``ops="none"``: module hooks only.
@@ -476,16 +480,19 @@ class OpScope:
         return True
 
     def _wants(self, module: nn.Module) -> Optional[str]:
-        """Rules 1 and 4 for modules without parameters of their own."""
+        """Rules 1 and 4 for modules without parameters of their own, and for neuron modules."""
         if isinstance(module, registry._types(registry.OP_SCOPED)):
             return "registry.OP_SCOPED"
-        if _is_torch_class(type(module)) or registry.neuron_library(module) is not None:
+        if _is_torch_class(type(module)):
             return None
+        neuron = registry.neuron_library(module) is not None
+        if neuron and registry.neuron_ops_no_synapse(module):
+            return None  # its own products are neuron dynamics (registry.NEURON_OPS_NO_SYNAPSE)
         code = class_code(type(module))
         if code is None:
             return None
         if code.counted or (code.counted_self_calls - set(module._modules)):
-            return "runs a counted op in its own code"
+            return "a neuron that runs a counted op in its own code" if neuron else "runs a counted op in its own code"
         return None
 
     # ------------------------------------------------------------------ attaching
@@ -504,7 +511,8 @@ class OpScope:
             self.scoped.setdefault("", "ops='all'")
         modules = dict(model.named_modules())
         for name, module in modules.items():
-            if name not in self.scoped and not (name in layers) and not any(True for _ in module.parameters(False)):
+            if name not in self.scoped and not (name in layers) and (
+                    registry.neuron_library(module) is not None or not any(True for _ in module.parameters(False))):
                 why = self._wants(module)
                 if why is not None:
                     self.scoped[name] = why

@@ -1,0 +1,145 @@
+"""Findings on published networks (issue 16): op scoping, weights, warnings and messages.
+
+Each test rebuilds one situation found by running the counter on published networks and checks
+the counter against a number computed independently in the test (every term of a product
+enumerated by broadcasting, a hand count), or checks the error class and its words.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import synopsloss as sl
+
+
+def spikes(*shape: int, seed: int = 0, rate: float = 0.4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) < rate).float()
+
+
+def all_terms(a: torch.Tensor, b: torch.Tensor) -> Tuple[float, float]:
+    """``A[..., M, K] @ B[..., K, N]``: (synops, effective) summed over every term ``(m, k, n)`` explicitly."""
+    terms = a.detach().double().abs()[..., :, :, None] * b.detach().double().abs()[..., None, :, :]
+    pairs = (a.detach() != 0).double()[..., :, :, None] * (b.detach() != 0).double()[..., None, :, :]
+    return float(terms.sum()), float(pairs.sum())
+
+
+class Recorder(torch.overrides.TorchFunctionMode):
+    """Records the operands of the named ops of a forward (a reference run, no counter attached)."""
+
+    def __init__(self, names: Tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = names
+        self.calls: List[Tuple[str, tuple]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        if name in self.names:
+            self.calls.append((name, tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)))
+        return out
+
+
+def read(counter: sl.SynOpsCounter) -> Dict[str, sl.LayerStats]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return counter.snapshot().layers
+
+
+def caught(fn) -> List[str]:
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        fn()
+    return [str(w.message) for w in got]
+
+
+# ----------------------------------------------------------------------------- 1. neurons with their own products
+
+
+def _associative(seed: int = 0) -> nn.Module:
+    from snntorch import AssociativeLeaky
+
+    torch.manual_seed(seed)
+    neuron = AssociativeLeaky(in_dim=4, d_value=2, d_key=3, num_spiking_neurons=6)
+    with torch.no_grad():  # positive projections: the matrix state S crosses the threshold, so S is no all-zero
+        for lin in (neuron.to_v, neuron.to_k, neuron.to_alpha):
+            lin.weight.uniform_(0.5, 1.0)
+    return neuron
+
+
+def test_associative_leaky_einsum_and_bmm_are_counted_and_its_projections_are_feed_forward():
+    T, B = 5, 2
+    net = nn.Sequential(_associative())
+    x = spikes(T, B, 4, seed=1, rate=0.6)
+    with torch.no_grad(), Recorder(("einsum", "bmm")) as rec:
+        ref_out = net(x)
+    (_, (eq, v, k)), (_, (s2d, q2d)) = rec.calls
+    assert eq == "tbd,tbn->tbdn" and s2d.abs().sum() > 0
+    outer_syn = float((v.double().abs()[..., :, None] * k.double().abs()[..., None, :]).sum())  # every (t,b,d,n)
+    bmm_syn, bmm_eff = all_terms(s2d, q2d)
+
+    counter = sl.SynOpsCounter(net, batch_size=B)
+    out = net(x)
+    assert torch.equal(out, ref_out)
+    rows = read(counter)
+    assert {"0.einsum", "0.bmm"} <= set(rows)
+    assert rows["0.einsum"].kind == "activation product" and rows["0.bmm"].kind == "activation product"
+    # snapshot rows hold the batch's totals (the table divides by the samples)
+    assert rows["0.einsum"].synops == pytest.approx(outer_syn, rel=1e-6)
+    assert rows["0.einsum"].dense == T * B * 2 * 3
+    assert rows["0.bmm"].synops == pytest.approx(bmm_syn, rel=1e-6) and bmm_syn > 0
+    assert rows["0.bmm"].eff_acs + rows["0.bmm"].eff_macs == pytest.approx(bmm_eff)
+    assert counter.table()["0.bmm"].synops == pytest.approx(bmm_syn / B, rel=1e-6)
+    # the four projections read the input x, not the neuron's own output: feed-forward synapses
+    for name in ("0.to_v", "0.to_k", "0.to_alpha", "0.to_q"):
+        assert rows[name].kind == "synaptic", name
+
+
+def test_recurrent_and_feed_forward_layers_inside_neurons_are_labelled_apart():
+    import snntorch as snn
+
+    net = nn.Sequential(nn.Linear(3, 4), snn.RLeaky(beta=0.5, linear_features=4, init_hidden=True))
+    counter = sl.SynOpsCounter(net)
+    for t in range(3):
+        net(spikes(2, 3, seed=t, rate=0.9))
+    kinds = {n: s.kind for n, s in read(counter).items()}
+    assert kinds == {"0": "synaptic", "1.recurrent": "recurrent synapses"}
+    counter.remove()
+    leaky = snn.LinearLeaky(beta=0.5, in_features=3, out_features=2)  # [T, B, C] in one call
+    counter = sl.SynOpsCounter(leaky, batch_size=2)
+    leaky(spikes(4, 2, 3, seed=5))
+    assert {n: s.kind for n, s in read(counter).items()} == {"linear": "synaptic"}  # formerly "recurrent synapses"
+
+
+# ----------------------------------------------------------------------------- 2. a buffer is no weight
+
+
+class SpikeBuffer(nn.Module):
+    """Keeps the spikes of its input in a buffer (state) and projects them with its weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 3.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
+        self.register_buffer("spk", torch.zeros(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.spk.copy_((x > 0.5).float())
+        return F.linear(self.spk, self.w)
+
+
+def test_a_buffer_holding_spike_state_is_an_activation_not_a_weight():
+    net = nn.Sequential(nn.Identity(), SpikeBuffer())
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+    net(x)
+    rows = read(counter)
+    # hand count: column fan-outs of w (nonzero entries per input) are 2, 2, 2, 1;
+    # sample 0 spikes on inputs 0, 2, 3 -> 2 + 2 + 1 = 5; sample 1 on input 1 -> 2. The batch: 7 (12 dense)
+    assert list(rows) == ["1.linear"]
+    assert rows["1.linear"].synops == pytest.approx(7.0) and rows["1.linear"].dense == 24
