@@ -86,13 +86,15 @@ Spikformer's attention), a weight op's rows are its input rows.
 Which operand is a weight
 -------------------------
 :mod:`synopsloss.ops` asks ``is_weight(t)``. Here it is True for tensors whose
-storage is one of the model's parameters or buffers (neuron buffers excluded:
-they may hold per-sample state; re-read when the parameters move), and, when
-autograd records the forward, for tensors computed only from parameters by
-elementwise, view and reduction ops (``w * mask``, ``fake_quantize(w)``,
-``(w - w.mean()) / w.std()``): the autograd graph is walked (at most
-:data:`MAX_WALK` nodes; a node outside :data:`WEIGHT_PREP_NODES` or an input
-that is not a parameter, a buffer or a scalar stops it). Under ``no_grad`` a
+storage is one of the model's parameters (re-read when the parameters move;
+a buffer is no weight on its own: buffers hold state as well, such as the
+last step's spikes), and, when autograd records the forward, for tensors
+computed from parameters by elementwise, view and reduction ops (``w * mask``
+with a mask buffer, ``fake_quantize(w)``, ``(w - w.mean()) / w.std()``): the
+autograd graph is walked (at most :data:`MAX_WALK` nodes; a node outside
+:data:`WEIGHT_PREP_NODES` or an input that is not a parameter, a buffer (of a
+module other than a neuron) or a scalar stops it, and at least one parameter
+must be reached). Under ``no_grad`` a
 derived weight is recognised only through the batch-dims rule of
 :mod:`synopsloss.ops` (``x[B, N, C] @ w[C, D]``); ``x[B, C] @ (w * m).t()``
 then counts as a product with one row, which the samples check reports.
@@ -304,6 +306,11 @@ def _storage(t: Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
+def _is_lazy(t: Tensor) -> bool:
+    """An uninitialised parameter or buffer of a lazy module (``nn.LazyLinear`` before its first call)."""
+    return isinstance(t, nn.parameter.UninitializedTensorMixin)
+
+
 def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
@@ -435,7 +442,8 @@ class OpScope:
         self.used_params: Set[int] = set()  # ids of parameters a counted op used as (or to build) its weight
         self.weight_frames: Set[str] = set()  # frames in which a weight op was counted
         self._owner: Dict[int, str] = {}  # id(parameter) -> rule layer owning it
-        self._own_storages: Set[int] = set()
+        self._own_storages: Set[int] = set()  # storages of the model's parameters: weights
+        self._buffer_storages: Set[int] = set()  # of its buffers (no neuron's): allowed in a weight's preparation
         self._probe: Optional[Tuple[Any, int]] = None
         self._leaves: List[int] = []
         self._warned_ops: Set[Tuple[str, str]] = set()
@@ -559,17 +567,23 @@ class OpScope:
             if p is not None and p.device.type != "meta" and _storage(p) == ptr:
                 return
         own: Set[int] = set()
+        buffers: Set[int] = set()
         probe = None
+        lazy = False
         for m in model.modules():
             neuron = registry.neuron_library(m) is not None
             for p in m.parameters(recurse=False):
-                if p.device.type != "meta":
+                lazy = lazy or _is_lazy(p)
+                if p.device.type != "meta" and not _is_lazy(p) and p.layout == torch.strided:
                     own.add(_storage(p))
                     probe = p if probe is None else probe
             if not neuron:
-                own.update(_storage(b) for b in m.buffers(recurse=False) if b.device.type != "meta")
+                buffers.update(_storage(b) for b in m.buffers(recurse=False) if b.device.type != "meta"
+                               and not _is_lazy(b) and b.layout == torch.strided)
         self._own_storages = own
-        self._probe = (weakref.ref(probe), _storage(probe)) if probe is not None else None
+        self._buffer_storages = buffers
+        # a lazy module's parameters appear in its first call: read them again at every forward until then
+        self._probe = (weakref.ref(probe), _storage(probe)) if probe is not None and not lazy else None
 
     # ------------------------------------------------------------------ the stack
 
@@ -613,8 +627,8 @@ class OpScope:
             self._record(counter, frame, counts, args, kwargs)
 
     def _is_weight(self, t: Tensor) -> bool:
-        if t.device.type == "meta":
-            return False
+        if t.device.type == "meta" or t.layout != torch.strided or _is_lazy(t):
+            return False  # (a sparse operand is then refused by the op's rule, with its message)
         if _storage(t) in self._own_storages:
             p = _param_of(t)
             if p is not None:
@@ -654,8 +668,9 @@ class OpScope:
                     saved = getattr(node, "_saved_self" if i == 0 else "_saved_other", None)
                 except RuntimeError:  # freed by an earlier backward
                     return False
-                if not isinstance(saved, Tensor) or not (saved.numel() == 1 or _storage(saved) in self._own_storages):
-                    return False
+                if not isinstance(saved, Tensor) or not (saved.numel() == 1 or _storage(saved) in self._own_storages
+                                                         or _storage(saved) in self._buffer_storages):
+                    return False  # (a mask buffer may shape a weight; a buffer alone is none: it may hold state)
         if not leaves:
             return False
         self._leaves.extend(leaves)
