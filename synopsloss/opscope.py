@@ -29,7 +29,11 @@ balanced (one forward at a time: the mode stack is per thread). The modules that
    class (outside ``torch``) passes a parameter to a call (``F.linear(x,
    self.w * self.mask)``, norse's ``self.activation(x, s, self.input_weights)``)
    or calls a counted op; a parameter used only in arithmetic
-   (``x * self.gain``) cannot be counted and is named at attach, as before;
+   (``x * self.gain``) cannot be counted and is named at attach, as before.
+   Parameters that the class only adds to an activation or joins with one
+   (``x + self.pos_embed``, ``torch.cat([self.cls_token.expand(B, -1, -1),
+   x], 1)``, through views and broadcasts: :attr:`ClassCode.additive`) are no
+   synapses: such a module is neither scoped nor named;
 3. modules with a map rule (``nn.Linear`` / ``nn.ConvNd`` subclasses) whose
    class overrides ``forward`` (QAT, hand-rolled pruning: the weight the op
    receives is counted, not ``.weight``), except the types in
@@ -216,6 +220,9 @@ class ClassCode:
     counted: bool  # ``@`` or a call of a counted op other than ``self.X(...)``
     counted_self_calls: FrozenSet[str]
     passed: FrozenSet[str]  # ``X`` of every ``self.X`` inside a call's arguments
+    #: ``X`` of attributes only ever added to, subtracted from or concatenated with an activation (through views
+    #: and broadcasts): ``x + self.pos_embed``, ``torch.cat([self.cls_token.expand(B, -1, -1), x], 1)``
+    additive: FrozenSet[str] = frozenset()
 
 
 _CLASS_CODE: "weakref.WeakKeyDictionary[type, Optional[ClassCode]]" = weakref.WeakKeyDictionary()
@@ -240,8 +247,71 @@ def class_code(cls: type) -> Optional[ClassCode]:
     return code
 
 
+#: Calls that join tensors (an attribute among their arguments is joined with the others, no synapse).
+_JOIN_CALLS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "add", "sub", "subtract"})
+#: Calls that only view, broadcast, copy or cast their tensor (as methods or functions).
+_SHAPE_CALLS = frozenset({
+    "expand", "expand_as", "repeat", "tile", "reshape", "view", "view_as", "unsqueeze", "squeeze", "flatten",
+    "permute", "transpose", "contiguous", "clone", "to", "type_as", "narrow", "broadcast_to",
+})
+
+
+def _has_activation_name(node: ast.AST) -> bool:
+    """Whether ``node`` reads a local name (an activation, as far as the source tells) besides ``self``."""
+    return any(isinstance(n, ast.Name) and n.id != "self" for n in ast.walk(node))
+
+
+def _call_name(call: ast.Call) -> Optional[str]:
+    f = call.func
+    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+
+
+def _additive_use(node: ast.Attribute, parents: Dict[int, ast.AST]) -> Optional[bool]:
+    """How one ``self.X`` read is used: True when it is only added to / joined with an activation (through
+    views and broadcasts), None when only its metadata is read (``self.X.shape``), False otherwise."""
+    cur: ast.AST = node
+    mixed = False
+    while True:
+        parent = parents.get(id(cur))
+        if isinstance(parent, ast.Attribute) and parent.value is cur:
+            call = parents.get(id(parent))
+            if isinstance(call, ast.Call) and call.func is parent and parent.attr in _SHAPE_CALLS:
+                cur = call
+                continue
+            if isinstance(call, ast.Call) and call.func is parent and parent.attr in ("add", "sub"):
+                mixed = mixed or any(_has_activation_name(a) for a in call.args)
+                cur = call
+                continue
+            return None if parent.attr in ("shape", "size", "dtype", "device", "ndim", "dim") else False
+        if isinstance(parent, ast.Subscript) and parent.value is cur:
+            cur = parent
+        elif isinstance(parent, ast.BinOp) and isinstance(parent.op, (ast.Add, ast.Sub)):
+            other = parent.right if parent.left is cur else parent.left
+            mixed = mixed or _has_activation_name(other)
+            cur = parent
+        elif isinstance(parent, ast.AugAssign) and parent.value is cur and isinstance(parent.op, (ast.Add, ast.Sub)):
+            return mixed or _has_activation_name(parent.target)
+        elif isinstance(parent, (ast.List, ast.Tuple)):
+            mixed = mixed or any(_has_activation_name(e) for e in parent.elts if e is not cur)
+            cur = parent
+        elif isinstance(parent, (ast.Starred, ast.keyword)):
+            cur = parent
+        elif isinstance(parent, ast.Call) and parent.func is not cur:
+            name = _call_name(parent)
+            if name in _JOIN_CALLS:
+                mixed = mixed or any(_has_activation_name(a) for a in parent.args if a is not cur)
+            elif name not in _SHAPE_CALLS:
+                return False
+            cur = parent
+        elif isinstance(parent, (ast.Assign, ast.AnnAssign, ast.Return, ast.Expr)):
+            return mixed
+        else:
+            return False
+
+
 def _read_class(cls: type) -> Optional[ClassCode]:
     counted, self_calls, passed = False, set(), set()
+    uses: Dict[str, Set[Optional[bool]]] = {}
     for klass in cls.__mro__:
         if klass is object or _is_torch_class(klass):
             break
@@ -253,7 +323,11 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                 tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
             except (OSError, TypeError, SyntaxError, IndentationError):
                 return None
+            parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
             for node in ast.walk(tree):
+                if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+                        and isinstance(node.ctx, ast.Load)):
+                    uses.setdefault(node.attr, set()).add(_additive_use(node, parents))
                 if isinstance(node, (ast.BinOp, ast.AugAssign)) and isinstance(node.op, ast.MatMult):
                     counted = True
                 elif isinstance(node, ast.Call):
@@ -269,7 +343,8 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                             if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
                                     and sub.value.id == "self"):
                                 passed.add(sub.attr)
-    return ClassCode(counted, frozenset(self_calls), frozenset(passed))
+    additive = frozenset(a for a, u in uses.items() if True in u and False not in u)
+    return ClassCode(counted, frozenset(self_calls), frozenset(passed), additive)
 
 
 def _is_torch_class(cls: type) -> bool:
@@ -471,7 +546,8 @@ class OpScope:
         return True
 
     def scoped_params(self, name: str, module: nn.Module) -> bool:
-        """Rules 1 and 2 for a module with parameters and no rule: whether its ops will be counted."""
+        """Rules 1 and 2 for a module with parameters and no rule: whether it is accounted for (its ops will be
+        counted, or its class only adds its parameters to activations or joins them: no synapses)."""
         if self.ops == "none":
             return False
         if isinstance(module, registry._types(registry.OP_SCOPED)):
@@ -480,9 +556,12 @@ class OpScope:
             return False
         else:
             code = class_code(type(module))
-            if code is not None and not code.counted and not (_param_names(module) & code.passed) \
-                    and not (code.counted_self_calls - set(module._modules)):
-                return False
+            if code is not None and not code.counted and not (code.counted_self_calls - set(module._modules)):
+                params = _param_names(module)
+                if params and params <= code.additive:
+                    return True  # added or joined only (a positional embedding, a class token): no synapses
+                if not (params & code.passed) - code.additive:
+                    return False
             self.scoped[name] = "parameters without a rule"
         self.param_modules[name] = module
         return True

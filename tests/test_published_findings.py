@@ -143,3 +143,72 @@ def test_a_buffer_holding_spike_state_is_an_activation_not_a_weight():
     # sample 0 spikes on inputs 0, 2, 3 -> 2 + 2 + 1 = 5; sample 1 on input 1 -> 2. The batch: 7 (12 dense)
     assert list(rows) == ["1.linear"]
     assert rows["1.linear"].synops == pytest.approx(7.0) and rows["1.linear"].dense == 24
+
+
+# ----------------------------------------------------------------------------- 3. embeddings and tokens are no synapses
+
+
+class TinyViT(nn.Module):
+    """A ViT's stem: patch projection, class token and positional embedding, one encoder layer, a head."""
+
+    def __init__(self, d: int = 8, n: int = 4) -> None:
+        super().__init__()
+        self.patch = nn.Linear(6, d, bias=False)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, d))
+        self.enc = nn.TransformerEncoderLayer(d, 2, 16, batch_first=True, dropout=0.0)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed[:, : x.shape[1]]
+        return self.head(self.enc(x)[:, 0])
+
+
+class BilinearToken(nn.Module):
+    """A token joined like a class token, and a weight used by an op that cannot be counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 4))
+        self.w = nn.Parameter(torch.randn(2, 4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.token.expand(x.shape[0], -1), x], dim=0)
+        return F.bilinear(x, x, self.w)
+
+
+def test_a_vit_positional_embedding_and_class_token_are_no_synapses_and_raise_no_warning():
+    torch.manual_seed(0)
+    net = TinyViT()
+    x = spikes(2, 4, 6, seed=3)
+    msgs = caught(lambda: sl.SynOpsCounter(net, neurons=False, batch_dim=0))
+    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    net(x)
+    msgs += caught(counter.snapshot)
+    assert not [m for m in msgs if "NOT included" in m or "cannot count" in m], msgs
+    assert counter.unsupported == []
+    # the patch projection (brute force: every input spike times the nonzero weights of its column)
+    w01 = (net.patch.weight != 0).double()
+    assert read(counter)["patch"].synops == pytest.approx(float((x.double().reshape(-1, 6) @ w01.sum(0)).sum()))
+
+
+def test_a_parameter_used_by_an_uncountable_op_is_still_named():
+    net = nn.Sequential(BilinearToken())
+    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    msgs = caught(lambda: net(spikes(2, 4, seed=4)))
+    assert any("'0' ran" in m and "bilinear" in m and "NOT counted" in m for m in msgs), msgs
+    counter.remove()
+
+    class Gain(nn.Module):  # an elementwise product stays named: it may be a one-to-one synapse layer
+        def __init__(self) -> None:
+            super().__init__()
+            self.g = nn.Parameter(torch.ones(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.g
+
+    net = nn.Sequential(nn.Linear(4, 4), Gain())
+    with pytest.warns(sl.UnsupportedLayerWarning, match=r"1 \(Gain\).*NOT included"):
+        sl.SynOpsCounter(net, neurons=False)
