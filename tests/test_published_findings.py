@@ -212,3 +212,35 @@ def test_a_parameter_used_by_an_uncountable_op_is_still_named():
     net = nn.Sequential(nn.Linear(4, 4), Gain())
     with pytest.warns(sl.UnsupportedLayerWarning, match=r"1 \(Gain\).*NOT included"):
         sl.SynOpsCounter(net, neurons=False)
+
+
+# ----------------------------------------------------------------------------- 4. the input layer's warning
+
+
+class EncodesItsInput(nn.Module):
+    """Rate-codes its input inside the model, so the first layer's input is no tensor the caller passed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1((x > 0.5).float())))
+
+
+def test_the_input_layer_warning_says_data_fed_not_no_grad():
+    torch.manual_seed(0)
+    net = EncodesItsInput()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    loss = sl.SynOpsLoss(counter, target=1.0)
+    net(torch.rand(2, 4))
+    msgs = [m for m in caught(loss) if "carry no gradient" in m]
+    assert len(msgs) == 1 and "['fc1']" in msgs[0], msgs
+    assert "fed by the data" in msgs[0] and "layers=[...]" in msgs[0] and "no_grad" not in msgs[0]
+    counter.reset()
+    with torch.no_grad():  # a forward without gradients is still named as such
+        net(torch.rand(2, 4))
+    loss2 = sl.SynOpsLoss(counter, target=1.0)
+    msgs = [m for m in caught(loss2) if "carry no gradient" in m]
+    assert len(msgs) == 1 and "torch.no_grad()" in msgs[0], msgs
