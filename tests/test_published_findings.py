@@ -244,3 +244,37 @@ def test_the_input_layer_warning_says_data_fed_not_no_grad():
     loss2 = sl.SynOpsLoss(counter, target=1.0)
     msgs = [m for m in caught(loss2) if "carry no gradient" in m]
     assert len(msgs) == 1 and "torch.no_grad()" in msgs[0], msgs
+
+
+# ----------------------------------------------------------------------------- 6. MHA's q @ k^T on both paths
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, bias=False)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=self.need_weights)[0]
+
+
+def test_multihead_attention_qk_synops_are_equal_with_and_without_need_weights():
+    x = spikes(2, 3, 8, seed=6, rate=0.5)
+    got = {}
+    for need_weights in (True, False):
+        torch.manual_seed(1)
+        net = SelfAttention(need_weights)
+        counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+        net(x)
+        rows = read(counter)
+        got[need_weights] = rows["attn.bmm" if need_weights else "attn.sdpa.qk"]
+    # by hand: q and k of each head from the in-projection, every (head, m, k, n) term of |q| |k| (unscaled q)
+    w = net.attn.in_proj_weight.detach().double()
+    q, k, _ = (x.double() @ w.t()).chunk(3, -1)
+    heads = lambda t: t.reshape(2, 3, 2, 4).permute(0, 2, 1, 3).reshape(4, 3, 4)  # noqa: E731  [B*H, L, hd]
+    syn, eff = all_terms(heads(q), heads(k).transpose(1, 2))
+    for row in got.values():
+        assert row.synops == pytest.approx(syn, rel=1e-6)
+        assert row.eff_acs + row.eff_macs == pytest.approx(eff) and row.dense == 4 * 3 * 4 * 3
+    assert got[True].synops == pytest.approx(got[False].synops, rel=1e-9)
