@@ -150,6 +150,8 @@ def _tensors(obj: Any, out: List[Tensor]) -> List[Tensor]:
 
 
 def _storage(t: Tensor) -> int:
+    if t.layout != torch.strided or isinstance(t, nn.parameter.UninitializedTensorMixin):
+        return -1  # sparse or uninitialised (lazy): no storage; a layer that receives one says so
     return t.untyped_storage().data_ptr()
 
 
@@ -1205,6 +1207,18 @@ def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:
             f"synopsloss: layer {name!r} was called while torch.jit.trace records the model; the counter's hooks "
             "would be traced into the graph. Call counter.remove() (or trace inside counter.paused()) before tracing."
         )
-    if not (x.is_floating_point() or x.is_complex()):
+    if x.layout != torch.strided or x.is_nested:
+        raise TypeError(
+            f"synopsloss: layer {name!r} ({type(module).__name__}) received a {x.layout} "
+            f"{'nested ' if x.is_nested else ''}tensor; only dense tensors are counted. Convert the input with "
+            ".to_dense() before the model (or count this layer's calls inside counter.paused() to skip them)."
+        )
+    if x.is_complex():
+        raise TypeError(
+            f"synopsloss: layer {name!r} ({type(module).__name__}) received a complex tensor; synops are defined "
+            "for real inputs only. Count the real and imaginary parts as two real layers, or skip the layer's "
+            "calls with counter.paused()."
+        )
+    if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     return x

@@ -128,6 +128,9 @@ SYNAPSE_RULES: Dict[TypeKey, Rule] = {
     # weight-standardised layers compute with get_weight(), so a zero in .weight is no zero synapse
     "spikingjelly.activation_based.layer.WSConv2d": Rule(maps.conv_fanout, _conv_nd, weight="get_weight()"),
     "spikingjelly.activation_based.layer.WSLinear": Rule(maps.linear_fanout, maps.fixed_ndim(1), weight="get_weight()"),
+    # dynamically quantized Linear (torch.ao.quantization.quantize_dynamic): no parameters, its int8 weight is
+    # packed; weight() gives it (dequantized for the zero pattern by maps.rule_weight)
+    "torch.ao.nn.quantized.dynamic.Linear": Rule(maps.linear_fanout, maps.fixed_ndim(1), weight="weight()"),
     # norse LConv2d subclasses Conv3d but convolves [T, N, C, H, W] per step with weight[..., 0]
     "norse.torch.LConv2d": Rule(frameworks.lconv2d_fanout, maps.fixed_ndim(3)),
     # norse recurrent modules (input_weights x input + recurrent_weights x previous spikes) and LILinearCell

@@ -278,3 +278,56 @@ def test_multihead_attention_qk_synops_are_equal_with_and_without_need_weights()
         assert row.synops == pytest.approx(syn, rel=1e-6)
         assert row.eff_acs + row.eff_macs == pytest.approx(eff) and row.dense == 4 * 3 * 4 * 3
     assert got[True].synops == pytest.approx(got[False].synops, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- 7. quantized, sparse, complex, lazy
+
+
+def test_a_dynamically_quantized_linear_is_counted_with_its_int8_zero_pattern():
+    torch.manual_seed(0)
+    float_net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        float_net[2].weight[0, :2] = 0.0
+        float_net[2].weight[1, 3] = 1e-4  # rounds to 0 in int8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        net = torch.ao.quantization.quantize_dynamic(float_net, {nn.Linear}, dtype=torch.qint8)
+    net[0] = nn.Linear(4, 4)  # one float layer, one quantized
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = spikes(3, 4, seed=7, rate=0.6)
+    net(x)
+    rows = read(counter)
+    assert set(rows) == {"0", "2"}
+    h = torch.relu(net[0](x)).double()
+    w01 = (net[2].weight().dequantize() != 0).double()
+    assert w01.sum() <= 12 - 3  # the pruned and the rounded-away weights
+    assert rows["2"].synops == pytest.approx(float((h.abs() @ w01.sum(0)).sum()), rel=1e-6)
+    assert rows["2"].dense == 3 * 12
+
+
+@pytest.mark.parametrize("make", [lambda: torch.eye(4).to_sparse(), lambda: torch.eye(4).to_sparse_csr()])
+def test_a_sparse_input_is_refused_with_the_layer_and_the_fix(make):
+    net = nn.Sequential(nn.Linear(4, 3))
+    counter = sl.SynOpsCounter(net, neurons=False)  # noqa: F841  (kept alive while the model runs)
+    with pytest.raises(TypeError, match=r"layer '0' \(Linear\) received a torch.sparse_\w+ tensor.*to_dense\(\)"):
+        net(make())
+
+
+def test_a_complex_input_is_refused_with_the_layer_and_the_fix():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notice on complex modules
+        net = nn.Sequential(nn.Linear(4, 3).to(torch.cfloat))
+    counter = sl.SynOpsCounter(net, neurons=False)  # noqa: F841  (kept alive while the model runs)
+    with pytest.raises(TypeError, match=r"layer '0' \(Linear\) received a complex tensor.*real"):
+        net(torch.ones(2, 4, dtype=torch.cfloat))
+
+
+@pytest.mark.parametrize("ops", ["auto", "all"])
+def test_a_lazy_layer_attached_before_its_first_call_is_counted(ops):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.LazyLinear(3))
+    counter = sl.SynOpsCounter(net, neurons=False, ops=ops)
+    x = spikes(2, 5, seed=8, rate=0.5)
+    net(x)
+    w01 = (net[0].weight != 0).double()
+    assert read(counter)["0"].synops == pytest.approx(float((x.double() @ w01.sum(0)).sum()))
