@@ -725,7 +725,7 @@ class SynOpsCounter:
             source, certain = f"layer {name!r}, which knows its layout (batch_first)", True
         elif batch.root_batch is not None:
             b, source = batch.root_batch, f"dim {self.batch_dim} of the model's input {batch.root_shape}"
-            certain = self._layout_given or self._batch_first_layers
+            certain = self._layout_given or self._batch_first_layers or _rows_span_dim1(batch.root_shape, batch.layers)
         else:
             why = batch.root_note or "the model itself was not called (only its submodules were)"
             raise ValueError(
@@ -1188,6 +1188,15 @@ def _layer_steps(state: SynapseState, samples: int, tc: int) -> int:
 
 def _check_optional_int(name: str, value: Any, minimum: int) -> None:
     check_int(name, value, minimum=minimum, optional=True)
+
+
+def _rows_span_dim1(root_shape: Tuple[int, ...], layers: Dict[str, Any]) -> bool:
+    """Whether a layer's rows hold the model input's dims 1: (a ``[B, C, H, W]`` image repeated over T inside the
+    model: a conv row is one ``(C, H, W)`` image). Dim 1 then lies inside one row, so it is no batch or time dim
+    and only the batch-first reading is consistent with that layer's rows."""
+    tail = tuple(root_shape[1:]) if root_shape else ()
+    return bool(tail) and any(tuple(s.in_shape[len(s.in_shape) - len(tail):]) == tail
+                              for s in layers.values() if len(s.in_shape) >= len(tail))
 
 
 def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:

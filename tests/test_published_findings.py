@@ -331,3 +331,48 @@ def test_a_lazy_layer_attached_before_its_first_call_is_counted(ops):
     net(x)
     w01 = (net[0].weight != 0).double()
     assert read(counter)["0"].synops == pytest.approx(float((x.double() @ w01.sum(0)).sum()))
+
+
+# ----------------------------------------------------------------------------- 8. an image repeated over T inside
+
+
+class RepeatsItsImage(nn.Module):
+    """snntorch Spikformer-style stem: ``[B, C, H, W]`` images repeated to ``[T, B, C, H, W]`` inside the model."""
+
+    def __init__(self, T: int = 4) -> None:
+        super().__init__()
+        import snntorch as snn
+
+        self.T = T
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.lif = snn.Leaky(beta=0.5, init_hidden=True)
+        self.fc = nn.Linear(4 * 5 * 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        T, B = x.shape[:2]
+        y = self.lif(self.conv(x.flatten(0, 1)))
+        return self.fc(y.flatten(1)).reshape(T, B, -1).mean(0)
+
+
+def test_an_image_repeated_over_time_inside_the_model_is_read_batch_first():
+    from helpers import brute_force_map
+
+    torch.manual_seed(0)
+    net = RepeatsItsImage()
+    counter = sl.SynOpsCounter(net)
+    x = spikes(3, 2, 5, 5, seed=9, rate=0.5)  # B=3, C=2: only B=3 is consistent with the conv's (2, 5, 5) rows
+    net(x)
+    snap = counter.snapshot()
+    assert snap.samples == 3
+    fan = brute_force_map(net.conv, (2, 5, 5))
+    per_image = (x.double() * fan).sum() / 3  # each image counted T=4 times, per sample
+    assert snap.layers["conv"].synops == pytest.approx(4 * float(per_image) * 3)
+    assert counter.table()["conv"].synops == pytest.approx(4 * float(per_image))
+    counter.remove()
+    # a [B, T, C] input read by a Linear(C) stays ambiguous: both readings fit its rows
+    seq = nn.Sequential(nn.Linear(5, 2))
+    counter = sl.SynOpsCounter(seq, neurons=False)
+    seq(spikes(3, 4, 5, seed=10))
+    with pytest.raises(ValueError, match=r"cannot tell how many samples.*batch_dim=0"):
+        counter.snapshot()
