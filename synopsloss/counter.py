@@ -145,6 +145,8 @@ def _tensors(obj: Any, out: List[Tensor]) -> List[Tensor]:
 
 
 def _storage(t: Tensor) -> int:
+    if t.layout != torch.strided or isinstance(t, nn.parameter.UninitializedTensorMixin):
+        return -1  # sparse or uninitialised (lazy): no storage; a layer that receives one says so
     return t.untyped_storage().data_ptr()
 
 
@@ -733,7 +735,7 @@ class SynOpsCounter:
             source, certain = f"layer {name!r}, which knows its layout (batch_first)", True
         elif batch.root_batch is not None:
             b, source = batch.root_batch, f"dim {self.batch_dim} of the model's input {batch.root_shape}"
-            certain = self._layout_given or self._batch_first_layers
+            certain = self._layout_given or self._batch_first_layers or _rows_span_dim1(batch.root_shape, batch.layers)
         else:
             why = batch.root_note or "the model itself was not called (only its submodules were)"
             raise ValueError(
@@ -1072,14 +1074,9 @@ class SynOpsCounter:
         return out
 
     def _kind(self, name: str) -> registry.LayerKind:
-        """Synapses inside a neuron module (snntorch RLeaky, sinabs *Recurrent) or of one (norse
-        LIFRecurrentCell) are recurrent synapses."""
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):
-            owner = self.model.get_submodule(".".join(parts[:i]))
-            if registry.neuron_library(owner) is not None:
-                return registry.LayerKind.RECURRENT
-        return registry.LayerKind.SYNAPTIC
+        """A neuron's own recurrent weights (snntorch RLeaky.recurrent, sinabs rec_connect, norse
+        LIFRecurrentCell) are recurrent synapses; feed-forward layers inside a neuron are synaptic."""
+        return registry.synapse_kind(self.model, name)
 
     @staticmethod
     def _weights(layer: Optional[_Layer]) -> Optional[int]:
@@ -1222,6 +1219,15 @@ def _check_optional_int(name: str, value: Any, minimum: int) -> None:
     check_int(name, value, minimum=minimum, optional=True)
 
 
+def _rows_span_dim1(root_shape: Tuple[int, ...], layers: Dict[str, Any]) -> bool:
+    """Whether a layer's rows hold the model input's dims 1: (a ``[B, C, H, W]`` image repeated over T inside the
+    model: a conv row is one ``(C, H, W)`` image). Dim 1 then lies inside one row, so it is no batch or time dim
+    and only the batch-first reading is consistent with that layer's rows."""
+    tail = tuple(root_shape[1:]) if root_shape else ()
+    return bool(tail) and any(tuple(s.in_shape[len(s.in_shape) - len(tail):]) == tail
+                              for s in layers.values() if len(s.in_shape) >= len(tail))
+
+
 def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:
     if x.device.type == "meta":
         raise ValueError(
@@ -1239,6 +1245,18 @@ def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:
             f"synopsloss: layer {name!r} was called while torch.jit.trace records the model; the counter's hooks "
             "would be traced into the graph. Call counter.remove() (or trace inside counter.paused()) before tracing."
         )
-    if not (x.is_floating_point() or x.is_complex()):
+    if x.layout != torch.strided or x.is_nested:
+        raise TypeError(
+            f"synopsloss: layer {name!r} ({type(module).__name__}) received a {x.layout} "
+            f"{'nested ' if x.is_nested else ''}tensor; only dense tensors are counted. Convert the input with "
+            ".to_dense() before the model (or count this layer's calls inside counter.paused() to skip them)."
+        )
+    if x.is_complex():
+        raise TypeError(
+            f"synopsloss: layer {name!r} ({type(module).__name__}) received a complex tensor; synops are defined "
+            "for real inputs only. Count the real and imaginary parts as two real layers, or skip the layer's "
+            "calls with counter.paused()."
+        )
+    if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     return x

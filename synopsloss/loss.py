@@ -386,13 +386,24 @@ class SynOpsLoss:
         if not torch.is_grad_enabled():
             return  # the loss itself is evaluated without gradient (validation): nothing to train
         no_grad = [n for n in names if n not in fed and not per_layer[n].requires_grad]
-        if no_grad:
+        if no_grad and any(v.requires_grad for v in per_layer.values()):
+            # other layers carry a gradient, so the forward ran with gradients on: these layers' inputs are the
+            # data (transformed inside the model, so not recognised as data-fed) or come from frozen layers
             self._warn(
                 "nograd",
                 f"SynOpsLoss: the synops of layer(s) {no_grad} carry no gradient, so the loss cannot lower them: "
-                "the forward pass ran under torch.no_grad() / inference_mode, or nothing trainable feeds those "
-                "layers (a frozen layer before them, requires_grad=False). Run the forward with gradients on, or "
-                "regularise other layers (layers=[...]).",
+                "their input does not depend on any trainable parameter. They are fed by the data (after the "
+                "model encodes, repeats or scales its input, so the counter did not recognise them as data-fed "
+                "layers) or by frozen layers (requires_grad=False). Leave them out of the loss: name the "
+                "network-driven layers with layers=[...].",
+            )
+        elif no_grad:
+            self._warn(
+                "nograd",
+                f"SynOpsLoss: the synops of layer(s) {no_grad} carry no gradient, so the loss cannot lower them: "
+                "the forward pass ran under torch.no_grad() / inference_mode (or nothing trainable feeds those "
+                "layers: frozen layers, requires_grad=False). Run the forward with gradients on, or regularise "
+                "other layers (layers=[...]).",
             )
 
     def _check_stepped(self) -> None:

@@ -118,7 +118,8 @@ def rule_weight(module: nn.Module, name: str) -> Any:
     torch.Size([3, 2])
     """
     if name.endswith("()"):
-        return getattr(module, name[:-2])()
+        w = getattr(module, name[:-2])()
+        return w.dequantize() if getattr(w, "is_quantized", False) else w  # a quantized layer's int weight
     return getattr(module, name)
 
 

@@ -139,11 +139,14 @@ What reaches ``__torch_function__`` (torch 2.13, checked with a
   ``with self: return TRANSPARENT_OPS[func](*args, **kwargs)`` sees (and counts,
   with the real dropout masks) every inner op, and the output is the same.
   ``count_op`` on ``F.multi_head_attention_forward`` itself raises. The two
-  paths agree on the projections and on effective ops; they differ where the
-  ops they run differ: with ``need_weights=True`` the ``bmm`` receives
-  ``q * head_dim**-0.5`` (its synops are scaled, and ``q`` is no longer in
-  {-1, 0, 1}), and the dense ops of ``bmm(attn, v)`` include the masked pairs
-  (``attn`` is zero there, but a ``bmm`` multiplies every pair).
+  paths agree on the projections, on effective ops and on the synops of
+  ``q @ k^T``: with ``need_weights=True`` the ``bmm`` receives
+  ``q * head_dim**-0.5``; the body's ``math.sqrt`` is recorded and that
+  product is counted on the unscaled ``q`` (as ``sdpa.qk`` counts it, before
+  its scale; spikes stay in {-1, 0, 1}). They differ where the ops they run
+  differ: the dense ops of ``bmm(attn, v)`` include the masked pairs (``attn``
+  is zero there, but a ``bmm`` multiplies every pair), and the rows are named
+  after the ops (``bmm`` / ``sdpa.qk``).
 * The fused fast paths ``torch._native_multi_head_attention`` and
   ``torch._transformer_encoder_layer_fwd`` (eval mode, no grad) never reach a
   mode that is active when the module's ``forward`` starts: ``MultiheadAttention``,
@@ -204,6 +207,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 import types
 import warnings
 import weakref
@@ -862,28 +866,86 @@ def _h_sdpa(args: tuple, kwargs: dict, out: Any, is_weight: IsWeight) -> List[Op
 # --------------------------------------------------------------------------- composites
 
 
-def _transparent(func: Callable) -> Optional[Callable]:
+class _QueryScale(threading.local):
+    """The ``q`` scale of ``F.multi_head_attention_forward``'s ``need_weights=True`` path, between the
+    ``q_scaled = q * math.sqrt(1.0 / E)`` that sets it and the ``bmm`` / ``baddbmm`` of ``q_scaled @ k^T``
+    that takes it (per thread; cleared when the body returns)."""
+
+    value: Optional[float] = None
+    dim: int = 0
+    out: Any = None  # the output of the product it applies to (each counter counts that one call)
+
+
+_Q_SCALE = _QueryScale()
+_QK_OPS = frozenset({torch.bmm, torch.baddbmm, torch.Tensor.bmm, torch.Tensor.baddbmm})
+
+
+def _recording_sqrt(v: float) -> float:
+    """``math.sqrt`` for the MHA body: the only ``math.sqrt`` there is the ``q`` scale ``sqrt(1 / E)``."""
+    out = math.sqrt(v)
+    _Q_SCALE.value, _Q_SCALE.dim, _Q_SCALE.out = out, int(round(1.0 / v)) if v > 0 else 0, None
+    return out
+
+
+def _unscaled_query(func: Callable, args: tuple, kwargs: dict, out: Any) -> Tuple[tuple, dict]:
+    """For the ``q_scaled @ k^T`` of MHA's ``need_weights=True`` path: the arguments with ``q`` unscaled, so
+    that its synops equal those of the ``need_weights=False`` path (sdpa counts ``q`` before its scale)."""
+    if _Q_SCALE.out is None:
+        _Q_SCALE.out = out  # the first product after the scale is q_scaled @ k^T
+    elif _Q_SCALE.out is not out:
+        _Q_SCALE.value = _Q_SCALE.out = None  # a later product (attn @ v)
+        return args, kwargs
+    scale, dim = _Q_SCALE.value, _Q_SCALE.dim
+    i, names = (1, ("batch1",)) if func in (torch.baddbmm, torch.Tensor.baddbmm) else (0, ("input", "self"))
+    a = _arg(args, kwargs, i, names)
+    if not scale or not isinstance(a, Tensor) or a.dim() != 3 or a.shape[-1] != dim:
+        return args, kwargs
+    a = a / scale  # exact for spikes (x / x == 1); differentiable: d/dq of q * s / s is 1
+    if i < len(args):
+        return args[:i] + (a,) + args[i + 1:], kwargs
+    return args, {**kwargs, next(k for k in names if k in kwargs): a}
+
+
+def _transparent(func: Callable, scaled_query: bool = False) -> Optional[Callable]:
     """``func``'s own Python body with its ``has_torch_function`` check skipped.
 
     A ``TorchFunctionMode`` re-entered around it then sees every op inside;
     ``None`` when ``func`` has no such check (another torch version).
+    ``scaled_query``: the body scales ``q`` by ``math.sqrt(1 / E)`` before
+    ``q @ k^T`` (MHA's ``need_weights=True`` path); the scale is recorded and
+    :func:`count_op` counts that product on the unscaled ``q``.
     """
     code = getattr(func, "__code__", None)
     if code is None or "has_torch_function" not in code.co_names:
         return None
     scope = dict(func.__globals__)
     scope["has_torch_function"] = lambda *a, **k: False
+    if scaled_query and isinstance(scope.get("math"), types.ModuleType):
+        shim = types.ModuleType("math")
+        shim.__dict__.update(vars(math))
+        shim.sqrt = _recording_sqrt  # type: ignore[attr-defined]
+        scope["math"] = shim
     body = types.FunctionType(code, scope, func.__name__, func.__defaults__, func.__closure__)
     body.__kwdefaults__ = func.__kwdefaults__
     body.__doc__ = func.__doc__
-    return body
+    if not scaled_query:
+        return body
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return body(*args, **kwargs)
+        finally:
+            _Q_SCALE.value = _Q_SCALE.out = None
+
+    return run
 
 
 _MHA = F.multi_head_attention_forward
 #: Composite Python ops whose inner ops are counted one by one: run ``TRANSPARENT_OPS[func](*args, **kwargs)``
 #: with the counting mode re-entered (``with mode: ...``) instead of ``func``.
 TRANSPARENT_OPS: Dict[Callable, Callable] = {
-    f: body for f, body in ((_MHA, _transparent(_MHA)),) if body is not None
+    f: body for f, body in ((_MHA, _transparent(_MHA, scaled_query=True)),) if body is not None
 }
 
 
@@ -1022,7 +1084,15 @@ def count_op(func: Callable, args: tuple, kwargs: Optional[dict], out: Any, *,
         return None
     if is_weight is not None and not callable(is_weight):
         raise TypeError(f"is_weight must be a callable or None, got {type(is_weight).__name__}")
-    return [_complete(c) for c in handler(tuple(args), dict(kwargs or {}), out, is_weight)]
+    return [_complete(c) for c in _handle(func, handler, args, kwargs, out, is_weight)]
+
+
+def _handle(func: Callable, handler: Handler, args: Any, kwargs: Optional[dict], out: Any,
+            is_weight: IsWeight) -> List[OpCount]:
+    args, kwargs = tuple(args), dict(kwargs or {})
+    if _Q_SCALE.value is not None and func in _QK_OPS:
+        args, kwargs = _unscaled_query(func, args, kwargs, out)
+    return handler(args, kwargs, out, is_weight)
 
 
 def record_op(func: Callable, args: tuple, kwargs: Optional[dict], out: Any, *,
@@ -1031,4 +1101,4 @@ def record_op(func: Callable, args: tuple, kwargs: Optional[dict], out: Any, *,
     handler = OP_HANDLERS.get(func)
     if handler is None:
         return count_op(func, args, kwargs, out, is_weight=is_weight)
-    return handler(tuple(args), dict(kwargs or {}), out, is_weight)
+    return _handle(func, handler, args, kwargs, out, is_weight)

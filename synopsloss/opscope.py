@@ -29,18 +29,26 @@ balanced (one forward at a time: the mode stack is per thread). The modules that
    class (outside ``torch``) passes a parameter to a call (``F.linear(x,
    self.w * self.mask)``, norse's ``self.activation(x, s, self.input_weights)``)
    or calls a counted op; a parameter used only in arithmetic
-   (``x * self.gain``) cannot be counted and is named at attach, as before;
+   (``x * self.gain``) cannot be counted and is named at attach, as before.
+   Parameters that the class only adds to an activation or joins with one
+   (``x + self.pos_embed``, ``torch.cat([self.cls_token.expand(B, -1, -1),
+   x], 1)``, through views and broadcasts: :attr:`ClassCode.additive`) are no
+   synapses: such a module is neither scoped nor named;
 3. modules with a map rule (``nn.Linear`` / ``nn.ConvNd`` subclasses) whose
    class overrides ``forward`` (QAT, hand-rolled pruning: the weight the op
    receives is counted, not ``.weight``), except the types in
    :data:`synopsloss.registry.RULE_FORWARD_AS_IS` (SpikingJelly's
    ``layer.ConvNd``, whose ``forward`` only folds time into the batch); their
    module hook is then not registered;
-4. modules whose class (outside ``torch``, not a neuron) runs a counted op in
+4. modules whose class (outside ``torch``) runs a counted op in
    its own code: ``@``, or a call of ``matmul``, ``bmm``, ``einsum``,
    ``linear``, ``conv2d``, ``scaled_dot_product_attention``, ... (found in the
    class' source with :mod:`ast` when the counter attaches; a call of a child
-   module, ``self.linear(x)``, does not count).
+   module, ``self.linear(x)``, does not count). Neuron modules too (snntorch's
+   ``AssociativeLeaky``: ``einsum`` and ``bmm`` of its projections), except
+   the types of :data:`synopsloss.registry.NEURON_OPS_NO_SYNAPSE` (SpikingJelly's
+   ``PSN``, whose weight mixes one neuron's time steps); neurons whose code runs
+   no such op (almost all) get no frame of their own.
 
 ``ops="all"``: the whole model's forward (every module gets a frame, so ops are
 attributed to the innermost module). ``ops="none"``: module hooks only.
@@ -82,13 +90,15 @@ Spikformer's attention), a weight op's rows are its input rows.
 Which operand is a weight
 -------------------------
 :mod:`synopsloss.ops` asks ``is_weight(t)``. Here it is True for tensors whose
-storage is one of the model's parameters or buffers (neuron buffers excluded:
-they may hold per-sample state; re-read when the parameters move), and, when
-autograd records the forward, for tensors computed only from parameters by
-elementwise, view and reduction ops (``w * mask``, ``fake_quantize(w)``,
-``(w - w.mean()) / w.std()``): the autograd graph is walked (at most
-:data:`MAX_WALK` nodes; a node outside :data:`WEIGHT_PREP_NODES` or an input
-that is not a parameter, a buffer or a scalar stops it). Under ``no_grad`` a
+storage is one of the model's parameters (re-read when the parameters move;
+a buffer is no weight on its own: buffers hold state as well, such as the
+last step's spikes), and, when autograd records the forward, for tensors
+computed from parameters by elementwise, view and reduction ops (``w * mask``
+with a mask buffer, ``fake_quantize(w)``, ``(w - w.mean()) / w.std()``): the
+autograd graph is walked (at most :data:`MAX_WALK` nodes; a node outside
+:data:`WEIGHT_PREP_NODES` or an input that is not a parameter, a buffer (of a
+module other than a neuron) or a scalar stops it, and at least one parameter
+must be reached). Under ``no_grad`` a
 derived weight is recognised only through the batch-dims rule of
 :mod:`synopsloss.ops` (``x[B, N, C] @ w[C, D]``); ``x[B, C] @ (w * m).t()``
 then counts as a product with one row, which the samples check reports.
@@ -211,6 +221,9 @@ class ClassCode:
     counted: bool  # ``@`` or a call of a counted op other than ``self.X(...)``
     counted_self_calls: FrozenSet[str]
     passed: FrozenSet[str]  # ``X`` of every ``self.X`` inside a call's arguments
+    #: ``X`` of attributes only ever added to, subtracted from or concatenated with an activation (through views
+    #: and broadcasts): ``x + self.pos_embed``, ``torch.cat([self.cls_token.expand(B, -1, -1), x], 1)``
+    additive: FrozenSet[str] = frozenset()
 
 
 _CLASS_CODE: "weakref.WeakKeyDictionary[type, Optional[ClassCode]]" = weakref.WeakKeyDictionary()
@@ -235,8 +248,71 @@ def class_code(cls: type) -> Optional[ClassCode]:
     return code
 
 
+#: Calls that join tensors (an attribute among their arguments is joined with the others, no synapse).
+_JOIN_CALLS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "add", "sub", "subtract"})
+#: Calls that only view, broadcast, copy or cast their tensor (as methods or functions).
+_SHAPE_CALLS = frozenset({
+    "expand", "expand_as", "repeat", "tile", "reshape", "view", "view_as", "unsqueeze", "squeeze", "flatten",
+    "permute", "transpose", "contiguous", "clone", "to", "type_as", "narrow", "broadcast_to",
+})
+
+
+def _has_activation_name(node: ast.AST) -> bool:
+    """Whether ``node`` reads a local name (an activation, as far as the source tells) besides ``self``."""
+    return any(isinstance(n, ast.Name) and n.id != "self" for n in ast.walk(node))
+
+
+def _call_name(call: ast.Call) -> Optional[str]:
+    f = call.func
+    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+
+
+def _additive_use(node: ast.Attribute, parents: Dict[int, ast.AST]) -> Optional[bool]:
+    """How one ``self.X`` read is used: True when it is only added to / joined with an activation (through
+    views and broadcasts), None when only its metadata is read (``self.X.shape``), False otherwise."""
+    cur: ast.AST = node
+    mixed = False
+    while True:
+        parent = parents.get(id(cur))
+        if isinstance(parent, ast.Attribute) and parent.value is cur:
+            call = parents.get(id(parent))
+            if isinstance(call, ast.Call) and call.func is parent and parent.attr in _SHAPE_CALLS:
+                cur = call
+                continue
+            if isinstance(call, ast.Call) and call.func is parent and parent.attr in ("add", "sub"):
+                mixed = mixed or any(_has_activation_name(a) for a in call.args)
+                cur = call
+                continue
+            return None if parent.attr in ("shape", "size", "dtype", "device", "ndim", "dim") else False
+        if isinstance(parent, ast.Subscript) and parent.value is cur:
+            cur = parent
+        elif isinstance(parent, ast.BinOp) and isinstance(parent.op, (ast.Add, ast.Sub)):
+            other = parent.right if parent.left is cur else parent.left
+            mixed = mixed or _has_activation_name(other)
+            cur = parent
+        elif isinstance(parent, ast.AugAssign) and parent.value is cur and isinstance(parent.op, (ast.Add, ast.Sub)):
+            return mixed or _has_activation_name(parent.target)
+        elif isinstance(parent, (ast.List, ast.Tuple)):
+            mixed = mixed or any(_has_activation_name(e) for e in parent.elts if e is not cur)
+            cur = parent
+        elif isinstance(parent, (ast.Starred, ast.keyword)):
+            cur = parent
+        elif isinstance(parent, ast.Call) and parent.func is not cur:
+            name = _call_name(parent)
+            if name in _JOIN_CALLS:
+                mixed = mixed or any(_has_activation_name(a) for a in parent.args if a is not cur)
+            elif name not in _SHAPE_CALLS:
+                return False
+            cur = parent
+        elif isinstance(parent, (ast.Assign, ast.AnnAssign, ast.Return, ast.Expr)):
+            return mixed
+        else:
+            return False
+
+
 def _read_class(cls: type) -> Optional[ClassCode]:
     counted, self_calls, passed = False, set(), set()
+    uses: Dict[str, Set[Optional[bool]]] = {}
     for klass in cls.__mro__:
         if klass is object or _is_torch_class(klass):
             break
@@ -248,7 +324,11 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                 tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
             except (OSError, TypeError, SyntaxError, IndentationError):
                 return None
+            parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
             for node in ast.walk(tree):
+                if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+                        and isinstance(node.ctx, ast.Load)):
+                    uses.setdefault(node.attr, set()).add(_additive_use(node, parents))
                 if isinstance(node, (ast.BinOp, ast.AugAssign)) and isinstance(node.op, ast.MatMult):
                     counted = True
                 elif isinstance(node, ast.Call):
@@ -264,7 +344,8 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                             if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
                                     and sub.value.id == "self"):
                                 passed.add(sub.attr)
-    return ClassCode(counted, frozenset(self_calls), frozenset(passed))
+    additive = frozenset(a for a, u in uses.items() if True in u and False not in u)
+    return ClassCode(counted, frozenset(self_calls), frozenset(passed), additive)
 
 
 def _is_torch_class(cls: type) -> bool:
@@ -299,6 +380,11 @@ def _rule_class(module: nn.Module, rules: Dict[type, Rule]) -> Optional[type]:
 
 def _storage(t: Tensor) -> int:
     return t.untyped_storage().data_ptr()
+
+
+def _is_lazy(t: Tensor) -> bool:
+    """An uninitialised parameter or buffer of a lazy module (``nn.LazyLinear`` before its first call)."""
+    return isinstance(t, nn.parameter.UninitializedTensorMixin)
 
 
 def _in_backward() -> bool:
@@ -432,7 +518,8 @@ class OpScope:
         self.used_params: Set[int] = set()  # ids of parameters a counted op used as (or to build) its weight
         self.weight_frames: Set[str] = set()  # frames in which a weight op was counted
         self._owner: Dict[int, str] = {}  # id(parameter) -> rule layer owning it
-        self._own_storages: Set[int] = set()
+        self._own_storages: Set[int] = set()  # storages of the model's parameters: weights
+        self._buffer_storages: Set[int] = set()  # of its buffers (no neuron's): allowed in a weight's preparation
         self._probe: Optional[Tuple[Any, int]] = None
         self._leaves: List[int] = []
         self._warned_ops: Set[Tuple[str, str]] = set()
@@ -460,7 +547,8 @@ class OpScope:
         return True
 
     def scoped_params(self, name: str, module: nn.Module) -> bool:
-        """Rules 1 and 2 for a module with parameters and no rule: whether its ops will be counted."""
+        """Rules 1 and 2 for a module with parameters and no rule: whether it is accounted for (its ops will be
+        counted, or its class only adds its parameters to activations or joins them: no synapses)."""
         if self.ops == "none":
             return False
         if isinstance(module, registry._types(registry.OP_SCOPED)):
@@ -469,24 +557,30 @@ class OpScope:
             return False
         else:
             code = class_code(type(module))
-            if code is not None and not code.counted and not (_param_names(module) & code.passed) \
-                    and not (code.counted_self_calls - set(module._modules)):
-                return False
+            if code is not None and not code.counted and not (code.counted_self_calls - set(module._modules)):
+                params = _param_names(module)
+                if params and params <= code.additive:
+                    return True  # added or joined only (a positional embedding, a class token): no synapses
+                if not (params & code.passed) - code.additive:
+                    return False
             self.scoped[name] = "parameters without a rule"
         self.param_modules[name] = module
         return True
 
     def _wants(self, module: nn.Module) -> Optional[str]:
-        """Rules 1 and 4 for modules without parameters of their own."""
+        """Rules 1 and 4 for modules without parameters of their own, and for neuron modules."""
         if isinstance(module, registry._types(registry.OP_SCOPED)):
             return "registry.OP_SCOPED"
-        if _is_torch_class(type(module)) or registry.neuron_library(module) is not None:
+        if _is_torch_class(type(module)):
             return None
+        neuron = registry.neuron_library(module) is not None
+        if neuron and registry.neuron_ops_no_synapse(module):
+            return None  # its own products are neuron dynamics (registry.NEURON_OPS_NO_SYNAPSE)
         code = class_code(type(module))
         if code is None:
             return None
         if code.counted or (code.counted_self_calls - set(module._modules)):
-            return "runs a counted op in its own code"
+            return "a neuron that runs a counted op in its own code" if neuron else "runs a counted op in its own code"
         return None
 
     # ------------------------------------------------------------------ attaching
@@ -505,7 +599,8 @@ class OpScope:
             self.scoped.setdefault("", "ops='all'")
         modules = dict(model.named_modules())
         for name, module in modules.items():
-            if name not in self.scoped and not (name in layers) and not any(True for _ in module.parameters(False)):
+            if name not in self.scoped and not (name in layers) and (
+                    registry.neuron_library(module) is not None or not any(True for _ in module.parameters(False))):
                 why = self._wants(module)
                 if why is not None:
                     self.scoped[name] = why
@@ -552,17 +647,23 @@ class OpScope:
             if p is not None and p.device.type != "meta" and _storage(p) == ptr:
                 return
         own: Set[int] = set()
+        buffers: Set[int] = set()
         probe = None
+        lazy = False
         for m in model.modules():
             neuron = registry.neuron_library(m) is not None
             for p in m.parameters(recurse=False):
-                if p.device.type != "meta":
+                lazy = lazy or _is_lazy(p)
+                if p.device.type != "meta" and not _is_lazy(p) and p.layout == torch.strided:
                     own.add(_storage(p))
                     probe = p if probe is None else probe
             if not neuron:
-                own.update(_storage(b) for b in m.buffers(recurse=False) if b.device.type != "meta")
+                buffers.update(_storage(b) for b in m.buffers(recurse=False) if b.device.type != "meta"
+                               and not _is_lazy(b) and b.layout == torch.strided)
         self._own_storages = own
-        self._probe = (weakref.ref(probe), _storage(probe)) if probe is not None else None
+        self._buffer_storages = buffers
+        # a lazy module's parameters appear in its first call: read them again at every forward until then
+        self._probe = (weakref.ref(probe), _storage(probe)) if probe is not None and not lazy else None
 
     # ------------------------------------------------------------------ the stack
 
@@ -606,8 +707,8 @@ class OpScope:
             self._record(counter, frame, counts, args, kwargs)
 
     def _is_weight(self, t: Tensor) -> bool:
-        if t.device.type == "meta":
-            return False
+        if t.device.type == "meta" or t.layout != torch.strided or _is_lazy(t):
+            return False  # (a sparse operand is then refused by the op's rule, with its message)
         if _storage(t) in self._own_storages:
             p = _param_of(t)
             if p is not None:
@@ -647,8 +748,9 @@ class OpScope:
                     saved = getattr(node, "_saved_self" if i == 0 else "_saved_other", None)
                 except RuntimeError:  # freed by an earlier backward
                     return False
-                if not isinstance(saved, Tensor) or not (saved.numel() == 1 or _storage(saved) in self._own_storages):
-                    return False
+                if not isinstance(saved, Tensor) or not (saved.numel() == 1 or _storage(saved) in self._own_storages
+                                                         or _storage(saved) in self._buffer_storages):
+                    return False  # (a mask buffer may shape a weight; a buffer alone is none: it may hold state)
         if not leaves:
             return False
         self._leaves.extend(leaves)

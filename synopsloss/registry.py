@@ -58,12 +58,16 @@ __all__ = [
     "TIME_FOLDING",
     "OP_SCOPED",
     "RULE_FORWARD_AS_IS",
+    "RECURRENT_SYNAPSES",
+    "NEURON_OPS_NO_SYNAPSE",
     "resolve",
     "register_rule",
     "register_no_synapse",
     "find_rule",
     "has_no_synapse",
     "layer_kind",
+    "synapse_kind",
+    "neuron_ops_no_synapse",
     "neuron_library",
     "neuron_op_cost",
     "pool_divisor",
@@ -124,6 +128,9 @@ SYNAPSE_RULES: Dict[TypeKey, Rule] = {
     # weight-standardised layers compute with get_weight(), so a zero in .weight is no zero synapse
     "spikingjelly.activation_based.layer.WSConv2d": Rule(maps.conv_fanout, _conv_nd, weight="get_weight()"),
     "spikingjelly.activation_based.layer.WSLinear": Rule(maps.linear_fanout, maps.fixed_ndim(1), weight="get_weight()"),
+    # dynamically quantized Linear (torch.ao.quantization.quantize_dynamic): no parameters, its int8 weight is
+    # packed; weight() gives it (dequantized for the zero pattern by maps.rule_weight)
+    "torch.ao.nn.quantized.dynamic.Linear": Rule(maps.linear_fanout, maps.fixed_ndim(1), weight="weight()"),
     # norse LConv2d subclasses Conv3d but convolves [T, N, C, H, W] per step with weight[..., 0]
     "norse.torch.LConv2d": Rule(frameworks.lconv2d_fanout, maps.fixed_ndim(3)),
     # norse recurrent modules (input_weights x input + recurrent_weights x previous spikes) and LILinearCell
@@ -197,6 +204,29 @@ NEURON_LIBRARIES: Dict[str, str] = {
     "snntorch.SpikingNeuron": "snntorch",
     "sinabs.layers.StatefulLayer": "sinabs",
     **{path: row.library for path, row in frameworks.NEURON_TYPES.items()},
+}
+
+#: Synapses of a neuron module that carry its own output back (recurrent synapses): ``{neuron type: child
+#: names}`` (``""``: the module's own rule, norse's recurrent modules). Every other synaptic layer inside a
+#: neuron module is feed-forward (snntorch ``LinearLeaky.linear``, ``AssociativeLeaky.to_v``): kind
+#: ``synaptic`` (:func:`synapse_kind`).
+RECURRENT_SYNAPSES: Dict[TypeKey, Tuple[str, ...]] = {
+    "snntorch.RLeaky": ("recurrent",),  # nn.Linear / nn.Conv2d, or RecurrentOneToOne (V) of the previous spikes
+    "snntorch.RSynaptic": ("recurrent",),
+    "snntorch.SLSTM": ("lstm_cell",),  # the LSTM cell's hidden-to-hidden weights (its rule counts both)
+    "snntorch.SConv2dLSTM": ("conv",),  # convolves cat(input, previous hidden state)
+    "snntorch.LeakyParallel": ("rnn",),  # nn.RNN: input and hidden-to-hidden weights
+    "sinabs.layers.StatefulLayer": ("rec_connect",),  # sinabs *Recurrent: rec_connect of the previous spikes
+    **{path: ("",) for path, row in frameworks.SYNAPSE_TYPES.items()
+       if any(w[0] == "recurrent_weights" for w in row.weights)},  # norse LIFRecurrentCell, ...
+}
+
+#: Neuron types whose own code multiplies with a parameter that is part of the neuron's dynamics, not a
+#: synapse between neurons: not counted op by op (every other neuron type whose own code runs a matmul-like
+#: op, such as snntorch's ``AssociativeLeaky``, is; see :mod:`synopsloss.opscope`).
+NEURON_OPS_NO_SYNAPSE: Dict[TypeKey, str] = {
+    **{f"spikingjelly.activation_based.neuron.{n}": "its weight mixes one neuron's time steps"
+       for n in ("PSN", "MaskedPSN", "SlidingPSN")},
 }
 
 #: Operations of one membrane update, per library and type name (see :mod:`synopsloss.neurons`).
@@ -407,6 +437,35 @@ def layer_kind(module: nn.Module) -> LayerKind:
         return LayerKind.NEURON
     kind = _lookup(LAYER_KINDS, module)
     return kind if kind is not None else LayerKind.OTHER  # type: ignore[return-value]
+
+
+def synapse_kind(model: nn.Module, name: str) -> LayerKind:
+    """The kind of synaptic layer ``name`` of ``model``: ``RECURRENT`` when a neuron module that holds it lists
+    it in :data:`RECURRENT_SYNAPSES` (a neuron's own recurrent weights), else ``SYNAPTIC`` (feed-forward weights,
+    inside a neuron module or not).
+
+    Example
+    -------
+    >>> import torch, snntorch as snn
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), snn.RLeaky(0.5, linear_features=2))
+    >>> str(synapse_kind(net, "1.recurrent")), str(synapse_kind(net, "0"))
+    ('recurrent synapses', 'synaptic')
+    """
+    parts = name.split(".") if name else []
+    for i in range(len(parts) + 1):
+        owner = model.get_submodule(".".join(parts[:i]))
+        if neuron_library(owner) is None:
+            continue
+        children = _lookup(RECURRENT_SYNAPSES, owner)
+        rest = ".".join(parts[i:])
+        if children and any(rest == c or (c and rest.startswith(c + ".")) for c in children):  # type: ignore[union-attr]
+            return LayerKind.RECURRENT
+    return LayerKind.SYNAPTIC
+
+
+def neuron_ops_no_synapse(module: nn.Module) -> bool:
+    """Whether ``module`` is a neuron whose own matmul-like ops are neuron dynamics (:data:`NEURON_OPS_NO_SYNAPSE`)."""
+    return _lookup(NEURON_OPS_NO_SYNAPSE, module) is not None
 
 
 def pool_divisor(module: nn.Module) -> Optional[Tuple[Callable, int]]:

@@ -574,8 +574,8 @@ def test_multihead_attention_counts_equal_brute_force(mode, need_weights):
     attn = torch.softmax((q @ k.transpose(1, 2)) / math.sqrt(d) + torch.zeros(N, N).masked_fill(mask, -math.inf), -1)
     ctx = (attn @ v).reshape(B, H, N, d).transpose(1, 2).reshape(B, N, E)
     linear = add([_linear_ref(x, w_in), _linear_ref(ctx, mha.out_proj.weight.detach())])
-    if need_weights:  # bmm/baddbmm on q * d**-0.5 as received; attn @ v counts every (masked) pair in dense
-        qk = contraction_terms(q / math.sqrt(d), k.transpose(1, 2), "Bmk", "Bkn", mask=allowed, lm="Bmn")
+    if need_weights:  # bmm/baddbmm counted on the unscaled q (as sdpa); attn @ v counts every (masked) pair in dense
+        qk = contraction_terms(q, k.transpose(1, 2), "Bmk", "Bkn", mask=allowed, lm="Bmn")
         av = contraction_terms(attn, v, "Bmk", "Bkn")
         names = ("baddbmm", "bmm")
     else:

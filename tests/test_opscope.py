@@ -137,7 +137,8 @@ def mha_by_hand(mha: nn.MultiheadAttention, x: torch.Tensor, need_weights: bool)
     if need_weights:
         qs = q * (1.0 / math.sqrt(hd))
         attn = torch.softmax(qs @ k.transpose(-2, -1), -1)
-        out["qk"] = {**matmul_terms(qs, k.transpose(-2, -1)), "spiking": in_pm1(qs) or in_pm1(k)}
+        # q @ k^T is counted on the unscaled q, as on the need_weights=False (sdpa) path
+        out["qk"] = {**matmul_terms(q, k.transpose(-2, -1)), "spiking": in_pm1(q) or in_pm1(k)}
         out["av"] = {**matmul_terms(attn, v), "spiking": in_pm1(attn) or in_pm1(v)}
     else:
         ref = attention_terms(q, k, v)
