@@ -108,6 +108,25 @@ def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
                 (ent.dense_total * float(call.rows)).reshape(1))
 
 
+def _per_layer_synops(parts: List[Tuple[Tensor, ...]], owners: List[int], synops: Tensor, index: Tensor,
+                      n: int) -> List[Tensor]:
+    """Each layer's synops; a layer whose inputs carry no gradient gets a value without one (as it would alone)."""
+    if not synops.requires_grad or all(p[0].requires_grad for p in parts):
+        return list(synops.new_zeros(n).index_add(0, index, synops).unbind(0))
+    grad = torch.cat([torch.full_like(p[0], p[0].requires_grad, dtype=torch.bool) for p in parts])
+    with_grad = synops.new_zeros(n).index_add(0, index, torch.where(grad, synops, synops.new_zeros(())))
+    with torch.no_grad():
+        without = synops.new_zeros(n).index_add(0, index, torch.where(grad, synops.new_zeros(()), synops))
+    has_grad, has_plain = [False] * n, [False] * n
+    pos = 0
+    for p in parts:
+        for li in owners[pos:pos + p[0].numel()]:
+            (has_grad if p[0].requires_grad else has_plain)[li] = True
+        pos += p[0].numel()
+    g, w = with_grad.unbind(0), without.unbind(0)
+    return [(g[i] + w[i] if has_plain[i] else g[i]) if has_grad[i] else w[i] for i in range(n)]
+
+
 def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     """The counts of each layer's recorded calls, reduced together in a few tensor ops per input shape.
 
@@ -171,7 +190,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
             per_stats = [list(stats.sum(1).unbind(0))]
     else:
         index = torch.tensor(owners, device=synops.device)
-        per_syn = list(synops.new_zeros(n).index_add(0, index, synops).unbind(0))
+        per_syn = _per_layer_synops(parts, owners, synops, index, n)
         with torch.no_grad():
             table = stats.new_zeros(6, n).index_add_(1, index, stats)
             per_stats = [list(col) for col in zip(*(row.unbind(0) for row in table.unbind(0)))]
