@@ -429,6 +429,14 @@ class SynOpsLoss:
         per = {n: float(last["per_layer"][n]) for n in names}
         return per if by_layer else float(sum(per.values()))
 
+    def term_values(self) -> Dict[str, Tensor]:
+        """The regularised value of each term at the last call, as detached 0-dim tensors (no device sync).
+
+        ``{term label: value per sample}`` (synops, or joules for
+        :class:`EnergyLoss`); what the Lightning regularizer logs.
+        """
+        return {label: s for label, (_, s, _, _) in self._require_last()["terms"].items()}
+
     def last(self) -> Dict[str, Any]:
         """The last call in plain numbers: what was regularised, against which target, and the term.
 
