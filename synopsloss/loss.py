@@ -385,7 +385,7 @@ class SynOpsLoss:
                     "a fraction of the measured value pass fraction= instead (e.g. fraction=0.5).")
         elif "fraction" in kinds:
             hint = " A small fraction= asks for a large relative cut: lower it gradually (a Linear schedule)."
-        what = "the task loss" if task_loss is not None else f"a typical task loss (~{self.typical_task_loss:g})"
+        what = "the task loss" if task_loss is not None else "a typical task loss (loss.typical_task_loss)"
         self._warn(
             "scale",
             f"{self._name}: the first loss term is {first:.6g} (weight {w:g}), more than 100x {what} ({ref:.4g}): "
