@@ -732,7 +732,14 @@ class EnergyLoss(SynOpsLoss):
         target: Union[TargetLike, Mapping[str, TargetLike], None] = None,
         *,
         energy: Any = "horowitz45nm",
-        **kwargs: Any,
+        fraction: Union[TargetLike, Mapping[str, TargetLike], None] = None,
+        budget: Optional[Mapping[str, TargetLike]] = None,
+        dt: Optional[float] = None,
+        time_steps: Optional[int] = None,
+        shape: Optional[str] = None,
+        weight: Union[float, Schedule] = 1.0,
+        layers: Union[str, Sequence[str]] = "driven",
+        calibration_batches: int = 1,
     ) -> None:
         from .energy import DeviceEnergy, get_energy_model
 
@@ -746,7 +753,8 @@ class EnergyLoss(SynOpsLoss):
                 "device or an op-level model (horowitz45nm, lemaire2022)."
             )
         self.energy_model = model
-        super().__init__(counter, target, **kwargs)
+        super().__init__(counter, target, fraction=fraction, budget=budget, dt=dt, time_steps=time_steps,
+                         shape=shape, weight=weight, layers=layers, calibration_batches=calibration_batches)
         if counter.neurons is None and _prices_neurons(model):
             warnings.warn(
                 f"EnergyLoss: the counter was created with neurons=False, so the neuron-update energy of model "
