@@ -191,7 +191,7 @@ def test_first_term_compared_with_the_given_task_loss():
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     counter = sl.SynOpsCounter(net)
     net(torch.rand(4, 6))
-    s = float(counter.synops(by_layer=True)["2"])
+    s = counter.synops(by_layer=True)["2"].item()
     loss_fn = sl.SynOpsLoss(counter, target=s / 5)  # r = 4: first term 16
     with warnings.catch_warnings():
         warnings.simplefilter("error", LossScaleWarning)
