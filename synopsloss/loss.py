@@ -558,7 +558,7 @@ class SynOpsLoss:
         if no_grad:
             self._warn(
                 "nograd",
-                f"{self._name}: the synops of layer(s) {no_grad} carry no gradient, so the loss cannot lower them: "
+                f"SynOpsLoss: the synops of layer(s) {no_grad} carry no gradient, so the loss cannot lower them: "
                 "the forward pass ran under torch.no_grad() / inference_mode, or nothing trainable feeds those "
                 "layers (a frozen layer before them, requires_grad=False). Run the forward with gradients on, or "
                 "regularise other layers (layers=[...]).",
