@@ -9,14 +9,15 @@ SynOpsCounter
     plain data) and ``table()`` (:class:`SynOpsTable`).
 SynOpsTable, compare
     The per-layer table (text, Markdown, LaTeX, CSV, DataFrame, plot) and two tables side by side.
-SynOpsLoss, schedules
-    The loss term to train against synops, and target / weight schedules.
+SynOpsLoss, EnergyLoss, schedules
+    The loss terms to train against synops or estimated energy, and target / weight schedules.
 NeuronMonitor
     Firing rates and neuron operations of the synapse-free layers.
 connection_map, register_rule, register_no_synapse, Rule, LayerKind
     Fan-out maps and the layer registry (:mod:`synopsloss.registry`).
-EnergyModel, OpEnergy, DeviceEnergy, Lemaire2022, register_device
-    Energy presets for the table (:mod:`synopsloss.energy`).
+EnergyModel, OpEnergy, DeviceEnergy, Lemaire2022, CountEnergy, register_device, register_preset
+    Cited energy presets for the table and EnergyLoss (:mod:`synopsloss.energy`:
+    also ``break_even`` and ``calibrate``).
 
 Modules: ``counter`` (hooks and counting), ``snapshot`` (plain-data readings),
 ``state`` (declared per-layer state), ``registry`` (layer knowledge),
@@ -29,8 +30,8 @@ functional weights), ``pooling`` (AvgPool spike events), ``recurrent``
 """
 
 from .counter import COUNT_KEYS, SynOpsCounter, SynOpsWarning, UnsupportedLayerWarning
-from .energy import DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device
-from .loss import SynOpsLoss, UnreachableTargetWarning
+from .energy import CountEnergy, DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device, register_preset
+from .loss import EnergyLoss, LossScaleWarning, SynOpsLoss, UnreachableTargetWarning
 from .maps import Rule, connection_map
 from .neurons import NeuronMonitor
 from .registry import LayerKind, register_no_synapse, register_rule
@@ -62,9 +63,13 @@ __all__ = [
     "OpEnergy",
     "DeviceEnergy",
     "Lemaire2022",
+    "CountEnergy",
     "register_device",
+    "register_preset",
     "SynOpsLoss",
+    "EnergyLoss",
     "UnreachableTargetWarning",
+    "LossScaleWarning",
     "schedules",
     "__version__",
 ]

@@ -61,7 +61,8 @@ Example
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Union
 
 __all__ = [
@@ -69,18 +70,47 @@ __all__ = [
     "OpEnergy",
     "DeviceEnergy",
     "Lemaire2022",
+    "CountEnergy",
     "register_device",
+    "register_preset",
     "get_energy_model",
     "ENERGY_PRESETS",
+    "FIDELITIES",
+    "COUNT_FEATURES",
+    "row_features",
+    "break_even_rate",
+    "break_even",
+    "Calibration",
+    "calibrate",
 ]
 
 PJ = 1e-12
 
 
-class EnergyModel:
-    """Base class: ``parts(row) -> {part: joules per sample}`` for one table row."""
+#: The fidelity labels of a preset's figures.
+FIDELITIES = ("published per-op figure", "simulated", "measured", "estimate", "fitted", "user")
 
-    # subclasses define ``name`` and ``source`` (dataclass fields)
+
+class EnergyModel:
+    """Base class: ``parts(row) -> {part: joules per sample}`` for one table row.
+
+    Subclasses are dataclasses with ``name`` and the provenance fields
+    ``source`` (citation), ``year``, ``node`` (process node) and ``fidelity``
+    (one of :data:`FIDELITIES`), plus free ``notes`` (what was not verified,
+    what the figure leaves out).
+    """
+
+    # subclasses define ``name``, ``source``, ``year``, ``node``, ``fidelity``, ``notes`` (dataclass fields)
+
+    def provenance(self) -> Dict[str, Any]:
+        """``{"name", "source", "year", "node", "fidelity", "notes"}`` of the preset.
+
+        Example
+        -------
+        >>> get_energy_model("horowitz45nm").provenance()["node"]
+        '45 nm'
+        """
+        return {k: getattr(self, k, None) for k in ("name", "source", "year", "node", "fidelity", "notes")}
 
     def parts(self, row: Any) -> Dict[str, float]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -107,6 +137,10 @@ class OpEnergy(EnergyModel):
     e_mac: float
     e_neuron_op: float = 0.0
     source: str = ""
+    year: Optional[int] = None
+    node: str = ""
+    fidelity: str = ""
+    notes: str = ""
 
     def parts(self, row: Any) -> Dict[str, float]:
         out: Dict[str, float] = {}
@@ -123,7 +157,9 @@ class DeviceEnergy(EnergyModel):
 
     Spiking devices: ``synops * energy_per_synop + neuron updates * energy_per_neuron``.
     Non-spiking devices: ``dense * energy_per_synop + neuron updates * energy_per_neuron``.
-    Neuron updates are neurons x time steps of neuron and activation layers.
+    Neuron updates are neurons x time steps of neuron and activation layers;
+    ``energy_per_spike`` (optional) adds ``output spikes * energy_per_spike``
+    per neuron layer (a chip's spike-routing energy).
     """
 
     name: str
@@ -131,6 +167,11 @@ class DeviceEnergy(EnergyModel):
     energy_per_neuron: float
     spiking: bool
     source: str = ""
+    year: Optional[int] = None
+    node: str = ""
+    fidelity: str = ""
+    notes: str = ""
+    energy_per_spike: float = 0.0
 
     def parts(self, row: Any) -> Dict[str, float]:
         out: Dict[str, float] = {}
@@ -139,6 +180,8 @@ class DeviceEnergy(EnergyModel):
             out["synaptic"] = ops * self.energy_per_synop
         if row.membrane_updates_dense is not None:
             out["neuron"] = row.membrane_updates_dense * self.energy_per_neuron
+            if self.energy_per_spike and row.kind == "neuron":
+                out["spikes"] = _f(row.spikes) * self.energy_per_spike
         return out
 
 
@@ -181,6 +224,10 @@ class Lemaire2022(EnergyModel):
     e_add: float = 0.1 * PJ
     e_mul: float = 3.1 * PJ
     source: str = "Lemaire et al., ICONIP 2022; Horowitz, ISSCC 2014 (45 nm)"
+    year: Optional[int] = 2022
+    node: str = "45 nm"
+    fidelity: str = "estimate"
+    notes: str = "analytical model; op energies from Horowitz 2014 (int32 add 0.1 pJ, mult 3.1 pJ), SRAM fit from Qualia"
 
     def e_mem(self, words: float) -> float:
         """Energy of one 45 nm SRAM access (J) in a memory of ``words`` entries (Qualia's fit)."""
@@ -205,45 +252,199 @@ class Lemaire2022(EnergyModel):
         return out
 
 
+@dataclass(frozen=True)
+class CountEnergy(EnergyModel):
+    """A price per counted quantity: ``sum(costs[q] * row.q)`` (what :func:`calibrate` fits).
+
+    Quantities (:data:`COUNT_FEATURES`): ``eff_acs``, ``eff_macs``, ``synops``,
+    ``dense``, ``input_events`` (synaptic rows) and ``neuron_updates`` (neurons
+    x time steps), ``spikes`` (neuron rows); joules per unit.
+
+    Example
+    -------
+    >>> m = CountEnergy("fit", {"eff_acs": 1e-12, "spikes": 2e-12}, source="bench run 3")
+    >>> m.costs["spikes"]
+    2e-12
+    """
+
+    name: str
+    costs: Mapping[str, float] = field(default_factory=dict)
+    source: str = ""
+    year: Optional[int] = None
+    node: str = ""
+    fidelity: str = "fitted"
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.costs) - set(COUNT_FEATURES))
+        if unknown:
+            raise ValueError(f"CountEnergy: unknown quantities {unknown}; choose from {list(COUNT_FEATURES)}")
+        bad = {k: v for k, v in self.costs.items() if not (float(v) >= 0 and math.isfinite(float(v)))}
+        if bad:
+            raise ValueError(f"CountEnergy: costs must be finite joules >= 0, got {bad}")
+
+    def parts(self, row: Any) -> Dict[str, float]:
+        feats = row_features(row)
+        out: Dict[str, float] = {}
+        syn = sum(self.costs.get(k, 0.0) * feats[k] for k in _SYNAPTIC_FEATURES)
+        neu = sum(self.costs.get(k, 0.0) * feats[k] for k in _NEURON_FEATURES)
+        if row.kind in ("synaptic", "recurrent synapses") and row.dense is not None:
+            out["synaptic"] = syn
+        if row.kind == "neuron" and row.membrane_updates_dense is not None:
+            out["neuron"] = neu
+        return out
+
+
+#: The per-row quantities :class:`CountEnergy` prices and :func:`calibrate` fits.
+COUNT_FEATURES = ("eff_acs", "eff_macs", "synops", "dense", "input_events", "neuron_updates", "spikes")
+_SYNAPTIC_FEATURES = COUNT_FEATURES[:5]
+_NEURON_FEATURES = COUNT_FEATURES[5:]
+
+
+def row_features(row: Any) -> Dict[str, float]:
+    """The :data:`COUNT_FEATURES` of one table row, per sample (0 where a quantity does not apply)."""
+    out = {k: 0.0 for k in COUNT_FEATURES}
+    if row.kind in ("synaptic", "recurrent synapses") and row.dense is not None:
+        out.update(eff_acs=_f(row.eff_acs), eff_macs=_f(row.eff_macs), synops=_f(row.synops), dense=_f(row.dense),
+                   input_events=_f(row.input_events))
+    elif row.kind == "neuron" and row.membrane_updates_dense is not None:
+        out.update(neuron_updates=_f(row.membrane_updates_dense), spikes=_f(row.spikes))
+    return out
+
+
+_HOROWITZ = "M. Horowitz, \"Computing's energy problem (and what we can do about it)\", ISSCC 2014, Fig. 1.1.9"
+_KS = "via KerasSpiking's ModelEnergy device table"
+
 ENERGY_PRESETS: Dict[str, EnergyModel] = {
     "horowitz45nm": OpEnergy(
         "horowitz45nm", e_ac=0.9 * PJ, e_mac=4.6 * PJ,
-        source="Horowitz, ISSCC 2014: 45 nm fp32 add 0.9 pJ, mult 3.7 pJ",
+        source=_HOROWITZ + ": 45 nm fp32 add 0.9 pJ, mult 3.7 pJ", year=2014, node="45 nm",
+        fidelity="published per-op figure", notes="32-bit float; arithmetic only (no memory access)",
+    ),
+    "horowitz45nm-fp16": OpEnergy(
+        "horowitz45nm-fp16", e_ac=0.4 * PJ, e_mac=1.5 * PJ,
+        source=_HOROWITZ + ": 45 nm fp16 add 0.4 pJ, mult 1.1 pJ", year=2014, node="45 nm",
+        fidelity="published per-op figure",
+        notes="16-bit float; arithmetic only. Figures checked against secondary quotes of the table, not the slide.",
+    ),
+    "horowitz45nm-int8": OpEnergy(
+        "horowitz45nm-int8", e_ac=0.03 * PJ, e_mac=0.23 * PJ,
+        source=_HOROWITZ + ": 45 nm int8 add 0.03 pJ, mult 0.2 pJ", year=2014, node="45 nm",
+        fidelity="published per-op figure",
+        notes="8-bit integer; arithmetic only (an upper bound for the <8-bit ANNs of a break-even comparison). "
+              "Figures checked against secondary quotes of the table, not the slide.",
+    ),
+    "horowitz45nm-int32": OpEnergy(
+        "horowitz45nm-int32", e_ac=0.1 * PJ, e_mac=3.2 * PJ,
+        source=_HOROWITZ + ": 45 nm int32 add 0.1 pJ, mult 3.1 pJ", year=2014, node="45 nm",
+        fidelity="published per-op figure", notes="32-bit integer; arithmetic only",
     ),
     "lemaire2022": Lemaire2022(),
-    "cpu": DeviceEnergy("cpu", 8.6e-9, 8.6e-9, False, "Degnan et al. 2016 (KerasSpiking): Intel i7-4960X"),
-    "gpu": DeviceEnergy("gpu", 0.3e-9, 0.3e-9, False, "Degnan et al. 2016 (KerasSpiking): Nvidia GTX Titan Black"),
-    "arm": DeviceEnergy("arm", 0.9e-9, 0.9e-9, False, "Degnan et al. 2016 (KerasSpiking): ARM Cortex-A"),
-    "loihi": DeviceEnergy("loihi", (23.6 + 3.5) * PJ, 81 * PJ, True, "Davies et al. 2018 (KerasSpiking): Intel Loihi"),
-    "spinnaker": DeviceEnergy("spinnaker", 13.3e-9, 26e-9, True, "Hoppner et al. 2019 (KerasSpiking): SpiNNaker"),
-    "spinnaker2": DeviceEnergy("spinnaker2", 450 * PJ, 2.19e-9, True, "Hoppner et al. 2019 (KerasSpiking): SpiNNaker 2"),
+    "cpu": DeviceEnergy("cpu", 8.6e-9, 8.6e-9, False, "Degnan, Marr, Hasler, IEEE TVLSI 24(1), 2016 " + _KS,
+                        2016, "22 nm (Intel i7-4960X)", "measured",
+                        "Intel i7-4960X; every synapse and neuron one MAC; not spike-driven"),
+    "gpu": DeviceEnergy("gpu", 0.3e-9, 0.3e-9, False, "Degnan, Marr, Hasler, IEEE TVLSI 24(1), 2016 " + _KS,
+                        2016, "28 nm (Nvidia GTX Titan Black)", "measured",
+                        "Nvidia GTX Titan Black, large batches; every synapse and neuron one MAC"),
+    "arm": DeviceEnergy("arm", 0.9e-9, 0.9e-9, False, "Degnan, Marr, Hasler, IEEE TVLSI 24(1), 2016 " + _KS,
+                        2016, "unknown", "measured",
+                        "ARM Cortex-A; process node not stated in the table this package read"),
+    "loihi": DeviceEnergy("loihi", (23.6 + 3.5) * PJ, 81 * PJ, True,
+                          "Davies et al., \"Loihi\", IEEE Micro 38(1), 2018, Table 2 " + _KS, 2018, "14 nm",
+                          "simulated",
+                          "KerasSpiking's sum: synaptic spike op 23.6 pJ + 3.5 pJ of spike routing per synop; "
+                          "active neuron update 81 pJ. Pre-silicon figures (see 'loihi-davies2018')."),
+    "loihi-davies2018": DeviceEnergy(
+        "loihi-davies2018", 23.6 * PJ, 81 * PJ, True,
+        "Davies et al., \"Loihi: a neuromorphic manycore processor with on-chip learning\", IEEE Micro 38(1), "
+        "2018, Table 2, as used by SANA-FE (Boyle et al.), whose Loihi architecture file notes the figures come "
+        "from SPICE simulations", 2018, "14 nm", "simulated",
+        "synaptic spike op 23.6 pJ per synop, active neuron update 81 pJ per neuron and step, within-tile spike "
+        "1.7 pJ per output spike (SANA-FE's Loihi file: 1.7 pJ / 2.1 ns). Cross-tile hops (3.0 pJ east-west, "
+        "4.2 pJ north-south per hop in SANA-FE) depend on the placement and are left out; inactive-neuron and "
+        "learning energies are not modelled. SANA-FE's later, measurement-fitted figures differ.",
+        energy_per_spike=1.7 * PJ,
+    ),
+    "spinnaker": DeviceEnergy("spinnaker", 13.3e-9, 26e-9, True,
+                              "Hoppner et al., IEEE TCAS-I 66(8), 2019 (SpiNNaker 1 figures quoted there) " + _KS,
+                              2019, "130 nm", "measured",
+                              "SpiNNaker 1 (ARM968 cores, 130 nm UMC); the per-synop and per-neuron figures are "
+                              "KerasSpiking's reading of the paper, not checked against its table here"),
+    "spinnaker2": DeviceEnergy("spinnaker2", 450 * PJ, 2.19e-9, True,
+                               "Hoppner et al., \"Dynamic power management for neuromorphic many-core systems\", "
+                               "IEEE TCAS-I 66(8), 2019 " + _KS, 2019, "28 nm SLP (prototype)", "measured",
+                               "SpiNNaker 2 prototype test chip in 28 nm SLP CMOS with DVFS (the production chip "
+                               "is 22 nm FDSOI); figures as KerasSpiking reads them, not checked against the table here"),
 }
 
 
+def _require_source(source: Any, what: str) -> str:
+    if not isinstance(source, str) or not source.strip() or source.strip().lower() == "user":
+        raise ValueError(
+            f"{what} needs source= citing where its figures come from (a paper, a datasheet, a measurement: "
+            "e.g. source='Davies et al., IEEE Micro 2018, Table 2'); uncited energy presets are refused so that "
+            "every energy number can be traced"
+        )
+    return source
+
+
 def register_device(
-    name: str, energy_per_synop: float, energy_per_neuron: float, spiking: bool, source: str = "user"
+    name: str, energy_per_synop: float, energy_per_neuron: float, spiking: bool, source: Optional[str] = None,
+    *, year: Optional[int] = None, node: str = "", fidelity: str = "user", notes: str = "",
+    energy_per_spike: float = 0.0,
 ) -> DeviceEnergy:
-    """Add a device preset (joules per synop and per neuron update).
+    """Add a device preset (joules per synop, per neuron update and optionally per output spike).
 
     Raises
     ------
     ValueError
-        If ``name`` is taken or an energy is negative.
+        If ``name`` is taken, ``source`` is missing (uncited presets are
+        refused), ``fidelity`` is unknown or an energy is negative.
 
     Example
     -------
     >>> from synopsloss.energy import register_device, ENERGY_PRESETS
-    >>> dev = register_device("my-chip-doc", 1e-12, 5e-12, spiking=True)
+    >>> dev = register_device("my-chip-doc", 1e-12, 5e-12, spiking=True, source="datasheet rev. B")
     >>> ENERGY_PRESETS.pop("my-chip-doc").energy_per_neuron
     5e-12
     """
     if name in ENERGY_PRESETS:
         raise ValueError(f"energy preset {name!r} already exists; choose another name")
-    if energy_per_synop < 0 or energy_per_neuron < 0:
+    _require_source(source, f"register_device({name!r})")
+    if fidelity not in FIDELITIES:
+        raise ValueError(f"fidelity must be one of {FIDELITIES}, got {fidelity!r}")
+    if energy_per_synop < 0 or energy_per_neuron < 0 or energy_per_spike < 0:
         raise ValueError("energies must be non-negative (joules)")
-    dev = DeviceEnergy(name, float(energy_per_synop), float(energy_per_neuron), bool(spiking), source)
+    dev = DeviceEnergy(name, float(energy_per_synop), float(energy_per_neuron), bool(spiking), str(source), year,
+                       node, fidelity, notes, float(energy_per_spike))
     ENERGY_PRESETS[name] = dev
     return dev
+
+
+def register_preset(model: EnergyModel) -> EnergyModel:
+    """Add any :class:`EnergyModel` under ``model.name`` (it must carry ``source``).
+
+    Raises
+    ------
+    ValueError
+        If the name is taken or the model has no ``source``.
+
+    Example
+    -------
+    >>> m = register_preset(OpEnergy("int8-doc", 0.03e-12, 0.23e-12, source="Horowitz ISSCC 2014"))
+    >>> ENERGY_PRESETS.pop("int8-doc") is m
+    True
+    """
+    if not isinstance(model, EnergyModel):
+        raise TypeError(f"register_preset expects an EnergyModel, got {type(model).__name__}")
+    name = getattr(model, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError("the energy model needs a name")
+    if name in ENERGY_PRESETS:
+        raise ValueError(f"energy preset {name!r} already exists; choose another name")
+    _require_source(getattr(model, "source", None), f"register_preset({name!r})")
+    ENERGY_PRESETS[name] = model
+    return model
 
 
 def get_energy_model(energy: Union[None, str, EnergyModel, Mapping[str, float]]) -> Optional[EnergyModel]:
@@ -264,3 +465,258 @@ def get_energy_model(energy: Union[None, str, EnergyModel, Mapping[str, float]])
             raise ValueError(f"an energy dict needs keys 'e_ac' and 'e_mac' (joules), optional 'e_neuron_op'; got {sorted(energy)}")
         return OpEnergy("custom", float(energy["e_ac"]), float(energy["e_mac"]), float(energy.get("e_neuron_op", 0.0)), "user")
     raise TypeError(f"energy must be a preset name, an EnergyModel or a dict, got {type(energy).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------- break-even
+
+
+def break_even_rate(time_steps: float, e_ac: float, e_mac_ann: float) -> float:
+    """The input spike rate below which a spiking layer costs less than the equivalent quantised ANN layer.
+
+    Compute-only form of Yan, Bai, Tang & Wong's comparison ("Reconsidering
+    the energy efficiency of spiking neural networks", arXiv:2409.08290,
+    2024): an SNN layer running ``T`` time steps at input spike rate ``r``
+    (spikes per input neuron per step) performs ``r * T`` accumulates per
+    synapse; the functionally equivalent quantised ANN (``ceil(log2(T+1))``-bit
+    activations) performs one multiply-accumulate per synapse. So the SNN is
+    cheaper when ``r * T * e_ac < e_mac_ann``:
+
+    ``r* = e_mac_ann / (T * e_ac)``
+
+    Yan et al.'s full model adds data movement (memory, network-on-chip),
+    which lowers ``r*`` a lot (below 5.7% at ``T = 5`` on their typical
+    neuromorphic hardware): price those terms with an energy model that has
+    them (e.g. ``lemaire2022``) and use :func:`break_even`.
+
+    Example
+    -------
+    >>> round(break_even_rate(5, e_ac=0.9e-12, e_mac_ann=0.23e-12), 4)   # fp32 adds vs int8 MACs
+    0.0511
+    """
+    if not (time_steps > 0 and e_ac > 0 and e_mac_ann >= 0):
+        raise ValueError(f"break_even_rate needs time_steps > 0, e_ac > 0 and e_mac_ann >= 0; got "
+                         f"{time_steps}, {e_ac}, {e_mac_ann}")
+    return e_mac_ann / (time_steps * e_ac)
+
+
+def _ann_row(row: Any, density: float) -> Any:
+    """The row of the equivalent ANN layer: one step, every (dense) synapse a MAC at analog inputs."""
+    import dataclasses
+
+    steps = row.time_steps or 1.0
+    macs = row.dense / steps * density
+    events = (row.in_neurons or 0) * density
+    return dataclasses.replace(row, eff_acs=0.0, eff_macs=macs, synops=macs, dense=row.dense / steps,
+                               input_events=events, time_steps=1.0, energy_parts={}, energy=None)
+
+
+def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "horowitz45nm-int8", *,
+               ann_density: float = 1.0) -> Any:
+    """The table with two more columns per spiking synaptic layer: ``ann_energy`` and ``break_even_rate``.
+
+    For each synaptic row whose input is spikes (no effective MACs) and that
+    has an energy (the table was built with ``energy=``):
+
+    * ``ann_energy``: the equivalent quantised ANN layer (Yan et al. 2024,
+      arXiv:2409.08290: one time step, ``ceil(log2(T+1))``-bit activations)
+      priced by ``ann``: every synapse one MAC at analog inputs,
+      ``dense / T * ann_density`` MACs per sample (``ann_density`` < 1 for an
+      ANN that skips zero activations);
+    * ``break_even_rate = in_rate * ann_energy / energy``: the input spike
+      rate at which the layer's energy (linear in its input events) equals
+      the ANN's. The spiking layer is cheaper only while ``in_rate`` is below
+      it. With :class:`OpEnergy` on both sides this is
+      :func:`break_even_rate` ``e_mac_ann / (T * e_ac)``; with memory terms
+      (``lemaire2022``) it includes them.
+
+    Choose ``ann`` at the ANN's precision: ``"horowitz45nm-int8"`` (default;
+    Horowitz has no figure below 8 bits, so for ``T <= 7`` it is an upper
+    bound on the ANN's cost), ``"horowitz45nm-fp16"``, ``"horowitz45nm"``, or
+    ``"lemaire2022"`` for the ANN equations of Lemaire et al. with memory.
+
+    Returns a new :class:`~synopsloss.table.SynOpsTable`; rows that do not
+    apply (neuron layers, analog inputs, silent inputs) keep ``None``.
+
+    Raises
+    ------
+    ValueError
+        When the table has no energy column (build it with ``energy=``), or
+        ``ann_density`` is outside (0, 1].
+
+    Example
+    -------
+    >>> import torch, synopsloss as sl
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False))
+    >>> counter = sl.SynOpsCounter(net)
+    >>> for t in range(5):
+    ...     _ = net(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    >>> row = break_even(counter.table(energy="horowitz45nm"), "horowitz45nm-int8")["0"]
+    >>> round(row.break_even_rate, 4), row.in_rate
+    (0.0511, 0.25)
+    """
+    import dataclasses
+
+    from .table import SynOpsTable
+
+    model = get_energy_model(ann)
+    if model is None:
+        raise ValueError("break_even needs an energy model for the ANN side (ann=...)")
+    if not (0 < ann_density <= 1):
+        raise ValueError(f"ann_density must be in (0, 1], got {ann_density}")
+    if table.energy_model is None:
+        raise ValueError("break_even needs a table with an energy column: counter.table(energy='horowitz45nm') "
+                         "(or another preset) prices the spiking side")
+    rows = []
+    for row in table.rows:
+        new = dataclasses.replace(row)
+        spiking = row.kind in ("synaptic", "recurrent synapses") and not row.eff_macs and row.dense
+        if spiking and row.energy and row.in_rate is not None and row.time_steps:
+            e_ann = model.energy(_ann_row(row, ann_density)) or 0.0
+            new.ann_energy = e_ann
+            new.break_even_rate = row.in_rate * e_ann / row.energy
+        rows.append(new)
+    total = dataclasses.replace(table.total)
+    priced = [r.ann_energy for r in rows if r.ann_energy is not None]
+    total.ann_energy = sum(priced) if priced else None
+    notes = list(table.notes) + [f"Break-even: the equivalent quantised ANN priced by {model.name!r} "
+                                 "(Yan et al. 2024); a spiking layer is cheaper while In rate < Break-even."]
+    return SynOpsTable(rows, total, samples=table.samples, dt=table.dt, energy_model=table.energy_model,
+                       per_neuron=table.per_neuron, notes=notes, view=table.view)
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate` returns.
+
+    Attributes
+    ----------
+    model
+        The fitted :class:`CountEnergy` (joules per unit of each feature).
+    features
+        The fitted quantities, in column order.
+    counts
+        ``counts[i][j]``: run ``i``'s total of feature ``j`` (over all its samples).
+    measured, predicted, residuals
+        Joules per run; ``residuals = measured - predicted``.
+    relative_residuals
+        ``residuals / measured``.
+    """
+
+    model: "CountEnergy"
+    features: tuple
+    counts: tuple
+    measured: tuple
+    predicted: tuple
+    residuals: tuple
+    relative_residuals: tuple
+
+
+def calibrate(
+    snapshots: Any,
+    measured_joules: Any,
+    *,
+    features: Optional[Any] = None,
+    name: str = "calibrated",
+    source: Optional[str] = None,
+) -> Calibration:
+    """Fit per-op energies to measured runs by non-negative least squares.
+
+    Each run is a :class:`~synopsloss.snapshot.CounterSnapshot` (e.g.
+    ``counter.snapshot(accumulated=True)`` after the run) and the joules a
+    meter measured over it (dynamic energy: subtract the idle power x time
+    first). The model is ``joules = sum_j cost_j * count_j`` with ``count_j``
+    the run's total of feature ``j`` (:data:`COUNT_FEATURES`, summed over
+    layers and samples) and ``cost_j >= 0``, solved with
+    ``scipy.optimize.nnls`` on column-scaled counts.
+
+    Parameters
+    ----------
+    snapshots
+        One snapshot per run.
+    measured_joules
+        Energy of each run, joules.
+    features
+        Which quantities to fit; default ``("eff_acs", "eff_macs",
+        "neuron_updates", "spikes")`` less those that are zero in every run.
+    name, source
+        Name and citation of the fitted preset (``source`` defaults to a
+        description of the fit).
+
+    Raises
+    ------
+    ValueError
+        Fewer runs than features, runs whose counts cannot separate the
+        features (linearly dependent columns), negative or non-finite
+        joules, or unknown features.
+
+    Example
+    -------
+    >>> import torch, synopsloss as sl
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False))
+    >>> counter = sl.SynOpsCounter(net)
+    >>> snaps = []
+    >>> for x in ([1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.5, 1.0, 1.0]):
+    ...     counter.reset(); _ = net(torch.tensor([x])); snaps.append(counter.snapshot())
+    >>> acs = [s.total()["eff_acs"] for s in snaps]; macs = [s.total()["eff_macs"] for s in snaps]
+    >>> joules = [a * 2e-12 + m * 5e-12 for a, m in zip(acs, macs)]
+    >>> fit = calibrate(snaps, joules)
+    >>> {k: round(v * 1e12, 6) for k, v in fit.model.costs.items()}
+    {'eff_acs': 2.0, 'eff_macs': 5.0}
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    from .report import build_table
+
+    snaps = list(snapshots)
+    joules = [float(j) for j in measured_joules]
+    if len(snaps) != len(joules):
+        raise ValueError(f"calibrate needs one measurement per snapshot: got {len(snaps)} snapshots and "
+                         f"{len(joules)} measurements")
+    if not snaps:
+        raise ValueError("calibrate needs at least one run (snapshot and measured joules)")
+    if any(not (math.isfinite(j) and j >= 0) for j in joules):
+        raise ValueError(f"measured joules must be finite and >= 0, got {joules}")
+    explicit = features is not None
+    feats = list(features) if explicit else ["eff_acs", "eff_macs", "neuron_updates", "spikes"]
+    unknown = [f for f in feats if f not in COUNT_FEATURES]
+    if unknown:
+        raise ValueError(f"calibrate: unknown features {unknown}; choose from {list(COUNT_FEATURES)}")
+    rows = []
+    for snap in snaps:
+        table = build_table(snap, energy=None)
+        tot = {k: 0.0 for k in COUNT_FEATURES}
+        for row in table.rows:
+            for k, v in row_features(row).items():
+                tot[k] += v * table.samples
+        rows.append(tot)
+    if not explicit:
+        feats = [f for f in feats if any(r[f] for r in rows)]
+    if not feats:
+        raise ValueError("calibrate: every feature is zero in every run (nothing was counted)")
+    A = np.array([[r[f] for f in feats] for r in rows], dtype=np.float64)
+    b = np.array(joules, dtype=np.float64)
+    if len(snaps) < len(feats):
+        raise ValueError(f"calibrate fits {len(feats)} costs {feats} and needs at least as many runs; got "
+                         f"{len(snaps)}. Measure more runs (different inputs, spike rates, batch sizes).")
+    scale = np.linalg.norm(A, axis=0)
+    if np.any(scale == 0) or np.linalg.matrix_rank(A / np.where(scale == 0, 1, scale)) < len(feats):
+        raise ValueError(f"calibrate: the runs' counts of {feats} are linearly dependent, so their costs cannot be "
+                         "told apart. Vary what the runs do (input rates, analog vs spike inputs, time steps) or "
+                         "fit fewer features.")
+    bscale = float(np.linalg.norm(b)) or 1.0
+    x, _ = nnls(A / scale, b / bscale)
+    costs = x * bscale / scale
+    predicted = A @ costs
+    residuals = b - predicted
+    rel = tuple(float(r / m) if m else math.inf if r else 0.0 for r, m in zip(residuals, b))
+    model = CountEnergy(
+        name, {f: float(c) for f, c in zip(feats, costs)},
+        source=source or f"synopsloss.energy.calibrate: non-negative least squares on {len(snaps)} measured runs",
+        fidelity="fitted", notes=f"max relative residual {max(abs(r) for r in rel):.3g}",
+    )
+    return Calibration(model, tuple(feats), tuple(tuple(float(v) for v in r) for r in A), tuple(joules),
+                       tuple(float(p) for p in predicted), tuple(float(r) for r in residuals), rel)

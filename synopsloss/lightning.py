@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .counter import COUNT_KEYS, SynOpsCounter, SynOpsWarning
-from .loss import SHAPES, SynOpsLoss
+from .loss import SHAPES, EnergyLoss, SynOpsLoss
 from .schedules import Schedule
 
 try:  # the unified package first, the standalone one otherwise
@@ -127,9 +127,11 @@ class SynOpsRegularizer(_pl.Callback):
       logs): ``{prefix}/train/synops_step`` (all counted layers),
       ``{prefix}/train/regularized_step`` (the layers the loss acts on; on the
       progress bar with ``prog_bar=True``), ``{prefix}/train/loss_step`` (the
-      term, mean over ranks), ``{prefix}/train/target`` (target of the
-      regularised synops; ``{prefix}/train/target/{layer}`` per term when
-      there are several) and ``{prefix}/train/weight``;
+      term, mean over ranks), ``{prefix}/train/value_step`` (what the loss
+      regularises, as :meth:`SynOpsLoss.value`, mean over ranks; named
+      ``energy_step``, in joules per sample, with ``energy=``),
+      ``{prefix}/train/target`` (its target; ``{prefix}/train/target/{layer}``
+      per term when there are several) and ``{prefix}/train/weight``;
     * at the end of each training epoch (``on_epoch``, over all samples of the
       epoch): ``{prefix}/train/synops``, ``regularized``, ``dense``,
       ``eff_macs``, ``eff_acs``, ``loss`` and, with ``per_layer=True``,
@@ -177,6 +179,11 @@ class SynOpsRegularizer(_pl.Callback):
         Also log each layer's synops per sample at the end of each epoch.
     prog_bar
         Show the regularised synops of each step on the progress bar.
+    energy
+        Train against estimated energy instead of synops: an energy preset
+        or model (see :class:`~synopsloss.EnergyLoss`); targets are then joules
+        per sample (``budget``: watts), and the counter tracks neurons unless
+        ``counter_kwargs`` says otherwise.
 
     Raises
     ------
@@ -218,6 +225,7 @@ class SynOpsRegularizer(_pl.Callback):
         prefix: str = "synops",
         per_layer: bool = False,
         prog_bar: bool = True,
+        energy: Any = None,
     ) -> None:
         given = [n for n, v in (("target", target), ("fraction", fraction), ("budget", budget)) if v is not None]
         if len(given) != 1:
@@ -247,8 +255,9 @@ class SynOpsRegularizer(_pl.Callback):
         )
         self.interval = interval
         self.module = module
+        self.energy = energy
         kwargs = dict(counter_kwargs or {})
-        kwargs.setdefault("neurons", False)
+        kwargs.setdefault("neurons", energy is not None)  # EnergyLoss prices the neuron layers too
         self.counter_kwargs = kwargs
         self._own_batch_size = batch_size_fn is not None or not ({"batch_size", "batch_dim"} & set(kwargs))
         self.batch_size_fn = batch_size_fn or _batch_size
@@ -340,7 +349,10 @@ class SynOpsRegularizer(_pl.Callback):
                 self._pending = self._loss_fn.state_dict()
         counter = SynOpsCounter(root, **self.counter_kwargs)
         counter.remove()  # attached only while training batches run
-        loss_fn = SynOpsLoss(counter, **self._loss_kwargs)
+        if self.energy is not None:
+            loss_fn: SynOpsLoss = EnergyLoss(counter, energy=self.energy, **self._loss_kwargs)
+        else:
+            loss_fn = SynOpsLoss(counter, **self._loss_kwargs)
         if self._pending is not None:
             loss_fn.load_state_dict(self._pending)
             self._pending = None
@@ -409,11 +421,10 @@ class SynOpsRegularizer(_pl.Callback):
         """Sums of this calibration batch's per-term synops and samples (for the all-rank initial synops)."""
         counter = self._counter
         assert counter is not None
+        assert self._loss_fn is not None
         with torch.no_grad():
-            per = counter.synops(by_layer=True)
             samples = float(counter.samples)
-            groups = self._groups(list(per), counter.data_fed_layers())
-            sums = {label: sum(per[n].double() for n in layers) * samples for label, layers in groups.items()}
+            sums = {label: v.double() * samples for label, v in self._loss_fn.term_values().items()}
         if self._cal is None:
             self._cal = {label: torch.zeros((), dtype=torch.float64, device=v.device) for label, v in sums.items()}
             self._cal["__n__"] = torch.zeros((), dtype=torch.float64, device=next(iter(sums.values())).device)
@@ -477,6 +488,12 @@ class SynOpsRegularizer(_pl.Callback):
             self._epoch_term = self._term.detach().double() if self._epoch_term is None else (
                 self._epoch_term + self._term.detach().double().to(self._epoch_term.device))
             self._epoch_steps += 1
+        if self._term is not None:  # what the loss acts on, in its unit (synops or joules), mean over ranks
+            values = loss_fn.term_values()
+            value = sum((v.double().to(device) for v in values.values()), zero)
+            key = "energy_step" if isinstance(loss_fn, EnergyLoss) else "value_step"
+            both = _sum_over_ranks(trainer, torch.stack([value, zero + 1.0]))
+            self._log(pl_module, f"{p}/{key}", both[0] / both[1], on_step=True, batch_size=samples)
         targets = loss_fn.targets()
         if all(v is not None for v in targets.values()):
             self._log(pl_module, f"{p}/target", sum(v for v in targets.values() if v is not None), on_step=True,

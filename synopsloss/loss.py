@@ -34,7 +34,7 @@ from .counter import SynOpsCounter
 from ._validate import ArgumentTypeError, check_int
 from .schedules import Schedule, as_schedule
 
-__all__ = ["SynOpsLoss", "UnreachableTargetWarning", "SHAPES"]
+__all__ = ["SynOpsLoss", "EnergyLoss", "UnreachableTargetWarning", "LossScaleWarning", "SHAPES"]
 
 #: The loss shapes, as functions of the relative error ``r = (s - t) / t``.
 SHAPES = ("squared", "hinge", "squared_hinge", "l1")
@@ -44,6 +44,10 @@ TargetLike = Union[float, int, Schedule]
 
 class UnreachableTargetWarning(UserWarning):
     """A synops target the network cannot reach, or one that would push synops up."""
+
+
+class LossScaleWarning(UserWarning):
+    """A loss term that dwarfs the task loss, or a target far below the measured value (``target=`` vs ``fraction=``)."""
 
 
 @dataclass
@@ -138,6 +142,13 @@ class SynOpsLoss:
     tensor(1., grad_fn=<MulBackward0>)
     """
 
+    #: what the loss regularises, per sample (messages, :meth:`last`)
+    _unit = "synops"
+
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
     def __init__(
         self,
         counter: SynOpsCounter,
@@ -193,8 +204,11 @@ class SynOpsLoss:
         self.last_step = 0
         self._calls = 0
         self._warned: set = set()
+        self._last: Optional[Dict[str, Any]] = None
         #: batches without any loss.step() after which moving schedules warn
         self.unstepped_warning_calls = 100
+        #: the task-loss scale the first term is compared with when no ``task_loss`` is passed
+        self.typical_task_loss = 1.0
 
         known = counter.layer_names
         if isinstance(spec, Mapping):
@@ -237,14 +251,14 @@ class SynOpsLoss:
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ValueError(
-                f"SynOpsLoss: {what} names layer(s) {unknown} that the counter does not count; "
+                f"{self._name}: {what} names layer(s) {unknown} that the counter does not count; "
                 f"counted layers: {known}"
             )
 
-    def _warn(self, key: str, message: str) -> None:
+    def _warn(self, key: str, message: str, category: type = None) -> None:  # type: ignore[assignment]
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, UnreachableTargetWarning, stacklevel=4)
+            warnings.warn(message, category or UnreachableTargetWarning, stacklevel=4)
 
     def _resolve(self, term: _Term, per_layer: Dict[str, Tensor], fed: List[str]) -> List[str]:
         if term.layers is not None:
@@ -254,7 +268,7 @@ class SynOpsLoss:
         driven = [n for n in per_layer if n not in fed]
         if not driven:
             raise ValueError(
-                f"SynOpsLoss: every counted layer ({list(per_layer)}) is fed directly by the data, so training "
+                f"{self._name}: every counted layer ({list(per_layer)}) is fed directly by the data, so training "
                 "cannot lower their synops (only zero weights could). Pass layers='all' to regularise them anyway."
             )
         return driven
@@ -266,28 +280,70 @@ class SynOpsLoss:
 
     # ------------------------------------------------------------------ the loss
 
-    def __call__(self) -> Tensor:
-        """The loss for the batch counted since the last ``counter.reset()`` (0-dim, differentiable)."""
+    def _measure(self) -> Dict[str, Tensor]:
+        """The regularised quantity per layer for the batch (``{layer: 0-dim tensor}``, differentiable).
+
+        :class:`SynOpsLoss`: ``counter.synops(by_layer=True)``, synops per sample.
+        """
+        return self._synops()
+
+    def _synops(self) -> Dict[str, Tensor]:
+        """``counter.synops(by_layer=True)``, checked: no forward pass, NaN or inf raise clear errors."""
         try:
             per_layer = self.counter.synops(by_layer=True)
         except RuntimeError as err:
             raise RuntimeError(
-                "SynOpsLoss was called before any forward pass since counter.reset(): run the model on the "
+                f"{self._name} was called before any forward pass since counter.reset(): run the model on the "
                 "batch (every time step) first, then compute the loss"
             ) from err
+        if self.counter.check_finite and per_layer:
+            values = list(per_layer.values())
+            total = values[0].detach()
+            for v in values[1:]:
+                total = total + v.detach().to(total.device)
+            if not bool(torch.isfinite(total)):  # one sync per call, as counter.synops()
+                self.counter.synops()  # raises the counter's FloatingPointError naming the layers
+                raise FloatingPointError(
+                    f"synopsloss: NaN or inf in the synops of layer(s) "
+                    f"{[n for n, v in per_layer.items() if not bool(torch.isfinite(v.detach()))]} since the last "
+                    "reset(); the synops are undefined. Check the data and the layers before them "
+                    "(torch.autograd.set_detect_anomaly can help)."
+                )
+        return per_layer
+
+    def __call__(self, task_loss: Union[Tensor, float, None] = None) -> Tensor:
+        """The loss for the batch counted since the last ``counter.reset()`` (0-dim, differentiable).
+
+        Parameters
+        ----------
+        task_loss
+            Optional: the batch's task loss. While calibrating, a first term
+            more than 100x larger (100x :attr:`typical_task_loss` when not
+            given) raises a :class:`LossScaleWarning`.
+
+        Raises
+        ------
+        RuntimeError
+            Before any forward pass since ``counter.reset()``.
+        FloatingPointError
+            When an input of a counted layer held NaN or inf (the message of
+            ``counter.synops()``; with the counter's ``check_finite=True``).
+        """
+        per_layer = self._measure()
         fed = self.counter.data_fed_layers()
         calibrating = self._calls < self.calibration_batches
         self._calls += 1
         self._check_stepped()
         weight = self.weight.value
         if weight < 0:
-            raise ValueError(f"SynOpsLoss: the weight schedule gave {weight} < 0 at step {self.last_step}")
+            raise ValueError(f"{self._name}: the weight schedule gave {weight} < 0 at step {self.last_step}")
         total: Optional[Tensor] = None
+        last: Dict[str, Any] = {}
         for term in self._terms:
             names = self._resolve(term, per_layer, fed)
             s = per_layer[names[0]]
             for n in names[1:]:
-                s = s + per_layer[n]
+                s = s + per_layer[n].to(s.device)
             t = self._target(term, s, names, calibrating)
             r = (s - t) / t
             if self.shape == "squared":
@@ -299,17 +355,113 @@ class SynOpsLoss:
             else:
                 f = r.abs()
             total = f if total is None else total + f
+            last[term.label] = (names, s.detach(), t, f.detach())
             self._check_gradient(names, per_layer, fed)
             if calibrating and self._calls == self.calibration_batches:
                 self._check_reachable(term, names, per_layer, fed, t)
         assert total is not None
-        return total * weight
+        out = (total * weight).to(torch.get_default_dtype())
+        self._last = {"terms": last, "per_layer": {n: v.detach() for n, v in per_layer.items()},
+                      "loss": out.detach(), "weight": weight}
+        if calibrating:
+            self._check_scale(total.detach(), task_loss)
+        return out
+
+    def _check_scale(self, unweighted: Tensor, task_loss: Union[Tensor, float, None]) -> None:
+        """While calibrating: warn once when the first term dwarfs the task loss (100x)."""
+        w = self.weight.value
+        for k in (10, 100, 1000, 10000):  # a warm-up weight that starts at 0: the weight it reaches
+            if w > 0:
+                break
+            w = self.weight.at(self.last_step + k)
+        first = float(unweighted) * w
+        ref = self.typical_task_loss if task_loss is None else abs(float(task_loss))
+        if not first > 100 * ref:
+            return
+        kinds = {t.kind for t in self._terms}
+        hint = ""
+        if "target" in kinds:
+            hint = (" target= is an absolute number of " + self._unit + " per sample, not a fraction: for "
+                    "a fraction of the measured value pass fraction= instead (e.g. fraction=0.5).")
+        elif "fraction" in kinds:
+            hint = " A small fraction= asks for a large relative cut: lower it gradually (a Linear schedule)."
+        what = "the task loss" if task_loss is not None else "a typical task loss (loss.typical_task_loss)"
+        self._warn(
+            "scale",
+            f"{self._name}: the first loss term is {first:.6g} (weight {w:g}), more than 100x {what} ({ref:.4g}): "
+            f"it will dominate training and can silence the network in a few steps.{hint} Lower weight= or use "
+            f"shape='hinge'. What is regularised and its target: loss.last().",
+            LossScaleWarning,
+        )
+
+    # ------------------------------------------------------------------ what the loss acts on
+
+    def _require_last(self) -> Dict[str, Any]:
+        if self._last is None:
+            raise RuntimeError(f"{self._name}.value() / last() read the last call of the loss: call the loss first")
+        return self._last
+
+    def value(self, by_layer: bool = False) -> Union[float, Dict[str, float]]:
+        """What the loss regularised at its last call, per sample: the sum over its terms' layers, or per layer.
+
+        Unlike ``counter.synops()`` (every counted layer), this is the quantity
+        the loss acts on (by default the network-driven layers only): synops
+        for :class:`SynOpsLoss`, joules for :class:`EnergyLoss`. One device
+        sync per call.
+
+        Example
+        -------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.ReLU(),
+        ...                           torch.nn.Linear(2, 1, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.fill_(1.0)
+        >>> counter = sl.SynOpsCounter(net)
+        >>> loss_fn = sl.SynOpsLoss(counter, target=1.0)
+        >>> _ = net(torch.ones(1, 2)); _ = loss_fn()
+        >>> counter.synops().item(), loss_fn.value(), loss_fn.value(by_layer=True)
+        (8.0, 4.0, {'2': 4.0})
+        """
+        last = self._require_last()
+        names: Dict[str, None] = {}
+        for layers, *_ in last["terms"].values():
+            names.update(dict.fromkeys(layers))
+        per = {n: float(last["per_layer"][n]) for n in names}
+        return per if by_layer else float(sum(per.values()))
+
+    def term_values(self) -> Dict[str, Tensor]:
+        """The regularised value of each term at the last call, as detached 0-dim tensors (no device sync).
+
+        ``{term label: value per sample}`` (synops, or joules for
+        :class:`EnergyLoss`); what the Lightning regularizer logs.
+        """
+        return {label: s for label, (_, s, _, _) in self._require_last()["terms"].items()}
+
+    def last(self) -> Dict[str, Any]:
+        """The last call in plain numbers: what was regularised, against which target, and the term.
+
+        Returns ``{"unit", "value", "target", "loss", "weight", "per_layer",
+        "terms"}``: ``value`` and ``target`` summed over the terms (per
+        sample), ``loss`` the returned term, ``per_layer`` the regularised
+        value of each layer, and ``terms[label] = {"layers", "value",
+        "target", "relative_error", "term"}`` (``term``: the unweighted
+        ``f(r)``). One device sync per call.
+        """
+        last = self._require_last()
+        terms = {}
+        for label, (layers, s, t, f) in last["terms"].items():
+            sv, tv = float(s), float(t)
+            terms[label] = {"layers": list(layers), "value": sv, "target": tv, "relative_error": (sv - tv) / tv,
+                            "term": float(f)}
+        return {"unit": self._unit, "value": sum(x["value"] for x in terms.values()),
+                "target": sum(x["target"] for x in terms.values()), "loss": float(last["loss"]),
+                "weight": last["weight"], "per_layer": self.value(by_layer=True), "terms": terms}
 
     def _target(self, term: _Term, s: Tensor, names: List[str], calibrating: bool) -> Union[Tensor, float]:
         value = term.schedule.value
         if not value > 0:
             raise ValueError(
-                f"SynOpsLoss: the {term.kind} of {term.label!r} is {value} at step {self.last_step}; "
+                f"{self._name}: the {term.kind} of {term.label!r} is {value} at step {self.last_step}; "
                 "it must stay > 0 (a schedule that ends at zero asks to silence the network)"
             )
         if term.kind == "target":
@@ -317,7 +469,7 @@ class SynOpsLoss:
         if term.kind == "budget":
             steps = self._time_steps(names[0])
             if steps <= 0:
-                raise RuntimeError(f"SynOpsLoss: layer {names[0]!r} was not called in this batch; cannot turn its budget into synops")
+                raise RuntimeError(f"{self._name}: layer {names[0]!r} was not called in this batch; cannot turn its budget into synops")
             return value * self.dt * steps
         # fraction of the initial synops
         if calibrating:
@@ -331,7 +483,7 @@ class SynOpsLoss:
             initial = term.initial if term.initial is not None else 0.0
         if isinstance(initial, float) and not initial > 0:
             raise ValueError(
-                f"SynOpsLoss: the initial synops of {term.label!r} ({names}) measured on the first "
+                f"{self._name}: the initial synops of {term.label!r} ({names}) measured on the first "
                 f"{self.calibration_batches} batch(es) are {initial}: no fraction of zero is a usable target. "
                 "Give an absolute target= or check that the network spikes."
             )
@@ -348,14 +500,14 @@ class SynOpsLoss:
         if self.layers == "driven" and term.layers is None and not fed:
             self._warn(
                 "nofed",
-                "SynOpsLoss(layers='driven'): no counted layer was recognised as fed directly by the data (the model "
+                f"{self._name}(layers='driven'): no counted layer was recognised as fed directly by the data (the model "
                 "may transform its input before the first layer), so every layer is regularised, including the "
                 "input layer whose synops training cannot lower. Pass layers=[...] naming the network-driven layers.",
             )
         if fed_sel and t <= s_fed:
             self._warn(
                 f"unreachable:{term.label}",
-                f"SynOpsLoss: the target for {term.label!r} ({t:.6g} synops per sample) is at or below the synops "
+                f"{self._name}: the target for {term.label!r} ({t:.6g} {self._unit} per sample) is at or below the synops "
                 f"of the data-fed layer(s) {fed_sel} ({s_fed:.6g}), which training cannot lower: the loss can only "
                 "approach it by silencing the whole network, which collapses accuracy. Regularise the "
                 "network-driven layers (layers='driven', the default, with fraction=) or raise the target.",
@@ -363,7 +515,7 @@ class SynOpsLoss:
         elif fed_sel and term.layers is not None and len(names) == 1:
             self._warn(
                 f"fed:{term.label}",
-                f"SynOpsLoss: layer {names[0]!r} is fed directly by the data; training can lower its synops only "
+                f"{self._name}: layer {names[0]!r} is fed directly by the data; training can lower its synops only "
                 "by zeroing weights.",
             )
         if self.shape in ("squared", "l1") and t > s_sel:
@@ -371,14 +523,31 @@ class SynOpsLoss:
             if term.kind == "target" and self.layers == "driven" and term.layers is None and fed and t < s_sel + fed_all:
                 hint = (
                     f" If it was computed from counter.synops(): that total includes the data-fed layer(s) {fed} "
-                    f"({fed_all:.6g} synops per sample), which this loss leaves out by default; the target applies "
+                    f"({fed_all:.6g} {self._unit} per sample), which this loss leaves out by default; the target applies "
                     "to the network-driven synops only. fraction=0.5 asks for half of them."
                 )
             self._warn(
                 f"above:{term.label}",
-                f"SynOpsLoss: the target for {term.label!r} ({t:.6g} synops per sample) is above the current synops "
+                f"{self._name}: the target for {term.label!r} ({t:.6g} {self._unit} per sample) is above the current synops "
                 f"of those layers ({s_sel:.6g}); with shape {self.shape!r} the loss pushes synops UP to it "
                 f"(shape='hinge' only penalises going above).{hint}",
+            )
+
+        if t < 0.01 * s_sel:
+            value = term.schedule.value
+            if term.kind == "target":
+                hint = (f" target= is an absolute number of {self._unit} per sample; if you meant "
+                        f"{value:g} of the measured value, pass fraction={value:g} instead of target={value:g}.")
+            elif term.kind == "fraction":
+                hint = (f" fraction={value:g} asks for {value:.2%} of the calibrated value; lower it gradually "
+                        "(fraction=schedules.Linear(1.0, ..., steps=...)) or check that you did not mean target=.")
+            else:
+                hint = " Check the budget's units (per second) and dt."
+            self._warn(
+                f"tiny:{term.label}",
+                f"{self._name}: the target for {term.label!r} ({t:.6g} {self._unit} per sample) is below 1% of what "
+                f"those layers have now ({s_sel:.6g}): the loss can only approach it by silencing them.{hint}",
+                LossScaleWarning,
             )
 
     def _check_gradient(self, names: List[str], per_layer: Dict[str, Tensor], fed: List[str]) -> None:
@@ -415,7 +584,7 @@ class SynOpsLoss:
             zero = self.weight.value == 0
             self._warn(
                 "unstepped",
-                f"SynOpsLoss: {self._calls} batches were computed but loss.step() was never called, so the schedules "
+                f"{self._name}: {self._calls} batches were computed but loss.step() was never called, so the schedules "
                 f"{moving} stay at step 0" + (" and the loss weight is 0: the loss has no effect" if zero else "")
                 + ". Call loss.step() after each optimizer step (or once per epoch).",
             )
@@ -503,3 +672,158 @@ class SynOpsLoss:
     def __repr__(self) -> str:
         kinds = ", ".join(f"{t.label}: {t.kind} {t.schedule!r}" for t in self._terms)
         return f"SynOpsLoss({kinds}; shape={self.shape!r}, weight={self.weight!r}, step={self.last_step})"
+
+
+class EnergyLoss(SynOpsLoss):
+    """A 0-dim tensor that grows as the estimated energy per sample leaves its target.
+
+    :class:`SynOpsLoss` with joules per sample in place of synops: the same
+    ``target=`` (joules per sample), ``fraction=`` (of the energy measured on
+    the first batches), ``budget=`` (watts per layer, with ``dt``), shapes,
+    schedules, ``layers=`` selection (default: the network-driven layers, plus
+    every neuron layer), :meth:`value` / :meth:`last` and state dicts.
+
+    The energy of each layer is exactly the table's energy column
+    (``counter.table(energy=energy)[layer].energy``, all parts of the model:
+    ACs and MACs at their op energies, neuron updates, Lemaire's memory and
+    addressing terms). Its gradient flows through the layer's differentiable
+    synops (``counter.synops(by_layer=True)``): per synaptic layer ``l`` the
+    term is
+
+    ``E_l + (s_l - stopgrad(s_l)) * E_l / S_l``
+
+    with ``E_l`` the layer's energy and ``S_l`` its synops on this batch (from
+    ``counter.snapshot()``), so its value is ``E_l`` and its gradient is
+    ``E_l / S_l`` joules per synop times the gradient of the synops: the op
+    energy of an accumulate for a layer fed spikes (``e_ac`` under
+    ``horowitz45nm``), that of a multiply-accumulate (scaled by effective MACs
+    per synop) for a layer fed analog values, plus the memory terms that grow
+    with the events. Neuron-layer energies (updates of every neuron at every
+    step, spike writes) enter the value but carry no gradient: they do not
+    depend on the weights through anything the counter differentiates.
+
+    Each call takes one ``counter.snapshot()`` (one device-to-host copy).
+
+    Parameters
+    ----------
+    counter
+        The :class:`~synopsloss.SynOpsCounter` (create it with
+        ``neurons=True``, the default, when the model prices neurons).
+    target, fraction, budget, dt, time_steps, shape, weight, layers, calibration_batches
+        As for :class:`SynOpsLoss`, in joules per sample (``budget``: watts).
+    energy
+        The energy model: a preset name (:mod:`synopsloss.energy`), an
+        :class:`~synopsloss.energy.EnergyModel` or ``{"e_ac", "e_mac"}``.
+
+    Raises
+    ------
+    ValueError
+        As :class:`SynOpsLoss`; an energy model whose energy does not depend
+        on activity (a non-spiking device prices every synapse at every step).
+
+    Example
+    -------
+    >>> import torch, synopsloss as sl
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(2, 1, bias=False))
+    >>> with torch.no_grad():
+    ...     _ = net[0].weight.fill_(1.0)
+    >>> counter = sl.SynOpsCounter(net)
+    >>> loss_fn = sl.EnergyLoss(counter, target=1e-12, energy="horowitz45nm")
+    >>> _ = net(torch.ones(1, 2)); term = loss_fn()
+    >>> loss_fn.value(), counter.table(energy="horowitz45nm")["2"].energy   # 2 MACs at 4.6 pJ
+    (9.2e-12, 9.2e-12)
+    """
+
+    _unit = "J"
+
+    def __init__(
+        self,
+        counter: SynOpsCounter,
+        target: Union[TargetLike, Mapping[str, TargetLike], None] = None,
+        *,
+        energy: Any = "horowitz45nm",
+        fraction: Union[TargetLike, Mapping[str, TargetLike], None] = None,
+        budget: Optional[Mapping[str, TargetLike]] = None,
+        dt: Optional[float] = None,
+        time_steps: Optional[int] = None,
+        shape: Optional[str] = None,
+        weight: Union[float, Schedule] = 1.0,
+        layers: Union[str, Sequence[str]] = "driven",
+        calibration_batches: int = 1,
+    ) -> None:
+        from .energy import DeviceEnergy, get_energy_model
+
+        model = get_energy_model(energy)
+        if model is None:
+            raise ValueError("EnergyLoss needs an energy model (energy='horowitz45nm', 'lemaire2022', ...)")
+        if isinstance(model, DeviceEnergy) and not model.spiking:
+            raise ValueError(
+                f"EnergyLoss(energy={model.name!r}): this device computes every synapse and neuron at every time "
+                "step, so its energy does not depend on activity and training cannot lower it. Choose a spiking "
+                "device or an op-level model (horowitz45nm, lemaire2022)."
+            )
+        self.energy_model = model
+        super().__init__(counter, target, fraction=fraction, budget=budget, dt=dt, time_steps=time_steps,
+                         shape=shape, weight=weight, layers=layers, calibration_batches=calibration_batches)
+        if counter.neurons is None and _prices_neurons(model):
+            warnings.warn(
+                f"EnergyLoss: the counter was created with neurons=False, so the neuron-update energy of model "
+                f"{model.name!r} is left out (as in the table of that counter). Create the counter with "
+                "neurons=True to include it.", UnreachableTargetWarning, stacklevel=2)
+
+    def _check_names(self, names: List[str], what: str) -> None:
+        known = dict(self.counter.model.named_modules())
+        unknown = [n for n in names if n not in known or not n]
+        if unknown:
+            raise ValueError(
+                f"EnergyLoss: {what} names layer(s) {unknown} that the model does not have; counted synaptic "
+                f"layers: {self.counter.layer_names}"
+            )
+
+    def _measure(self) -> Dict[str, Tensor]:
+        from .report import build_table
+
+        synops = self._synops()
+        table = build_table(self.counter.snapshot(), energy=self.energy_model)
+        ref = next(iter(synops.values()))
+        out: Dict[str, Tensor] = {}
+        self._constant = set()
+        for row in table.rows:
+            if row.energy is None:
+                continue
+            # float64: the value is the table's number exactly (joules are ~1e-12)
+            e = torch.tensor(float(row.energy), dtype=torch.float64, device=ref.device)
+            s = synops.get(row.name) if row.kind in ("synaptic", "recurrent synapses") else None
+            if s is not None and row.synops:
+                s = s.to(torch.float64)
+                term = e + (s - s.detach()) * (float(row.energy) / float(row.synops))
+            else:
+                term = e
+            out[row.name] = term if row.name not in out else out[row.name] + term
+        for name in out:
+            if not out[name].requires_grad:
+                self._constant.add(name)
+        for name in synops:  # counted layers that did not run or have no energy: zero, as in the table
+            if name not in out:
+                out[name] = torch.zeros((), dtype=torch.float64, device=ref.device)
+        return out
+
+    def _check_gradient(self, names: List[str], per_layer: Dict[str, Tensor], fed: List[str]) -> None:
+        syn = set(self.counter.layer_names)
+        super()._check_gradient([n for n in names if n in syn], per_layer, fed)
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("SynOpsLoss(", "EnergyLoss(", 1)[:-1] + f", energy={self.energy_model.name!r})"
+
+
+def _prices_neurons(model: Any) -> bool:
+    from .energy import CountEnergy, DeviceEnergy, Lemaire2022, OpEnergy
+
+    if isinstance(model, (DeviceEnergy, Lemaire2022)):
+        return True
+    if isinstance(model, OpEnergy):
+        return bool(model.e_neuron_op)
+    if isinstance(model, CountEnergy):
+        return any(model.costs.get(k) for k in ("neuron_updates", "spikes"))
+    return True

@@ -141,6 +141,8 @@ class LayerRow:
     synops_estimate: Optional[float] = None  # papers' firing rate x T x FLOPs (see synopsloss.report)
     estimate_error: Optional[float] = None  # synops_estimate / synops - 1
     energy_paper: Optional[float] = None  # 0.9 pJ x estimate (4.6 pJ x dense for non-spike inputs)
+    ann_energy: Optional[float] = None  # the equivalent quantised ANN layer (synopsloss.energy.break_even)
+    break_even_rate: Optional[float] = None  # input spike rate below which the layer beats that ANN
 
 
 @dataclass
@@ -195,6 +197,8 @@ COLUMNS: Dict[str, Tuple[str, str, str]] = {
     "share": ("Share", "pct", "share of the total synops"),
     "energy": ("Energy", "joule", "joules per sample under the table's energy model"),
     "energy_paper": ("Energy (paper)", "joule", "0.9 pJ x estimate (4.6 pJ x dense for non-spike inputs), per sample"),
+    "ann_energy": ("ANN energy", "joule", "the equivalent quantised ANN layer (synopsloss.energy.break_even)"),
+    "break_even_rate": ("Break-even", "rate", "input spike rate below which the layer costs less than that ANN"),
 }
 
 # name -> column keys; a preset leaves out the columns that are empty for the table at hand
@@ -210,6 +214,7 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
              "neuron_ops", "membrane_updates", "firing_rate", "share", "energy"),
     "paper": ("name", "type", "in_rate", "time_steps", "synops", "synops_estimate", "estimate_error", "energy",
               "energy_paper"),
+    "break_even": ("name", "type", "in_rate", "time_steps", "energy", "ann_energy", "break_even_rate"),
     "blocks": ("name", "type", "synops", "synops_per_s", "dense", "eff_macs", "eff_acs", "firing_rate", "neuron_ops",
                "share", "energy"),
 }
