@@ -221,6 +221,15 @@ class SynOpsCounter:
         tell it (see the module docstring). Layers whose input carries this
         dim (``[B, T, ...]``, ``[T, B, ...]`` or ``[B*T, ...]``) run ``T`` steps
         per call; a dim that is not declared is not time (tokens).
+    integer_spikes
+        How an input of integers beyond {-1, 0, 1} (spike counts of
+        integer / multi-bit neurons such as SpikingJelly's ``ILIFNode``, the
+        output of a sum pool) is counted. ``"events"`` (default): a count of
+        ``k`` is ``k`` spike events, each an accumulate, so its effective ACs
+        are its synops (``count x fan-out``), as event-driven hardware sends
+        them. ``"neurobench"``: NeuroBench's definition, binarised: nonzero
+        inputs x fan-out, as MACs (any non-binary input is a MAC there).
+        Synops are ``count x fan-out`` either way.
 
     Example
     -------
@@ -248,6 +257,7 @@ class SynOpsCounter:
         auto_reset: bool = False,
         time_dim: Optional[int] = None,
         ops: str = "auto",
+        integer_spikes: str = "events",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
@@ -258,6 +268,9 @@ class SynOpsCounter:
             batch_dim = 1 if time_dim == 0 else 0
         if time_dim is not None and time_dim == batch_dim:
             raise ValueError(f"time_dim and batch_dim must be different dims of the input, both are {time_dim}")
+        if integer_spikes not in ("events", "neurobench"):
+            raise ValueError(f"integer_spikes must be 'events' (a count of k is k accumulate events) or "
+                             f"'neurobench' (binarised, as MACs), got {integer_spikes!r}")
         if custom_rules is not None and not isinstance(custom_rules, Mapping):
             raise TypeError(f"custom_rules must be a mapping {{module type: Rule}}, got {type(custom_rules).__name__}")
         self.model = model
@@ -269,6 +282,7 @@ class SynOpsCounter:
         self.strict = bool(strict)
         self.check_finite = bool(check_finite)
         self.auto_reset = bool(auto_reset)
+        self.integer_spikes = integer_spikes
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
         self._hooks = HookSet(self)
         self._scratch = Scratch()  # reused work buffers of the hooks (CPU), shared with the pools and neurons
@@ -631,7 +645,8 @@ class SynOpsCounter:
         except ValueError as err:
             raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
         rows = x.numel() // n_el
-        self.record_call(name, Call(x, rows, entry, weight, layer.maps, version=x._version),
+        self.record_call(name, Call(x, rows, entry, weight, layer.maps, version=x._version,
+                                    events=self.integer_spikes == "events"),
                          in_shape=in_shape, out_shape=out_shape, data=self._is_data(x),
                          lead=tuple(x.shape[:x.dim() - nd]))
 
@@ -648,6 +663,8 @@ class SynOpsCounter:
                                                    self._warn_once)
             if scale is not None:
                 call = call._replace(scale=scale, integer=integer)
+        if call.events != (self.integer_spikes == "events"):
+            call = call._replace(events=not call.events)
         state = self._state(name, call.x.device)
         state.calls += 1
         state.rows_total += call.rows

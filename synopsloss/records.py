@@ -13,7 +13,11 @@ counts of :class:`Sums` with one rule, so the two ways cannot drift apart:
   product with the float64 fan-out map per group gives every call's synops and
   effective ops;
 * a call is *spiking* (its effective ops are ACs) when ``max |x| <= 1`` and
-  ``sum |x| == number of nonzeros`` (every value in {-1, 0, 1}); otherwise MACs;
+  ``sum |x| == number of nonzeros`` (every value in {-1, 0, 1}); a call whose
+  values are all integers (spike counts, multi-bit spikes) sends ``|x|`` events
+  per input value, each an accumulate: its ACs are its synops (``events=False``
+  counts it NeuroBench's way instead: nonzero inputs x fan-out, as MACs); any
+  other call's effective ops are MACs;
 * an input read from an average-pool output of integers (spike counts) is
   counted as spike events (``round(|x| * divisor)``), one call at a time.
 
@@ -56,6 +60,7 @@ class Call(NamedTuple):
     scale: Optional[Tensor] = None
     integer: Optional[Tensor] = None
     version: int = 0
+    events: bool = True  # integer inputs (spike counts) are that many accumulate events; False: NeuroBench's MACs
 
 
 class Sums(NamedTuple):
@@ -88,8 +93,10 @@ def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -
         eff = torch.linalg.vecdot(nzc.to(acc), emap)
         mag_tot = magc.detach().sum(1, dtype=acc)
         nz_tot = nzc.sum(1, dtype=acc)
-        amax = mag.detach().reshape(len(xs), -1).amax(1).to(acc) if x.numel() else mag_tot.new_zeros(len(xs))
-    return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows)
+        flat = mag.detach().reshape(len(xs), -1)
+        amax = flat.amax(1).to(acc) if x.numel() else mag_tot.new_zeros(len(xs))
+        integer = (flat == flat.round()).all(1) if x.numel() else torch.ones_like(amax, dtype=torch.bool)
+    return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows), integer
 
 
 def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
@@ -105,7 +112,7 @@ def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
         nonzero = st.nonzero.to(acc)
         return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1),
                 nonzero.sum().reshape(1), st.amax.to(acc).reshape(1), st.mag_sum.detach().to(acc).sum().reshape(1),
-                (ent.dense_total * float(call.rows)).reshape(1))
+                (ent.dense_total * float(call.rows)).reshape(1), call.integer.reshape(1))
 
 
 def _per_layer_synops(parts: List[Tuple[Tensor, ...]], owners: List[int], synops: Tensor, index: Tensor,
@@ -164,24 +171,34 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
             if c.scale is not None:
                 pooled.append(item)
             else:
-                key = (c.rows, ent.effective.numel(), c.x.dtype, c.x.device, ent.effective.dtype)
+                key = (c.rows, ent.effective.numel(), c.x.dtype, c.x.device, ent.effective.dtype, c.events)
                 groups.setdefault(key, []).append(item)
     parts: List[Tuple[Tensor, ...]] = []
     owners: List[int] = []
-    for (rows, n_el, _, _, _), items in groups.items():
+    events: List[bool] = []
+    for (rows, n_el, _, _, _, _), items in groups.items():
         parts.append(_group_sums([c.x for _, c, _ in items], [e for _, _, e in items], rows, n_el))
         owners.extend(li for li, _, _ in items)
+        events.extend(c.events for _, c, _ in items)
     for li, c, ent in pooled:
         parts.append(_pooled_sums(c, ent))
         owners.append(li)
-    cols = [torch.cat([p[j] for p in parts]) if len(parts) > 1 else parts[0][j] for j in range(7)]
+        events.append(c.events)
+    cols = [torch.cat([p[j] for p in parts]) if len(parts) > 1 else parts[0][j] for j in range(8)]
     synops = cols[0]
     with torch.no_grad():
-        eff, in_sum, nz, amax, mag, dense = cols[1:]
+        eff, in_sum, nz, amax, mag, dense, integer = cols[1:]
         # spiking <=> every value in {-1, 0, 1}: max |x| <= 1 and sum |x| == number of nonzeros
         spiking = (amax <= 1) & (mag == nz)
-        zero = eff.new_zeros(())
-        stats = torch.stack([dense, torch.where(spiking, eff, zero), torch.where(spiking, zero, eff), in_sum, nz,
+        if any(events):  # integer spike counts: |x| accumulate events each (the synops, detached)
+            counted = integer & ~spiking
+            if not all(events):
+                counted = counted & torch.tensor(events, device=counted.device)
+            ac = torch.where(spiking, eff, torch.where(counted, synops.detach(), eff.new_zeros(())))
+            is_ac = spiking | counted
+        else:
+            ac, is_ac = torch.where(spiking, eff, eff.new_zeros(())), spiking
+        stats = torch.stack([dense, ac, torch.where(is_ac, eff.new_zeros(()), eff), in_sum, nz,
                              spiking.to(eff.dtype)])
     n = len(layers)
     if n == 1:

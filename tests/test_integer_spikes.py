@@ -1,0 +1,87 @@
+"""Integer spike counts (I-LIF, multi-bit spikes, sum pools) are counted as the events hardware sends.
+
+Numbers come from a brute force (count x fan-out, nonzero x fan-out) and from NeuroBench run live.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import synopsloss as sl
+from helpers import brute_force_counts, frozen_copy, neurobench_synops
+
+neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+
+
+def _ilif_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), neuron.ILIFNode(), nn.Conv2d(8, 4, 3, padding=1))
+
+
+def _counts(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return net[1](net[0](x))
+
+
+def test_integer_counts_are_that_many_accumulate_events():
+    net = _ilif_net()
+    x = torch.rand(2, 2, 6, 6) * 4
+    spikes = _counts(net, x)
+    net[1].reset()
+    assert spikes.max() > 1 and bool((spikes == spikes.round()).all())  # counts beyond {0, 1}
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with torch.no_grad():
+        net(x)
+    got = counter.snapshot().per_layer()["2"]
+    ref = brute_force_counts(frozen_copy(net[2]), spikes, samples=2)  # synops = count x fan-out
+    assert got["synops"] == pytest.approx(ref["synops"])
+    assert got["eff_acs"] == pytest.approx(ref["synops"])  # every event an accumulate
+    assert got["eff_macs"] == 0.0
+    assert got["eff_acs"] > ref["eff_macs"] > 0  # more events than nonzero inputs
+
+
+def test_neurobench_mode_reproduces_neurobench_live():
+    net = _ilif_net()
+    x = torch.rand(2, 2, 6, 6) * 4
+    want = neurobench_synops(net, x, snntorch=False)
+    net[1].reset()
+    counter = sl.SynOpsCounter(net, neurons=False, integer_spikes="neurobench")
+    with torch.no_grad():
+        net(x)
+    got = counter.snapshot().total()
+    assert got["dense"] == pytest.approx(want["dense"])
+    assert got["eff_macs"] == pytest.approx(want["eff_macs"])
+    assert got["eff_acs"] == pytest.approx(want["eff_acs"])
+    # and layer by layer against the binarised brute force
+    net[1].reset()
+    spikes = _counts(net, x)
+    ref = brute_force_counts(frozen_copy(net[2]), (spikes != 0).float(), samples=2)
+    assert counter.snapshot().per_layer()["2"]["eff_macs"] == pytest.approx(ref["eff_acs"])
+
+
+def test_integer_spikes_option_is_checked():
+    with pytest.raises(ValueError, match="integer_spikes must be"):
+        sl.SynOpsCounter(nn.Linear(2, 2), integer_spikes="counts")
+
+
+def test_integer_events_reach_the_function_mode_path_too():
+    torch.manual_seed(1)
+
+    class Fn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 5))
+
+        def forward(self, v):
+            return torch.nn.functional.linear(v, self.weight)
+
+    fn = Fn()
+    x = torch.randint(0, 4, (4, 5)).float()
+    counter = sl.SynOpsCounter(fn, neurons=False)
+    fn(x)
+    got = counter.snapshot().total()
+    fan = (fn.weight != 0).sum(0).double()
+    assert got["eff_acs"] == pytest.approx(float((x.double() * fan).sum()) / 4)
+    assert got["eff_macs"] == 0.0
