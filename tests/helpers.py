@@ -51,19 +51,26 @@ def brute_force_map(layer: nn.Module, in_sample_shape: Sequence[int], effective:
     return jac.reshape(-1, *in_sample_shape).sum(0)
 
 
-def brute_force_counts(layer: nn.Module, x: torch.Tensor, samples: int) -> Dict[str, float]:
-    """dense / eff / synops of one call by explicit Jacobians (any layer, pruned or not)."""
+def brute_force_counts(layer: nn.Module, x: torch.Tensor, samples: int, events: bool = True) -> Dict[str, float]:
+    """dense / eff / synops of one call by explicit Jacobians (any layer, pruned or not).
+
+    Values in {-1, 0, 1}: effective ops are ACs; other integers (spike counts) are ``|x|``
+    accumulate events each when ``events`` (else NeuroBench's binarised MACs); anything else MACs.
+    """
     sample_shape = x.shape[1:]
     eff_map = brute_force_map(layer, sample_shape, True)
     dense_map = brute_force_map(layer, sample_shape, False)
     xd = x.detach().double()
     spiking = bool(((xd == 0) | (xd.abs() == 1)).all())
+    integer = events and bool((xd == xd.round()).all())
     eff = float(((xd != 0).double() * eff_map).sum())
+    synops = float((xd.abs() * eff_map).sum())
+    acs = eff if spiking else synops if integer else 0.0
     return {
         "dense": float(dense_map.sum()) * x.shape[0] / samples,
-        "eff_macs": 0.0 if spiking else eff / samples,
-        "eff_acs": eff / samples if spiking else 0.0,
-        "synops": float((xd.abs() * eff_map).sum()) / samples,
+        "eff_macs": 0.0 if (spiking or integer) else eff / samples,
+        "eff_acs": acs / samples,
+        "synops": synops / samples,
     }
 
 

@@ -165,7 +165,8 @@ def test_counts_under_autocast_are_exact_and_do_not_overflow(dtype: torch.dtype)
     eff1 = 3 * 2049 - 1  # nonzero taps of layer 1
     per_sample = {
         "0": {"dense": 4 * 3, "eff_macs": 0.0, "eff_acs": 4 * 3, "synops": 4 * 3},
-        "1": {"dense": 3 * 2049, "eff_macs": eff1, "eff_acs": 0.0, "synops": 4.0 * eff1},
+        # layer 1's inputs are all 4.0: integer counts, so 4 accumulate events each (integer_spikes="events")
+        "1": {"dense": 3 * 2049, "eff_macs": 0.0, "eff_acs": 4.0 * eff1, "synops": 4.0 * eff1},
     }
     assert counts == per_sample
     assert synops.dtype == torch.float32
