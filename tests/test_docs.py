@@ -70,7 +70,7 @@ def test_the_home_page_figure_states_what_the_counter_counts():
     counter = sl.SynOpsCounter(layer)
     for t in range(spikes.shape[0]):
         layer(spikes[t:t + 1])
-    counts = counter.counts()[""]
+    counts = counter.snapshot().per_layer()[""]
     assert (counts["synops"], counts["dense"], counts["eff_acs"]) == (8.0, 36.0, 8.0)
     svg = (DOCS / "img" / "synops.svg").read_text()
     assert ">synops per sample<" in svg and ">8<" in svg and "9 x 4 = 36" in svg
