@@ -140,3 +140,13 @@ def test_table_page_lists_every_column_and_preset():
     assert {k: t.strip() for k, t in rows.items() if k in COLUMNS} == {k: v[0] for k, v in COLUMNS.items()}
     presets = dict(re.findall(r'^\| `"(\w+)"`[^|]*\| ([^|]+) \|', page, re.M))
     assert {k: tuple(re.findall(r"`(\w+)`", v)) for k, v in presets.items()} == PRESETS
+
+
+def test_the_glossary_quotes_the_demo_legend_word_for_word():
+    from synopsloss.cli.digits import LEGEND
+
+    page = (DOCS / "table.md").read_text()
+    glossary = page[page.index("## Glossary"):page.index("## Columns")]
+    rows = dict(re.findall(r"^\| ([^|]+?) \| (.+?) \|$", glossary, re.M))
+    rows.pop("column", None)
+    assert rows == LEGEND
