@@ -24,7 +24,7 @@ def _exit(argv, capsys) -> tuple:
 @pytest.mark.parametrize("argv, usage, hint", [
     (["demo", "--epoch", "3", "--quiett"], "usage: synopsloss demo", "unrecognized arguments: --quiett (did you mean --quiet?)"),
     (["demo", "--no-plott"], "usage: synopsloss demo", "(did you mean --no-plot?)"),
-    (["report", "m:f", "--input-shap=1,2"], "usage: synopsloss report", "(did you mean --input-shape?)"),
+    (["report", "m:f", "--inptu-shape=1,2"], "usage: synopsloss report", "(did you mean --input-shape?)"),
     (["report", "m:f", "--feed", "fold"], "usage: synopsloss report", "invalid choice: 'fold'"),
     (["demoo"], "usage: synopsloss ", "invalid choice: 'demoo'"),
     (["reprot", "m:f"], "usage: synopsloss ", "(did you mean report?)"),
