@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # each test trains in a subprocess
+
 pytest.importorskip("snntorch")
 pytest.importorskip("sklearn")
 

@@ -22,6 +22,7 @@ PAGES = sorted(DOCS.glob("*.md"))
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
+@pytest.mark.slow
 def test_site_builds_in_strict_mode(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
         if importlib.util.find_spec(module.split(".")[0]) is None:
@@ -34,6 +35,12 @@ def test_site_builds_in_strict_mode(tmp_path):
     assert "WARNING" not in log, log
     site = tmp_path / "site"
     assert (site / "index.html").exists() and (site / "img" / "synops.svg").exists()
+    assert (site / "stylesheets" / "extra.css").exists()
+    cli = (site / "cli" / "index.html").read_text()
+    assert "network-driven synops / sample" in cli and "--8&lt;--" not in cli  # the demo output is included
+    for page in ("neurobench", "cli", "modules"):
+        assert (site / "api" / page / "index.html").exists(), page
+    assert "NeuroBenchMetrics" in (site / "api" / "neurobench" / "index.html").read_text()
     assert (site / "notebooks" / "quickstart.ipynb").exists() and (site / "notebooks" / "training.ipynb").exists()
     api = (site / "api" / "table" / "index.html").read_text()
     assert "compare" in api and "SynOpsTable" in api
@@ -232,9 +239,13 @@ def test_pages_quote_the_demo_figures_from_the_generated_output():
     # no page keeps an older demo figure: every "NN.N% -> NN.N%" quoted anywhere is the demo's (or the quick run's)
     quick = (DOCS / "_generated" / "demo-quick.txt")
     allowed = {acc}
-    if quick.exists():
-        q = _demo_output().figures(quick.read_text())
-        allowed.add(f"{q['acc_before']} -> {q['acc_after']}")
+    q = _demo_output().figures(quick.read_text())
+    allowed.add(f"{q['acc_before']} -> {q['acc_after']}")
+    command = quick.read_text().splitlines()[0].removeprefix("$ ").replace(" --quiet --no-plot", "")
+    assert f"```bash\n{command}\n```" in cli, "the quick run's command is the one its output was made with"
+    for quoted in (f"{q['acc_before']} -> {q['acc_after']}", f"{q['driven_ratio']}x fewer",
+                   f"{q['driven_before']} -> {q['driven_after']}"):
+        assert quoted in cli, quoted
     for path in PAGES + [ROOT / "README.md"]:
         for found in re.findall(r"\d+\.\d% -> \d+\.\d%", path.read_text()):
             assert found in allowed, f"{path.name} quotes {found}, not the demo's {sorted(allowed)}"
