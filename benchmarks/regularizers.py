@@ -155,7 +155,7 @@ def l1_spike_rate(spikes: Dict[str, List[Tensor]]) -> Tensor:
     samples so that it is a rate in [0, 1] and ``lambda`` does not depend on
     the network's size. It weighs every spike the same, whatever the neuron's
     fan-out. Used as ``lambda * R`` (the existing ``l1`` baseline of the
-    trade-off benchmark and of ``synopsloss.demo.train(activity_l1=...)``).
+    trade-off benchmark and of ``synopsloss.cli.digits.train(activity_l1=...)``).
 
     Parameters
     ----------
@@ -358,7 +358,7 @@ class IterativeTarget:
         """The current stage's loss for the batch counted since ``counter.reset()``."""
         out = self.loss()
         driven = set(self.counter.layer_names) - set(self.counter.data_fed_layers())
-        per_layer = self.counter.synops_per_layer()
+        per_layer = self.counter.synops(by_layer=True)
         self._last = float(sum(per_layer[n].detach() for n in driven))
         return out
 

@@ -2,7 +2,7 @@
 
 * ``digits``: scikit-learn's 8x8 handwritten digits (1797, shipped with
   scikit-learn), pixel intensities rate-coded, the demo's spiking CNN
-  (:class:`synopsloss.demo.SpikingCNN`: conv 3x3 1->16, Leaky, maxpool 2,
+  (:class:`synopsloss.cli.digits.SpikingCNN`: conv 3x3 1->16, Leaky, maxpool 2,
   conv 3x3 16->32, Leaky, maxpool 2, linear 128->10). The split (80/20,
   stratified) depends on the seed, as in the demo.
 * ``mnist1d``: MNIST-1D (Greydanus 2020; ``mnist1d.data.make_dataset`` with its
@@ -108,7 +108,7 @@ def _mnist1d() -> Data:
 def load_task(name: str, seed: int = 0) -> Task:
     """The task ``name`` (``"digits"`` or ``"mnist1d"``); ``seed`` picks the digits split."""
     if name == "digits":
-        from synopsloss import demo
+        from synopsloss.cli import digits as demo
 
         return Task("digits", demo.load_data(seed), demo.SpikingCNN)
     if name == "mnist1d":

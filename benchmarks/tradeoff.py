@@ -163,7 +163,7 @@ def _run_one(job: Job) -> Dict[str, Any]:
     import torch.nn.functional as F
 
     import synopsloss as sl
-    from synopsloss import demo
+    from synopsloss.cli import digits as demo
     from synopsloss.schedules import Warmup
     from regularizers import (ActivityRecorder, IterativeTarget, _FanoutCache, fanout_weighted_spikes,
                               hinge_squared_rate, l1_spike_rate)

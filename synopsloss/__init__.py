@@ -26,8 +26,17 @@ Modules: ``counter`` (hooks and counting), ``snapshot`` (plain-data readings),
 functional weights), ``pooling`` (AvgPool spike events), ``recurrent``
 (RNN/LSTM/GRU), ``neurons`` (neuron statistics), ``hooks`` (hook plumbing),
 ``report`` / ``table`` (the per-layer table), ``energy``, ``loss``,
-``schedules``, ``lightning`` (Lightning callbacks), ``cli`` (command line).
+``schedules``, ``lightning`` (Lightning callbacks), ``neurobench`` (NeuroBench
+metrics), ``cli`` (command line).
+
+``lightning`` (it needs the optional ``lightning`` package), ``neurobench``,
+``cli`` and ``report`` are imported on first access: ``import synopsloss``
+imports only torch, and ``sl.lightning`` / ``sl.neurobench`` work without
+importing them first.
 """
+
+import importlib
+from typing import Any
 
 from .counter import COUNT_KEYS, SynOpsCounter, SynOpsWarning, UnsupportedLayerWarning
 from .energy import CountEnergy, DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device, register_preset
@@ -73,3 +82,24 @@ __all__ = [
     "schedules",
     "__version__",
 ]
+
+# submodules imported on first attribute access (they import optional dependencies)
+_LAZY = ("lightning", "neurobench", "cli", "report")
+_EXTRAS = {"lightning": "lightning"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name and not err.name.startswith(__name__):
+                raise ModuleNotFoundError(
+                    f"synopsloss.{name} needs {err.name!r}, which is not installed: "
+                    f"pip install 'synopsloss[{_EXTRAS.get(name, name)}]'", name=err.name) from err
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))

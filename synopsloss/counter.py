@@ -1149,50 +1149,6 @@ class SynOpsCounter:
         """The :class:`synopsloss.neurons.NeuronMonitor` that tracks the model's neuron and other layers."""
         return self._monitor
 
-    # ------------------------------------------------------------------ deprecated readers
-
-    def _deprecated(self, old: str, new: str) -> None:
-        warnings.warn(f"counter.{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
-
-    def synops_per_layer(self) -> Dict[str, Tensor]:
-        """Deprecated: ``synops(by_layer=True)``."""
-        self._deprecated("synops_per_layer()", "counter.synops(by_layer=True)")
-        self._require_batch("synops_per_layer")
-        return self.synops(by_layer=True)
-
-    def counts(self, accumulated: bool = False) -> Dict[str, Dict[str, float]]:
-        """Deprecated: ``snapshot(accumulated).per_layer()``."""
-        self._deprecated("counts()", "counter.snapshot(accumulated).per_layer()")
-        if not accumulated:
-            self._require_batch("counts")
-        return self.snapshot(accumulated=accumulated).per_layer()
-
-    def totals(self, accumulated: bool = False) -> Dict[str, float]:
-        """Deprecated: ``snapshot(accumulated).total()``."""
-        self._deprecated("totals()", "counter.snapshot(accumulated).total()")
-        return self.snapshot(accumulated=accumulated).total()
-
-    def sums(self, accumulated: bool = False) -> Tuple[List[str], Tensor, int]:
-        """Deprecated: ``snapshot(accumulated)`` (sums per layer) and ``CounterSnapshot.all_reduce``."""
-        self._deprecated("sums()", "counter.snapshot(accumulated) and CounterSnapshot.all_reduce()")
-        snap = self.snapshot(accumulated=accumulated)
-        names = list(snap.layers) + [n for n in self._layers if n not in snap.layers]
-        table = torch.tensor(
-            [[getattr(snap.layers[n], k) if n in snap.layers else 0.0 for k in COUNT_KEYS] for n in names],
-            dtype=torch.float64,
-        )
-        return names, table, snap.samples
-
-    def counts_from_sums(self, names: List[str], table: Tensor, samples: int) -> Dict[str, Dict[str, float]]:
-        """Deprecated: ``CounterSnapshot.per_layer()`` of a reduced snapshot."""
-        self._deprecated("counts_from_sums()", "CounterSnapshot.all_reduce(...).per_layer()")
-        out: Dict[str, Dict[str, float]] = {}
-        for name, row in zip(names, table.tolist()):
-            if not all(math.isfinite(v) for v in row):
-                raise FloatingPointError(f"synopsloss: NaN or inf in the input of layer {name!r}")
-            out[name] = {k: (v / samples if samples else 0.0) for k, v in zip(COUNT_KEYS, row)}
-        return out
-
     def __repr__(self) -> str:
         state = "attached" if self.attached else "removed"
         return f"SynOpsCounter({type(self.model).__name__}, {len(self._layers)} layers, {state})"

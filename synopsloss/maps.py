@@ -535,15 +535,3 @@ def module_map_args(module: nn.Module, rule: Rule, weight: Tensor, in_shape: Sha
 
 def prod(shape: Iterable[int]) -> int:
     return math.prod(int(s) for s in shape)
-
-
-_MOVED = ("register_rule", "register_no_synapse", "find_rule", "has_no_synapse")
-
-
-def __getattr__(name: str):
-    # the registry functions lived here before synopsloss.registry held every layer table
-    if name in _MOVED:
-        from . import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -196,7 +196,7 @@ def main() -> None:  # pragma: no cover - a measurement script: PYTHONPATH=. pyt
         functional.reset_net(model)
         with torch.no_grad():
             model(x)
-        ours = {k: float(v) for k, v in counter.synops_per_layer().items()}
+        ours = {k: float(v) for k, v in counter.synops(by_layer=True).items()}
         counter.remove()
         mm = sum(v for ops in res.per_op.values() for op, v in ops.items() if "bmm" in op)
         zero = {k: v for k, v in ours.items() if v > 0 and k not in res.per_op}

@@ -99,7 +99,7 @@ def test_fanout_penalty_equals_the_counters_synops_of_the_next_layers(bench):
         net(x[t])
     inputs = torch.cat([i.flatten() for i in rec.inputs["2"] + rec.inputs["5"]])
     assert set(inputs.unique().tolist()) <= {0.0, 1.0} and inputs.sum() > 0   # binary spikes, some of them
-    per_layer = counter.synops_per_layer()
+    per_layer = counter.synops(by_layer=True)
     omega = r.fanout_weighted_spikes(rec.inputs, rec.layers, normalize=False)
     assert omega.item() == pytest.approx((per_layer["2"] + per_layer["5"]).item(), rel=1e-6)
     assert omega.item() == pytest.approx(sum(per_layer[n].item() for n in per_layer if n not in counter.data_fed_layers()))
@@ -120,7 +120,7 @@ def test_normalised_fanout_penalty_is_synops_over_dense_synops(bench):
         x = torch.rand(5, 4)
         net(x)
         net(x)
-        c = counter.counts()["2"]
+        c = counter.snapshot().per_layer()["2"]
         v = r.fanout_weighted_spikes(rec.inputs, rec.layers)
     assert c["dense"] == 2 * 6 * 3        # two calls, 6 inputs x 3 outputs
     assert v.item() == pytest.approx(c["synops"] / c["dense"])

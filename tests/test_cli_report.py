@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FACTORIES = textwrap.dedent(
     """
@@ -113,7 +116,7 @@ def test_report_reads_a_saved_input_tensor(env, tmp_path, monkeypatch):
     (["userpkg.models.snn_net", "--input-shape", "2,3,3"], "PACKAGE.MODULE:FACTORY"),
     (["userpkg.models:missing", "--input-shape", "2,3,3"], "has no attribute 'missing'"),
     (["userpkg.models:not_a_model", "--input-shape", "2,3,3"], "neither an nn.Module nor a factory"),
-    (["userpkg.models:snn_net", "--input-shape", "5,5"], "failed on an input of shape [1, 5, 5]"),
+    (["userpkg.models:snn_net", "--input-shape", "5,5"], "failed on an input of shape [8, 5, 5]"),
     (["userpkg.models:only_relu", "--input-shape", "4"], "nothing to count"),
     (["userpkg.models:snn_net", "--input-shape", "2,-3"], "--input-shape must be positive integers"),
 ])
@@ -140,11 +143,42 @@ def test_report_runs_sinabs_squeeze_models_with_time_folded_into_the_batch(env, 
 
 def test_report_finds_a_factory_module_in_the_current_directory(tmp_path):
     (tmp_path / "mymodels.py").write_text("import torch\n\ndef net():\n    return torch.nn.Sequential(torch.nn.Linear(4, 2))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # this checkout only: the factory's directory is not on the path
     res = _report(env, "mymodels:net", "--input-shape", "4", "--rate", "1.0", "--format", "csv", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
-    assert float(rows["0"]["dense"]) == 8.0  # every input spikes: 4 inputs x 2 outputs, one sample, one step
+    assert float(rows["0"]["dense"]) == 4 * 2 * 20  # 4 inputs x 2 outputs per step, 20 steps (the default)
+
+
+def test_report_defaults_make_leaky_neurons_fire_and_a_silent_network_is_flagged(env, tmp_path, monkeypatch):
+    res = _report(env, "userpkg.models:snn_net", "--input-shape", "2,3,3", "--format", "csv")
+    assert res.returncode == 0, res.stderr
+    assert "no neuron fired" not in res.stderr
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    # the same Poisson input by hand (defaults: seed 0, batch 8, 20 steps, rate 0.1), fed step by step
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import userpkg.models as models
+    from snntorch import utils
+
+    net = models.snn_net()
+    x = (torch.rand((8, 20, 2, 3, 3), generator=torch.Generator().manual_seed(0)) < 0.1).float()
+    spikes = {2: 0.0, 4: 0.0}
+    hooks = [net[i].register_forward_hook(lambda m, a, out, i=i: spikes.__setitem__(i, spikes[i] + float(out.sum())))
+             for i in spikes]
+    utils.reset(net)
+    with torch.no_grad():
+        for t in range(20):
+            net(x[:, t])
+    for h in hooks:
+        h.remove()
+    assert spikes[2] > 0 and spikes[4] > 0  # the defaults make both neuron layers fire
+    assert float(rows["2"]["firing_rate"]) == pytest.approx(spikes[2] / (8 * 20 * 6), rel=1e-6)
+    assert float(rows["4"]["firing_rate"]) == pytest.approx(spikes[4] / (8 * 20 * 3), rel=1e-6)
+    # one step of one sample: no Leaky neuron reaches its threshold, and the warning names the flags to raise
+    quiet = _report(env, "userpkg.models:snn_net", "--input-shape", "2,3,3", "--timesteps", "1", "--batch", "1")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning: no neuron fired (neuron layers 2, 4)" in quiet.stderr
+    assert "--timesteps 1, --rate 0.1" in quiet.stderr and "raise --timesteps or --rate" in quiet.stderr
 
 
 @pytest.mark.parametrize("spelling", ["--time-steps", "--timesteps"])

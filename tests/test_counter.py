@@ -130,8 +130,8 @@ def test_single_layer_counts_equal_brute_force(name):
     net = nn.Sequential(layer)
     with sl.SynOpsCounter(net) as counter:
         net(x)
-        got = counter.counts()["0"]
-        per_layer = counter.synops_per_layer()["0"]
+        got = counter.snapshot().per_layer()["0"]
+        per_layer = counter.synops(by_layer=True)["0"]
         total = counter.synops()
     want = brute_force_counts(layer, x, samples=shape[0])
     assert_counts({"0": got}, {"0": want})
@@ -148,7 +148,7 @@ def test_linear_on_time_series_counts_every_row():
     net = nn.Sequential(lin)
     with sl.SynOpsCounter(net, batch_dim=0) as counter:
         net(x)
-        got = counter.counts()["0"]
+        got = counter.snapshot().per_layer()["0"]
     want = brute_force_counts(lin, x, samples=2)
     assert_counts({"0": got}, {"0": want})
     assert got["dense"] == 7 * 5 * 3  # per sample: T rows of 15 taps
@@ -176,8 +176,8 @@ def test_small_net_counts_equal_brute_force(pruned):
     rec = Recorder(net, names)
     with sl.SynOpsCounter(net) as counter:
         net(x)
-        got = counter.counts()
-        per_layer = counter.synops_per_layer()
+        got = counter.snapshot().per_layer()
+        per_layer = counter.synops(by_layer=True)
         total = counter.synops()
     rec.close()
     want = reference_counts(rec, 3, {"0": 3, "2": 3, "5": 1, "7": 1})
@@ -195,7 +195,7 @@ def test_pruned_weights_are_not_synapses():
     with sl.SynOpsCounter(net) as c1, sl.SynOpsCounter(dense_net) as c2:
         net(x)
         dense_net(x)
-        pruned_counts, dense_counts = c1.counts(), c2.counts()
+        pruned_counts, dense_counts = c1.snapshot().per_layer(), c2.snapshot().per_layer()
     # same dense taps, fewer effective ones: the pruned first layer keeps half its weights
     assert pruned_counts["0"]["dense"] == dense_counts["0"]["dense"]
     assert pruned_counts["0"]["eff_macs"] < dense_counts["0"]["eff_macs"]
@@ -262,7 +262,7 @@ def test_snntorch_counts_equal_neurobench(factory, shape, spikes):
     ref = neurobench_synops(ref_net, data, snntorch=True)
     counter = sl.SynOpsCounter(net)
     _run_steps(net, counter, data)
-    got = counter.totals()
+    got = counter.snapshot().total()
     counter.remove()
     for k in ("dense", "eff_macs", "eff_acs"):
         assert got[k] == pytest.approx(ref[k], rel=1e-12), k
@@ -281,7 +281,7 @@ def test_plain_torch_ann_counts_equal_neurobench():
     ref = neurobench_synops(a, x, snntorch=False)
     with sl.SynOpsCounter(b) as counter:
         b(x)
-        got = counter.totals()
+        got = counter.snapshot().total()
     for k in ("dense", "eff_macs", "eff_acs"):
         assert got[k] == pytest.approx(ref[k], rel=1e-12), k
     assert got["eff_macs"] > 0 and got["eff_acs"] == 0.0  # ReLU outputs are no spikes: MACs
@@ -296,7 +296,7 @@ def test_neurobench_run_on_a_counted_model_disturbs_neither():
     alone = neurobench_synops(twin, x, snntorch=False)
     with sl.SynOpsCounter(net) as counter:
         ref = neurobench_synops(net, x, snntorch=False)
-        got = counter.totals()
+        got = counter.snapshot().total()
     assert ref == alone
     for k in ("dense", "eff_macs", "eff_acs"):
         assert got[k] == pytest.approx(ref[k], rel=1e-12), k
@@ -322,10 +322,10 @@ def test_accumulated_counts_average_over_all_samples_like_neurobench():
     for x in batches:
         counter.reset()
         b(x)
-        per_batch.append(counter.totals())
-    got = counter.totals(accumulated=True)  # the current (last) batch is included
+        per_batch.append(counter.snapshot().total())
+    got = counter.snapshot(accumulated=True).total()  # the current (last) batch is included
     counter.reset()
-    assert counter.totals(accumulated=True) == got  # folding it in changes nothing
+    assert counter.snapshot(accumulated=True).total() == got  # folding it in changes nothing
     assert got["dense"] == pytest.approx(float(ref["Dense"]), rel=1e-12)
     assert got["eff_macs"] == pytest.approx(float(ref["Effective_MACs"]), rel=1e-12)
     # the accumulated value weighs batches by their sizes, not a mean of batch means
@@ -333,7 +333,7 @@ def test_accumulated_counts_average_over_all_samples_like_neurobench():
     assert got["eff_macs"] == pytest.approx(weighted, rel=1e-12)
     counter.reset(accumulated=True)
     with pytest.raises(RuntimeError, match="before any forward"):
-        counter.counts(accumulated=True)
+        counter.snapshot(accumulated=True).per_layer()
     counter.remove()
 
 
@@ -381,7 +381,7 @@ def test_sinabs_tutorial_network_per_layer_synops_equal_sinabs_hooks():
     stats = analyzer.get_layer_statistics()["parameter"]
     with sl.SynOpsCounter(ours) as counter:
         ours(x)
-        got = counter.counts()
+        got = counter.snapshot().per_layer()
         total = counter.synops().item()
     # sinabs.hooks: per time step and sample, corrected for the AvgPools: times T = per sample
     per_step = hooked.hook_data["synops_per_timestep"]
@@ -426,7 +426,7 @@ def test_model_called_per_time_step_divides_by_samples_not_steps():
     counter.reset()
     for t in range(T):
         net(data[:, t])
-    got = counter.counts()
+    got = counter.snapshot().per_layer()
     counter.remove()
     want = _reference_for_calls(net, [data[:, t] for t in range(T)], samples=B)
     assert_counts(got, want)
@@ -453,7 +453,7 @@ def test_model_taking_batch_time_input_loops_inside():
     data = _spikes(2, 5, 6, seed=3)
     with sl.SynOpsCounter(model) as counter:
         model(data)
-        got = counter.counts()
+        got = counter.snapshot().per_layer()
     want = _reference_for_calls(inner, [data[:, t] for t in range(5)], samples=2)
     assert_counts({k[4:]: v for k, v in got.items()}, want)
 
@@ -464,14 +464,14 @@ def test_time_first_input_needs_batch_dim_1():
     data = _spikes(5, 2, 6, seed=4)  # [T, B, F]
     with sl.SynOpsCounter(model, batch_dim=1) as counter:
         model(data)
-        got = counter.counts()
+        got = counter.snapshot().per_layer()
     want = _reference_for_calls(inner, list(data), samples=2)
     assert_counts({k[4:]: v for k, v in got.items()}, want)
     # with the default batch_dim=0 the counter would take T=5 for the batch; each call has 2 rows
     with sl.SynOpsCounter(model) as counter:
         model(data)
         with pytest.raises(ValueError, match="batch_dim=1"):
-            counter.counts()
+            counter.snapshot().per_layer()
 
 
 def test_explicit_batch_size_for_folded_time():
@@ -480,7 +480,7 @@ def test_explicit_batch_size_for_folded_time():
     data = _spikes(B * T, 6, seed=5)  # [B*T, F], time folded by hand; no sinabs layer
     with sl.SynOpsCounter(net, batch_size=B) as counter:
         net(data)
-        got = counter.counts()
+        got = counter.snapshot().per_layer()
     assert_counts(got, _reference_for_calls(net, [data], samples=B))
 
 
@@ -499,7 +499,7 @@ def test_unknown_number_of_samples_is_a_clear_error():
         assert counter.samples == 2
     with sl.SynOpsCounter(model, batch_size=2) as counter:
         model([torch.ones(2, 3)])
-        assert counter.counts()["lin"]["eff_acs"] == 6.0
+        assert counter.snapshot().per_layer()["lin"]["eff_acs"] == 6.0
 
 
 @pytest.mark.parametrize("squeeze", ["batch_size", "num_timesteps"])
@@ -521,7 +521,7 @@ def test_sinabs_time_folded_into_batch(squeeze, flatten_time):
     rec = Recorder(net, names)
     with sl.SynOpsCounter(net) as counter:
         net(x)
-        got = counter.counts()
+        got = counter.snapshot().per_layer()
     rec.close()
     assert counter.samples == B
     want = reference_counts(rec, B, {names[0]: 3, names[1]: 1})
@@ -585,7 +585,7 @@ def test_avgpool_input_counted_in_spike_events(name):
         model.head["fc"].weight.mul_((torch.rand(4, features) > 0.25).float())
     with sl.SynOpsCounter(model) as counter:
         model(x)
-        got = counter.counts()["head.fc"]
+        got = counter.snapshot().per_layer()["head.fc"]
         synops = counter.synops().item()
     fc = model.head["fc"]
     pooled = pool(x).reshape(B, -1)
@@ -617,7 +617,7 @@ def test_avgpool_between_spiking_layers_in_a_nested_sinabs_net():
     h = model[0][1].register_forward_hook(lambda m, a, out: spikes.append(out.detach().clone()))
     with sl.SynOpsCounter(model) as counter:
         model(x)
-        got = counter.counts()["1.1"]
+        got = counter.snapshot().per_layer()["1.1"]
     h.remove()
     conv = model[1][1]
     events = _window_sums(model[1][0][0], spikes[0])
@@ -634,7 +634,7 @@ def test_sum_and_max_pooling_need_no_correction(pool_name):
     x = _spikes(2, 2, 6, 6, p=0.5, seed=11)
     with sl.SynOpsCounter(model) as counter:
         model(x)
-        got = counter.counts()["1"]
+        got = counter.snapshot().per_layer()["1"]
     want = brute_force_counts(model[1], pool(x), samples=2)
     assert_counts({"1": got}, {"1": want})
 
@@ -646,7 +646,7 @@ def test_pooled_real_values_are_not_rescaled():
     x = torch.rand(3, 2, 4, 4)
     with sl.SynOpsCounter(model) as counter:
         model(x)
-        got = counter.counts()["2"]
+        got = counter.snapshot().per_layer()["2"]
     want = brute_force_counts(model[2], model[1](model[0](x)), samples=3)
     assert_counts({"2": got}, {"2": want})
 
@@ -678,7 +678,7 @@ def test_gradient_reaches_spikes_through_snntorch_surrogates():
     data = (torch.rand(2, 4, 6) * 2).requires_grad_(True)
     counter = sl.SynOpsCounter(net)
     _run_steps(net, counter, data)
-    second = counter.synops_per_layer()["2"]  # its input is spikes of the Leaky neurons
+    second = counter.synops(by_layer=True)["2"]  # its input is spikes of the Leaky neurons
     assert second.item() > 0
     second.backward()
     counter.remove()
@@ -691,7 +691,7 @@ def test_gradient_reaches_spikes_through_sinabs_surrogates():
     x = _spikes(2 * 2, 1, 28, 28, p=0.3, seed=13).requires_grad_(True)
     with sl.SynOpsCounter(net) as counter:
         net(x)
-        last = counter.synops_per_layer()["9"]  # fed by spikes of three IAF layers deep
+        last = counter.synops(by_layer=True)["9"]  # fed by spikes of three IAF layers deep
         assert last.item() > 0
         last.backward()
     assert float(x.grad.abs().sum()) > 0
@@ -711,7 +711,7 @@ def test_map_cache_rebuilt_only_when_shape_or_zero_pattern_changes():
     def run(x):
         counter.reset()
         net(x)
-        return counter.counts()["0"]
+        return counter.snapshot().per_layer()["0"]
 
     x7, x9 = _spikes(2, 2, 7, seed=14), _spikes(3, 2, 9, seed=15)
     run(x7)
@@ -755,7 +755,7 @@ def test_variable_batch_sizes_and_frame_counts_between_resets():
         for t in range(T):
             net(data[:, t])
         assert counter.samples == B
-        assert_counts(counter.counts(), _reference_for_calls(net, [data[:, t] for t in range(T)], samples=B))
+        assert_counts(counter.snapshot().per_layer(), _reference_for_calls(net, [data[:, t] for t in range(T)], samples=B))
     counter.remove()
 
 
@@ -770,7 +770,7 @@ def test_counts_stay_exact_integers_beyond_2_to_the_24():
     with sl.SynOpsCounter(net, batch_dim=0) as counter:
         net(x)
         net(x)
-        c = counter.counts()["0"]
+        c = counter.snapshot().per_layer()["0"]
     want = 2 * rows * 7 * 3  # 42_000_042 > 2**24: not representable in float32
     assert want > 2**24 and float(torch.tensor(float(want), dtype=torch.float32)) != want
     assert c["dense"] == want
@@ -789,12 +789,12 @@ def test_two_counters_on_one_model_both_count_once():
     rec.close()
     # the conv reads averaged spikes: its synops are spike events (window sums), once each
     want = reference_counts(rec, 2, {"1": 3, "4": 1}, events={"1": lambda _: _window_sums(net[0], x)})
-    assert_counts(c1.counts(), want)
-    assert_counts(c2.counts(), want)
+    assert_counts(c1.snapshot().per_layer(), want)
+    assert_counts(c2.snapshot().per_layer(), want)
     c1.remove()
     c2.reset()
     net(x)
-    assert_counts(c2.counts(), want)  # c1's removal leaves c2 intact
+    assert_counts(c2.snapshot().per_layer(), want)  # c1's removal leaves c2 intact
     c2.remove()
 
 
@@ -818,4 +818,4 @@ def test_remove_leaves_no_hooks_attributes_or_state():
     assert list(net.state_dict()) == keys
     assert not counter.attached
     # the counts stay readable after removal
-    assert counter.counts()["0"]["dense"] > 0
+    assert counter.snapshot().per_layer()["0"]["dense"] > 0

@@ -35,14 +35,14 @@ def test_synapses_only_counter_gives_the_same_counts_and_gradients():
     full, lean = sl.SynOpsCounter(full_net), sl.SynOpsCounter(lean_net, neurons=False)
     run(full, full_net, x)
     run(lean, lean_net, x)
-    assert lean.counts() == full.counts()
+    assert lean.snapshot().per_layer() == full.snapshot().per_layer()
     full.synops().backward()
     lean.synops().backward()
     for a, b in zip(full_net.parameters(), lean_net.parameters()):
         assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
     # the first layer sees the raw spikes: brute force over the 4 calls
     want = sum(brute_force_counts(lean_net[0], x[:, t], samples=3)["eff_acs"] for t in range(4))
-    assert lean.counts()["0"]["eff_acs"] == pytest.approx(want, rel=1e-12)
+    assert lean.snapshot().per_layer()["0"]["eff_acs"] == pytest.approx(want, rel=1e-12)
 
 
 def test_synapses_only_counter_hooks_no_neuron_layer_and_its_table_lists_synapses():
@@ -53,7 +53,7 @@ def test_synapses_only_counter_hooks_no_neuron_layer_and_its_table_lists_synapse
     run(counter, net, (torch.rand(2, 3, 1, 6, 6) < 0.5).float())
     table = counter.table()
     assert [row.name for row in table.rows] == ["0", "3"]
-    assert table.total.synops == pytest.approx(sum(c["synops"] for c in counter.counts().values()))
+    assert table.total.synops == pytest.approx(sum(c["synops"] for c in counter.snapshot().per_layer().values()))
 
 
 def test_pool_correction_follows_spikes_through_a_relu():
@@ -65,4 +65,4 @@ def test_pool_correction_follows_spikes_through_a_relu():
     x = torch.tensor([[[1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]]])  # 1 sample, 1 channel, 8 steps
     with_relu(x)
     # window sums 2, 1, 0, 2 = 5 spike events, each reaching 3 outputs (fc's columns are nonzero)
-    assert counter.counts()["3"]["synops"] == pytest.approx(15.0)
+    assert counter.snapshot().per_layer()["3"]["synops"] == pytest.approx(15.0)

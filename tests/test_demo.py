@@ -6,9 +6,12 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # each test trains in a subprocess
 
 pytest.importorskip("snntorch")
 pytest.importorskip("sklearn")
@@ -17,10 +20,14 @@ TINY = ["--epochs", "1", "--train-samples", "96", "--test-samples", "40", "--tim
         "--quiet"]
 
 
-def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")  # this checkout, whatever the cwd
     return subprocess.run([sys.executable, "-m", "synopsloss", "demo", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, cwd=cwd)
 
 
 def _number(text: str) -> float:
@@ -28,8 +35,8 @@ def _number(text: str) -> float:
 
 
 def test_demo_runs_end_to_end_and_its_summary_agrees_with_its_tables(tmp_path):
-    png = tmp_path / "demo.png"
-    proc = _run(*TINY, "--target", "0.4", "--seed", "3", "--plot", str(png))
+    png = tmp_path / "synopsloss-demo.png"  # saved by default, in the current directory
+    proc = _run(*TINY, "--target", "0.4", "--seed", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "40 test 8x8 digits, 3 time steps, 1 epochs" in out
@@ -70,16 +77,40 @@ def test_demo_runs_end_to_end_and_its_summary_agrees_with_its_tables(tmp_path):
     assert t and _number(t.group(1)) == pytest.approx(0.4 * _number(t.group(2)), abs=1)
     assert "data-fed layer(s), not regularised: conv1" in out
     assert png.exists() and png.stat().st_size > 1000
+    assert f"plot saved to {png}" in out
+    # the energy column is Eff ACs x 0.9 pJ (every input is a spike: Eff MACs 0), the horowitz45nm model
+    energy, acs, macs = (header.index(k) for k in ("Energy", "Eff ACs", "Eff MACs"))
+    for row in rows:
+        cells = re.split(r"\s{2,}", row.strip())
+        assert cells[macs] == "0"
+        assert _si(cells[energy]) == pytest.approx(_si(cells[acs]) * 0.9e-12, rel=0.01)
+    # the legend under the first table explains every column, in the words of the docs' glossary
+    from synopsloss.cli.digits import LEGEND
+
+    assert out.count("Columns (per sample, all time steps):") == 1
+    for name, words in LEGEND.items():
+        assert re.search(rf"^  {re.escape(name)} +{re.escape(words)}$", out, re.M), name
+        assert name in header
 
 
-def test_demo_is_reproducible_for_a_seed():
-    a, b = _run(*TINY, "--seed", "5"), _run(*TINY, "--seed", "5")
+def _si(cell: str) -> float:
+    """A table cell such as ``7.92k``, ``12.2 nJ`` or ``81.2 pJ`` as a number (joules or counts)."""
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9, "p": 1e-12, "f": 1e-15}
+    value = cell.removesuffix("J").strip()
+    if value and value[-1] in scale:
+        return float(value[:-1]) * scale[value[-1]]
+    return float(value)
+
+
+def test_demo_is_reproducible_for_a_seed(tmp_path):
+    a, b = _run(*TINY, "--seed", "5", "--no-plot", cwd=tmp_path), _run(*TINY, "--seed", "5", "--no-plot", cwd=tmp_path)
     assert a.returncode == 0 and b.returncode == 0
+    assert list(tmp_path.iterdir()) == [] and "plot saved" not in a.stdout  # --no-plot saves nothing
     strip = lambda s: re.sub(r"\(\d+ s\)", "", s)  # noqa: E731  (timings differ)
     assert strip(a.stdout) == strip(b.stdout)
 
 
-def test_demo_rejects_a_non_positive_target_with_a_clear_message():
-    proc = _run(*TINY, "--target", "0")
+def test_demo_rejects_a_non_positive_target_with_a_clear_message(tmp_path):
+    proc = _run(*TINY, "--target", "0", cwd=tmp_path)
     assert proc.returncode == 2
     assert "--target must be > 0" in proc.stderr

@@ -22,6 +22,7 @@ PAGES = sorted(DOCS.glob("*.md"))
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
+@pytest.mark.slow
 def test_site_builds_in_strict_mode(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
         if importlib.util.find_spec(module.split(".")[0]) is None:
@@ -34,24 +35,63 @@ def test_site_builds_in_strict_mode(tmp_path):
     assert "WARNING" not in log, log
     site = tmp_path / "site"
     assert (site / "index.html").exists() and (site / "img" / "synops.svg").exists()
+    assert (site / "stylesheets" / "extra.css").exists()
+    cli = (site / "cli" / "index.html").read_text()
+    assert "network-driven synops / sample" in cli and "--8&lt;--" not in cli  # the demo output is included
+    for page in ("neurobench", "cli", "modules"):
+        assert (site / "api" / page / "index.html").exists(), page
+    assert "NeuroBenchMetrics" in (site / "api" / "neurobench" / "index.html").read_text()
     assert (site / "notebooks" / "quickstart.ipynb").exists() and (site / "notebooks" / "training.ipynb").exists()
     api = (site / "api" / "table" / "index.html").read_text()
     assert "compare" in api and "SynOpsTable" in api
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if FENCE.search(p.read_text())], ids=lambda p: p.name)
-def test_python_examples_of_a_page_run(page, tmp_path, monkeypatch):
-    """Every ```python block of the page, in order, in one namespace (```py blocks are fragments, not run)."""
+BLOCKS = [(page, i, block) for page in PAGES for i, block in enumerate(FENCE.findall(page.read_text()))]
+SKETCH = '```py title="Sketch: not runnable alone'
+
+
+@pytest.mark.parametrize("page, i, block", BLOCKS, ids=[f"{p.name}[{i}]" for p, i, _ in BLOCKS])
+def test_each_python_example_runs_alone(page, i, block, tmp_path, monkeypatch):
+    """Every ```python block runs on its own, in a fresh namespace, as a reader who copies it would run it."""
     pytest.importorskip("snntorch")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sl.energy, "ENERGY_PRESETS", dict(sl.energy.ENERGY_PRESETS))  # pages may register devices
     torch.manual_seed(0)
-    namespace: dict = {"__name__": "__docs__"}
-    for i, block in enumerate(FENCE.findall(page.read_text())):
-        try:
-            exec(compile(block, f"{page.name}[block {i}]", "exec"), namespace)
-        except Exception as err:  # pragma: no cover - the message is the point
-            raise AssertionError(f"{page.name}, python block {i} failed: {type(err).__name__}: {err}\n{block}") from err
+    try:
+        exec(compile(block, f"{page.name}[block {i}]", "exec"), {"__name__": "__docs__"})
+    except Exception as err:  # pragma: no cover - the message is the point
+        raise AssertionError(f"{page.name}, python block {i} failed alone: {type(err).__name__}: {err}\n{block}") from err
+
+
+def test_code_blocks_are_runnable_or_marked_as_sketches():
+    """A fence is ```python (run by the test above), ```bash / ```text, or a ```py block titled as a sketch."""
+    for page in PAGES + sorted((DOCS / "notes").glob("*.md")) + [ROOT / "README.md"]:
+        for line in page.read_text().splitlines():
+            if line.startswith("```") and line.strip() != "```":
+                ok = line in ("```python", "```bash", "```text") or line.startswith(SKETCH)
+                assert ok, f"{page.name}: {line!r}: use ```python (runnable alone), ```text, or {SKETCH}...\""
+
+
+# what `pip install -e ".[extra]"` adds, by import name; torch and tqdm come with the package itself
+_DIST = {"sklearn": "scikit-learn", "sinabs": "sinabs", "snntorch": "snntorch", "lightning": "lightning",
+         "matplotlib": "matplotlib", "pandas": "pandas"}
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if FENCE.search(p.read_text())], ids=lambda p: p.name)
+def test_a_page_with_examples_has_one_install_line_that_covers_them(page):
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    text = page.read_text()
+    bash = re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
+    lines = [ln for b in bash for ln in b.splitlines() if ln.startswith("pip install")]
+    assert len(lines) == 1, f"{page.name}: {len(lines)} install lines, want one"
+    named = re.findall(r"\.\[([\w,]+)\]", lines[0])
+    dists = {re.split(r"[<>=\[ ]", r)[0].lower() for e in (named[0].split(",") if named else []) for r in extras[e]}
+    imported = {m for b in FENCE.findall(text) for m in re.findall(r"^\s*(?:import|from) ([A-Za-z_]\w*)", b, re.M)}
+    missing = {m for m in imported - {"torch", "synopsloss", "math", "os", "warnings", "tempfile", "pathlib"}
+               if _DIST.get(m, m) not in dists}
+    assert not missing, f"{page.name}: its install line ({lines[0]}) does not install {sorted(missing)}"
 
 
 def test_the_home_page_figure_states_what_the_counter_counts():
@@ -70,7 +110,7 @@ def test_the_home_page_figure_states_what_the_counter_counts():
     counter = sl.SynOpsCounter(layer)
     for t in range(spikes.shape[0]):
         layer(spikes[t:t + 1])
-    counts = counter.counts()[""]
+    counts = counter.snapshot().per_layer()[""]
     assert (counts["synops"], counts["dense"], counts["eff_acs"]) == (8.0, 36.0, 8.0)
     svg = (DOCS / "img" / "synops.svg").read_text()
     assert ">synops per sample<" in svg and ">8<" in svg and "9 x 4 = 36" in svg
@@ -140,3 +180,82 @@ def test_table_page_lists_every_column_and_preset():
     assert {k: t.strip() for k, t in rows.items() if k in COLUMNS} == {k: v[0] for k, v in COLUMNS.items()}
     presets = dict(re.findall(r'^\| `"(\w+)"`[^|]*\| ([^|]+) \|', page, re.M))
     assert {k: tuple(re.findall(r"`(\w+)`", v)) for k, v in presets.items()} == PRESETS
+
+
+def test_the_glossary_quotes_the_demo_legend_word_for_word():
+    from synopsloss.cli.digits import LEGEND
+
+    page = (DOCS / "table.md").read_text()
+    glossary = page[page.index("## Glossary"):page.index("## Columns")]
+    rows = dict(re.findall(r"^\| ([^|]+?) \| (.+?) \|$", glossary, re.M))
+    rows.pop("column", None)
+    assert rows == LEGEND
+
+
+def _demo_output():
+    sys.path.insert(0, str(DOCS / "_tools"))
+    try:
+        import demo_output
+    finally:
+        sys.path.remove(str(DOCS / "_tools"))
+    return demo_output
+
+
+def test_the_generated_demo_output_is_of_the_current_defaults_and_adds_up():
+    """docs/_generated/demo.txt is the demo's output at its defaults: header, settings, and a summary that
+    equals the sums of its own tables (so it was not edited by hand)."""
+    from synopsloss.cli import build_parser
+
+    tool = _demo_output()
+    text = tool.OUTPUT.read_text()
+    assert text.splitlines()[0] == "$ " + " ".join(tool.COMMAND)
+    d = build_parser().parse_args(["demo"])
+    assert (f"on 1437 training / 360 test 8x8 digits, {d.time_steps} time steps, {d.epochs} epochs per run"
+            in text)
+    assert f"SynOpsLoss(fraction={d.target:g}, weight={d.weight:g}, warm-up {d.warmup:g} epochs)" in text
+    fig = tool.figures(text)
+    num = lambda s: float(s.replace(",", ""))  # noqa: E731
+    assert num(fig["driven_ratio"]) == pytest.approx(num(fig["driven_before"]) / num(fig["driven_after"]), abs=0.006)
+    assert num(fig["total_ratio"]) == pytest.approx(num(fig["total_before"]) / num(fig["total_after"]), abs=0.006)
+    assert num(fig["target"]) == pytest.approx(d.target * float(re.search(r"the initial ([\d,]+)", text)
+                                                                .group(1).replace(",", "")), abs=1)
+    # the total rows of both tables, in the table's 3 significant digits, agree with the summary's totals
+    totals = [float(t[:-1]) * 1e3 for t in re.findall(r"^Total\s+([\d.]+k)", text, re.M)]
+    assert totals == [pytest.approx(num(fig["total_before"]), rel=0.005),
+                      pytest.approx(num(fig["total_after"]), rel=0.005)]
+
+
+def test_pages_quote_the_demo_figures_from_the_generated_output():
+    fig = _demo_output().figures((DOCS / "_generated" / "demo.txt").read_text())
+    acc = f"{fig['acc_before']} -> {fig['acc_after']}"
+    training = (DOCS / "training.md").read_text()
+    for quoted in (acc, f"{fig['driven_before']} -> {fig['driven_after']}", f"{fig['driven_ratio']}x fewer",
+                   f"target {fig['target']}", f"total {fig['total_ratio']}x fewer"):
+        assert quoted in training, quoted
+    cli = (DOCS / "cli.md").read_text()
+    assert '--8<-- "docs/_generated/demo.txt"' in cli
+    notebook = (ROOT / "notebooks" / "training.ipynb").read_text()
+    assert f"{acc} test accuracy, {fig['driven_ratio']}x fewer" in notebook
+    # no page keeps an older demo figure: every "NN.N% -> NN.N%" quoted anywhere is the demo's (or the quick run's)
+    quick = (DOCS / "_generated" / "demo-quick.txt")
+    allowed = {acc}
+    q = _demo_output().figures(quick.read_text())
+    allowed.add(f"{q['acc_before']} -> {q['acc_after']}")
+    command = quick.read_text().splitlines()[0].removeprefix("$ ").replace(" --quiet --no-plot", "")
+    assert f"```bash\n{command}\n```" in cli, "the quick run's command is the one its output was made with"
+    for quoted in (f"{q['acc_before']} -> {q['acc_after']}", f"{q['driven_ratio']}x fewer",
+                   f"{q['driven_before']} -> {q['driven_after']}"):
+        assert quoted in cli, quoted
+    for path in PAGES + [ROOT / "README.md"]:
+        for found in re.findall(r"\d+\.\d% -> \d+\.\d%", path.read_text()):
+            assert found in allowed, f"{path.name} quotes {found}, not the demo's {sorted(allowed)}"
+
+
+def test_the_trade_off_figures_quoted_are_those_of_the_benchmark_summary():
+    summary = (ROOT / "benchmarks" / "results" / "summary.md").read_text()
+    training = (DOCS / "training.md").read_text()
+    part = training[training.index("`python benchmarks/run_all.py --full`"):]
+    part = part.split("\n\n")[0]
+    for number in re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?x?%?", part):
+        if number not in {"3", "1", "0.3", "6"}:  # seeds, points, the settings named in words
+            assert number in summary, f"docs/training.md quotes {number}, which benchmarks/results/summary.md lacks"

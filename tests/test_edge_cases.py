@@ -44,7 +44,7 @@ def test_same_circular_dilated_grouped_pruned_conv_matches_brute_force():
     counter = sl.SynOpsCounter(net)
     x = _spikes(3, 4, 7, 6)
     net(x)
-    _close(counter.counts()["0"], brute_force_counts(conv, x, 3))
+    _close(counter.snapshot().per_layer()["0"], brute_force_counts(conv, x, 3))
 
 
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
@@ -80,7 +80,7 @@ def test_conv_transpose_called_with_output_size_counts_its_real_output():
         torch.zeros(1, 2, 5, 5, dtype=torch.float64),
     )
     fanout = jac.reshape(-1, 2, 5, 5).sum(0)
-    c = counter.counts()["c"]
+    c = counter.snapshot().per_layer()["c"]
     assert c["dense"] == pytest.approx(2 * float(fanout.sum()) / 2)
     assert c["eff_macs"] == pytest.approx(float(fanout.sum()))
     assert c["synops"] == pytest.approx(float((x.double().abs() * fanout).sum()) / 2, rel=1e-6)
@@ -92,7 +92,7 @@ def test_linear_on_time_sequences_counts_every_step_per_sample():
     counter = sl.SynOpsCounter(net, time_dim=1)
     x = _spikes(4, 6, 5)  # [B, T, F]
     net(x)
-    c = counter.counts()["0"]
+    c = counter.snapshot().per_layer()["0"]
     assert c["dense"] == 6 * 5 * 3  # T x F x out per sample
     assert c["eff_acs"] == float(x.sum()) * 3 / 4
     assert c["synops"] == pytest.approx(float(x.sum()) * 3 / 4)
@@ -123,7 +123,7 @@ def test_a_layer_called_twice_counts_both_calls():
         hidden = torch.relu(lin(x))  # computed before the counter exists
     counter = sl.SynOpsCounter(model)
     model(x)
-    c = counter.counts()["l"]
+    c = counter.snapshot().per_layer()["l"]
     assert c["dense"] == 2 * 2 * 9 / 2
     assert c["synops"] == pytest.approx((float(x.sum()) + float(hidden.sum())) * 3 / 2, rel=1e-6)
     assert c["eff_macs"] == pytest.approx((3 * 6 + 3 * float((hidden != 0).sum())) / 2)
@@ -142,7 +142,7 @@ def test_layers_without_synapses_between_layers_neither_vanish_nor_break_countin
     net(x)
     with torch.no_grad():
         h = net[:7](x)
-    _close(counter.counts()["7"], brute_force_counts(net[7], h, 3))
+    _close(counter.snapshot().per_layer()["7"], brute_force_counts(net[7], h, 3))
     table = counter.table()
     assert [r.name for r in table] == [str(i) for i in range(8)]
     assert table["3"].kind.startswith("norm") and table["5"].kind == "upsampling"
@@ -155,7 +155,7 @@ def test_lazy_linear_is_counted_after_it_materialises():
         counter = sl.SynOpsCounter(net)
     x = _spikes(2, 5)
     net(x)
-    c = counter.counts()["0"]
+    c = counter.snapshot().per_layer()["0"]
     assert c["dense"] == 15
     assert c["eff_acs"] == float(x.sum()) * 3 / 2
 
@@ -172,9 +172,9 @@ def test_parametrized_weights_are_counted_without_warning_or_extra_rows():
         warnings.simplefilter("error")
         counter = sl.SynOpsCounter(net, strict=True)
     net(x)
-    _close(counter.counts()["0"], brute_force_counts(plain0, x, 2))
-    assert counter.counts()["2"]["dense"] == 6
-    assert counter.counts()["2"]["synops"] == pytest.approx(float(h.sum()) * 2 / 2, rel=1e-6)
+    _close(counter.snapshot().per_layer()["0"], brute_force_counts(plain0, x, 2))
+    assert counter.snapshot().per_layer()["2"]["dense"] == 6
+    assert counter.snapshot().per_layer()["2"]["synops"] == pytest.approx(float(h.sum()) * 2 / 2, rel=1e-6)
     assert [r.name for r in counter.table()] == ["0", "1", "2"]
 
 
@@ -201,7 +201,7 @@ def test_channels_last_input_counts_like_contiguous():
     counter = sl.SynOpsCounter(net)
     x = _spikes(2, 3, 7, 6).to(memory_format=torch.channels_last)
     net(x)
-    _close(counter.counts()["0"], brute_force_counts(conv, x.contiguous(), 2))
+    _close(counter.snapshot().per_layer()["0"], brute_force_counts(conv, x.contiguous(), 2))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
@@ -212,7 +212,7 @@ def test_models_in_other_float_dtypes_count_exactly(dtype):
     net = nn.Sequential(conv).to(dtype)
     counter = sl.SynOpsCounter(net)
     net(_spikes(2, 3, 6, 6).to(dtype))
-    _close(counter.counts()["0"], ref_counts)
+    _close(counter.snapshot().per_layer()["0"], ref_counts)
     assert counter.synops().dtype == torch.get_default_dtype()
     assert float(counter.synops()) == pytest.approx(ref_counts["synops"])
 
@@ -226,7 +226,7 @@ def test_counts_work_without_grad_and_grad_works_afterwards(mode):
         net(x)
     expected = float(x.detach().sum()) * 3 / 2
     assert float(counter.synops()) == pytest.approx(expected)
-    assert counter.counts()["0"]["synops"] == pytest.approx(expected)
+    assert counter.snapshot().per_layer()["0"]["synops"] == pytest.approx(expected)
     assert counter.table()["0"].synops == pytest.approx(expected)
     counter.reset()
     net(x)
@@ -241,14 +241,14 @@ def test_counter_reattached_after_remove_counts_again():
     net(x)
     counter.remove()
     net(x)  # not counted
-    assert counter.counts()["0"]["synops"] == 12
+    assert counter.snapshot().per_layer()["0"]["synops"] == 12
     counter.attach()
     counter.reset()
     net(x)
     net(x)
-    assert counter.counts()["0"]["synops"] == 24
+    assert counter.snapshot().per_layer()["0"]["synops"] == 24
     counter.reset()  # totals: batch 1 (2 samples, 8 ones x 3 taps) + batch 2 (2 samples, 16 ones x 3 taps)
-    assert counter.counts(accumulated=True)["0"]["synops"] == pytest.approx((8 * 3 + 16 * 3) / 4)
+    assert counter.snapshot(accumulated=True).per_layer()["0"]["synops"] == pytest.approx((8 * 3 + 16 * 3) / 4)
 
 
 def test_layers_of_a_branch_not_taken_count_zero_and_totals_add_up():
@@ -264,9 +264,9 @@ def test_layers_of_a_branch_not_taken_count_zero_and_totals_add_up():
     counter = sl.SynOpsCounter(model)
     x = torch.ones(2, 3)
     model(x)
-    c = counter.counts()
+    c = counter.snapshot().per_layer()
     assert c["b"] == {k: 0.0 for k in KEYS}
-    assert float(counter.synops_per_layer()["b"]) == 0.0
+    assert float(counter.synops(by_layer=True)["b"]) == 0.0
     assert c["a"]["synops"] == 6
     table = counter.table()
     for k in KEYS:
@@ -283,7 +283,7 @@ def _table():
 
 def test_table_total_is_the_sum_of_its_rows_and_of_counts():
     counter, table = _table()
-    c = counter.counts()
+    c = counter.snapshot().per_layer()
     for k in KEYS + ("energy",):
         rows = sum(getattr(r, k) or 0.0 for r in table)
         assert getattr(table.total, k) == pytest.approx(rows, rel=1e-12)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import synopsloss as sl
-from synopsloss.maps import OpCounts, register_rule
+from synopsloss.maps import OpCounts
+from synopsloss.registry import register_rule
 
 from helpers import brute_force_counts
 
@@ -103,7 +104,7 @@ def test_parameter_layer_called_with_two_tensors_is_refused_with_remedy() -> Non
     with counter.paused():
         net(_spikes(2, 3))
     with pytest.raises(RuntimeError, match="before any forward pass"):
-        counter.counts()
+        counter.snapshot().per_layer()
     counter.remove()
 
 
@@ -157,19 +158,19 @@ def test_nonfinite_input_raises_floating_point_error_naming_the_layer(bad: float
     assert "NaN or inf" in str(err.value) and "'0'" in str(err.value)
     assert "Check the data" in str(err.value)
     with pytest.raises(FloatingPointError, match=r"NaN or inf in the input of layer '0'.*Check the data"):
-        counter.counts()
+        counter.snapshot().per_layer()
     # after a reset and clean data everything reads again, equal to brute force
     counter.reset()
     clean = _spikes(2, 3)
     net(clean)
-    assert counter.counts()["0"] == pytest.approx(brute_force_counts(net[0], clean, 2))
+    assert counter.snapshot().per_layer()["0"] == pytest.approx(brute_force_counts(net[0], clean, 2))
 
 
 def test_batch_size_undeterminable_when_only_a_submodule_is_called() -> None:
     net = nn.Sequential(_linear())
     counter = sl.SynOpsCounter(net)
     net[0](_spikes(2, 3))  # the root model never sees the batch
-    for read in (counter.synops, counter.counts):
+    for read in (counter.synops, counter.snapshot):
         with pytest.raises(ValueError) as err:
             read()
         assert "cannot tell how many samples" in str(err.value)
@@ -178,7 +179,7 @@ def test_batch_size_undeterminable_when_only_a_submodule_is_called() -> None:
     # the remedy
     fixed = sl.SynOpsCounter(nn.Sequential(net[0]), batch_size=2)
     fixed.model[0](_spikes(2, 3))
-    assert fixed.counts()["0"] == pytest.approx(brute_force_counts(net[0], _spikes(2, 3), 2))
+    assert fixed.snapshot().per_layer()["0"] == pytest.approx(brute_force_counts(net[0], _spikes(2, 3), 2))
 
 
 class _KwargsOnly(nn.Module):
@@ -230,7 +231,7 @@ def test_rows_not_a_multiple_of_samples_are_refused() -> None:
     counter = sl.SynOpsCounter(net)
     net(_spikes(2, 3))
     with pytest.raises(ValueError) as err:
-        counter.counts()
+        counter.snapshot().per_layer()
     msg = str(err.value)
     assert "'fc' received 3 rows" in msg and "not a multiple of the 2 samples" in msg
     assert "batch_dim=1" in msg and "batch_size=B" in msg
@@ -246,14 +247,14 @@ def test_new_batch_size_without_reset_is_refused() -> None:
 
 def test_reading_before_any_forward_pass_says_run_the_model() -> None:
     counter = sl.SynOpsCounter(nn.Sequential(_linear()))
-    for what, read in [("synops", counter.synops), ("counts", counter.counts),
-                       ("synops_per_layer", counter.synops_per_layer)]:
+    for what, read in [("synops", counter.synops), ("snapshot", counter.snapshot),
+                       ("synops", lambda: counter.synops(by_layer=True))]:
         with pytest.raises(RuntimeError) as err:
             read()
         assert f"counter.{what}() was called before any forward pass" in str(err.value)
         assert "run the model on a batch first" in str(err.value)
     with pytest.raises(RuntimeError, match="before any forward pass"):
-        counter.counts(accumulated=True)
+        counter.snapshot(accumulated=True).per_layer()
     with pytest.raises(RuntimeError, match="before any forward pass"):
         _ = counter.samples
 
@@ -271,15 +272,16 @@ def test_two_counters_on_one_model_each_count_once() -> None:
     nested = sl.SynOpsCounter(net[2], batch_size=2)  # a third one on a submodule
     net(x)
     for counter in (first, second):
-        assert counter.counts()["0"] == pytest.approx(ref0)
-        assert counter.counts()["2"] == pytest.approx(ref2)
+        assert counter.snapshot().per_layer()["0"] == pytest.approx(ref0)
+        assert counter.snapshot().per_layer()["2"] == pytest.approx(ref2)
         assert float(counter.synops().detach()) == pytest.approx(ref0["synops"] + ref2["synops"], rel=1e-6)
-    assert nested.counts()[""] == pytest.approx(ref2)
+    assert nested.snapshot().per_layer()[""] == pytest.approx(ref2)
     # removing one leaves the others counting, still once per call
     first.remove()
     second.reset()
+    nested.reset()  # it was read too: without a reset the next call would be more steps of its batch (and warn)
     net(x)
-    assert second.counts()["0"] == pytest.approx(ref0)
+    assert second.snapshot().per_layer()["0"] == pytest.approx(ref0)
     second.remove()
     nested.remove()
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
@@ -292,7 +294,7 @@ def test_attach_twice_is_a_noop_not_a_double_count() -> None:
     with counter:  # __enter__ attaches again
         x = _spikes(2, 3)
         net(x)
-        assert counter.counts()["0"] == pytest.approx(brute_force_counts(net[0], x, 2))
+        assert counter.snapshot().per_layer()["0"] == pytest.approx(brute_force_counts(net[0], x, 2))
 
 
 def test_weights_that_change_shape_rebuild_the_map() -> None:
@@ -300,19 +302,19 @@ def test_weights_that_change_shape_rebuild_the_map() -> None:
     counter = sl.SynOpsCounter(net)
     x = _spikes(2, 3)
     net(x)
-    assert counter.counts()["0"] == pytest.approx(brute_force_counts(net[0], x, 2))
+    assert counter.snapshot().per_layer()["0"] == pytest.approx(brute_force_counts(net[0], x, 2))
     # a new, bigger parameter with some zeros (e.g. a grown layer)
     with torch.no_grad():
         net[0].weight = nn.Parameter(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0], [4.0, 5.0, 0.0], [1.0, 1.0, 1.0]]))
     counter.reset()
     net(x)
-    assert counter.counts()["0"] == pytest.approx(brute_force_counts(net[0], x, 2))
+    assert counter.snapshot().per_layer()["0"] == pytest.approx(brute_force_counts(net[0], x, 2))
     # resized in place (same Parameter object, new storage)
     with torch.no_grad():
         net[0].weight.set_(torch.tensor([[0.0, 1.0, 1.0]]))
     counter.reset()
     net(x)
-    assert counter.counts()["0"] == pytest.approx(brute_force_counts(net[0], x, 2))
+    assert counter.snapshot().per_layer()["0"] == pytest.approx(brute_force_counts(net[0], x, 2))
     # and a change of shape in the middle of a batch: each call is counted with its own map
     counter.reset()
     net(x)
@@ -320,7 +322,7 @@ def test_weights_that_change_shape_rebuild_the_map() -> None:
     net[0].weight = nn.Parameter(torch.ones(5, 3))
     net(x)
     second = brute_force_counts(net[0], x, 2)
-    assert counter.counts()["0"] == pytest.approx({k: first[k] + second[k] for k in first})
+    assert counter.snapshot().per_layer()["0"] == pytest.approx({k: first[k] + second[k] for k in first})
 
 
 def test_meta_input_is_refused_with_remedy() -> None:
@@ -390,4 +392,4 @@ def test_device_change_within_one_batch_is_refused_with_remedy() -> None:
     counter.reset()
     net(x)
     # by hand: effective taps of w = [1, 0, 2] reached by nonzero inputs: 1 + 2 = 3 over 2 samples
-    assert counter.counts()["0"] == {"dense": 3.0, "eff_macs": 0.0, "eff_acs": 1.5, "synops": 1.5}
+    assert counter.snapshot().per_layer()["0"] == {"dense": 3.0, "eff_macs": 0.0, "eff_acs": 1.5, "synops": 1.5}

@@ -221,7 +221,7 @@ def test_torch_rules_count_sj_layers_through_their_mro(name):
         functional.reset_net(model)
         with torch.no_grad():
             model(x)
-        ours = {k: float(v) for k, v in counter.synops_per_layer().items()}
+        ours = {k: float(v) for k, v in counter.synops(by_layer=True).items()}
     finally:
         counter.remove()
         for h in handles:

@@ -163,7 +163,7 @@ def test_model_after_counting_equals_an_untouched_twin(kind: str, exit_by: str) 
     assert [n for n, _ in used.named_buffers()] == [n for n, _ in untouched.named_buffers()]
     _assert_same_state(used, untouched)
     assert not counter.attached
-    assert counter.counts()  # counts stay readable after removal
+    assert counter.snapshot().per_layer()  # counts stay readable after removal
     # the model computes exactly what its twin computes
     torch.testing.assert_close(_run(kind, used, x), _run(kind, untouched, x), rtol=0, atol=0)
 
@@ -201,7 +201,7 @@ def test_remove_is_idempotent_and_reattach_counts_again() -> None:
     counter.attach()
     counter.reset()
     net(_data("plain"))
-    dense = counter.counts()["5"]["dense"]
+    dense = counter.snapshot().per_layer()["5"]["dense"]
     assert dense == 12 * 4  # every tap of Linear(12, 4), one row per sample
     counter.remove()
     _assert_no_hooks(net)
@@ -307,10 +307,10 @@ def test_deep_copy_of_a_hooked_layer_is_not_counted() -> None:
     x = _data("plain")
     counter = sl.SynOpsCounter(net)
     net(x)
-    before = counter.counts()
+    before = counter.snapshot().per_layer()
     layer_copy = copy.deepcopy(net[5])
     layer_copy(torch.ones(7, 12))  # 7 rows: would not even divide into 2 samples
-    assert counter.counts() == before
+    assert counter.snapshot().per_layer() == before
     counter.remove()
 
 
@@ -320,10 +320,10 @@ def test_deep_copy_of_a_hooked_model_works_and_is_not_counted() -> None:
     counter = sl.SynOpsCounter(net)
     net(x)
     synops = counter.synops()  # the batch's graph is alive in the counter
-    before = counter.counts()
+    before = counter.snapshot().per_layer()
     clone = copy.deepcopy(net)
     clone(torch.ones(7, 1, 4, 4))
-    assert counter.counts() == before
+    assert counter.snapshot().per_layer() == before
     assert float(counter.synops().detach()) == float(synops.detach())
     counter.remove()
 
@@ -340,7 +340,7 @@ def test_neurobench_run_while_counter_attached_leaves_counts_unchanged() -> None
     snn_utils.reset(net)
     for t in range(3):
         net(data[:, t])
-    ours = counter.totals()
+    ours = counter.snapshot().total()
     assert {k: ours[k] for k in ref} == pytest.approx(ref)
     during = neurobench_synops(net, data, snntorch=True)  # NeuroBench runs and deep-copies layers now
     assert during == pytest.approx(ref)

@@ -47,7 +47,7 @@ def expected_counts(module: Module) -> dict:
     x = dataset().tensors[0]
     with sl.SynOpsCounter(module.net) as counter, torch.no_grad():
         module.net(x)
-        return counter.totals()
+        return counter.snapshot().total()
 
 
 def trainer(**kwargs) -> "L.Trainer":

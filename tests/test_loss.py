@@ -138,7 +138,7 @@ def test_loss_above_target_pushes_synops_down_in_a_few_steps():
         counter.reset()
         net(x)
         loss = loss_fn()
-        seen.append(float(counter.synops_per_layer()["2"].detach()))
+        seen.append(float(counter.synops(by_layer=True)["2"].detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -192,7 +192,7 @@ def test_spiking_network_synops_fall_with_surrogate_gradients():
         counter.reset()
         net(x)
         assert counter.data_fed_layers() == ["fc1"]
-        seen.append(float(counter.synops_per_layer()["fc2"].detach()))
+        seen.append(float(counter.synops(by_layer=True)["fc2"].detach()))
         opt.zero_grad()
         loss_fn().backward()
         opt.step()

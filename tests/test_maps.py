@@ -133,7 +133,7 @@ def test_neurobench_doc_example_effective_4_dense_9():
     x = torch.tensor([[0.0, 1.3, -1.0]])
     with sl.SynOpsCounter(net) as counter:
         net(x)
-        c = counter.counts()["0"]
+        c = counter.snapshot().per_layer()["0"]
     # 1.3 is no spike: the effective operations are MACs
     assert c["dense"] == 9.0
     assert c["eff_macs"] == 4.0
@@ -145,7 +145,7 @@ def test_neurobench_doc_example_effective_4_dense_9():
     # with a spike vector instead, the same pairs are ACs
     with sl.SynOpsCounter(net) as counter:
         net(torch.tensor([[0.0, 1.0, -1.0]]))
-        c = counter.counts()["0"]
+        c = counter.snapshot().per_layer()["0"]
     assert (c["dense"], c["eff_macs"], c["eff_acs"]) == (9.0, 0.0, 4.0)
 
 
@@ -379,7 +379,7 @@ def test_conv_transpose_called_with_output_size_through_the_counter():
     model = Net()
     with sl.SynOpsCounter(model) as counter:
         out = model(x)
-        c = counter.counts()["ct"]
+        c = counter.snapshot().per_layer()["ct"]
     assert out.shape[-2:] == (6, 6)
     sized = SIZED[2](2, 3, 3, stride=2, padding=1)
     sized.load_state_dict(ct.state_dict())

@@ -223,7 +223,7 @@ def test_functional_call_counts_like_its_module_twin(layer, fn, kind):
     net = nn.Sequential(layer)
     with sl.SynOpsCounter(net, neurons=False) as counter:
         net(x)
-        mod = counter.counts()["0"]
+        mod = counter.snapshot().per_layer()["0"]
     func = F.linear if isinstance(layer, nn.Linear) else F.conv2d
     args = (x, layer.weight) if func is F.linear else (x, layer.weight, None, 2, 1)
     (c,) = run(func, *args)
@@ -726,7 +726,7 @@ def test_conv_after_f_pad_counts_like_the_module_with_its_padding_mode(padding_m
     net = nn.Sequential(conv)
     with sl.SynOpsCounter(net, neurons=False) as counter:
         net(x)
-        mod = counter.counts()["0"]
+        mod = counter.snapshot().per_layer()["0"]
     with Capture() as cap:  # nn.Conv2d pads with F.pad, then runs F.conv2d with padding=0
         conv._conv_forward(x, conv.weight, None)
     (c,) = cap.counts

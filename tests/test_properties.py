@@ -137,7 +137,7 @@ def _check_layer(layer: nn.Module, sample_shape: Tuple[int, ...], x: torch.Tenso
     x = x.clone().requires_grad_(True)
     with sl.SynOpsCounter(net, batch_dim=0) as counter:
         net(x)
-        got = counter.counts()["0"]
+        got = counter.snapshot().per_layer()["0"]
         synops = counter.synops()
     ref = brute_force_counts(layer, x.detach().reshape(-1, *sample_shape), samples)
     assert got["dense"] == ref["dense"]
@@ -190,7 +190,7 @@ def test_pruned_conv_weights_are_not_synapses(spec, data) -> None:
     net = nn.Sequential(layer)
     with sl.SynOpsCounter(net) as counter:
         net(x)
-        got = counter.counts()["0"]
+        got = counter.snapshot().per_layer()["0"]
     ref = brute_force_counts(plain, x, 2)
     assert (got["dense"], got["eff_acs"], got["eff_macs"]) == (ref["dense"], ref["eff_acs"], ref["eff_macs"])
     assert got["synops"] == pytest.approx(ref["synops"], rel=1e-6, abs=1e-6)
@@ -328,7 +328,7 @@ def _run_snntorch(net: nn.Module, data: torch.Tensor) -> Tuple[Dict[str, float],
         snn_utils.reset(net)
         for t in range(data.shape[1]):
             net(data[:, t])
-        totals, synops = counter.totals(), float(counter.synops().detach())
+        totals, synops = counter.snapshot().total(), float(counter.synops().detach())
     return totals, synops, recorder.brute_force(data.shape[0])
 
 
@@ -396,7 +396,7 @@ def test_random_sinabs_linear_nets_equal_neurobench(widths, kinds, batch, steps,
     recorder = _Recorder(net)
     with sl.SynOpsCounter(net) as counter:
         net(x)
-        got, synops = counter.totals(), float(counter.synops().detach())
+        got, synops = counter.snapshot().total(), float(counter.synops().detach())
     brute = recorder.brute_force(batch)
     _assert_counts(got, ref)
     _assert_counts(got, brute)
@@ -434,7 +434,7 @@ def test_random_sinabs_residual_conv_nets_equal_brute_force(c, size, k, batch, s
     recorder = _Recorder(net)
     with sl.SynOpsCounter(net) as counter:
         net(x)
-        got, synops, samples = counter.totals(), float(counter.synops().detach()), counter.samples
+        got, synops, samples = counter.snapshot().total(), float(counter.synops().detach()), counter.samples
     brute = recorder.brute_force(batch)
     assert samples == batch
     _assert_counts(got, brute)

@@ -1,25 +1,31 @@
 """``synopsloss demo``: a small spiking CNN on 8x8 digits, trained without and with the synops loss.
 
 See :mod:`synopsloss.cli.digits` for the data, the network and the training
-loop. Both per-layer tables, the test accuracies and the synops reduction are
-printed.
+loop. Both per-layer tables (with a legend of their columns), the test
+accuracies and the synops reduction are printed, and a per-layer bar chart of
+both runs is saved to ``synopsloss-demo.png`` in the current directory
+(``--plot PATH`` elsewhere, ``--no-plot`` for none).
 
 Example
 -------
 >>> from synopsloss.cli import demo
->>> demo.main(["--epochs", "1", "--train-samples", "64", "--test-samples", "32", "--quiet"])  # doctest: +SKIP
+>>> demo.main(["--epochs", "1", "--train-samples", "64", "--test-samples", "32", "--quiet", "--no-plot"])  # doctest: +SKIP
 0
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
 import torch
 
-from .digits import SpikingCNN, _plot, format_table, load_data, summary, train, warmup_weight
+from .digits import SpikingCNN, _plot, format_table, legend, load_data, summary, train, warmup_weight
+
+#: Where the bar chart goes unless ``--plot`` says otherwise (in the current directory).
+DEFAULT_PLOT = "synopsloss-demo.png"
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -40,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (cosine-annealed)")
     parser.add_argument("--train-samples", type=int, default=None, help="use only this many training digits")
     parser.add_argument("--test-samples", type=int, default=None, help="use only this many test digits")
-    parser.add_argument("--plot", metavar="PNG", default=None, help="save a per-layer bar chart of both runs")
+    parser.add_argument("--plot", metavar="PNG", default=DEFAULT_PLOT,
+                        help=f"where to save the per-layer bar chart of both runs (default {DEFAULT_PLOT})")
+    parser.add_argument("--no-plot", dest="plot", action="store_const", const=None, help="save no bar chart")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -95,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     base = train(net, tuple(data), desc="without synops loss", **common)
     print(f"\n1) cross-entropy only ({base.seconds:.0f} s): test accuracy {base.accuracy:.1%}", flush=True)
     print(format_table(base), flush=True)
+    print(legend(), flush=True)
 
     net = SpikingCNN()
     net.load_state_dict(init)  # same initialisation (a fresh net: deepcopy escapes snntorch's reset)
@@ -109,14 +118,20 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(summary(base, reg))
     if args.plot:
-        _plot(base, reg, args.plot)
-        print(f"plot saved to {args.plot}")
+        try:
+            _plot(base, reg, args.plot)
+        except ImportError as err:
+            print(f"no plot: {err} (pip install matplotlib, or pass --no-plot)")
+        else:
+            print(f"plot saved to {os.path.abspath(args.plot)}")
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the demo with command-line arguments ``argv``."""
-    parser = argparse.ArgumentParser(prog="synopsloss demo", description=__doc__.splitlines()[0])
+    from . import SuggestingParser
+
+    parser = SuggestingParser(prog="synopsloss demo", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SpikingCNN", "load_data", "rate_code", "train", "evaluate", "RunResult", "format_table", "summary", "warmup_weight"]
+__all__ = ["SpikingCNN", "load_data", "rate_code", "train", "evaluate", "RunResult", "format_table", "legend", "LEGEND",
+           "summary", "warmup_weight"]
 
 
 # ---------------------------------------------------------------------------- data
@@ -230,7 +231,7 @@ def evaluate(net: nn.Module, counter: Any, x: Tensor, y: Tensor, *, time_steps: 
             counter.reset()
             logits = net(rate_code(x[i:i + batch_size], time_steps, gen))
             correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
-    table = counter.table(accumulated=True, energy=None) if hasattr(counter, "table") else None
+    table = counter.table(accumulated=True) if hasattr(counter, "table") else None
     counts = counter.snapshot(accumulated=True).per_layer()
     fed = counter.data_fed_layers()
     counter.reset(accumulated=True)
@@ -256,6 +257,26 @@ def _plain_table(result: RunResult) -> str:
 def format_table(result: RunResult) -> str:
     """The per-layer table of a run as text."""
     return str(result.table) if result.table is not None else _plain_table(result)
+
+
+#: The demo table's columns in words; ``docs/table.md#glossary`` quotes the same lines (a test checks it).
+LEGEND = {
+    "Synops": "input spikes x their effective fan-out (nonzero outgoing weights): what SynOpsLoss trains down",
+    "Dense": "every weight tap of every input neuron, whatever the input (the synops of a dense, always-on network)",
+    "Eff MACs": "nonzero non-spike input x nonzero weight (multiply-accumulates); 0 when every input is a spike",
+    "Eff ACs": "nonzero spike input x nonzero weight (accumulates); equals Synops for 0/1 spikes",
+    "Out rate": "output spikes per neuron per time step of a neuron layer",
+    "Share": "the layer's share of the total synops",
+    "Energy": "Eff ACs x 0.9 pJ + Eff MACs x 4.6 pJ (the horowitz45nm energy model, 45 nm float ops)",
+}
+
+
+def legend() -> str:
+    """The legend printed under the demo's table: one line per column (:data:`LEGEND`)."""
+    width = max(len(k) for k in LEGEND)
+    lines = ["Columns (per sample, all time steps):"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in LEGEND.items()]
+    return "\n".join(lines)
 
 
 def summary(base: RunResult, reg: RunResult) -> str:

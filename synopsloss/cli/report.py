@@ -2,8 +2,8 @@
 
 ::
 
-    synopsloss report PACKAGE.MODULE:FACTORY --input-shape C,H,W --time-steps T \\
-        [--batch N] [--batches K] [--rate R | --input FILE] [--feed auto|steps|sequence|folded] \\
+    synopsloss report PACKAGE.MODULE:FACTORY --input-shape C,H,W [--time-steps 20] \\
+        [--batch 8] [--batches 1] [--rate R | --input FILE] [--feed auto|steps|sequence|folded] \\
         [--dt SECONDS] [--energy PRESET] [--format text|markdown|csv] [--plot out.png]
 
 ``FACTORY`` is called without arguments and must return an ``nn.Module`` (or
@@ -68,9 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="import path of a function returning the model (or of the model itself)")
     parser.add_argument("--input-shape", type=_shape, default=None,
                         help="shape of one sample at one time step, e.g. 2,34,34 (not needed with --input)")
-    parser.add_argument("--time-steps", "--timesteps", dest="timesteps", type=_positive, default=1,
-                        help="time steps per sample (default 1)")
-    parser.add_argument("--batch", type=_positive, default=1, help="samples per batch (default 1)")
+    parser.add_argument("--time-steps", "--timesteps", dest="timesteps", type=_positive, default=20,
+                        help="time steps per sample (default 20: enough for leaky neurons to fire)")
+    parser.add_argument("--batch", type=_positive, default=8, help="samples per batch (default 8)")
     parser.add_argument("--batches", type=_positive, default=1, help="number of Poisson batches (default 1)")
     parser.add_argument("--rate", type=_rate, default=0.1, help="Poisson spike probability per neuron and step (default 0.1)")
     parser.add_argument("--input", metavar="FILE", default=None,
@@ -176,6 +176,14 @@ def _batches(args, torch):
     return [(torch.rand(shape, generator=gen) < args.rate).float() for _ in range(args.batches)]
 
 
+def _silent_neurons(snap) -> List[str]:
+    """The neuron layers of ``snap``, when none of them emitted a spike (else ``[]``)."""
+    neurons = {n: s for n, s in snap.neurons.items() if s.kind == "neuron"}
+    if not neurons or any((s.nonzero or 0) > 0 for s in neurons.values()):
+        return []
+    return list(neurons)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``synopsloss report``; returns the exit status (2 on a usage error)."""
     try:
@@ -233,6 +241,14 @@ def _run(args: argparse.Namespace) -> int:
             except RuntimeError as err:
                 raise _Error(f"no synaptic layer of {type(model).__name__} ran on the input: nothing was counted") from err
     counter.reset()
+    silent = _silent_neurons(counter.snapshot(accumulated=True))
+    if silent:
+        source = "the --input data" if args.input is not None else (
+            f"--timesteps {args.timesteps}, --rate {args.rate:g}, --batch {args.batch}")
+        print(f"synopsloss report: warning: no neuron fired (neuron layers {', '.join(silent)}), so the layers "
+              f"after them count 0 synops. With {source}, raise --timesteps or --rate (leaky neurons need "
+              "several steps of input to reach their threshold), or feed real data with --input FILE",
+              file=sys.stderr)
     energy = None if args.energy.lower() == "none" else args.energy
     try:
         table = counter.table(dt=args.dt, energy=energy, accumulated=True)
