@@ -17,6 +17,14 @@ from synopsloss.hooks import COMPILE_NOTE
 dynamo = pytest.importorskip("torch._dynamo")
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """No compiled graph crosses tests: a graph of a hook-free Sequential would be reused for a counted one."""
+    dynamo.reset()
+    yield
+    dynamo.reset()
+
+
 def new_net() -> nn.Sequential:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -51,7 +59,6 @@ def train(compiled: bool):
 
 
 def test_default_compile_counts_and_gradients_equal_eager():
-    dynamo.reset()
     eager, compiled = train(False), train(True)
     for (counts_e, loss_e, grads_e), (counts_c, loss_c, grads_c) in zip(eager, compiled):
         assert list(counts_c) == list(counts_e)
@@ -67,7 +74,6 @@ def test_default_compile_counts_and_gradients_equal_eager():
 
 
 def test_fullgraph_compile_says_what_to_change():
-    dynamo.reset()
     net = new_net()
     counter = sl.SynOpsCounter(net, neurons=False)
     model = torch.compile(net, fullgraph=True, backend="eager")
