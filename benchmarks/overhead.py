@@ -657,13 +657,36 @@ def section_memory() -> None:
 # ============================================================================ 5. GPU
 
 
+def section_launches(device: str) -> None:
+    """[5c] Tensor ops (aten calls, each a kernel launch at most) per counted call, and a counted training
+    step under ``torch.cuda.set_sync_debug_mode("error")`` (benchmarks/launches.py)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import launches
+
+    say(f"[5c] aten calls per counted layer call on {device} (benchmarks/launches.py; 3 counted layers, 8 steps)")
+    for model in launches.MODELS:
+        res = launches.measure(model, device, steps=8)
+        for key in ("ops_per_counted_call", "read_ops", "backward_ops_extra"):
+            record("5", f"launches {model} ({device})", key, float(res[key]), unit="aten calls")
+        say(f"  {model}: forward +{res['ops_per_counted_call']:.1f} per counted call, read {res['read_ops']:.0f}, "
+            f"backward +{res['backward_ops_extra']:.0f} ({res['calls']:.0f} counted calls)")
+    if device.startswith("cuda"):
+        launches.sync_free_step(device)
+        say("  counted training step (forward, SynOpsLoss, backward, SGD) under set_sync_debug_mode('error'): no sync")
+
+
 def section_gpu(args: argparse.Namespace, device: Optional[str] = None) -> None:
     global SYNC
     say("\n" + "=" * 100)
     if device is None:
         if not torch.cuda.is_available():
             say("[5] GPU: skipped, CUDA is not available here (torch.cuda.is_available() is False). On a machine with "
-                "CUDA this section times the sinabs training step and ResNet-18 (B=64) counting vs NeuroBench.")
+                "CUDA this section times the sinabs training step and ResNet-18 (B=64) counting vs NeuroBench, "
+                "counts the tensor ops per counted call and runs a counted step under set_sync_debug_mode('error'); "
+                "the op counts on this machine's CPU follow.")
+            section_launches("cpu")
             return
         device = "cuda"
         SYNC = torch.cuda.synchronize
@@ -678,6 +701,7 @@ def section_gpu(args: argparse.Namespace, device: Optional[str] = None) -> None:
                        lambda n, v: n(v).reshape(B, T, -1).sum(1), reset_states, {}, args.repeats, 1.05, section="5")
         bench_counting("ResNet-18 B=64 (GPU)", f"[5b] ResNet-18, B=64, 224x224 on {device}", ResNet18,
                        torch.randn(64, 3, 224, 224), max(3, args.repeats // 2), 100.0, device, section="5")
+        section_launches(device)
     finally:
         SYNC = lambda: None  # noqa: E731
 

@@ -78,11 +78,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import frameworks, registry
+from . import frameworks, registry, sharding
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
 from .errors import SynOpsWarning, UnsupportedLayerWarning
-from .maps import MapCache, OpCounts, Rule, module_map_args, rule_weight
+from .maps import MapCache, OpCounts, Rule, module_map_args, rule_weight, weight_mask
 from .records import Call
 from .opscope import OpScope, compiled_submodules
 from .pooling import PoolEvents
@@ -345,6 +345,7 @@ class SynOpsCounter:
         for name, (layout, gives_samples) in registry.time_probes(self.model).items():
             self._hooks.pre(self.model.get_submodule(name), functools.partial(
                 SynOpsCounter._probe_hook, name=name, layout=layout, samples=gives_samples))
+        self._sharded = sharding.ShardedLayers(self.model, list(self._layers))  # fully_shard may come later
         self._report_unsupported()
         if not self._layers and not self._scope.scoped and self._scope.ops != "all":
             self.remove()
@@ -370,7 +371,9 @@ class SynOpsCounter:
             self._layers[name] = _Layer(module, rule, self._maps.setdefault(name, MapCache()))
             if self._scope.scoped_rule(name, module, rule, self._rules):
                 return  # its forward is counted op by op, with the weight its ops receive
-            self._hooks.forward(module, functools.partial(SynOpsCounter._layer_hook, name=name), with_kwargs=True)
+            # prepend: the hook runs before FSDP2's forward hook reshards the weight (synopsloss.sharding)
+            self._hooks.forward(module, functools.partial(SynOpsCounter._layer_hook, name=name), with_kwargs=True,
+                                prepend=True)
             return
         pool = registry.pool_divisor(module)
         if pool is not None:
@@ -635,6 +638,10 @@ class SynOpsCounter:
             # gradient checkpointing re-runs this forward during backward: it was counted the first time
             return
         weight = rule_weight(module, rule.weight)
+        if self._sharded.holds(name) or sharding.is_dtensor(weight):
+            # FSDP2 frees this gathered weight after the forward and a DTensor is read by a collective:
+            # the call records the weight's full nonzero pattern now (synopsloss.sharding)
+            weight = weight_mask(weight)
         if isinstance(weight, Tensor) and weight.device != x.device:
             raise ValueError(
                 f"synopsloss: layer {name!r} received its input on {x.device} but its weight is on "

@@ -37,14 +37,43 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import weakref
 from typing import Any, Callable, Iterator, List, Optional
 
+import torch
 from torch import nn
 
-__all__ = ["HookSet", "next_stamp"]
+__all__ = ["HookSet", "next_stamp", "COMPILE_NOTE", "eager_under_compile"]
 
 _STAMPS = itertools.count()
+
+#: why the hooks cannot be traced by ``torch.compile``, and what to do: the error of ``fullgraph=True``
+COMPILE_NOTE = (
+    "synopsloss: the SynOpsCounter's hooks record every counted call in Python (shapes, tensor storages, "
+    "running state) and cannot be traced into a graph. torch.compile(model) without fullgraph=True runs them "
+    "eagerly between the compiled graphs (counts and gradients equal eager mode). With fullgraph=True, count "
+    "outside the compiled graph: compile the model after counter.remove() (or use a second, uncompiled model "
+    "that shares the parameters for the counted steps)."
+)
+
+
+def _compiling() -> bool:
+    """Whether ``torch.compile`` (dynamo) is tracing the caller (False in eager mode and in old torch)."""
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
+def eager_under_compile(fn: Callable[..., None]) -> Callable[..., None]:
+    """``fn`` run eagerly under ``torch.compile``: a graph break, or under ``fullgraph=True`` an error naming
+    :data:`COMPILE_NOTE` (older torch without ``reason=``: its generic message)."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    if disable is None:  # pragma: no cover - torch < 2.1
+        return fn
+    try:
+        return disable(fn, reason=COMPILE_NOTE)  # fullgraph=True: see synopsloss.hooks.COMPILE_NOTE
+    except TypeError:  # pragma: no cover - torch without reason=
+        return disable(fn)
 
 
 def next_stamp() -> int:
@@ -79,6 +108,10 @@ class HookSet:
         state = weakref.ref(self)
 
         def hook(module: nn.Module, *rest: Any) -> None:
+            if _compiling():  # torch.compile traces this hook: run it eagerly instead (see COMPILE_NOTE)
+                if not eager:  # made on first use: torch.compiler.disable imports dynamo (seconds)
+                    eager.append(eager_under_compile(hook))
+                return eager[0](module, *rest)
             hooks = state()
             if hooks is None or not hooks.enabled or module is not target_ref():
                 return
@@ -89,16 +122,21 @@ class HookSet:
             if owner is not None:
                 fn(owner, module, *rest)
 
+        # made at once when dynamo is loaded (then free), else on first use: importing it takes seconds
+        eager: List[Callable[..., None]] = [eager_under_compile(hook)] if "torch._dynamo" in sys.modules else []
         return hook
 
     def forward(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False,
-                owned: bool = True, always_call: bool = False) -> None:
+                owned: bool = True, always_call: bool = False, prepend: bool = False) -> None:
         """``fn([owner,] module, args, [kwargs,] output)`` after each call of ``module`` itself (not of its copies).
 
         ``always_call=True``: also when the forward raised (then as ``fn([owner,] module, args, None)``).
+        ``prepend=True``: run before the forward hooks already on the module, and before those added
+        later without ``prepend`` (FSDP2's, which reshards the weights: :mod:`synopsloss.sharding`).
         """
         hook = self._guard(module, fn, owned and self._owner is not None)
-        self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs, always_call=always_call))
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs, always_call=always_call,
+                                                          prepend=prepend))
 
     def pre(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False, owned: bool = True) -> None:
         """``fn([owner,] module, args, [kwargs])`` before each call of ``module`` itself."""

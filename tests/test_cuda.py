@@ -62,3 +62,33 @@ def test_a_counted_training_step_never_synchronises_in_the_hooks():
         opt.zero_grad()
     # the hooks counted every step without a host-device synchronisation
     assert counter.snapshot().per_layer()["0"]["eff_acs"] > 0
+
+
+def test_a_counted_step_with_the_loss_and_optimizer_never_synchronises():
+    """Forward, SynOpsLoss, backward and SGD step under set_sync_debug_mode('error') (benchmarks/launches.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import launches
+    finally:
+        sys.path.pop(0)
+    launches.sync_free_step("cuda")
+
+
+@pytest.mark.parametrize("model", ["mlp", "snn"])
+def test_cuda_launches_per_counted_call_are_within_the_cpu_bounds(model):
+    """The aten calls per counted call on the GPU (each one a kernel launch at most) stay within the CPU bounds."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        import launches
+    finally:
+        sys.path.pop(0)
+    few, many = (launches.measure(model, "cuda", steps=s) for s in (4, 8))
+    assert few["ops_per_counted_call"] <= launches.FORWARD_BOUND[model]
+    growth = (many["read_ops"] - few["read_ops"]) / (many["calls"] - few["calls"])
+    assert growth <= launches.READ_GROWTH_BOUND[model]
