@@ -134,6 +134,8 @@ class NeuroBenchMetrics:
             raise ValueError("NeuroBenchMetrics counts NeuroBench's samples, data[0].size(0), per batch; "
                              "drop batch_size=")
         self.net = net
+        # NeuroBench's definitions: integer spike counts are binarised and counted as MACs
+        counter_kwargs.setdefault("integer_spikes", "neurobench")
         self.counter = SynOpsCounter(net, neurons=neurons, **counter_kwargs)
         self._data: Any = None  # the batch last folded in (held, so that its identity is not reused)
         self._batch: Optional[CounterSnapshot] = None
