@@ -330,7 +330,7 @@ def _twin(build, state: dict) -> nn.Module:
 def _run_snntorch(net: nn.Module, data: torch.Tensor) -> Tuple[Dict[str, float], float, Dict[str, float]]:
     """Counter totals, synops() and an independent brute force, for [B, T, ...] data stepped in time."""
     recorder = _Recorder(net)
-    with sl.SynOpsCounter(net) as counter:
+    with sl.SynOpsCounter(net, integer_spikes="neurobench") as counter:
         snn_utils.reset(net)
         for t in range(data.shape[1]):
             net(data[:, t])
@@ -400,7 +400,7 @@ def test_random_sinabs_linear_nets_equal_neurobench(widths, kinds, batch, steps,
     x = _random_input(data.draw, (batch, steps, widths[0]))
     ref = neurobench_synops(_twin(build, net.state_dict()), x, snntorch=False)
     recorder = _Recorder(net)
-    with sl.SynOpsCounter(net) as counter:
+    with sl.SynOpsCounter(net, integer_spikes="neurobench") as counter:
         net(x)
         got, synops = counter.snapshot().total(), float(counter.synops().detach())
     brute = recorder.brute_force(batch, events=False)
