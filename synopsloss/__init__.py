@@ -17,7 +17,7 @@ connection_map, register_rule, register_no_synapse, Rule, LayerKind
     Fan-out maps and the layer registry (:mod:`synopsloss.registry`).
 EnergyModel, OpEnergy, DeviceEnergy, Lemaire2022, CountEnergy, register_device, register_preset
     Cited energy presets for the table and EnergyLoss (:mod:`synopsloss.energy`:
-    also ``break_even`` and ``calibrate``).
+    :mod:`synopsloss.calibration`: ``break_even`` and ``calibrate``).
 
 Modules: ``counter`` (hooks and counting), ``snapshot`` (plain-data readings),
 ``state`` (declared per-layer state), ``registry`` (layer knowledge),
@@ -41,9 +41,9 @@ from typing import Any
 from .counter import COUNT_KEYS, SynOpsCounter, SynOpsWarning, UnsupportedLayerWarning
 from .energy import CountEnergy, DeviceEnergy, EnergyModel, Lemaire2022, OpEnergy, register_device, register_preset
 from .loss import EnergyLoss, LossScaleWarning, SynOpsLoss, UnreachableTargetWarning
-from .maps import Rule, connection_map
+from .maps import Rule
 from .neurons import NeuronMonitor
-from .registry import LayerKind, register_no_synapse, register_rule
+from .registry import LayerKind, connection_map, register_no_synapse, register_rule
 from .snapshot import CounterSnapshot, LayerStats, NeuronStats
 from .table import LayerRow, SynOpsComparison, SynOpsTable, compare
 from . import schedules

@@ -29,7 +29,7 @@ rule unless they register their own.
 Example
 -------
 >>> import torch
->>> from synopsloss.maps import connection_map
+>>> from synopsloss.registry import connection_map
 >>> conv = torch.nn.Conv1d(1, 1, kernel_size=3, padding=1, bias=False)
 >>> connection_map(conv, (1, 5), effective=False)
 tensor([[2., 3., 3., 3., 2.]], dtype=torch.float64)
@@ -40,13 +40,13 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Rule", "OpCounts", "connection_map", "MapCache", "LayerMaps"]
+__all__ = ["Rule", "OpCounts", "MapCache", "LayerMaps", "build_map", "weight_mask"]
 
 Shape = Tuple[int, ...]
 #: ``fanout(module, weight01, in_sample_shape, out_sample_shape) -> map`` (float32, shaped like one input sample)
@@ -291,87 +291,6 @@ def conv_transpose_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_s
 # --------------------------------------------------------------------------- maps
 
 
-def _weight01(weight: Tensor, effective: bool) -> Tensor:
-    with torch.no_grad():
-        if effective:
-            return (weight.detach() != 0).to(torch.float32)
-        return torch.ones(weight.shape, dtype=torch.float32, device=weight.device)
-
-
-def _build_map(module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape, effective: bool) -> Tensor:
-    weight = rule_weight(module, rule.weight)
-    device = weight.device
-    # Fan-outs are small integers: build them in float32 with autocast off (a bf16
-    # transposed convolution is exact only up to 256) and keep them in float64.
-    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
-        m = rule.fanout(module, _weight01(weight, effective), tuple(in_shape), tuple(out_shape))
-        if tuple(m.shape) != tuple(in_shape):
-            raise ValueError(
-                f"the synapse rule for {type(module).__name__} returned a map of shape "
-                f"{tuple(m.shape)} for an input sample of shape {tuple(in_shape)}"
-            )
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        return m.to(dtype)
-
-
-def _default_out_shape(module: nn.Module, rule: Rule, in_shape: Shape) -> Shape:
-    weight = rule_weight(module, rule.weight)
-    with torch.no_grad():
-        x = torch.zeros((1, *in_shape), dtype=weight.dtype, device=weight.device)
-        return tuple(module(x).shape[1:])
-
-
-def connection_map(
-    module: nn.Module,
-    in_sample_shape: Sequence[int],
-    *,
-    effective: bool = True,
-    out_sample_shape: Optional[Sequence[int]] = None,
-    rules: Optional[Mapping[type, Rule]] = None,
-) -> Tensor:
-    """The fan-out map of ``module`` for one input sample of shape ``in_sample_shape``.
-
-    Parameters
-    ----------
-    module
-        A layer with a registered rule (``Linear``, ``Conv1d/2d/3d``,
-        ``ConvTranspose1d/2d/3d`` or a custom one).
-    in_sample_shape
-        Shape of one input sample, without the batch dimension, e.g. ``(C, H, W)``.
-    effective
-        Count only nonzero weights (``True``) or every tap (``False``).
-    out_sample_shape
-        The layer's output sample shape; computed by running the layer once on
-        zeros if omitted.
-    rules
-        Extra rules looked up before the global registry.
-
-    Returns
-    -------
-    Tensor
-        float64 tensor of shape ``in_sample_shape``.
-
-    Example
-    -------
-    >>> import torch
-    >>> lin = torch.nn.Linear(3, 2, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = lin.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
-    >>> connection_map(lin, (3,))
-    tensor([1., 0., 2.], dtype=torch.float64)
-    """
-    from .registry import find_rule
-
-    rule = find_rule(module, rules)
-    if rule is not None and rule.fanout is None:
-        raise TypeError(f"{type(module).__name__} is counted per call, it has no fan-out map")
-    if rule is None:
-        raise TypeError(f"no synapse rule for {type(module).__name__}; register one with synopsloss.register_rule")
-    in_shape = tuple(int(s) for s in in_sample_shape)
-    out_shape = tuple(out_sample_shape) if out_sample_shape is not None else _default_out_shape(module, rule, in_shape)
-    return _build_map(module, rule, in_shape, out_shape, effective)
-
-
 # --------------------------------------------------------------------------- cache
 
 
@@ -406,12 +325,17 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _run_build(build: Callable[[Tensor], Tensor], w01: Tensor, sample_shape: Shape, what: str) -> Tensor:
-    """``build(w01)`` as a flat map in the accumulation dtype (float32 build, autocast off: exact small ints)."""
+def build_map(build: Callable[[Tensor], Tensor], w01: Tensor, sample_shape: Shape, what: str) -> Tensor:
+    """``build(w01)`` as a flat map in the accumulation dtype: float64 (float32 on MPS).
+
+    Fan-outs are small integers: they are built in float32 with autocast off (a bf16
+    transposed convolution is exact only up to 256) and kept in float64. The one
+    map builder of the package (the counter's caches and :func:`synopsloss.registry.connection_map`).
+    """
     device = w01.device
     with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
         m = build(w01)
-        if tuple(m.shape) != tuple(sample_shape) and m.numel() != math.prod(sample_shape):
+        if tuple(m.shape) != tuple(sample_shape):
             raise ValueError(
                 f"the synapse rule for {what} returned a map of shape "
                 f"{tuple(m.shape)} for an input sample of shape {tuple(sample_shape)}"
@@ -490,9 +414,9 @@ class MapCache:
             self._eff.move_to_end(key)
             return ent
         ones = torch.ones(weight.shape, dtype=torch.float32, device=weight.device)
-        dense = _run_build(build, ones, sample_shape, what).sum()
+        dense = build_map(build, ones, sample_shape, what).sum()
         mask = weight_mask(weight)
-        ent = LayerMaps(effective=_run_build(build, mask.to(torch.float32), sample_shape, what),
+        ent = LayerMaps(effective=build_map(build, mask.to(torch.float32), sample_shape, what),
                         dense_total=dense, sample_shape=tuple(sample_shape), mask=mask, build=build, key=key)
         self.builds += 1
         self._put(key, ent)
@@ -506,7 +430,7 @@ class MapCache:
         if mask.device.type == "cpu" and ent.mask is not None and mask.shape == ent.mask.shape \
                 and torch.equal(mask, ent.mask):
             return ent
-        new = LayerMaps(effective=_run_build(ent.build, mask.to(torch.float32), ent.sample_shape, "this layer"),
+        new = LayerMaps(effective=build_map(ent.build, mask.to(torch.float32), ent.sample_shape, "this layer"),
                         dense_total=ent.dense_total, sample_shape=ent.sample_shape, mask=mask, build=ent.build,
                         key=ent.key)
         self.builds += 1

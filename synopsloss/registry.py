@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import enum
 import sys
-from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 
 from . import frameworks, maps, pooling, recurrent
-from .maps import FanoutFn, Rule
+from .maps import FanoutFn, Rule, Shape
 
 __all__ = [
     "LayerKind",
@@ -573,3 +574,63 @@ def neuron_op_cost(module: nn.Module, costs: Optional[Mapping[str, int]] = None)
         if getattr(module, "tau_syn", None) is not None or getattr(module, "alpha_syn", None) is not None:
             extra += 2
     return int(entry) + extra
+
+
+def _default_out_shape(module: nn.Module, weight: Tensor, in_shape: Shape) -> Shape:
+    with torch.no_grad():
+        x = torch.zeros((1, *in_shape), dtype=weight.dtype, device=weight.device)
+        return tuple(module(x).shape[1:])
+
+
+def connection_map(
+    module: nn.Module,
+    in_sample_shape: Sequence[int],
+    *,
+    effective: bool = True,
+    out_sample_shape: Optional[Sequence[int]] = None,
+    rules: Optional[Mapping[type, Rule]] = None,
+) -> Tensor:
+    """The fan-out map of ``module`` for one input sample of shape ``in_sample_shape``.
+
+    Parameters
+    ----------
+    module
+        A layer with a registered rule (``Linear``, ``Conv1d/2d/3d``,
+        ``ConvTranspose1d/2d/3d`` or a custom one).
+    in_sample_shape
+        Shape of one input sample, without the batch dimension, e.g. ``(C, H, W)``.
+    effective
+        Count only nonzero weights (``True``) or every tap (``False``).
+    out_sample_shape
+        The layer's output sample shape; computed by running the layer once on
+        zeros if omitted.
+    rules
+        Extra rules looked up before the global registry.
+
+    Returns
+    -------
+    Tensor
+        float64 tensor of shape ``in_sample_shape`` (built as the counter builds its maps).
+
+    Example
+    -------
+    >>> import torch
+    >>> lin = torch.nn.Linear(3, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = lin.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
+    >>> connection_map(lin, (3,))
+    tensor([1., 0., 2.], dtype=torch.float64)
+    """
+    rule = find_rule(module, rules)
+    if rule is not None and rule.fanout is None:
+        raise TypeError(f"{type(module).__name__} is counted per call, it has no fan-out map")
+    if rule is None:
+        raise TypeError(f"no synapse rule for {type(module).__name__}; register one with synopsloss.register_rule")
+    in_shape = tuple(int(s) for s in in_sample_shape)
+    weight = maps.rule_weight(module, rule.weight)
+    out_shape = tuple(out_sample_shape) if out_sample_shape is not None else _default_out_shape(module, weight, in_shape)
+    w01 = (maps.weight_mask(weight).to(torch.float32) if effective
+           else torch.ones(weight.shape, dtype=torch.float32, device=weight.device))
+    fanout = rule.fanout
+    flat = maps.build_map(lambda w: fanout(module, w, in_shape, out_shape), w01, in_shape, type(module).__name__)
+    return flat.reshape(in_shape)

@@ -141,7 +141,7 @@ class LayerRow:
     synops_estimate: Optional[float] = None  # papers' firing rate x T x FLOPs (see synopsloss.report)
     estimate_error: Optional[float] = None  # synops_estimate / synops - 1
     energy_paper: Optional[float] = None  # 0.9 pJ x estimate (4.6 pJ x dense for non-spike inputs)
-    ann_energy: Optional[float] = None  # the equivalent quantised ANN layer (synopsloss.energy.break_even)
+    ann_energy: Optional[float] = None  # the equivalent quantised ANN layer (synopsloss.calibration.break_even)
     break_even_rate: Optional[float] = None  # input spike rate below which the layer beats that ANN
 
 
@@ -197,7 +197,7 @@ COLUMNS: Dict[str, Tuple[str, str, str]] = {
     "share": ("Share", "pct", "share of the total synops"),
     "energy": ("Energy", "joule", "joules per sample under the table's energy model"),
     "energy_paper": ("Energy (paper)", "joule", "0.9 pJ x estimate (4.6 pJ x dense for non-spike inputs), per sample"),
-    "ann_energy": ("ANN energy", "joule", "the equivalent quantised ANN layer (synopsloss.energy.break_even)"),
+    "ann_energy": ("ANN energy", "joule", "the equivalent quantised ANN layer (synopsloss.calibration.break_even)"),
     "break_even_rate": ("Break-even", "rate", "input spike rate below which the layer costs less than that ANN"),
 }
 

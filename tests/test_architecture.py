@@ -100,3 +100,69 @@ def test_layer_kinds_are_one_enum_used_by_the_table():
     kinds = {r.kind for r in counter.table(energy=None)}
     assert kinds <= {k.value for k in sl.LayerKind}
     assert {"synaptic", "neuron", "pooling", "reshape"} <= kinds
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set:
+    """The synopsloss modules ``path`` imports, at module level or inside functions (lazy imports count)."""
+    name = _module_name(path)
+    package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".") if name else []
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            target = ".".join(base + ([node.module] if node.module else []))
+            found.add(target)
+            found.update(f"{target}.{a.name}".strip(".") for a in node.names)
+    return found
+
+
+def test_imports_run_one_way():
+    """No cycle among the package's modules, lazy imports included (the package's __init__ aside)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {t for t in _imports(p) if t in modules and t != m and t != ""} for m, p in modules.items() if m}
+    for m in graph:
+        graph[m].discard("cli") if m.startswith("cli.") else None
+    cycles = []
+
+    def reach(start: str, node: str, seen: set) -> None:
+        for nxt in graph.get(node, ()):
+            if nxt == start:
+                cycles.append((start, node))
+            elif nxt not in seen:
+                seen.add(nxt)
+                reach(start, nxt, seen)
+
+    for m in graph:
+        reach(m, m, {m})
+    assert cycles == [], f"import cycles through: {sorted(set(cycles))}"
+
+
+def test_no_module_calls_private_members_of_another_modules_classes():
+    """``obj._name`` is allowed only where ``_name`` belongs to a class of the same module (or to torch)."""
+    owned: dict = {}
+    trees = {p: ast.parse(p.read_text(), filename=str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
+    for path, tree in trees.items():
+        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
+            for n in ast.walk(cls):
+                name = None
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = n.name
+                elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name) \
+                        and n.value.id == "self":
+                    name = n.attr
+                if name and name.startswith("_") and not name.startswith("__"):
+                    owned.setdefault(name, set()).add(path)
+    offenders = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in owned and path not in owned[node.attr]:
+                if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                    continue
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")
+    assert offenders == []

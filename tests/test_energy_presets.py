@@ -10,8 +10,9 @@ from snntorch import utils as snn_utils
 from torch import nn
 
 import synopsloss as sl
-from synopsloss.energy import (ENERGY_PRESETS, FIDELITIES, break_even, break_even_rate, calibrate,
-                               get_energy_model, register_device, register_preset)
+from synopsloss.calibration import break_even, calibrate
+from synopsloss.energy import (ENERGY_PRESETS, FIDELITIES, break_even_rate, get_energy_model, register_device,
+                               register_preset)
 
 PJ = 1e-12
 

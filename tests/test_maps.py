@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import synopsloss as sl
-from synopsloss.maps import connection_map
+from synopsloss.registry import connection_map
 
 from helpers import brute_force_map, neurobench_synops
 from helpers import frozen_copy as _frozen
