@@ -415,18 +415,22 @@ def means(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
-def decision(m: Dict[str, Any], points: float = 1.0) -> str:
+def decision(m: Dict[str, Any], points: float = 1.0, min_seeds: int = 3) -> str:
     """Whether a setting is within ``points`` of the baseline, judged on the 95% interval of the paired difference.
 
     ``"within"``: the whole interval is above ``-points``; ``"below"``: the whole interval is below it;
-    ``"undecided"``: the interval straddles the line (more seeds needed), or there is no paired baseline.
+    ``"undecided"``: the interval straddles the line (more seeds needed), there is no paired baseline, or
+    fewer than ``min_seeds`` seeds are paired (two seeds that happen to agree give an interval of zero width:
+    a decision drawn from one degree of freedom is not one).
 
     Example
     -------
-    >>> decision({"acc_diff_lo": -0.008, "acc_diff_hi": 0.002}), decision({"acc_diff_lo": -0.03, "acc_diff_hi": 0.0})
-    ('within', 'undecided')
+    >>> decision({"acc_diff_lo": -0.008, "acc_diff_hi": 0.002, "acc_diff_n": 3})
+    'within'
+    >>> decision({"acc_diff_lo": -0.03, "acc_diff_hi": 0.0, "acc_diff_n": 5}), decision({"acc_diff_lo": 0.0, "acc_diff_hi": 0.0, "acc_diff_n": 2})
+    ('undecided', 'undecided')
     """
-    if "acc_diff_lo" not in m:
+    if "acc_diff_lo" not in m or m.get("acc_diff_n", 0) < min_seeds:
         return "undecided"
     line = -points / 100
     if m["acc_diff_lo"] >= line - 1e-12:
@@ -563,7 +567,7 @@ def budgets_markdown(rows: List[Dict[str, Any]]) -> str:
         return ""
     lines = ["| dataset | method | setting | target | achieved (95% CI) | abs(achieved/target - 1) per run | "
              f"runs within {100 * rows[0]['tolerance']:.0f}% | accuracy (95% CI) | vs baseline (95% CI, points) | "
-             "L1 weights tried / within | closest L1 |",
+             "L1 weights (tried; within tolerance) | closest L1 |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in rows:
         errs = ", ".join(f"{100 * e:.1f}%" for e in b["budget_errors"])
@@ -571,11 +575,11 @@ def budgets_markdown(rows: List[Dict[str, Any]]) -> str:
                                                  f"{100 * b['acc_diff_hi']:+.1f})")
         c = b["l1_closest"]
         ctxt = "" if c is None else f"lambda {c['lambda']:g}: {c['achieved']:,.0f} ({100 * c['error']:.0f}% off), {100 * c['accuracy']:.1f}%"
-        within = ", ".join(f"{v:g}" for v in b["l1_within"]) or "none"
+        within = ", ".join(f"lambda {v:g}" for v in b["l1_within"]) or "none"
         lines.append(f"| {b['dataset']} | {b['method']} | {STRENGTH[b['method']]} {float(b['strength']):g} | "
                      f"{b['target']:,.0f} | {b['achieved']:,.0f} ± {_pm(b['achieved_ci'], ',.0f')} | {errs} | "
                      f"{b['hits']}/{b['n']} | {100 * b['accuracy']:.1f} ± {_pm(100 * b['accuracy_ci'], '.1f')} | {diff} | "
-                     f"{len(b['l1_tried'])} / {within} | {ctxt} |")
+                     f"{len(b['l1_tried'])} tried; within: {within} | {ctxt} |")
     return "\n".join(lines)
 
 

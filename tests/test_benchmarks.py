@@ -173,7 +173,7 @@ def test_verdict_picks_the_fewest_synops_within_one_point(bench):
     for method, strength, acc, syn in [("baseline", "", 0.900, 100.0), ("synops", 0.5, 0.895, 30.0),
                                        ("synops", 0.3, 0.880, 10.0), ("l1", 1.0, 0.891, 25.0),
                                        ("l1", 2.0, 0.850, 5.0), ("hinge", 0.1, 0.80, 50.0)]:
-        for seed, d in ((0, -0.004), (1, 0.004)):
+        for seed, d in ((0, -0.004), (1, 0.004), (2, 0.0)):
             rows.append({"dataset": "d", "method": method, "strength": strength, "seed": seed,
                          "accuracy": acc + d, "driven_synops": syn, "total_synops": syn + 7, "target": ""})
     v = tr.verdict(tr.means(rows))["d"]
@@ -182,6 +182,9 @@ def test_verdict_picks_the_fewest_synops_within_one_point(bench):
     assert v["best"]["synops"]["driven_synops"] == 30.0 and v["best"]["hinge"] is None
     assert v["best"]["l1"]["reduction"] == pytest.approx(4.0)
     assert v["ranking"] == ["l1", "synops"]
+    # two seeds whose differences agree give a zero-width interval: too few to decide anything
+    two = tr.verdict(tr.means([r for r in rows if r["seed"] < 2]))["d"]
+    assert two["winner"] is None and set(two["decisions"].values()) == {"undecided"}
 
 
 def test_tradeoff_tiny_run_writes_one_row_per_run_and_a_front_per_dataset(bench, tmp_path):
