@@ -30,7 +30,7 @@ fan-out (``out_channels * kernel size``) would over-count border neurons.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
