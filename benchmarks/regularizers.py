@@ -10,9 +10,9 @@ collects during one batch (all time steps):
   neuron layer, the squared excess of its mean event rate over a maximum rate.
 * :func:`fanout_weighted_spikes` -- Suetake et al. 2023's spiking synaptic
   penalty: each neuron's spikes times its number of outgoing synapses.
-* :class:`IterativeTarget` -- Sorbaro et al. 2020's iterative target: the
-  squared synops loss whose target is lowered, stage by stage, to 0.7x the
-  synops the network last achieved (built on the public ``SynOpsLoss``).
+
+Sorbaro et al. 2020's iterative target is a library feature now:
+``SynOpsLoss(counter, target=synopsloss.schedules.Iterative(factor=0.7, ...))``.
 
 How the fan-out penalty relates to ``SynOpsLoss``: with ``M_i`` the number of
 outgoing synapses (weight taps) of neuron ``i`` and ``s_i`` its spike count,
@@ -30,7 +30,7 @@ fan-out (``out_channels * kernel size``) would over-count border neurons.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,6 @@ __all__ = [
     "hinge_squared_rate",
     "outgoing_synapses",
     "fanout_weighted_spikes",
-    "IterativeTarget",
 ]
 
 
@@ -290,93 +289,3 @@ def fanout_weighted_spikes(inputs: Dict[str, List[Tensor]], layers: Dict[str, nn
     if total is None or batch is None:
         raise RuntimeError("no synaptic-layer input was recorded: run the model on the batch first")
     return total / dense if normalize else total / batch
-
-
-class IterativeTarget:
-    """Sorbaro et al. 2020's iterative target: ``SynOpsLoss`` whose target is 0.7x the last achieved synops per stage.
-
-    Training is split into ``stages`` stages of ``steps_per_stage`` batches.
-    Stage 1 uses ``SynOpsLoss(counter, fraction=factor)`` (``factor`` x the
-    network-driven synops of the first batch); each later stage a new
-    ``SynOpsLoss(counter, target=factor * achieved)``, with ``achieved`` the mean
-    network-driven synops per sample over the last ``window`` batches of the
-    stage before. The loss is the library's default squared relative error;
-    the weight (a number or a schedule such as ``Warmup``) is shared by the
-    stages, so a warm-up keeps its progress. Source: M. Sorbaro, Q. Liu,
-    M. Bortone, S. Sheik, "Optimizing the energy consumption of spiking neural
-    networks for neuromorphic applications", Front. Neurosci. 14:662 (2020):
-    the synops term towards a target, the target lowered step by step.
-
-    Recreating the loss per stage is the cleanest way the public API offers:
-    a target that depends on what training achieved is no fixed schedule.
-
-    Parameters
-    ----------
-    counter
-        The ``SynOpsCounter`` on the model (``layers="driven"`` is used).
-    stages, steps_per_stage
-        Number of stages and batches per stage; after the last stage the last
-        target is kept.
-    factor
-        Target = ``factor`` x the last achieved synops (0.7 in the paper's scheme).
-    weight
-        The loss weight, a number or a ``synopsloss.schedules`` schedule.
-    window
-        Batches at the end of a stage whose synops define "achieved" (default: ``steps_per_stage``).
-
-    Example
-    -------
-    >>> import torch, synopsloss as sl
-    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    >>> counter = sl.SynOpsCounter(net)
-    >>> it = IterativeTarget(counter, stages=2, steps_per_stage=1)
-    >>> _ = net(torch.ones(2, 4)); _ = it(); it.step()
-    >>> round(it.targets[0] / it.achieved[0], 6)   # stage 1 aimed at 0.7x the first batch
-    0.7
-    """
-
-    def __init__(self, counter, *, stages: int, steps_per_stage: int, factor: float = 0.7,
-                 weight: Union[float, object] = 1.0, window: Optional[int] = None) -> None:
-        from synopsloss import SynOpsLoss
-
-        if stages < 1 or steps_per_stage < 1:
-            raise ValueError(f"stages and steps_per_stage must be >= 1, got {stages}, {steps_per_stage}")
-        if not 0 < factor < 1:
-            raise ValueError(f"factor must be in (0, 1), got {factor}")
-        self.counter = counter
-        self.stages, self.steps_per_stage, self.factor = stages, steps_per_stage, factor
-        self.weight = weight
-        self.window = steps_per_stage if window is None else window
-        self.loss = SynOpsLoss(counter, fraction=factor, weight=weight)
-        self.stage = 1
-        self.steps = 0
-        self._recent: List[float] = []
-        self.targets: List[float] = []    # target of each stage, synops per sample
-        self.achieved: List[float] = []   # achieved synops at the end of each stage
-
-    def __call__(self) -> Tensor:
-        """The current stage's loss for the batch counted since ``counter.reset()``."""
-        out = self.loss()
-        driven = set(self.counter.layer_names) - set(self.counter.data_fed_layers())
-        per_layer = self.counter.synops(by_layer=True)
-        self._last = float(sum(per_layer[n].detach() for n in driven))
-        return out
-
-    def step(self) -> None:
-        """Advance by one batch; at the end of a stage, lower the target."""
-        from synopsloss import SynOpsLoss
-
-        self.loss.step()
-        self.steps += 1
-        self._recent = (self._recent + [self._last])[-self.window:]
-        if self.steps == 1:   # stage 1's target is known after the first (calibration) batch
-            self.targets.append(self.loss.targets()["driven"])
-        if self.steps % self.steps_per_stage == 0 and self.stage <= self.stages:
-            achieved = sum(self._recent) / len(self._recent)
-            self.achieved.append(achieved)
-            if self.stage < self.stages:
-                target = self.factor * achieved
-                self.loss = SynOpsLoss(self.counter, target=target, weight=self.weight)
-                self.loss.last_step = self.steps
-                self.targets.append(target)
-            self.stage += 1

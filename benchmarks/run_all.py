@@ -19,7 +19,8 @@ the run goes on.
 Usage::
 
     python benchmarks/run_all.py            # small settings (a few minutes on 2 cores)
-    python benchmarks/run_all.py --full     # the published figures
+    python benchmarks/run_all.py --full     # the published figures (trade-off: 5 seeds)
+    python benchmarks/run_all.py --only tradeoff --reduced   # trade-off on 2 seeds, fewest settings, 1 process
     python benchmarks/run_all.py --only tradeoff --full
 """
 
@@ -103,14 +104,15 @@ def _git(*args: str) -> str:
 
 # ----------------------------------------------------------------------------- running
 
-def commands(full: bool, out: str) -> Dict[str, List[str]]:
-    """The command line of each benchmark (small or full settings)."""
+def commands(full: bool, out: str, reduced: bool = False) -> Dict[str, List[str]]:
+    """The command line of each benchmark (small, reduced or full settings)."""
     py = sys.executable
     return {
         "overhead": [py, os.path.join(HERE, "overhead.py")] + ([] if full else ["--repeats", "3"]),
         "soak": [py, os.path.join(HERE, "soak.py"), "--threads", "1"]
         + (["--steps", "1000", "--every", "100"] if full else ["--steps", "200", "--every", "50"]),
-        "tradeoff": [py, os.path.join(HERE, "tradeoff.py"), "--out", out] + (["--full"] if full else []),
+        "tradeoff": [py, os.path.join(HERE, "tradeoff.py"), "--out", out]
+        + (["--full"] if full else ["--reduced", "--jobs", "1"] if reduced else []),
     }
 
 
@@ -297,7 +299,8 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
               info_end: Optional[str] = None, argv: Optional[Sequence[str]] = None) -> str:
     """Write overhead.csv, soak.csv/png and summary.md from the runs; return the markdown."""
     args = " ".join(argv) if argv is not None else ("--full" if full else "")
-    md = [f"# Benchmark results ({'full' if full else 'small'} settings)", "",
+    kind = "full" if full else "reduced" if "--reduced" in args else "small"
+    md = [f"# Benchmark results ({kind} settings)", "",
           f"Written by `python benchmarks/run_all.py{' ' + args if args else ''}`. "
           "Every figure below is parsed from the benchmarks' own output (kept verbatim in `<name>.txt`).", "",
           "## Machine", "",
@@ -311,7 +314,8 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
           f"| date | {info['date']} |",
           f"| load average | at start {info['load_average']}; at end {info_end} |",
           "", "The machine is shared: the load average says how busy it was. Threads: overhead.py sets its own "
-          "(`--threads`, default 2); soak.py runs with 1; tradeoff.py trains in 2 processes of 1 thread each.", ""]
+          "(`--threads`, default 2); soak.py runs with 1; tradeoff.py trains in processes of 1 thread each "
+          "(2 with `--full`, 1 with `--reduced`; each row records its layout).", ""]
 
     if "overhead" in recs:
         rec = recs["overhead"]
@@ -377,26 +381,42 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
                 data = json.load(f)
         if data:
             sys.path.insert(0, HERE)
-            from tradeoff import verdict_markdown
+            from tradeoff import budgets_markdown, verdict_markdown
 
             cpu = data.get("cpu_seconds_total")
             if cpu:
                 md += ["", f"Training and testing took {cpu / 60:.0f} CPU-minutes in all (sum over runs of each "
-                       f"process' CPU time: about {cpu / 120:.0f} minutes of wall clock on 2 idle cores)"
-                       + (f"; {data['reused_runs']} of the {data['runs']} runs were taken from an earlier "
-                          "invocation's CSV (`--reuse`: training is deterministic, so they are what a rerun gives)"
-                          if data.get("reused_runs") else "") + "."]
+                       f"process' CPU time)."]
+            md += ["", f"Code hash {', '.join(data.get('code_hash', [])) or '?'} (synopsloss/ and the trade-off "
+                   f"files), torch {', '.join(data.get('torch', []))}, layout {', '.join(data.get('layout', []))}."]
+            if data.get("reused"):
+                md += ["", f"{len(data['reused'])} of the {data['runs']} rows were reused from an earlier CSV "
+                       "(`--reuse`), each because its code hash, settings, torch version and thread/process layout all "
+                       "match this run:", ""] + [f"- {r}" for r in data["reused"]]
+            else:
+                md += ["", "No row was reused: every row was trained by this invocation."]
+            if data.get("refused_reuse"):
+                md += ["", f"{len(data['refused_reuse'])} earlier rows were not reused because they differ:", ""] + \
+                      [f"- {r}" for r in data["refused_reuse"][:20]] + \
+                      ([f"- ... and {len(data['refused_reuse']) - 20} more"] if len(data["refused_reuse"]) > 20 else [])
             md += ["", f"{data['runs']} training runs, seeds {data['seeds']}; `tradeoff.csv` (one row per run), "
                    + ", ".join(f"`{os.path.basename(p)}`" for p in data["png"]) + " (Pareto fronts).", "",
-                   "Fewest network-driven synops per sample (test set, mean over seeds) among the settings whose mean "
-                   "accuracy is at most 1 point below the cross-entropy-only mean:", "",
+                   "Fewest network-driven synops per sample (test set, mean over seeds) among the settings that are "
+                   "within 1 point of the cross-entropy-only accuracy on the 95% interval (Student's t) of the "
+                   "seed-paired difference:", "",
                    verdict_markdown(data["verdict"])]
+            if data.get("budgets"):
+                md += ["", "### Budget precision", "",
+                       "The network-driven synops per sample reached on the test set against the target asked for, "
+                       "and what the L1 spike-rate term needed for the same budget (its weights tried in this sweep, "
+                       "those whose mean landed within 5% of the target):", "", budgets_markdown(data["budgets"])]
             for ds, v in data["verdict"].items():
                 md.append(f"- {ds}: most network-driven synops removed within 1 point: **{v['winner']}**"
                           + (f" (ranking: {', '.join(v['ranking'])})" if v["ranking"] else ""))
-            if not full:
-                md += ["", "Small settings (few epochs, one seed, part of the data): a check that the benchmark "
-                       "runs, not a result. `--full` gives the published figures."]
+            if not full and len(data["seeds"]) < 5:
+                md += ["", f"Only {len(data['seeds'])} seed(s): the 95% intervals are wide (t with "
+                       f"{max(len(data['seeds']) - 1, 0)} degree(s) of freedom) and many decisions stay undecided. "
+                       "The full 5-seed run is `python benchmarks/run_all.py --full`; it was not run in this session."]
         md += _failure(rec) + [""]
 
     text = "\n".join(md).rstrip() + "\n"
@@ -408,6 +428,8 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="the published settings (tradeoff alone ~25 min on 2 cores)")
+    p.add_argument("--reduced", action="store_true",
+                   help="tradeoff.py --reduced --jobs 1: 2 seeds, the fewest settings, one process (~30 CPU-minutes)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="run only these")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--timeout", type=float, default=None, help="seconds before a benchmark is stopped (default: none)")
@@ -418,7 +440,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     info = machine()
-    cmds = commands(args.full, out)
+    cmds = commands(args.full, out, reduced=args.reduced)
     if args.reuse_tradeoff:
         cmds["tradeoff"] += ["--reuse", os.path.join(out, "tradeoff.csv"), os.path.join(out, "tradeoff.partial.csv")]
     recs: Dict[str, Dict[str, Any]] = {}

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .counter import COUNT_KEYS, SynOpsCounter, SynOpsWarning
 from .loss import SHAPES, EnergyLoss, SynOpsLoss
-from .schedules import Schedule
+from .schedules import Iterative, Schedule
 
 try:  # the unified package first, the standalone one otherwise
     import lightning.pytorch as _pl
@@ -156,7 +156,10 @@ class SynOpsRegularizer(_pl.Callback):
     ----------
     target, fraction, budget, dt, time_steps, shape, weight, layers, calibration_batches
         As for :class:`~synopsloss.SynOpsLoss` (exactly one of ``target``,
-        ``fraction``, ``budget``).
+        ``fraction``, ``budget``). ``target=schedules.Iterative(...)`` lowers
+        the target stage by stage from the synops achieved (a stage counts
+        ``interval`` steps); under DDP its observations are summed over the
+        ranks when a stage ends, so every rank sets the same next target.
     interval
         ``"step"`` (default): schedules advance with the optimizer steps;
         ``"epoch"``: once per training epoch.
@@ -393,8 +396,22 @@ class SynOpsRegularizer(_pl.Callback):
         assert self._loss_fn is not None
         step = int(trainer.global_step)
         for _ in range(step - self._synced):
-            self._loss_fn.step()
+            self._step_loss(trainer)
         self._synced = step
+
+    def _step_loss(self, trainer: Any) -> None:
+        """One schedule step; an :class:`Iterative` target first sums its observations over the DDP ranks."""
+        assert self._loss_fn is not None
+        if getattr(trainer, "world_size", 1) > 1:
+            specs = self._spec.values() if isinstance(self._spec, Mapping) else [self._spec]
+            for spec in specs:
+                if isinstance(spec, Iterative):
+                    spec.synchronize(lambda t: _sum_over_ranks(trainer, t.to(self._device())).cpu())
+        self._loss_fn.step()
+
+    def _device(self) -> torch.device:
+        assert self._root is not None
+        return next(iter(self._root.parameters()), torch.empty(0)).device
 
     # -------------------------------------------------------------- layers of the terms
 
@@ -603,7 +620,7 @@ class SynOpsRegularizer(_pl.Callback):
             return
         self._log_epoch(trainer, pl_module)
         if self.interval == "epoch" and self._loss_fn is not None:
-            self._loss_fn.step()
+            self._step_loss(trainer)
 
     def _off(self, *args: Any, **kwargs: Any) -> None:
         self._detach()

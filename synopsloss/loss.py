@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .counter import SynOpsCounter
 from ._validate import ArgumentTypeError, check_int
-from .schedules import Schedule, as_schedule
+from .schedules import Iterative, Schedule, as_schedule
 
 __all__ = ["SynOpsLoss", "EnergyLoss", "UnreachableTargetWarning", "LossScaleWarning", "SHAPES"]
 
@@ -344,6 +344,10 @@ class SynOpsLoss:
             s = per_layer[names[0]]
             for n in names[1:]:
                 s = s + per_layer[n].to(s.device)
+            if isinstance(term.schedule, Iterative) and torch.is_grad_enabled():  # training batches set its targets
+                if term.kind != "target":
+                    raise ValueError(f"SynOpsLoss: an Iterative schedule sets absolute targets; pass it as target=, not {term.kind}=")
+                term.schedule.observe(s.detach())
             t = self._target(term, s, names, calibrating)
             r = (s - t) / t
             if self.shape == "squared":

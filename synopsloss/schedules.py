@@ -14,6 +14,11 @@ and ``a * b`` multiplies two schedules (or a schedule and a number).
 ``state_dict()`` / ``load_state_dict()`` hold the step and the parameters,
 nested for composite schedules, so a checkpoint resumes exactly.
 
+One schedule depends on training itself: :class:`Iterative` (Sorbaro et al.
+2020) sets each stage's synops target from the synops the network achieved at
+the end of the stage before. :class:`~synopsloss.SynOpsLoss` feeds it the
+synops of every batch (``target=Iterative(...)``).
+
 Example
 -------
 >>> from synopsloss import schedules
@@ -27,7 +32,7 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ._validate import check_int, check_number
 
@@ -41,6 +46,7 @@ __all__ = [
     "Warmup",
     "Sequential",
     "Product",
+    "Iterative",
     "as_schedule",
 ]
 
@@ -264,7 +270,7 @@ class Warmup(Schedule):
 
     def __init__(self, schedule: Union[Schedule, Number], steps: int, start_factor: Number = 0.0) -> None:
         super().__init__()
-        self.schedule = as_schedule(schedule, "schedule")
+        self.schedule = _child(schedule, "schedule", "Warmup")
         self.steps = _steps("steps", steps)
         self.start_factor = _number("start_factor", start_factor, nonnegative=True)
 
@@ -291,7 +297,7 @@ class Sequential(Schedule):
 
     def __init__(self, schedules: Sequence[Union[Schedule, Number]], milestones: Sequence[int]) -> None:
         super().__init__()
-        self.schedules = [as_schedule(s, f"schedules[{i}]") for i, s in enumerate(schedules)]
+        self.schedules = [_child(s, f"schedules[{i}]", "Sequential") for i, s in enumerate(schedules)]
         ms = [_steps("milestones[i]", m, 1) for m in milestones]
         if len(ms) != len(self.schedules) - 1:
             raise ValueError(
@@ -328,7 +334,7 @@ class Product(Schedule):
 
     def __init__(self, a: Union[Schedule, Number], b: Union[Schedule, Number]) -> None:
         super().__init__()
-        self.a, self.b = as_schedule(a, "a"), as_schedule(b, "b")
+        self.a, self.b = _child(a, "a", "Product"), _child(b, "b", "Product")
 
     def at(self, step: int) -> float:
         return self.a.at(step) * self.b.at(step)
@@ -347,3 +353,208 @@ def as_schedule(value: Union[Schedule, Number], name: str = "value") -> Schedule
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return Constant(value)
     raise TypeError(f"{name} must be a number or a synopsloss.schedules.Schedule, got {type(value).__name__}")
+
+
+def _child(value: Union[Schedule, Number], name: str, parent: str) -> Schedule:
+    """``as_schedule`` for the child of a composite: an :class:`Iterative` cannot be one."""
+    sched = as_schedule(value, name)
+    if isinstance(sched, Iterative):
+        raise TypeError(
+            f"{parent}: {name} is an Iterative schedule, which sets its targets from the synops it observes and "
+            "advances with its own step; it cannot be wrapped. Pass it directly as SynOpsLoss(target=...) and put "
+            "warm-ups or factors on the weight= schedule instead."
+        )
+    return sched
+
+
+class Iterative(Schedule):
+    """Sorbaro et al. 2020's iterative target: each stage aims at ``factor`` x the synops achieved in the stage before.
+
+    Training is split into stages of ``stage_steps`` steps (a step is whatever
+    you call :meth:`step` on: a batch, or an epoch). While a stage runs,
+    :meth:`observe` receives the synops per sample of each batch
+    (:class:`~synopsloss.SynOpsLoss` does this itself when this schedule is its
+    ``target=``). When a stage ends, the next stage's target becomes
+    ``factor`` x the mean of the observations made during the stage's last
+    ``window`` steps, floored at ``min_target``. After ``stages`` stages the
+    last target is kept.
+
+    The first stage's target is ``start`` (synops per sample) or, with
+    ``start=None``, ``factor`` x the first observation (the loss observes a
+    batch before it reads the target, so the first batch sets it).
+
+    Source: M. Sorbaro, Q. Liu, M. Bortone, S. Sheik, "Optimizing the energy
+    consumption of spiking neural networks for neuromorphic applications",
+    Front. Neurosci. 14:662 (2020): train towards a synops target, then lower
+    the target from what was reached, stage after stage.
+
+    :meth:`at` gives the target of a stage already reached; for a later stage
+    it gives the plan assuming every stage reaches its target exactly (the
+    current target x ``factor`` per stage ahead). Use it as the ``target=`` of
+    a loss only: it cannot be wrapped by :class:`Warmup`, :class:`Sequential`
+    or a product (its targets come from observations, not from the step).
+
+    Parameters
+    ----------
+    factor
+        Each stage's target as a fraction of what the stage before achieved, in (0, 1].
+    stage_steps
+        Steps per stage (>= 1).
+    start
+        The first stage's target in synops per sample (> 0), or ``None``: ``factor`` x the first observation.
+    stages
+        Number of stages whose target is lowered; afterwards the target stays (``None``: no limit).
+    window
+        Steps at the end of a stage whose observations define "achieved" (1 to ``stage_steps``;
+        default 1: the stage's last step, e.g. its last epoch when a step is an epoch).
+    min_target
+        The target never goes below this (synops per sample; default 0: no floor).
+
+    Raises
+    ------
+    ValueError
+        On a ``factor`` outside (0, 1], non-positive ``stage_steps`` / ``start``, or a ``window``
+        outside 1..``stage_steps``.
+
+    Example
+    -------
+    >>> it = Iterative(factor=0.5, stage_steps=2, start=100.0)
+    >>> for synops in (90.0, 60.0, 40.0):   # one batch per step
+    ...     it.observe(synops); it.step()
+    >>> it.stage_targets, it.achieved     # stage 2 aims at 0.5 x 60 (the last step of stage 1)
+    ([100.0, 30.0], [60.0])
+    >>> it.value, it.at(4)                # the plan for stage 3: 0.5 x 30
+    (30.0, 15.0)
+    """
+
+    _params = ("factor", "stage_steps", "start", "stages", "window", "min_target")
+
+    def __init__(self, factor: Number = 0.5, stage_steps: int = 1, *, start: Optional[Number] = None,
+                 stages: Optional[int] = None, window: int = 1, min_target: Number = 0.0) -> None:
+        super().__init__()
+        self.factor = _number("factor", factor, positive=True)
+        if self.factor > 1:
+            raise ValueError(f"factor must be in (0, 1] (each stage asks for at most what was achieved), got {factor!r}")
+        self.stage_steps = _steps("stage_steps", stage_steps)
+        self.start = None if start is None else _number("start", start, positive=True)
+        self.stages = None if stages is None else _steps("stages", stages)
+        self.window = _steps("window", window)
+        if self.window > self.stage_steps:
+            raise ValueError(f"window ({window}) must be at most stage_steps ({stage_steps}): it counts the last "
+                             "steps of a stage")
+        self.min_target = _number("min_target", min_target, nonnegative=True)
+        self.stage_targets: List[float] = [] if start is None else [float(self.start)]  # type: ignore[arg-type]
+        self.achieved: List[float] = []   # achieved synops per sample at the end of each finished stage
+        self._steps: List[List[Any]] = []  # [sum, count] of the observations of the stage's recent steps
+        self._current: List[Any] = [0.0, 0]
+
+    # ------------------------------------------------------------------ observations
+
+    def observe(self, synops: Union[Number, Any]) -> None:
+        """Record the synops per sample of one batch (a number or a 0-dim tensor; tensors stay on their device).
+
+        Raises
+        ------
+        ValueError
+            On a negative or non-finite number.
+        """
+        if hasattr(synops, "detach"):
+            value: Any = synops.detach().double().reshape(())
+        else:
+            value = _number("synops", synops, nonnegative=True)
+        if not self.stage_targets:  # start=None: the first batch sets the first target
+            first = float(value)
+            if not first > 0:
+                raise ValueError(
+                    f"Iterative: the first observed synops are {first}: factor x zero is no usable target. Give "
+                    "start= (synops per sample) or check that the network spikes."
+                )
+            self.stage_targets.append(max(self.factor * first, self.min_target))
+        self._current = [self._current[0] + value, self._current[1] + 1]
+
+    def synchronize(self, reduce: Callable[[Any], Any]) -> None:
+        """Sum the observations over processes before the step that ends a stage (data parallel training).
+
+        ``reduce`` takes a float64 tensor ``[k, 2]`` (sums and counts of the
+        stage's recent steps) and returns its sum over processes. It is
+        called only when the next :meth:`step` ends a stage, which every
+        process reaches at the same step, so the ranks agree on the next
+        target; otherwise this does nothing.
+        """
+        if not self._ends_stage(self.last_step + 1):
+            return
+        import torch
+
+        entries = self._steps + [self._current]
+        rows = [torch.stack([torch.as_tensor(s, dtype=torch.float64).reshape(()).cpu(),
+                             torch.tensor(float(c), dtype=torch.float64)]) for s, c in entries]
+        total = reduce(torch.stack(rows)).tolist()
+        *self._steps, self._current = [[float(s), int(round(c))] for s, c in total]
+
+    # ------------------------------------------------------------------ schedule
+
+    def _ends_stage(self, step: int) -> bool:
+        finished = step // self.stage_steps
+        return step % self.stage_steps == 0 and (self.stages is None or finished <= self.stages)
+
+    def step(self) -> None:
+        """Advance one step; at the end of a stage set the next stage's target from what it achieved.
+
+        Raises
+        ------
+        RuntimeError
+            When a stage ends without any observation in its last ``window`` steps.
+        """
+        self._steps.append(self._current)
+        self._current = [0.0, 0]
+        self._steps = self._steps[-self.window:]
+        self.last_step += 1
+        if not self._ends_stage(self.last_step):
+            return
+        total = sum(float(s) for s, _ in self._steps)
+        count = sum(c for _, c in self._steps)
+        if count == 0 or not self.stage_targets:
+            raise RuntimeError(
+                f"Iterative: stage {len(self.achieved) + 1} ended at step {self.last_step} with no synops observed in "
+                f"its last {self.window} step(s). Pass it as SynOpsLoss(target=...), which observes each batch, "
+                "or call observe(synops) per batch."
+            )
+        achieved = total / count
+        self.achieved.append(achieved)
+        self.stage_targets.append(max(self.factor * achieved, self.min_target))
+        self._steps = []
+
+    def at(self, step: int) -> float:
+        """The target of the stage holding ``step`` (for a stage not reached yet: the plan, see the class)."""
+        if not self.stage_targets:
+            raise RuntimeError(
+                "Iterative(start=None) has no target before its first observation: use it as "
+                "SynOpsLoss(target=...), which observes each batch before reading the target, or give start="
+            )
+        stage = step // self.stage_steps
+        if self.stages is not None:
+            stage = min(stage, self.stages)
+        known = len(self.stage_targets) - 1
+        if stage <= known:
+            return self.stage_targets[stage]
+        return max(self.stage_targets[-1] * self.factor ** (stage - known), self.min_target)
+
+    @property
+    def stage(self) -> int:
+        """The stage of the current step, from 0 (stays at ``stages`` once every stage is done)."""
+        k = self.last_step // self.stage_steps
+        return k if self.stages is None else min(k, self.stages)
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state["stage_targets"] = list(self.stage_targets)
+        state["achieved"] = list(self.achieved)
+        state["observations"] = [[float(s), int(c)] for s, c in self._steps + [self._current]]
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.stage_targets = [float(v) for v in state["stage_targets"]]
+        self.achieved = [float(v) for v in state["achieved"]]
+        *steps, current = [[float(s), int(c)] for s, c in state["observations"]]
+        self._steps, self._current = steps, current

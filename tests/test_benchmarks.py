@@ -7,6 +7,7 @@ import doctest
 import importlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,8 +128,8 @@ def test_normalised_fanout_penalty_is_synops_over_dense_synops(bench):
     counter.remove()
 
 
-def test_iterative_target_lowers_the_target_to_07_of_the_last_achieved(bench):
-    r = bench["regularizers"]
+def test_iterative_target_lowers_the_target_to_07_of_the_last_achieved():
+    """The benchmark's iterative method: SynOpsLoss with schedules.Iterative (2 stages of 2 batches)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     g = torch.Generator().manual_seed(0)
@@ -137,20 +138,22 @@ def test_iterative_target_lowers_the_target_to_07_of_the_last_achieved(bench):
     with torch.no_grad():
         driven = [float(torch.relu(net[0](x)).sum() * 3 / 5) for x in batches]
     counter = sl.SynOpsCounter(net)
-    it = r.IterativeTarget(counter, stages=2, steps_per_stage=2, factor=0.7, weight=2.0)
+    it = sl.schedules.Iterative(factor=0.7, stage_steps=2, stages=1, window=2)
+    loss_fn = sl.SynOpsLoss(counter, target=it, weight=2.0)
     losses = []
     for x in batches:
         counter.reset()
         net(x)
-        losses.append(float(it().detach()))
-        it.step()
+        losses.append(float(loss_fn().detach()))
+        loss_fn.step()
     t1 = 0.7 * driven[0]
     t2 = 0.7 * (driven[0] + driven[1]) / 2
-    assert it.targets == pytest.approx([t1, t2])
-    assert it.achieved == pytest.approx([(driven[0] + driven[1]) / 2, (driven[2] + driven[3]) / 2])
+    assert it.stage_targets == pytest.approx([t1, t2])
+    assert it.achieved == pytest.approx([(driven[0] + driven[1]) / 2])   # one lowering (stages=1), then held
     assert losses[1] == pytest.approx(2.0 * ((driven[1] - t1) / t1) ** 2, rel=1e-5)
     assert losses[3] == pytest.approx(2.0 * ((driven[3] - t2) / t2) ** 2, rel=1e-5)
     assert losses[4] == pytest.approx(2.0 * ((driven[4] - t2) / t2) ** 2, rel=1e-5)   # the last target stays
+    counter.remove()
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -170,7 +173,7 @@ def test_verdict_picks_the_fewest_synops_within_one_point(bench):
     for method, strength, acc, syn in [("baseline", "", 0.900, 100.0), ("synops", 0.5, 0.895, 30.0),
                                        ("synops", 0.3, 0.880, 10.0), ("l1", 1.0, 0.891, 25.0),
                                        ("l1", 2.0, 0.850, 5.0), ("hinge", 0.1, 0.80, 50.0)]:
-        for seed, d in ((0, -0.004), (1, 0.004)):
+        for seed, d in ((0, -0.004), (1, 0.004), (2, 0.0)):
             rows.append({"dataset": "d", "method": method, "strength": strength, "seed": seed,
                          "accuracy": acc + d, "driven_synops": syn, "total_synops": syn + 7, "target": ""})
     v = tr.verdict(tr.means(rows))["d"]
@@ -179,6 +182,9 @@ def test_verdict_picks_the_fewest_synops_within_one_point(bench):
     assert v["best"]["synops"]["driven_synops"] == 30.0 and v["best"]["hinge"] is None
     assert v["best"]["l1"]["reduction"] == pytest.approx(4.0)
     assert v["ranking"] == ["l1", "synops"]
+    # two seeds whose differences agree give a zero-width interval: too few to decide anything
+    two = tr.verdict(tr.means([r for r in rows if r["seed"] < 2]))["d"]
+    assert two["winner"] is None and set(two["decisions"].values()) == {"undecided"}
 
 
 def test_tradeoff_tiny_run_writes_one_row_per_run_and_a_front_per_dataset(bench, tmp_path):
@@ -186,17 +192,26 @@ def test_tradeoff_tiny_run_writes_one_row_per_run_and_a_front_per_dataset(bench,
     out = tmp_path / "res"
     tr.main(["--datasets", "digits", "mnist1d", "--seeds", "0", "--epochs", "1", "--train-samples", "96",
              "--test-samples", "40", "--time-steps", "2", "--batch-size", "48", "--jobs", "1", "--out", str(out),
-             "--grid-only", "--grid", "synops=0.5", "ramp=0.5", "iterative=2", "l1=1", "hinge=50", "fanout=1"])
+             "--grid-only", "--grid", "target=3000", "synops=0.5", "ramp=0.5", "iterative=2", "l1=1", "hinge=50",
+             "fanout=1"])
     with open(out / "tradeoff.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 7
+    assert len(rows) == 2 * 8
     assert {(r["dataset"], r["method"]) for r in rows} == {(d, m) for d in ("digits", "mnist1d") for m in tr.METHODS}
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1
         assert 0 < float(r["driven_synops"]) < float(r["total_synops"])    # conv1 is data-fed: total is larger
+        if r["method"] in ("target", "synops", "ramp", "iterative"):   # budget error from the row's own figures
+            assert float(r["budget_error"]) == pytest.approx(abs(float(r["driven_synops"]) / float(r["target"]) - 1))
+        if r["method"] == "target":
+            assert float(r["target"]) == 3000.0
+        assert r["code_hash"] == tr.code_hash() and r["layout"] == "torch_threads=1 processes=1"
     assert (out / "tradeoff_digits.png").stat().st_size > 0 and (out / "tradeoff_mnist1d.png").stat().st_size > 0
     summary = json.loads((out / "tradeoff.json").read_text())
     assert set(summary["verdict"]) == {"digits", "mnist1d"} and summary["failed_runs"] == 0
+    assert {(b["dataset"], b["method"]) for b in summary["budgets"]} == {
+        (d, m) for d in ("digits", "mnist1d") for m in ("target", "synops", "ramp", "iterative")}
+    assert all(b["l1_tried"] == [1.0] for b in summary["budgets"])
     assert not (out / "tradeoff.partial.csv").exists()
 
 
@@ -282,6 +297,44 @@ def test_tradeoff_reuses_finished_rows_and_trains_only_the_rest(bench, tmp_path)
         c = {(r["method"], r["strength"]): r for r in csv.DictReader(f)}
     assert {k: (v["accuracy"], v["driven_synops"]) for k, v in c.items()} == \
         {k: (v["accuracy"], v["driven_synops"]) for k, v in a.items()}
+
+
+def test_reuse_is_refused_when_code_hash_torch_or_layout_differ(bench, tmp_path):
+    tr = bench["tradeoff"]
+    job = dict(dataset="digits", method="l1", strength=1.0, seed=0, epochs=1, time_steps=2, batch_size=32, lr=1e-2,
+               warmup=0.25, hinge_max_rate=0.01, train_samples=64, test_samples=32, jobs=1, code_hash="abc")
+    row = {"dataset": "digits", "method": "l1", "strength": "1.0", "seed": "0", "epochs": "1", "accuracy": "0.5",
+           "driven_synops": "10", "total_synops": "20", "settings": tr.settings_of(job), "code_hash": "abc",
+           "torch": torch.__version__, "layout": tr.layout_of(job)}
+    reused, refused = tr.reusable([row], [job])
+    assert list(reused) == [0] and refused == []
+    for column, value in (("code_hash", "def"), ("torch", "0.0"), ("layout", "torch_threads=1 processes=2"),
+                          ("code_hash", "")):
+        reused, refused = tr.reusable([dict(row, **{column: value})], [job])
+        assert reused == {} and len(refused) == 1 and refused[0].startswith(f"digits l1 1 seed 0: {column} ")
+    old = {k: v for k, v in row.items() if k not in ("code_hash", "torch", "layout")}   # a CSV from before the hash
+    assert tr.reusable([old], [job])[0] == {}
+
+
+def test_one_short_training_is_bit_identical_when_rerun_in_the_ci_layout(bench):
+    """The same job twice in this process and once in a fresh process, one torch thread each: every figure of the
+    row is equal bit for bit (floats compared with ==); only the wall-clock and CPU seconds differ."""
+    tr = bench["tradeoff"]
+    job = dict(dataset="mnist1d", method="synops", strength=0.5, seed=3, epochs=1, time_steps=2, batch_size=32,
+               lr=1e-2, warmup=0.25, hinge_max_rate=0.01, train_samples=96, test_samples=64, jobs=1,
+               code_hash=tr.code_hash())
+    first, second = tr.run_one(job), tr.run_one(job)
+    code = ("import json, sys; sys.path.insert(0, sys.argv[2]); import tradeoff; "
+            "print(json.dumps(tradeoff.run_one(json.loads(sys.argv[1]))))")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(BENCH.parent))
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(job), str(BENCH)], env=env, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    fresh = json.loads(out.strip().splitlines()[-1])
+    assert not first["warnings"].startswith("ERROR"), first["warnings"]
+    timings = {"seconds", "cpu_seconds"}
+    for other in (second, fresh):
+        assert set(other) == set(first)
+        assert {k: v for k, v in other.items() if k not in timings} == {k: v for k, v in first.items() if k not in timings}
 
 
 def test_run_all_keeps_each_benchmarks_record_for_a_later_partial_rerun(bench, tmp_path):
