@@ -330,9 +330,14 @@ class PoolEvents:
             if tag is None or x.numel() != tag.numel or output.numel() != x.numel():
                 return
             why, factor = "", 1.0
-            if _foreign_hooks(module):
-                why = f"layer {name!r} between the pool and it has a forward hook that is not the counter's"
-            elif module.training and isinstance(module, nn.modules.dropout._DropoutNd):
+            if _foreign_hooks(module):  # (a hook registered later may return a new tensor: warn here)
+                self._tags.pop(output.untyped_storage().data_ptr(), None)
+                self._warn(f"synopsloss: layer {name!r} ({type(module).__name__}) reads an average-pool output and "
+                           "has a forward hook that is not the counter's; a hook may change its output, so the "
+                           "AvgPool correction is not applied after it (the spikes are counted as the pooled values, "
+                           "not as spike events). Remove the hook, or make the change in a module of its own.")
+                return
+            if module.training and isinstance(module, nn.modules.dropout._DropoutNd):
                 if isinstance(module, _PLAIN_DROPOUT):
                     factor = 1.0 - float(module.p)  # kept values are scaled by 1/(1-p)
                 else:
