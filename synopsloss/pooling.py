@@ -8,8 +8,15 @@ integers (spike counts). Real-valued activations are left as they are.
 
 :class:`PoolEvents` follows a pool's output tensor (by storage address, with a
 weak reference to its owner) through layers that only reshape or drop values
-(``Flatten``, ``Dropout``, ``ReLU``, views), so the synaptic layer that reads
-it can find the divisor. The divisors of each pool type (exact per position:
+(``Flatten``, ``Dropout`` -- its training scale ``1/(1-p)`` included --,
+``ReLU``, views), so the synaptic layer that reads it can find the divisor.
+Inside the modules whose own code calls a functional pool (``F.avg_pool2d``)
+or, when the model has a pool, ``torch.cat`` / ``torch.stack`` / ``F.dropout``
+/ ``F.relu``, a light function mode (pushed by a pre-hook, popped by an
+``always_call`` hook) follows those calls too. Where a tag cannot be trusted
+(in-place changes, a user's forward hook, an ``AvgPool`` subclass returning
+something else) a warning names the layer. Divisors are cached in an LRU of
+:data:`DIVISOR_CACHE` entries. The divisors of each pool type (exact per position:
 ``count_include_pad``, ``ceil_mode``, ``divisor_override``, clipped windows
 and adaptive windows) are computed by :func:`avgpool_divisor` and
 :func:`adaptive_divisor`; which types they apply to is in
