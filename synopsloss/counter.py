@@ -84,7 +84,8 @@ from .hooks import HookSet, next_stamp
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import MapCache, OpCounts, Rule, module_map_args, rule_weight, weight_mask
 from .records import Call
-from .opscope import OpScope, compiled_submodules
+from .fastpath import EncoderGuard
+from .opscope import OpScope, class_code, compiled_submodules
 from .pooling import PoolEvents
 from .reductions import Scratch, abs_row_sums
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
@@ -286,7 +287,8 @@ class SynOpsCounter:
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
         self._hooks = HookSet(self)
         self._scratch = Scratch()  # reused work buffers of the hooks (CPU), shared with the pools and neurons
-        self._pools = PoolEvents(self._scratch)
+        self._pools = PoolEvents(self._scratch, warn=weakref.WeakMethod(self.warn))
+        self._guards = HookSet(self)  # TransformerEncoder fast-path guards: they pause the counter's own hooks
         self._layers: Dict[str, _Layer] = {}
         self._maps: Dict[str, MapCache] = {}
         self._unsupported: List[str] = []
@@ -363,6 +365,10 @@ class SynOpsCounter:
             self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules,
                                           scratch=self._scratch)
         self._scope.attach(self.model, self._layers)  # last: its frames close after every other hook
+        pools = [m for m in self.model.modules() if registry.pool_divisor(m) is not None]
+        for module in PoolEvents.frame_modules(self.model, _calls_of, pools):  # functional pools, cat, dropout
+            self._hooks.pre(module, self._pools.enter, owned=False, prepend=True)  # opened first, closed last
+            self._hooks.forward(module, self._pools.exit, owned=False, always_call=True)
         return self
 
     def _attach_module(self, name: str, module: nn.Module) -> None:
@@ -377,9 +383,13 @@ class SynOpsCounter:
             return
         pool = registry.pool_divisor(module)
         if pool is not None:
-            self._hooks.forward(module, self._pools.pool_hook(*pool), owned=False)
+            self._hooks.forward(module, self._pools.pool_hook(*pool, name=name, module=module), owned=False)
         elif registry.is_pass_through(module):
-            self._hooks.forward(module, self._pools.pass_through_hook, owned=False)
+            self._hooks.forward(module, self._pools.pass_through(name), owned=False)
+        if isinstance(module, nn.TransformerEncoder):  # keep torch's nested-tensor fast path (fastpath.py)
+            guard = EncoderGuard(name, weakref.ref(self))
+            self._guards.pre(module, guard.pre, with_kwargs=True, owned=False)
+            self._guards.forward(module, guard.post, owned=False, always_call=True, prepend=True)
         if registry.is_time_folding(module):
             self._hooks.pre(module, functools.partial(SynOpsCounter._fold_hook, name=name))
         elif registry.neuron_library(module) == "sinabs":
@@ -411,6 +421,7 @@ class SynOpsCounter:
     def remove(self) -> None:
         """Remove every hook from the model (state and counts stay readable)."""
         self._hooks.remove()
+        self._guards.remove()
         self._scope.remove()
         self._pools.clear()
         if self._monitor is not None:
@@ -625,6 +636,12 @@ class SynOpsCounter:
     def _count(self, name: str, layer: _Layer, x: Tensor, out: Tensor) -> None:
         """Record one call of a map-ruled layer (no tensor op: the counts are reduced when read)."""
         module, rule = layer.module, layer.rule
+        if x.is_nested:  # (torch's nested-tensor paths: the call is skipped and named)
+            self._warn_once(
+                f"synopsloss: layer {name!r} ({type(module).__name__}) received a nested tensor; its calls with "
+                "nested inputs are NOT counted. Pass padded dense tensors to count them (for nn.TransformerEncoder: "
+                "enable_nested_tensor=False).", stacklevel=5)
+            return
         x = _checked_input(name, module, x)
         nd = rule.sample_ndim(module)
         if x.dim() < nd or out.dim() < nd:
@@ -1240,3 +1257,9 @@ def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     return x
+
+
+def _calls_of(cls: type) -> Optional[frozenset]:
+    """Names of the calls in a class' own code (``None`` when unreadable)."""
+    code = class_code(cls)
+    return code.calls if code is not None else None

@@ -138,10 +138,11 @@ class HookSet:
         self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs, always_call=always_call,
                                                           prepend=prepend))
 
-    def pre(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False, owned: bool = True) -> None:
-        """``fn([owner,] module, args, [kwargs])`` before each call of ``module`` itself."""
+    def pre(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False, owned: bool = True,
+            prepend: bool = False) -> None:
+        """``fn([owner,] module, args, [kwargs])`` before each call of ``module`` itself (``prepend``: first)."""
         hook = self._guard(module, fn, owned and self._owner is not None)
-        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs, prepend=prepend))
 
     def remove(self) -> None:
         """Take every hook off."""

@@ -224,6 +224,7 @@ class ClassCode:
     #: ``X`` of attributes only ever added to, subtracted from or concatenated with an activation (through views
     #: and broadcasts): ``x + self.pos_embed``, ``torch.cat([self.cls_token.expand(B, -1, -1), x], 1)``
     additive: FrozenSet[str] = frozenset()
+    calls: FrozenSet[str] = frozenset()  # names of every call (``F.avg_pool2d(...)``: ``avg_pool2d``)
 
 
 _CLASS_CODE: "weakref.WeakKeyDictionary[type, Optional[ClassCode]]" = weakref.WeakKeyDictionary()
@@ -311,7 +312,7 @@ def _additive_use(node: ast.Attribute, parents: Dict[int, ast.AST]) -> Optional[
 
 
 def _read_class(cls: type) -> Optional[ClassCode]:
-    counted, self_calls, passed = False, set(), set()
+    counted, self_calls, passed, calls = False, set(), set(), set()
     uses: Dict[str, Set[Optional[bool]]] = {}
     for klass in cls.__mro__:
         if klass is object or _is_torch_class(klass):
@@ -334,6 +335,8 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                 elif isinstance(node, ast.Call):
                     f = node.func
                     name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+                    if name is not None:
+                        calls.add(name)
                     if name in _COUNTED_NAMES:
                         if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
                             self_calls.add(name)
@@ -345,7 +348,7 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                                     and sub.value.id == "self"):
                                 passed.add(sub.attr)
     additive = frozenset(a for a, u in uses.items() if True in u and False not in u)
-    return ClassCode(counted, frozenset(self_calls), frozenset(passed), additive)
+    return ClassCode(counted, frozenset(self_calls), frozenset(passed), additive, frozenset(calls))
 
 
 def _is_torch_class(cls: type) -> bool:

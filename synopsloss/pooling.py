@@ -8,8 +8,15 @@ integers (spike counts). Real-valued activations are left as they are.
 
 :class:`PoolEvents` follows a pool's output tensor (by storage address, with a
 weak reference to its owner) through layers that only reshape or drop values
-(``Flatten``, ``Dropout``, ``ReLU``, views), so the synaptic layer that reads
-it can find the divisor. The divisors of each pool type (exact per position:
+(``Flatten``, ``Dropout`` -- its training scale ``1/(1-p)`` included --,
+``ReLU``, views), so the synaptic layer that reads it can find the divisor.
+Inside the modules whose own code calls a functional pool (``F.avg_pool2d``)
+or, when the model has a pool, ``torch.cat`` / ``torch.stack`` / ``F.dropout``
+/ ``F.relu``, a light function mode (pushed by a pre-hook, popped by an
+``always_call`` hook) follows those calls too. Where a tag cannot be trusted
+(in-place changes, a user's forward hook, an ``AvgPool`` subclass returning
+something else) a warning names the layer. Divisors are cached in an LRU of
+:data:`DIVISOR_CACHE` entries. The divisors of each pool type (exact per position:
 ``count_include_pad``, ``ceil_mode``, ``divisor_override``, clipped windows
 and adaptive windows) are computed by :func:`avgpool_divisor` and
 :func:`adaptive_divisor`; which types they apply to is in
@@ -24,17 +31,24 @@ tensor([[1., 2., 1.]], dtype=torch.float64)
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+import warnings
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import reductions
+from .errors import SynOpsWarning
 from .reductions import Scratch
 
-__all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL"]
+__all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
+           "POOL_FUNCTIONS", "CARRY_FUNCTIONS"]
 
 Shape = Tuple[int, ...]
 #: How far avg-pooled spike counts times the pool's divisor may lie from an integer (float rounding).
@@ -87,12 +101,69 @@ def all_integer(t: Tensor, tol: float = EVENT_TOL) -> Tensor:
     return (dev.min >= -tol) & (dev.max <= tol)
 
 
+#: How many divisor tensors one counter keeps (least recently used first out): one per pool and input shape.
+DIVISOR_CACHE = 64
+
+#: Functional average pools the counter follows in the modules whose code calls them (``F.avg_pool2d(x, 4)``).
+POOL_FUNCTIONS = ("avg_pool1d", "avg_pool2d", "avg_pool3d",
+                  "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d")
+#: Functions through which a pool output's tag is followed (in the same modules, when the model has a pool).
+CARRY_FUNCTIONS = ("cat", "concat", "concatenate", "stack", "dropout", "dropout1d", "dropout2d", "dropout3d", "relu")
+
+_AVG_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_DROPOUT_ARGS = ("input", "p", "training", "inplace")
+_PLAIN_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_POOL_FORWARDS = frozenset(c.forward for c in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+                                               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d))
+
+
+def _bind(names: Tuple[str, ...], args: tuple, kwargs: dict, defaults: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(defaults)
+    out.update(zip(names, args))
+    out.update(kwargs)
+    return out
+
+
+def _key(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+class _Spec:
+    """The arguments of one functional ``avg_poolNd`` call, read like a pool module's attributes."""
+
+    def __init__(self, a: Dict[str, Any]) -> None:
+        self.kernel_size = a["kernel_size"]
+        self.stride = a.get("stride") or a["kernel_size"]
+        self.padding = a.get("padding", 0)
+        self.ceil_mode = bool(a.get("ceil_mode", False))
+        self.count_include_pad = bool(a.get("count_include_pad", True))
+        self.divisor_override = a.get("divisor_override")
+
+    def key(self) -> tuple:
+        return tuple(_key(getattr(self, k)) for k in _AVG_ARGS[1:])
+
+
+def _module_key(module: nn.Module) -> tuple:
+    return tuple(_key(getattr(module, k, None)) for k in _AVG_ARGS[1:])
+
+
+def _is_ours(hook: Any) -> bool:
+    fn = getattr(hook, "func", hook)  # functools.partial
+    fn = getattr(fn, "__func__", fn)  # bound method
+    return (getattr(fn, "__module__", "") or "").startswith("synopsloss.")
+
+
+def _foreign_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has a forward hook that no synopsloss object registered (a user's hook)."""
+    return any(not _is_ours(h) for h in module._forward_hooks.values())
+
+
 class _Tag:
     """What a pool told about one output tensor."""
 
-    __slots__ = ("owner", "version", "numel", "shape", "offset", "contiguous", "scale", "integer")
+    __slots__ = ("owner", "version", "numel", "shape", "offset", "contiguous", "scale", "integer", "why")
 
-    def __init__(self, t: Tensor, scale: Tensor, integer: Tensor) -> None:
+    def __init__(self, t: Tensor, scale: Optional[Tensor], integer: Optional[Tensor], why: str = "") -> None:
         # Watch the tensor that owns the memory: a view (``y.view(...)``, ``flatten``) keeps its
         # base alive, not the tensor it was taken from, and a pool's output can itself be a view
         # (avg_pool1d squeezes a 2-d result), which may be freed while the data is still read.
@@ -101,8 +172,32 @@ class _Tag:
         self.version = t._version  # shared by every view of the memory
         self.numel, self.shape, self.offset = t.numel(), tuple(t.shape), t.storage_offset()
         self.contiguous = t.is_contiguous()
-        self.scale = scale  # divisor of each output position of one sample, flattened
+        self.scale = scale  # divisor of each output position of one sample (or of every element), flattened
         self.integer = integer  # 0-dim bool: the pool's input was integer (spike counts)
+        self.why = why  # set when the correction cannot be known (the reading layer is then named in a warning)
+
+
+class _PoolMode(torch.overrides.TorchFunctionMode):
+    """Sees the functional pools (and the joins, dropouts and ReLUs after them) inside the framed modules."""
+
+    def __init__(self, events: "PoolEvents") -> None:
+        super().__init__()
+        self.events = weakref.ref(events)
+        self.handlers: Dict[Any, Callable] = {}
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        handler = self.handlers.get(func)
+        if handler is not None and isinstance(out, Tensor) \
+                and not sys._getframe(1).f_code.co_filename.startswith(_PACKAGE_DIR):
+            events = self.events()
+            if events is not None and events.framed:
+                handler(events, func, args, kwargs, out)
+        return out
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class PoolEvents:
@@ -112,14 +207,35 @@ class PoolEvents:
     counts): then each pooled value times its divisor is an integer number of
     events, rounded exactly (also in bf16 / fp16). A synaptic layer may read
     the pool output whole, or any view of it (slices, permutes, reshapes): the
-    divisors are laid out with the view's own strides. When the output was
-    modified in place after pooling, the correction cannot be known: it is not
-    applied and a warning names the layer.
+    divisors are laid out with the view's own strides. Followed through:
+    ``Flatten``, ``Identity``, ``ReLU``, ``Dropout`` (in training the kept
+    values are scaled by ``1/(1-p)``: the divisor is scaled by ``1-p``), and,
+    inside the modules whose own code calls them (:meth:`frame_modules`),
+    functional pools, ``torch.cat`` / ``torch.stack``, ``F.dropout`` and
+    ``F.relu``. Where the correction cannot be known -- the output modified in
+    place, a user's forward hook on the pool or on a layer after it, an
+    ``AvgPool`` subclass whose ``forward`` returns something else, a training
+    ``AlphaDropout`` -- it is not applied and a warning names the layer.
+
+    Parameters
+    ----------
+    scratch
+        Work buffers shared with the counter.
+    warn
+        Called with each warning message (the counter's, held weakly by the caller); ``None``: ``warnings.warn``.
     """
 
-    def __init__(self, scratch: Optional[Scratch] = None) -> None:
+    def __init__(self, scratch: Optional[Scratch] = None, warn: Optional[Callable[[], Any]] = None) -> None:
         self._tags: Dict[int, _Tag] = {}
         self._scratch = scratch if scratch is not None else Scratch()
+        self._divisors: "OrderedDict[tuple, Tensor]" = OrderedDict()
+        self._warn_ref = warn
+        self._mode = _PoolMode(self)
+        self._mode.handlers = self._handlers()
+        self._frames: List[int] = []  # ids of the framed modules whose forward is running
+        self._pushed = False
+
+    # ------------------------------------------------------------------ state
 
     def clear(self) -> None:
         self._tags.clear()
@@ -129,48 +245,259 @@ class PoolEvents:
         """Whether a pool output was tagged since the last clear (else no input needs a lookup)."""
         return bool(self._tags)
 
-    def pool_hook(self, divisor_fn: Callable[[nn.Module, Shape, Shape, int], Tensor], n: int):
-        """A forward hook for one pool module: tags its output with the per-position divisor."""
-        cache: Dict[tuple, Tensor] = {}
+    @property
+    def framed(self) -> bool:
+        """Whether a framed module's forward is running (the function mode follows pools)."""
+        return bool(self._frames)
+
+    @property
+    def cache_size(self) -> int:
+        """Divisor tensors held (at most :data:`DIVISOR_CACHE`)."""
+        return len(self._divisors)
+
+    def _warn(self, msg: str) -> None:
+        fn = self._warn_ref() if self._warn_ref is not None else None
+        if fn is not None:
+            fn(msg)
+        else:
+            warnings.warn(msg, SynOpsWarning, stacklevel=4)
+
+    def _divisor(self, key: tuple, make: Callable[[], Tensor], out_sample: Shape, device: torch.device) -> Tensor:
+        div = self._divisors.get(key)
+        if div is not None:
+            self._divisors.move_to_end(key)
+            return div
+        div = make().to(device=device, dtype=torch.float32)
+        div = self._divisors[key] = div.expand(out_sample).reshape(-1).contiguous()
+        if len(self._divisors) > DIVISOR_CACHE:
+            self._divisors.popitem(last=False)
+        return div
+
+    def _integer(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return (reductions.all_integer(x, EVENT_TOL, self._scratch) if x.is_floating_point()
+                    else torch.ones((), dtype=torch.bool, device=x.device))
+
+    def _tag(self, x: Tensor, output: Tensor, key: tuple, make: Callable[[], Tensor], n: int) -> None:
+        out_sample = tuple(output.shape[-(n + 1):])
+        div = self._divisor(key + (tuple(x.shape[-(n + 1):]), out_sample, output.device), make, out_sample,
+                            output.device)
+        self._tags[output.untyped_storage().data_ptr()] = _Tag(output, div, self._integer(x))
+
+    def _tag_of(self, t: Tensor) -> Optional[_Tag]:
+        tag = self._tags.get(t.untyped_storage().data_ptr())
+        return tag if tag is not None and tag.owner() is not None else None
+
+    # ------------------------------------------------------------------ module hooks
+
+    def pool_hook(self, divisor_fn: Callable[[nn.Module, Shape, Shape, int], Tensor], n: int, name: str = "",
+                  module: Optional[nn.Module] = None) -> Callable[..., None]:
+        """A forward hook for one pool module: tags its output with the per-position divisor.
+
+        A subclass whose ``forward`` is not the pool's own is trusted only when its
+        output is the output of a functional pool it ran (followed by the function
+        mode: :meth:`frame_modules`); otherwise a warning names it.
+        """
+        overridden = module is not None and type(module).forward not in _POOL_FORWARDS
+        label = f"average pool {name or '<root>'!r} ({type(module).__name__ if module is not None else 'pool'})"
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if not args or not isinstance(output, Tensor) or not isinstance(args[0], Tensor):
                 return
+            if _foreign_hooks(module):
+                self._tags.pop(output.untyped_storage().data_ptr(), None)
+                self._warn(f"synopsloss: {label} has a forward hook that is not the counter's; a hook may change "
+                           "the pool's output, so the AvgPool correction is not applied to the layers reading it "
+                           "(their spikes are counted as the pooled values, not as spike events). Remove the hook, "
+                           "or make the change in a module after the pool.")
+                return
+            tag = self._tag_of(output)
+            if tag is not None and tag.owner() is (output._base if output._base is not None else output):
+                return  # tagged by the function mode: the functional pool this module ran
+            if overridden:
+                self._warn(f"synopsloss: {label} overrides forward and returns a tensor that is not the output of "
+                           "an average pool; the AvgPool correction is not applied to the layers reading it (their "
+                           "spikes are counted as the pooled values). Return the pool's output (or call "
+                           "F.avg_pool in forward), or make the change in a module after the pool.")
+                return
             x = args[0]
-            in_sample = tuple(x.shape[-(n + 1):])
-            out_sample = tuple(output.shape[-(n + 1):])
-            key = (in_sample, out_sample, output.device)
-            div = cache.get(key)
-            if div is None:
-                div = divisor_fn(module, in_sample, out_sample, n).to(device=output.device, dtype=torch.float32)
-                div = cache[key] = div.expand(out_sample).reshape(-1).contiguous()
-            with torch.no_grad():
-                integer = (reductions.all_integer(x, EVENT_TOL, self._scratch) if x.is_floating_point()
-                           else torch.ones((), dtype=torch.bool, device=x.device))
-            self._tags[output.untyped_storage().data_ptr()] = _Tag(output, div, integer)
+            self._tag(x, output, (divisor_fn, _module_key(module)), lambda: divisor_fn(
+                module, tuple(x.shape[-(n + 1):]), tuple(output.shape[-(n + 1):]), n), n)
 
         return hook
 
-    def pass_through_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        """A forward hook for layers that keep each value or zero it: the tag follows the tensor."""
-        if not self._tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+    def pass_through(self, name: str = "") -> Callable[..., None]:
+        """A forward hook for a layer that keeps each value or zeroes it: the tag follows the tensor."""
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self._tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+                return
+            x = args[0]
+            tag = self._tag_of(x)
+            if tag is None or x.numel() != tag.numel or output.numel() != x.numel():
+                return
+            why, factor = "", 1.0
+            if _foreign_hooks(module):  # (a hook registered later may return a new tensor: warn here)
+                self._tags.pop(output.untyped_storage().data_ptr(), None)
+                self._warn(f"synopsloss: layer {name!r} ({type(module).__name__}) reads an average-pool output and "
+                           "has a forward hook that is not the counter's; a hook may change its output, so the "
+                           "AvgPool correction is not applied after it (the spikes are counted as the pooled values, "
+                           "not as spike events). Remove the hook, or make the change in a module of its own.")
+                return
+            if module.training and isinstance(module, nn.modules.dropout._DropoutNd):
+                if isinstance(module, _PLAIN_DROPOUT):
+                    factor = 1.0 - float(module.p)  # kept values are scaled by 1/(1-p)
+                else:
+                    why = f"the training {type(module).__name__} {name!r} changes the values between the pool and it"
+            self._carry(x, output, tag, factor, why)
+
+        return hook
+
+    def _carry(self, x: Tensor, out: Tensor, tag: _Tag, factor: float, why: str = "") -> None:
+        """Tag ``out`` (computed from the tagged ``x`` value by value) like ``x``, divisors times ``factor``."""
+        if why or tag.why:
+            self._tags[out.untyped_storage().data_ptr()] = _Tag(out, None, None, why or tag.why)
             return
-        x = args[0]
-        tag = self._tags.get(x.untyped_storage().data_ptr())
-        if tag is None or tag.owner() is None or x.numel() != tag.numel or output.numel() != x.numel():
-            return
-        if output.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-            tag.version = output._version  # changed in place by this layer (ReLU(inplace=True)): still events
+        same = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+        if same and tag.version == out._version:
+            return  # already followed (the function mode saw this in-place op inside the module)
+        scale = tag.scale if factor == 1.0 else tag.scale * factor
+        if same:  # changed in place by this layer (ReLU(inplace=True)): still events
+            tag.version, tag.scale = out._version, scale
         else:
-            self._tags[output.untyped_storage().data_ptr()] = _Tag(output, tag.scale, tag.integer)
+            self._tags[out.untyped_storage().data_ptr()] = _Tag(out, scale, tag.integer)
+
+    # ------------------------------------------------------------------ frames (function mode)
+
+    @staticmethod
+    def frame_modules(model: nn.Module, calls_of: Callable[[type], Optional[FrozenSet[str]]],
+                      pools: Iterable[nn.Module]) -> List[nn.Module]:
+        """Modules inside whose forward the function mode follows functional pools, joins and dropouts.
+
+        ``calls_of(cls)``: names of the calls in the class' own code (``None`` when unreadable);
+        ``pools``: the model's pool modules. A module is framed when its code calls a functional
+        average pool, or, when the model has a pool, one of :data:`CARRY_FUNCTIONS`; and every
+        ``AvgPool`` subclass that overrides ``forward``.
+        """
+        pools = list(pools)
+        found: List[nn.Module] = []
+        carry: List[nn.Module] = []
+        for module in model.modules():
+            cls = type(module)
+            mod = getattr(cls, "__module__", "") or ""
+            if any(module is p for p in pools) and cls.forward not in _POOL_FORWARDS:
+                found.append(module)
+                continue
+            if mod == "torch" or mod.startswith("torch."):
+                continue
+            calls = calls_of(cls) or frozenset()
+            if calls & set(POOL_FUNCTIONS):
+                found.append(module)
+            elif calls & set(CARRY_FUNCTIONS):
+                carry.append(module)
+        return found + carry if (found or pools) else []
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook of a framed module: the function mode follows pools inside it."""
+        self._frames.append(id(module))
+        if not self._pushed:
+            self._mode.__enter__()
+            self._pushed = True
+
+    def exit(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook (``always_call``) of a framed module: leaves its frame (and inner frames not left)."""
+        if id(module) in self._frames:
+            while self._frames and self._frames.pop() != id(module):
+                pass
+        if not self._frames and self._pushed:
+            n = torch._C._len_torch_function_stack()
+            if n and torch._C._get_function_stack_at(n - 1) is self._mode:
+                self._mode.__exit__(None, None, None)
+                self._pushed = False
+            # else: a mode pushed above ours is still open: ours passes ops through and is popped at the next exit
+
+    # ------------------------------------------------------------------ function mode handlers
+
+    def _handlers(self) -> Dict[Any, Callable]:
+        h: Dict[Any, Callable] = {}
+        for n in (1, 2, 3):
+            h[getattr(F, f"avg_pool{n}d")] = functools.partial(PoolEvents._on_avg_pool, n=n)
+            h[getattr(F, f"adaptive_avg_pool{n}d")] = functools.partial(PoolEvents._on_adaptive_pool, n=n)
+        for f in (torch.cat, torch.concat, torch.concatenate):
+            h[f] = functools.partial(PoolEvents._on_join, stack=False)
+        h[torch.stack] = functools.partial(PoolEvents._on_join, stack=True)
+        for f in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
+            h[f] = PoolEvents._on_dropout
+        for f in (F.relu, torch.relu, Tensor.relu):
+            h[f] = PoolEvents._on_relu
+        return h
+
+    def _on_avg_pool(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, n: int) -> None:
+        a = _bind(_AVG_ARGS, args, kwargs, {})
+        x = a.get("input")
+        if not isinstance(x, Tensor):
+            return
+        spec = _Spec(a)
+        self._tag(x, out, (avgpool_divisor, spec.key()), lambda: avgpool_divisor(
+            spec, tuple(x.shape[-(n + 1):]), tuple(out.shape[-(n + 1):]), n), n)
+
+    def _on_adaptive_pool(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, n: int) -> None:
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, Tensor):
+            return
+        self._tag(x, out, (adaptive_divisor,), lambda: adaptive_divisor(
+            None, tuple(x.shape[-(n + 1):]), tuple(out.shape[-(n + 1):]), n), n)  # type: ignore[arg-type]
+
+    def _on_dropout(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
+        a = _bind(_DROPOUT_ARGS, args, kwargs, {"p": 0.5, "training": True})
+        x = a.get("input")
+        tag = self._tag_of(x) if self._tags and isinstance(x, Tensor) else None
+        if tag is not None and x.numel() == tag.numel:
+            self._carry(x, out, tag, 1.0 - float(a["p"]) if a["training"] else 1.0)
+
+    def _on_relu(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
+        x = args[0] if args else kwargs.get("input")
+        tag = self._tag_of(x) if self._tags and isinstance(x, Tensor) else None
+        if tag is not None and x.numel() == tag.numel:
+            self._carry(x, out, tag, 1.0)
+
+    def _on_join(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, stack: bool) -> None:
+        """``torch.cat`` / ``torch.stack`` of tensors some of which read pool outputs: divisors joined alike."""
+        if not self._tags:
+            return
+        parts = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, Tensor) for p in parts):
+            return
+        found = [self._find(p) for p in parts]
+        if all(tag is None for tag, _, _ in found):
+            return
+        why = next((w or tag.why for tag, _, w in found if tag is not None and (w or tag.why)), "")
+        if why:
+            self._tags[out.untyped_storage().data_ptr()] = _Tag(out, None, None, why)
+            return
+        with torch.no_grad():
+            scales, integer = [], None
+            for p, (tag, scale, _) in zip(parts, found):
+                if tag is None:  # a part that is no pool output: its values count as they are, if integer
+                    scales.append(torch.ones(p.shape, dtype=torch.float32, device=p.device))
+                    ok = self._integer(p)
+                else:
+                    scales.append(_laid_out(tag, scale, p))
+                    ok = tag.integer
+                integer = ok if integer is None else integer & ok
+            joined = torch.stack(scales, dim) if stack else torch.cat(scales, dim)
+        self._tags[out.untyped_storage().data_ptr()] = _Tag(out, joined.reshape(-1).contiguous(), integer)
+
+    # ------------------------------------------------------------------ lookup
 
     def _find(self, x: Tensor) -> Tuple[Optional[_Tag], Optional[Tensor], str]:
         """``(tag, divisors laid out like x, why not)`` for a tensor reading a pool output's memory."""
-        tag = self._tags.get(x.untyped_storage().data_ptr())
+        tag = self._tag_of(x)
         if tag is None:
             return None, None, ""
-        if tag.owner() is None:
-            return None, None, ""
+        if tag.why:
+            return tag, None, tag.why
         if x._version != tag.version:
             return tag, None, "the pool's output was modified in place after pooling"
         if x.numel() == tag.numel and x.is_contiguous() and x.storage_offset() == tag.offset:
@@ -212,3 +539,10 @@ class PoolEvents:
             return (scale if n_el == scale.numel() else scale.repeat(n_el // scale.numel())), tag.integer
         # a row holds part of a pool sample: the divisors repeat along the flattened input
         return scale.expand(rows * n_el // scale.numel(), scale.numel()).reshape(rows, n_el), tag.integer
+
+
+def _laid_out(tag: _Tag, scale: Tensor, like: Tensor) -> Tensor:
+    """Divisors shaped like ``like`` (``scale`` from :meth:`PoolEvents._find`: flat, or laid out like it)."""
+    if scale.shape == like.shape:
+        return scale
+    return scale.expand(like.numel() // scale.numel(), scale.numel()).reshape(like.shape)

@@ -1,0 +1,123 @@
+"""Keep torch's nested-tensor fast path of ``nn.TransformerEncoder`` as it is without the counter.
+
+Under ``no_grad`` in eval mode with a ``src_key_padding_mask``,
+``nn.TransformerEncoder`` turns its input into a nested tensor (padded tokens
+dropped) and pads the result back with zeros. Torch skips that fast path when a
+``TorchFunctionMode`` is active (``has_torch_function``), and the counter's
+function mode is active inside transformer modules: without this guard, the
+padded tokens would then come out with values instead of 0 -- attaching the
+counter would change the model's output.
+
+:class:`EncoderGuard` is a forward pre-hook (with kwargs) on each
+``nn.TransformerEncoder``: it re-checks torch's fast-path conditions (those of
+``TransformerEncoder.forward`` in torch 2.x, the counter's own modes left out)
+and, when the fast path would run without the counter, runs the call with
+torch functions modes disabled and the counter paused, and warns that this
+call's synapses were not counted and how to count them.
+
+Example
+-------
+>>> import torch
+>>> enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1,
+...                                   enable_nested_tensor=True).eval()
+>>> mask = torch.tensor([[False, False, True]])
+>>> with torch.no_grad():
+...     takes_fast_path(enc, (torch.ones(1, 3, 8),), {"src_key_padding_mask": mask})
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EncoderGuard", "takes_fast_path"]
+
+
+def _only_our_modes() -> bool:
+    """Whether every torch function mode on the stack is one of synopsloss's (or none is)."""
+    for i in range(torch._C._len_torch_function_stack()):
+        mode = torch._C._get_function_stack_at(i)
+        if not (type(mode).__module__ or "").startswith("synopsloss."):
+            return False
+    return True
+
+
+def takes_fast_path(encoder: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether ``encoder(*args, **kwargs)`` would take torch's nested-tensor fast path without the counter.
+
+    The conditions of ``nn.TransformerEncoder.forward``; ``False`` whenever one is unknown.
+    """
+    src = args[0] if args else kwargs.get("src")
+    mask = args[1] if len(args) > 1 else kwargs.get("mask")
+    pad = args[2] if len(args) > 2 else kwargs.get("src_key_padding_mask")
+    layers = getattr(encoder, "layers", None)
+    if not isinstance(src, Tensor) or not isinstance(pad, Tensor) or mask is not None or not layers:
+        return False
+    first = layers[0]
+    attn = getattr(first, "self_attn", None)
+    if attn is None or not getattr(encoder, "use_nested_tensor", False) or first.training:
+        return False
+    if not torch.backends.mha.get_fastpath_enabled() or src.dim() != 3 or src.is_nested:
+        return False
+    if torch.is_autocast_enabled() or torch.compiler.is_compiling() or not _only_our_modes():
+        return False
+    try:
+        tensors = (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
+                   first.norm1.weight, first.norm1.bias, first.norm2.weight, first.norm2.bias,
+                   first.linear1.weight, first.linear1.bias, first.linear2.weight, first.linear2.bias)
+    except AttributeError:
+        return False
+    if any(t is not None and type(t) not in (Tensor, nn.Parameter) for t in tensors):
+        return False  # a tensor subclass: has_torch_function holds without the counter too
+    if src.device.type not in ("cpu", "cuda", "xpu", torch._C._get_privateuse1_backend_name()):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    if getattr(encoder, "mask_check", True):
+        with torch._C.DisableTorchFunction():
+            if not torch._nested_tensor_from_mask_left_aligned(src, pad.logical_not()):
+                return False
+    return True
+
+
+class EncoderGuard:
+    """Pre- and post-hook of one ``nn.TransformerEncoder`` that keeps its fast path (see the module docstring).
+
+    Parameters
+    ----------
+    name
+        The encoder's qualified name (for the warning).
+    counter
+        A weak reference to the counter (its public ``counting``, ``paused()`` and ``warn()``).
+    """
+
+    def __init__(self, name: str, counter: Callable[[], Any]) -> None:
+        self.name = name
+        self._counter = counter
+        self._open: List[Optional[contextlib.ExitStack]] = []
+
+    def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        counter = self._counter()
+        if counter is None or not counter.counting or not takes_fast_path(module, args, kwargs):
+            self._open.append(None)
+            return
+        stack = contextlib.ExitStack()
+        stack.enter_context(counter.paused())
+        stack.enter_context(torch._C.DisableTorchFunction())
+        self._open.append(stack)
+        counter.warn(
+            f"synopsloss: nn.TransformerEncoder {self.name or '<root>'!r} takes torch's nested-tensor fast path "
+            "here (eval mode, no gradients, src_key_padding_mask); the counter lets it run unchanged, so that the "
+            "model's output is the same as without the counter, and the synops of this call (its layers' "
+            "projections and attention products) are NOT counted. To count them, build the encoder with "
+            "enable_nested_tensor=False, or run it with gradients enabled.", stacklevel=4)
+
+    def post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._open:
+            stack = self._open.pop()
+            if stack is not None:
+                stack.close()

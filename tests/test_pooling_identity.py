@@ -1,0 +1,365 @@
+"""The AvgPool spike-event correction follows pool outputs by identity, or says where it cannot (issue 16).
+
+Every expected number is computed here by brute force: the spike events behind
+a pooled value are the spikes summed over its window
+(``avg_pool(..., divisor_override=1)`` or an explicit loop), and a layer's
+synops are the events times the fan-out of each input neuron.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import synopsloss as sl
+from synopsloss.pooling import DIVISOR_CACHE, PoolEvents, avgpool_divisor
+
+
+def _fan(layer: nn.Linear) -> torch.Tensor:
+    return (layer.weight != 0).sum(0).double()
+
+
+def _synops(counter: sl.SynOpsCounter, name: str) -> float:
+    return counter.snapshot().per_layer()[name]["synops"]
+
+
+def _spikes(*shape: int, seed: int = 0) -> torch.Tensor:
+    return (torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+
+
+def _window_sums(x: torch.Tensor, k: int, stride: int, pad: int, ceil: bool) -> torch.Tensor:
+    """Spikes in each 1-d window, by an explicit loop (windows clipped to the input, as PyTorch does)."""
+    length = x.shape[-1]
+    span = length + 2 * pad - k
+    n = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (n - 1) * stride >= length + pad:
+        n -= 1
+    out = torch.zeros(*x.shape[:-1], n, dtype=torch.float64)
+    for i in range(n):
+        lo, hi = max(i * stride - pad, 0), min(i * stride - pad + k, length)
+        out[..., i] = x[..., lo:hi].double().sum(-1)
+    return out
+
+
+# --------------------------------------------------------------------------- 1. functional pools in forward
+
+
+class _Head(nn.Module):
+    """A CIFAR-ResNet head: ``F.avg_pool2d`` in forward, then a view and a Linear."""
+
+    def __init__(self, fn, n_in: int) -> None:
+        super().__init__()
+        self.fn = fn
+        self.linear = nn.Linear(n_in, 3, bias=False)
+
+    def forward(self, x):
+        out = F.avg_pool2d(x, 2) if self.fn == "avg2" else self.fn(x)
+        out = out.view(out.size(0), -1)
+        return self.linear(out)
+
+
+def test_functional_avg_pool2d_in_forward_is_corrected():
+    x = _spikes(2, 2, 4, 4)
+    net = _Head("avg2", 2 * 2 * 2)
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    events = F.avg_pool2d(x.double(), 2, divisor_override=1).reshape(2, -1)  # spikes per window
+    assert _synops(counter, "linear") == pytest.approx(float((events * _fan(net.linear)).sum()) / 2, rel=1e-12)
+
+
+class _Functional1d(nn.Module):
+    def __init__(self, n_in: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, 2, bias=False)
+
+    def forward(self, x):
+        y = F.avg_pool1d(x, 3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+        return self.linear(y.flatten(1))
+
+
+def test_functional_avg_pool1d_with_clipped_windows_is_corrected_window_by_window():
+    x = _spikes(2, 1, 8)
+    want_ev = _window_sums(x, 3, 2, 1, True).reshape(2, -1)  # by hand, windows clipped at both ends
+    net = _Functional1d(want_ev.shape[1])
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    assert _synops(counter, "linear") == pytest.approx(float((want_ev * _fan(net.linear)).sum()) / 2, rel=1e-12)
+
+
+class _Adaptive3d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2 * 2 * 3, 2, bias=False)
+
+    def forward(self, x):
+        return self.linear(torch.flatten(F.adaptive_avg_pool3d(x, (1, 2, 3)), 1))
+
+
+def test_functional_adaptive_avg_pool3d_is_corrected():
+    x = _spikes(2, 2, 3, 5, 7)
+    net = _Adaptive3d()
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    ev = torch.zeros(2, 2, 1, 2, 3, dtype=torch.float64)
+    for i in range(2):
+        for j in range(3):
+            h0, h1 = (i * 5) // 2, -((-(i + 1) * 5) // 2)
+            w0, w1 = (j * 7) // 3, -((-(j + 1) * 7) // 3)
+            ev[:, :, 0, i, j] = x[:, :, :, h0:h1, w0:w1].double().sum((-1, -2, -3))
+    want = float((ev.reshape(2, -1) * _fan(net.linear)).sum()) / 2
+    assert _synops(counter, "linear") == pytest.approx(want, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- 2. what the tag goes through
+
+
+def test_train_mode_dropout_after_a_pool_counts_the_kept_events():
+    x = _spikes(4, 1, 6, 6)
+    net = nn.Sequential(nn.AvgPool2d(3), nn.Dropout(0.3), nn.Flatten(), nn.Linear(4, 3, bias=False)).train()
+    torch.manual_seed(7)
+    kept = net[1](net[0](x)) != 0  # the same dropout mask as below (same seed, same draws)
+    counter = sl.SynOpsCounter(net)
+    torch.manual_seed(7)
+    net(x)
+    events = F.avg_pool2d(x.double(), 3, divisor_override=1) * kept  # kept windows carry their spikes
+    want = float((events.reshape(4, -1) * _fan(net[3])).sum()) / 4
+    assert _synops(counter, "3") == pytest.approx(want, rel=1e-9)
+
+
+class _FunctionalDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool, self.fc = nn.AvgPool1d(2), nn.Linear(3, 2, bias=False)
+
+    def forward(self, x):
+        return self.fc(F.dropout(self.pool(x), 0.5, training=True))
+
+
+def test_functional_dropout_after_a_pool_counts_the_kept_events():
+    x = _spikes(3, 1, 6)
+    net = _FunctionalDropout()
+    torch.manual_seed(3)
+    kept = F.dropout(net.pool(x), 0.5, training=True) != 0
+    counter = sl.SynOpsCounter(net)
+    torch.manual_seed(3)
+    net(x)
+    events = F.avg_pool1d(x.double(), 2) * 2 * kept
+    assert _synops(counter, "fc") == pytest.approx(float((events.reshape(3, -1) * _fan(net.fc)).sum()) / 3)
+
+
+def test_train_mode_alpha_dropout_after_a_pool_is_flagged():
+    net = nn.Sequential(nn.AvgPool1d(2), nn.AlphaDropout(0.2), nn.Linear(2, 2, bias=False)).train()
+    counter = sl.SynOpsCounter(net)  # noqa: F841 (held: a dropped counter removes its hooks)
+    with pytest.warns(sl.SynOpsWarning, match=r"layer '2' reads an average-pool output but the training "
+                                              r"AlphaDropout '1' changes the values"):
+        net(_spikes(2, 1, 4))
+
+
+class _Cat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.p2, self.p3 = nn.AvgPool2d(2), nn.AvgPool2d(3)
+        self.fc = nn.Linear(9 + 4 + 5, 2, bias=False)
+
+    def forward(self, x, s):
+        joined = torch.cat([self.p2(x).flatten(1), self.p3(x).flatten(1), s], 1)
+        return self.fc(joined)
+
+
+def test_cat_of_two_pools_and_spikes_is_corrected_part_by_part():
+    x, s = _spikes(2, 1, 6, 6), _spikes(2, 5, seed=1)
+    net = _Cat()
+    counter = sl.SynOpsCounter(net)
+    net(x, s)
+    ev = torch.cat([F.avg_pool2d(x.double(), 2, divisor_override=1).flatten(1),
+                    F.avg_pool2d(x.double(), 3, divisor_override=1).flatten(1), s.double()], 1)
+    assert _synops(counter, "fc") == pytest.approx(float((ev * _fan(net.fc)).sum()) / 2, rel=1e-12)
+
+
+class _Stack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool, self.fc = nn.AvgPool1d(2), nn.Linear(3, 2, bias=False)
+
+    def forward(self, x):
+        return self.fc(torch.stack([self.pool(x), x[..., :3]], 1))  # [B, 2, 1, 3]
+
+
+def test_stack_of_a_pool_output_and_spikes_is_corrected():
+    x = _spikes(2, 1, 6)
+    net = _Stack()
+    counter = sl.SynOpsCounter(net, batch_dim=0)
+    net(x)
+    ev = torch.stack([F.avg_pool1d(x.double(), 2) * 2, x[..., :3].double()], 1)
+    assert _synops(counter, "fc") == pytest.approx(float((ev.reshape(-1, 3) * _fan(net.fc)).sum()) / 2)
+
+
+class _Doubling(nn.AvgPool2d):
+    def forward(self, x):
+        return super().forward(x) * 2.0
+
+
+class _OwnKernel(nn.AvgPool2d):
+    def forward(self, x):
+        return F.avg_pool2d(x, 3)  # not self.kernel_size: the divisor is the call's (9), not the module's (4)
+
+
+def test_pool_subclass_that_changes_its_output_is_flagged():
+    net = nn.Sequential(_Doubling(2), nn.Flatten(), nn.Linear(4, 2, bias=False))
+    x = _spikes(2, 1, 4, 4)
+    counter = sl.SynOpsCounter(net)
+    with pytest.warns(sl.SynOpsWarning, match=r"average pool '0' \(_Doubling\) overrides forward and returns"):
+        net(x)
+    # not corrected: the values the layer read (pooled x 2)
+    want = float((F.avg_pool2d(x.double(), 2).reshape(2, -1) * 2 * _fan(net[2])).sum()) / 2
+    assert _synops(counter, "2") == pytest.approx(want, rel=1e-6)
+
+
+def test_pool_subclass_that_pools_itself_is_corrected_with_its_own_divisor():
+    net = nn.Sequential(_OwnKernel(2), nn.Flatten(), nn.Linear(4, 2, bias=False))
+    x = _spikes(2, 1, 6, 6)
+    counter = sl.SynOpsCounter(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)
+        net(x)
+    ev = F.avg_pool2d(x.double(), 3, divisor_override=1).reshape(2, -1)
+    assert _synops(counter, "2") == pytest.approx(float((ev * _fan(net[2])).sum()) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("where", ["pool", "flatten"])
+def test_a_user_hook_on_the_pool_path_is_flagged(when, where):
+    net = nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4, 2, bias=False))
+    target = net[0] if where == "pool" else net[1]
+
+    def hook(module, args, out):
+        return out * 3.0
+
+    if when == "before":
+        target.register_forward_hook(hook)
+    counter = sl.SynOpsCounter(net)
+    if when == "after":
+        target.register_forward_hook(hook)
+    x = _spikes(2, 1, 4, 4)
+    match = (r"average pool '0' \(AvgPool2d\) has a forward hook that is not the counter's" if where == "pool" else
+             r"layer '1' \(Flatten\) reads an average-pool output and has a forward hook that is not the counter's")
+    with pytest.warns(sl.SynOpsWarning, match=match):
+        net(x)
+    want = float((F.avg_pool2d(x.double(), 2).reshape(2, -1) * 3 * _fan(net[2])).sum()) / 2
+    assert _synops(counter, "2") == pytest.approx(want, rel=1e-6)  # the values read, not 3 x the events
+
+
+# --------------------------------------------------------------------------- 3. the divisor cache is bounded
+
+
+def test_divisor_cache_is_bounded_and_stays_exact_after_eviction():
+    events = PoolEvents()
+    pool = nn.AvgPool1d(3, stride=2, padding=1, count_include_pad=False)
+    hook = events.pool_hook(avgpool_divisor, 1, name="p", module=pool)
+    for length in range(4, 4 + 3 * DIVISOR_CACHE):
+        x = torch.ones(1, 1, length)
+        hook(pool, (x,), pool(x))
+        assert events.cache_size <= DIVISOR_CACHE
+    assert events.cache_size == DIVISOR_CACHE
+    x = _spikes(1, 1, 5)  # its divisors were evicted long ago: recomputed
+    y = pool(x)
+    hook(pool, (x,), y)
+    scale, _ = events.scale_for("fc", y, 1, y.numel(), lambda msg: None)
+    want = _window_sums(x, 3, 2, 1, False).reshape(-1)  # events by an explicit loop
+    assert torch.equal((y.reshape(-1).double() * scale.double()).round(), want)
+
+
+# --------------------------------------------------------------------------- 5. TransformerEncoder fast path
+
+
+def _encoder(nested: bool, batch_first: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=batch_first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's prototype notice for nested tensors
+        enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=nested)
+    return _Encoded(enc, batch_first).eval()
+
+
+class _Encoded(nn.Module):
+    def __init__(self, enc: nn.Module, batch_first: bool) -> None:
+        super().__init__()
+        self.enc, self.head, self.batch_first = enc, nn.Linear(8, 2, bias=False), batch_first
+
+    def forward(self, x, mask):
+        return self.head(self.enc(x if self.batch_first else x.transpose(0, 1), src_key_padding_mask=mask))
+
+
+def _encoder_run(net: nn.Module) -> torch.Tensor:
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[0, 3:] = True
+    mask[1, 4:] = True
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nested tensors is in prototype.*")
+        return net(x, mask)
+
+
+def test_counter_leaves_the_transformer_encoder_fast_path_output_bit_identical():
+    bare = _encoder_run(_encoder(True))
+    net = _encoder(True)
+    counter = sl.SynOpsCounter(net, batch_dim=0)
+    with pytest.warns(sl.SynOpsWarning, match=r"nn.TransformerEncoder 'enc' takes torch's nested-tensor fast path"):
+        counted = _encoder_run(net)
+    assert torch.equal(bare, counted)
+    # the head after the encoder is counted: padded tokens are 0 (torch's fast path), the others real values
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hidden = net.enc(torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(2)),
+                         src_key_padding_mask=torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 1], [0] * 5]).bool())
+    assert bool((hidden[0, 3:] == 0).all())
+    rows = counter.snapshot().per_layer()
+    assert rows["head"]["synops"] == pytest.approx(float((hidden.abs().double().sum((0, 1)) * _fan(net.head)).sum())
+                                                   / 3, rel=1e-6)
+    assert all(rows.get(f"enc.layers.{i}.linear1", {"synops": 0.0})["synops"] == 0 for i in range(2))
+
+
+def test_encoder_off_the_fast_path_is_counted_and_unchanged():
+    bare = _encoder_run(_encoder(True, batch_first=False))
+    net = _encoder(True, batch_first=False)
+    counter = sl.SynOpsCounter(net, batch_dim=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*fast path.*")
+        counted = _encoder_run(net)
+    assert torch.equal(bare, counted)
+    rows = counter.snapshot().per_layer()
+    # linear2 reads linear1's ReLU outputs of the 15 tokens: synops = sum |input| x fan-out (brute force below)
+    got = {}
+    h = net.enc.layers[1].linear2.register_forward_hook(lambda m, a, o: got.update(x=a[0].detach()))
+    counter.remove()
+    _encoder_run(net)
+    h.remove()
+    want = float((got["x"].abs().double().reshape(-1, 16).sum(0) * _fan(net.enc.layers[1].linear2)).sum()) / 3
+    assert rows["enc.layers.1.linear2"]["synops"] == pytest.approx(want, rel=1e-6)
+
+
+class _NestedFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)
+
+    def forward(self, x):
+        return self.b(self.a(x).to_padded_tensor(0.0))
+
+
+def test_nested_tensor_into_a_linear_is_skipped_and_named():
+    net = _NestedFirst()
+    counter = sl.SynOpsCounter(net, batch_size=2, neurons=False)  # (the neuron monitor reads input shapes)
+    x = torch.nested.nested_tensor([torch.ones(2, 4), torch.ones(3, 4)])
+    with torch.no_grad(), pytest.warns(sl.SynOpsWarning, match=r"layer 'a' \(Linear\) received a nested tensor"):
+        net(x)
+    rows = counter.snapshot().per_layer()
+    assert "a" not in rows or rows["a"]["synops"] == 0
+    with torch.no_grad():
+        padded = net.a(x).to_padded_tensor(0.0)  # [2, 3, 3]
+    assert rows["b"]["synops"] == pytest.approx(float((padded.abs().double().reshape(-1, 3).sum(0)
+                                                       * _fan(net.b)).sum()) / 2, rel=1e-6)
