@@ -231,6 +231,13 @@ class SynOpsCounter:
         them. ``"neurobench"``: NeuroBench's definition, binarised: nonzero
         inputs x fan-out, as MACs (any non-binary input is a MAC there).
         Synops are ``count x fan-out`` either way.
+    per_sample
+        Also keep each sample's synops (:meth:`per_sample`; the snapshot's
+        ``per_sample`` values and :meth:`CounterSnapshot.distribution`: p50 /
+        p95 / p99 / max and a confidence interval of the mean over the samples;
+        ``SynOpsLoss(quantile=...)``). Costs one small matrix product per input
+        shape at read and, at :meth:`reset`, one device-to-host copy of the
+        batch's per-sample values (kept for the accumulated distribution).
 
     Example
     -------
@@ -259,6 +266,7 @@ class SynOpsCounter:
         time_dim: Optional[int] = None,
         ops: str = "auto",
         integer_spikes: str = "events",
+        per_sample: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
@@ -284,6 +292,8 @@ class SynOpsCounter:
         self.check_finite = bool(check_finite)
         self.auto_reset = bool(auto_reset)
         self.integer_spikes = integer_spikes
+        self.per_sample_counts = bool(per_sample)
+        self._sample_values: Dict[str, List[float]] = {}  # accumulated per-sample synops, per layer
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
         self._hooks = HookSet(self)
         self._scratch = Scratch()  # reused work buffers of the hooks (CPU), shared with the pools and neurons
@@ -472,6 +482,7 @@ class SynOpsCounter:
         if accumulated:
             self._totals.clear()
             self._sums.clear()
+            self._sample_values = {}
             self._total_samples = 0
             self._total_sample_steps = 0.0
         elif batch.layers and not (batch.pending or batch.failed):
@@ -483,6 +494,8 @@ class SynOpsCounter:
             else:
                 steps = self._set_sample_steps(samples)
                 settle_all(list(batch.layers.values()))
+                if self.per_sample_counts:
+                    self._sample_values = self._sample_dict(samples, accumulated=True)
                 self._sums.take(batch.layers)  # one stacked add (else each field is folded below)
                 for name, state in batch.layers.items():
                     fold(self._totals.setdefault(name, SynapseState()), state)
@@ -689,7 +702,11 @@ class SynOpsCounter:
                 call = call._replace(scale=scale, integer=integer)
         if call.events != (self.integer_spikes == "events"):
             call = call._replace(events=not call.events)
+        if self.per_sample_counts:
+            call = call._replace(per_row=True)
         state = self._state(name, call.x.device)
+        if self.per_sample_counts:
+            state.call_leads.append(lead if lead else (call.rows,))
         state.calls += 1
         state.rows_total += call.rows
         state.rows.add(call.rows)
@@ -991,6 +1008,63 @@ class SynOpsCounter:
             self._watch_backward(result)
         return result
 
+    def _sample_dict(self, samples: int, accumulated: bool) -> Dict[str, Tuple[float, ...]]:
+        """Per-sample synops per layer as host floats: this batch's, after the earlier batches' when ``accumulated``."""
+        from .snapshot import _concat
+
+        with torch.no_grad():
+            now = {n: tuple(v.detach().double().cpu().tolist()) for n, v in self.per_sample(by_layer=True).items()}
+        if not accumulated:
+            return now
+        before = self._sample_values
+        n_before = len(next(iter(before.values()))) if before else 0
+        return _concat(before, now, n_before, samples)
+
+    def per_sample(self, by_layer: bool = False) -> Any:
+        """Each sample's synops in the current batch (differentiable; needs ``per_sample=True``).
+
+        Parameters
+        ----------
+        by_layer
+            ``{layer: [samples] tensor}`` instead of the ``[samples]`` total over layers.
+
+        Example
+        -------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3, bias=False))
+        >>> counter = sl.SynOpsCounter(net, per_sample=True)
+        >>> _ = net(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))   # 1 spike x 3 outputs, 2 spikes x 3
+        >>> counter.per_sample().tolist()
+        [3.0, 6.0]
+        """
+        if not self.per_sample_counts:
+            raise RuntimeError("counter.per_sample() needs SynOpsCounter(model, per_sample=True)")
+        self._require_batch("per_sample")
+        b = self._samples()
+        states = list(self._batch.layers.values())
+        settle_all(states)
+        self._batch.read = True
+        batch_major = self._batch.fold_batch is not None
+        out: Dict[str, Tensor] = {}
+        for name, state in self._batch.layers.items():
+            if not state.call_leads:
+                continue
+            parts, index = [], []
+            for lead, row in zip(state.call_leads, state.row_synops):
+                parts.append(row)
+                index.append(_row_samples(tuple(lead), row.numel(), b, batch_major, name))
+            vals = torch.cat(parts) if len(parts) > 1 else parts[0]
+            idx = (torch.cat(index) if len(index) > 1 else index[0]).to(vals.device)
+            out[name] = vals.new_zeros(b).index_add(0, idx, vals).to(torch.get_default_dtype())
+        for v in out.values():
+            if v.requires_grad:
+                self._watch_backward(v)
+        if by_layer:
+            return out
+        if not out:
+            raise RuntimeError("counter.per_sample(): no layer with a fan-out map ran in this batch")
+        return torch.stack(list(out.values())).sum(0)
+
     def _watch_backward(self, t: Tensor) -> None:
         ref = weakref.ref(self._batch)
 
@@ -1074,7 +1148,14 @@ class SynOpsCounter:
         rank = {id(s): i for i, s in enumerate(ranked)}
         layers = {n: dataclasses.replace(s, order=rank[id(s)]) for n, s in layers.items()}
         neurons = {n: dataclasses.replace(s, order=rank[id(s)]) for n, s in neurons.items()}
-        return CounterSnapshot(samples, layers, neurons, accumulated, sample_steps=sample_steps)
+        per_sample: Dict[str, Tuple[float, ...]] = {}
+        if self.per_sample_counts:
+            if current:
+                per_sample = self._sample_dict(self._samples(), accumulated)
+            elif accumulated:
+                per_sample = dict(self._sample_values)
+        return CounterSnapshot(samples, layers, neurons, accumulated, sample_steps=sample_steps,
+                               per_sample=per_sample)
 
     def _layer_stats(self, states: Dict[str, SynapseState]) -> Dict[str, LayerStats]:
         values: List[Tensor] = []
@@ -1263,3 +1344,21 @@ def _calls_of(cls: type) -> Optional[frozenset]:
     """Names of the calls in a class' own code (``None`` when unreadable)."""
     code = class_code(cls)
     return code.calls if code is not None else None
+
+
+def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: bool, name: str) -> Tensor:
+    """The sample each row of a call belongs to (``[rows]`` int64), from the call's leading dims."""
+    r = torch.arange(rows)
+    if rows % samples:
+        raise ValueError(f"synopsloss: layer {name!r} read {rows} rows, not a multiple of {samples} samples")
+    if lead and lead[0] == samples:  # [B, ...]: batch-major
+        return r // (rows // samples)
+    if len(lead) >= 2 and lead[1] == samples:  # [T, B, ...]
+        inner = rows // (lead[0] * samples)
+        return (r // inner) % samples
+    if len(lead) == 1:  # [B*T] (sinabs, batch-major) or [T*B] (SpikingJelly's SeqToANNContainer)
+        return r // (rows // samples) if batch_major else r % samples
+    raise ValueError(
+        f"synopsloss: layer {name!r} read rows with leading dims {lead}, none of which is the batch's {samples} "
+        "samples: its synops cannot be split by sample. Pass batch_dim= / time_dim= for the model's input layout, "
+        "or count per_sample=False.")

@@ -120,6 +120,13 @@ class SynOpsLoss:
         see the module docstring), ``"all"``, or a list of layer names.
     calibration_batches
         Number of first calls whose synops define the initial synops (``fraction``).
+    quantile
+        Regularise a quantile of the batch's *per-sample* synops instead of
+        their mean: ``quantile=0.95`` with ``target=B`` asks that 95% of the
+        samples stay under ``B`` synops (a chip's per-inference event budget is
+        broken by the hard inputs, not by the mean). Needs
+        ``SynOpsCounter(model, per_sample=True)``; differentiable through
+        ``torch.quantile``.
 
     Raises
     ------
@@ -162,6 +169,7 @@ class SynOpsLoss:
         weight: Union[float, Schedule] = 1.0,
         layers: Union[str, Sequence[str]] = "driven",
         calibration_batches: int = 1,
+        quantile: Optional[float] = None,
     ) -> None:
         if not isinstance(counter, SynOpsCounter):
             raise TypeError(f"SynOpsLoss expects a SynOpsCounter, got {type(counter).__name__}")
@@ -196,6 +204,14 @@ class SynOpsLoss:
                 raise ValueError(why)
         check_int("time_steps", time_steps, minimum=1, optional=True)
 
+        if quantile is not None:
+            if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0 < quantile <= 1:
+                raise ValueError(f"quantile must be a number in (0, 1] (0.95: the 95th percentile of the "
+                                 f"batch's per-sample synops), got {quantile!r}")
+            if not counter.per_sample_counts:
+                raise ValueError("quantile= regularises a quantile of per-sample synops: create the counter "
+                                 "with SynOpsCounter(model, per_sample=True)")
+        self.quantile = None if quantile is None else float(quantile)
         self.counter = counter
         self.shape = shape
         self.dt = None if dt is None else float(dt)
@@ -285,6 +301,9 @@ class SynOpsLoss:
 
         :class:`SynOpsLoss`: ``counter.synops(by_layer=True)``, synops per sample.
         """
+        if self.quantile is not None:
+            self._synops()  # the checks (no forward pass, NaN / inf) and their messages
+            return self.counter.per_sample(by_layer=True)
         return self._synops()
 
     def _synops(self) -> Dict[str, Tensor]:
@@ -330,6 +349,8 @@ class SynOpsLoss:
             ``counter.synops()``; with the counter's ``check_finite=True``).
         """
         per_layer = self._measure()
+        # per-sample values ([samples], quantile=) are checked and reported by their mean over the batch
+        means = {n: (v.mean() if v.dim() else v) for n, v in per_layer.items()}
         fed = self.counter.data_fed_layers()
         calibrating = self._calls < self.calibration_batches
         self._calls += 1
@@ -344,6 +365,8 @@ class SynOpsLoss:
             s = per_layer[names[0]]
             for n in names[1:]:
                 s = s + per_layer[n].to(s.device)
+            if s.dim():  # quantile=: per-sample synops [samples] -> their quantile over the batch
+                s = torch.quantile(s, self.quantile)
             if isinstance(term.schedule, Iterative) and torch.is_grad_enabled():  # training batches set its targets
                 if term.kind != "target":
                     raise ValueError(f"SynOpsLoss: an Iterative schedule sets absolute targets; pass it as target=, not {term.kind}=")
@@ -360,12 +383,12 @@ class SynOpsLoss:
                 f = r.abs()
             total = f if total is None else total + f
             last[term.label] = (names, s.detach(), t, f.detach())
-            self._check_gradient(names, per_layer, fed)
+            self._check_gradient(names, means, fed)
             if calibrating and self._calls == self.calibration_batches:
-                self._check_reachable(term, names, per_layer, fed, t)
+                self._check_reachable(term, names, means, fed, t)
         assert total is not None
         out = (total * weight).to(torch.get_default_dtype())
-        self._last = {"terms": last, "per_layer": {n: v.detach() for n, v in per_layer.items()},
+        self._last = {"terms": last, "per_layer": {n: v.detach() for n, v in means.items()},
                       "loss": out.detach(), "weight": weight}
         if calibrating:
             self._check_scale(total.detach(), task_loss)

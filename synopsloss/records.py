@@ -61,6 +61,7 @@ class Call(NamedTuple):
     integer: Optional[Tensor] = None
     version: int = 0
     events: bool = True  # integer inputs (spike counts) are that many accumulate events; False: NeuroBench's MACs
+    per_row: bool = False  # also keep the synops of each row (per-sample distributions)
 
 
 class Sums(NamedTuple):
@@ -75,9 +76,11 @@ class Sums(NamedTuple):
     maps: LayerMaps  # the map of the last call (fan-out statistics)
     spiking_calls: Tensor  # number of calls whose input was all in {-1, 0, 1}
     changed: Tuple[int, ...]  # indices of calls whose input was modified in place after the call
+    rows: Tuple[Tuple[int, Tensor], ...] = ()  # (index of the call, its per-row synops [rows]) for per_row calls
 
 
-def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -> Tuple[Tensor, ...]:
+def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
+                want_rows: bool = False) -> Tuple[Tensor, ...]:
     """Per-call synops, effective ops, |x| totals, nonzeros, amax and dense taps for calls of one shape."""
     acc = maps[0].effective.dtype
     one = len(xs) == 1
@@ -88,6 +91,10 @@ def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -
     mag = magnitude(x)
     magc = mag.sum(1, dtype=red)  # [calls, n_el]
     synops = torch.linalg.vecdot(magc.to(acc), emap)  # [calls]
+    per_row = None
+    if want_rows:  # [calls, rows] in float32 at least (quantiles of per-sample synops, differentiable)
+        m = mag if mag.element_size() >= 4 else mag.float()
+        per_row = torch.bmm(m, emap.to(m.dtype).unsqueeze(2)).squeeze(2)
     with torch.no_grad():
         nzc = (x != 0).sum(1, dtype=red if red is not None else magc.dtype)
         eff = torch.linalg.vecdot(nzc.to(acc), emap)
@@ -96,7 +103,7 @@ def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -
         flat = mag.detach().reshape(len(xs), -1)
         amax = flat.amax(1).to(acc) if x.numel() else mag_tot.new_zeros(len(xs))
         integer = (flat == flat.round()).all(1) if x.numel() else torch.ones_like(amax, dtype=torch.bool)
-    return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows), integer
+    return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows), integer, per_row
 
 
 def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
@@ -106,13 +113,18 @@ def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
     flat = call.x.reshape(call.rows, emap.numel())
     red = acc if (flat.element_size() < 4 or call.rows >= WIDE_ROWS) else None
     st = abs_row_sums(flat, Scratch(), red, call.scale)
+    per_row = None
+    if call.per_row:  # events per row: round(|x| * divisor) where the pool's input held integers
+        ev = flat.abs() * call.scale
+        ev = torch.where(call.integer, ev.detach().round() - ev.detach() + ev, flat.abs())
+        per_row = (ev.to(emap.dtype) @ emap).reshape(1, -1)
     per_neuron = torch.where(call.integer, st.events, st.mag_sum).to(acc)
     synops = torch.dot(per_neuron, emap).reshape(1)
     with torch.no_grad():
         nonzero = st.nonzero.to(acc)
         return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1),
                 nonzero.sum().reshape(1), st.amax.to(acc).reshape(1), st.mag_sum.detach().to(acc).sum().reshape(1),
-                (ent.dense_total * float(call.rows)).reshape(1), call.integer.reshape(1))
+                (ent.dense_total * float(call.rows)).reshape(1), call.integer.reshape(1), per_row)
 
 
 def _per_layer_synops(parts: List[Tuple[Tensor, ...]], owners: List[int], synops: Tensor, index: Tensor,
@@ -155,6 +167,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     (4.0, 8.0, 4.0, 0.0)
     """
     memo: Dict[tuple, LayerMaps] = {}  # (id(weight as used), id(entry)) -> its current map, once per read
+    order = {id(c): i for calls in layers for i, c in enumerate(calls)}  # a call's index within its layer
     groups: Dict[tuple, List[Tuple[int, Call, LayerMaps]]] = {}
     pooled: List[Tuple[int, Call, LayerMaps]] = []
     last: List[Optional[LayerMaps]] = [None] * len(layers)
@@ -171,19 +184,25 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
             if c.scale is not None:
                 pooled.append(item)
             else:
-                key = (c.rows, ent.effective.numel(), c.x.dtype, c.x.device, ent.effective.dtype, c.events)
+                key = (c.rows, ent.effective.numel(), c.x.dtype, c.x.device, ent.effective.dtype, c.events, c.per_row)
                 groups.setdefault(key, []).append(item)
     parts: List[Tuple[Tensor, ...]] = []
     owners: List[int] = []
     events: List[bool] = []
-    for (rows, n_el, _, _, _, _), items in groups.items():
-        parts.append(_group_sums([c.x for _, c, _ in items], [e for _, _, e in items], rows, n_el))
+    row_sums: List[List[Tuple[int, Tensor]]] = [[] for _ in layers]
+    for (rows, n_el, _, _, _, _, want), items in groups.items():
+        parts.append(_group_sums([c.x for _, c, _ in items], [e for _, _, e in items], rows, n_el, want))
         owners.extend(li for li, _, _ in items)
         events.extend(c.events for _, c, _ in items)
+        if want:
+            for (li, c, _), r in zip(items, parts[-1][8].unbind(0)):
+                row_sums[li].append((order[id(c)], r))
     for li, c, ent in pooled:
         parts.append(_pooled_sums(c, ent))
         owners.append(li)
         events.append(c.events)
+        if c.per_row:
+            row_sums[li].append((order[id(c)], parts[-1][8][0]))
     cols = [torch.cat([p[j] for p in parts]) if len(parts) > 1 else parts[0][j] for j in range(8)]
     synops = cols[0]
     with torch.no_grad():
@@ -213,7 +232,8 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
             per_stats = [list(col) for col in zip(*(row.unbind(0) for row in table.unbind(0)))]
     return [
         Sums(per_syn[li], *per_stats[li][:5], maps=last[li], spiking_calls=per_stats[li][5],  # type: ignore[arg-type]
-             changed=tuple(i for i, c in enumerate(calls) if c.x._version != c.version))
+             changed=tuple(i for i, c in enumerate(calls) if c.x._version != c.version),
+             rows=tuple(sorted(row_sums[li], key=lambda t: t[0])))
         for li, calls in enumerate(layers)
     ]
 

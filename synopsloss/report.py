@@ -158,6 +158,12 @@ def build_table(
             rows.append(row)
 
     total = _total_row(rows, dt, model, snapshot.time_steps)
+    if snapshot.per_sample:  # per-sample distributions (the counter's per_sample=True)
+        for row in [*rows, total]:
+            name = None if row is total else row.name
+            if name is None or name in snapshot.per_sample:
+                d = snapshot.distribution(name)
+                row.synops_p50, row.synops_p95, row.synops_p99, row.synops_max = d["p50"], d["p95"], d["p99"], d["max"]
     notes = []
     unknown = [r.name for r in rows if r.kind == "neuron" and r.neuron_ops is None and r.membrane_updates is not None]
     if unknown:

@@ -137,6 +137,9 @@ class CounterSnapshot:
         Whether the snapshot covers every batch since ``reset(accumulated=True)``.
     sample_steps
         Samples x time steps of the batches (:attr:`time_steps` per sample).
+    per_sample
+        Each sample's synops per layer, in sample order (counters created with
+        ``per_sample=True``; empty otherwise): :meth:`distribution` reads them.
     """
 
     samples: int
@@ -144,6 +147,33 @@ class CounterSnapshot:
     neurons: Dict[str, NeuronStats] = field(default_factory=dict)
     accumulated: bool = False
     sample_steps: float = 0.0
+    per_sample: Dict[str, Tuple[float, ...]] = field(default_factory=dict)
+
+    def distribution(self, layer: Optional[str] = None) -> Dict[str, float]:
+        """Per-sample synops statistics of one layer, or of the whole model (``layer=None``).
+
+        Returns ``n``, ``mean``, ``std`` (sample standard deviation, N - 1),
+        ``p50`` / ``p95`` / ``p99`` (linear interpolation between order
+        statistics, as ``numpy.percentile``), ``max`` and ``ci95``: the half
+        width of the 95% confidence interval of the mean (Student's t with
+        N - 1 degrees of freedom), for dataset means reported as mean +- ci95.
+
+        Example
+        -------
+        >>> snap = CounterSnapshot(4, per_sample={"fc": (1.0, 2.0, 3.0, 10.0)})
+        >>> d = snap.distribution()
+        >>> d["p50"], d["max"], round(d["p95"], 2)
+        (2.5, 10.0, 8.95)
+        """
+        if not self.per_sample:
+            raise ValueError("this snapshot holds no per-sample synops: create the counter with per_sample=True")
+        if layer is None:
+            values = [sum(v) for v in zip(*self.per_sample.values())]
+        elif layer in self.per_sample:
+            values = list(self.per_sample[layer])
+        else:
+            raise KeyError(f"no per-sample synops for layer {layer!r}; layers: {list(self.per_sample)}")
+        return distribution(values)
 
     @property
     def time_steps(self) -> Optional[float]:
@@ -203,6 +233,7 @@ class CounterSnapshot:
             add(self.neurons, other.neurons, _NEURON_SUMS),
             self.accumulated or other.accumulated,
             self.sample_steps + other.sample_steps,
+            _concat(self.per_sample, other.per_sample, self.samples, other.samples),
         )
 
     def all_reduce(self, group: Any = None) -> "CounterSnapshot":
@@ -253,10 +284,45 @@ class CounterSnapshot:
             return dict(sorted(out.items(), key=lambda kv: kv[1].order))
 
         return CounterSnapshot(self.samples, renumber(self.layers), renumber(self.neurons), self.accumulated,
-                               self.sample_steps)
+                               self.sample_steps, self.per_sample)
 
 
 def _add(a: Any, b: Any) -> Any:
     if a is None or b is None:
         return a if b is None else b
     return a + b
+
+
+def _concat(a: Dict[str, Tuple[float, ...]], b: Dict[str, Tuple[float, ...]], na: int,
+            nb: int) -> Dict[str, Tuple[float, ...]]:
+    """Per-sample values of two snapshots, one after the other (a layer absent from one: zeros there)."""
+    if not a and not b:
+        return {}
+    names = list(a) + [n for n in b if n not in a]
+    return {n: tuple(a.get(n, (0.0,) * na)) + tuple(b.get(n, (0.0,) * nb)) for n in names}
+
+
+#: Student's t, two-sided 95%, for 1..30 degrees of freedom (beyond: the normal 1.96)
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def _percentile(sorted_values: List[float], q: float) -> float:
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def distribution(values: List[float]) -> Dict[str, float]:
+    """``n``, ``mean``, ``std``, ``p50``, ``p95``, ``p99``, ``max`` and ``ci95`` of ``values`` (see
+    :meth:`CounterSnapshot.distribution`)."""
+    n = len(values)
+    if not n:
+        raise ValueError("no per-sample values")
+    s = sorted(values)
+    mean = sum(s) / n
+    std = (sum((v - mean) ** 2 for v in s) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    t = _T95[n - 2] if 2 <= n <= 31 else 1.96
+    return {"n": float(n), "mean": mean, "std": std, "p50": _percentile(s, 0.5), "p95": _percentile(s, 0.95),
+            "p99": _percentile(s, 0.99), "max": s[-1], "ci95": t * std / n ** 0.5 if n > 1 else float("nan")}

@@ -139,6 +139,9 @@ class SynapseState:
     pending: list = state_field(None, factory=list)
     # weight-op calls recorded as they ran (synopsloss.records.Call), reduced by settle()
     records: list = state_field(None, factory=list)
+    # with per-sample counting: each call's leading dims, and its per-row synops once reduced
+    call_leads: list = state_field(None, factory=list)
+    row_synops: list = state_field(None, factory=list)
 
     def record(self, dense: Tensor, effective: Tensor, spiking: Tensor, input_sum: Tensor,
                input_nonzero: Tensor) -> None:
@@ -183,6 +186,7 @@ class SynapseState:
                 "a copy (x = x.clone()) instead.", SynOpsWarning, stacklevel=5)
         self.synops = sums.synops if self.synops is None else self.synops + sums.synops
         self.maps = sums.maps
+        self.row_synops.extend(r for _, r in sums.rows)
         for key in ("dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero"):
             setattr(self, key, _sum(getattr(self, key), getattr(sums, key), True))
 

@@ -143,6 +143,10 @@ class LayerRow:
     energy_paper: Optional[float] = None  # 0.9 pJ x estimate (4.6 pJ x dense for non-spike inputs)
     ann_energy: Optional[float] = None  # the equivalent quantised ANN layer (synopsloss.calibration.break_even)
     break_even_rate: Optional[float] = None  # input spike rate below which the layer beats that ANN
+    synops_p50: Optional[float] = None  # per-sample synops: median over the samples (counter per_sample=True)
+    synops_p95: Optional[float] = None
+    synops_p99: Optional[float] = None
+    synops_max: Optional[float] = None
 
 
 @dataclass
@@ -186,7 +190,12 @@ COLUMNS: Dict[str, Tuple[str, str, str]] = {
     "estimate_error": ("Est. error", "pct", "how far the estimate is from the exact synops (estimate / synops - 1)"),
     "dense": ("Dense", "si", "NeuroBench Dense: every weight tap of every input neuron"),
     "eff_macs": ("Eff MACs", "si", "NeuroBench Effective_MACs: nonzero input x nonzero weight, non-spiking input"),
-    "eff_acs": ("Eff ACs", "si", "NeuroBench Effective_ACs: nonzero input x nonzero weight, spiking input"),
+    "eff_acs": ("Eff ACs", "si", "accumulates: nonzero input x nonzero weight for spikes in {-1, 0, 1}; spike "
+                "count x nonzero weight for integer counts (one per event)"),
+    "synops_p50": ("Synops p50", "si", "median over the samples of each sample's synops (per_sample=True)"),
+    "synops_p95": ("Synops p95", "si", "95th percentile over the samples of each sample's synops"),
+    "synops_p99": ("Synops p99", "si", "99th percentile over the samples of each sample's synops"),
+    "synops_max": ("Synops max", "si", "the largest synops of one sample"),
     "neuron_ops": ("Neuron ops", "si", "NeuroBench NeuronOperations (effective)"),
     "neuron_ops_dense": ("Neuron ops dense", "si", "NeuroBench NeuronOperations (dense)"),
     "membrane_updates": ("Mem updates", "si", "membrane updates (effective)"),
@@ -215,6 +224,7 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
     "paper": ("name", "type", "in_rate", "time_steps", "synops", "synops_estimate", "estimate_error", "energy",
               "energy_paper"),
     "break_even": ("name", "type", "in_rate", "time_steps", "energy", "ann_energy", "break_even_rate"),
+    "distribution": ("name", "type", "synops", "synops_p50", "synops_p95", "synops_p99", "synops_max"),
     "blocks": ("name", "type", "synops", "synops_per_s", "dense", "eff_macs", "eff_acs", "firing_rate", "neuron_ops",
                "share", "energy"),
 }

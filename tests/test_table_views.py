@@ -134,8 +134,8 @@ def test_compare_matches_layers_by_name_and_marks_what_one_table_lacks():
     assert comparison["Network-driven"].synops_before == 4 + 4 and comparison["Network-driven"].synops_after == 0
     text = str(comparison).splitlines()
     assert text[0].split()[:6] == ["Layer", "Type", "Synops", "big", "Synops", "small"]
-    # two inputs of value 2, one weight each: synops 4, 2 effective MACs x 4.6 pJ
-    assert text[3].split() == ["2", "Linear", "4", "0", "inf", "9.2", "pJ", "0", "J"]
+    # two inputs of value 2 (integer: 2 spike events each), one weight each: synops 4, 4 ACs x 0.9 pJ
+    assert text[3].split() == ["2", "Linear", "4", "0", "inf", "3.6", "pJ", "0", "J"]
     assert text[4].split()[:5] == ["3", "Linear", "4", "-", "-"]
 
 

@@ -1,0 +1,125 @@
+"""Per-sample synops: each sample's count, its distribution over a dataset and a quantile budget loss.
+
+References: the same network counted on each sample alone (brute force by separation), numpy's
+percentiles and scipy's Student t.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import snntorch as snn
+import torch
+from snntorch import utils
+from torch import nn
+
+import synopsloss as sl
+
+
+def _snn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(5, 3))
+
+
+def _run(net: nn.Module, x: torch.Tensor) -> None:
+    utils.reset(net)
+    for t in range(x.shape[1]):
+        net(x[:, t])
+
+
+def _alone(net: nn.Module, x: torch.Tensor) -> list:
+    """Each sample's synops, counted with a batch of that sample alone."""
+    out = []
+    counter = sl.SynOpsCounter(net, neurons=False)
+    for i in range(x.shape[0]):
+        counter.reset()
+        _run(net, x[i:i + 1])
+        out.append(counter.snapshot().total()["synops"])
+    counter.remove()
+    return out
+
+
+def test_per_sample_synops_equal_each_sample_counted_alone():
+    net = _snn()
+    x = (torch.rand(5, 4, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    want = _alone(net, x)
+    counter = sl.SynOpsCounter(net, per_sample=True)
+    _run(net, x)
+    got = counter.per_sample()
+    assert got.tolist() == pytest.approx(want)
+    assert float(got.mean()) == pytest.approx(float(counter.synops()))
+    assert got.requires_grad
+
+
+def test_time_first_rows_are_split_by_sample():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(4, 3, bias=False))
+    x = (torch.rand(3, 2, 4) < 0.5).float()  # [T=3, B=2, 4] in one call
+    counter = sl.SynOpsCounter(net, per_sample=True, time_dim=0)
+    net(x)
+    fan = (net[0].weight != 0).sum(0).float()
+    want = [float((x[:, b] * fan).sum()) for b in range(2)]
+    assert counter.per_sample().tolist() == pytest.approx(want)
+
+
+def test_distribution_matches_numpy_and_the_t_interval():
+    stats = pytest.importorskip("scipy.stats")
+    net = _snn()
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.rand(4, 3, 6, generator=gen) < p).float() for p in (0.2, 0.6)]
+    counter = sl.SynOpsCounter(net, per_sample=True)
+    want = []
+    for x in batches:
+        counter.reset()
+        _run(net, x)
+        want += counter.per_sample().tolist()
+    counter.reset()
+    d = counter.snapshot(accumulated=True).distribution()
+    v = np.array(want)
+    assert d["n"] == 8 and d["mean"] == pytest.approx(v.mean())
+    for q in (50, 95, 99):
+        assert d[f"p{q}"] == pytest.approx(np.percentile(v, q))
+    assert d["max"] == v.max()
+    assert d["ci95"] == pytest.approx(stats.t.ppf(0.975, 7) * v.std(ddof=1) / np.sqrt(8), rel=1e-3)
+    assert d["mean"] == pytest.approx(counter.snapshot(accumulated=True).total()["synops"])
+
+
+def test_quantile_budget_loss_acts_on_the_quantile():
+    net = _snn()
+    x = (torch.rand(6, 3, 6, generator=torch.Generator().manual_seed(4)) < 0.5).float()
+    counter = sl.SynOpsCounter(net, per_sample=True)
+    loss_fn = sl.SynOpsLoss(counter, target=5.0, quantile=0.9, layers="all", shape="hinge")
+    _run(net, x)
+    term = loss_fn()
+    p90 = float(np.percentile(np.array(counter.per_sample().tolist()), 90))
+    assert float(term) == pytest.approx(max(p90 - 5.0, 0.0) / 5.0, rel=1e-5)
+    term.backward()
+    assert net[0].weight.grad is not None and bool(net[0].weight.grad.abs().sum() > 0)
+
+
+def test_per_sample_needs_the_option():
+    net = _snn()
+    counter = sl.SynOpsCounter(net)
+    with pytest.raises(ValueError, match="per_sample=True"):
+        sl.SynOpsLoss(counter, target=1.0, quantile=0.95)
+    _run(net, torch.ones(2, 1, 6))
+    with pytest.raises(RuntimeError, match="per_sample=True"):
+        counter.per_sample()
+    with pytest.raises(ValueError, match="per_sample=True"):
+        counter.snapshot().distribution()
+    with pytest.raises(ValueError, match="quantile must be"):
+        sl.SynOpsLoss(sl.SynOpsCounter(net, per_sample=True), target=1.0, quantile=1.5)
+
+
+def test_the_table_shows_the_distribution():
+    net = _snn()
+    x = (torch.rand(5, 3, 6, generator=torch.Generator().manual_seed(5)) < 0.4).float()
+    counter = sl.SynOpsCounter(net, per_sample=True)
+    _run(net, x)
+    values = np.array(counter.per_sample().tolist())
+    table = counter.table()
+    assert table.total.synops_p95 == pytest.approx(np.percentile(values, 95))
+    assert table.total.synops_max == pytest.approx(values.max())
+    layer2 = np.array(counter.per_sample(by_layer=True)["2"].tolist())
+    assert table["2"].synops_p50 == pytest.approx(np.median(layer2))
+    assert "Synops p95" in table.render("distribution")
