@@ -20,11 +20,9 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from .errors import ArgumentTypeError
+
 __all__ = ["ArgumentTypeError", "check_number", "check_int"]
-
-
-class ArgumentTypeError(TypeError, ValueError):
-    """An argument of the wrong type (a ``TypeError``, and a ``ValueError`` for 0.1 compatibility)."""
 
 
 def check_number(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False,

@@ -968,7 +968,7 @@ class SynOpsCounter:
             state.sample_steps = float(samples * _layer_steps(state, samples, tc))
         return steps
 
-    def synops(self, by_layer: bool = False) -> Any:
+    def synops(self, by_layer: bool = False, driven: bool = False) -> Any:
         """Differentiable synops per sample since the last reset (0-dim, with grad_fn).
 
         Parameters
@@ -976,6 +976,11 @@ class SynOpsCounter:
         by_layer
             Return ``{layer: 0-dim tensor}`` for every counted layer, in forward
             order (layers not called since the last reset get a zero).
+        driven
+            Only the network-driven layers: leave out those fed directly by the
+            data (:meth:`data_fed_layers`), as :class:`~synopsloss.SynOpsLoss`
+            does by default; training cannot lower their synops but by zeroing
+            weights.
 
         Raises
         ------
@@ -983,6 +988,17 @@ class SynOpsCounter:
             Before any forward pass since :meth:`reset`.
         FloatingPointError
             When an input held NaN or inf (with ``check_finite=True``).
+
+        Example
+        -------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3, bias=False), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.fill_(1.0)
+        >>> counter = sl.SynOpsCounter(net)
+        >>> _ = net(torch.tensor([[1.0, 1.0]]))      # layer 0: 2 inputs x 3 outputs; layer 2: 3 x 2.0 x 1
+        >>> counter.synops().item(), counter.synops(driven=True).item()
+        (12.0, 6.0)
         """
         self._require_batch("synops")
         b = self._samples()
@@ -991,16 +1007,27 @@ class SynOpsCounter:
         states = list(batch.layers.values())
         settle_all(states)
         device = states[0].device
+        fed = set(self.data_fed_layers()) if driven else set()
         if by_layer:
-            names = list(self._merged(False)) + [n for n in self._layers if n not in batch.layers]
-            zero = torch.zeros((), dtype=states[0].synops.dtype, device=device)
-            per = {n: batch.layers[n].synops if n in batch.layers else zero for n in names}
-            out = {n: (v / b).to(torch.get_default_dtype()) for n, v in per.items()}
+            ran = sorted((n for n in batch.layers if n not in fed), key=lambda n: batch.layers[n].first_seen or 0)
+            names = ran + [n for n in self._layers if n not in batch.layers and n not in fed]
+            values = [batch.layers[n].synops for n in ran]
+            if values and len({(v.device, v.dtype) for v in values}) == 1:  # one stacked division
+                scaled = (torch.stack(values) / b).to(torch.get_default_dtype()).unbind(0)
+            else:
+                scaled = [(v / b).to(torch.get_default_dtype()) for v in values]
+            out = dict(zip(ran, scaled))
+            zero = torch.zeros((), dtype=torch.get_default_dtype(), device=device)
+            out.update({n: zero for n in names[len(ran):]})
+            out = {n: out[n] for n in names}
             for v in out.values():  # a loss may use any subset of the layers (SynOpsLoss leaves data-fed ones out)
                 if v.requires_grad:
                     self._watch_backward(v)
             return out
-        total = states[0].synops if len(states) == 1 else torch.stack([st.synops.to(device) for st in states]).sum()
+        chosen = [st for n, st in batch.layers.items() if n not in fed]
+        if not chosen:
+            raise RuntimeError("counter.synops(driven=True): every counted layer of this batch is fed by the data")
+        total = chosen[0].synops if len(chosen) == 1 else torch.stack([st.synops.to(device) for st in chosen]).sum()
         if self.check_finite and not bool(torch.isfinite(total.detach())):
             self._raise_nonfinite()
         result = (total / b).to(torch.get_default_dtype())

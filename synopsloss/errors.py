@@ -1,8 +1,21 @@
-"""Every warning class of synopsloss (a leaf module: it imports nothing of the package)."""
+"""Every warning and exception class of synopsloss (a leaf module: it imports nothing of the package).
+
+Warnings all derive from :class:`SynOpsWarning` (a ``UserWarning``), so
+``warnings.filterwarnings("ignore", category=sl.SynOpsWarning)`` silences the
+package's warnings and nothing else.
+"""
 
 from __future__ import annotations
 
-__all__ = ["SynOpsWarning", "UnsupportedLayerWarning"]
+__all__ = [
+    "SynOpsWarning",
+    "UnsupportedLayerWarning",
+    "UnreachableTargetWarning",
+    "LossScaleWarning",
+    "ExpectedCountWarning",
+    "UncountableOpError",
+    "ArgumentTypeError",
+]
 
 
 class SynOpsWarning(UserWarning):
@@ -11,3 +24,23 @@ class SynOpsWarning(UserWarning):
 
 class UnsupportedLayerWarning(SynOpsWarning):
     """A module with parameters that the counter cannot count."""
+
+
+class UnreachableTargetWarning(SynOpsWarning):
+    """A synops target the network cannot reach, or one that would push synops up."""
+
+
+class LossScaleWarning(SynOpsWarning):
+    """A loss term that dwarfs the task loss, or a target far below the measured value (``target=`` vs ``fraction=``)."""
+
+
+class ExpectedCountWarning(SynOpsWarning):
+    """A count is an expectation, not the exact number of the call (attention dropout)."""
+
+
+class UncountableOpError(NotImplementedError):
+    """An op that multiplies activations but whose synaptic operations cannot be counted."""
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a ``TypeError``, and a ``ValueError`` for 0.1 compatibility)."""

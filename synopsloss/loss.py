@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .counter import SynOpsCounter
 from ._validate import ArgumentTypeError, check_int
+from .errors import LossScaleWarning, UnreachableTargetWarning
 from .schedules import Iterative, Schedule, as_schedule
 
 __all__ = ["SynOpsLoss", "EnergyLoss", "UnreachableTargetWarning", "LossScaleWarning", "SHAPES"]
@@ -40,14 +41,6 @@ __all__ = ["SynOpsLoss", "EnergyLoss", "UnreachableTargetWarning", "LossScaleWar
 SHAPES = ("squared", "hinge", "squared_hinge", "l1")
 
 TargetLike = Union[float, int, Schedule]
-
-
-class UnreachableTargetWarning(UserWarning):
-    """A synops target the network cannot reach, or one that would push synops up."""
-
-
-class LossScaleWarning(UserWarning):
-    """A loss term that dwarfs the task loss, or a target far below the measured value (``target=`` vs ``fraction=``)."""
 
 
 @dataclass

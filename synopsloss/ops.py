@@ -210,8 +210,6 @@ import math
 import threading
 import types
 import warnings
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -221,6 +219,7 @@ from torch import Tensor, nn
 
 from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
 from .maps import MapCache, magnitude
+from .errors import ExpectedCountWarning, UncountableOpError
 from .records import Call, reduce_calls
 
 __all__ = [
@@ -238,14 +237,6 @@ __all__ = [
 
 IsWeight = Optional[Callable[[Tensor], bool]]
 Shape = Tuple[int, ...]
-
-
-class UncountableOpError(NotImplementedError):
-    """An op that multiplies activations but whose synaptic operations cannot be counted."""
-
-
-class ExpectedCountWarning(UserWarning):
-    """A count is an expectation, not the exact number of the call (attention dropout)."""
 
 
 @dataclass
