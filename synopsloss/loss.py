@@ -747,7 +747,7 @@ class EnergyLoss(SynOpsLoss):
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.ReLU(),
     ...                           torch.nn.Linear(2, 1, bias=False))
     >>> with torch.no_grad():
-    ...     _ = net[0].weight.fill_(1.0)
+    ...     _ = net[0].weight.fill_(0.75)  # layer "2" reads 1.5, 1.5: analog values, so MACs
     >>> counter = sl.SynOpsCounter(net)
     >>> loss_fn = sl.EnergyLoss(counter, target=1e-12, energy="horowitz45nm")
     >>> _ = net(torch.ones(1, 2)); term = loss_fn()

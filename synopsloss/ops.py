@@ -385,7 +385,7 @@ def _complete(c: OpCount) -> OpCount:
     if c.call is None:
         return c
     s = reduce_calls([c.call])
-    return dataclasses.replace(c, synops=s.synops, dense=s.dense, effective=s.eff_acs + s.eff_macs,
+    return dataclasses.replace(c, synops=s.synops, dense=s.dense, effective=s.effective,
                                spiking=s.spiking_calls > 0, input_sum=s.input_sum, input_nonzero=s.input_nonzero)
 
 

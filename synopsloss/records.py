@@ -75,6 +75,7 @@ class Sums(NamedTuple):
     input_nonzero: Tensor
     maps: LayerMaps  # the map of the last call (fan-out statistics)
     spiking_calls: Tensor  # number of calls whose input was all in {-1, 0, 1}
+    effective: Tensor  # nonzero input x nonzero weight taps (however they are classed: ACs, events or MACs)
     changed: Tuple[int, ...]  # indices of calls whose input was modified in place after the call
     rows: Tuple[Tuple[int, Tensor], ...] = ()  # (index of the call, its per-row synops [rows]) for per_row calls
 
@@ -218,7 +219,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         else:
             ac, is_ac = torch.where(spiking, eff, eff.new_zeros(())), spiking
         stats = torch.stack([dense, ac, torch.where(is_ac, eff.new_zeros(()), eff), in_sum, nz,
-                             spiking.to(eff.dtype)])
+                             spiking.to(eff.dtype), eff])
     n = len(layers)
     if n == 1:
         per_syn = [synops.sum()]
@@ -228,10 +229,11 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         index = torch.tensor(owners, device=synops.device)
         per_syn = _per_layer_synops(parts, owners, synops, index, n)
         with torch.no_grad():
-            table = stats.new_zeros(6, n).index_add_(1, index, stats)
+            table = stats.new_zeros(7, n).index_add_(1, index, stats)
             per_stats = [list(col) for col in zip(*(row.unbind(0) for row in table.unbind(0)))]
     return [
         Sums(per_syn[li], *per_stats[li][:5], maps=last[li], spiking_calls=per_stats[li][5],  # type: ignore[arg-type]
+             effective=per_stats[li][6],
              changed=tuple(i for i, c in enumerate(calls) if c.x._version != c.version),
              rows=tuple(sorted(row_sums[li], key=lambda t: t[0])))
         for li, calls in enumerate(layers)

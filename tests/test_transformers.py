@@ -150,7 +150,13 @@ def test_spikformer_attention_convolutions_equal_brute_force():
         assert conv.kernel_size == (1,) and conv.groups == 1
         ref = conv1x1_by_hand(x, conv.weight.detach())
         s = got[name]
-        assert s.dense == ref["dense"] and s.eff_acs + s.eff_macs == ref["effective"]
+        assert s.dense == ref["dense"]
+        ternary = bool(((x == 0) | (x.abs() == 1)).all())
+        if ternary or not bool((x == x.round()).all()):
+            assert s.eff_acs + s.eff_macs == ref["effective"]
+        else:  # residual sums of spikes are spike counts: one accumulate per event
+            assert (s.eff_acs, s.eff_macs) == (pytest.approx(ref["synops"]), 0.0)
+            assert ref["synops"] > ref["effective"]
         assert s.synops == pytest.approx(ref["synops"])
 
 
