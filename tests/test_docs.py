@@ -89,7 +89,7 @@ def test_a_page_with_examples_has_one_install_line_that_covers_them(page):
     named = re.findall(r"\.\[([\w,]+)\]", lines[0])
     dists = {re.split(r"[<>=\[ ]", r)[0].lower() for e in (named[0].split(",") if named else []) for r in extras[e]}
     imported = {m for b in FENCE.findall(text) for m in re.findall(r"^\s*(?:import|from) ([A-Za-z_]\w*)", b, re.M)}
-    missing = {m for m in imported - {"torch", "synopsloss", "math", "os", "warnings", "tempfile", "pathlib"}
+    missing = {m for m in imported - {"torch", "synopsloss"} - set(sys.stdlib_module_names)
                if _DIST.get(m, m) not in dists}
     assert not missing, f"{page.name}: its install line ({lines[0]}) does not install {sorted(missing)}"
 
