@@ -1186,20 +1186,21 @@ class SynOpsCounter:
 
     def _layer_stats(self, states: Dict[str, SynapseState]) -> Dict[str, LayerStats]:
         values: List[Tensor] = []
+        keys = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "effective")
+        zero = torch.zeros((), dtype=torch.float64)
         for state in states.values():
-            for k in ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero"):
+            for k in keys:
                 v = getattr(state, k)
-                values.append(v.detach().to("cpu", torch.float64).reshape(()) if v is not None
-                              else torch.zeros((), dtype=torch.float64))
+                values.append(v.detach().reshape(()) if v is not None else zero)
             lm = state.maps
             has_map = lm is not None and lm.effective.numel() > 0
-            mean, top = lm.fanout_stats() if has_map else (None, None)  # per-map constants, cached with the map
-            values.append(mean.cpu().double() if has_map else torch.zeros((), dtype=torch.float64))
-            values.append(top.cpu().double() if has_map else torch.zeros((), dtype=torch.float64))
-        flat = torch.stack(values).tolist() if values else []
+            mean, top = lm.fanout_stats() if has_map else (zero, zero)  # per-map constants, cached with the map
+            values += [mean, top]
+        width = len(keys) + 2
+        flat = _host_floats(values)  # one device-to-host copy per device and dtype
         out: Dict[str, LayerStats] = {}
         for i, (name, state) in enumerate(states.items()):
-            v = flat[8 * i: 8 * i + 8]
+            v = flat[width * i: width * i + width]
             for key, x in zip(COUNT_KEYS, (v[1], v[2], v[3], v[0])):
                 if not math.isfinite(x):
                     raise FloatingPointError(
@@ -1216,9 +1217,9 @@ class SynOpsCounter:
                 synops=v[0], dense=v[1], eff_macs=v[2], eff_acs=v[3], input_sum=v[4], input_nonzero=v[5],
                 calls=state.calls, rows=state.rows_total, in_shape=tuple(state.in_shape),
                 out_shape=tuple(state.out_shape), in_neurons=state.in_neurons,
-                weights=self._weights(layer), fanout_mean=v[6] if has_map else None,
-                fanout_max=v[7] if has_map else None, data_fed=bool(state.calls and state.data_calls == state.calls),
-                sample_steps=state.sample_steps, in_values=state.in_values,
+                weights=self._weights(layer), fanout_mean=v[7] if has_map else None,
+                fanout_max=v[8] if has_map else None, data_fed=bool(state.calls and state.data_calls == state.calls),
+                sample_steps=state.sample_steps, in_values=state.in_values, effective=v[6],
             )
         return out
 
@@ -1389,3 +1390,15 @@ def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: bo
         f"synopsloss: layer {name!r} read rows with leading dims {lead}, none of which is the batch's {samples} "
         "samples: its synops cannot be split by sample. Pass batch_dim= / time_dim= for the model's input layout, "
         "or count per_sample=False.")
+
+
+def _host_floats(values: List[Tensor]) -> List[float]:
+    """0-dim tensors as Python floats, with one stacked copy per (device, dtype) group."""
+    groups: Dict[Tuple[Any, Any], List[int]] = {}
+    for i, v in enumerate(values):
+        groups.setdefault((v.device, v.dtype), []).append(i)
+    out = [0.0] * len(values)
+    for idx in groups.values():
+        for i, x in zip(idx, torch.stack([values[i] for i in idx]).to("cpu", torch.float64).tolist()):
+            out[i] = x
+    return out

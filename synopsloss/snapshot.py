@@ -57,6 +57,9 @@ class LayerStats:
     sample_steps
         Samples x time steps the layer ran (divide by ``CounterSnapshot.samples``
         for its time steps per sample; see :meth:`SynOpsCounter.time_steps`).
+    effective
+        Nonzero input x nonzero weight taps, however they are classed (``eff_acs``
+        + ``eff_macs`` unless integer spike counts were counted as events).
     in_values
         Input values read over all calls (rows x input neurons of each call: a layer
         run at two resolutions counts each at its own size).
@@ -83,6 +86,7 @@ class LayerStats:
     data_fed: bool = False
     sample_steps: float = 0.0
     in_values: int = 0
+    effective: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,8 @@ class NeuronStats:
     out_shape: Tuple[int, ...] = ()
 
 
-_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows", "sample_steps", "in_values")
+_LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows", "sample_steps",
+               "in_values", "effective")
 _NEURON_SUMS = ("spikes", "nonzero", "updates", "updates_dense", "rows", "numel", "calls")
 
 

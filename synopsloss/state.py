@@ -118,6 +118,7 @@ class SynapseState:
     dense: Optional[Tensor] = state_field(Reduce.SUM)
     eff_macs: Optional[Tensor] = state_field(Reduce.SUM)
     eff_acs: Optional[Tensor] = state_field(Reduce.SUM)
+    effective: Optional[Tensor] = state_field(Reduce.SUM)  # nonzero input x nonzero taps, however classed
     input_sum: Optional[Tensor] = state_field(Reduce.SUM)  # sum of |input| (spike events after pool correction)
     input_nonzero: Optional[Tensor] = state_field(Reduce.SUM)
     calls: int = state_field(Reduce.SUM, 0)
@@ -165,6 +166,7 @@ class SynapseState:
                 "dense": dense[0] if one else torch.stack(dense).sum(),
                 "eff_acs": torch.where(spk, eff, zero).sum(),
                 "eff_macs": torch.where(spk, zero, eff).sum(),
+                "effective": eff.sum() if eff.dim() else eff,
                 "input_sum": input_sum[0] if one else torch.stack(input_sum).sum(),
                 "input_nonzero": input_nonzero[0] if one else torch.stack(input_nonzero).sum(),
             }
@@ -187,7 +189,7 @@ class SynapseState:
         self.synops = sums.synops if self.synops is None else self.synops + sums.synops
         self.maps = sums.maps
         self.row_synops.extend(r for _, r in sums.rows)
-        for key in ("dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero"):
+        for key in ("dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero", "effective"):
             setattr(self, key, _sum(getattr(self, key), getattr(sums, key), True))
 
 
@@ -208,7 +210,7 @@ def settle_all(states: List["SynapseState"]) -> None:
 
 
 #: the summed tensor fields of a synapse state, kept for all layers in one matrix by :class:`Totals`
-SUM_KEYS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero")
+SUM_KEYS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "effective")
 
 
 class Totals:
