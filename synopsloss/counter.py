@@ -535,6 +535,7 @@ class SynOpsCounter:
             batch.root_steps += steps
             batch.root_tc = max(batch.root_tc, steps)
         if self.batch_size is not None:
+            self._check_declared_batch(tensors)
             return
         if not tensors:
             batch.root_note = "the model was called without a tensor argument"
@@ -553,6 +554,22 @@ class SynOpsCounter:
                 "as time steps of one batch: call counter.reset() before each new batch "
                 "(or create the counter with auto_reset=True if each call is a whole batch)."
             )
+
+    def _check_declared_batch(self, tensors: List[Tensor]) -> None:
+        """A declared ``batch_size=`` must fit the input: some dim holds it, or a multiple of it ([B*T, ...])."""
+        if not tensors or not tensors[0].dim():
+            return
+        b, shape = self.batch_size, tuple(tensors[0].shape)
+        dims = [shape[self.batch_dim]] if self._batch_dim_given and tensors[0].dim() > self.batch_dim else list(shape)
+        if any(d and d % b == 0 for d in dims):
+            return
+        where = f"dim {self.batch_dim}" if self._batch_dim_given else "no dim"
+        raise ValueError(
+            f"synopsloss: the counter was created with batch_size={b}, but the model's input has shape {shape} "
+            f"({where} holds {b} samples or a multiple of them): a shorter last batch would be divided by {b}. "
+            f"Set counter.batch_size to this batch's number of samples before it (counter.batch_size = "
+            f"{shape[self.batch_dim] if tensors[0].dim() > self.batch_dim else '...'}), or create the counter "
+            "without batch_size= so that it reads the samples from the input.")
 
     def _check_new_call(self, batch: _Batch) -> None:
         """The model is called again on a batch whose counts were read, backpropagated or interrupted."""

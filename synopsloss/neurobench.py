@@ -175,9 +175,12 @@ class NeuroBenchMetrics:
         if not self.counter.attached:
             raise RuntimeError("NeuroBenchMetrics.remove() was called; create a new NeuroBenchMetrics(model)")
         self._data = data
-        self.counter.batch_size = int(data[0].size(0))
-        self._batch = self.counter.snapshot()
-        self.counter.reset()
+        self.counter.batch_size = int(data[0].size(0))  # NeuroBench's samples of the batch that just ran
+        try:
+            self._batch = self.counter.snapshot()
+            self.counter.reset()
+        finally:
+            self.counter.batch_size = None  # the next batch (a shorter last one) is not checked against this one
 
     def totals(self) -> CounterSnapshot:
         """Every batch since the run started (plain data; ``.per_layer()``, ``.total()``)."""

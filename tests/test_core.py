@@ -236,3 +236,18 @@ def test_evaluation_holds_no_inputs():
     held = counter.snapshot()  # reduced as they ran: the same numbers, nothing recorded to reduce
     x = torch.cat([_spikes(2, 8, seed=s) for s in range(3)])
     assert held.total()["synops"] == pytest.approx(brute_force_counts(frozen_copy(net[0]), x, samples=2)["synops"])
+
+
+def test_a_declared_batch_size_is_checked_against_a_short_last_batch():
+    net = nn.Sequential(nn.Linear(4, 3))
+    counter = sl.SynOpsCounter(net, batch_size=8, neurons=False)
+    net(_spikes(8, 5, 4, seed=8))  # [B, T, C]
+    counter.reset()
+    with pytest.raises(ValueError, match=r"batch_size=8, but the model's input has shape \(3, 5, 4\)"):
+        net(_spikes(3, 5, 4, seed=9))  # the last batch of a dataset of 19 samples
+    counter.reset()
+    counter.batch_size = 3  # the fix the message names
+    x = _spikes(3, 5, 4, seed=9)
+    net(x)
+    want = brute_force_counts(frozen_copy(net[0]), x.reshape(15, 4), samples=3)
+    assert counter.snapshot().total()["synops"] == pytest.approx(want["synops"])
