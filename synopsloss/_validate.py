@@ -12,7 +12,7 @@ Example
 >>> check_int("batch_size", "8", minimum=1)
 Traceback (most recent call last):
 ...
-synopsloss._validate.ArgumentTypeError: batch_size must be an int, got str '8'
+synopsloss.errors.ArgumentTypeError: batch_size must be an int, got str '8'
 """
 
 from __future__ import annotations

@@ -1029,7 +1029,7 @@ class SynOpsCounter:
             ran = sorted((n for n in batch.layers if n not in fed), key=lambda n: batch.layers[n].first_seen or 0)
             names = ran + [n for n in self._layers if n not in batch.layers and n not in fed]
             values = [batch.layers[n].synops for n in ran]
-            if values and len({(v.device, v.dtype) for v in values}) == 1:  # one stacked division
+            if values and len({(v.device, v.dtype, v.requires_grad) for v in values}) == 1:  # one stacked division
                 scaled = (torch.stack(values) / b).to(torch.get_default_dtype()).unbind(0)
             else:
                 scaled = [(v / b).to(torch.get_default_dtype()) for v in values]
