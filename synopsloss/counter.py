@@ -101,6 +101,7 @@ class _Layer:
     module: nn.Module
     rule: Rule
     maps: MapCache
+    last: Any = None  # (in_shape, out_shape, weight, entry) of the last call: a repeated call skips the map look-up
 
 
 @dataclass
@@ -347,6 +348,10 @@ class SynOpsCounter:
                 "may not be counted. Attach the counter first, then compile.", stacklevel=4)
         self._hooks.pre(self.model, SynOpsCounter._root_pre_hook, with_kwargs=True)
         self._hooks.forward(self.model, SynOpsCounter._root_post_hook)
+        pools = [m for m in self.model.modules() if registry.pool_divisor(m) is not None]
+        frames = PoolEvents.frame_modules(self.model, _calls_of, pools)  # functional pools, cat, dropout
+        self._any_pool = bool(pools or frames)  # else no layer needs to follow pool outputs
+        self._buffer_owners = list(self.model.modules())  # buffers may be (re)assigned later
         parametrized: List[str] = []  # "<name>.parametrizations." of parametrized modules
         for name, module in self.model.named_modules():
             if parametrize.is_parametrized(module):
@@ -375,8 +380,7 @@ class SynOpsCounter:
             self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules,
                                           scratch=self._scratch)
         self._scope.attach(self.model, self._layers)  # last: its frames close after every other hook
-        pools = [m for m in self.model.modules() if registry.pool_divisor(m) is not None]
-        for module in PoolEvents.frame_modules(self.model, _calls_of, pools):  # functional pools, cat, dropout
+        for module in frames:
             self._hooks.pre(module, self._pools.enter, owned=False, prepend=True)  # opened first, closed last
             self._hooks.forward(module, self._pools.exit, owned=False, always_call=True)
         return self
@@ -394,7 +398,7 @@ class SynOpsCounter:
         pool = registry.pool_divisor(module)
         if pool is not None:
             self._hooks.forward(module, self._pools.pool_hook(*pool, name=name, module=module), owned=False)
-        elif registry.is_pass_through(module):
+        elif self._any_pool and registry.is_pass_through(module):
             self._hooks.forward(module, self._pools.pass_through(name), owned=False)
         if isinstance(module, nn.TransformerEncoder):  # keep torch's nested-tensor fast path (fastpath.py)
             guard = EncoderGuard(name, weakref.ref(self))
@@ -557,7 +561,7 @@ class SynOpsCounter:
 
     def _check_declared_batch(self, tensors: List[Tensor]) -> None:
         """A declared ``batch_size=`` must fit the input: some dim holds it, or a multiple of it ([B*T, ...])."""
-        if not tensors or not tensors[0].dim():
+        if not tensors or tensors[0].is_nested or not tensors[0].dim():
             return
         b, shape = self.batch_size, tuple(tensors[0].shape)
         dims = [shape[self.batch_dim]] if self._batch_dim_given and tensors[0].dim() > self.batch_dim else list(shape)
@@ -605,7 +609,8 @@ class SynOpsCounter:
 
     def _own_storages(self) -> Set[int]:
         """Storages of the model's buffers and of live tensors it returned in this batch (never data)."""
-        own = {_storage(b) for b in self.model.buffers() if b.device.type != "meta"}
+        own = {_storage(b) for m in self._buffer_owners for b in m._buffers.values()
+               if b is not None and b.device.type != "meta"}
         live = [r() for r in self._batch.outputs]
         return own | {_storage(t) for t in live if t is not None}
 
@@ -652,6 +657,9 @@ class SynOpsCounter:
             if not _in_backward():  # gradient checkpointing re-runs forwards in backward: counted once
                 self._accumulate(name, counts)
             return
+        if len(args) == 1 and not kwargs and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+            self._count(name, layer, args[0], output)  # the common call: one tensor in, one out
+            return
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
         if len(tensors) != 1:
             raise ValueError(
@@ -694,10 +702,15 @@ class SynOpsCounter:
                 f"synopsloss: layer {name!r} received its input on {x.device} but its weight is on "
                 f"{weight.device}; move the input and the model to the same device"
             )
-        try:
-            entry = layer.maps.entry(*module_map_args(module, rule, weight, in_shape, out_shape))
-        except ValueError as err:
-            raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
+        last = layer.last
+        if last is not None and last[2] is weight and last[0] == in_shape and last[1] == out_shape:
+            entry = last[3]  # the same weight and shapes as the last call: its map entry (checked when read)
+        else:
+            try:
+                entry = layer.maps.entry(*module_map_args(module, rule, weight, in_shape, out_shape))
+            except ValueError as err:
+                raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
+            layer.last = (in_shape, out_shape, weight, entry)
         rows = x.numel() // n_el
         self.record_call(name, Call(x, rows, entry, weight, layer.maps, version=x._version,
                                     events=self.integer_spikes == "events"),
