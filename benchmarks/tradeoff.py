@@ -341,24 +341,12 @@ def _run_one(job: Job) -> Dict[str, Any]:
 
 def evaluate(net: Any, counter: Any, x: Any, y: Any, encode: Any, *, time_steps: int, seed: int,
              batch_size: int = 256) -> Any:
-    """Test accuracy and per-sample counts over ``x`` with the task's encoding (one fixed encoding per seed)."""
-    import torch
-    from synopsloss.cli.digits import RunResult
+    """Test accuracy and per-sample counts over ``x`` with the task's encoding (the demo's evaluation)."""
+    from synopsloss.cli.digits import evaluate as run
 
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    net.eval()
-    counter.reset(accumulated=True)
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(y), batch_size):
-            counter.reset()
-            logits = net(encode(x[i:i + batch_size], time_steps, gen))
-            correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
-    counts = counter.snapshot(accumulated=True).per_layer()
-    fed = counter.data_fed_layers()
-    counter.reset(accumulated=True)
-    net.train()
-    return RunResult(accuracy=correct / len(y), counts=counts, data_fed=fed, seconds=0.0, table=None)
+    result = run(net, counter, x, y, time_steps=time_steps, seed=seed, batch_size=batch_size, encode=encode)
+    result.table = None
+    return result
 
 
 # ----------------------------------------------------------------------------- aggregation

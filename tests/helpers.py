@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import socket
 import warnings
 from typing import Dict, Sequence
 
@@ -113,3 +114,10 @@ def quiet_unreachable(fn, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnreachableTargetWarning)
         return fn(*args, **kwargs)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for gloo process groups in the tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

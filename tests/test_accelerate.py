@@ -7,7 +7,6 @@ parameters equal one process that averages the two ranks' gradients.
 
 from __future__ import annotations
 
-import socket
 import warnings
 
 import pytest
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 import synopsloss as sl
+from helpers import free_port
 
 accelerate = pytest.importorskip("accelerate")  # needs safetensors, huggingface_hub, psutil
 
@@ -25,11 +25,6 @@ STEPS = 2
 LR = 0.5
 FRACTION = 0.5
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def new_net() -> nn.Sequential:

@@ -10,7 +10,6 @@ instead of the ~25 s of re-importing torch and Lightning in ``spawn``ed ones; se
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import warnings
 from pathlib import Path
@@ -27,11 +26,6 @@ import synopsloss as sl
 START = os.environ.get("SYNOPSLOSS_TEST_START_METHOD", "fork" if sys.platform.startswith("linux") else "spawn")
 WORLD = 2
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- without Lightning
@@ -126,7 +120,7 @@ def test_snapshot_all_reduce_equals_one_process_counting_the_union(tmp_path):
 L = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
-from helpers import linear_pair_synops  # noqa: E402
+from helpers import free_port, linear_pair_synops  # noqa: E402
 from synopsloss.lightning import SynOpsMonitor, SynOpsRegularizer  # noqa: E402
 
 TRAIN_BATCH = {0: 3, 1: 5}  # per rank, two batches each

@@ -10,7 +10,6 @@ False, with the counter attached after and before ``fully_shard``. Processes sta
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import warnings
 
@@ -21,6 +20,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import synopsloss as sl
+from helpers import free_port
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 if not hasattr(fsdp, "fully_shard") or not dist.is_available():  # pragma: no cover - old torch
@@ -37,11 +37,6 @@ THRESHOLD = 0.12  # the pruning step between the training steps zeroes every |w|
 #: (fully_shard on, reshard_after_forward, counter attached before fully_shard)
 SETUPS = [("layers", True, False), ("layers", False, True), ("model", True, True), ("model", False, False)]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def new_net() -> nn.Sequential:

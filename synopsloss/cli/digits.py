@@ -30,7 +30,6 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -220,8 +219,11 @@ def _hidden_neurons(net: nn.Module, spikes: Tensor) -> int:
 
 
 def evaluate(net: nn.Module, counter: Any, x: Tensor, y: Tensor, *, time_steps: int = 8, seed: int = 0,
-             batch_size: int = 256) -> RunResult:
-    """Test accuracy and per-sample counts over ``x`` (one fixed spike encoding per ``seed``)."""
+             batch_size: int = 256, encode: Optional[Callable[[Tensor, int, torch.Generator], Tensor]] = None,
+             ) -> RunResult:
+    """Test accuracy and per-sample counts over ``x`` (one fixed encoding per ``seed``: ``encode(x, T, gen)``,
+    rate coding by default)."""
+    encode = rate_code if encode is None else encode
     gen = torch.Generator().manual_seed(10_000 + seed)
     net.eval()
     counter.reset(accumulated=True)
@@ -229,7 +231,7 @@ def evaluate(net: nn.Module, counter: Any, x: Tensor, y: Tensor, *, time_steps: 
     with torch.no_grad():
         for i in range(0, len(y), batch_size):
             counter.reset()
-            logits = net(rate_code(x[i:i + batch_size], time_steps, gen))
+            logits = net(encode(x[i:i + batch_size], time_steps, gen))
             correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
     table = counter.table(accumulated=True) if hasattr(counter, "table") else None
     counts = counter.snapshot(accumulated=True).per_layer()
