@@ -497,7 +497,8 @@ class SynOpsCounter:
                                 stacklevel=3)
             else:
                 steps = self._set_sample_steps(samples)
-                settle_all(list(batch.layers.values()))
+                with torch.no_grad():  # calls never read are reduced without building a graph
+                    settle_all(list(batch.layers.values()))
                 if self.per_sample_counts:
                     self._sample_values = self._sample_dict(samples, accumulated=True)
                 self._sums.take(batch.layers)  # one stacked add (else each field is folded below)
