@@ -72,7 +72,7 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -87,7 +87,7 @@ from .records import Call
 from .fastpath import EncoderGuard
 from .opscope import OpScope, class_code, compiled_submodules
 from .pooling import PoolEvents
-from .reductions import Scratch, abs_row_sums
+from .reductions import Scratch
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
 from .state import SUM_KEYS, SynapseState, Totals, _sum, fold, settle_all
 
@@ -232,6 +232,15 @@ class SynOpsCounter:
         them. ``"neurobench"``: NeuroBench's definition, binarised: nonzero
         inputs x fan-out, as MACs (any non-binary input is a MAC there).
         Synops are ``count x fan-out`` either way.
+    encoding
+        How integer spike counts reach each layer on the hardware: one name for
+        every layer, or ``{layer: name}``. ``"unary"`` (default; also right for
+        ternary {-1, 0, 1} spikes): a count of ``k`` is ``k`` events (a D-slot
+        thermometer code, SpikingJelly's ``SpikeCountToBinary``).
+        ``"bitplane"``: a count is sent as its binary digits, one event per set
+        bit, weighted ``2^b`` at the synapse (``5 = 101b``: 2 events), so synops
+        and ACs are ``popcount(count) x fan-out``; the gradient is that of the
+        count (straight through).
     per_sample
         Also keep each sample's synops (:meth:`per_sample`; the snapshot's
         ``per_sample`` values and :meth:`CounterSnapshot.distribution`: p50 /
@@ -268,6 +277,7 @@ class SynOpsCounter:
         ops: str = "auto",
         integer_spikes: str = "events",
         per_sample: bool = False,
+        encoding: Union[str, Mapping[str, str], None] = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
@@ -293,6 +303,7 @@ class SynOpsCounter:
         self.check_finite = bool(check_finite)
         self.auto_reset = bool(auto_reset)
         self.integer_spikes = integer_spikes
+        self._encoding = _check_encoding(encoding)
         self.per_sample_counts = bool(per_sample)
         self._sample_values: Dict[str, List[float]] = {}  # accumulated per-sample synops, per layer
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
@@ -364,6 +375,10 @@ class SynOpsCounter:
                 SynOpsCounter._probe_hook, name=name, layout=layout, samples=gives_samples))
         self._sharded = sharding.ShardedLayers(self.model, list(self._layers))  # fully_shard may come later
         self._report_unsupported()
+        unknown = [n for n in self._encoding if n and n not in self._layers and n not in self.layer_names]
+        if unknown:
+            raise ValueError(f"encoding= names layer(s) {unknown} that the counter does not count; counted layers: "
+                             f"{sorted(self._layers)}")
         if not self._layers and not self._scope.scoped and self._scope.ops != "all":
             self.remove()
             raise ValueError(
@@ -735,6 +750,10 @@ class SynOpsCounter:
             call = call._replace(events=not call.events)
         if self.per_sample_counts:
             call = call._replace(per_row=True)
+        if self._encoding:
+            enc = self._encoding.get(name, self._encoding.get("", "unary"))
+            if enc != call.encoding:
+                call = call._replace(encoding=enc)
         state = self._state(name, call.x.device)
         if self.per_sample_counts:
             state.call_leads.append(lead if lead else (call.rows,))
@@ -1433,3 +1452,20 @@ def _host_floats(values: List[Tensor]) -> List[float]:
         for i, x in zip(idx, torch.stack([values[i] for i in idx]).to("cpu", torch.float64).tolist()):
             out[i] = x
     return out
+
+
+ENCODINGS = ("unary", "bitplane")
+
+
+def _check_encoding(encoding: Any) -> Dict[str, str]:
+    """``encoding=`` as ``{layer: name}`` (``""``: every layer)."""
+    if encoding is None:
+        return {}
+    spec = {"": encoding} if isinstance(encoding, str) else encoding
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"encoding must be a name or a dict {{layer: name}}, got {type(encoding).__name__}")
+    for name, value in spec.items():
+        if value not in ENCODINGS:
+            raise ValueError(f"encoding {value!r} for {name or 'every layer'!r} is not one of {ENCODINGS}: 'unary' "
+                             "(a count of k is k events) or 'bitplane' (one event per set bit)")
+    return dict(spec)

@@ -62,6 +62,7 @@ class Call(NamedTuple):
     version: int = 0
     events: bool = True  # integer inputs (spike counts) are that many accumulate events; False: NeuroBench's MACs
     per_row: bool = False  # also keep the synops of each row (per-sample distributions)
+    encoding: str = "unary"  # how a count is sent: "unary" (k events), "bitplane" (one event per set bit of k)
 
 
 class Sums(NamedTuple):
@@ -80,8 +81,19 @@ class Sums(NamedTuple):
     rows: Tuple[Tuple[int, Tensor], ...] = ()  # (index of the call, its per-row synops [rows]) for per_row calls
 
 
+def bitplane_events(mag: Tensor) -> Tensor:
+    """Events of bit-plane coded counts: one per set bit of ``round(|x|)`` (``5 = 101b``: 2 events, weighted
+    4 and 1 at the synapse); the gradient is that of ``|x|`` (straight through)."""
+    with torch.no_grad():
+        v = mag.detach().round().to(torch.int64)
+        count = torch.zeros_like(v)
+        for bit in range(32):
+            count += (v >> bit) & 1
+    return count.to(mag.dtype) + (mag - mag.detach())
+
+
 def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
-                want_rows: bool = False) -> Tuple[Tensor, ...]:
+                want_rows: bool = False, encoding: str = "unary") -> Tuple[Tensor, ...]:
     """Per-call synops, effective ops, |x| totals, nonzeros, amax and dense taps for calls of one shape."""
     acc = maps[0].effective.dtype
     one = len(xs) == 1
@@ -90,6 +102,8 @@ def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
     dense = maps[0].dense_total.reshape(1) if one else torch.stack([m.dense_total for m in maps])
     red = acc if (x.element_size() < 4 or rows >= WIDE_ROWS) else None
     mag = magnitude(x)
+    if encoding == "bitplane":
+        mag = bitplane_events(mag)
     magc = mag.sum(1, dtype=red)  # [calls, n_el]
     synops = torch.linalg.vecdot(magc.to(acc), emap)  # [calls]
     per_row = None
@@ -185,14 +199,15 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
             if c.scale is not None:
                 pooled.append(item)
             else:
-                key = (c.rows, ent.effective.numel(), c.x.dtype, c.x.device, ent.effective.dtype, c.events, c.per_row)
+                key = (c.rows, ent.effective.numel(), c.x.dtype, c.x.device, ent.effective.dtype, c.events, c.per_row,
+                       c.encoding)
                 groups.setdefault(key, []).append(item)
     parts: List[Tuple[Tensor, ...]] = []
     owners: List[int] = []
     events: List[bool] = []
     row_sums: List[List[Tuple[int, Tensor]]] = [[] for _ in layers]
-    for (rows, n_el, _, _, _, _, want), items in groups.items():
-        parts.append(_group_sums([c.x for _, c, _ in items], [e for _, _, e in items], rows, n_el, want))
+    for (rows, n_el, _, _, _, _, want, encoding), items in groups.items():
+        parts.append(_group_sums([c.x for _, c, _ in items], [e for _, _, e in items], rows, n_el, want, encoding))
         owners.extend(li for li, _, _ in items)
         events.extend(c.events for _, c, _ in items)
         if want:

@@ -86,3 +86,31 @@ def test_integer_events_reach_the_function_mode_path_too():
     fan = (fn.weight != 0).sum(0).double()
     assert got["eff_acs"] == pytest.approx(float((x.double() * fan).sum()) / 4)
     assert got["eff_macs"] == 0.0
+
+
+def _popcount(t: torch.Tensor) -> torch.Tensor:
+    v = t.round().long()
+    return sum(((v >> b) & 1) for b in range(8)).double()
+
+
+def test_bitplane_encoding_counts_one_event_per_set_bit():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 4, bias=False), nn.ReLU(), nn.Linear(4, 3, bias=False))
+    x = torch.randint(0, 8, (5, 6)).float().requires_grad_()  # counts 0..7: 3 bit planes
+    counter = sl.SynOpsCounter(net, neurons=False, encoding={"0": "bitplane"})
+    net(x)
+    got = counter.snapshot().per_layer()["0"]
+    fan = (net[0].weight != 0).sum(0).double()
+    events = float((_popcount(x.detach()) * fan).sum()) / 5
+    assert got["synops"] == pytest.approx(events) and got["eff_acs"] == pytest.approx(events)
+    assert got["synops"] < float((x.detach().double() * fan).sum()) / 5  # fewer events than unary
+    counter.synops(by_layer=True)["0"].backward()
+    assert torch.allclose(x.grad, (fan / 5).float().expand(5, 6))  # straight through: the fan-out per sample
+
+
+def test_encoding_names_are_checked():
+    net = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="is not one of"):
+        sl.SynOpsCounter(net, encoding="binary")
+    with pytest.raises(ValueError, match="does not count"):
+        sl.SynOpsCounter(net, encoding={"fc9": "bitplane"})
