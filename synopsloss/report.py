@@ -54,6 +54,7 @@ def _synaptic_row(s: LayerStats, samples: int, dt: Optional[float]) -> LayerRow:
         row.time_steps = s.sample_steps / samples if s.sample_steps else None
         values = s.in_values or s.rows * row.in_neurons  # every call at its own input size
         row.in_rate = s.input_sum / values if values else None
+        row.nonzero_rate = s.input_nonzero / values if values else None
         row.input_events = s.input_nonzero / samples
         row.fanout_mean, row.fanout_max = s.fanout_mean, s.fanout_max
         row.synops_per_step = _div(row.synops, row.time_steps)

@@ -119,6 +119,7 @@ class LayerRow:
     fanout_mean: Optional[float] = None
     fanout_max: Optional[float] = None
     in_rate: Optional[float] = None
+    nonzero_rate: Optional[float] = None  # nonzero inputs per input neuron per time step (in_rate counts events)
     input_events: Optional[float] = None
     time_steps: Optional[float] = None
     synops: Optional[float] = None
@@ -180,7 +181,8 @@ COLUMNS: Dict[str, Tuple[str, str, str]] = {
     "weights": ("Weights", "int", "weights of a synaptic layer"),
     "fanout_mean": ("Fan-out mean", "num", "mean effective fan-out (nonzero weight taps) of the input neurons"),
     "fanout_max": ("Fan-out max", "num", "largest effective fan-out"),
-    "in_rate": ("In rate", "rate", "input events per input neuron per time step"),
+    "in_rate": ("In rate", "rate", "input events per input neuron per time step (a count of k is k events)"),
+    "nonzero_rate": ("Nonzero rate", "rate", "nonzero inputs per input neuron per time step (a count of k is 1)"),
     "input_events": ("In events", "si", "nonzero inputs per sample"),
     "time_steps": ("T", "num", "time steps the layer ran per sample (tokens are not time steps)"),
     "synops": ("Synops", "si", "input magnitude x effective fan-out, per sample"),

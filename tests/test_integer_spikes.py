@@ -114,3 +114,12 @@ def test_encoding_names_are_checked():
         sl.SynOpsCounter(net, encoding="binary")
     with pytest.raises(ValueError, match="does not count"):
         sl.SynOpsCounter(net, encoding={"fc9": "bitplane"})
+
+
+def test_event_rate_and_nonzero_rate_differ_for_counts():
+    net = nn.Sequential(nn.Linear(4, 2, bias=False))
+    x = torch.tensor([[0.0, 1.0, 3.0, 0.0], [2.0, 0.0, 0.0, 0.0]])  # 6 events in 3 nonzero inputs over 8 values
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    row = counter.table()["0"]
+    assert (row.in_rate, row.nonzero_rate) == (6 / 8, 3 / 8)
