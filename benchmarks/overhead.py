@@ -57,6 +57,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and __name__ == "__main__":  # pin the allocator, then restart
+    os.execve(sys.executable, [sys.executable, *sys.argv],
+              dict(os.environ, MALLOC_MMAP_THRESHOLD_="1000000000000", MALLOC_TRIM_THRESHOLD_="1000000000000"))
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -39,6 +39,9 @@ __all__ = ["Call", "Sums", "reduce_calls", "reduce_layers"]
 #: rows of one call from which per-neuron sums are taken in float64 (float32 sums are exact below 2^24)
 WIDE_ROWS = 1 << 22
 
+#: work buffers of the pooled reductions, reused between reads (bounded: blocks of ``reductions.BLOCK`` values)
+_SCRATCH = Scratch()
+
 
 class Call(NamedTuple):
     """One counted call of a weight op (nothing is computed when it is recorded).
@@ -127,7 +130,7 @@ def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
     acc = emap.dtype
     flat = call.x.reshape(call.rows, emap.numel())
     red = acc if (flat.element_size() < 4 or call.rows >= WIDE_ROWS) else None
-    st = abs_row_sums(flat, Scratch(), red, call.scale)
+    st = abs_row_sums(flat, _SCRATCH, red, call.scale)
     per_row = None
     if call.per_row:  # events per row: round(|x| * divisor) where the pool's input held integers
         ev = flat.abs() * call.scale
