@@ -74,7 +74,7 @@ def test_many_layers_are_read_in_a_few_ops_and_match_brute_force():
     with read:
         total = counter.synops()
     # each layer: its weight's nonzero pattern checked (2 ops); the reduction is shared by all ten
-    assert read.n <= 10 * 2 + 50  # reduced layer by layer it was about 10 * 20
+    assert read.n <= 10 * 2 + 60  # reduced layer by layer it was about 10 * 20
     acts, h = [], x
     for m in net:
         if isinstance(m, nn.Linear):
