@@ -62,6 +62,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # tasks.py, regularizers.py
 
 METHODS = ("baseline", "target", "synops", "ramp", "iterative", "l1", "hinge", "fanout")
+#: The methods of the energy suite (``--energy``; rows in ``energy.csv``, never in ``tradeoff.csv``).
+ENERGY_METHODS = ("energy", "energy_loihi", "quantile")
+ALL_METHODS = METHODS + ENERGY_METHODS
+#: The energy presets every run is priced with on the test set (the table's energy column, joules per sample).
+ENERGY_PRESETS = {"energy": "horowitz45nm", "energy_loihi": "loihi-davies2018"}
+#: The quantile of the per-sample network-driven synops that the ``quantile`` method budgets.
+QUANTILE = 0.95
 LABELS = {
     "baseline": "cross-entropy only",
     "target": "SynOpsLoss, absolute target (ours)",
@@ -71,8 +78,13 @@ LABELS = {
     "l1": "L1 spike rate",
     "hinge": "hinge^2 on rate above 0.01 (lava-dl)",
     "fanout": "fan-out-weighted spikes (Suetake 2023)",
+    "energy": "EnergyLoss horowitz45nm, fraction of initial (ours)",
+    "energy_loihi": "EnergyLoss loihi-davies2018, fraction of initial (ours)",
+    "quantile": "SynOpsLoss, p95 per-sample target (ours)",
 }
-STRENGTH = {"target": "synops/sample", "synops": "fraction", "ramp": "fraction", "iterative": "stages", "l1": "lambda", "hinge": "lam", "fanout": "lambda"}
+STRENGTH = {"target": "synops/sample", "synops": "fraction", "ramp": "fraction", "iterative": "stages", "l1": "lambda",
+            "hinge": "lam", "fanout": "lambda", "energy": "fraction", "energy_loihi": "fraction",
+            "quantile": "synops/sample"}
 
 #: The published sweep (``--full``) and the quick default: per dataset, epochs and the strengths of each method.
 #: Absolute targets (network-driven synops per sample on the test set) for MNIST-1D's network.
@@ -110,6 +122,28 @@ SMALL: Dict[str, Any] = {
                 "grid": {"target": [MNIST1D_TARGETS[1]], "synops": [0.5, 0.8], "ramp": [0.2, 0.4],
                          "iterative": [2, 4], "l1": [2.0, 6.0], "hinge": [10.0, 100.0], "fanout": [4.0, 8.0]}},
 }
+#: The energy suite (``--energy``): ``SynOpsLoss`` (fraction of the initial network-driven synops, and an absolute
+#: target) against ``EnergyLoss`` (fraction of the initial energy of the same layers plus the neuron layers) under
+#: two presets, and the quantile budget next to the mean target at the same ``B``. ``energy_loihi`` fractions are
+#: higher: Loihi's neuron updates (81 pJ per neuron and step, no gradient) are ~40% of the initial energy, so a
+#: fraction below that floor cannot be reached.
+ENERGY_FULL: Dict[str, Any] = {
+    "seeds": [0, 1, 2, 3, 4],
+    "digits": dict(FULL["digits"], grid={"synops": [0.3], "energy": [0.3], "energy_loihi": [0.6],
+                                         "target": [25000.0], "quantile": [25000.0]}),
+    "mnist1d": dict(FULL["mnist1d"], grid={"synops": [0.3], "energy": [0.3], "energy_loihi": [0.6],
+                                           "target": [MNIST1D_TARGETS[2]], "quantile": [MNIST1D_TARGETS[2]]}),
+}
+ENERGY_REDUCED: Dict[str, Any] = {
+    "seeds": [0, 1, 2],
+    "digits": ENERGY_FULL["digits"],
+    "mnist1d": dict(ENERGY_FULL["mnist1d"], epochs=10),
+}
+ENERGY_SMALL: Dict[str, Any] = {
+    "seeds": [0],
+    "digits": dict(SMALL["digits"], grid=ENERGY_FULL["digits"]["grid"]),
+    "mnist1d": dict(SMALL["mnist1d"], grid=ENERGY_FULL["mnist1d"]["grid"]),
+}
 #: Tolerance of the budget-precision table: a run "hits" its budget when |achieved / target - 1| <= this.
 BUDGET_TOLERANCE = 0.05
 
@@ -117,6 +151,10 @@ Job = Dict[str, Any]
 ROW_KEYS = ("dataset", "method", "strength", "seed", "accuracy", "driven_synops", "total_synops", "target",
             "budget_error", "settings", "hidden_rate", "layer_rates", "epochs", "seconds", "cpu_seconds", "warnings",
             "code_hash", "torch", "layout")
+#: the extra columns of an energy-suite row (``energy.csv``): test-set energy per sample (the table's total energy)
+#: under each preset of :data:`ENERGY_PRESETS`, and the per-sample network-driven synops distribution
+ENERGY_KEYS = ("energy_horowitz45nm", "energy_loihi-davies2018", "driven_p50", "driven_p95", "driven_p99",
+               "driven_max")
 #: the files whose content makes the code hash of a row (with every file under synopsloss/)
 HASHED_FILES = ("benchmarks/tradeoff.py", "benchmarks/tasks.py", "benchmarks/regularizers.py")
 
@@ -208,7 +246,9 @@ def reusable(rows: Sequence[Dict[str, Any]], jobs: Sequence[Job]) -> Tuple[Dict[
             refused.append(f"{k[0]} {k[1]} {k[2]} seed {k[3]}: " + "; ".join(diff))
             continue
         row = dict(r, strength="" if j["strength"] is None else j["strength"], seed=j["seed"], epochs=j["epochs"])
-        for c in ("accuracy", "driven_synops", "total_synops", "hidden_rate", "seconds", "cpu_seconds"):
+        for c in ("accuracy", "driven_synops", "total_synops", "hidden_rate", "seconds", "cpu_seconds") + ENERGY_KEYS:
+            if c in ENERGY_KEYS and c not in row:   # a tradeoff.csv row has no energy columns
+                continue
             row[c] = float(row[c]) if row.get(c) not in (None, "") else float("nan")
         out[i] = row
     return out, refused
@@ -223,7 +263,7 @@ def run_one(job: Job) -> Dict[str, Any]:
         return _run_one(job)
     except Exception as err:  # noqa: BLE001 -- recorded in the row, reported, never silently averaged
         nan = float("nan")
-        return {"dataset": job["dataset"], "method": job["method"],
+        return {**({k: nan for k in ENERGY_KEYS} if job.get("energy_suite") else {}),"dataset": job["dataset"], "method": job["method"],
                 "strength": "" if job["strength"] is None else job["strength"], "seed": job["seed"],
                 "accuracy": nan, "driven_synops": nan, "total_synops": nan, "target": "", "budget_error": "",
                 "settings": settings_of(job), "hidden_rate": nan,
@@ -256,7 +296,8 @@ def _run_one(job: Job) -> Dict[str, Any]:
     torch.manual_seed(seed)
     net = task.make_net()
     start, cpu_start = time.perf_counter(), time.process_time()
-    counter = sl.SynOpsCounter(net, batch_dim=1, neurons=False)   # input [T, B, ...]
+    # input [T, B, ...]; neuron updates only where the loss prices them, per-sample synops only for the quantile
+    counter = sl.SynOpsCounter(net, batch_dim=1, neurons=method == "energy_loihi", per_sample=method == "quantile")
     weight = Warmup(1.0, steps=warm) if warm >= 1 else sl.schedules.Constant(1.0)
     loss_fn: Any = None
     rec: Optional[ActivityRecorder] = None
@@ -272,10 +313,14 @@ def _run_one(job: Job) -> Dict[str, Any]:
         stage = max(1, epochs * batches // int(value))
         loss_fn = sl.SynOpsLoss(counter, weight=weight, target=Iterative(
             factor=0.7, stage_steps=stage, stages=int(value) - 1, window=min(batches, stage)))
+    elif method in ("energy", "energy_loihi"):   # `value` x the energy of the first batch (driven + neuron layers)
+        loss_fn = sl.EnergyLoss(counter, fraction=value, weight=weight, energy=ENERGY_PRESETS[method])
+    elif method == "quantile":   # the p95 of the batch's per-sample network-driven synops at `value`
+        loss_fn = sl.SynOpsLoss(counter, target=value, quantile=QUANTILE, weight=weight)
     elif method in ("l1", "hinge", "fanout"):
         rec = ActivityRecorder(net, synaptic_layers=task.driven_layers)
     elif method != "baseline":
-        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        raise ValueError(f"unknown method {method!r}; choose from {ALL_METHODS}")
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=job["lr"])
@@ -316,18 +361,28 @@ def _run_one(job: Job) -> Dict[str, Any]:
         if driven != set(task.driven_layers):   # the baselines must weigh what SynOpsLoss regularises
             raise RuntimeError(f"driven layers {sorted(driven)} != the task's {task.driven_layers}")
         rec.remove()
+    target: Any = ""
+    if loss_fn is not None:   # the target in force at the end of training (joules per sample for EnergyLoss)
+        target = loss_fn.targets()["driven"]
+    extras: Dict[str, Any] = {}
+    if job.get("energy_suite"):   # test-set energy and per-sample synops, read by a counter of its own
+        counter.remove()
+        counter = sl.SynOpsCounter(net, batch_dim=1, neurons=True, per_sample=True)
     with ActivityRecorder(net) as probe, torch.no_grad():   # firing rates on the test set, for reference
-        result = evaluate(net, counter, x_te, y_te, encode, time_steps=T, seed=seed)
+        result = evaluate(net, counter, x_te, y_te, encode, time_steps=T, seed=seed,
+                          extras=extras if job.get("energy_suite") else None)
         rates = {n: float(sum(s.sum() for s in v) / sum(s.numel() for s in v)) for n, v in probe.spikes.items()}
         hidden_rate = sum(float(sum(s.sum() for s in v)) for v in probe.spikes.values()) / sum(
             sum(s.numel() for s in v) for v in probe.spikes.values())
     counter.remove()
-    target: Any = ""
     budget_error: Any = ""
-    if loss_fn is not None:   # the target in force at the end of training, and how far the test set is from it
-        target = loss_fn.targets()["driven"]
+    if method in ("energy", "energy_loihi"):   # the energy of the loss's layers on the test set against its target
+        budget_error = abs(extras["loss_energy_" + ENERGY_PRESETS[method]] / target - 1)
+    elif method == "quantile":   # the test set's p95 per-sample network-driven synops against the budget
+        budget_error = abs(extras["driven_p95"] / target - 1)
+    elif loss_fn is not None:   # how far the test set's mean is from the target
         budget_error = abs(result.driven_synops / target - 1)
-    return {
+    row = {
         "dataset": job["dataset"], "method": method, "strength": "" if value is None else value, "seed": seed,
         "accuracy": result.accuracy, "driven_synops": result.driven_synops, "total_synops": result.synops,
         "target": target, "budget_error": budget_error, "settings": settings_of(job),
@@ -337,16 +392,50 @@ def _run_one(job: Job) -> Dict[str, Any]:
         "warnings": "; ".join(caught),
         "code_hash": job.get("code_hash", ""), "torch": torch.__version__, "layout": layout_of(job),
     }
+    row.update({k: extras[k] for k in ENERGY_KEYS if k in extras})
+    return row
 
 
 def evaluate(net: Any, counter: Any, x: Any, y: Any, encode: Any, *, time_steps: int, seed: int,
-             batch_size: int = 256) -> Any:
-    """Test accuracy and per-sample counts over ``x`` with the task's encoding (the demo's evaluation)."""
-    from synopsloss.cli.digits import evaluate as run
+             batch_size: int = 256, extras: Optional[Dict[str, Any]] = None) -> Any:
+    """Test accuracy and per-sample counts over ``x`` with the task's encoding (one fixed encoding per seed).
 
-    result = run(net, counter, x, y, time_steps=time_steps, seed=seed, batch_size=batch_size, encode=encode)
-    result.table = None
-    return result
+    With ``extras`` (a dict, filled in place; the counter made with ``neurons=True, per_sample=True``): the
+    table's total energy per sample under each preset of :data:`ENERGY_PRESETS` (``energy_<preset>``), the
+    energy of the layers ``EnergyLoss`` regularises by default (all but the data-fed ones,
+    ``loss_energy_<preset>``), and p50 / p95 / p99 / max of the per-sample network-driven synops
+    (``driven_<stat>``, from ``snapshot(accumulated=True)``: the per-sample synops of the layers not fed by the
+    data, summed per sample, then :func:`synopsloss.snapshot.distribution`).
+    """
+    import torch
+    from synopsloss.cli.digits import RunResult
+
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    net.eval()
+    counter.reset(accumulated=True)
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(y), batch_size):
+            counter.reset()
+            logits = net(encode(x[i:i + batch_size], time_steps, gen))
+            correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
+    snap = counter.snapshot(accumulated=True)
+    counts = snap.per_layer()
+    fed = counter.data_fed_layers()
+    if extras is not None:
+        from synopsloss.snapshot import distribution
+
+        for preset in ENERGY_PRESETS.values():
+            table = counter.table(energy=preset, accumulated=True)
+            extras[f"energy_{preset}"] = float(table.total.energy)
+            extras[f"loss_energy_{preset}"] = sum(float(r.energy) for r in table.rows
+                                                  if r.energy is not None and r.name not in fed)
+        driven = [name for name in snap.per_sample if name not in fed]
+        dist = distribution([sum(v) for v in zip(*(snap.per_sample[name] for name in driven))])
+        extras.update({f"driven_{k}": dist[k] for k in ("p50", "p95", "p99", "max")})
+    counter.reset(accumulated=True)
+    net.train()
+    return RunResult(accuracy=correct / len(y), counts=counts, data_fed=fed, seconds=0.0, table=None)
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -750,33 +839,212 @@ def report(rows: List[Dict[str, Any]], out: str, start: float, write_csv: bool, 
     return summary
 
 
+# ----------------------------------------------------------------------------- the energy suite
+
+def _stat(rs: Sequence[Dict[str, Any]], key: str) -> Dict[str, float]:
+    vals = [_f(r, key) for r in rs]
+    return {"mean": statistics.mean(vals), "ci": ci95(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def energy_summary(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per (dataset, method, strength): mean, 95% CI half-width, min and max over seeds of every figure.
+
+    Also, per dataset: the matched-accuracy pairs (each ``EnergyLoss`` setting next to the ``SynOpsLoss``
+    setting -- ``synops`` or ``target`` -- whose mean accuracy is closest, with the seed-paired energy and synops
+    ratios) and the quantile-budget comparison (``quantile`` and ``target`` runs at the same ``B``: how many
+    runs keep the test set's p95 per-sample network-driven synops at or under ``B``).
+
+    Example
+    -------
+    >>> rows = [dict(dataset="d", method=m, strength=s, seed=k, accuracy=a, driven_synops=d, total_synops=d + 1,
+    ...              target="", **{"energy_horowitz45nm": e, "energy_loihi-davies2018": 2 * e, "driven_p50": d,
+    ...              "driven_p95": p, "driven_p99": p, "driven_max": p})
+    ...         for k in (0, 1) for m, s, a, d, e, p in (("synops", 0.3, 0.9, 10.0, 4.0, 12.0),
+    ...                                                  ("energy", 0.3, 0.9, 8.0, 3.0, 9.0))]
+    >>> pair = energy_summary(rows)["matched"]["d"][0]
+    >>> pair["energy"], pair["synops"], pair["energy_ratio"]["horowitz45nm"]["mean"]
+    ('energy 0.3', 'synops 0.3', 0.75)
+    """
+    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    for r in rows:
+        if math.isnan(_f(r, "accuracy")):
+            continue
+        groups.setdefault((str(r["dataset"]), str(r["method"]), str(r["strength"])), []).append(r)
+    keys = ("accuracy", "driven_synops", "total_synops") + ENERGY_KEYS
+    settings: Dict[str, Dict[str, Any]] = {}
+    for (ds, m, st), rs in groups.items():
+        name = m if st in ("", "None") else f"{m} {float(st):g}"
+        entry = {k: _stat(rs, k) for k in keys if all(r.get(k) not in (None, "") for r in rs)}
+        entry.update(dataset=ds, method=m, strength=st, seeds=sorted(int(r["seed"]) for r in rs),
+                     by_seed={int(r["seed"]): r for r in rs})
+        if m == "quantile" or m == "target":
+            b = float(st)
+            entry["budget"] = b
+            entry["p95_held"] = sum(_f(r, "driven_p95") <= b for r in rs)
+        settings.setdefault(ds, {})[name] = entry
+    matched: Dict[str, List[Dict[str, Any]]] = {}
+    quantile: Dict[str, List[Dict[str, Any]]] = {}
+    for ds, sets in settings.items():
+        ours = {n: e for n, e in sets.items() if e["method"] in ("synops", "target")}
+        for n, e in sets.items():
+            if e["method"] not in ENERGY_PRESETS or not ours:
+                continue
+            best = min(ours, key=lambda o: (abs(ours[o]["accuracy"]["mean"] - e["accuracy"]["mean"]),
+                                            ours[o]["method"] != "synops"))   # ties: the fraction run
+            o = ours[best]
+            common = sorted(set(e["by_seed"]) & set(o["by_seed"]))
+            pair: Dict[str, Any] = {"energy": n, "synops": best, "seeds": common, "energy_ratio": {}}
+            for col, label in (("accuracy", "accuracy_diff"),):
+                diffs = [_f(e["by_seed"][k], col) - _f(o["by_seed"][k], col) for k in common]
+                pair[label] = {"mean": statistics.mean(diffs), "ci": ci95(diffs)} if diffs else None
+            for preset in ENERGY_PRESETS.values():
+                ratios = [_f(e["by_seed"][k], f"energy_{preset}") / _f(o["by_seed"][k], f"energy_{preset}")
+                          for k in common]
+                pair["energy_ratio"][preset] = {"mean": statistics.mean(ratios), "ci": ci95(ratios)} if ratios else None
+            ratios = [_f(e["by_seed"][k], "driven_synops") / _f(o["by_seed"][k], "driven_synops") for k in common]
+            pair["synops_ratio"] = {"mean": statistics.mean(ratios), "ci": ci95(ratios)} if ratios else None
+            matched.setdefault(ds, []).append(pair)
+        for n, e in sets.items():
+            if e["method"] == "quantile":
+                mean_run = next((m for m, o in sets.items() if o["method"] == "target" and o["budget"] == e["budget"]),
+                                None)
+                quantile.setdefault(ds, []).append({"budget": e["budget"], "quantile": n, "target": mean_run})
+    for sets in settings.values():
+        for e in sets.values():
+            e.pop("by_seed")
+    return {"settings": settings, "matched": matched, "quantile": quantile}
+
+
+def _ms(s: Optional[Dict[str, float]], fmt: str, scale: float = 1.0) -> str:
+    if not s:
+        return ""
+    return (f"{format(scale * s['mean'], fmt)} ± {_pm(scale * s['ci'], fmt)} "
+            f"({format(scale * s['min'], fmt)}–{format(scale * s['max'], fmt)})")
+
+
+def energy_markdown(summary: Dict[str, Any]) -> str:
+    """The energy suite's tables (``energy.md``): every setting, the matched-accuracy pairs, the quantile budget."""
+    lines = ["Figures per sample on the test set: mean ± 95% t-interval half-width over seeds (min–max). "
+             "Energy is the table's total energy column (`counter.table(energy=preset, accumulated=True).total"
+             ".energy`, all layers, the data-fed one included), in nJ per sample; synops are network-driven.", ""]
+    for ds, sets in summary["settings"].items():
+        lines.append(f"**{ds}**")
+        lines.append("")
+        lines.append("| method | setting | seeds | accuracy % | network-driven synops | p95 per-sample synops | "
+                     "energy horowitz45nm (nJ) | energy loihi-davies2018 (nJ) |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for n, e in sets.items():
+            lines.append(f"| {LABELS.get(e['method'], e['method'])} | {n} | {len(e['seeds'])} | "
+                         f"{_ms(e.get('accuracy'), '.1f', 100)} | {_ms(e.get('driven_synops'), ',.0f')} | "
+                         f"{_ms(e.get('driven_p95'), ',.0f')} | {_ms(e.get('energy_horowitz45nm'), '.2f', 1e9)} | "
+                         f"{_ms(e.get('energy_loihi-davies2018'), '.1f', 1e9)} |")
+        lines.append("")
+        if summary["matched"].get(ds):
+            lines.append("EnergyLoss against the SynOpsLoss setting of closest mean accuracy (seed-paired: "
+                         "accuracy difference in points, and the ratio EnergyLoss / SynOpsLoss of each figure):")
+            lines.append("")
+            lines.append("| EnergyLoss | SynOpsLoss | seeds | accuracy diff (points) | synops ratio | "
+                         "energy ratio horowitz45nm | energy ratio loihi-davies2018 |")
+            lines.append("|---|---|---|---|---|---|---|")
+            for p in summary["matched"][ds]:
+                def r(x: Optional[Dict[str, float]], fmt: str = ".3f", scale: float = 1.0) -> str:
+                    return "" if not x else f"{format(scale * x['mean'], fmt)} ± {_pm(scale * x['ci'], fmt)}"
+                lines.append(f"| {p['energy']} | {p['synops']} | {len(p['seeds'])} | "
+                             f"{r(p['accuracy_diff'], '+.1f', 100)} | {r(p['synops_ratio'])} | "
+                             f"{r(p['energy_ratio']['horowitz45nm'])} | {r(p['energy_ratio']['loihi-davies2018'])} |")
+            lines.append("")
+        for q in summary["quantile"].get(ds, []):
+            e = sets[q["quantile"]]
+            lines.append(f"Quantile budget B = {q['budget']:,.0f} network-driven synops per sample "
+                         f"(SynOpsLoss(target=B, quantile={QUANTILE}), counter per_sample=True):")
+            lines.append("")
+            lines.append("| run | accuracy % | mean synops | p50 | p95 | p99 | max | runs with p95 <= B |")
+            lines.append("|---|---|---|---|---|---|---|---|")
+            for label, n in (("p95 target (quantile)", q["quantile"]), ("mean target", q["target"])):
+                if n is None:
+                    continue
+                o = sets[n]
+                lines.append(f"| {label}: {n} | {_ms(o.get('accuracy'), '.1f', 100)} | "
+                             f"{_ms(o.get('driven_synops'), ',.0f')} | {_ms(o.get('driven_p50'), ',.0f')} | "
+                             f"{_ms(o.get('driven_p95'), ',.0f')} | {_ms(o.get('driven_p99'), ',.0f')} | "
+                             f"{_ms(o.get('driven_max'), ',.0f')} | {o['p95_held']}/{len(o['seeds'])} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def energy_report(rows: List[Dict[str, Any]], out: str, start: float, write_csv: bool, reused: Any = (),
+                  command: str = "") -> Dict[str, Any]:
+    """Write ``energy.csv`` (one row per run), ``energy.json`` (:func:`energy_summary`) and ``energy.md``."""
+    os.makedirs(out, exist_ok=True)
+    csv_path = os.path.join(out, "energy.csv")
+    if write_csv:
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    summary = energy_summary(rows)
+    failed = [r for r in rows if math.isnan(_f(r, "accuracy"))]
+    for r in failed:
+        print(f"FAILED RUN {r['dataset']} {r['method']} {r['strength']} seed {r['seed']}: {r['warnings']}")
+    md = energy_markdown(summary)
+    seeds = sorted({int(r["seed"]) for r in rows})
+    cpu = sum(float(r.get("cpu_seconds") or 0) for r in rows)
+    head = [f"# EnergyLoss vs SynOpsLoss, and the p95 budget (`tradeoff.py --energy`)", "",
+            f"Command: `{command}`" if command else "", "",
+            f"{len(rows)} runs, seeds {seeds}, {len(failed)} failed, {len(list(reused))} reused; "
+            f"{cpu / 60:.1f} CPU-minutes of training and testing; code hash "
+            f"{', '.join(sorted({str(r.get('code_hash', '')) for r in rows}))}, "
+            f"torch {', '.join(sorted({str(r.get('torch', '')) for r in rows}))}, "
+            f"{', '.join(sorted({str(r.get('layout', '')) for r in rows}))}.", ""]
+    if len(seeds) < 5:
+        head += [f"Reduced run ({len(seeds)} seeds): the issue asks for 5 seeds; that run is "
+                 "`python benchmarks/tradeoff.py --energy --full --jobs 1` and it was not run here.", ""]
+    text = "\n".join(head) + md
+    print(text)
+    with open(os.path.join(out, "energy.md"), "w") as f:
+        f.write(text + "\n")
+    summary.update(csv=csv_path, runs=len(rows), failed_runs=len(failed), seeds=seeds, cpu_seconds_total=round(cpu, 1),
+                   seconds=round(time.perf_counter() - start, 1))
+    with open(os.path.join(out, "energy.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    return summary
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def _grid_override(items: Sequence[str]) -> Dict[str, List[float]]:
     out: Dict[str, List[float]] = {}
     for item in items:
         method, _, values = item.partition("=")
-        if method not in METHODS[1:] or not values:
-            raise SystemExit(f"--grid expects METHOD=v1,v2,... with METHOD in {METHODS[1:]}, got {item!r}")
+        if method not in ALL_METHODS[1:] or not values:
+            raise SystemExit(f"--grid expects METHOD=v1,v2,... with METHOD in {ALL_METHODS[1:]}, got {item!r}")
         out[method] = [float(v) for v in values.split(",")]
     return out
 
 
 def jobs_for(args: argparse.Namespace) -> List[Job]:
-    preset = FULL if args.full else REDUCED if args.reduced else SMALL
+    energy = bool(getattr(args, "energy", False))
+    if energy:
+        preset = ENERGY_FULL if args.full else ENERGY_REDUCED if args.reduced else ENERGY_SMALL
+    else:
+        preset = FULL if args.full else REDUCED if args.reduced else SMALL
     seeds = args.seeds if args.seeds is not None else preset["seeds"]
     jobs: List[Job] = []
     override = _grid_override(args.grid or [])
+    named = set(override) | set(args.methods or [])
+    if not energy and named & set(ENERGY_METHODS):
+        raise SystemExit(f"methods {sorted(named & set(ENERGY_METHODS))} belong to the energy suite: add --energy "
+                         "(their rows go to energy.csv, not tradeoff.csv)")
     for ds in args.datasets:
         p = preset[ds]
-        grid = {m: override.get(m, p["grid"].get(m, [])) for m in METHODS[1:]} if not args.grid_only else override
+        grid = {m: override.get(m, p["grid"].get(m, [])) for m in ALL_METHODS[1:]} if not args.grid_only else override
         common = dict(dataset=ds, epochs=args.epochs or p["epochs"], time_steps=args.time_steps or p["time_steps"],
                       batch_size=args.batch_size, lr=args.lr, hinge_max_rate=args.hinge_max_rate,
                       train_samples=args.train_samples or p["train_samples"],
                       test_samples=args.test_samples or p["test_samples"], jobs=args.jobs,
-                      code_hash=getattr(args, "code_hash", ""))
+                      code_hash=getattr(args, "code_hash", ""), energy_suite=energy)
         common["warmup"] = common["epochs"] / 4 if args.warmup is None else args.warmup
-        for method in ("baseline",) + METHODS[1:]:
+        for method in ("baseline",) + ALL_METHODS[1:]:
             if args.methods and method not in args.methods and method != "baseline":
                 continue
             for value in ([None] if method == "baseline" else grid.get(method, [])):
@@ -794,7 +1062,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="2 seeds, the fewest settings (budget precision, L1 for the same budgets); ~30 CPU-minutes")
     p.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"],
                    choices=["digits", "mnist1d"])
-    p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS[1:]),
+    p.add_argument("--energy", action="store_true",
+                   help="the energy suite instead: SynOpsLoss vs EnergyLoss (horowitz45nm, loihi-davies2018) and the "
+                        "p95 quantile budget; writes energy.csv, energy.json, energy.md")
+    p.add_argument("--methods", nargs="+", default=None, choices=list(ALL_METHODS[1:]),
                    help="regularised methods to run (default all; the baseline always runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (per dataset)")
@@ -822,7 +1093,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.from_csv:
         with open(args.from_csv) as f:
             rows = list(csv.DictReader(f))
-        report(rows, args.out, start, write_csv=False)
+        if args.energy:
+            energy_report(rows, args.out, start, write_csv=False, command=" ".join(sys.argv))
+        else:
+            report(rows, args.out, start, write_csv=False)
         return 0
     args.code_hash = code_hash()
     jobs = jobs_for(args)
@@ -840,14 +1114,15 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{args.code_hash}" + (f"; {len(reused)} reused from {', '.join(args.reuse)}" if reused else ""), flush=True)
     rows: List[Dict[str, Any]] = []
     os.makedirs(args.out, exist_ok=True)
-    partial = os.path.join(args.out, "tradeoff.partial.csv")   # rows so far: --reuse can take them if a run dies
+    name = "energy" if args.energy else "tradeoff"
+    partial = os.path.join(args.out, f"{name}.partial.csv")   # rows so far: --reuse can take them if a run dies
     if args.jobs <= 1:
         results = map(run_one, todo)
     else:
         pool = ProcessPoolExecutor(max_workers=args.jobs)
         results = pool.map(run_one, todo)
     for r in itertools.chain(reused.values(), results):   # lazily: each row is saved as soon as it is done
-        r = {k: r[k] for k in ROW_KEYS if k in r}
+        r = {k: r[k] for k in ROW_KEYS + (ENERGY_KEYS if args.energy else ()) if k in r}
         rows.append(r)
         with open(partial, "a" if len(rows) > 1 else "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(r))
@@ -860,11 +1135,15 @@ def main(argv: Optional[List[str]] = None) -> int:
               + (f"  [{r['warnings']}]" if r["warnings"] else ""), flush=True)
     if args.jobs > 1:
         pool.shutdown()
-    order = {k: i for i, k in enumerate(METHODS)}
+    order = {k: i for i, k in enumerate(ALL_METHODS)}
     rows.sort(key=lambda r: (r["dataset"], order[r["method"]], float(r["strength"] or 0), int(r["seed"])))
     reused_names = [f"{r['dataset']} {r['method']} {r['strength']} seed {r['seed']}: code hash {r['code_hash']}, "
                     f"{r['torch']}, {r['layout']}, settings match" for r in reused.values()]
-    report(rows, args.out, start, write_csv=True, reused=reused_names, refused=refused)
+    if args.energy:
+        energy_report(rows, args.out, start, write_csv=True, reused=reused_names,
+                      command="python benchmarks/tradeoff.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    else:
+        report(rows, args.out, start, write_csv=True, reused=reused_names, refused=refused)
     os.remove(partial)
     return 0
 

@@ -347,3 +347,99 @@ def test_run_all_keeps_each_benchmarks_record_for_a_later_partial_rerun(bench, t
     md = ra.summarize({"soak": again}, ra.machine(), True, str(tmp_path), info_end="1")
     assert "an earlier invocation" in md and "FLAT (no leak)" in md
     assert ra.earlier("overhead", str(tmp_path)) is None
+
+
+# ----------------------------------------------------------------------------- the energy suite (tradeoff.py --energy)
+
+def test_energy_suite_test_figures_match_the_loss_and_counter_read_batch_by_batch(bench):
+    """evaluate(extras=...) on the digits net, two test batches: the energies are the table's total and
+    EnergyLoss's value, the per-sample synops are those of counter.per_sample() per batch and, for fc, spikes x 10
+    counted by a hook; the percentiles are numpy's."""
+    np = pytest.importorskip("numpy")
+    tr, tasks = bench["tradeoff"], bench["tasks"]
+    task = tasks.load_task("digits", 0)
+    x, y = task.data[2][:24], task.data[3][:24]
+    torch.manual_seed(0)
+    net = task.make_net()
+    counter = sl.SynOpsCounter(net, batch_dim=1, neurons=True, per_sample=True)
+    extras: dict = {}
+    result = tr.evaluate(net, counter, x, y, task.encode, time_steps=3, seed=0, batch_size=16, extras=extras)
+    fed = result.data_fed
+    assert fed == ["conv1"]
+    # the same two batches again (same encoding), read through the live batch and the losses
+    gen = torch.Generator().manual_seed(10_000)
+    per_sample, energy, loss_energy, fc_inputs = [], {p: 0.0 for p in tr.ENERGY_PRESETS.values()}, \
+        {p: 0.0 for p in tr.ENERGY_PRESETS.values()}, []
+    hook = net.fc.register_forward_hook(lambda m, inp, out: fc_inputs.append(inp[0].detach().clone()))
+    net.eval()
+    with torch.no_grad():
+        for i in range(0, len(y), 16):
+            counter.reset()
+            fc_inputs.clear()
+            net(task.encode(x[i:i + 16], 3, gen))
+            b = len(y[i:i + 16])
+            layers = counter.per_sample(by_layer=True)
+            per_sample += [sum(float(layers[n][k]) for n in layers if n not in fed) for k in range(b)]
+            fc_by_hand = sum((t != 0).sum(1) for t in fc_inputs) * 10   # [b]: nonzero inputs x 10 outputs
+            assert layers["fc"].tolist() == pytest.approx(fc_by_hand.tolist())
+            for preset in energy:
+                energy[preset] += counter.table(energy=preset).total.energy * b
+                loss_fn = sl.EnergyLoss(counter, target=1.0, energy=preset, shape="hinge")
+                loss_fn()
+                loss_energy[preset] += loss_fn.value() * b
+    hook.remove()
+    for preset in energy:
+        assert extras[f"energy_{preset}"] == pytest.approx(energy[preset] / len(y), rel=1e-9)
+        assert extras[f"loss_energy_{preset}"] == pytest.approx(loss_energy[preset] / len(y), rel=1e-9)
+    assert extras["energy_loihi-davies2018"] > extras["energy_horowitz45nm"] > 0
+    assert result.driven_synops == pytest.approx(sum(per_sample) / len(y), rel=1e-6)
+    for q, key in ((50, "driven_p50"), (95, "driven_p95"), (99, "driven_p99"), (100, "driven_max")):
+        assert extras[key] == pytest.approx(float(np.percentile(per_sample, q)), rel=1e-6)
+    counter.remove()
+
+
+def test_energy_suite_tiny_run_reports_what_its_rows_hold(bench, tmp_path):
+    tr = bench["tradeoff"]
+    out = tmp_path / "res"
+    tr.main(["--energy", "--datasets", "digits", "--seeds", "0", "1", "--epochs", "1", "--train-samples", "64",
+             "--test-samples", "32", "--time-steps", "2", "--batch-size", "32", "--jobs", "1", "--out", str(out),
+             "--grid-only", "--grid", "synops=0.5", "energy=0.5", "energy_loihi=0.7", "target=3000",
+             "quantile=3000"])
+    with open(out / "energy.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert not (out / "tradeoff.csv").exists() and not (out / "energy.partial.csv").exists()
+    assert {(r["method"], int(r["seed"])) for r in rows} == {
+        (m, s) for m in ("baseline", "synops", "energy", "energy_loihi", "target", "quantile") for s in (0, 1)}
+    for r in rows:
+        assert not r["warnings"].startswith("ERROR"), r["warnings"]
+        p = [float(r[k]) for k in ("driven_p50", "driven_p95", "driven_p99", "driven_max")]
+        assert p == sorted(p) and p[-1] > 0
+        if r["method"] == "quantile":   # its budget error is the test set's p95 against B
+            assert float(r["target"]) == 3000.0
+            assert float(r["budget_error"]) == pytest.approx(abs(float(r["driven_p95"]) / 3000.0 - 1))
+        if r["method"] in ("energy", "energy_loihi"):   # a target in joules, near the loss's layers' energy
+            assert 0 < float(r["target"]) < float(r["energy_" + tr.ENERGY_PRESETS[r["method"]]])
+    summary = json.loads((out / "energy.json").read_text())
+    by = {(r["method"], int(r["seed"])): r for r in rows}
+    e = summary["settings"]["digits"]["energy_loihi 0.7"]
+    vals = [float(by[("energy_loihi", s)]["energy_loihi-davies2018"]) for s in (0, 1)]
+    assert e["energy_loihi-davies2018"]["mean"] == pytest.approx(sum(vals) / 2)
+    assert e["energy_loihi-davies2018"]["min"] == min(vals)
+    pairs = {p["energy"]: p for p in summary["matched"]["digits"]}
+    assert set(pairs) == {"energy 0.5", "energy_loihi 0.7"}
+    pr = pairs["energy 0.5"]
+    other = pr["synops"].split()[0]
+    ratios = [float(by[("energy", s)]["energy_horowitz45nm"]) / float(by[(other, s)]["energy_horowitz45nm"])
+              for s in (0, 1)]
+    assert pr["energy_ratio"]["horowitz45nm"]["mean"] == pytest.approx(sum(ratios) / 2)
+    q = summary["quantile"]["digits"][0]
+    assert (q["budget"], q["quantile"], q["target"]) == (3000.0, "quantile 3000", "target 3000")
+    held = sum(float(by[("quantile", s)]["driven_p95"]) <= 3000.0 for s in (0, 1))
+    assert summary["settings"]["digits"]["quantile 3000"]["p95_held"] == held
+    md = (out / "energy.md").read_text()
+    assert "--energy --full" in md and "was not run" in md and "Quantile budget B = 3,000" in md
+
+
+def test_energy_methods_need_the_energy_suite(bench, tmp_path):
+    with pytest.raises(SystemExit, match="--energy"):
+        bench["tradeoff"].main(["--datasets", "digits", "--grid-only", "--grid", "energy=0.5", "--out", str(tmp_path)])
