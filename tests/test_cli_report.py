@@ -190,3 +190,17 @@ def test_report_and_demo_accept_the_same_time_steps_option(env, spelling):
 
     args = build_parser().parse_args(["demo", spelling, "5"])
     assert args.time_steps == 5
+
+
+def test_report_prints_the_mean_with_its_confidence_interval(env, tmp_path, monkeypatch):
+    res = _report(env, "userpkg.models:snn_net", "--input-shape", "2,3,3", "--timesteps", "4", "--batch", "3",
+                  "--batches", "2", "--rate", "0.25", "--seed", "7", "--energy", "none")
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("Synops per sample over 6 samples"))
+    # the first layer's per-sample synops are fixed by the data; the mean line covers every layer
+    gen = torch.Generator().manual_seed(7)
+    xs = torch.cat([(torch.rand((3, 4, 2, 3, 3), generator=gen) < 0.25).float() for _ in range(2)])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mean = float(line.split("mean ")[1].split(" ")[0].replace(",", ""))
+    assert mean >= _first_layer_synops(xs) - 0.1
+    assert "95% CI" in line and "p95" in line

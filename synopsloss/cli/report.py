@@ -26,7 +26,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import List
+from typing import Any, List
 
 __all__ = ["add_arguments", "run"]
 
@@ -193,6 +193,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _sample_spread(snap: Any) -> str:
+    """One line: the dataset mean of per-sample synops with its 95% confidence interval, and quantiles."""
+    if not snap.per_sample:
+        return ""
+    d = snap.distribution()
+    ci = f" +- {d['ci95']:,.1f} (95% CI, Student's t)" if d["n"] > 1 else ""
+    return (f"Synops per sample over {int(d['n'])} samples: mean {d['mean']:,.1f}{ci}; "
+            f"p50 {d['p50']:,.1f}, p95 {d['p95']:,.1f}, p99 {d['p99']:,.1f}, max {d['max']:,.1f}")
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -211,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         try:
             # the batches are [B, T, ...] (or [B*T, ...] folded, where the Squeeze layers know B)
-            counter = SynOpsCounter(model, batch_dim=0)
+            counter = SynOpsCounter(model, batch_dim=0, per_sample=feed != "folded")
         except ValueError as err:
             raise _Error(f"nothing to count in {args.target}: {err}") from err
     for w in caught:
@@ -254,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
         table = counter.table(dt=args.dt, energy=energy, accumulated=True)
     except ValueError as err:
         raise _Error(str(err)) from err
+    spread = _sample_spread(counter.snapshot(accumulated=True)) if feed != "folded" else ""
     counter.remove()
     if args.format == "markdown":
         sys.stdout.write(table.to_markdown())
@@ -261,6 +272,8 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(table.to_csv())
     else:
         print(table)
+        if spread:
+            print(spread)
     if args.plot:
         table.plot(args.plot)
         print(f"plot saved to {args.plot}", file=sys.stderr)
