@@ -8,12 +8,16 @@ from the current code instead of comparing against them (torchinfo's
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
+
+# torch.compile's worker pool would leave threads behind, and the distributed tests fork this process
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
