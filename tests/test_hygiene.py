@@ -328,6 +328,7 @@ def test_deep_copy_of_a_hooked_model_works_and_is_not_counted() -> None:
     counter.remove()
 
 
+@pytest.mark.filterwarnings("ignore:synopsloss. the model was called again after this batch")  # expected here; the test is about something else
 def test_neurobench_run_while_counter_attached_leaves_counts_unchanged() -> None:
     from helpers import neurobench_synops
 
@@ -357,6 +358,7 @@ class _Saved:
         self.t = t
 
 
+@pytest.mark.filterwarnings("ignore:synopsloss. average pool")  # expected here; the test is about something else
 @pytest.mark.parametrize("kind", ["plain", "snntorch", "sinabs"])
 @pytest.mark.parametrize("backward", [False, True])
 def test_reset_frees_previous_batch_inputs_activations_and_graph(kind: str, backward: bool) -> None:

@@ -258,6 +258,7 @@ def test_absolute_target_taken_from_the_total_is_flagged_not_collapsed():
     assert target > bf["2"]  # above the driven synops: the warning says the loss would push them up
 
 
+@pytest.mark.filterwarnings("ignore:SynOpsLoss. the synops of layer")  # expected here; the test is about something else
 def test_no_recognised_data_fed_layer_warns_that_everything_is_regularised():
     class Scaled(nn.Module):
         def __init__(self):

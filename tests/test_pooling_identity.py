@@ -304,6 +304,8 @@ def _encoder_run(net: nn.Module) -> torch.Tensor:
         return net(x, mask)
 
 
+@pytest.mark.filterwarnings("ignore:synopsloss. layer.s. 'enc")  # expected here; the test is about something else
+@pytest.mark.filterwarnings("ignore:synopsloss. module.s. enc")  # expected here; the test is about something else
 def test_counter_leaves_the_transformer_encoder_fast_path_output_bit_identical():
     bare = _encoder_run(_encoder(True))
     net = _encoder(True)
@@ -351,6 +353,7 @@ class _NestedFirst(nn.Module):
         return self.b(self.a(x).to_padded_tensor(0.0))
 
 
+@pytest.mark.filterwarnings("ignore:synopsloss. layer.s. 'a' did not run")  # expected here; the test is about something else
 def test_nested_tensor_into_a_linear_is_skipped_and_named():
     net = _NestedFirst()
     counter = sl.SynOpsCounter(net, batch_size=2, neurons=False)  # (the neuron monitor reads input shapes)
