@@ -52,7 +52,7 @@ def test_flipping_signs_cannot_lower_the_loss_and_gradient_at_zero_is_the_map():
     s = counter.synops()
     s.backward()
     fan = _fan(net[0]).float()
-    assert float(s) == pytest.approx(float((x.detach().abs() * fan).sum()))
+    assert float(s.detach()) == pytest.approx(float((x.detach().abs() * fan).sum()))
     # +fan-out at x >= 0 (also at 0: silent neurons still get a gradient), -fan-out below 0
     torch.testing.assert_close(x.grad, torch.tensor([[1.0, 1.0, -1.0]]) * fan)
     counter.reset()
