@@ -407,24 +407,16 @@ def evaluate(net: Any, counter: Any, x: Any, y: Any, encode: Any, *, time_steps:
     (``driven_<stat>``, from ``snapshot(accumulated=True)``: the per-sample synops of the layers not fed by the
     data, summed per sample, then :func:`synopsloss.snapshot.distribution`).
     """
-    import torch
-    from synopsloss.cli.digits import RunResult
+    from synopsloss.cli.digits import evaluate as run
 
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    net.eval()
-    counter.reset(accumulated=True)
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(y), batch_size):
-            counter.reset()
-            logits = net(encode(x[i:i + batch_size], time_steps, gen))
-            correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
-    snap = counter.snapshot(accumulated=True)
-    counts = snap.per_layer()
-    fed = counter.data_fed_layers()
+    result = run(net, counter, x, y, time_steps=time_steps, seed=seed, batch_size=batch_size, encode=encode,
+                 keep=True)  # the demo's evaluation loop; the accumulated counts are read here, then reset
+    result.table = None
+    fed = result.data_fed
     if extras is not None:
         from synopsloss.snapshot import distribution
 
+        snap = counter.snapshot(accumulated=True)
         for preset in ENERGY_PRESETS.values():
             table = counter.table(energy=preset, accumulated=True)
             extras[f"energy_{preset}"] = float(table.total.energy)
@@ -434,8 +426,7 @@ def evaluate(net: Any, counter: Any, x: Any, y: Any, encode: Any, *, time_steps:
         dist = distribution([sum(v) for v in zip(*(snap.per_sample[name] for name in driven))])
         extras.update({f"driven_{k}": dist[k] for k in ("p50", "p95", "p99", "max")})
     counter.reset(accumulated=True)
-    net.train()
-    return RunResult(accuracy=correct / len(y), counts=counts, data_fed=fed, seconds=0.0, table=None)
+    return result
 
 
 # ----------------------------------------------------------------------------- aggregation

@@ -220,9 +220,9 @@ def _hidden_neurons(net: nn.Module, spikes: Tensor) -> int:
 
 def evaluate(net: nn.Module, counter: Any, x: Tensor, y: Tensor, *, time_steps: int = 8, seed: int = 0,
              batch_size: int = 256, encode: Optional[Callable[[Tensor, int, torch.Generator], Tensor]] = None,
-             ) -> RunResult:
+             keep: bool = False) -> RunResult:
     """Test accuracy and per-sample counts over ``x`` (one fixed encoding per ``seed``: ``encode(x, T, gen)``,
-    rate coding by default)."""
+    rate coding by default). ``keep=True`` leaves the accumulated counts in the counter for the caller."""
     encode = rate_code if encode is None else encode
     gen = torch.Generator().manual_seed(10_000 + seed)
     net.eval()
@@ -236,7 +236,8 @@ def evaluate(net: nn.Module, counter: Any, x: Tensor, y: Tensor, *, time_steps: 
     table = counter.table(accumulated=True) if hasattr(counter, "table") else None
     counts = counter.snapshot(accumulated=True).per_layer()
     fed = counter.data_fed_layers()
-    counter.reset(accumulated=True)
+    if not keep:
+        counter.reset(accumulated=True)
     net.train()
     return RunResult(accuracy=correct / len(y), counts=counts, data_fed=fed, seconds=0.0, table=table)
 
