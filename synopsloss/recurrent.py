@@ -59,7 +59,6 @@ Example
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any, Optional, Tuple
 

@@ -102,13 +102,13 @@ def test_layer_kinds_are_one_enum_used_by_the_table():
     assert {"synaptic", "neuron", "pooling", "reshape"} <= kinds
 
 
-def _module_name(path: Path) -> str:
+def _module_name(path: pathlib.Path) -> str:
     rel = path.relative_to(PACKAGE).with_suffix("")
     parts = [p for p in rel.parts if p != "__init__"]
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set:
+def _imports(path: pathlib.Path) -> set:
     """The synopsloss modules ``path`` imports, at module level or inside functions (lazy imports count)."""
     name = _module_name(path)
     package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".") if name else []
