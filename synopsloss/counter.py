@@ -543,8 +543,10 @@ class SynOpsCounter:
         if data:
             own = self._own_storages()
             data = [t for t in data if _storage(t) not in own]
-            batch.held.extend(data)
-            batch.inputs.update(_storage(t) for t in data)
+        # the data of this call, held while it runs and until the next call (so that no other tensor can
+        # reuse its memory meanwhile); earlier calls' data is released: a long loop holds one call's inputs
+        batch.held = data
+        batch.inputs = {_storage(t) for t in data}
         if self.time_dim is not None:
             if not tensors or tensors[0].dim() <= self.time_dim:
                 raise ValueError(

@@ -251,3 +251,23 @@ def test_a_declared_batch_size_is_checked_against_a_short_last_batch():
     net(x)
     want = brute_force_counts(frozen_copy(net[0]), x.reshape(15, 4), samples=3)
     assert counter.snapshot().total()["synops"] == pytest.approx(want["synops"])
+
+
+def test_a_long_loop_holds_only_the_current_calls_inputs():
+    import weakref
+
+    net = nn.Sequential(nn.Linear(8, 4))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    refs = []
+    with torch.no_grad():
+        for step in range(5):
+            x = _spikes(2, 8, seed=step)
+            refs.append(weakref.ref(x))
+            net(x)
+            del x
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True, True, True, False]  # only the last call's data is held
+    assert counter.data_fed_layers() == ["0"]
+    counter.reset()
+    gc.collect()
+    assert refs[-1]() is None
