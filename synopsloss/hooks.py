@@ -58,10 +58,12 @@ COMPILE_NOTE = (
 )
 
 
+_IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
 def _compiling() -> bool:
     """Whether ``torch.compile`` (dynamo) is tracing the caller (False in eager mode and in old torch)."""
-    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(fn()) if fn is not None else False
+    return _IS_COMPILING is not None and bool(_IS_COMPILING())
 
 
 def eager_under_compile(fn: Callable[..., None]) -> Callable[..., None]:

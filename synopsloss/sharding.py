@@ -48,9 +48,19 @@ from torch import nn
 __all__ = ["ShardedLayers", "is_dtensor"]
 
 
+_CLASSES: Dict[Tuple[str, str], Any] = {}
+
+
 def _class(module: str, name: str) -> Any:
+    """``module.name`` once ``module`` is imported (looked up once: a lazy module attribute costs ~10 us)."""
     mod = sys.modules.get(module)
-    return getattr(mod, name, None) if mod is not None else None
+    if mod is None:
+        return None
+    key = (module, name)
+    hit = _CLASSES.get(key)
+    if hit is None or hit[0] is not mod:  # looked up once per module object (a miss too: getattr raising is slow)
+        hit = _CLASSES[key] = (mod, getattr(mod, name, None))
+    return hit[1]
 
 
 def is_dtensor(t: Any) -> bool:
