@@ -26,7 +26,7 @@ The synops keep the autograd graph to every recorded input (:func:`maps.magnitud
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -95,14 +95,91 @@ def bitplane_events(mag: Tensor) -> Tensor:
     return count.to(mag.dtype) + (mag - mag.detach())
 
 
+class _RowSums(torch.autograd.Function):
+    """``x.sum(-2)`` as one matrix product with ones; its gradient is the incoming one broadcast over the rows
+    (a stride-0 view: nothing of the input's size is written)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.rows = x.shape[-2]
+        return torch.matmul(x.new_ones(*x.shape[:-2], 1, x.shape[-2]), x).squeeze(-2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.unsqueeze(-2).expand(*grad.shape[:-1], ctx.rows, grad.shape[-1])
+
+
+#: values in a group from which the non-negative fast path is taken (below, a few more ops cost more than passes)
+_FAST_GROUP = 1 << 15
+#: values in one call from which the non-negative fast path reduces each call on its own (no stacked copy)
+_BIG_CALL = 1 << 16
+
+
+def _nonnegative_sums(xs: List[Tensor], emap: Tensor, dense: Tensor, rows: int, n_el: int,
+                      acc: torch.dtype) -> Optional[Tuple[Tensor, ...]]:
+    """:func:`_group_sums` for CPU calls whose values are all >= 0 (spikes, ReLU activations); ``None`` otherwise.
+
+    ``|x| = x`` there and the gradient of the magnitude (+1 at and above 0) is 1, so the synops need no ``abs``:
+    each call is read by a few passes that write nothing of its size (min / max, ``x . x`` and one product with
+    ones). A call whose values lie in [0, 1] with ``x . x == sum x`` holds only 0 and 1: its nonzeros per neuron
+    are its sums (no separate count). Large calls are reduced one by one (no stacked copy), small ones stacked.
+    """
+    n = len(xs)
+    flat = [t.reshape(rows, n_el) for t in xs]
+    big = rows * n_el >= _BIG_CALL
+    with torch.no_grad():
+        det = [t.detach() for t in flat]
+        if big:
+            mm = [torch.aminmax(t) for t in det]
+            lo, hi = torch.stack([m[0] for m in mm]), torch.stack([m[1] for m in mm])
+        else:
+            stacked = torch.stack(det) if n > 1 else det[0].unsqueeze(0)
+            lo, hi = torch.aminmax(stacked.reshape(n, -1), dim=1)
+        if not bool((lo >= 0).all()):  # (NaN fails too: the general path reports it)
+            return None
+        unit = (hi <= 1).tolist()
+        if any(unit):
+            sq = (torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)) for t in det]) if big
+                  else torch.linalg.vecdot(stacked.reshape(n, -1), stacked.reshape(n, -1)))
+    if big:
+        magc = torch.stack([_RowSums.apply(t) if t.requires_grad and torch.is_grad_enabled() else t.sum(0)
+                            for t in flat])
+    else:
+        x = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)
+        magc = _RowSums.apply(x) if x.requires_grad and torch.is_grad_enabled() else torch.matmul(
+            x.new_ones(n, 1, rows), x).squeeze(1)
+    synops = torch.linalg.vecdot(magc.to(acc), emap)
+    with torch.no_grad():
+        mag = magc.detach()
+        tot = mag.sum(1, dtype=acc)
+        binary = [bool(u) for u in unit]
+        if any(unit):
+            binary = [u and b for u, b in zip(unit, (sq.to(acc) == tot).tolist())]
+        if all(binary):
+            nzc, integer = mag, torch.ones(n, dtype=torch.bool, device=mag.device)
+        else:
+            nzc = torch.stack([mag[i] if b else (det[i] != 0).sum(0, dtype=mag.dtype) for i, b in enumerate(binary)])
+            integer = torch.stack([torch.ones((), dtype=torch.bool) if b else (det[i] == det[i].round()).all()
+                                   for i, b in enumerate(binary)])
+        eff = torch.linalg.vecdot(nzc.to(acc), emap)
+        nz_tot = nzc.sum(1, dtype=acc)
+    return synops, eff, tot, nz_tot, hi.to(acc), tot, dense * float(rows), integer, None
+
+
 def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
                 want_rows: bool = False, encoding: str = "unary") -> Tuple[Tensor, ...]:
     """Per-call synops, effective ops, |x| totals, nonzeros, amax and dense taps for calls of one shape."""
     acc = maps[0].effective.dtype
     one = len(xs) == 1
-    x = xs[0].reshape(1, rows, n_el) if one else torch.stack([t.reshape(rows, n_el) for t in xs])
     emap = maps[0].effective.unsqueeze(0) if one else torch.stack([m.effective for m in maps])
     dense = maps[0].dense_total.reshape(1) if one else torch.stack([m.dense_total for m in maps])
+    if (xs[0].device.type == "cpu" and encoding == "unary" and not want_rows and rows < WIDE_ROWS
+            and _FAST_GROUP <= len(xs) * rows * n_el and rows * n_el < (1 << 24)
+            and xs[0].dtype in (torch.float32, torch.float64)):
+        fast = _nonnegative_sums(xs, emap, dense, rows, n_el, acc)
+        if fast is not None:
+            return fast
+    x = xs[0].reshape(1, rows, n_el) if one else torch.stack([t.reshape(rows, n_el) for t in xs])
     red = acc if (x.element_size() < 4 or rows >= WIDE_ROWS) else None
     mag = magnitude(x)
     if encoding == "bitplane":

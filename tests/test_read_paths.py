@@ -1,0 +1,115 @@
+"""The read reduces every recorded call by one rule, whatever path the reduction takes.
+
+Groups of large non-negative calls on the CPU take a path that reads each call
+without ``abs`` and without a stacked copy; small groups, negative values, NaN,
+integer counts and half precision take the general one. Each case is checked
+against an explicit-Jacobian brute force (``tests/helpers.py``): dense,
+effective MACs / ACs, synops, nonzero inputs, and the gradient of the synops
+(the fan-out of each input, +1 at and above 0, -1 below).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List
+
+import pytest
+import torch
+from torch import nn
+
+import synopsloss as sl
+from helpers import brute_force_counts, brute_force_map
+
+KINDS: Dict[str, Callable[[torch.Generator, tuple], torch.Tensor]] = {
+    "spikes": lambda g, s: (torch.rand(s, generator=g) < 0.3).float(),
+    "rate": lambda g, s: torch.rand(s, generator=g),  # in [0, 1], not binary
+    "relu": lambda g, s: torch.relu(torch.randn(s, generator=g)) * 3,  # >= 0, above 1
+    "signed": lambda g, s: torch.randint(-1, 2, s, generator=g).float(),  # {-1, 0, 1}
+    "counts": lambda g, s: torch.randint(0, 4, s, generator=g).float(),  # integer spike counts
+    "zeros": lambda g, s: torch.zeros(s),
+}
+
+
+def _pruned(layer: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.weight.mul_((torch.rand(layer.weight.shape, generator=g) > 0.4).float())
+    return layer
+
+
+class Steps(nn.Module):
+    """Calls one layer once per given input (one group of calls at the read)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        return sum(self.layer(x).sum() for x in xs)
+
+
+def _brute(layer: nn.Module, xs: List[torch.Tensor], samples: int) -> Dict[str, float]:
+    out = {"dense": 0.0, "eff_macs": 0.0, "eff_acs": 0.0, "synops": 0.0}
+    for x in xs:
+        for k, v in brute_force_counts(layer, x, samples).items():
+            out[k] += v
+    return out
+
+
+@pytest.mark.parametrize("rows,shape", [(4, (12,)), (96, (40, 30)), (160, (3, 12, 12))])
+@pytest.mark.parametrize("kinds", [("spikes",) * 3, ("rate", "spikes", "rate"), ("relu",) * 2, ("signed", "spikes"),
+                                   ("counts", "spikes"), ("zeros", "spikes")])
+def test_every_read_path_matches_the_brute_force(rows: int, shape: tuple, kinds: tuple) -> None:
+    torch.manual_seed(0)
+    layer = _pruned(nn.Conv2d(3, 4, 3, padding=1) if len(shape) == 3 else nn.Linear(shape[-1], 5), 1)
+    g = torch.Generator().manual_seed(2)
+    xs = [KINDS[k](g, (rows, *shape)).requires_grad_() for k in kinds]
+    net = Steps(layer)
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=rows)
+    net(xs)
+    snap = counter.snapshot()
+    per = snap.per_layer()["layer"]
+    ref = _brute(layer, [x.detach() for x in xs], rows)
+    for key, want in ref.items():
+        assert per[key] == pytest.approx(want, rel=1e-6, abs=1e-9), key
+    nonzero = sum(float((x != 0).sum()) for x in xs)
+    assert snap.layers["layer"].input_nonzero == pytest.approx(nonzero)
+    assert snap.layers["layer"].input_sum == pytest.approx(sum(float(x.detach().abs().sum()) for x in xs), rel=1e-6)
+    # gradient of the synops: each input's fan-out (per sample), +1 at and above 0 and -1 below
+    counter.synops().backward()
+    fan = brute_force_map(layer, shape[1:] if len(shape) > 1 and len(shape) != 3 else shape, True)
+    fan = fan if len(shape) == 3 else brute_force_map(layer, shape[-1:], True)
+    for x in xs:
+        sign = torch.where(x.detach() < 0, -1.0, 1.0).double()
+        want = sign * fan.expand_as(x) / rows
+        torch.testing.assert_close(x.grad.double(), want, rtol=1e-6, atol=1e-9)
+
+
+def test_nan_input_is_reported_on_the_fast_path_too() -> None:
+    layer = nn.Linear(300, 4)
+    x = torch.rand(256, 300)
+    x[3, 5] = float("nan")
+    net = Steps(layer)
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=256)
+    net([x])
+    with pytest.raises(FloatingPointError, match="NaN or inf in the input of layer"):
+        counter.synops()
+
+
+def test_large_and_small_groups_give_the_same_numbers() -> None:
+    """The same spikes read as one large call and as many small calls of the same layer."""
+    torch.manual_seed(3)
+    layer = _pruned(nn.Linear(64, 8), 4)
+    x = (torch.rand(32, 16, 64) < 0.25).float()  # 16 steps of [32, 64]: one group of 32k values
+    big, small = Steps(layer), Steps(layer)
+    c_big = sl.SynOpsCounter(big, neurons=False, batch_size=32)
+    big(list(x.unbind(1)))
+    s_big = c_big.snapshot().per_layer()["layer"]
+    c_big.remove()
+    c_small = sl.SynOpsCounter(small, neurons=False, batch_size=32)
+    small([x[:, 0]])  # one call: 2k values, the general path
+    s_small = c_small.snapshot().per_layer()["layer"]
+    ref_one = brute_force_counts(layer, x[:, 0], 32)
+    assert s_small["synops"] == pytest.approx(ref_one["synops"])
+    ref_all = _brute(layer, list(x.unbind(1)), 32)
+    assert s_big["synops"] == pytest.approx(ref_all["synops"])
+    assert s_big["eff_acs"] == pytest.approx(ref_all["eff_acs"]) and s_big["eff_macs"] == 0.0
