@@ -115,14 +115,25 @@ _FAST_GROUP = 1 << 15
 _BIG_CALL = 1 << 16
 
 
-def _nonnegative_sums(xs: List[Tensor], emap: Tensor, dense: Tensor, rows: int, n_el: int,
-                      acc: torch.dtype) -> Optional[Tuple[Tensor, ...]]:
-    """:func:`_group_sums` for CPU calls whose values are all >= 0 (spikes, ReLU activations); ``None`` otherwise.
+class _Inputs(NamedTuple):
+    """Sums over the rows of some calls' inputs (one row per distinct input)."""
+
+    magc: Tensor  # [inputs, n_el] sum of |x| per input neuron (differentiable)
+    nzc: Tensor  # [inputs, n_el] nonzeros per input neuron
+    mag_tot: Tensor  # [inputs] in the map's dtype
+    nz_tot: Tensor
+    amax: Tensor
+    integer: Tensor  # [inputs] bool: every value an integer
+    mag: Optional[Tensor] = None  # [inputs, rows, n_el] |x| (the general path only)
+
+
+def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) -> Optional[_Inputs]:
+    """:func:`_input_sums` for CPU inputs whose values are all >= 0 (spikes, ReLU activations); ``None`` otherwise.
 
     ``|x| = x`` there and the gradient of the magnitude (+1 at and above 0) is 1, so the synops need no ``abs``:
-    each call is read by a few passes that write nothing of its size (min / max, ``x . x`` and one product with
-    ones). A call whose values lie in [0, 1] with ``x . x == sum x`` holds only 0 and 1: its nonzeros per neuron
-    are its sums (no separate count). Large calls are reduced one by one (no stacked copy), small ones stacked.
+    each input is read by a few passes that write nothing of its size (min / max, ``x . x`` and one product with
+    ones). An input whose values lie in [0, 1] with ``x . x == sum x`` holds only 0 and 1: its nonzeros per neuron
+    are its sums (no separate count). Large inputs are reduced one by one (no stacked copy), small ones stacked.
     """
     n = len(xs)
     flat = [t.reshape(rows, n_el) for t in xs]
@@ -148,7 +159,6 @@ def _nonnegative_sums(xs: List[Tensor], emap: Tensor, dense: Tensor, rows: int, 
         x = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)
         magc = _RowSums.apply(x) if x.requires_grad and torch.is_grad_enabled() else torch.matmul(
             x.new_ones(n, 1, rows), x).squeeze(1)
-    synops = torch.linalg.vecdot(magc.to(acc), emap)
     with torch.no_grad():
         mag = magc.detach()
         tot = mag.sum(1, dtype=acc)
@@ -161,48 +171,66 @@ def _nonnegative_sums(xs: List[Tensor], emap: Tensor, dense: Tensor, rows: int, 
             nzc = torch.stack([mag[i] if b else (det[i] != 0).sum(0, dtype=mag.dtype) for i, b in enumerate(binary)])
             integer = torch.stack([torch.ones((), dtype=torch.bool) if b else (det[i] == det[i].round()).all()
                                    for i, b in enumerate(binary)])
-        eff = torch.linalg.vecdot(nzc.to(acc), emap)
-        nz_tot = nzc.sum(1, dtype=acc)
-    return synops, eff, tot, nz_tot, hi.to(acc), tot, dense * float(rows), integer, None
+        return _Inputs(magc, nzc, tot, nzc.sum(1, dtype=acc), hi.to(acc), integer)
 
 
-def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
-                want_rows: bool = False, encoding: str = "unary") -> Tuple[Tensor, ...]:
-    """Per-call synops, effective ops, |x| totals, nonzeros, amax and dense taps for calls of one shape."""
-    acc = maps[0].effective.dtype
-    one = len(xs) == 1
-    emap = maps[0].effective.unsqueeze(0) if one else torch.stack([m.effective for m in maps])
-    dense = maps[0].dense_total.reshape(1) if one else torch.stack([m.dense_total for m in maps])
-    if (xs[0].device.type == "cpu" and encoding == "unary" and not want_rows and rows < WIDE_ROWS
+def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encoding: str,
+                keep_mag: bool = False) -> _Inputs:
+    """Sums over the rows of each input: |x| (differentiable), nonzeros, totals, max |x| and the integer flag."""
+    if (xs[0].device.type == "cpu" and encoding == "unary" and not keep_mag and rows < WIDE_ROWS
             and _FAST_GROUP <= len(xs) * rows * n_el and rows * n_el < (1 << 24)
             and xs[0].dtype in (torch.float32, torch.float64)):
-        fast = _nonnegative_sums(xs, emap, dense, rows, n_el, acc)
+        fast = _nonnegative_sums(xs, rows, n_el, acc)
         if fast is not None:
             return fast
-    x = xs[0].reshape(1, rows, n_el) if one else torch.stack([t.reshape(rows, n_el) for t in xs])
+    x = xs[0].reshape(1, rows, n_el) if len(xs) == 1 else torch.stack([t.reshape(rows, n_el) for t in xs])
     red = acc if (x.element_size() < 4 or rows >= WIDE_ROWS) else None
     mag = magnitude(x)
     if encoding == "bitplane":
         mag = bitplane_events(mag)
-    magc = mag.sum(1, dtype=red)  # [calls, n_el]
-    synops = torch.linalg.vecdot(magc.to(acc), emap)  # [calls]
-    per_row = None
-    if want_rows:  # [calls, rows] in float32 at least (quantiles of per-sample synops, differentiable)
-        m = mag if mag.element_size() >= 4 else mag.float()
-        per_row = torch.bmm(m, emap.to(m.dtype).unsqueeze(2)).squeeze(2)
+    magc = mag.sum(1, dtype=red)  # [inputs, n_el]
     with torch.no_grad():
         nzc = (x != 0).sum(1, dtype=red if red is not None else magc.dtype)
-        eff = torch.linalg.vecdot(nzc.to(acc), emap)
         mag_tot = magc.detach().sum(1, dtype=acc)
         nz_tot = nzc.sum(1, dtype=acc)
         flat = mag.detach().reshape(len(xs), -1)
         amax = flat.amax(1).to(acc) if x.numel() else mag_tot.new_zeros(len(xs))
         if not x.numel() or (x.device.type == "cpu" and bool(((amax <= 1) & (mag_tot == nz_tot)).all())):
-            # every call is {-1, 0, 1} spikes (on CPU this test costs no sync): no integer pass needed
+            # every input is {-1, 0, 1} spikes (on CPU this test costs no sync): no integer pass needed
             integer = torch.ones_like(amax, dtype=torch.bool)
         else:
             integer = (flat == flat.round()).all(1)
-    return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows), integer, per_row
+    return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer, mag if keep_mag else None)
+
+
+def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
+                want_rows: bool = False, encoding: str = "unary") -> Tuple[Tensor, ...]:
+    """Per-call synops, effective ops, |x| totals, nonzeros, amax and dense taps for calls of one shape.
+
+    An input read by several calls (the same data at every time step, or q / k / v projections of one tensor)
+    is reduced once; each call then takes its own map.
+    """
+    acc = maps[0].effective.dtype
+    one = len(xs) == 1
+    emap = maps[0].effective.unsqueeze(0) if one else torch.stack([m.effective for m in maps])
+    dense = maps[0].dense_total.reshape(1) if one else torch.stack([m.dense_total for m in maps])
+    pos: Dict[int, int] = {}
+    inv = [pos.setdefault(id(t), len(pos)) for t in xs]  # the calls' inputs are alive: ids are identities
+    if want_rows or len(pos) == len(xs):
+        s = _input_sums(xs, rows, n_el, acc, encoding, keep_mag=want_rows)
+    else:
+        first = list({id(t): t for t in xs}.values())
+        s = _input_sums(first, rows, n_el, acc, encoding)
+        ii = torch.tensor(inv, device=s.magc.device)
+        s = _Inputs(*(t.index_select(0, ii) for t in s[:6]))
+    synops = torch.linalg.vecdot(s.magc.to(acc), emap)  # [calls]
+    per_row = None
+    if want_rows:  # [calls, rows] in float32 at least (quantiles of per-sample synops, differentiable)
+        m = s.mag if s.mag.element_size() >= 4 else s.mag.float()
+        per_row = torch.bmm(m, emap.to(m.dtype).unsqueeze(2)).squeeze(2)
+    with torch.no_grad():
+        eff = torch.linalg.vecdot(s.nzc.to(acc), emap)
+    return synops, eff, s.mag_tot, s.nz_tot, s.amax, s.mag_tot, dense * float(rows), s.integer, per_row
 
 
 def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:

@@ -113,3 +113,37 @@ def test_large_and_small_groups_give_the_same_numbers() -> None:
     ref_all = _brute(layer, list(x.unbind(1)), 32)
     assert s_big["synops"] == pytest.approx(ref_all["synops"])
     assert s_big["eff_acs"] == pytest.approx(ref_all["eff_acs"]) and s_big["eff_macs"] == 0.0
+
+
+class SharedInput(nn.Module):
+    """Three projections of one input (q / k / v), each called at every step with the same tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (_pruned(nn.Linear(48, 6), s) for s in (5, 6, 7))
+
+    def forward(self, x: torch.Tensor, steps: int) -> torch.Tensor:
+        return sum(self.q(x).sum() + self.k(x).sum() + self.v(x).sum() for _ in range(steps))
+
+
+@pytest.mark.parametrize("kind", ["spikes", "rate", "signed"])
+@pytest.mark.parametrize("rows", [8, 1024])
+def test_an_input_read_by_many_calls_counts_once_per_call(kind: str, rows: int) -> None:
+    g = torch.Generator().manual_seed(8)
+    x = KINDS[kind](g, (rows, 48))
+    h = x.clone().requires_grad_()  # the model input (data-fed layers: still in synops())
+    net = SharedInput()
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=rows)
+    net(h, 3)
+    per = counter.snapshot().per_layer()
+    fan = {}
+    for name in ("q", "k", "v"):
+        layer = getattr(net, name)
+        ref = _brute(layer, [x] * 3, rows)
+        for key, want in ref.items():
+            assert per[name][key] == pytest.approx(want, rel=1e-6, abs=1e-9), (name, key)
+        fan[name] = brute_force_map(layer, (48,), True)
+    counter.synops().backward()
+    sign = torch.where(x < 0, -1.0, 1.0).double()
+    want = 3 * sign * (fan["q"] + fan["k"] + fan["v"]).expand_as(x) / rows
+    torch.testing.assert_close(h.grad.double(), want, rtol=1e-6, atol=1e-9)
