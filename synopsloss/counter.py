@@ -102,6 +102,7 @@ class _Layer:
     rule: Rule
     maps: MapCache
     last: Any = None  # (in_shape, out_shape, weight, entry) of the last call: a repeated call skips the map look-up
+    same: Any = None  # what a call like the last one reuses: its checks passed and its record is the same but x
 
 
 @dataclass
@@ -155,6 +156,12 @@ def _storage(t: Tensor) -> int:
 def _in_backward() -> bool:
     """Whether autograd is running a backward pass (gradient checkpointing re-runs forwards there)."""
     return torch._C._current_graph_task_id() != -1
+
+
+#: the per-call checks of the counter's fast path, bound once (C functions; see ``SynOpsCounter._count``)
+_LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", lambda t: -1)
+_TRACING = torch._C._get_tracing_state
+_TASK = torch._C._current_graph_task_id
 
 
 def _functorch_level(t: Tensor) -> int:
@@ -691,6 +698,33 @@ class SynOpsCounter:
 
     def _count(self, name: str, layer: _Layer, x: Tensor, out: Tensor) -> None:
         """Record one call of a map-ruled layer (no tensor op: the counts are reduced when read)."""
+        same = layer.same
+        if same is not None and self._lean:
+            # a call like the last one of this layer (same weight object, input shape / dtype / device, output
+            # shape): every check below gave the same answer for it, so only what differs per call is read
+            module = layer.module
+            weight = module._parameters.get(same[9]) if same[9] else rule_weight(module, layer.rule.weight)
+            if (weight is same[0] and x.shape == same[1] and out.shape == same[2] and x.dtype is same[3]
+                    and x.device == same[4] and x.layout is torch.strided and not x.is_nested
+                    and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
+                batch = self._batch
+                state = batch.layers.get(name)
+                if state is None:
+                    state = batch.layers[name] = SynapseState(first_seen=next_stamp(), device=same[4])
+                if state.device == same[4]:
+                    rows = same[5]
+                    state.calls += 1
+                    state.rows_total += rows
+                    state.rows.add(rows)
+                    state.in_shape, state.out_shape, state.in_neurons = same[10], same[11], same[12]
+                    state.in_values += same[6]
+                    state.data_calls += x.grad_fn is None and bool(batch.inputs) and _storage(x) in batch.inputs
+                    state.leads[same[7]] += 1
+                    state.records.append(Call(x, rows, same[8], weight, layer.maps, None, None, x._version,
+                                              self.integer_spikes == "events"))
+                    if not torch.is_grad_enabled() or x.is_inference():
+                        state.settle()
+                    return
         module, rule = layer.module, layer.rule
         if x.is_nested:  # (torch's nested-tensor paths: the call is skipped and named)
             self._warn_once(
@@ -698,7 +732,8 @@ class SynOpsCounter:
                 "nested inputs are NOT counted. Pass padded dense tensors to count them (for nn.TransformerEncoder: "
                 "enable_nested_tensor=False).", stacklevel=5)
             return
-        x = _checked_input(name, module, x)
+        given = x
+        x = _checked_input(name, module, x)  # (a non-float input is counted as a float copy)
         nd = rule.sample_ndim(module)
         if x.dim() < nd or out.dim() < nd:
             raise ValueError(
@@ -730,10 +765,19 @@ class SynOpsCounter:
                 raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
             layer.last = (in_shape, out_shape, weight, entry)
         rows = x.numel() // n_el
+        lead = tuple(x.shape[:x.dim() - nd])
         self.record_call(name, Call(x, rows, entry, weight, layer.maps, version=x._version,
                                     events=self.integer_spikes == "events"),
-                         in_shape=in_shape, out_shape=out_shape, data=self._is_data(x),
-                         lead=tuple(x.shape[:x.dim() - nd]))
+                         in_shape=in_shape, out_shape=out_shape, data=self._is_data(x), lead=lead)
+        plain = rule.weight if not rule.weight.endswith("()") else ""
+        if (self._lean and x is given and not self._sharded.holds(name) and not sharding.is_dtensor(weight)
+                and (module._parameters.get(plain) is weight if plain else True)):
+            # what the next call like this one reuses (see the top of this method)
+            n_in = entry.effective.numel()
+            layer.same = (weight, x.shape, out.shape, x.dtype, x.device, rows, rows * n_in, lead, entry, plain,
+                          in_shape, out_shape, n_in)
+        else:
+            layer.same = None
 
     def record_call(self, name: str, call: Call, *, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...],
                     data: bool, lead: Optional[Tuple[int, ...]]) -> None:
@@ -770,6 +814,11 @@ class SynOpsCounter:
         state.records.append(call)
         if not torch.is_grad_enabled() or call.x.is_inference():
             state.settle()
+
+    @property
+    def _lean(self) -> bool:
+        """Whether a call is recorded as it ran, with no correction or extra (the common case)."""
+        return not (self._pools.tagged or self.per_sample_counts or self._encoding)
 
     def _state(self, name: str, device: torch.device) -> SynapseState:
         state = self._batch.layers.get(name)
