@@ -16,7 +16,8 @@ Definitions (per layer call, input ``x`` of shape ``[*rows, *sample]``):
 
 Everything is summed over every forward call since :meth:`SynOpsCounter.reset`
 (all time steps) and divided by the number of *samples* of the batch, never by
-samples x time steps. How the number of samples ``B`` is learned, in order:
+samples x time steps. The rules below live in :mod:`synopsloss.layout` (shared with
+the neuron monitor). How the number of samples ``B`` is learned, in order:
 
 1. ``batch_size=`` given to the counter;
 2. sinabs ``*Squeeze`` layers (``batch_size``, or ``rows // num_timesteps``),
