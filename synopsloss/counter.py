@@ -16,7 +16,8 @@ Definitions (per layer call, input ``x`` of shape ``[*rows, *sample]``):
 
 Everything is summed over every forward call since :meth:`SynOpsCounter.reset`
 (all time steps) and divided by the number of *samples* of the batch, never by
-samples x time steps. How the number of samples ``B`` is learned, in order:
+samples x time steps. The rules below live in :mod:`synopsloss.layout` (shared with
+the neuron monitor). How the number of samples ``B`` is learned, in order:
 
 1. ``batch_size=`` given to the counter;
 2. sinabs ``*Squeeze`` layers (``batch_size``, or ``rows // num_timesteps``),
@@ -79,6 +80,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import frameworks, registry, sharding
+from . import layout as batch_layout
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
 from .errors import SynOpsWarning, UnsupportedLayerWarning
@@ -106,25 +108,11 @@ class _Layer:
 
 
 @dataclass
-class _Batch:
-    """What the root hook learned about the current batch, and the layers' running numbers."""
+class _Batch(batch_layout.Evidence):
+    """The current batch: its layout evidence (:class:`synopsloss.layout.Evidence`, whose fields the root,
+    time-folding and probe hooks write) and the layers' running numbers."""
 
     layers: Dict[str, SynapseState] = field(default_factory=dict)
-    root_batch: Optional[int] = None
-    root_shape: Tuple[int, ...] = ()
-    root_calls: int = 0
-    root_note: str = ""
-    fold_batch: Optional[int] = None
-    fold_layer: str = ""
-    fold_steps: Dict[str, int] = field(default_factory=dict)  # time steps seen by each time-folding layer
-    fold_tc: int = 0  # time steps of one folded call ([B*T, ...])
-    probe_batch: Optional[int] = None  # samples from a layer whose input layout is known (SJ / norse / sinabs)
-    probe_layer: str = ""
-    probe_conflict: str = ""
-    probe_steps: Dict[str, int] = field(default_factory=dict)  # time steps each probe saw, in first-call order
-    probe_tc: int = 0  # most time steps in one probe call (the length of the data's time dim)
-    root_steps: int = 0  # time steps of the model's input (time_dim=)
-    root_tc: int = 0
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
     held: List[Tensor] = field(default_factory=list)  # that data, held so that no other tensor reuses its memory
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
@@ -585,20 +573,16 @@ class SynOpsCounter:
             )
 
     def _check_declared_batch(self, tensors: List[Tensor]) -> None:
-        """A declared ``batch_size=`` must fit the input: some dim holds it, or a multiple of it ([B*T, ...])."""
-        if not tensors or tensors[0].is_nested or not tensors[0].dim():
-            return
-        b, shape = self.batch_size, tuple(tensors[0].shape)
-        dims = [shape[self.batch_dim]] if self._batch_dim_given and tensors[0].dim() > self.batch_dim else list(shape)
-        if any(d and d % b == 0 for d in dims):
-            return
-        where = f"dim {self.batch_dim}" if self._batch_dim_given else "no dim"
-        raise ValueError(
-            f"synopsloss: the counter was created with batch_size={b}, but the model's input has shape {shape} "
-            f"({where} holds {b} samples or a multiple of them): a shorter last batch would be divided by {b}. "
-            f"Set counter.batch_size to this batch's number of samples before it (counter.batch_size = "
-            f"{shape[self.batch_dim] if tensors[0].dim() > self.batch_dim else '...'}), or create the counter "
-            "without batch_size= so that it reads the samples from the input.")
+        """A declared ``batch_size=`` must fit the input (:func:`synopsloss.layout.check_declared_batch`)."""
+        shape = tuple(tensors[0].shape) if tensors and not tensors[0].is_nested else None
+        batch_layout.check_declared_batch(shape, self._layout_options())
+
+    def _layout_options(self) -> batch_layout.Options:
+        """The options that :mod:`synopsloss.layout` reads (``batch_size`` may be changed between batches)."""
+        return batch_layout.Options(
+            batch_size=self.batch_size, batch_dim=self.batch_dim, time_dim=self.time_dim,
+            batch_dim_given=self._batch_dim_given, layout_given=self._layout_given,
+            batch_first_layers=self._batch_first_layers)
 
     def _check_new_call(self, batch: _Batch) -> None:
         """The model is called again on a batch whose counts were read, backpropagated or interrupted."""
@@ -645,16 +629,7 @@ class SynOpsCounter:
         b = registry.time_folding_batch(module, args[0])
         if b is None:
             return
-        batch = self._batch
-        if batch.fold_batch is not None and b != batch.fold_batch:
-            raise ValueError(
-                f"synopsloss: time-folding layers disagree on the batch size ({batch.fold_layer!r}: "
-                f"{batch.fold_batch}, {name!r}: {b}); give them the same batch_size"
-            )
-        batch.fold_batch, batch.fold_layer = b, name
-        steps = int(args[0].shape[0]) // b if b else 0
-        batch.fold_steps[name] = batch.fold_steps.get(name, 0) + steps
-        batch.fold_tc = max(batch.fold_tc, steps)
+        batch_layout.add_fold(self._batch, name, b, int(args[0].shape[0]))
 
     def _probe_hook(self, module: nn.Module, args: tuple, *, name: str, layout: registry.ProbeLayout,
                     samples: bool) -> None:
@@ -665,15 +640,7 @@ class SynOpsCounter:
             b, t = frameworks.probe_sizes(layout, args[0])
         except ValueError:
             return  # an input it cannot read (unbatched): the other sources decide
-        batch = self._batch
-        batch.probe_steps[name] = batch.probe_steps.get(name, 0) + t
-        batch.probe_tc = max(batch.probe_tc, t)
-        if not samples:
-            return
-        if batch.probe_batch is None:
-            batch.probe_batch, batch.probe_layer = b, name
-        elif b != batch.probe_batch and not batch.probe_conflict:
-            batch.probe_conflict = f"{name!r} saw {b}"
+        batch_layout.add_probe(self._batch, name, b, t, samples)
 
     def _layer_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any, *, name: str) -> None:
         layer = self._layers[name]
@@ -872,66 +839,8 @@ class SynOpsCounter:
     # ------------------------------------------------------------------ reading
 
     def _samples(self) -> int:
-        """Samples of the current batch, checked against every layer's rows."""
-        batch = self._batch
-        if self.batch_size is not None:
-            b, source, certain = self.batch_size, "batch_size=", True
-        elif batch.fold_batch is not None:
-            b, source, certain = batch.fold_batch, f"the time-folding layer {batch.fold_layer!r}", True
-        elif batch.probe_batch is not None:
-            b, source, certain = batch.probe_batch, f"layer {batch.probe_layer!r}, whose input layout is known", True
-            if batch.probe_conflict:
-                raise ValueError(
-                    f"synopsloss: layers whose input layout is known disagree on the number of samples: "
-                    f"{batch.probe_layer!r} saw {b}, {batch.probe_conflict}. Pass SynOpsCounter(model, batch_size=B).")
-            if self._batch_dim_given and batch.root_batch is not None and batch.root_batch != b:
-                raise ValueError(
-                    f"synopsloss: batch_dim={self.batch_dim} gives {batch.root_batch} samples (model input "
-                    f"{batch.root_shape}), but {source} received {b}. Drop batch_dim= (the layer's layout is "
-                    "known) or pass the right one.")
-        elif any(s.samples for s in batch.layers.values()):
-            name, b = next((n, s.samples) for n, s in batch.layers.items() if s.samples)
-            source, certain = f"layer {name!r}, which knows its layout (batch_first)", True
-        elif batch.root_batch is not None:
-            b, source = batch.root_batch, f"dim {self.batch_dim} of the model's input {batch.root_shape}"
-            certain = self._layout_given or self._batch_first_layers or _rows_span_dim1(batch.root_shape, batch.layers)
-        else:
-            why = batch.root_note or "the model itself was not called (only its submodules were)"
-            raise ValueError(
-                f"synopsloss cannot tell how many samples the batch has: {why}. "
-                "Pass SynOpsCounter(model, batch_size=B)."
-            )
-        if b == 0:
-            raise ValueError(
-                f"synopsloss: the batch has 0 samples ({source}); there is nothing to count per sample. "
-                "Skip empty batches, or call counter.reset() and run a batch with samples."
-            )
-        for name, state in batch.layers.items():
-            bad = sorted(r for r in state.rows if r % b)
-            if bad:
-                unbatched = len(state.in_shape) >= len(batch.root_shape) and batch.root_shape
-                hint = (
-                    " The model seems to be called on one sample without a batch dimension: add one "
-                    "(x.unsqueeze(0)) or pass batch_size=1." if unbatched else
-                    " If your data is time-first [T, B, ...], pass batch_dim=1 (or time_dim=0, which also "
-                    "declares its time steps); otherwise pass batch_size=B."
-                )
-                raise ValueError(
-                    f"synopsloss: layer {name!r} received {bad[0]} rows of shape {state.in_shape} in one call, "
-                    f"not a multiple of the {b} samples learned from {source}.{hint}"
-                )
-            if not certain and any(r != b for r in state.rows):
-                r = max(state.rows)
-                raise ValueError(
-                    f"synopsloss cannot tell how many samples the batch has: layer {name!r} received {r} rows "
-                    f"of shape {state.in_shape} in one call from a model input of shape {batch.root_shape}, so "
-                    f"the input has {r // b} more entries per sample than dim {self.batch_dim} says (time steps "
-                    "or tokens) and [B, T, ...] cannot be told from [T, B, ...]. Pass "
-                    "SynOpsCounter(model, batch_dim=0) for batch-first data (e.g. [B, tokens, ...]), batch_dim=1 "
-                    "for time-first [T, B, ...] data, time_dim=1 / time_dim=0 to declare [B, T, ...] / [T, B, ...] "
-                    "time series, or batch_size=B."
-                )
-        return b
+        """Samples of the current batch, checked against every layer's rows (:func:`synopsloss.layout.samples`)."""
+        return batch_layout.samples(self._batch, self._batch.layers, self._layout_options())
 
     def _require_batch(self, what: str) -> None:
         batch = self._batch
@@ -1038,35 +947,17 @@ class SynOpsCounter:
         if state is None:
             return 0.0
         b = self._samples()
-        return float(_layer_steps(state, b, self._time_layout()[1]))
+        return float(batch_layout.layer_steps(state, b, self._time_layout()[1]))
 
     def _time_layout(self) -> Tuple[float, int, str]:
         """``(time steps of the batch, steps of a call that carries the time dim, source)``."""
-        batch = self._batch
-        if self.time_dim is not None and batch.root_steps:
-            return float(batch.root_steps), batch.root_tc, f"dim {self.time_dim} of the model's input"
-        if batch.probe_steps:
-            name, steps = next(iter(batch.probe_steps.items()))
-            return float(steps), batch.probe_tc, f"layer {name!r}, whose input layout is known"
-        if batch.fold_steps:
-            name, steps = next(iter(batch.fold_steps.items()))
-            return float(steps), batch.fold_tc, f"the time-folding layer {name!r}"
-        for name, state in batch.layers.items():
-            if state.samples:  # a layer that knows its layout (nn.RNN / LSTM / GRU)
-                tc = max((r // state.samples for r in state.rows), default=1)
-                return state.rows_total / state.samples, tc, f"layer {name!r}, which knows its layout"
-        # one step per call of the model; a model that loops over time inside its forward calls its
-        # per-step layers ([B, ...] rows) that many times: the most common call count among them
-        per_step = Counter(s.calls for s in batch.layers.values()
-                           if all(len(lead) == 1 and lead[0] != "T" for lead in s.leads))
-        inner = max(per_step.items(), key=lambda kv: (kv[1], kv[0]))[0] if per_step else 0
-        return float(max(batch.root_calls, inner)), 1, "the calls of the model"
+        return batch_layout.time_layout(self._batch, self._batch.layers, self._layout_options())
 
     def _set_sample_steps(self, samples: int) -> float:
         """Store ``samples x steps`` on the batch's layer states; return the batch's time steps."""
-        steps, tc, _ = self._time_layout()
-        for state in self._batch.layers.values():
-            state.sample_steps = float(samples * _layer_steps(state, samples, tc))
+        steps, per_layer = batch_layout.sample_steps(self._batch, self._batch.layers, samples, self._layout_options())
+        for name, state in self._batch.layers.items():
+            state.sample_steps = per_layer[name]
         return steps
 
     def synops(self, by_layer: bool = False, driven: bool = False) -> Any:
@@ -1389,7 +1280,7 @@ class SynOpsCounter:
 
 
 def _lead_key(c: OpCounts, lead: Optional[Tuple[int, ...]]) -> tuple:
-    """What :func:`_call_steps` needs of one call: its leading (row) dims, or ``("T", steps)``."""
+    """What :func:`synopsloss.layout.call_steps` needs of one call: its leading (row) dims, or ``("T", steps)``."""
     if lead is not None:
         return lead
     if c.samples:  # the rule knows its layout: rows = steps x samples
@@ -1397,42 +1288,8 @@ def _lead_key(c: OpCounts, lead: Optional[Tuple[int, ...]]) -> tuple:
     return (c.rows,)
 
 
-def _call_steps(lead: tuple, samples: int, tc: int) -> int:
-    """Time steps one call covers: ``tc`` when its leading dims carry the time dim (``[T, B]``,
-    ``[B, T]`` or ``[T*B]``), else 1 (one step; other leading dims are tokens)."""
-    if lead and lead[0] == "T":
-        return int(lead[1])
-    if tc <= 1 or not lead:
-        return 1
-    if len(lead) >= 2 and {lead[0], lead[1]} == {tc, samples}:
-        return tc
-    return tc if lead[0] == tc * samples else 1
-
-
-def _layer_steps(state: SynapseState, samples: int, tc: int) -> int:
-    """Time steps a layer ran in a batch: the sum of :func:`_call_steps` over its calls.
-
-    A layer called once per step whose other leading dim happens to equal ``T``
-    (``N == T`` tokens) would read as ``T`` steps per call: a layer never runs more
-    calls x steps than one step per call when it is called ``tc`` times or more.
-    """
-    steps = sum(n * _call_steps(lead, samples, tc) for lead, n in state.leads.items())
-    if tc > 1 and state.calls >= tc and steps > state.calls:
-        return state.calls
-    return steps
-
-
 def _check_optional_int(name: str, value: Any, minimum: int) -> None:
     check_int(name, value, minimum=minimum, optional=True)
-
-
-def _rows_span_dim1(root_shape: Tuple[int, ...], layers: Dict[str, Any]) -> bool:
-    """Whether a layer's rows hold the model input's dims 1: (a ``[B, C, H, W]`` image repeated over T inside the
-    model: a conv row is one ``(C, H, W)`` image). Dim 1 then lies inside one row, so it is no batch or time dim
-    and only the batch-first reading is consistent with that layer's rows."""
-    tail = tuple(root_shape[1:]) if root_shape else ()
-    return bool(tail) and any(tuple(s.in_shape[len(s.in_shape) - len(tail):]) == tail
-                              for s in layers.values() if len(s.in_shape) >= len(tail))
 
 
 def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:

@@ -111,6 +111,7 @@ import torch
 from torch import Tensor, nn
 
 from . import frameworks, registry
+from . import layout as batch_layout
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
 from .reductions import Scratch, count_nonzero, neuron_counts
@@ -206,9 +207,9 @@ class NeuronMonitor:
         self._batch: Dict[str, NeuronState] = {}
         self._totals: Dict[str, NeuronState] = {}
         self._total_samples = 0
-        self._root_batch: Optional[int] = None
-        self._fold_batch: Optional[int] = None
-        self._probe_batch: Optional[int] = None  # samples seen by a SpikingJelly / norse neuron (its layout is known)
+        # samples seen by the model's input (root_batch), a sinabs *Squeeze layer (fold_batch) and a
+        # SpikingJelly / norse neuron, whose layout is known (probe_batch)
+        self._layout = batch_layout.Evidence()
         self.attach()
 
     # ------------------------------------------------------------------ lifecycle
@@ -286,18 +287,16 @@ class NeuronMonitor:
                 fold(self._totals.setdefault(name, NeuronState()), state)
             self._total_samples += samples
         self._batch = {}
-        self._root_batch = None
-        self._fold_batch = None
-        self._probe_batch = None
+        self._layout = batch_layout.Evidence()
 
     # ------------------------------------------------------------------ hooks
 
     def _root_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._root_batch is not None:
+        if self._layout.root_batch is not None:
             return
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
         if tensors and tensors[0].dim() > self.batch_dim:
-            self._root_batch = int(tensors[0].shape[self.batch_dim])
+            self._layout.root_batch = int(tensors[0].shape[self.batch_dim])
 
     def _state(self, name: str) -> NeuronState:
         state = self._batch.get(name)
@@ -353,15 +352,15 @@ class NeuronMonitor:
             sample_shape, rows = tuple(out.shape[2:]), out.shape[0] * out.shape[1]
         else:
             sample_shape, rows = tuple(out.shape[1:]), out.shape[0]
-        if row is not None and self._probe_batch is None:
-            self._probe_batch = int(out.shape[1] if time_first else out.shape[0])
+        if row is not None and self._layout.probe_batch is None:
+            self._layout.probe_batch = int(out.shape[1] if time_first else out.shape[0])
         spiking = row is None or row.output not in ("membrane", "analog")
         if row is not None and row.output == "signed":
             out = out.abs()  # a -1 spike is one spike
         if info.get("squeeze") and x is not None:
             b = registry.time_folding_batch(module, x)
             if b is not None:
-                self._fold_batch = b
+                self._layout.fold_batch = b
         neurons = math.prod(sample_shape)
         flat = out.reshape(rows, neurons) if neurons else out.reshape(rows, 0)
         dtype = torch.float64 if out.device.type != "mps" else torch.float32
@@ -452,14 +451,12 @@ class NeuronMonitor:
         fn = self._samples_fn() if isinstance(self._samples_fn, weakref.WeakMethod) else self._samples_fn
         if fn is not None:
             return int(fn())
-        if self.batch_size is not None:
-            return self.batch_size
-        if self._fold_batch is not None:
-            return self._fold_batch
-        if self._probe_batch is not None:
-            return self._probe_batch
-        if self._root_batch is not None:
-            return self._root_batch
+        # the counter's priority chain (batch_size=, a time-folding layer, a neuron whose layout is known,
+        # the model's input); the monitor has no rows to check them against
+        found = batch_layout.reading(self._layout, {}, batch_layout.Options(batch_size=self.batch_size,
+                                                                            batch_dim=self.batch_dim))
+        if found is not None:
+            return found.samples
         raise ValueError(
             "NeuronMonitor cannot tell how many samples the batch has (the model was not called with a tensor); "
             "pass NeuronMonitor(model, batch_size=B)"

@@ -77,7 +77,7 @@ def test_lemaire2022_io_term_is_kept_with_neurons_false_accumulated():
 _PRIVATE_STATE = {
     "_batch", "_totals", "_total_samples", "_monitor", "_layers", "_maps", "_hooks", "_pools", "_tags",
     "_rules", "_unsupported", "_warned", "_handles", "_samples_fn", "_terms", "_calls", "_schedules",
-    "_owner", "_eff", "_dense", "_root_batch", "_fold_batch", "_layout_given", "_batch_first_layers",
+    "_owner", "_eff", "_dense", "_root_batch", "_fold_batch", "_layout_given", "_batch_first_layers", "_layout",
     "_track_neurons", "_samples", "_merged", "_require_batch",
 }
 
