@@ -130,10 +130,10 @@ class _Inputs(NamedTuple):
 def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) -> Optional[_Inputs]:
     """:func:`_input_sums` for CPU inputs whose values are all >= 0 (spikes, ReLU activations); ``None`` otherwise.
 
-    ``|x| = x`` there and the gradient of the magnitude (+1 at and above 0) is 1, so the synops need no ``abs``:
-    each input is read by a few passes that write nothing of its size (min / max, ``x . x`` and one product with
-    ones). An input whose values lie in [0, 1] with ``x . x == sum x`` holds only 0 and 1: its nonzeros per neuron
-    are its sums (no separate count). Large inputs are reduced one by one (no stacked copy), small ones stacked.
+    ``|x| = x`` there and the gradient of the magnitude (+1 at and above 0) is 1, so the synops need no ``abs``
+    and no sign mask in backward: each input is read by its min / max and two products with ones (of ``x`` and
+    of ``sign(x)``, the exact nonzeros per neuron). Large inputs are reduced one by one (no stacked copy), small
+    ones stacked. The spiking and integer flags follow the general rule.
     """
     n = len(xs)
     flat = [t.reshape(rows, n_el) for t in xs]
@@ -148,30 +148,37 @@ def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) 
             lo, hi = torch.aminmax(stacked.reshape(n, -1), dim=1)
         if not bool((lo >= 0).all()):  # (NaN fails too: the general path reports it)
             return None
-        unit = (hi <= 1).tolist()
-        if any(unit):
-            sq = (torch.stack([torch.dot(t.reshape(-1), t.reshape(-1)) for t in det]) if big
-                  else torch.linalg.vecdot(stacked.reshape(n, -1), stacked.reshape(n, -1)))
+        ones = det[0].new_ones(1, rows)
+        if big:
+            nzc = torch.cat([ones @ torch.sign(t) for t in det])
+        else:
+            nzc = torch.matmul(ones, torch.sign(stacked)).squeeze(1)
     if big:
-        magc = torch.stack([_RowSums.apply(t) if t.requires_grad and torch.is_grad_enabled() else t.sum(0)
+        magc = torch.stack([_RowSums.apply(t) if t.requires_grad and torch.is_grad_enabled() else (ones @ t)[0]
                             for t in flat])
     else:
         x = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)
         magc = _RowSums.apply(x) if x.requires_grad and torch.is_grad_enabled() else torch.matmul(
-            x.new_ones(n, 1, rows), x).squeeze(1)
+            ones, x).squeeze(1)
     with torch.no_grad():
-        mag = magc.detach()
-        tot = mag.sum(1, dtype=acc)
-        binary = [bool(u) for u in unit]
-        if any(unit):
-            binary = [u and b for u, b in zip(unit, (sq.to(acc) == tot).tolist())]
-        if all(binary):
-            nzc, integer = mag, torch.ones(n, dtype=torch.bool, device=mag.device)
+        mag_tot = magc.detach().sum(1, dtype=acc)
+        nz_tot = nzc.sum(1, dtype=acc)
+        amax = hi.to(acc)
+        spiking = ((amax <= 1) & (mag_tot == nz_tot)).tolist()
+        if all(spiking):
+            integer = torch.ones(n, dtype=torch.bool, device=amax.device)
         else:
-            nzc = torch.stack([mag[i] if b else (det[i] != 0).sum(0, dtype=mag.dtype) for i, b in enumerate(binary)])
-            integer = torch.stack([torch.ones((), dtype=torch.bool) if b else (det[i] == det[i].round()).all()
-                                   for i, b in enumerate(binary)])
-        return _Inputs(magc, nzc, tot, nzc.sum(1, dtype=acc), hi.to(acc), integer)
+            integer = torch.stack([torch.ones((), dtype=torch.bool) if sp else (det[i] == det[i].round()).all()
+                                   for i, sp in enumerate(spiking)])
+        return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer)
+
+
+def _autocast_cpu() -> bool:
+    """Whether CPU autocast is on (its matrix products would sum in half precision: the general path is taken)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # pragma: no cover - torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encoding: str,
@@ -179,7 +186,7 @@ def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encodi
     """Sums over the rows of each input: |x| (differentiable), nonzeros, totals, max |x| and the integer flag."""
     if (xs[0].device.type == "cpu" and encoding == "unary" and not keep_mag and rows < WIDE_ROWS
             and _FAST_GROUP <= len(xs) * rows * n_el and rows * n_el < (1 << 24)
-            and xs[0].dtype in (torch.float32, torch.float64)):
+            and xs[0].dtype in (torch.float32, torch.float64) and not _autocast_cpu()):
         fast = _nonnegative_sums(xs, rows, n_el, acc)
         if fast is not None:
             return fast
