@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -353,6 +353,10 @@ def weight_mask(weight: Tensor) -> Tensor:
         return w != 0
 
 
+#: weights of at most this many values are checked against their maps together (:meth:`MapCache.current_all`)
+_BATCHED_MASK = 1 << 16
+
+
 class MapCache:
     """Bounded cache of connection maps, one entry per (geometry, input sample shape, device).
 
@@ -437,6 +441,38 @@ class MapCache:
         if self._eff.get(ent.key) is ent:
             self._put(ent.key, new)
         return new
+
+    @staticmethod
+    def current_all(items: List[Tuple["MapCache", LayerMaps, Optional[Tensor]]]) -> List[LayerMaps]:
+        """:meth:`current` for many ``(cache, entry, weight as used)`` at once.
+
+        The small CPU weights (the common case of many small layers) are checked together: their nonzero
+        patterns are compared with their entries' in one comparison, and only when it fails one by one.
+
+        Example
+        -------
+        >>> import torch
+        >>> cache = MapCache()
+        >>> w = torch.tensor([[1.0, 0.0], [2.0, 3.0]])
+        >>> ent = cache.entry(("lin",), w, lambda w01: w01.sum(0), (2,))
+        >>> same, = MapCache.current_all([(cache, ent, w.clone())])
+        >>> same is ent
+        True
+        """
+        out: List[Optional[LayerMaps]] = [None] * len(items)
+        batch: List[int] = []
+        for i, (cache, ent, w) in enumerate(items):
+            if (w is not None and ent.build is not None and ent.mask is not None and w.device.type == "cpu"
+                    and w.numel() <= _BATCHED_MASK and w.shape == ent.mask.shape and w.layout == torch.strided
+                    and getattr(w, "full_tensor", None) is None):
+                batch.append(i)
+        if len(batch) > 1:
+            with torch.no_grad():
+                now = torch.cat([items[i][2].detach().reshape(-1) for i in batch]) != 0
+                if torch.equal(now, torch.cat([items[i][1].mask.reshape(-1) for i in batch])):
+                    for i in batch:
+                        out[i] = items[i][1]
+        return [o if o is not None else cache.current(ent, w) for o, (cache, ent, w) in zip(out, items)]
 
     def get(self, module: nn.Module, rule: Rule, in_shape: Shape, out_shape: Shape) -> LayerMaps:
         """The (current) map of a module layer for one input / output sample shape."""

@@ -301,6 +301,13 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     (4.0, 8.0, 4.0, 0.0)
     """
     memo: Dict[tuple, LayerMaps] = {}  # (id(weight as used), id(entry)) -> its current map, once per read
+    todo: Dict[tuple, Tuple[MapCache, LayerMaps, Optional[Tensor]]] = {}
+    for calls in layers:
+        for c in calls:
+            if c.weight is not None and c.cache is not None:
+                todo.setdefault((id(c.weight), id(c.entry)), (c.cache, c.entry, c.weight))
+    if todo:
+        memo = dict(zip(todo, MapCache.current_all(list(todo.values()))))
     order = {id(c): i for calls in layers for i, c in enumerate(calls)}  # a call's index within its layer
     groups: Dict[tuple, List[Tuple[int, Call, LayerMaps]]] = {}
     pooled: List[Tuple[int, Call, LayerMaps]] = []
@@ -309,10 +316,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         for c in calls:
             ent = c.entry
             if c.weight is not None and c.cache is not None:
-                k = (id(c.weight), id(ent))
-                ent = memo.get(k)  # type: ignore[assignment]
-                if ent is None:
-                    ent = memo[k] = c.cache.current(c.entry, c.weight)
+                ent = memo[(id(c.weight), id(ent))]
             last[li] = ent
             item = (li, c, ent)
             if c.scale is not None:
