@@ -896,8 +896,15 @@ class SynOpsCounter:
         >>> counter.data_fed_layers()
         ['0']
         """
-        states = self._merged(accumulated=True)
-        return [n for n, s in states.items() if s.calls and s.data_calls == s.calls]
+        calls: Dict[str, List[int]] = {}  # {layer: [calls, data calls, first seen]}: counts only, nothing reduced
+        for src in (self._totals, self._batch.layers):
+            for name, st in src.items():
+                c = calls.setdefault(name, [0, 0, st.first_seen])
+                c[0] += st.calls
+                c[1] += st.data_calls
+                if st.first_seen is not None and (c[2] is None or st.first_seen < c[2]):
+                    c[2] = st.first_seen
+        return [n for n, c in sorted(calls.items(), key=lambda kv: kv[1][2] or 0) if c[0] and c[1] == c[0]]
 
     def _merged(self, accumulated: bool, current: bool = True) -> Dict[str, SynapseState]:
         """Layer states of the current batch (and the totals), in forward order."""
