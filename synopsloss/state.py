@@ -71,13 +71,6 @@ def _sum(a: Any, b: Any, detach: bool) -> Any:
     return b if a is None else a + b
 
 
-_COMBINE = {
-    Reduce.SUM: _sum,
-    Reduce.LAST: lambda a, b, _d: a if b is None or b == () else b,
-    Reduce.MIN: lambda a, b, _d: a if b is None else (b if a is None else min(a, b)),
-    Reduce.ANY: lambda a, b, _d: bool(a) or bool(b),
-    Reduce.UNION: lambda a, b, _d: set(a) | set(b),
-}
 
 S = TypeVar("S")
 
@@ -94,20 +87,42 @@ def fold(into: S, other: S, *, detach: bool = True) -> S:
     if settle is not None:
         settle()  # calls recorded since the last read enter the sums now
     plan = _PLANS.get(type(into))
-    if plan is None:  # the reduced fields of a state class, looked up once (fold runs on every layer call)
-        plan = _PLANS[type(into)] = [(f.name, _COMBINE[f.metadata["reduce"]]) for f in fields(into)  # type: ignore[arg-type]
-                                     if f.metadata.get("reduce") is not None]
-    flag = hasattr(into, "shape_changed")
-    for name, combine in plan:
-        a, b = getattr(into, name), getattr(other, name)
-        value = combine(a, b, detach)
-        if value is None and flag and a is not None and b is not None:
-            into.shape_changed = True  # type: ignore[attr-defined]
-        setattr(into, name, value)
+    if plan is None:  # the fold of a state class, generated once from its declared fields (it runs per layer)
+        plan = _PLANS[type(into)] = _fold_function(type(into))
+    plan(into, other, detach)
     return into
 
 
-_PLANS: Dict[type, List[Tuple[str, Any]]] = {}
+#: one line of the generated fold per rule (``F``: the field; ``a`` / ``b``: into's / other's value)
+_FOLD_LINES = {
+    Reduce.SUM: ("b = other.F\n"
+                 "if b is not None:\n"
+                 "    a = into.F\n"
+                 "    v = _sum(a, b, detach)\n"
+                 "    if v is None and a is not None:\n"
+                 "        FLAG\n"
+                 "    into.F = v\n"),
+    Reduce.LAST: "b = other.F\nif not (b is None or b == ()):\n    into.F = b\n",
+    Reduce.MIN: "b = other.F\nif b is not None:\n    into.F = b if into.F is None else min(into.F, b)\n",
+    Reduce.ANY: "into.F = bool(into.F) or bool(other.F)\n",
+    Reduce.UNION: "into.F = set(into.F) | set(other.F)\n",
+}
+
+
+def _fold_function(cls: type) -> Any:
+    """``fold(into, other, detach)`` for ``cls``, written out from its fields' :class:`Reduce` rules (as
+    ``dataclasses`` writes ``__init__``): the same rules as a loop over the fields, without the per-field
+    look-ups by name (it runs for every layer at every reset and read)."""
+    flag = "into.shape_changed = True" if any(f.name == "shape_changed" for f in fields(cls)) else "pass"
+    body = "".join(_FOLD_LINES[f.metadata["reduce"]].replace("FLAG", flag).replace("F", f.name)
+                   for f in fields(cls) if f.metadata.get("reduce") is not None)
+    src = "def fold(into, other, detach):\n" + "".join("    " + line + "\n" for line in body.splitlines()) + "    return into\n"
+    scope: Dict[str, Any] = {"_sum": _sum}
+    exec(compile(src, f"<fold of {cls.__name__}>", "exec"), scope)  # noqa: S102 - generated from the declarations
+    return scope["fold"]
+
+
+_PLANS: Dict[type, Any] = {}
 
 
 @dataclass
