@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .maps import LayerMaps, MapCache, magnitude
-from .reductions import Scratch, abs_row_sums
+from .reductions import Scratch, abs_row_sums, autocast_cpu
 
 __all__ = ["Call", "Sums", "reduce_calls", "reduce_layers"]
 
@@ -173,20 +173,12 @@ def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) 
         return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer)
 
 
-def _autocast_cpu() -> bool:
-    """Whether CPU autocast is on (its matrix products would sum in half precision: the general path is taken)."""
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # pragma: no cover - torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
 def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encoding: str,
                 keep_mag: bool = False) -> _Inputs:
     """Sums over the rows of each input: |x| (differentiable), nonzeros, totals, max |x| and the integer flag."""
     if (xs[0].device.type == "cpu" and encoding == "unary" and not keep_mag and rows < WIDE_ROWS
             and _FAST_GROUP <= len(xs) * rows * n_el and rows * n_el < (1 << 24)
-            and xs[0].dtype in (torch.float32, torch.float64) and not _autocast_cpu()):
+            and xs[0].dtype in (torch.float32, torch.float64) and not autocast_cpu()):
         fast = _nonnegative_sums(xs, rows, n_el, acc)
         if fast is not None:
             return fast
