@@ -260,8 +260,7 @@ class Totals:
         for st in states.values():
             for k in SUM_KEYS:
                 setattr(st, k, None)
-        if len(self._pending) >= 32:
-            self._compact()
+        self._compact()  # at once: the totals hold one matrix, whatever number of batches they summed
         return True
 
     def _compact(self) -> None:
