@@ -73,7 +73,7 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +84,7 @@ from . import layout as batch_layout
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
 from .errors import SynOpsWarning, UnsupportedLayerWarning
-from .maps import MapCache, OpCounts, Rule, module_map_args, rule_weight, weight_mask
+from .maps import LayerMaps, MapCache, OpCounts, Rule, module_map_args, rule_weight, weight_mask
 from .records import Call
 from .fastpath import EncoderGuard
 from .opscope import OpScope, class_code, compiled_submodules
@@ -104,7 +104,26 @@ class _Layer:
     rule: Rule
     maps: MapCache
     last: Any = None  # (in_shape, out_shape, weight, entry) of the last call: a repeated call skips the map look-up
-    same: Any = None  # what a call like the last one reuses: its checks passed and its record is the same but x
+    same: Optional["_Repeat"] = None  # what a call like the last one reuses (its checks passed; same record but x)
+
+
+class _Repeat(NamedTuple):
+    """What a call like a layer's last one reuses (:meth:`SynOpsCounter._count`): the checks it passed and its
+    record, all but the input."""
+
+    weight: Tensor  # the weight object as used
+    x_shape: torch.Size
+    out_shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    rows: int
+    in_values: int  # rows x input neurons
+    lead: Tuple[int, ...]  # the leading (row) dims
+    entry: LayerMaps
+    attr: str  # the weight's name in the module's parameters ("" for a rule that computes it)
+    in_shape: Tuple[int, ...]  # one sample of the input and of the output
+    sample_out: Tuple[int, ...]
+    in_neurons: int
 
 
 @dataclass
@@ -670,24 +689,25 @@ class SynOpsCounter:
             # a call like the last one of this layer (same weight object, input shape / dtype / device, output
             # shape): every check below gave the same answer for it, so only what differs per call is read
             module = layer.module
-            weight = module._parameters.get(same[9]) if same[9] else rule_weight(module, layer.rule.weight)
-            if (weight is same[0] and x.shape == same[1] and out.shape == same[2] and x.dtype is same[3]
-                    and x.device == same[4] and x.layout is torch.strided and not x.is_nested
+            weight = module._parameters.get(same.attr) if same.attr else rule_weight(module, layer.rule.weight)
+            if (weight is same.weight and x.shape == same.x_shape and out.shape == same.out_shape
+                    and x.dtype is same.dtype and x.device == same.device and x.layout is torch.strided and not x.is_nested
                     and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
                 batch = self._batch
                 state = batch.layers.get(name)
                 if state is None:
-                    state = batch.layers[name] = SynapseState(first_seen=next_stamp(), device=same[4])
-                if state.device == same[4]:
-                    rows = same[5]
+                    state = batch.layers[name] = SynapseState(first_seen=next_stamp(), device=same.device)
+                if state.device == same.device:
+                    rows = same.rows
                     state.calls += 1
                     state.rows_total += rows
                     state.rows.add(rows)
-                    state.in_shape, state.out_shape, state.in_neurons = same[10], same[11], same[12]
-                    state.in_values += same[6]
+                    state.in_shape, state.out_shape = same.in_shape, same.sample_out
+                    state.in_neurons = same.in_neurons
+                    state.in_values += same.in_values
                     state.data_calls += x.grad_fn is None and bool(batch.inputs) and _storage(x) in batch.inputs
-                    state.leads[same[7]] += 1
-                    state.records.append(Call(x, rows, same[8], weight, layer.maps, None, None, x._version,
+                    state.leads[same.lead] += 1
+                    state.records.append(Call(x, rows, same.entry, weight, layer.maps, None, None, x._version,
                                               self.integer_spikes == "events"))
                     if not torch.is_grad_enabled() or x.is_inference():
                         state.settle()
@@ -741,8 +761,8 @@ class SynOpsCounter:
                 and (module._parameters.get(plain) is weight if plain else True)):
             # what the next call like this one reuses (see the top of this method)
             n_in = entry.effective.numel()
-            layer.same = (weight, x.shape, out.shape, x.dtype, x.device, rows, rows * n_in, lead, entry, plain,
-                          in_shape, out_shape, n_in)
+            layer.same = _Repeat(weight, x.shape, out.shape, x.dtype, x.device, rows, rows * n_in, lead, entry,
+                                 plain, in_shape, out_shape, n_in)
         else:
             layer.same = None
 
