@@ -132,6 +132,8 @@ class _Batch(batch_layout.Evidence):
     time-folding and probe hooks write) and the layers' running numbers."""
 
     layers: Dict[str, SynapseState] = field(default_factory=dict)
+    unreduced: Dict[int, SynapseState] = field(default_factory=dict)  # layers with calls made without gradients
+    unreduced_bytes: int = 0  # bytes of the inputs those calls hold
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
     held: List[Tensor] = field(default_factory=list)  # that data, held so that no other tensor reuses its memory
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
@@ -164,6 +166,9 @@ def _in_backward() -> bool:
     """Whether autograd is running a backward pass (gradient checkpointing re-runs forwards there)."""
     return torch._C._current_graph_task_id() != -1
 
+
+#: inputs that calls made without gradients may hold before they are reduced (else: when the forward returns)
+HELD_BYTES = 64 * 2 ** 20
 
 #: the per-call checks of the counter's fast path, bound once (C functions; see ``SynOpsCounter._count``)
 _LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", lambda t: -1)
@@ -527,6 +532,7 @@ class SynOpsCounter:
             else:
                 steps = self._set_sample_steps(samples)
                 with torch.no_grad():  # calls never read are reduced without building a graph
+                    self._reduce_held()  # calls made without gradients: reduced without a graph first
                     settle_all(list(batch.layers.values()))
                 if self.per_sample_counts:
                     self._sample_values = self._sample_dict(samples, accumulated=True)
@@ -630,6 +636,8 @@ class SynOpsCounter:
 
     def _root_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._batch.pending = False
+        if self._batch.unreduced:
+            self._reduce_held()  # the calls this forward made without gradients
         # a state the model returns and is called with again is the network's, not data; held weakly,
         # so that a freed output's memory, reused by fresh data, is not mistaken for it
         self._batch.outputs.extend(weakref.ref(t) for t in _tensors(output, []) if t.device.type != "meta"
@@ -710,7 +718,7 @@ class SynOpsCounter:
                     state.records.append(Call(x, rows, same.entry, weight, layer.maps, None, None, x._version,
                                               self.integer_spikes == "events"))
                     if not torch.is_grad_enabled() or x.is_inference():
-                        state.settle()
+                        self._hold(state, x)
                     return
         module, rule = layer.module, layer.rule
         if x.is_nested:  # (torch's nested-tensor paths: the call is skipped and named)
@@ -800,7 +808,26 @@ class SynOpsCounter:
         state.leads[lead if lead is not None else (call.rows,)] += 1
         state.records.append(call)
         if not torch.is_grad_enabled() or call.x.is_inference():
-            state.settle()
+            self._hold(state, call.x)
+
+    def _hold(self, state: SynapseState, x: Tensor) -> None:
+        """A call made without gradients: reduced (without a graph) when the model's forward returns, or
+        sooner once the calls held since hold :data:`HELD_BYTES` of inputs (an evaluation loop holds at most
+        that much, and its small layers are reduced together, not one call at a time)."""
+        batch = self._batch
+        batch.unreduced[id(state)] = state
+        batch.unreduced_bytes += x.numel() * x.element_size()
+        if batch.unreduced_bytes > HELD_BYTES:
+            self._reduce_held()
+
+    def _reduce_held(self) -> None:
+        batch = self._batch
+        if batch.unreduced:
+            states = list(batch.unreduced.values())
+            batch.unreduced.clear()
+            batch.unreduced_bytes = 0
+            with torch.no_grad():
+                settle_all(states)
 
     @property
     def _lean(self) -> bool:
@@ -933,6 +960,7 @@ class SynOpsCounter:
         if current:
             sources.append(self._batch.layers)
         if current:
+            self._reduce_held()  # calls made without gradients: reduced without a graph first
             settle_all(list(self._batch.layers.values()))
         for src in sources:
             for name, state in src.items():
@@ -1024,6 +1052,7 @@ class SynOpsCounter:
         batch = self._batch
         batch.read = True
         states = list(batch.layers.values())
+        self._reduce_held()  # calls made without gradients: reduced without a graph first
         settle_all(states)
         device = states[0].device
         fed = set(self.data_fed_layers()) if driven else set()
@@ -1088,6 +1117,7 @@ class SynOpsCounter:
         self._require_batch("per_sample")
         b = self._samples()
         states = list(self._batch.layers.values())
+        self._reduce_held()  # calls made without gradients: reduced without a graph first
         settle_all(states)
         self._batch.read = True
         batch_major = self._batch.fold_batch is not None

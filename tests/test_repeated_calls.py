@@ -135,3 +135,47 @@ def test_no_grad_calls_after_grad_calls_are_reduced_at_once() -> None:
         net(x)
     snap = counter.snapshot().layers["0"]
     assert snap.synops == pytest.approx(2 * 2 * 6 * 5)
+
+
+def test_no_grad_calls_are_reduced_when_the_forward_returns() -> None:
+    """Evaluation holds no input once the model's forward has returned; the numbers equal a grad-mode count."""
+    import weakref
+
+    net = _net()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    seen = []
+    handle = net[1].register_forward_hook(lambda m, a, o: seen.append(weakref.ref(o)))  # the input of layer "2"
+    x = (torch.rand(3, 6, generator=torch.Generator().manual_seed(4)) < 0.5).float()
+    with torch.no_grad():
+        net(x)
+    assert seen and seen[0]() is None  # reduced when the forward returned: nothing holds the hidden spikes
+    handle.remove()
+    got = counter.snapshot().per_layer()
+    counter.reset()
+    net(x)
+    want = counter.snapshot().per_layer()
+    assert got == want
+
+
+def test_calls_outside_the_model_hold_at_most_the_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer called directly (no forward of the model to return) is reduced once its held inputs pass the cap."""
+    import synopsloss.counter as counter_module
+
+    monkeypatch.setattr(counter_module, "HELD_BYTES", 100)
+    net = nn.Sequential(nn.Linear(6, 5, bias=False))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=4)
+    import weakref
+
+    with torch.no_grad():
+        net[0](torch.ones(4, 6))  # 96 bytes: held
+        assert counter.snapshot().layers["0"].synops == 4 * 6 * 5  # a read reduces what is held
+        x = torch.ones(4, 6)
+        net[0](x)
+        gone = weakref.ref(x)
+        del x
+        assert gone() is not None  # held: 96 bytes
+        net[0](torch.ones(4, 6))  # 192 bytes > 100: both reduced at this call
+        assert gone() is None
+    assert counter.snapshot().layers["0"].synops == 3 * 4 * 6 * 5
