@@ -780,7 +780,8 @@ class SynOpsCounter:
 
         With grad enabled the call is kept and reduced when the counts are read
         (its input is held: autograd holds it anyway); with grad disabled it is
-        reduced at once, so an evaluation loop holds no inputs.
+        reduced with the others when the model's forward returns (or once such calls hold 64 MiB of
+        inputs), so an evaluation loop holds no inputs between forwards.
         """
         if self._pools.tagged:  # the AvgPool spike-event correction, on both paths
             scale, integer = self._pools.scale_for(name, call.x, call.rows, call.entry.effective.numel(),
