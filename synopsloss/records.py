@@ -127,6 +127,27 @@ class _Inputs(NamedTuple):
     mag: Optional[Tensor] = None  # [inputs, rows, n_el] |x| (the general path only)
 
 
+#: values read first when a CPU tensor's values are tested for being integers (a non-integer among them settles it)
+_WITNESS = 4096
+
+
+def all_integer_values(t: Tensor) -> Tensor:
+    """0-dim bool: every value of ``t`` is an integer (exact). On the CPU the first :data:`_WITNESS` values are
+    read first: real-valued activations show a non-integer there, and the whole tensor is not read.
+
+    Example
+    -------
+    >>> bool(all_integer_values(torch.tensor([0.0, 2.0, 3.0]))), bool(all_integer_values(torch.tensor([1.0, 0.5])))
+    (True, False)
+    """
+    flat = t.detach().reshape(-1)
+    if flat.device.type == "cpu" and flat.numel() > _WITNESS:
+        head = flat[:_WITNESS]
+        if not bool((head == head.round()).all()):
+            return torch.zeros((), dtype=torch.bool)
+    return (flat == flat.round()).all()
+
+
 def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) -> Optional[_Inputs]:
     """:func:`_input_sums` for CPU inputs whose values are all >= 0 (spikes, ReLU activations); ``None`` otherwise.
 
@@ -168,7 +189,7 @@ def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) 
         if all(spiking):
             integer = torch.ones(n, dtype=torch.bool, device=amax.device)
         else:
-            integer = torch.stack([torch.ones((), dtype=torch.bool) if sp else (det[i] == det[i].round()).all()
+            integer = torch.stack([torch.ones((), dtype=torch.bool) if sp else all_integer_values(det[i])
                                    for i, sp in enumerate(spiking)])
         return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer)
 
@@ -198,7 +219,10 @@ def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encodi
             # every input is {-1, 0, 1} spikes (on CPU this test costs no sync): no integer pass needed
             integer = torch.ones_like(amax, dtype=torch.bool)
         else:
-            integer = (flat == flat.round()).all(1)
+            if flat.device.type == "cpu" and flat.shape[1] > _WITNESS:  # large calls: a witness may settle each
+                integer = torch.stack([all_integer_values(f) for f in flat.unbind(0)])
+            else:
+                integer = (flat == flat.round()).all(1)
     return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer, mag if keep_mag else None)
 
 

@@ -10,6 +10,7 @@ effective MACs / ACs, synops, nonzero inputs, and the gradient of the synops
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List
 
 import pytest
@@ -26,6 +27,11 @@ KINDS: Dict[str, Callable[[torch.Generator, tuple], torch.Tensor]] = {
     "signed": lambda g, s: torch.randint(-1, 2, s, generator=g).float(),  # {-1, 0, 1}
     "counts": lambda g, s: torch.randint(0, 4, s, generator=g).float(),  # integer spike counts
     "zeros": lambda g, s: torch.zeros(s),
+    # integer counts but for the very last value (past the values an integer test reads first)
+    "late": lambda g, s: torch.randint(0, 4, s, generator=g).float().reshape(-1).index_fill(
+        0, torch.tensor([math.prod(s) - 1]), 0.5).reshape(s),
+    "late_signed": lambda g, s: torch.randint(-2, 3, s, generator=g).float().reshape(-1).index_fill(
+        0, torch.tensor([math.prod(s) - 1]), -0.5).reshape(s),
 }
 
 
@@ -57,7 +63,8 @@ def _brute(layer: nn.Module, xs: List[torch.Tensor], samples: int) -> Dict[str, 
 
 @pytest.mark.parametrize("rows,shape", [(4, (12,)), (96, (40, 30)), (160, (3, 12, 12))])
 @pytest.mark.parametrize("kinds", [("spikes",) * 3, ("rate", "spikes", "rate"), ("relu",) * 2, ("signed", "spikes"),
-                                   ("counts", "spikes"), ("zeros", "spikes")])
+                                   ("counts", "spikes"), ("zeros", "spikes"), ("late", "counts"),
+                                   ("late_signed", "signed")])
 def test_every_read_path_matches_the_brute_force(rows: int, shape: tuple, kinds: tuple) -> None:
     torch.manual_seed(0)
     layer = _pruned(nn.Conv2d(3, 4, 3, padding=1) if len(shape) == 3 else nn.Linear(shape[-1], 5), 1)
