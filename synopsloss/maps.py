@@ -312,6 +312,25 @@ class LayerMaps:
     build: Optional[Callable[[Tensor], Tensor]] = field(default=None, repr=False)
     key: Any = field(default=None, repr=False)
     _fanout: Optional[Tuple[Tensor, Tensor]] = field(default=None, repr=False, compare=False)
+    _zeros: Any = field(default=None, repr=False, compare=False)  # (nonzeros, flat indices of the zeros) of mask
+
+    def same_pattern(self, weight: Tensor) -> bool:
+        """Whether ``weight`` (CPU, the mask's shape) has the nonzero pattern the map was built from.
+
+        Exact without a mask of the weight's size: the weight has as many nonzeros as the mask and is zero
+        wherever the mask is (then its nonzeros are exactly the mask's). One count and one gather.
+        """
+        if self.mask is None:
+            return False
+        if self._zeros is None:
+            flat = self.mask.reshape(-1)
+            nnz = int(flat.sum())
+            self._zeros = (nnz, None if nnz == flat.numel() else (~flat).nonzero().squeeze(1))
+        nnz, zeros = self._zeros
+        w = weight.detach()
+        if int(torch.count_nonzero(w)) != nnz:
+            return False
+        return zeros is None or not bool(w.reshape(-1).index_select(0, zeros).any())
 
     def fanout_stats(self) -> Tuple[Tensor, Tensor]:
         """Mean and max of the effective map (0-dim, on the map's device), computed once per map."""
@@ -430,10 +449,11 @@ class MapCache:
         """``ent``, or a rebuilt entry when ``weight`` (as used by a call) has another nonzero pattern."""
         if weight is None or ent.build is None:
             return ent
-        mask = weight_mask(weight)
-        if mask.device.type == "cpu" and ent.mask is not None and mask.shape == ent.mask.shape \
-                and torch.equal(mask, ent.mask):
+        if (weight.device.type == "cpu" and ent.mask is not None and weight.shape == ent.mask.shape
+                and weight.layout == torch.strided and getattr(weight, "full_tensor", None) is None
+                and ent.same_pattern(weight)):
             return ent
+        mask = weight_mask(weight)
         new = LayerMaps(effective=build_map(ent.build, mask.to(torch.float32), ent.sample_shape, "this layer"),
                         dense_total=ent.dense_total, sample_shape=ent.sample_shape, mask=mask, build=ent.build,
                         key=ent.key)

@@ -389,3 +389,20 @@ def test_conv_transpose_called_with_output_size_through_the_counter():
     assert c["eff_acs"] == float(((x != 0) * brute_force_map(sized, (2, 3, 3))).sum()) / 2
     # the default-size map differs: the extra row and column add taps
     assert float(brute_force_map(ct, (2, 3, 3), effective=False).sum()) < float(dense.sum())
+
+
+def test_a_changed_zero_pattern_is_seen_whatever_stays_the_same() -> None:
+    """The pattern check needs no mask of the weight's size, yet sees every change of the zeros."""
+    from synopsloss.maps import MapCache
+
+    w = torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 4.0]])
+    ent = MapCache().entry(("k",), w, lambda w01: w01.sum(0), (3,))
+    assert ent.same_pattern(w * 5)  # other values, same zeros
+    moved = torch.tensor([[0.0, 1.0, 2.0], [0.0, 3.0, 4.0]])  # as many nonzeros, one zero moved
+    assert not ent.same_pattern(moved)
+    assert not ent.same_pattern(torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 4.0]]))  # one more zero
+    assert not ent.same_pattern(torch.tensor([[1.0, 1.0, 2.0], [0.0, 3.0, 4.0]]))  # one zero less
+    dense = MapCache().entry(("d",), torch.ones(2, 3), lambda w01: w01.sum(0), (3,))
+    assert dense.same_pattern(torch.full((2, 3), -2.0))
+    assert not dense.same_pattern(torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]))
+    assert not dense.same_pattern(torch.tensor([[1.0, 1.0, 1.0], [1.0, float("nan"), 0.0]]))
