@@ -458,7 +458,7 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
                        "(`--reuse`), each because its code hash, settings, torch version and thread/process layout all "
                        "match this run:", ""] + [f"- {r}" for r in data["reused"]]
             else:
-                md += ["", "No row was reused: every row was trained by this invocation."]
+                md += ["", "No row was reused: every row was trained by the command above."]
             if data.get("refused_reuse"):
                 md += ["", f"{len(data['refused_reuse'])} earlier rows were not reused because they differ:", ""] + \
                       [f"- {r}" for r in data["refused_reuse"][:20]] + \
@@ -474,6 +474,7 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
                        "The network-driven synops per sample reached on the test set against the target asked for, "
                        "and what the L1 spike-rate term needed for the same budget (its weights tried in this sweep, "
                        "those whose mean landed within 5% of the target):", "", budgets_markdown(data["budgets"])]
+            md.append("")
             for ds, v in data["verdict"].items():
                 md.append(f"- {ds}: most network-driven synops removed within 1 point: **{v['winner']}**"
                           + (f" (ranking: {', '.join(v['ranking'])})" if v["ranking"] else ""))
