@@ -347,6 +347,38 @@ def _failure(rec: Dict[str, Any]) -> List[str]:
     return ["", "Last lines of its error output:", "", "```", rec["stderr_tail"] or "(none)", "```"]
 
 
+def settings_markdown(means: Sequence[Dict[str, Any]]) -> str:
+    """Every trade-off setting (``tradeoff.json``'s ``means``): accuracy and network-driven synops as mean ± 95%
+    half-width (min–max over seeds), the seed-paired accuracy difference to the baseline with its 95% interval, and
+    the 1-point decision taken on that interval (``tradeoff.decision``).
+
+    Example
+    -------
+    >>> m = {"dataset": "d", "method": "l1", "strength": "2.0", "n": 3, "accuracy": 0.9, "accuracy_ci": 0.01,
+    ...      "accuracy_min": 0.89, "accuracy_max": 0.91, "driven_synops": 100.0, "driven_synops_ci": 5.0,
+    ...      "driven_synops_min": 96.0, "driven_synops_max": 104.0, "acc_diff": -0.002, "acc_diff_lo": -0.006,
+    ...      "acc_diff_hi": 0.002, "acc_diff_n": 3}
+    >>> print(settings_markdown([m]).splitlines()[-1])
+    | d | l1 2 | 3 | 90.0 ± 1.0 (89.0–91.0) | 100 ± 5 (96–104) | -0.2 (-0.6 to +0.2) | within |
+    """
+    sys.path.insert(0, HERE)
+    from tradeoff import _pm, decision
+
+    lines = ["| dataset | method, setting | seeds | accuracy % (95% CI; min–max) | network-driven synops (95% CI; "
+             "min–max) | vs baseline, points (95% CI) | within 1 point? |", "|---|---|---|---|---|---|---|"]
+    for m in means:
+        name = m["method"] + ("" if m["strength"] in ("", None) else f" {float(m['strength']):g}")
+        base = m["method"] == "baseline"
+        diff = "" if base or "acc_diff" not in m else (f"{100 * m['acc_diff']:+.1f} ({100 * m['acc_diff_lo']:+.1f} "
+                                                        f"to {100 * m['acc_diff_hi']:+.1f})")
+        lines.append(f"| {m['dataset']} | {name} | {m['n']} | {100 * m['accuracy']:.1f} ± "
+                     f"{_pm(100 * m['accuracy_ci'], '.1f')} ({100 * m['accuracy_min']:.1f}–{100 * m['accuracy_max']:.1f}) | "
+                     f"{m['driven_synops']:,.0f} ± {_pm(m['driven_synops_ci'], ',.0f')} "
+                     f"({m['driven_synops_min']:,.0f}–{m['driven_synops_max']:,.0f}) | {diff} | "
+                     f"{'' if base else decision(m)} |")
+    return "\n".join(lines)
+
+
 def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool, out: str,
               info_end: Optional[str] = None, argv: Optional[Sequence[str]] = None,
               from_results: bool = False) -> str:
@@ -469,6 +501,11 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
                    "within 1 point of the cross-entropy-only accuracy on the 95% interval (Student's t) of the "
                    "seed-paired difference:", "",
                    verdict_markdown(data["verdict"])]
+            if data.get("means"):
+                md += ["", "### Every setting", "",
+                       "Mean ± 95% half-width (Student's t over seeds), with the lowest and highest run; the "
+                       "decision is taken on the interval of the seed-paired difference, never on the mean:", "",
+                       settings_markdown(data["means"])]
             if data.get("budgets"):
                 md += ["", "### Budget precision", "",
                        "The network-driven synops per sample reached on the test set against the target asked for, "

@@ -399,6 +399,8 @@ def test_run_all_from_results_summarises_earlier_outputs_without_running_anythin
     assert "cross-entropy only 91.0%, 110 network-driven synops" in md
     assert "| 3.3%, 0.0%, 3.3% | 3/3 |" in md
     assert "+0.7 (-0.8 to +2.1)" in md
+    # every setting, with its spread: accuracy 91.7 ± 4.303 * 0.577 / sqrt(3) points, synops 30 ± 4.303 * 1 / sqrt(3)
+    assert "| d | target 30 | 3 | 91.7 ± 1.4 (91.0–92.0) | 30 ± 2 (29–31) | +0.7 (-0.8 to +2.1) | within |" in md
     # the settings come from the records, so options that would run something are refused, as is an empty folder
     for bad in (["--from-results", "--full", "--out", str(out)], ["--from-results", "--out", str(tmp_path / "none")]):
         with pytest.raises(SystemExit) as err:
