@@ -22,6 +22,12 @@ Usage::
     python benchmarks/run_all.py --full     # the published figures (trade-off: 5 seeds)
     python benchmarks/run_all.py --only tradeoff --reduced   # trade-off on 2 seeds, fewest settings, 1 process
     python benchmarks/run_all.py --only tradeoff --full
+    python benchmarks/run_all.py --from-results   # run nothing: summarise the outputs already in --out
+
+``--from-results`` re-writes ``summary.md`` (and ``overhead.csv``, ``soak.csv``,
+their plots) from each benchmark's earlier record (``<name>.run.json`` and
+``<name>.txt``, plus ``tradeoff.json`` / ``tradeoff.csv``): nothing is trained or
+timed, and each section says when and at which commit its benchmark ran.
 """
 
 from __future__ import annotations
@@ -81,11 +87,20 @@ def machine() -> Dict[str, Any]:
         info["synopsloss"] = getattr(synopsloss, "__version__", "?")
     except ImportError:
         info["synopsloss"] = "not importable"
-    commit = _git("rev-parse", "--short", "HEAD")
+    commit = machine_commit()
     if commit:
-        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
-        info["git_commit"] = commit + (" (with uncommitted changes)" if dirty else "")
+        info["git_commit"] = commit
     return info
+
+
+def machine_commit() -> str:
+    """The short git commit of the checkout, with "(with uncommitted changes)" when tracked files outside
+    ``benchmarks/results`` differ from it; ``""`` outside a git checkout."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return ""
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return commit + (" (with uncommitted changes)" if dirty else "")
 
 
 def _load() -> Optional[str]:
@@ -125,6 +140,9 @@ def run(name: str, cmd: List[str], out: str, timeout: Optional[float]) -> Dict[s
     rec: Dict[str, Any] = {"name": name, "command": " ".join(["python"] + [os.path.relpath(c, ROOT)
                                                                             if c.startswith(ROOT) else c
                                                                             for c in cmd[1:]])}
+    commit = machine_commit()
+    if commit:
+        rec["git_commit"] = commit
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         rec["returncode"], stdout, stderr = proc.returncode, proc.stdout, proc.stderr
@@ -289,21 +307,97 @@ def _status(rec: Dict[str, Any]) -> str:
     return f"**FAILED** (exit status {rec['returncode']}, after {rec['seconds']:.0f} s){when}"
 
 
+def _provenance(rec: Dict[str, Any]) -> List[str]:
+    """The commit the benchmark ran at (when its record has one) and its record's note, as summary lines."""
+    lines = []
+    if rec.get("git_commit"):
+        lines += ["", f"Ran at commit {rec['git_commit']}."]
+    if rec.get("note"):
+        lines += ["", f"Note: {rec['note']}."]
+    return lines
+
+
+def _kind(full: bool, args: str, recs: Dict[str, Dict[str, Any]], from_results: bool) -> str:
+    """"full", "reduced" or "small": from this invocation's options, or (``--from-results``) from the command
+    the trade-off benchmark was run with."""
+    if from_results and "tradeoff" in recs:
+        cmd = recs["tradeoff"].get("command", "").split()
+        return "full" if "--full" in cmd else "reduced" if "--reduced" in cmd else "small"
+    return "full" if full else "reduced" if "--reduced" in args else "small"
+
+
+def _epochs(out: str) -> str:
+    """Epochs and time steps per dataset as the rows of ``<out>/tradeoff.csv`` record them ("" without the CSV)."""
+    try:
+        with open(os.path.join(out, "tradeoff.csv")) as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return ""
+    per: Dict[str, set] = {}
+    for r in rows:
+        t = re.search(r"\bT=(\d+)", r.get("settings", ""))
+        per.setdefault(r.get("dataset", "?"), set()).add((r.get("epochs", "?"), t.group(1) if t else "?"))
+    return "; ".join(f"{ds}: " + ", ".join(f"{e} epochs, {t} time steps" for e, t in sorted(v))
+                     for ds, v in sorted(per.items()))
+
+
 def _failure(rec: Dict[str, Any]) -> List[str]:
     if rec["returncode"] == 0:
         return []
     return ["", "Last lines of its error output:", "", "```", rec["stderr_tail"] or "(none)", "```"]
 
 
+def settings_markdown(means: Sequence[Dict[str, Any]]) -> str:
+    """Every trade-off setting (``tradeoff.json``'s ``means``): accuracy and network-driven synops as mean ± 95%
+    half-width (min–max over seeds), the seed-paired accuracy difference to the baseline with its 95% interval, and
+    the 1-point decision taken on that interval (``tradeoff.decision``).
+
+    Example
+    -------
+    >>> m = {"dataset": "d", "method": "l1", "strength": "2.0", "n": 3, "accuracy": 0.9, "accuracy_ci": 0.01,
+    ...      "accuracy_min": 0.89, "accuracy_max": 0.91, "driven_synops": 100.0, "driven_synops_ci": 5.0,
+    ...      "driven_synops_min": 96.0, "driven_synops_max": 104.0, "acc_diff": -0.002, "acc_diff_lo": -0.006,
+    ...      "acc_diff_hi": 0.002, "acc_diff_n": 3}
+    >>> print(settings_markdown([m]).splitlines()[-1])
+    | d | l1 2 | 3 | 90.0 ± 1.0 (89.0–91.0) | 100 ± 5 (96–104) | -0.2 (-0.6 to +0.2) | within |
+    """
+    sys.path.insert(0, HERE)
+    from tradeoff import _pm, decision
+
+    lines = ["| dataset | method, setting | seeds | accuracy % (95% CI; min–max) | network-driven synops (95% CI; "
+             "min–max) | vs baseline, points (95% CI) | within 1 point? |", "|---|---|---|---|---|---|---|"]
+    for m in means:
+        name = m["method"] + ("" if m["strength"] in ("", None) else f" {float(m['strength']):g}")
+        base = m["method"] == "baseline"
+        diff = "" if base or "acc_diff" not in m else (f"{100 * m['acc_diff']:+.1f} ({100 * m['acc_diff_lo']:+.1f} "
+                                                        f"to {100 * m['acc_diff_hi']:+.1f})")
+        lines.append(f"| {m['dataset']} | {name} | {m['n']} | {100 * m['accuracy']:.1f} ± "
+                     f"{_pm(100 * m['accuracy_ci'], '.1f')} ({100 * m['accuracy_min']:.1f}–{100 * m['accuracy_max']:.1f}) | "
+                     f"{m['driven_synops']:,.0f} ± {_pm(m['driven_synops_ci'], ',.0f')} "
+                     f"({m['driven_synops_min']:,.0f}–{m['driven_synops_max']:,.0f}) | {diff} | "
+                     f"{'' if base else decision(m)} |")
+    return "\n".join(lines)
+
+
 def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool, out: str,
-              info_end: Optional[str] = None, argv: Optional[Sequence[str]] = None) -> str:
-    """Write overhead.csv, soak.csv/png and summary.md from the runs; return the markdown."""
+              info_end: Optional[str] = None, argv: Optional[Sequence[str]] = None,
+              from_results: bool = False) -> str:
+    """Write overhead.csv, soak.csv/png and summary.md from the runs; return the markdown.
+
+    ``from_results``: the records are earlier invocations' and nothing ran now; the summary says so, takes the
+    settings (full / reduced / small) from the trade-off command, and names each benchmark's own commit.
+    """
     args = " ".join(argv) if argv is not None else ("--full" if full else "")
-    kind = "full" if full else "reduced" if "--reduced" in args else "small"
+    kind = _kind(full, args, recs, from_results)
     md = [f"# Benchmark results ({kind} settings)", "",
           f"Written by `python benchmarks/run_all.py{' ' + args if args else ''}`. "
-          "Every figure below is parsed from the benchmarks' own output (kept verbatim in `<name>.txt`).", "",
-          "## Machine", "",
+          "Every figure below is parsed from the benchmarks' own output (kept verbatim in `<name>.txt`).", ""]
+    if from_results:
+        md += ["Nothing was run by this invocation: each section below re-summarises the outputs an earlier "
+               "invocation left in this folder, and says when and (where recorded) at which commit it ran. The "
+               "machine table describes the machine and checkout at the time of writing this summary; the load "
+               "average is not the one during the runs.", ""]
+    md += ["## Machine", "",
           "| | |", "|---|---|",
           f"| CPU | {info['cpu_model']} |",
           f"| cores | {info['logical_cpus']} logical, {info['cpus_available']} available to this process |",
@@ -313,15 +407,14 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
           f"| synopsloss | {info.get('synopsloss')}, commit {info.get('git_commit', '?')} |",
           f"| date | {info['date']} |",
           f"| load average | at start {info['load_average']}; at end {info_end} |",
-          "", "The machine is shared: the load average says how busy it was. Threads: overhead.py sets its own "
+          ]
+    md += ["", "The machine is shared: the load average says how busy it was. Threads: overhead.py sets its own "
           "(`--threads`, default 2); soak.py runs with 1; tradeoff.py trains in processes of 1 thread each "
           "(2 with `--full`, 1 with `--reduced`; each row records its layout).", ""]
 
     if "overhead" in recs:
         rec = recs["overhead"]
-        md += ["## Overhead (`overhead.py`)", "", f"`{rec['command']}`: {_status(rec)}."]
-        if rec.get("note"):
-            md += ["", f"Note: {rec['note']}."]
+        md += ["## Overhead (`overhead.py`)", "", f"`{rec['command']}`: {_status(rec)}."] + _provenance(rec)
         figures = parse_overhead(rec["stdout"]) if rec["stdout"] else {"ratios": {}, "lines": []}
         if figures["ratios"]:
             cols = figures.get("columns") or [f"col{i}" for i in range(len(next(iter(figures["ratios"].values()))))]
@@ -352,7 +445,7 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
 
     if "soak" in recs:
         rec = recs["soak"]
-        md += ["## Soak (`soak.py`)", "", f"`{rec['command']}`: {_status(rec)}."]
+        md += ["## Soak (`soak.py`)", "", f"`{rec['command']}`: {_status(rec)}."] + _provenance(rec)
         figures = parse_soak(rec["stdout"]) if rec["stdout"] else {"records": []}
         if figures["records"]:
             r = figures["records"]
@@ -373,7 +466,7 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
 
     if "tradeoff" in recs:
         rec = recs["tradeoff"]
-        md += ["## Accuracy vs synops (`tradeoff.py`)", "", f"`{rec['command']}`: {_status(rec)}."]
+        md += ["## Accuracy vs synops (`tradeoff.py`)", "", f"`{rec['command']}`: {_status(rec)}."] + _provenance(rec)
         path = os.path.join(out, "tradeoff.json")
         data = None
         if rec["returncode"] == 0 and os.path.exists(path):
@@ -389,12 +482,15 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
                        f"process' CPU time)."]
             md += ["", f"Code hash {', '.join(data.get('code_hash', [])) or '?'} (synopsloss/ and the trade-off "
                    f"files), torch {', '.join(data.get('torch', []))}, layout {', '.join(data.get('layout', []))}."]
+            trained = _epochs(out)
+            if trained:
+                md += ["", f"Trained (as the rows of `tradeoff.csv` record it): {trained}."]
             if data.get("reused"):
                 md += ["", f"{len(data['reused'])} of the {data['runs']} rows were reused from an earlier CSV "
                        "(`--reuse`), each because its code hash, settings, torch version and thread/process layout all "
                        "match this run:", ""] + [f"- {r}" for r in data["reused"]]
             else:
-                md += ["", "No row was reused: every row was trained by this invocation."]
+                md += ["", "No row was reused: every row was trained by the command above."]
             if data.get("refused_reuse"):
                 md += ["", f"{len(data['refused_reuse'])} earlier rows were not reused because they differ:", ""] + \
                       [f"- {r}" for r in data["refused_reuse"][:20]] + \
@@ -405,11 +501,17 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
                    "within 1 point of the cross-entropy-only accuracy on the 95% interval (Student's t) of the "
                    "seed-paired difference:", "",
                    verdict_markdown(data["verdict"])]
+            if data.get("means"):
+                md += ["", "### Every setting", "",
+                       "Mean ± 95% half-width (Student's t over seeds), with the lowest and highest run; the "
+                       "decision is taken on the interval of the seed-paired difference, never on the mean:", "",
+                       settings_markdown(data["means"])]
             if data.get("budgets"):
                 md += ["", "### Budget precision", "",
                        "The network-driven synops per sample reached on the test set against the target asked for, "
                        "and what the L1 spike-rate term needed for the same budget (its weights tried in this sweep, "
                        "those whose mean landed within 5% of the target):", "", budgets_markdown(data["budgets"])]
+            md.append("")
             for ds, v in data["verdict"].items():
                 md.append(f"- {ds}: most network-driven synops removed within 1 point: **{v['winner']}**"
                           + (f" (ranking: {', '.join(v['ranking'])})" if v["ranking"] else ""))
@@ -433,11 +535,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="run only these")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--timeout", type=float, default=None, help="seconds before a benchmark is stopped (default: none)")
+    p.add_argument("--from-results", action="store_true",
+                   help="run nothing: re-write summary.md from the records and outputs earlier invocations left in "
+                        "--out (<name>.run.json, <name>.txt, tradeoff.json, tradeoff.csv)")
     p.add_argument("--reuse-tradeoff", action="store_true",
                    help="pass --reuse <out>/tradeoff.csv <out>/tradeoff.partial.csv to tradeoff.py: keep the runs "
                         "already there (e.g. after an interruption, or when strengths were added) and train the rest")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
+    if args.from_results:
+        if args.full or args.reduced or args.reuse_tradeoff:
+            p.error("--from-results runs nothing: --full, --reduced and --reuse-tradeoff do not apply "
+                    "(the settings are taken from each benchmark's record)")
+        recs = {name: rec for name in BENCHMARKS if name in args.only
+                for rec in [earlier(name, out)] if rec is not None}
+        if not recs:
+            p.error(f"--from-results found no benchmark record in {out} (no <name>.run.json with its <name>.txt "
+                    f"for {', '.join(args.only)}): run the benchmarks first, or pass the --out they wrote to")
+        summarize(recs, machine(), False, out, info_end=_load(), argv=sys.argv[1:] if argv is None else argv,
+                  from_results=True)
+        failed = [n for n, r in recs.items() if r["returncode"] != 0]
+        print(f"wrote {os.path.join(out, 'summary.md')} from the records of {', '.join(recs)}"
+              + (f"; they record FAILED: {', '.join(failed)}" if failed else ""))
+        return 1 if failed else 0
     os.makedirs(out, exist_ok=True)
     info = machine()
     cmds = commands(args.full, out, reduced=args.reduced)

@@ -347,6 +347,66 @@ def test_run_all_keeps_each_benchmarks_record_for_a_later_partial_rerun(bench, t
     md = ra.summarize({"soak": again}, ra.machine(), True, str(tmp_path), info_end="1")
     assert "an earlier invocation" in md and "FLAT (no leak)" in md
     assert ra.earlier("overhead", str(tmp_path)) is None
+    # the record names the commit it ran at, as git itself gives it
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH.parent, capture_output=True,
+                          text=True).stdout.strip()
+    if head:
+        assert rec["git_commit"].split(" ")[0] == head and again["git_commit"] == rec["git_commit"]
+        assert f"Ran at commit {rec['git_commit']}." in md
+
+
+def test_run_all_from_results_summarises_earlier_outputs_without_running_anything(bench, tmp_path, capsys):
+    ra, tr = bench["run_all"], bench["tradeoff"]
+    out = tmp_path / "res"
+    out.mkdir()
+    # a trade-off run left by another checkout: its rows, its record (commit and note written with it) and its log
+    rows = []
+    accs = {"baseline": [0.90, 0.92, 0.91], "target": [0.91, 0.92, 0.92]}
+    for method, strength, target, synops in (("baseline", "", "", [100.0, 120.0, 110.0]),
+                                             ("target", "30.0", "30.0", [31.0, 30.0, 29.0])):
+        for seed in range(3):
+            rows.append({"dataset": "d", "method": method, "strength": strength, "seed": str(seed),
+                         "accuracy": str(accs[method][seed]), "driven_synops": str(synops[seed]),
+                         "total_synops": str(2 * synops[seed]), "target": target,
+                         "budget_error": "" if not target else str(abs(synops[seed] / 30 - 1)),
+                         "settings": "T=2 batch=8 lr=0.01", "epochs": "3", "code_hash": "abc123", "torch": "t",
+                         "layout": "torch_threads=1 processes=1"})
+    with open(out / "tradeoff.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tr.main(["--from-csv", str(out / "tradeoff.csv"), "--out", str(out)])   # tradeoff.json, no training
+    (out / "tradeoff.txt").write_text("the log\n")
+    (out / "tradeoff.run.json").write_text(json.dumps({
+        "name": "tradeoff", "command": "python benchmarks/tradeoff.py --reduced --seeds 0 1 2 --jobs 1",
+        "returncode": 0, "seconds": 3600.0, "finished": "2026-01-01 00:00 UTC", "git_commit": "d5a14bd",
+        "note": "trained in another worktree"}))
+    ra.run("soak", [sys.executable, "-c", f"print({SOAK_OUT!r})"], str(out), timeout=60)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".json", ".txt", ".csv")}
+
+    assert ra.main(["--from-results", "--out", str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    # nothing ran: every record, log and row is as it was, and no overhead section was made up
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name in before}
+    assert after == before and "## Overhead" not in md
+    assert md.startswith("# Benchmark results (reduced settings)") and "Nothing was run by this invocation" in md
+    assert "Ran at commit d5a14bd." in md and "Note: trained in another worktree." in md
+    assert "finished 2026-01-01 00:00 UTC" in md and "FLAT (no leak)" in md
+    assert "Code hash abc123" in md and "d: 3 epochs, 2 time steps" in md
+    # the figures are the rows': baseline mean 91.0%, (100 + 120 + 110) / 3 = 110 synops; budget errors
+    # |31/30 - 1|, 0, |29/30 - 1|; the target's paired differences +1, 0, +1 points: mean 0.67, 95% half-width
+    # t(0.975, 2) s / sqrt(3) = 4.303 * 0.577 / 1.732 = 1.43
+    assert "cross-entropy only 91.0%, 110 network-driven synops" in md
+    assert "| 3.3%, 0.0%, 3.3% | 3/3 |" in md
+    assert "+0.7 (-0.8 to +2.1)" in md
+    # every setting, with its spread: accuracy 91.7 ± 4.303 * 0.577 / sqrt(3) points, synops 30 ± 4.303 * 1 / sqrt(3)
+    assert "| d | target 30 | 3 | 91.7 ± 1.4 (91.0–92.0) | 30 ± 2 (29–31) | +0.7 (-0.8 to +2.1) | within |" in md
+    # the settings come from the records, so options that would run something are refused, as is an empty folder
+    for bad in (["--from-results", "--full", "--out", str(out)], ["--from-results", "--out", str(tmp_path / "none")]):
+        with pytest.raises(SystemExit) as err:
+            ra.main(bad)
+        assert err.value.code == 2
+    assert "found no benchmark record" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the energy suite (tradeoff.py --energy)
