@@ -449,11 +449,14 @@ class MapCache:
         """``ent``, or a rebuilt entry when ``weight`` (as used by a call) has another nonzero pattern."""
         if weight is None or ent.build is None:
             return ent
-        if (weight.device.type == "cpu" and ent.mask is not None and weight.shape == ent.mask.shape
-                and weight.layout == torch.strided and getattr(weight, "full_tensor", None) is None
+        plain = weight.layout == torch.strided and getattr(weight, "full_tensor", None) is None
+        if (weight.device.type == "cpu" and ent.mask is not None and weight.shape == ent.mask.shape and plain
                 and ent.same_pattern(weight)):
             return ent
         mask = weight_mask(weight)
+        if not plain and mask.device.type == "cpu" and ent.mask is not None and mask.shape == ent.mask.shape \
+                and torch.equal(mask, ent.mask):
+            return ent  # a DTensor's whole pattern, gathered
         new = LayerMaps(effective=build_map(ent.build, mask.to(torch.float32), ent.sample_shape, "this layer"),
                         dense_total=ent.dense_total, sample_shape=ent.sample_shape, mask=mask, build=ent.build,
                         key=ent.key)

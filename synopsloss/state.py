@@ -71,7 +71,6 @@ def _sum(a: Any, b: Any, detach: bool) -> Any:
     return b if a is None else a + b
 
 
-
 S = TypeVar("S")
 
 
