@@ -275,7 +275,7 @@ class PoolEvents:
 
     def _integer(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            return (reductions.all_integer(x, EVENT_TOL, self._scratch) if x.is_floating_point()
+            return (reductions.all_integer(x, 0.0, self._scratch) if x.is_floating_point()  # exact integers
                     else torch.ones((), dtype=torch.bool, device=x.device))
 
     def _tag(self, x: Tensor, output: Tensor, key: tuple, make: Callable[[], Tensor], n: int) -> None:

@@ -149,38 +149,26 @@ def all_integer_values(t: Tensor) -> Tensor:
 
 
 def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) -> Optional[_Inputs]:
-    """:func:`_input_sums` for CPU inputs whose values are all >= 0 (spikes, ReLU activations); ``None`` otherwise.
+    """:func:`_input_sums` for small CPU inputs whose values are all >= 0 (spikes, ReLU activations); ``None``
+    otherwise.
 
     ``|x| = x`` there and the gradient of the magnitude (+1 at and above 0) is 1, so the synops need no ``abs``
-    and no sign mask in backward: each input is read by its min / max and two products with ones (of ``x`` and
-    of ``sign(x)``, the exact nonzeros per neuron). Large inputs are reduced one by one (no stacked copy), small
-    ones stacked. The spiking and integer flags follow the general rule.
+    and no sign mask in backward: the stacked inputs are read by their min / max, one product with ones and
+    :func:`column_nonzeros`. The spiking and integer flags follow the general rule.
     """
     n = len(xs)
     flat = [t.reshape(rows, n_el) for t in xs]
-    big = rows * n_el >= _BIG_CALL
     with torch.no_grad():
         det = [t.detach() for t in flat]
-        if big:
-            mm = [torch.aminmax(t) for t in det]
-            lo, hi = torch.stack([m[0] for m in mm]), torch.stack([m[1] for m in mm])
-        else:
-            stacked = torch.stack(det) if n > 1 else det[0].unsqueeze(0)
-            lo, hi = torch.aminmax(stacked.reshape(n, -1), dim=1)
+        stacked = torch.stack(det) if n > 1 else det[0].unsqueeze(0)
+        lo, hi = torch.aminmax(stacked.reshape(n, -1), dim=1)
         if not bool((lo >= 0).all()):  # (NaN fails too: the general path reports it)
             return None
         ones = det[0].new_ones(1, rows)
-        if big:
-            nzc = torch.cat([ones @ torch.sign(t) for t in det])
-        else:
-            nzc = torch.matmul(ones, torch.sign(stacked)).squeeze(1)
-    if big:
-        magc = torch.stack([_RowSums.apply(t) if t.requires_grad and torch.is_grad_enabled() else (ones @ t)[0]
-                            for t in flat])
-    else:
-        x = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)
-        magc = _RowSums.apply(x) if x.requires_grad and torch.is_grad_enabled() else torch.matmul(
-            ones, x).squeeze(1)
+        nzc = column_nonzeros(stacked)
+    x = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)
+    magc = _RowSums.apply(x) if x.requires_grad and torch.is_grad_enabled() else torch.matmul(
+        ones, x).squeeze(1)
     with torch.no_grad():
         mag_tot = magc.detach().sum(1, dtype=acc)
         nz_tot = nzc.sum(1, dtype=acc)
@@ -198,7 +186,7 @@ def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encodi
                 keep_mag: bool = False) -> _Inputs:
     """Sums over the rows of each input: |x| (differentiable), nonzeros, totals, max |x| and the integer flag."""
     if (xs[0].device.type == "cpu" and encoding == "unary" and not keep_mag and rows < WIDE_ROWS
-            and _FAST_GROUP <= len(xs) * rows * n_el and rows * n_el < (1 << 24)
+            and _FAST_GROUP <= len(xs) * rows * n_el and rows * n_el < _BIG_CALL
             and xs[0].dtype in (torch.float32, torch.float64) and not autocast_cpu()):
         fast = _nonnegative_sums(xs, rows, n_el, acc)
         if fast is not None:
@@ -210,7 +198,7 @@ def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encodi
         mag = bitplane_events(mag)
     magc = mag.sum(1, dtype=red)  # [inputs, n_el]
     with torch.no_grad():
-        nzc = (x != 0).sum(1, dtype=red if red is not None else magc.dtype)
+        nzc = column_nonzeros(x.detach())
         mag_tot = magc.detach().sum(1, dtype=acc)
         nz_tot = nzc.sum(1, dtype=acc)
         flat = mag.detach().reshape(len(xs), -1)
@@ -226,6 +214,78 @@ def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encodi
     return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer, mag if keep_mag else None)
 
 
+def column_nonzeros(x: Tensor) -> Tensor:
+    """The number of nonzero values in each column of ``x`` (``[..., rows, n]`` -> ``[..., n]``), exact; NaN
+    counts as nonzero.
+
+    One ``bool`` pass; then the bytes of the mask are summed eight columns at a time as the lanes of an
+    ``int64``, 255 rows at a time (a lane then holds at most 255: no carry reaches its neighbour), which
+    reads the mask once more at a fraction of the cost of a per-column sum.
+
+    Example
+    -------
+    >>> column_nonzeros(torch.tensor([[0.0, 2.0, -1.0], [0.0, 0.5, 0.0]])).tolist()
+    [0, 2, 1]
+    """
+    mask = x.bool()
+    rows, n = mask.shape[-2:]
+    if not (rows and n % 8 == 0 and mask.is_contiguous()):
+        return mask.sum(-2, dtype=torch.uint8 if rows <= 255 else torch.int32)
+    lanes = mask.view(torch.int64)
+    if rows <= 255:
+        return lanes.sum(-2).view(torch.uint8)
+    total = torch.zeros(mask.shape[:-2] + (n,), dtype=torch.int32, device=mask.device)
+    for r in range(0, rows, 255):  # blocks of 255 rows: no lane overflows
+        total += lanes[..., r:r + 255, :].sum(-2).view(torch.uint8)
+    return total
+
+
+def _big_path(x: Tensor, rows: int, n_el: int, encoding: str) -> bool:
+    """Calls of this shape are reduced one by one on the CPU (each input is large; nothing is stacked)."""
+    return (x.device.type == "cpu" and encoding == "unary" and rows < WIDE_ROWS
+            and _BIG_CALL <= rows * n_el < (1 << 24) and x.dtype in (torch.float32, torch.float64)
+            and not autocast_cpu())
+
+
+def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -> Tuple[Tensor, ...]:
+    """:func:`_group_sums` for large CPU inputs, one call at a time (each call's vectors stay in cache).
+
+    Each distinct input is read by its min / max, one product with ones (``|x|`` summed over the rows; no
+    ``abs`` when every value is >= 0, whose gradient is 1) and :func:`column_nonzeros`; each call then takes
+    two float64 dot products of ``n_el`` values with its map.
+    """
+    acc = maps[0].effective.dtype
+    seen: Dict[int, Tuple[Tensor, ...]] = {}
+    out: List[Tuple[Tensor, ...]] = []
+    for t, ent in zip(xs, maps):
+        got = seen.get(id(t))  # the calls' inputs are alive: ids are identities
+        if got is None:
+            flat = t.reshape(rows, n_el)
+            det = flat.detach()
+            with torch.no_grad():
+                lo, hi = torch.aminmax(det)
+                signed = not bool(lo >= 0)  # (NaN is signed: its magnitude is NaN and the read reports it)
+                amax = torch.maximum(-lo, hi) if signed else hi
+            grad = flat.requires_grad and torch.is_grad_enabled()
+            mag = magnitude(flat) if signed else flat
+            colsum = _RowSums.apply(mag) if grad else (det.new_ones(1, rows) @ mag.detach())[0]
+            mag64 = colsum.to(acc)
+            with torch.no_grad():
+                nz64 = column_nonzeros(det).to(acc)
+                mag_tot, nz_tot, amax = mag64.detach().sum(), nz64.sum(), amax.to(acc)
+                integer = (torch.ones((), dtype=torch.bool) if bool((amax <= 1) & (mag_tot == nz_tot))
+                           else all_integer_values(det))
+            got = seen[id(t)] = (mag64, nz64, mag_tot, nz_tot, amax, integer)
+        mag64, nz64, mag_tot, nz_tot, amax, integer = got
+        emap = ent.effective
+        synops = torch.dot(mag64, emap)
+        with torch.no_grad():
+            eff = torch.dot(nz64, emap)
+        out.append((synops, eff, mag_tot, nz_tot, amax, mag_tot, ent.dense_total * float(rows), integer))
+    cols = [torch.stack(c) for c in zip(*out)]
+    return (*cols, None)
+
+
 def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
                 want_rows: bool = False, encoding: str = "unary") -> Tuple[Tensor, ...]:
     """Per-call synops, effective ops, |x| totals, nonzeros, amax and dense taps for calls of one shape.
@@ -233,6 +293,8 @@ def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
     An input read by several calls (the same data at every time step, or q / k / v projections of one tensor)
     is reduced once; each call then takes its own map.
     """
+    if not want_rows and _big_path(xs[0], rows, n_el, encoding):
+        return _big_group_sums(xs, maps, rows, n_el)
     acc = maps[0].effective.dtype
     one = len(xs) == 1
     emap = maps[0].effective.unsqueeze(0) if one else torch.stack([m.effective for m in maps])
@@ -256,11 +318,56 @@ def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
     return synops, eff, s.mag_tot, s.nz_tot, s.amax, s.mag_tot, dense * float(rows), s.integer, per_row
 
 
+#: ``rows * (rows + 1) * max|x| * max divisor`` below which a pooled call's events are taken from its column
+#: sums (float32 rounding then moves each column's sum by less than 1/4: its rounding is the sum of the rounded)
+_POOLED_EXACT = float(1 << 22)
+
+
+def _pooled_fast(call: Call, flat: Tensor, ent: LayerMaps) -> Optional[Tuple[Tensor, ...]]:
+    """:func:`_pooled_sums` for a non-negative CPU input with one divisor per neuron, or ``None``.
+
+    The pool's input held exact integers (or the events are not counted), so each pooled value times its
+    divisor is an integer up to float rounding, and under :data:`_POOLED_EXACT` the rounded column sum equals
+    the sum of the rounded values: the events need no pass of their own. Reads as a large call does (min /
+    max, one product with ones, :func:`column_nonzeros`).
+    """
+    rows = call.rows
+    if (flat.device.type != "cpu" or call.per_row or call.scale.dim() != 1 or rows >= WIDE_ROWS
+            or flat.dtype not in (torch.float32, torch.float64) or autocast_cpu() or call.encoding != "unary"):
+        return None
+    emap = ent.effective
+    acc = emap.dtype
+    det = flat.detach()
+    with torch.no_grad():
+        lo, hi = torch.aminmax(det)
+        if not bool(lo >= 0):
+            return None
+        integer = bool(call.integer)
+        if integer and rows * (rows + 1) * float(hi) * float(call.scale.max()) >= _POOLED_EXACT:
+            return None
+    grad = flat.requires_grad and torch.is_grad_enabled()
+    colsum = (_RowSums.apply(flat) if grad else (det.new_ones(1, rows) @ det)[0]).to(acc)
+    if integer:  # events: round(sum |x| * divisor), the gradient straight through the rounding
+        e = colsum * call.scale.to(acc)
+        per_neuron = e + (e.detach().round() - e.detach())
+    else:
+        per_neuron = colsum
+    synops = torch.dot(per_neuron, emap).reshape(1)
+    with torch.no_grad():
+        nonzero = column_nonzeros(det).to(acc)
+        return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1),
+                nonzero.sum().reshape(1), hi.to(acc).reshape(1), colsum.detach().sum().reshape(1),
+                (ent.dense_total * float(rows)).reshape(1), call.integer.reshape(1), None)
+
+
 def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
     """One call whose input is an average-pool output: its values counted as spike events."""
     emap = ent.effective
     acc = emap.dtype
     flat = call.x.reshape(call.rows, emap.numel())
+    fast = _pooled_fast(call, flat, ent)
+    if fast is not None:
+        return fast
     red = acc if (flat.element_size() < 4 or call.rows >= WIDE_ROWS) else None
     st = abs_row_sums(flat, _SCRATCH, red, call.scale)
     per_row = None

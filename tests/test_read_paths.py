@@ -16,8 +16,10 @@ from typing import Callable, Dict, List
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import synopsloss as sl
+from synopsloss import records
 from helpers import brute_force_counts, brute_force_map
 
 KINDS: Dict[str, Callable[[torch.Generator, tuple], torch.Tensor]] = {
@@ -154,3 +156,88 @@ def test_an_input_read_by_many_calls_counts_once_per_call(kind: str, rows: int) 
     sign = torch.where(x < 0, -1.0, 1.0).double()
     want = 3 * sign * (fan["q"] + fan["k"] + fan["v"]).expand_as(x) / rows
     torch.testing.assert_close(h.grad.double(), want, rtol=1e-6, atol=1e-9)
+
+
+class PoolThenLayer(nn.Module):
+    """Spike counts -> average pool -> a pruned layer: the layer's input is counted as spike events."""
+
+    def __init__(self, pool: nn.Module, layer: nn.Module) -> None:
+        super().__init__()
+        self.pool, self.layer = pool, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.pool(x))
+
+
+POOLS: Dict[str, Callable[[], nn.Module]] = {
+    "2x2": lambda: nn.AvgPool2d(2),
+    "3x3-pad-excluded": lambda: nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
+    "3x3-pad-included": lambda: nn.AvgPool2d(3, stride=2, padding=1),
+    "adaptive": lambda: nn.AdaptiveAvgPool2d(5),
+}
+
+
+@pytest.mark.parametrize("pool_kind", list(POOLS))
+@pytest.mark.parametrize("kind", ["counts", "relu", "late"])
+@pytest.mark.parametrize("rows", [4, 300])
+@pytest.mark.parametrize("path", ["column-sums", "per-value"])
+def test_pooled_inputs_count_the_events_of_their_window(pool_kind: str, kind: str, rows: int, path: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled call of integer spike counts sends the window sums of the pool's input as events (by hand);
+    any other pooled call counts its values. Every path (events from column sums for non-negative CPU inputs,
+    or value by value) gives these numbers and the gradient through the pool."""
+    if path == "per-value":
+        monkeypatch.setattr(records, "_pooled_fast", lambda *args: None)
+    g = torch.Generator().manual_seed(11)
+    x = KINDS[kind](g, (rows, 3, 12, 12)).requires_grad_()
+    pool = POOLS[pool_kind]()
+    layer = _pruned(nn.Conv2d(3, 4, 3, padding=1), 12)
+    net = PoolThenLayer(pool, layer)
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=rows)
+    net(x)
+    syn = counter.synops()
+    got = counter.snapshot().per_layer()["layer"]
+    counter.remove()
+    with torch.no_grad():
+        y = pool(x)
+        fan = brute_force_map(layer, y.shape[1:], True)
+        integer = bool((x == x.round()).all())
+        ones = torch.ones(1, *x.shape[1:])
+        divisor = (_window_sums(pool, ones) / pool(ones))[0]  # y = window sum / divisor (padding included or not)
+        per_value = _window_sums(pool, x) if integer else y
+    # (float32 sums of real values: 1e-6)
+    assert got["synops"] == pytest.approx(float((per_value.double() * fan).sum()) / rows, rel=1e-12 if integer else 1e-6)
+    if integer:  # counts: each event an accumulate
+        assert got["eff_acs"] == pytest.approx(got["synops"], rel=1e-12) and got["eff_macs"] == 0.0
+    else:  # values: nonzero pooled values x fan-out, multiply-accumulates
+        assert got["eff_macs"] == pytest.approx(float(((y != 0).double() * fan).sum()) / rows, rel=1e-12)
+        assert got["eff_acs"] == 0.0
+    syn.backward()
+    ref = x.detach().clone().requires_grad_()  # d events / d y = the divisor (straight through the rounding)
+    (pool(ref) * fan.float() * (divisor if integer else 1.0)).sum().div(rows).backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-7)
+
+
+def _window_sums(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The sum of the values in each pooling window (padding adds nothing)."""
+    if isinstance(pool, nn.AvgPool2d):
+        return F.avg_pool2d(x, pool.kernel_size, pool.stride, pool.padding, divisor_override=1)
+    n, out = x.shape[-1], pool.output_size
+    spans = [((i * n) // out, -((-(i + 1) * n) // out)) for i in range(out)]
+    return torch.stack([torch.stack([x[..., a0:a1, b0:b1].sum((-2, -1)) for b0, b1 in spans], -1)
+                        for a0, a1 in spans], -2)
+
+
+@pytest.mark.parametrize("rows", [1, 255, 256, 1000])
+@pytest.mark.parametrize("n", [8, 13, 40])
+def test_column_nonzeros_is_exact_at_every_lane_boundary(rows: int, n: int) -> None:
+    """Per-column nonzero counts equal ``(x != 0).sum(0)``, also for columns with every row nonzero (a full
+    lane), NaN, negative zero and stacked inputs."""
+    g = torch.Generator().manual_seed(rows * 100 + n)
+    x = torch.randn(rows, n, generator=g) * (torch.rand(rows, n, generator=g) < 0.5)
+    x[:, 0] = 1.0  # every row nonzero
+    x[0, -1] = float("nan")
+    x[-1, 1 % n] = -0.0
+    assert torch.equal(records.column_nonzeros(x).long(), (x != 0).sum(0))
+    stacked = torch.stack([x, x.flip(0).abs()])
+    assert torch.equal(records.column_nonzeros(stacked).long(), (stacked != 0).sum(1))
