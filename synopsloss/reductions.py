@@ -31,7 +31,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "Scratch", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_nonzero", "autocast_cpu",
+__all__ = ["BLOCK", "Scratch", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_nonzero", "count_true", "autocast_cpu",
            "neuron_counts"]
 
 #: Elements per row block (4 MiB of float32): large enough that the few small ops per block cost
@@ -319,6 +319,31 @@ def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Option
         return total
 
 
+#: bytes of a bool mask summed as the lanes of one ``int64`` word before a lane could pass 255
+_LANE_WORDS = 255
+
+
+def count_true(mask: Tensor) -> Tensor:
+    """The number of ``True`` values of a bool tensor, exact, as a 0-dim ``int64`` (no host sync).
+
+    The mask's bytes are read as ``int64`` words and 255 consecutive words summed (each byte lane then holds
+    at most 255: no carry reaches its neighbour), so the bytes themselves are summed at 1/255 of their number:
+    about 20x faster than ``count_nonzero`` on the CPU.
+
+    Example
+    -------
+    >>> int(count_true(torch.arange(5000) % 3 == 0))
+    1667
+    """
+    flat = mask.reshape(-1).contiguous()
+    full = flat.numel() // (8 * _LANE_WORDS) * (8 * _LANE_WORDS)
+    total = flat[full:].sum(dtype=torch.int64)
+    if full and flat.storage_offset() % 8 == 0:
+        words = flat[:full].view(torch.int64).view(-1, _LANE_WORDS).sum(1)
+        return total + words.view(torch.uint8).sum(dtype=torch.int64)
+    return flat.sum(dtype=torch.int64) if full else total
+
+
 def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red: Optional[torch.dtype],
                   scratch: Scratch, per_neuron: bool = True) -> Tuple[Optional[Tensor], Tensor, Optional[Tensor]]:
     """A neuron layer's output statistics in one walk: per-neuron sums, nonzeros and (with ``other``) events.
@@ -346,18 +371,35 @@ def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red
         nz = torch.zeros((), dtype=dtype, device=flat.device)
         ev = None if other is None else torch.zeros((), dtype=dtype, device=flat.device)
         per = None
+        if flat.device.type == "cpu" and flat.is_contiguous() and (other is None or other.is_contiguous()):
+            # whole-tensor passes (a bool mask is a quarter of a float32 block: no blocks needed): one product
+            # with ones, a cast to bool and its bytes counted as int64 lanes
+            if per_neuron:
+                per = _col_sums(flat, red)
+            u = flat.bool()
+            nz += count_true(u).to(dtype)
+            if other is not None:
+                v = other.bool()
+                if u.numel() % 8 == 0:
+                    u.view(-1).view(torch.int64).bitwise_or_(v.view(-1).view(torch.int64))
+                else:
+                    torch.logical_or(u, v, out=u)
+                ev += count_true(u).to(dtype)
+            return (per.to(dtype) if per_neuron else None), nz, ev
         walk = _Walk(flat)
         for span in walk.spans:
             b = walk.block(flat, span)
             if per_neuron:
                 per = walk.column_sums(b, span, per, flat.shape[1], red)
-            u = _buffer(scratch, b, torch.float32, 0)
-            torch.ne(b, 0, out=u)
-            nz += u.sum()  # a block's count is exact in float32 (< 2**24); the total in dtype
+            u = _buffer(scratch, b, torch.bool, 2)
+            u.copy_(b)  # nonzero (or NaN) -> True: a cast, several times faster than ``b != 0``
+            nz += count_true(u).to(dtype)
             if other is not None:
-                ob = walk.block(other, span)
-                v = _buffer(scratch, ob, torch.float32, 1)
-                torch.ne(ob, 0, out=v)
-                torch.maximum(u, v, out=u)
-                ev += u.sum()
+                v = _buffer(scratch, b, torch.bool, 3)
+                v.copy_(walk.block(other, span))
+                if u.numel() % 8 == 0:  # input or output nonzero: eight positions per int64 ``or``
+                    u.view(-1).view(torch.int64).bitwise_or_(v.view(-1).view(torch.int64))
+                else:
+                    torch.logical_or(u, v, out=u)
+                ev += count_true(u).to(dtype)
         return (per.to(dtype) if per_neuron else None), nz, ev

@@ -96,15 +96,48 @@ def test_count_nonzero_and_differences(walk):
     assert float(R.count_nonzero(a, torch.float64, scratch, minus=b)) == int(torch.count_nonzero(a - b))
 
 
-def test_neuron_counts_equal_brute_force(walk):
-    out = _signed_counts(30, 7, seed=6).abs()
-    x = _signed_counts(30, 7, seed=7)
+@pytest.mark.parametrize("shape", [(30, 7), (300, 40), (1000, 9)])  # below and past a 2040-byte lane group
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_neuron_counts_equal_brute_force(walk, shape, contiguous):
+    """Whole-tensor (contiguous, CPU) and block-wise (strided) walks give the brute-force counts."""
+    out = _signed_counts(*shape, seed=6).abs()
+    x = _signed_counts(*shape, seed=7)
+    x[1, 2] = float("nan")  # NaN is nonzero
+    if not contiguous:
+        out, x = out.t().contiguous().t(), x.t().contiguous().t()
     per, nz, ev = R.neuron_counts(out, x, torch.float64, None, R.Scratch())
     assert torch.equal(per, out.sum(0).double())
     assert float(nz) == int(torch.count_nonzero(out))
     assert float(ev) == int(torch.count_nonzero(torch.logical_or(out, x)))
     per, nz, ev = R.neuron_counts(out, None, torch.float64, None, R.Scratch())
     assert ev is None and float(nz) == int(torch.count_nonzero(out))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2039, 2040, 2041, 6000, 100_003])
+def test_count_true_counts_every_byte_lane(n):
+    g = torch.Generator().manual_seed(n)
+    mask = torch.rand(n, generator=g) < 0.4
+    assert int(R.count_true(mask)) == int(mask.sum())
+    assert int(R.count_true(torch.ones(n, dtype=torch.bool))) == n  # every lane full (255 per word group)
+    if n > 1:  # a view starting off an 8-byte boundary
+        assert int(R.count_true(mask[1:])) == int(mask[1:].sum())
+        assert int(R.count_true(mask.reshape(-1, 1)[::2])) == int(mask[::2].sum())
+
+
+def test_all_integer_reads_a_witness_then_every_block(monkeypatch):
+    """A non-integer found after the witness values and across block boundaries; NaN is no integer."""
+    monkeypatch.setattr(R, "_INT_WITNESS", 16)
+    monkeypatch.setattr(R, "_INT_BLOCK", 100)
+    scratch = R.Scratch()
+    x = torch.randint(0, 4, (1000,)).float()
+    assert bool(R.all_integer(x, 0.0, scratch))
+    for where in (3, 16, 115, 999):
+        y = x.clone()
+        y[where] += 0.5
+        assert not bool(R.all_integer(y, 0.0, scratch)), where
+        y[where] = float("nan")
+        assert not bool(R.all_integer(y, 0.0, scratch)), where
+    assert bool(R.all_integer(x + 1e-4, 1e-3, scratch)) and not bool(R.all_integer(x + 1e-4, 0.0, scratch))
 
 
 def test_scratch_is_reused_and_bounded():
