@@ -347,6 +347,36 @@ def _nonzero_and_pm1(t: Tensor, dims: Sequence[int], acc: torch.dtype, pm1: bool
     return _rsum(s.abs_(), dims, acc), spiking
 
 
+def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
+                  weight: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(|t|, nonzeros)`` summed over ``dims`` and (an activation) whether every value is in {-1, 0, 1}.
+
+    A weight counts through its nonzero mask (its magnitude sums are its nonzeros). A CPU activation whose
+    values are all >= 0 (spikes, spike products) needs no ``abs`` and no sign mask in backward: ``|t| = t``
+    with gradient 1 (the magnitude's, +1 at and above 0); its nonzeros are ``sign(t)`` and it is spiking when
+    ``max t <= 1`` and ``sum t == nonzeros`` (the rule of :mod:`synopsloss.records`). Other activations (and
+    every activation off the CPU, where the test would wait for the device): ``abs``, and a sign pass.
+    """
+    if weight:
+        with torch.no_grad():
+            nz, _ = _nonzero_and_pm1(t, dims, red, False)
+        return nz, nz, None
+    if t.device.type == "cpu" and t.is_floating_point() and t.numel():
+        with torch.no_grad():
+            det = t.detach()
+            lo, hi = torch.aminmax(det)
+        if bool(lo >= 0):  # (NaN is not: the general path carries it)
+            with torch.no_grad():
+                nz = _rsum(det.sign(), dims, red)
+            mag = _rsum(t, dims, red)
+            with torch.no_grad():
+                spiking = (hi <= 1) & (mag.detach().sum(dtype=torch.float64) == nz.sum(dtype=torch.float64))
+            return mag, nz, spiking
+    with torch.no_grad():
+        nz, spiking = _nonzero_and_pm1(t, dims, red, True)
+    return _rsum(magnitude(t), dims, red), nz, spiking
+
+
 def _zero_scalar(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
 
@@ -581,11 +611,8 @@ def _contract(
     # unless an operand is float64; without one, what is left is small and summed in acc
     red = acc if mask is None or torch.float64 in (a.dtype, b.dtype) else torch.float32
     with _counting(device):
-        with torch.no_grad():
-            nz_a, pm_a = _nonzero_and_pm1(a, dims_a, red, not a_w)
-            nz_b, pm_b = _nonzero_and_pm1(b, dims_b, red, not b_w)
-        mag_a = nz_a if a_w else _rsum(magnitude(a), dims_a, red)
-        mag_b = nz_b if b_w else _rsum(magnitude(b), dims_b, red)
+        mag_a, nz_a, pm_a = _operand_sums(a, dims_a, red, a_w)
+        mag_b, nz_b, pm_b = _operand_sums(b, dims_b, red, b_w)
         contracted = "".join(c for c in ra if c in rb and c not in lo)
         synops = _pair_total(mag_a, ra, mag_b, rb, mask, lm, acc, contracted)
         with torch.no_grad():

@@ -26,13 +26,14 @@ The synops keep the autograd graph to every recorded input (:func:`maps.magnitud
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .maps import LayerMaps, MapCache, magnitude
-from .reductions import Scratch, abs_row_sums, autocast_cpu
+from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu
 
 __all__ = ["Call", "Sums", "reduce_calls", "reduce_layers"]
 
@@ -132,20 +133,18 @@ _WITNESS = 4096
 
 
 def all_integer_values(t: Tensor) -> Tensor:
-    """0-dim bool: every value of ``t`` is an integer (exact). On the CPU the first :data:`_WITNESS` values are
-    read first: real-valued activations show a non-integer there, and the whole tensor is not read.
+    """0-dim bool: every value of ``t`` is an integer (exact). On the CPU the first 4096 values are read first
+    (real-valued activations show a non-integer there, and the whole tensor is not read), then ``frac(t)`` in
+    cache-sized blocks (:func:`synopsloss.reductions.all_integer`).
 
     Example
     -------
     >>> bool(all_integer_values(torch.tensor([0.0, 2.0, 3.0]))), bool(all_integer_values(torch.tensor([1.0, 0.5])))
     (True, False)
     """
-    flat = t.detach().reshape(-1)
-    if flat.device.type == "cpu" and flat.numel() > _WITNESS:
-        head = flat[:_WITNESS]
-        if not bool((head == head.round()).all()):
-            return torch.zeros((), dtype=torch.bool)
-    return (flat == flat.round()).all()
+    if not t.is_floating_point():
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    return all_integer(t, 0.0, _SCRATCH)
 
 
 def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) -> Optional[_Inputs]:
@@ -247,43 +246,71 @@ def _big_path(x: Tensor, rows: int, n_el: int, encoding: str) -> bool:
             and not autocast_cpu())
 
 
+#: calls x neurons of a group up to which its per-neuron float64 vectors are stacked and reduced together (they
+#: stay in cache); above, each call takes its own dot products
+_STACK_VECTORS = 1 << 18
+
+
 def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -> Tuple[Tensor, ...]:
-    """:func:`_group_sums` for large CPU inputs, one call at a time (each call's vectors stay in cache).
+    """:func:`_group_sums` for large CPU inputs: each input is read on its own (nothing of its size is stacked).
 
     Each distinct input is read by its min / max, one product with ones (``|x|`` summed over the rows; no
-    ``abs`` when every value is >= 0, whose gradient is 1) and :func:`column_nonzeros`; each call then takes
-    two float64 dot products of ``n_el`` values with its map.
+    ``abs`` when every value is >= 0, whose gradient is 1) and :func:`column_nonzeros`. The per-neuron vectors
+    then take float64 dot products with the maps: stacked when the group's vectors are small, else call by call
+    (so that each stays in cache). The spiking test of all inputs is one host read (CPU).
     """
     acc = maps[0].effective.dtype
-    seen: Dict[int, Tuple[Tensor, ...]] = {}
-    out: List[Tuple[Tensor, ...]] = []
-    for t, ent in zip(xs, maps):
-        got = seen.get(id(t))  # the calls' inputs are alive: ids are identities
-        if got is None:
-            flat = t.reshape(rows, n_el)
-            det = flat.detach()
-            with torch.no_grad():
-                lo, hi = torch.aminmax(det)
-                signed = not bool(lo >= 0)  # (NaN is signed: its magnitude is NaN and the read reports it)
-                amax = torch.maximum(-lo, hi) if signed else hi
-            grad = flat.requires_grad and torch.is_grad_enabled()
-            mag = magnitude(flat) if signed else flat
-            colsum = _RowSums.apply(mag) if grad else (det.new_ones(1, rows) @ mag.detach())[0]
-            mag64 = colsum.to(acc)
-            with torch.no_grad():
-                nz64 = column_nonzeros(det).to(acc)
-                mag_tot, nz_tot, amax = mag64.detach().sum(), nz64.sum(), amax.to(acc)
-                integer = (torch.ones((), dtype=torch.bool) if bool((amax <= 1) & (mag_tot == nz_tot))
-                           else all_integer_values(det))
-            got = seen[id(t)] = (mag64, nz64, mag_tot, nz_tot, amax, integer)
-        mag64, nz64, mag_tot, nz_tot, amax, integer = got
-        emap = ent.effective
-        synops = torch.dot(mag64, emap)
+    pos: Dict[int, int] = {}
+    inv = [pos.setdefault(id(t), len(pos)) for t in xs]  # the calls' inputs are alive: ids are identities
+    first = list({id(t): t for t in xs}.values())
+    dets: List[Tensor] = []
+    colsums: List[Tensor] = []
+    nzs: List[Tensor] = []
+    amaxes: List[float] = []
+    for t in first:
+        flat = t.reshape(rows, n_el)
+        det = flat.detach()
         with torch.no_grad():
-            eff = torch.dot(nz64, emap)
-        out.append((synops, eff, mag_tot, nz_tot, amax, mag_tot, ent.dense_total * float(rows), integer))
-    cols = [torch.stack(c) for c in zip(*out)]
-    return (*cols, None)
+            lo, hi = (float(v) for v in torch.aminmax(det))
+        signed = not lo >= 0  # (NaN is signed: its magnitude is NaN and the read reports it)
+        amaxes.append(math.nan if lo != lo or hi != hi else max(-lo, hi) if signed else hi)
+        mag = magnitude(flat) if signed else flat
+        grad = flat.requires_grad and torch.is_grad_enabled()
+        colsums.append(_RowSums.apply(mag) if grad else (det.new_ones(1, rows) @ mag.detach())[0])
+        with torch.no_grad():
+            nzs.append(column_nonzeros(det))
+        dets.append(det)
+    one = len(xs) == 1
+    dense = maps[0].dense_total.reshape(1) if one else torch.stack([m.dense_total for m in maps])
+    if len(first) * n_el <= _STACK_VECTORS:
+        mag64 = (colsums[0].unsqueeze(0) if len(first) == 1 else torch.stack(colsums)).to(acc)
+        with torch.no_grad():
+            nz64 = (nzs[0].unsqueeze(0) if len(first) == 1 else torch.stack(nzs)).to(acc)
+            mag_tot, nz_tot = mag64.detach().sum(1), nz64.sum(1)
+        if len(first) != len(xs):
+            ii = torch.tensor(inv)
+            mag64, nz64 = mag64.index_select(0, ii), nz64.index_select(0, ii)
+        emap = maps[0].effective.unsqueeze(0) if one else torch.stack([m.effective for m in maps])
+        synops = torch.linalg.vecdot(mag64, emap)
+        with torch.no_grad():
+            eff = torch.linalg.vecdot(nz64, emap)
+    else:
+        vecs = [(c.to(acc), z.to(acc)) for c, z in zip(colsums, nzs)]
+        with torch.no_grad():
+            mag_tot = torch.stack([m.detach().sum() for m, _ in vecs])
+            nz_tot = torch.stack([z.sum() for _, z in vecs])
+        synops = torch.stack([torch.dot(vecs[i][0], ent.effective) for i, ent in zip(inv, maps)])
+        with torch.no_grad():
+            eff = torch.stack([torch.dot(vecs[i][1], ent.effective) for i, ent in zip(inv, maps)])
+    with torch.no_grad():
+        amax = torch.tensor(amaxes, dtype=acc)
+        spiking = ((amax <= 1) & (mag_tot == nz_tot)).tolist()
+        integer = torch.stack([torch.ones((), dtype=torch.bool) if sp else all_integer_values(d)
+                               for sp, d in zip(spiking, dets)])
+        if len(first) != len(xs):
+            ii = torch.tensor(inv)
+            mag_tot, nz_tot, amax, integer = (v.index_select(0, ii) for v in (mag_tot, nz_tot, amax, integer))
+    return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows), integer, None
 
 
 def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,

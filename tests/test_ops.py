@@ -301,11 +301,13 @@ def test_spiking_product_is_ac_when_one_operand_is_binary():
     assert not bool(run(torch.bmm, real, 2 * spikes)[0].spiking)
 
 
+@pytest.mark.parametrize("kinds", [("signed", "real"), ("spikes", "counts"), ("counts", "spikes")])
 @pytest.mark.parametrize("sa,sb", [((2, 3, 4), (2, 4, 5)), ((4,), (2, 4, 3)), ((2, 1, 3, 4), (3, 4, 2))])
-def test_product_gradient_reaches_both_operands_with_the_closed_form(sa, sb):
+def test_product_gradient_reaches_both_operands_with_the_closed_form(sa, sb, kinds):
+    """Signed operands (abs, sign mask) and non-negative ones (spikes, counts: no abs) give the closed form."""
     gen = torch.Generator().manual_seed(11)
-    a = make_x("signed", sa, gen).double().requires_grad_(True)
-    b = make_x("real", sb, gen).double().requires_grad_(True)
+    a = make_x(kinds[0], sa, gen).double().requires_grad_(True)
+    b = make_x(kinds[1], sb, gen).double().requires_grad_(True)
     a_w = len(sa) <= 2 and len(sb) > 2
     (c,) = run(torch.matmul, a, b)
     c.synops.backward()

@@ -67,7 +67,12 @@ def _brute(layer: nn.Module, xs: List[torch.Tensor], samples: int) -> Dict[str, 
 @pytest.mark.parametrize("kinds", [("spikes",) * 3, ("rate", "spikes", "rate"), ("relu",) * 2, ("signed", "spikes"),
                                    ("counts", "spikes"), ("zeros", "spikes"), ("late", "counts"),
                                    ("late_signed", "signed")])
-def test_every_read_path_matches_the_brute_force(rows: int, shape: tuple, kinds: tuple) -> None:
+@pytest.mark.parametrize("vectors", ["stacked", "call by call"])
+def test_every_read_path_matches_the_brute_force(rows: int, shape: tuple, kinds: tuple, vectors: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Large calls' per-neuron vectors are stacked when small, else dotted call by call: both are run.)"""
+    if vectors == "call by call":
+        monkeypatch.setattr(records, "_STACK_VECTORS", 0)
     torch.manual_seed(0)
     layer = _pruned(nn.Conv2d(3, 4, 3, padding=1) if len(shape) == 3 else nn.Linear(shape[-1], 5), 1)
     g = torch.Generator().manual_seed(2)
