@@ -124,6 +124,8 @@ class _Repeat(NamedTuple):
     in_shape: Tuple[int, ...]  # one sample of the input and of the output
     sample_out: Tuple[int, ...]
     in_neurons: int
+    maps: MapCache  # the layer's map cache (owner of ``entry``)
+    events: bool  # integer inputs counted as events (``integer_spikes="events"``) when the call ran
 
 
 @dataclass
@@ -131,7 +133,8 @@ class _Batch(batch_layout.Evidence):
     """The current batch: its layout evidence (:class:`synopsloss.layout.Evidence`, whose fields the root,
     time-folding and probe hooks write) and the layers' running numbers."""
 
-    layers: Dict[str, SynapseState] = field(default_factory=dict)
+    states: Dict[str, SynapseState] = field(default_factory=dict)  # read through ``layers`` (tallied)
+    dirty: List[SynapseState] = field(default_factory=list)  # states whose repeated calls wait in ``quick``
     unreduced: Dict[int, SynapseState] = field(default_factory=dict)  # layers with calls made without gradients
     unreduced_bytes: int = 0  # bytes of the inputs those calls hold
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
@@ -141,6 +144,34 @@ class _Batch(batch_layout.Evidence):
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
     backwarded: bool = False  # its synops were backpropagated
+
+    @property
+    def layers(self) -> Dict[str, SynapseState]:
+        """The layers' states with every call tallied (a repeated call only appends to its state's ``quick``)."""
+        if self.dirty:
+            for st in self.dirty:
+                _tally(st)
+            self.dirty.clear()
+        return self.states
+
+
+def _tally(state: SynapseState) -> None:
+    """Move a layer's repeated calls (``quick``: input, its version, the :class:`_Repeat` it repeats, the weight,
+    whether it read data) into the state's fields and records, in call order."""
+    if not state.quick:
+        return
+    for x, version, same, weight, data in state.quick:
+        rows = same.rows
+        state.calls += 1
+        state.rows_total += rows
+        state.rows.add(rows)
+        state.in_values += same.in_values
+        state.data_calls += data
+        state.leads[same.lead] += 1
+        state.records.append(Call(x, rows, same.entry, weight, same.maps, None, None, version, same.events))
+    last = state.quick[-1][2]
+    state.in_shape, state.out_shape, state.in_neurons = last.in_shape, last.sample_out, last.in_neurons
+    state.quick.clear()
 
 
 def _tensors(obj: Any, out: List[Tensor]) -> List[Tensor]:
@@ -551,7 +582,7 @@ class SynOpsCounter:
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pools.clear()
         batch = self._batch
-        if batch.layers and (batch.read or batch.backwarded or batch.pending or self.auto_reset):
+        if batch.states and (batch.read or batch.backwarded or batch.pending or self.auto_reset):
             self._check_new_call(batch)
             batch = self._batch
         batch.root_calls += 1
@@ -700,23 +731,18 @@ class SynOpsCounter:
             weight = module._parameters.get(same.attr) if same.attr else rule_weight(module, layer.rule.weight)
             if (weight is same.weight and x.shape == same.x_shape and out.shape == same.out_shape
                     and x.dtype is same.dtype and x.device == same.device and x.layout is torch.strided and not x.is_nested
-                    and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
+                    and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1
+                    and same.events is (self.integer_spikes == "events")):
                 batch = self._batch
-                state = batch.layers.get(name)
+                state = batch.states.get(name)
                 if state is None:
-                    state = batch.layers[name] = SynapseState(first_seen=next_stamp(), device=same.device)
+                    state = batch.states[name] = SynapseState(first_seen=next_stamp(), device=same.device)
                 if state.device == same.device:
-                    rows = same.rows
-                    state.calls += 1
-                    state.rows_total += rows
-                    state.rows.add(rows)
-                    state.in_shape, state.out_shape = same.in_shape, same.sample_out
-                    state.in_neurons = same.in_neurons
-                    state.in_values += same.in_values
-                    state.data_calls += x.grad_fn is None and bool(batch.inputs) and _storage(x) in batch.inputs
-                    state.leads[same.lead] += 1
-                    state.records.append(Call(x, rows, same.entry, weight, layer.maps, None, None, x._version,
-                                              self.integer_spikes == "events"))
+                    # one append: the fields and the record are tallied when the batch's layers are read
+                    if not state.quick:
+                        batch.dirty.append(state)
+                    state.quick.append((x, x._version, same, weight,
+                                        x.grad_fn is None and bool(batch.inputs) and _storage(x) in batch.inputs))
                     if not torch.is_grad_enabled() or x.is_inference():
                         self._hold(state, x)
                     return
@@ -770,7 +796,7 @@ class SynOpsCounter:
             # what the next call like this one reuses (see the top of this method)
             n_in = entry.effective.numel()
             layer.same = _Repeat(weight, x.shape, out.shape, x.dtype, x.device, rows, rows * n_in, lead, entry,
-                                 plain, in_shape, out_shape, n_in)
+                                 plain, in_shape, out_shape, n_in, layer.maps, self.integer_spikes == "events")
         else:
             layer.same = None
 
@@ -827,6 +853,8 @@ class SynOpsCounter:
             states = list(batch.unreduced.values())
             batch.unreduced.clear()
             batch.unreduced_bytes = 0
+            for st in states:
+                _tally(st)
             with torch.no_grad():
                 settle_all(states)
 

@@ -154,6 +154,9 @@ class SynapseState:
     pending: list = state_field(None, factory=list)
     # weight-op calls recorded as they ran (synopsloss.records.Call), reduced by settle()
     records: list = state_field(None, factory=list)
+    # calls like the layer's last one, as the counter appended them: tallied into the fields and records above
+    # before any of them is read (the counter's ``_tally``)
+    quick: list = state_field(None, factory=list)
     # with per-sample counting: each call's leading dims, and its per-row synops once reduced
     call_leads: list = state_field(None, factory=list)
     row_synops: list = state_field(None, factory=list)
