@@ -187,38 +187,62 @@ _NUM = r"([-+]?\d[\d,]*\.?\d*(?:e[-+]?\d+)?)"
 
 
 def parse_overhead(text: str) -> Dict[str, Any]:
-    """Figures printed by overhead.py: ratios to a plain step / forward, counting overhead vs NeuroBench.
+    """Figures printed by overhead.py: per network, the ratios to the plain step / forward (medians and quartiles
+    of the per-round ratios); per counted network, the time synopsloss and NeuroBench add to a forward.
 
     Example
     -------
-    >>> t = "training step [ms]   10.0  11.0  10.5  10.8\\n  ratio to plain   1.000  1.100  1.050  1.080\\n"
-    >>> parse_overhead(t)["ratios"]["training step"]
-    [1.0, 1.1, 1.05, 1.08]
+    >>> t = ("[1a] net, B=2: median of 3 rounds\\n              plain     readme\\n"
+    ...      "training step [ms]    10.0     11.0\\n  ratio to plain   1.000 [1.00-1.00]   1.100 [1.05-1.20]\\n")
+    >>> s = parse_overhead(t)["sections"][0]
+    >>> s["columns"], s["ratios"]["training step"], s["quartiles"]["training step"][1]
+    (['plain', 'readme'], [1.0, 1.1], (1.05, 1.2))
     """
-    figures: Dict[str, Any] = {"ratios": {}, "lines": []}
+    figures: Dict[str, Any] = {"sections": [], "counting": [], "lines": []}
     lines = text.splitlines()
-    header: Optional[List[str]] = None
+    section: Optional[Dict[str, Any]] = None
+    count: Optional[Dict[str, Any]] = None
     for i, line in enumerate(lines):
-        if re.match(r"^\s+plain\s+", line):
-            header = line.split()
-        m = re.match(r"^(\S.*?)\s*\[ms\]", line)
-        if m and i + 1 < len(lines) and "ratio" in lines[i + 1]:
-            figures["ratios"][m.group(1).strip()] = [float(v) for v in re.findall(r"\d+\.\d+", lines[i + 1])]
-            figures["lines"] += [line, lines[i + 1]]
-        elif re.search(r"x the forward|overhead /|identical:|^\[\d\]|^torch ", line):
+        head = re.match(r"^\[(\d[a-z]?)\]\s+(.*)$", line)
+        if head:
+            label = re.split(r":\s+median of", head.group(2))[0].strip()
+            section, count = None, None
+            if head.group(1).startswith("1") and len(head.group(1)) > 1:
+                section = {"id": head.group(1), "label": label, "columns": [], "ratios": {}, "quartiles": {}}
+                figures["sections"].append(section)
+            elif head.group(1).startswith("2") and len(head.group(1)) > 1:
+                count = {"id": head.group(1), "label": label}
+                figures["counting"].append(count)
             figures["lines"].append(line)
-    if header:
-        figures["columns"] = header
-    for key, pattern in (("ours", r"synopsloss counts\(\)"), ("neurobench", r"NeuroBench SynOps")):
-        m = re.search(pattern + r".*?adds\s+" + _NUM + r" ms = " + _NUM + "x", text)
-        if m:
-            figures[f"{key}_adds_ms"], figures[f"{key}_adds_x"] = float(m.group(1)), float(m.group(2))
-    m = re.search(r"NeuroBench overhead / synopsloss overhead:\s*" + _NUM + "x", text)
-    if m:
-        figures["neurobench_over_ours"] = float(m.group(1))
-    m = re.search(r"identical:\s*(\w+)", text)
-    if m:
-        figures["identical_to_neurobench"] = m.group(1) == "True"
+            continue
+        if section is not None and re.match(r"^\s+plain\s+", line):
+            section["columns"] = line.split()
+            figures["lines"].append(line)
+        m = re.match(r"^(\S.*?)\s*\[ms\]", line)
+        if section is not None and m and i + 1 < len(lines) and "ratio" in lines[i + 1]:
+            cells = re.findall(r"(\d+\.\d+)(?:\s*\[(\d+\.\d+)-(\d+\.\d+)\])?", lines[i + 1])
+            section["ratios"][m.group(1).strip()] = [float(c[0]) for c in cells]
+            section["quartiles"][m.group(1).strip()] = [(float(c[1]), float(c[2])) if c[1] else None for c in cells]
+            figures["lines"] += [line, lines[i + 1]]
+        if count is not None:
+            for key, pattern in (("ours", r"\+ synopsloss counts"), ("neurobench", r"\+ NeuroBench \w+"),
+                                 ("floor", r"\+ floor"), ("plain", r"plain forward")):
+                m = re.search(pattern + r".*?\s" + _NUM + r" ms(?:.*?=\s*" + _NUM + "x)?", line)
+                if m and key + "_ms" not in count:
+                    count[key + "_ms"] = float(m.group(1).replace(",", ""))
+                    if m.group(2) is not None:
+                        count[key + "_x"] = float(m.group(2))
+                    figures["lines"].append(line)
+            m = re.search(r"NeuroBench overhead / synopsloss overhead:\s*" + _NUM + "x", line)
+            if m:
+                count["neurobench_over_ours"] = float(m.group(1))
+                figures["lines"].append(line)
+            m = re.search(r"identical:\s*(.*)$", line)
+            if m:
+                count["identical"] = m.group(1).strip()
+                figures["lines"].append(line)
+        if re.match(r"^torch |^\s*torch\s+\d", line):
+            figures["lines"].append(line)
     return figures
 
 
@@ -278,22 +302,30 @@ def _soak_png(records: List[Dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def _overhead_png(ratios: Dict[str, List[float]], columns: List[str], path: str) -> None:
+def _overhead_png(sections: List[Dict[str, Any]], path: str) -> None:
+    """One bar group per network and measurement: each counter's median ratio to the plain network."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    width = 0.8 / max(len(ratios), 1)
-    for k, (what, vals) in enumerate(ratios.items()):
-        xs = [i + k * width for i in range(len(vals))]
-        ax.bar(xs, vals, width, label=what)
-    ax.set_xticks([i + width * (len(ratios) - 1) / 2 for i in range(len(columns))])
-    ax.set_xticklabels(columns, fontsize=8)
+    groups = [(f"{sec['label'].split(',')[0]}\n{what}", sec["columns"], vals)
+              for sec in sections for what, vals in sec["ratios"].items()]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 3.4))
+    names = list(dict.fromkeys(c for _, cols, _ in groups for c in cols if c != "plain"))
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        xs, ys = [], []
+        for i, (_, cols, vals) in enumerate(groups):
+            if name in cols and cols.index(name) < len(vals):
+                xs.append(i + k * width)
+                ys.append(vals[cols.index(name)])
+        ax.bar(xs, ys, width, label=name)
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))])
+    ax.set_xticklabels([g[0] for g in groups], fontsize=7)
     ax.axhline(1.0, color="k", lw=0.7)
     ax.set_ylabel("time / plain")
-    ax.set_title("overhead: time relative to the plain network (median)", fontsize=9)
+    ax.set_title("overhead: time relative to the plain network (median of per-round ratios)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -415,28 +447,39 @@ def summarize(recs: Dict[str, Dict[str, Any]], info: Dict[str, Any], full: bool,
     if "overhead" in recs:
         rec = recs["overhead"]
         md += ["## Overhead (`overhead.py`)", "", f"`{rec['command']}`: {_status(rec)}."] + _provenance(rec)
-        figures = parse_overhead(rec["stdout"]) if rec["stdout"] else {"ratios": {}, "lines": []}
-        if figures["ratios"]:
-            cols = figures.get("columns") or [f"col{i}" for i in range(len(next(iter(figures["ratios"].values()))))]
-            rows = [dict({"measurement": k}, **{c: v for c, v in zip(cols, vals)}) for k, vals in figures["ratios"].items()]
+        figures = parse_overhead(rec["stdout"]) if rec["stdout"] else {"sections": [], "counting": [], "lines": []}
+        rows = []
+        for sec in figures["sections"]:
+            cols = sec["columns"] or [f"col{i}" for i in range(len(next(iter(sec["ratios"].values()), [])))]
+            if not sec["ratios"]:
+                continue
+            md += ["", f"{sec['label']}: time relative to the plain network (median of the per-round ratios "
+                   "[quartiles]):", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            for what, vals in sec["ratios"].items():
+                qs = sec["quartiles"].get(what) or [None] * len(vals)
+                md.append(f"| {what} | " + " | ".join(f"{v:.2f}" + (f" [{q[0]:.2f}-{q[1]:.2f}]" if q else "")
+                                                   for v, q in zip(vals, qs)) + " |")
+                rows.append(dict({"network": sec["label"], "measurement": what},
+                                 **{c: v for c, v in zip(cols, vals)}))
+        if rows:
             _write_csv(os.path.join(out, "overhead.csv"), rows)
             try:
-                _overhead_png(figures["ratios"], cols, os.path.join(out, "overhead.png"))
+                _overhead_png(figures["sections"], os.path.join(out, "overhead.png"))
             except Exception as err:  # a plot must not lose the figures
                 md.append(f"(overhead.png not drawn: {err})")
-            md += ["", "Time relative to the plain network (medians; `overhead.csv`, `overhead.png`):", "",
-                   "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-            md += [f"| {k} | " + " | ".join(f"{v:.2f}" for v in vals) + " |" for k, vals in figures["ratios"].items()]
-        if "ours_adds_x" in figures and "neurobench_adds_x" in figures:
-            md += ["", f"Counting on a 3-conv CNN: synopsloss `counts()` adds {figures['ours_adds_x']:.3f}x a forward "
-                   f"pass, NeuroBench's `SynapticOperations` {figures['neurobench_adds_x']:.2f}x."]
-            if figures["ours_adds_ms"] <= 0:
-                md.append("synopsloss' added time was at or below zero in this run (timing noise on a busy machine), "
-                          "so the ratio of the two overheads is not meaningful here.")
-            elif "neurobench_over_ours" in figures:
-                md.append(f"NeuroBench's overhead / synopsloss': **{figures['neurobench_over_ours']:.1f}x**.")
-        if "identical_to_neurobench" in figures:
-            md += ["", f"Dense / effective MAC / AC counts identical to NeuroBench's: {figures['identical_to_neurobench']}."]
+        counted = [c for c in figures["counting"] if "ours_ms" in c and "neurobench_ms" in c]
+        if counted:
+            md += ["", "Counting (`no_grad` forward + counts) against NeuroBench's `SynapticOperations`, time added "
+                   "to a forward pass:", "", "| network | synopsloss | NeuroBench | NeuroBench / synopsloss | "
+                   "counts identical |", "|---|---|---|---|---|"]
+            for c in counted:
+                if c["ours_ms"] <= 0:
+                    ratio = "not meaningful (synopsloss' added time at or below zero: timing noise)"
+                else:
+                    ratio = f"**{c['neurobench_ms'] / c['ours_ms']:.1f}x**"
+                md.append(f"| {c['label']} | {c['ours_ms']:.2f} ms ({c.get('ours_x', float('nan')):.3f}x) | "
+                          f"{c['neurobench_ms']:.2f} ms ({c.get('neurobench_x', float('nan')):.2f}x) | {ratio} | "
+                          f"{c.get('identical', '?')} |")
         if figures["lines"]:
             md += ["", "Key lines as printed:", "", "```"] + figures["lines"] + ["```"]
         elif rec["returncode"] == 0:

@@ -217,21 +217,32 @@ def test_tradeoff_tiny_run_writes_one_row_per_run_and_a_front_per_dataset(bench,
 
 # ----------------------------------------------------------------------------- run_all
 
-OVERHEAD_OUT = """torch 2.13.0, 2 threads, wall clock
+OVERHEAD_OUT = """synopsloss counting overhead (issue 12), 2026-12-07 06:06
+  torch                                  2.13.0+cpu
 
-[1] sinabs tutorial SNN, B=32, T=20: median of 3 interleaved repeats
-                             plain  synopsloss      lean    sinabs
-training step [ms]            20.0        23.0      21.0      22.0
-  ratio to plain             1.000       1.150     1.050     1.100
-forward pass [ms]             10.0        15.0      12.0      12.5
-  ratio to plain             1.000       1.500     1.200     1.250
+[1a] sinabs tutorial SNN, B=32, T=20 (IAFSqueeze, [B*T, 1, 28, 28]): median of 3 interleaved rounds [quartiles of the per-round ratio]
+                                           plain                readme               default                sinabs
+training step [ms]                          20.0                  23.0                  21.0                  22.0
+  ratio to plain               1.000 [1.00-1.00]     1.150 [1.10-1.20]     1.050 [1.00-1.08]     1.100 [1.05-1.15]
+forward pass [ms]                           10.0                  15.0                  12.0                  12.5
+  ratio to plain               1.000 [1.00-1.00]     1.500 [1.40-1.60]     1.200 [1.10-1.30]     1.250 [1.20-1.30]
 
-[2] 3-conv CNN, B=64, 32x32: median of 3 interleaved repeats
-plain forward                    100.00 ms
-forward + synopsloss counts()    120.00 ms  (adds 20.00 ms = 0.200x the forward)
-forward + NeuroBench SynOps      370.00 ms  (adds 270.00 ms = 2.70x the forward)
-NeuroBench overhead / synopsloss overhead: 13.5x
-  identical: True
+[1b] snntorch CSNN (tutorial 6), B=128, T=25 calls of the network: median of 3 interleaved rounds [quartiles of the per-round ratio]
+                                           plain                readme               default
+training step [ms]                        1240.2                1261.1                1277.8
+  ratio to plain               1.000 [1.00-1.00]     1.004 [0.95-1.03]     1.016 [0.96-1.11]
+
+[2a] light 3-conv CNN (3-16-32-64, Linear(65536, 10)), B=64, 32x32: median of 3 interleaved rounds (added time: median of per-round differences)
+  plain forward                        100.00 ms
+  + synopsloss counts                   20.00 ms  [14.01-18.32]  =  0.200x the forward
+  + NeuroBench SynapticOperations      270.00 ms  [376.98-501.96]  =  2.700x the forward
+  + floor: x.sum() per layer input       3.26 ms  [0.29-3.68]  =  0.076x the forward
+  NeuroBench overhead / synopsloss overhead:   13.5x   (target >= 20x: NOT met)
+  synopsloss overhead / floor:                  6.1x
+  numbers per sample              Dense             Eff_MACs          Eff_ACs
+    synopsloss                  23699648.0        11536268.7               0.0
+    NeuroBench                  23699648.0        11536268.7               0.0
+    identical: yes (bit for bit)
 """
 
 SOAK_OUT = """step   100  rss    300.0 MiB  peak    301.0 MiB  live tensors    94  synops/sample    1,234.5  task loss 1.0  (1 s)
@@ -258,19 +269,24 @@ def test_run_all_summary_parses_the_figures_and_records_a_failed_benchmark(bench
     assert "| CPU |" in md and "torch" in md
 
     figures = ra.parse_overhead(OVERHEAD_OUT)
-    assert figures["ratios"] == {"training step": [1.0, 1.15, 1.05, 1.1], "forward pass": [1.0, 1.5, 1.2, 1.25]}
-    assert figures["columns"] == ["plain", "synopsloss", "lean", "sinabs"]
-    assert figures["neurobench_over_ours"] == 13.5 and figures["identical_to_neurobench"] is True
-    assert (figures["ours_adds_ms"], figures["ours_adds_x"], figures["neurobench_adds_x"]) == (20.0, 0.2, 2.7)
+    sinabs, csnn = figures["sections"]
+    assert sinabs["columns"] == ["plain", "readme", "default", "sinabs"] and csnn["columns"] == ["plain", "readme",
+                                                                                                 "default"]
+    assert sinabs["ratios"] == {"training step": [1.0, 1.15, 1.05, 1.1], "forward pass": [1.0, 1.5, 1.2, 1.25]}
+    assert sinabs["quartiles"]["training step"][1] == (1.1, 1.2) and csnn["ratios"]["training step"][1] == 1.004
+    (cnn,) = figures["counting"]
+    assert (cnn["ours_ms"], cnn["ours_x"], cnn["neurobench_ms"], cnn["neurobench_x"]) == (20.0, 0.2, 270.0, 2.7)
+    assert cnn["neurobench_over_ours"] == 13.5 and cnn["identical"] == "yes (bit for bit)"
     recs["overhead"].update(returncode=0, stdout=OVERHEAD_OUT)
     md = ra.summarize(recs, ra.machine(), False, str(tmp_path), info_end="1.00")
-    assert "| training step | 1.00 | 1.15 | 1.05 | 1.10 |" in md and "13.5x" in md
-    assert os.path.exists(tmp_path / "overhead.csv")
+    assert "| training step | 1.00 [1.00-1.00] | 1.15 [1.10-1.20] | 1.05 [1.00-1.08] | 1.10 [1.05-1.15] |" in md
+    assert "**13.5x**" in md and "yes (bit for bit)" in md
+    assert os.path.exists(tmp_path / "overhead.csv") and os.path.exists(tmp_path / "overhead.png")
     # a negative added time (noise) is said to be noise, not turned into a huge ratio
-    noisy = OVERHEAD_OUT.replace("adds 20.00 ms = 0.200x", "adds -5.00 ms = -0.050x").replace("13.5x", "5000000.0x")
+    noisy = OVERHEAD_OUT.replace("20.00 ms  [14.01-18.32]  =  0.200x", "-5.00 ms  [-9.0-1.0]  =  -0.050x")
     recs["overhead"].update(stdout=noisy)
     md = ra.summarize(recs, ra.machine(), False, str(tmp_path), info_end="1.00")
-    assert "overhead / synopsloss': **" not in md and "not meaningful" in md   # raw lines are still quoted
+    assert "**-54.0x**" not in md and "not meaningful" in md and "-5.00 ms" in md  # the raw line is still quoted
 
 
 def test_tradeoff_reuses_finished_rows_and_trains_only_the_rest(bench, tmp_path):
