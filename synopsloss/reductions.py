@@ -313,8 +313,9 @@ def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Option
             if fm is not None:
                 torch.sub(b, walk.block(fm, span), out=buf)
                 b = buf
-            torch.ne(b, 0, out=buf)
-            total += buf.sum(0).to(dtype).sum()
+            u = _buffer(scratch, b, torch.bool, 2)
+            u.copy_(b)  # nonzero (or NaN) -> True: a cast, faster than ``b != 0``; its bytes counted as int64 lanes
+            total += count_true(u).to(dtype)
         return total
 
 
