@@ -744,7 +744,7 @@ class SynOpsCounter:
                     state.quick.append((x, x._version, same, weight,
                                         x.grad_fn is None and bool(batch.inputs) and _storage(x) in batch.inputs))
                     if not torch.is_grad_enabled() or x.is_inference():
-                        self._hold(state, x)
+                        self._hold(state, x.numel() * x.element_size())
                     return
         module, rule = layer.module, layer.rule
         if x.is_nested:  # (torch's nested-tensor paths: the call is skipped and named)
@@ -835,15 +835,15 @@ class SynOpsCounter:
         state.leads[lead if lead is not None else (call.rows,)] += 1
         state.records.append(call)
         if not torch.is_grad_enabled() or call.x.is_inference():
-            self._hold(state, call.x)
+            self._hold(state, call.x.numel() * call.x.element_size())
 
-    def _hold(self, state: SynapseState, x: Tensor) -> None:
+    def _hold(self, state: SynapseState, nbytes: int) -> None:
         """A call made without gradients: reduced (without a graph) when the model's forward returns, or
         sooner once the calls held since hold :data:`HELD_BYTES` of inputs (an evaluation loop holds at most
         that much, and its small layers are reduced together, not one call at a time)."""
         batch = self._batch
         batch.unreduced[id(state)] = state
-        batch.unreduced_bytes += x.numel() * x.element_size()
+        batch.unreduced_bytes += nbytes
         if batch.unreduced_bytes > HELD_BYTES:
             self._reduce_held()
 
@@ -898,12 +898,17 @@ class SynOpsCounter:
     def _accumulate(self, name: str, c: OpCounts, data: bool = False,
                     lead: Optional[Tuple[int, ...]] = None) -> None:
         """Add one call whose rule computed its counts itself (recurrent cells, activation products)."""
-        state = self._state(name, c.synops.device)
+        state = self._state(name, c.device if c.later is not None else c.synops.device)
         fold(state, SynapseState(
             calls=1, rows_total=c.rows, rows={c.rows}, in_shape=c.in_shape, out_shape=c.out_shape,
             in_neurons=c.in_neurons, in_values=c.rows * c.in_neurons, data_calls=int(data), samples=c.samples,
             leads=Counter({_lead_key(c, lead): 1}),
         ))
+        if c.later is not None:  # an activation product: its sums are taken when the counts are read
+            state.later.append(c.later)
+            if not torch.is_grad_enabled():
+                self._hold(state, c.held_bytes)
+            return
         # the counts are summed when read (SynapseState.settle): no tensor op per call for them here
         state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero)
         state.synops = c.synops if state.synops is None else state.synops + c.synops

@@ -105,6 +105,12 @@ class OpCounts:
     input_nonzero: Tensor
     in_neurons: int = 0
     samples: Optional[int] = None  # samples of the call, when the layer knows its layout (batch_first)
+    #: a call recorded for the read: ``later()`` gives ``(synops, dense, effective, spiking, input_sum,
+    #: input_nonzero)`` (the tensor fields above are ``None``); ``device`` is its operands', ``held_bytes``
+    #: what it holds until then
+    later: Optional[Callable[[], Tuple[Tensor, ...]]] = None
+    device: Optional[torch.device] = None
+    held_bytes: int = 0
 
 
 #: ``count(module, args, kwargs, output) -> OpCounts`` for layers outside the map model (recurrent layers)

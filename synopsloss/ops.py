@@ -219,7 +219,7 @@ from torch import Tensor, nn
 
 from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
 from .maps import MapCache, magnitude
-from .errors import ExpectedCountWarning, UncountableOpError
+from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError
 from .records import Call, reduce_calls
 
 __all__ = [
@@ -237,6 +237,8 @@ __all__ = [
 
 IsWeight = Optional[Callable[[Tensor], bool]]
 Shape = Tuple[int, ...]
+#: the functorch level of a tensor (-1: a plain tensor, outside any torch.func transform)
+_LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", lambda t: -1)
 
 
 @dataclass
@@ -261,6 +263,11 @@ class OpCount:
     weighted: bool
     #: a weight op's recorded call (its counts are reduced by :mod:`synopsloss.records`, as a module layer's)
     call: Optional[Call] = None
+    #: an activation product recorded by the function mode: its counts come from ``later()`` when the counter
+    #: is read, as ``(synops, dense, effective, spiking, input_sum, input_nonzero)`` (the tensor fields above
+    #: are ``None`` then); ``device`` is the operands'
+    later: Optional[Callable[[], Tuple[Tensor, ...]]] = None
+    device: Optional[torch.device] = None
 
 
 Handler = Callable[[tuple, dict, Any, IsWeight], List[OpCount]]
@@ -361,7 +368,8 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
         with torch.no_grad():
             nz, _ = _nonzero_and_pm1(t, dims, red, False)
         return nz, nz, None
-    if t.device.type == "cpu" and t.is_floating_point() and t.numel():
+    if (t.device.type == "cpu" and t.is_floating_point() and t.numel() and _LEVEL(t) == -1
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):  # (the test reads a value)
         with torch.no_grad():
             det = t.detach()
             lo, hi = torch.aminmax(det)
@@ -572,6 +580,30 @@ def _pair_total(x: Tensor, lx: str, y: Tensor, ly: str, mask: Optional[Tensor], 
     return masked.sum(-1).to(acc).sum() if masked.dim() else masked.to(acc)
 
 
+class _Defer(threading.local):
+    """Whether activation products are recorded for the read (the function mode) or counted at once."""
+
+    on: bool = False
+
+
+_DEFER = _Defer()
+
+
+def _deferrable(*ts: Optional[Tensor]) -> bool:
+    """Operands that can be read after the op returned: plain tensors outside a transform, a trace or backward."""
+    return (_DEFER.on and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and torch._C._current_graph_task_id() == -1
+            and all(t is None or _LEVEL(t) == -1 for t in ts))
+
+
+def _changed_warning(t: Tensor) -> None:
+    warnings.warn(
+        f"synopsloss: the input of a counted layer (shape {tuple(t.shape)}) was modified in place after the "
+        "layer read it and before the counts were read; it is counted with its new values. Read the counts "
+        "(counter.synops() / snapshot()) before changing it, or change a copy (x = x.clone()) instead.",
+        SynOpsWarning, stacklevel=6)
+
+
 def _contract(
     op: str,
     a: Tensor,
@@ -591,7 +623,8 @@ def _contract(
     A term (one multiply) is one assignment of every index. Weights count through their nonzero
     mask, activations through their magnitude (module docstring). ``batch``: the indices whose
     sizes multiply into ``rows`` of a product (default: those in both operands and the output;
-    ``matmul`` passes its broadcast batch dims)."""
+    ``matmul`` passes its broadcast batch dims). Inside the function mode an activation product
+    is recorded and its sums taken when the counter is read (``OpCount.later``)."""
     if a_w and b_w:
         return []
     if a.numel() == 0 or b.numel() == 0:
@@ -599,8 +632,47 @@ def _contract(
     a, la = _diagonal(a, la)
     b, lb = _diagonal(b, lb)
     device = a.device
-    acc = _acc_dtype(device)
     sizes = _sizes(*([(a, la), (b, lb)] + ([(mask, lm)] if mask is not None else [])))
+    if batch is None:
+        batch = "".join(c for c in dict.fromkeys(la) if c in lb and c in lo)
+    if a_w or b_w:  # shapes only: rows, one sample in and out
+        x, lx, lw = (b, lb, la) if a_w else (a, la, lb)
+        kept = [i for i, c in enumerate(lx) if c in lw and c not in lo]
+        in_shape = tuple(int(x.shape[i]) for i in kept)
+        rows = x.numel() // max(math.prod(in_shape), 1)
+        out_shape = tuple(sizes[c] for c in lo if c in lw and c not in lx)
+    else:
+        rows = math.prod(sizes[c] for c in batch)
+        in_shape = tuple(int(s) for c, s in zip(la, a.shape) if c not in batch)
+        out_shape = tuple(sizes[c] for c in lo if c not in batch)
+
+    def sums() -> Tuple[Tensor, ...]:
+        return _contract_sums(a, b, la, lb, lo, a_w, b_w, mask, lm, sizes)
+
+    if not (a_w or b_w) and _deferrable(a, b, mask):
+        versions = [(t, t._version) for t in (a, b)]
+
+        def later() -> Tuple[Tensor, ...]:
+            for t, v in versions:
+                if t._version != v:
+                    _changed_warning(t)
+                    break
+            return sums()
+
+        return [OpCount(op=op, synops=None, dense=None, effective=None, spiking=None,  # type: ignore[arg-type]
+                        rows=rows, in_shape=in_shape, out_shape=out_shape, input_sum=None,  # type: ignore[arg-type]
+                        input_nonzero=None, weighted=False, later=later, device=device)]  # type: ignore[arg-type]
+    synops, dense, effective, spiking, input_sum, input_nonzero = sums()
+    return [OpCount(op=op, synops=synops, dense=dense, effective=effective, spiking=spiking, rows=rows,
+                    in_shape=in_shape, out_shape=out_shape, input_sum=input_sum, input_nonzero=input_nonzero,
+                    weighted=a_w or b_w)]
+
+
+def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b_w: bool, mask: Optional[Tensor],
+                   lm: str, sizes: Dict[str, int]) -> Tuple[Tensor, ...]:
+    """``(synops, dense, effective, spiking, input_sum, input_nonzero)`` of :func:`_contract` (tensor work)."""
+    device = a.device
+    acc = _acc_dtype(device)
     set_m = frozenset(lm)
     # indices that only one operand has factor out of every term: sum them first
     dims_a = [i for i, c in enumerate(la) if c not in set_m and c not in lb]
@@ -623,37 +695,13 @@ def _contract(
                 factor = math.prod(s for c, s in sizes.items() if c not in set_m)
                 factor *= math.prod(sizes[c] for c, s in zip(lm, mask.shape) if s == 1)
                 dense = mask.sum(dtype=acc) * factor
-            if batch is None:
-                batch = "".join(c for c in dict.fromkeys(la) if c in lb and c in lo)
             if a_w or b_w:
-                x, lx, lw = (b, lb, la) if a_w else (a, la, lb)
-                contracted = [i for i, c in enumerate(lx) if c in lw and c not in lo]
-                in_shape = tuple(int(x.shape[i]) for i in contracted)
-                rows = x.numel() // max(math.prod(in_shape), 1)
-                out_shape = tuple(sizes[c] for c in lo if c in lw and c not in lx)
                 spiking = pm_b if a_w else pm_a
                 first_sum, first_nz = (mag_b, nz_b) if a_w else (mag_a, nz_a)
             else:
-                rows = math.prod(sizes[c] for c in batch)
-                in_shape = tuple(int(s) for c, s in zip(la, a.shape) if c not in batch)
-                out_shape = tuple(sizes[c] for c in lo if c not in batch)
                 spiking = pm_a | pm_b
                 first_sum, first_nz = mag_a, nz_a
-            return [
-                OpCount(
-                    op=op,
-                    synops=synops,
-                    dense=dense,
-                    effective=effective,
-                    spiking=spiking,
-                    rows=rows,
-                    in_shape=in_shape,
-                    out_shape=out_shape,
-                    input_sum=first_sum.detach().sum().to(acc),
-                    input_nonzero=first_nz.sum().to(acc),
-                    weighted=a_w or b_w,
-                )
-            ]
+            return synops, dense, effective, spiking, first_sum.detach().sum().to(acc), first_nz.sum().to(acc)
 
 
 def _matmul_labels(a_dim: int, b_dim: int) -> Tuple[str, str, str]:
@@ -877,7 +925,18 @@ def _h_sdpa(args: tuple, kwargs: dict, out: Any, is_weight: IsWeight) -> List[Op
             ExpectedCountWarning,
             stacklevel=3,
         )
-        av[0].effective = av[0].effective * (1.0 - dropout_p)
+        kept = 1.0 - dropout_p
+        c = av[0]
+        if c.later is not None:
+            inner = c.later
+
+            def expected() -> Tuple[Tensor, ...]:
+                synops, dense, effective, *rest = inner()
+                return (synops, dense, effective * kept, *rest)
+
+            c.later = expected
+        else:
+            c.effective = c.effective * kept
     return counts + av
 
 
@@ -1115,8 +1174,13 @@ def _handle(func: Callable, handler: Handler, args: Any, kwargs: Optional[dict],
 
 def record_op(func: Callable, args: tuple, kwargs: Optional[dict], out: Any, *,
               is_weight: IsWeight = None) -> Optional[List[OpCount]]:
-    """Like :func:`count_op`, but weight ops come back as recorded calls (``OpCount.call``), not reduced."""
+    """Like :func:`count_op`, but weight ops come back as recorded calls (``OpCount.call``) and activation
+    products as ``OpCount.later`` (their sums taken when the counter is read), not reduced."""
     handler = OP_HANDLERS.get(func)
     if handler is None:
         return count_op(func, args, kwargs, out, is_weight=is_weight)
-    return _handle(func, handler, args, kwargs, out, is_weight)
+    before, _DEFER.on = _DEFER.on, True
+    try:
+        return _handle(func, handler, args, kwargs, out, is_weight)
+    finally:
+        _DEFER.on = before

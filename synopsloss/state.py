@@ -157,6 +157,9 @@ class SynapseState:
     # calls like the layer's last one, as the counter appended them: tallied into the fields and records above
     # before any of them is read (the counter's ``_tally``)
     quick: list = state_field(None, factory=list)
+    # activation products recorded by the function mode: each gives (synops, dense, effective, spiking,
+    # input_sum, input_nonzero) when called, at settle()
+    later: list = state_field(None, factory=list)
     # with per-sample counting: each call's leading dims, and its per-row synops once reduced
     call_leads: list = state_field(None, factory=list)
     row_synops: list = state_field(None, factory=list)
@@ -170,6 +173,12 @@ class SynapseState:
         """Sum the recorded calls into the fields: a few stacked ops however many calls there were."""
         if self.records:
             self._settle_records()
+        if self.later:
+            later, self.later = self.later, []
+            for get in later:
+                synops, dense, effective, spiking, input_sum, input_nonzero = get()
+                self.record(dense, effective, spiking, input_sum, input_nonzero)
+                self.synops = synops if self.synops is None else self.synops + synops
         if not self.pending:
             return self
         dense, effective, spiking, input_sum, input_nonzero = zip(*self.pending)
@@ -222,7 +231,7 @@ def settle_all(states: List["SynapseState"]) -> None:
         for st, sums, recs in zip(todo, reduce_layers(calls), calls):
             st.apply(sums, recs)
     for st in states:
-        if st.pending:
+        if st.pending or st.later:
             st.settle()
 
 

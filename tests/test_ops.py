@@ -738,3 +738,29 @@ def test_conv_after_f_pad_counts_like_the_module_with_its_padding_mode(padding_m
     assert float(c.dense) / 2 == mod["dense"]
     # spike counts (integers): one accumulate per event, so the ACs are the synops
     assert (float(c.synops) / 2, float(c.synops) / 2) == (mod["eff_acs"], mod["synops"]) and mod["eff_macs"] == 0
+
+
+def test_products_are_recorded_for_the_read_except_inside_a_transform():
+    """The function mode's record of an activation product computes nothing until read (``later``), and gives
+    count_op's numbers then; inside a torch.func transform its operands live only there: counted at once."""
+    from synopsloss.ops import record_op
+
+    gen = torch.Generator().manual_seed(21)
+    a, b = make_x("spikes", (3, 2, 4), gen), make_x("counts", (3, 4, 5), gen)
+    (rec,) = record_op(torch.matmul, (a, b), {}, a @ b)
+    (now,) = count_op(torch.matmul, (a, b), {}, a @ b)
+    assert rec.later is not None and rec.synops is None
+    assert (rec.rows, tuple(rec.in_shape), tuple(rec.out_shape)) == (now.rows, tuple(now.in_shape),
+                                                                      tuple(now.out_shape))
+    for got, want in zip(rec.later(), (now.synops, now.dense, now.effective, now.spiking, now.input_sum,
+                                       now.input_nonzero)):
+        assert torch.equal(got, want)
+    seen = []
+
+    def f(x, y):
+        out = x @ y
+        seen.extend(record_op(torch.matmul, (x, y), {}, out))
+        return out
+
+    torch.func.vmap(f)(a, b)
+    assert seen and all(c.later is None and c.synops is not None for c in seen)

@@ -570,3 +570,69 @@ def test_paused_counter_counts_no_op_and_two_counters_count_the_same_rows():
     assert list(a) == list(b) == ["attn.linear", "attn.bmm", "attn.bmm.1", "attn.out_proj"]
     for n in a:
         assert a[n].synops == b[n].synops and a[n].dense == b[n].dense
+
+
+class _AtenOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_activation_product_is_recorded_in_the_forward_and_reduced_at_read():
+    """The function mode records q @ k^T and attn @ v as they run (no tensor op for their counts in the
+    forward, as a weight op's hook); the read gives the brute-force counts."""
+    torch.manual_seed(5)
+    plain, net = nn.Sequential(SpikeAttention()), nn.Sequential(SpikeAttention())
+    net.load_state_dict(plain.state_dict())
+    counter = sl.SynOpsCounter(net, batch_size=2, neurons=False)
+    x = spikes(2, 5, 4, seed=10)
+    net(x)  # (the first call of each layer builds its map)
+    counter.reset()
+    net[0].kept.clear()
+    with _AtenOps() as base:
+        plain(x)
+    with _AtenOps() as counted:
+        net(x)
+    assert counted.n == base.n  # nothing but the model's own ops ran in the forward
+    ((q, k, v),) = net[0].kept
+    got = layers(counter)
+    assert_row(got["0.matmul"], {**matmul_terms(q, k.transpose(-2, -1)), "spiking": True})
+
+
+def test_an_operand_changed_in_place_before_the_read_is_reported():
+    net = nn.Sequential(SpikeAttention())
+    counter = sl.SynOpsCounter(net, batch_size=2, neurons=False)
+    net(spikes(2, 5, 4, seed=11))
+    ((q, _, _),) = net[0].kept
+    with torch.no_grad():
+        q.mul_(2.0)
+    with pytest.warns(sl.SynOpsWarning, match="modified in place after the layer read it"):
+        counter.snapshot()
+
+
+def test_products_without_gradients_hold_no_operand_after_the_forward():
+    import weakref
+
+    net = nn.Sequential(SpikeAttention())
+    counter = sl.SynOpsCounter(net, batch_size=2, neurons=False)
+    x = spikes(2, 5, 4, seed=12)
+    with torch.no_grad():
+        net(x)
+    ((q, k, v),) = net[0].kept
+    refs = [weakref.ref(t) for t in (q, k, v)]
+    net[0].kept.clear()
+    del q, k, v
+    assert all(r() is None for r in refs)  # reduced when the forward returned: nothing holds the spikes
+    got = layers(counter)
+    counter.reset()
+    net(x)
+    want = layers(counter)
+    for row in ("0.matmul", "0.matmul.1"):
+        for key in ("synops", "dense", "eff_acs", "eff_macs"):
+            assert getattr(got[row], key) == pytest.approx(getattr(want[row], key)), (row, key)
