@@ -221,6 +221,7 @@ from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_tr
 from .maps import MapCache, magnitude
 from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError
 from .records import Call, reduce_calls
+from .reductions import min_max
 
 __all__ = [
     "OpCount",
@@ -372,7 +373,7 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):  # (the test reads a value)
         with torch.no_grad():
             det = t.detach()
-            lo, hi = torch.aminmax(det)
+            lo, hi = min_max(det)
         if bool(lo >= 0):  # (NaN is not: the general path carries it)
             with torch.no_grad():
                 nz = _rsum(det.sign(), dims, red)

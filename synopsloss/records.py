@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .maps import LayerMaps, MapCache, magnitude
-from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu
+from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, min_max
 
 __all__ = ["Call", "Sums", "reduce_calls", "reduce_layers"]
 
@@ -271,7 +271,7 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
         flat = t.reshape(rows, n_el)
         det = flat.detach()
         with torch.no_grad():
-            lo, hi = (float(v) for v in torch.aminmax(det))
+            lo, hi = (float(v) for v in min_max(det))
         signed = not lo >= 0  # (NaN is signed: its magnitude is NaN and the read reports it)
         amaxes.append(math.nan if lo != lo or hi != hi else max(-lo, hi) if signed else hi)
         mag = magnitude(flat) if signed else flat
@@ -366,7 +366,7 @@ def _pooled_fast(call: Call, flat: Tensor, ent: LayerMaps) -> Optional[Tuple[Ten
     acc = emap.dtype
     det = flat.detach()
     with torch.no_grad():
-        lo, hi = torch.aminmax(det)
+        lo, hi = min_max(det)
         if not bool(lo >= 0):
             return None
         integer = bool(call.integer)

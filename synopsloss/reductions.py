@@ -31,7 +31,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "Scratch", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_nonzero", "count_true", "autocast_cpu",
+__all__ = ["BLOCK", "Scratch", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_nonzero", "count_true", "min_max", "autocast_cpu",
            "neuron_counts"]
 
 #: Elements per row block (4 MiB of float32): large enough that the few small ops per block cost
@@ -126,6 +126,25 @@ def _col_sums(buf: Tensor, red: Optional[torch.dtype]) -> Tensor:
             and buf.dim() == 2 and not autocast_cpu()):
         return torch.matmul(buf.new_ones(1, buf.shape[0]), buf)[0]
     return buf.sum(0, dtype=red)
+
+
+#: values from which a contiguous tensor's min and max are read in one ``aminmax`` pass (below, or strided,
+#: ``amin`` and ``amax`` are faster on the CPU: a full ``aminmax`` walks a strided tensor element by element)
+_AMINMAX_FROM = 1 << 18
+
+
+def min_max(t: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(t.min(), t.max())`` as 0-dim tensors, in whichever form is faster for ``t`` (NaN propagates).
+
+    Example
+    -------
+    >>> lo, hi = min_max(torch.tensor([[3.0, -1.0], [0.5, 2.0]]).t())
+    >>> float(lo), float(hi)
+    (-1.0, 3.0)
+    """
+    if t.is_contiguous() and t.numel() >= _AMINMAX_FROM:
+        return torch.aminmax(t)
+    return t.amin(), t.amax()
 
 
 def autocast_cpu() -> bool:
