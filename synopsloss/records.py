@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .maps import LayerMaps, MapCache, magnitude
-from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, min_max
+from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
 
 __all__ = ["Call", "Sums", "reduce_calls", "reduce_layers"]
 
@@ -211,32 +211,6 @@ def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encodi
             else:
                 integer = (flat == flat.round()).all(1)
     return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer, mag if keep_mag else None)
-
-
-def column_nonzeros(x: Tensor) -> Tensor:
-    """The number of nonzero values in each column of ``x`` (``[..., rows, n]`` -> ``[..., n]``), exact; NaN
-    counts as nonzero.
-
-    One ``bool`` pass; then the bytes of the mask are summed eight columns at a time as the lanes of an
-    ``int64``, 255 rows at a time (a lane then holds at most 255: no carry reaches its neighbour), which
-    reads the mask once more at a fraction of the cost of a per-column sum.
-
-    Example
-    -------
-    >>> column_nonzeros(torch.tensor([[0.0, 2.0, -1.0], [0.0, 0.5, 0.0]])).tolist()
-    [0, 2, 1]
-    """
-    mask = x.bool()
-    rows, n = mask.shape[-2:]
-    if not (rows and n % 8 == 0 and mask.is_contiguous()):
-        return mask.sum(-2, dtype=torch.uint8 if rows <= 255 else torch.int32)
-    lanes = mask.view(torch.int64)
-    if rows <= 255:
-        return lanes.sum(-2).view(torch.uint8)
-    total = torch.zeros(mask.shape[:-2] + (n,), dtype=torch.int32, device=mask.device)
-    for r in range(0, rows, 255):  # blocks of 255 rows: no lane overflows
-        total += lanes[..., r:r + 255, :].sum(-2).view(torch.uint8)
-    return total
 
 
 def _big_path(x: Tensor, rows: int, n_el: int, encoding: str) -> bool:

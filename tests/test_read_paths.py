@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import synopsloss as sl
-from synopsloss import records
+from synopsloss import records, reductions
 from helpers import brute_force_counts, brute_force_map
 
 KINDS: Dict[str, Callable[[torch.Generator, tuple], torch.Tensor]] = {
@@ -243,6 +243,6 @@ def test_column_nonzeros_is_exact_at_every_lane_boundary(rows: int, n: int) -> N
     x[:, 0] = 1.0  # every row nonzero
     x[0, -1] = float("nan")
     x[-1, 1 % n] = -0.0
-    assert torch.equal(records.column_nonzeros(x).long(), (x != 0).sum(0))
+    assert torch.equal(reductions.column_nonzeros(x).long(), (x != 0).sum(0))
     stacked = torch.stack([x, x.flip(0).abs()])
-    assert torch.equal(records.column_nonzeros(stacked).long(), (stacked != 0).sum(1))
+    assert torch.equal(reductions.column_nonzeros(stacked).long(), (stacked != 0).sum(1))
