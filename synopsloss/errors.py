@@ -15,6 +15,7 @@ __all__ = [
     "ExpectedCountWarning",
     "UncountableOpError",
     "ArgumentTypeError",
+    "input_changed",
 ]
 
 
@@ -44,3 +45,11 @@ class UncountableOpError(NotImplementedError):
 
 class ArgumentTypeError(TypeError, ValueError):
     """An argument of the wrong type (a ``TypeError``, and a ``ValueError`` for 0.1 compatibility)."""
+
+
+def input_changed(shape: tuple) -> str:
+    """The :class:`SynOpsWarning` message for a counted input changed in place between its call and the read
+    (a weight op's record and an activation product's alike)."""
+    return (f"synopsloss: the input of a counted layer (shape {tuple(shape)}) was modified in place after the layer "
+            "read it and before the counts were read; it is counted with its new values. Read the counts "
+            "(counter.synops() / snapshot()) before changing it, or change a copy (x = x.clone()) instead.")

@@ -219,7 +219,7 @@ from torch import Tensor, nn
 
 from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
 from .maps import MapCache, magnitude
-from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError
+from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError, input_changed
 from .records import Call, reduce_calls
 from .reductions import min_max
 
@@ -598,11 +598,7 @@ def _deferrable(*ts: Optional[Tensor]) -> bool:
 
 
 def _changed_warning(t: Tensor) -> None:
-    warnings.warn(
-        f"synopsloss: the input of a counted layer (shape {tuple(t.shape)}) was modified in place after the "
-        "layer read it and before the counts were read; it is counted with its new values. Read the counts "
-        "(counter.synops() / snapshot()) before changing it, or change a copy (x = x.clone()) instead.",
-        SynOpsWarning, stacklevel=6)
+    warnings.warn(input_changed(t.shape), SynOpsWarning, stacklevel=6)
 
 
 def _contract(

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, TypeVar
 import torch
 from torch import Tensor
 
-from .errors import SynOpsWarning
+from .errors import SynOpsWarning, input_changed
 
 __all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold"]
 
@@ -207,11 +207,7 @@ class SynapseState:
     def apply(self, sums: Any, calls: list) -> None:
         """Add the reduced counts of ``calls`` (:class:`synopsloss.records.Sums`) to the fields."""
         if sums.changed:
-            warnings.warn(
-                f"synopsloss: the input of a counted layer (shape {tuple(calls[sums.changed[0]].x.shape)}) was "
-                "modified in place after the layer read it and before the counts were read; it is counted with "
-                "its new values. Read the counts (counter.synops() / snapshot()) before changing it, or change "
-                "a copy (x = x.clone()) instead.", SynOpsWarning, stacklevel=5)
+            warnings.warn(input_changed(calls[sums.changed[0]].x.shape), SynOpsWarning, stacklevel=5)
         self.synops = sums.synops if self.synops is None else self.synops + sums.synops
         self.maps = sums.maps
         self.row_synops.extend(r for _, r in sums.rows)
