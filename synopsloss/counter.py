@@ -82,7 +82,7 @@ from torch.nn.utils import parametrize
 from . import frameworks, registry, sharding
 from . import layout as batch_layout
 from ._validate import check_int
-from .hooks import HookSet, next_stamp
+from .hooks import HookSet, functorch_level, next_stamp
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, module_map_args, rule_weight, weight_mask
 from .records import Call
@@ -202,7 +202,7 @@ def _in_backward() -> bool:
 HELD_BYTES = 64 * 2 ** 20
 
 #: the per-call checks of the counter's fast path, bound once (C functions; see ``SynOpsCounter._count``)
-_LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", lambda t: -1)
+_LEVEL = functorch_level
 _TRACING = torch._C._get_tracing_state
 _TASK = torch._C._current_graph_task_id
 

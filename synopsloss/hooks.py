@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import torch
 from torch import nn
 
-__all__ = ["HookSet", "next_stamp", "COMPILE_NOTE", "eager_under_compile"]
+__all__ = ["HookSet", "next_stamp", "functorch_level", "COMPILE_NOTE", "eager_under_compile"]
 
 _STAMPS = itertools.count()
 
@@ -76,6 +76,11 @@ def eager_under_compile(fn: Callable[..., None]) -> Callable[..., None]:
         return disable(fn, reason=COMPILE_NOTE)  # fullgraph=True: see synopsloss.hooks.COMPILE_NOTE
     except TypeError:  # pragma: no cover - torch without reason=
         return disable(fn)
+
+
+#: the functorch level of a tensor: -1 for a plain tensor, outside any ``torch.func`` transform (the counter and the
+#: function mode read it per call)
+functorch_level = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", lambda t: -1)
 
 
 def next_stamp() -> int:

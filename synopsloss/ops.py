@@ -221,6 +221,7 @@ from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_tr
 from .maps import MapCache, magnitude
 from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError, input_changed
 from .records import Call, reduce_calls
+from .hooks import functorch_level as _LEVEL
 from .reductions import min_max
 
 __all__ = [
@@ -238,8 +239,6 @@ __all__ = [
 
 IsWeight = Optional[Callable[[Tensor], bool]]
 Shape = Tuple[int, ...]
-#: the functorch level of a tensor (-1: a plain tensor, outside any torch.func transform)
-_LEVEL = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", lambda t: -1)
 
 
 @dataclass
