@@ -358,7 +358,10 @@ def count_true(mask: Tensor) -> Tensor:
     >>> int(count_true(torch.arange(5000) % 3 == 0))
     1667
     """
-    flat = mask.reshape(-1).contiguous()
+    flat = mask.reshape(-1)
+    if flat.device.type != "cpu":  # one kernel there (the lanes save time on the CPU, not launches)
+        return flat.sum(dtype=torch.int64)
+    flat = flat.contiguous()
     full = flat.numel() // (8 * _LANE_WORDS) * (8 * _LANE_WORDS)
     total = flat[full:].sum(dtype=torch.int64)
     if full and flat.storage_offset() % 8 == 0:
