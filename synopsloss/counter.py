@@ -134,7 +134,10 @@ class _Batch(batch_layout.Evidence):
     time-folding and probe hooks write) and the layers' running numbers."""
 
     states: Dict[str, SynapseState] = field(default_factory=dict)  # read through ``layers`` (tallied)
-    dirty: List[SynapseState] = field(default_factory=list)  # states whose repeated calls wait in ``quick``
+    # repeated calls with gradients, as appended (input, version, the _Repeat, weight, data flag), per layer, and
+    # the forward-order stamp of each layer's first one: tallied into ``states`` when ``layers`` is read
+    quick: Dict[str, List[tuple]] = field(default_factory=dict)
+    stamps: Dict[str, int] = field(default_factory=dict)
     unreduced: Dict[int, SynapseState] = field(default_factory=dict)  # layers with calls made without gradients
     unreduced_bytes: int = 0  # bytes of the inputs those calls hold
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
@@ -147,20 +150,22 @@ class _Batch(batch_layout.Evidence):
 
     @property
     def layers(self) -> Dict[str, SynapseState]:
-        """The layers' states with every call tallied (a repeated call only appends to its state's ``quick``)."""
-        if self.dirty:
-            for st in self.dirty:
-                _tally(st)
-            self.dirty.clear()
+        """The layers' states with every call tallied (a repeated call with gradients only appends to ``quick``;
+        its layer's state is made here, stamped with the order of its first call)."""
+        if self.quick:
+            for name, entries in self.quick.items():
+                st = self.states.get(name)
+                if st is None:
+                    st = self.states[name] = SynapseState(first_seen=self.stamps[name], device=entries[0][2].device)
+                _tally(st, entries)
+            self.quick.clear()
         return self.states
 
 
-def _tally(state: SynapseState) -> None:
-    """Move a layer's repeated calls (``quick``: input, its version, the :class:`_Repeat` it repeats, the weight,
-    whether it read data) into the state's fields and records, in call order."""
-    if not state.quick:
-        return
-    for x, version, same, weight, data in state.quick:
+def _tally(state: SynapseState, entries: List[tuple]) -> None:
+    """Add a layer's repeated calls (input, its version, the :class:`_Repeat` it repeats, the weight, whether it
+    read data) to the state's fields and records, in call order."""
+    for x, version, same, weight, data in entries:
         rows = same.rows
         state.calls += 1
         state.rows_total += rows
@@ -169,9 +174,8 @@ def _tally(state: SynapseState) -> None:
         state.data_calls += data
         state.leads[same.lead] += 1
         state.records.append(Call(x, rows, same.entry, weight, same.maps, None, None, version, same.events))
-    last = state.quick[-1][2]
+    last = entries[-1][2]
     state.in_shape, state.out_shape, state.in_neurons = last.in_shape, last.sample_out, last.in_neurons
-    state.quick.clear()
 
 
 def _tensors(obj: Any, out: List[Tensor]) -> List[Tensor]:
@@ -582,7 +586,7 @@ class SynOpsCounter:
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pools.clear()
         batch = self._batch
-        if batch.states and (batch.read or batch.backwarded or batch.pending or self.auto_reset):
+        if (batch.states or batch.quick) and (batch.read or batch.backwarded or batch.pending or self.auto_reset):
             self._check_new_call(batch)
             batch = self._batch
         batch.root_calls += 1
@@ -734,18 +738,22 @@ class SynOpsCounter:
                     and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1
                     and same.events is (self.integer_spikes == "events")):
                 batch = self._batch
-                state = batch.states.get(name)
+                data = x.grad_fn is None and bool(batch.inputs) and _storage(x) in batch.inputs
+                if torch.is_grad_enabled() and not x.is_inference():
+                    # one append: the layer's state, fields and record are made when its layers are read
+                    q = batch.quick.get(name)
+                    if q is None:
+                        q = batch.quick[name] = []
+                        batch.stamps.setdefault(name, next_stamp())
+                    q.append((x, x._version, same, weight, data))
+                    return
+                state = self._batch.layers.get(name)
                 if state is None:
                     state = batch.states[name] = SynapseState(first_seen=next_stamp(), device=same.device)
                 if state.device == same.device:
-                    # one append: the fields and the record are tallied when the batch's layers are read
-                    if not state.quick:
-                        batch.dirty.append(state)
-                    state.quick.append((x, x._version, same, weight,
-                                        x.grad_fn is None and bool(batch.inputs) and _storage(x) in batch.inputs))
-                    if not torch.is_grad_enabled() or x.is_inference():
-                        self._hold(state, x.numel() * x.element_size())
-                    return
+                    _tally(state, [(x, x._version, same, weight, data)])
+                    self._hold(state, x.numel() * x.element_size())  # (without gradients: reduced when the
+                    return  # forward returns)
         module, rule = layer.module, layer.rule
         if x.is_nested:  # (torch's nested-tensor paths: the call is skipped and named)
             self._warn_once(
@@ -853,8 +861,6 @@ class SynOpsCounter:
             states = list(batch.unreduced.values())
             batch.unreduced.clear()
             batch.unreduced_bytes = 0
-            for st in states:
-                _tally(st)
             with torch.no_grad():
                 settle_all(states)
 

@@ -154,9 +154,6 @@ class SynapseState:
     pending: list = state_field(None, factory=list)
     # weight-op calls recorded as they ran (synopsloss.records.Call), reduced by settle()
     records: list = state_field(None, factory=list)
-    # calls like the layer's last one, as the counter appended them: tallied into the fields and records above
-    # before any of them is read (the counter's ``_tally``)
-    quick: list = state_field(None, factory=list)
     # activation products recorded by the function mode: each gives (synops, dense, effective, spiking,
     # input_sum, input_nonzero) when called, at settle()
     later: list = state_field(None, factory=list)
