@@ -747,13 +747,10 @@ class SynOpsCounter:
                         batch.stamps.setdefault(name, next_stamp())
                     q.append((x, x._version, same, weight, data))
                     return
-                state = self._batch.layers.get(name)
-                if state is None:
-                    state = batch.states[name] = SynapseState(first_seen=next_stamp(), device=same.device)
-                if state.device == same.device:
-                    _tally(state, [(x, x._version, same, weight, data)])
-                    self._hold(state, x.numel() * x.element_size())  # (without gradients: reduced when the
-                    return  # forward returns)
+                state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)
+                _tally(state, [(x, x._version, same, weight, data)])
+                self._hold(state, x.numel() * x.element_size())
+                return
         module, rule = layer.module, layer.rule
         if x.is_nested:  # (torch's nested-tensor paths: the call is skipped and named)
             self._warn_once(

@@ -354,6 +354,13 @@ def _nonzero_and_pm1(t: Tensor, dims: Sequence[int], acc: torch.dtype, pm1: bool
     return _rsum(s.abs_(), dims, acc), spiking
 
 
+def _eager(*ts: Optional[Tensor]) -> bool:
+    """Plain tensors in eager mode: outside a ``torch.func`` transform, a jit trace and ``torch.compile`` (their
+    values may be read on the host and the tensors kept past the op)."""
+    return (not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and all(t is None or _LEVEL(t) == -1 for t in ts))
+
+
 def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
                   weight: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """``(|t|, nonzeros)`` summed over ``dims`` and (an activation) whether every value is in {-1, 0, 1}.
@@ -368,8 +375,7 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
         with torch.no_grad():
             nz, _ = _nonzero_and_pm1(t, dims, red, False)
         return nz, nz, None
-    if (t.device.type == "cpu" and t.is_floating_point() and t.numel() and _LEVEL(t) == -1
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):  # (the test reads a value)
+    if t.device.type == "cpu" and t.is_floating_point() and t.numel() and _eager(t):  # (the test reads a value)
         with torch.no_grad():
             det = t.detach()
             lo, hi = min_max(det)
@@ -591,9 +597,7 @@ _DEFER = _Defer()
 
 def _deferrable(*ts: Optional[Tensor]) -> bool:
     """Operands that can be read after the op returned: plain tensors outside a transform, a trace or backward."""
-    return (_DEFER.on and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and torch._C._current_graph_task_id() == -1
-            and all(t is None or _LEVEL(t) == -1 for t in ts))
+    return _DEFER.on and torch._C._current_graph_task_id() == -1 and _eager(*ts)
 
 
 def _changed_warning(t: Tensor) -> None:

@@ -110,6 +110,15 @@ class _RowSums(torch.autograd.Function):
         return grad.unsqueeze(-2).expand(*grad.shape[:-1], ctx.rows, grad.shape[-1])
 
 
+def _sum_rows(x: Tensor) -> Tensor:
+    """``x.sum(-2)`` (``[..., rows, n]`` -> ``[..., n]``) as one product with ones; with a graph to ``x`` when it
+    requires one (:class:`_RowSums`: a broadcast gradient, nothing of the input's size written in backward)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _RowSums.apply(x)
+    with torch.no_grad():
+        return torch.matmul(x.new_ones(*x.shape[:-2], 1, x.shape[-2]), x.detach()).squeeze(-2)
+
+
 #: values in a group from which the non-negative fast path is taken (below, a few more ops cost more than passes)
 _FAST_GROUP = 1 << 15
 #: values in one call from which the non-negative fast path reduces each call on its own (no stacked copy)
@@ -163,11 +172,8 @@ def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) 
         lo, hi = torch.aminmax(stacked.reshape(n, -1), dim=1)
         if not bool((lo >= 0).all()):  # (NaN fails too: the general path reports it)
             return None
-        ones = det[0].new_ones(1, rows)
         nzc = column_nonzeros(stacked)
-    x = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)
-    magc = _RowSums.apply(x) if x.requires_grad and torch.is_grad_enabled() else torch.matmul(
-        ones, x).squeeze(1)
+    magc = _sum_rows(torch.stack(flat) if n > 1 else flat[0].unsqueeze(0))
     with torch.no_grad():
         mag_tot = magc.detach().sum(1, dtype=acc)
         nz_tot = nzc.sum(1, dtype=acc)
@@ -248,21 +254,19 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
             lo, hi = (float(v) for v in min_max(det))
         signed = not lo >= 0  # (NaN is signed: its magnitude is NaN and the read reports it)
         amaxes.append(math.nan if lo != lo or hi != hi else max(-lo, hi) if signed else hi)
-        mag = magnitude(flat) if signed else flat
-        grad = flat.requires_grad and torch.is_grad_enabled()
-        colsums.append(_RowSums.apply(mag) if grad else (det.new_ones(1, rows) @ mag.detach())[0])
+        colsums.append(_sum_rows(magnitude(flat) if signed else flat))
         with torch.no_grad():
             nzs.append(column_nonzeros(det))
         dets.append(det)
     one = len(xs) == 1
     dense = maps[0].dense_total.reshape(1) if one else torch.stack([m.dense_total for m in maps])
+    ii = torch.tensor(inv) if len(first) != len(xs) else None  # each call's input among the distinct ones
     if len(first) * n_el <= _STACK_VECTORS:
         mag64 = (colsums[0].unsqueeze(0) if len(first) == 1 else torch.stack(colsums)).to(acc)
         with torch.no_grad():
             nz64 = (nzs[0].unsqueeze(0) if len(first) == 1 else torch.stack(nzs)).to(acc)
             mag_tot, nz_tot = mag64.detach().sum(1), nz64.sum(1)
-        if len(first) != len(xs):
-            ii = torch.tensor(inv)
+        if ii is not None:
             mag64, nz64 = mag64.index_select(0, ii), nz64.index_select(0, ii)
         emap = maps[0].effective.unsqueeze(0) if one else torch.stack([m.effective for m in maps])
         synops = torch.linalg.vecdot(mag64, emap)
@@ -281,8 +285,7 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
         spiking = ((amax <= 1) & (mag_tot == nz_tot)).tolist()
         integer = torch.stack([torch.ones((), dtype=torch.bool) if sp else all_integer_values(d)
                                for sp, d in zip(spiking, dets)])
-        if len(first) != len(xs):
-            ii = torch.tensor(inv)
+        if ii is not None:
             mag_tot, nz_tot, amax, integer = (v.index_select(0, ii) for v in (mag_tot, nz_tot, amax, integer))
     return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows), integer, None
 
@@ -346,8 +349,7 @@ def _pooled_fast(call: Call, flat: Tensor, ent: LayerMaps) -> Optional[Tuple[Ten
         integer = bool(call.integer)
         if integer and rows * (rows + 1) * float(hi) * float(call.scale.max()) >= _POOLED_EXACT:
             return None
-    grad = flat.requires_grad and torch.is_grad_enabled()
-    colsum = (_RowSums.apply(flat) if grad else (det.new_ones(1, rows) @ det)[0]).to(acc)
+    colsum = _sum_rows(flat).to(acc)
     if integer:  # events: round(sum |x| * divisor), the gradient straight through the rounding
         e = colsum * call.scale.to(acc)
         per_neuron = e + (e.detach().round() - e.detach())

@@ -396,6 +396,16 @@ def column_nonzeros(x: Tensor) -> Tensor:
     return total
 
 
+def _count_either(u: Tensor, v: Tensor) -> Tensor:
+    """The positions where mask ``u`` or mask ``v`` is set (written into ``u``: eight positions per ``int64``
+    ``or`` when they fill whole words), counted by :func:`count_true`."""
+    if u.numel() % 8 == 0 and u.is_contiguous() and v.is_contiguous():
+        u.view(-1).view(torch.int64).bitwise_or_(v.view(-1).view(torch.int64))
+    else:
+        torch.logical_or(u, v, out=u)
+    return count_true(u)
+
+
 def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red: Optional[torch.dtype],
                   scratch: Scratch, per_neuron: bool = True) -> Tuple[Optional[Tensor], Tensor, Optional[Tensor]]:
     """A neuron layer's output statistics in one walk: per-neuron sums, nonzeros and (with ``other``) events.
@@ -431,12 +441,7 @@ def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red
             u = flat.bool()
             nz += count_true(u).to(dtype)
             if other is not None:
-                v = other.bool()
-                if u.numel() % 8 == 0:
-                    u.view(-1).view(torch.int64).bitwise_or_(v.view(-1).view(torch.int64))
-                else:
-                    torch.logical_or(u, v, out=u)
-                ev += count_true(u).to(dtype)
+                ev += _count_either(u, other.bool()).to(dtype)
             return (per.to(dtype) if per_neuron else None), nz, ev
         walk = _Walk(flat)
         for span in walk.spans:
@@ -449,9 +454,5 @@ def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red
             if other is not None:
                 v = _buffer(scratch, b, torch.bool, 3)
                 v.copy_(walk.block(other, span))
-                if u.numel() % 8 == 0:  # input or output nonzero: eight positions per int64 ``or``
-                    u.view(-1).view(torch.int64).bitwise_or_(v.view(-1).view(torch.int64))
-                else:
-                    torch.logical_or(u, v, out=u)
-                ev += count_true(u).to(dtype)
+                ev += _count_either(u, v).to(dtype)
         return (per.to(dtype) if per_neuron else None), nz, ev
