@@ -83,6 +83,7 @@ from . import frameworks, registry, sharding
 from . import layout as batch_layout
 from ._validate import check_int
 from .hooks import HookSet, functorch_level, next_stamp
+from .hooks import compiling as _COMPILING
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, module_map_args, rule_weight, weight_mask
 from .records import Call
@@ -192,7 +193,7 @@ def _tensors(obj: Any, out: List[Tensor]) -> List[Tensor]:
 
 
 def _storage(t: Tensor) -> int:
-    if t.layout != torch.strided or isinstance(t, nn.parameter.UninitializedTensorMixin):
+    if t.layout is not _STRIDED or isinstance(t, _LAZY):
         return -1  # sparse or uninitialised (lazy): no storage; a layer that receives one says so
     return t.untyped_storage().data_ptr()
 
@@ -209,6 +210,9 @@ HELD_BYTES = 64 * 2 ** 20
 _LEVEL = functorch_level
 _TRACING = torch._C._get_tracing_state
 _TASK = torch._C._current_graph_task_id
+_GRAD_ON = torch.is_grad_enabled
+_STRIDED = torch.strided
+_LAZY = nn.parameter.UninitializedTensorMixin
 
 
 def _functorch_level(t: Tensor) -> int:
@@ -342,9 +346,6 @@ class SynOpsCounter:
             batch_dim = 1 if time_dim == 0 else 0
         if time_dim is not None and time_dim == batch_dim:
             raise ValueError(f"time_dim and batch_dim must be different dims of the input, both are {time_dim}")
-        if integer_spikes not in ("events", "neurobench"):
-            raise ValueError(f"integer_spikes must be 'events' (a count of k is k accumulate events) or "
-                             f"'neurobench' (binarised, as MACs), got {integer_spikes!r}")
         if custom_rules is not None and not isinstance(custom_rules, Mapping):
             raise TypeError(f"custom_rules must be a mapping {{module type: Rule}}, got {type(custom_rules).__name__}")
         self.model = model
@@ -356,6 +357,7 @@ class SynOpsCounter:
         self.strict = bool(strict)
         self.check_finite = bool(check_finite)
         self.auto_reset = bool(auto_reset)
+        self._layers: Dict[str, _Layer] = {}
         self.integer_spikes = integer_spikes
         self._encoding = _check_encoding(encoding)
         self.per_sample_counts = bool(per_sample)
@@ -365,7 +367,6 @@ class SynOpsCounter:
         self._scratch = Scratch()  # reused work buffers of the hooks (CPU), shared with the pools and neurons
         self._pools = PoolEvents(self._scratch, warn=weakref.WeakMethod(self.warn))
         self._guards = HookSet(self)  # TransformerEncoder fast-path guards: they pause the counter's own hooks
-        self._layers: Dict[str, _Layer] = {}
         self._maps: Dict[str, MapCache] = {}
         self._unsupported: List[str] = []
         self._batch_first_layers = False  # sinabs layers take [B, T, ...]
@@ -379,6 +380,34 @@ class SynOpsCounter:
         self._track_neurons = bool(neurons)
         self._scope = OpScope(self, ops)
         self.attach()
+
+    @property
+    def integer_spikes(self) -> str:
+        """How integer spike counts are counted (``"events"`` or ``"neurobench"``; see the class docstring)."""
+        return self._integer_spikes
+
+    @integer_spikes.setter
+    def integer_spikes(self, value: str) -> None:
+        if value not in ("events", "neurobench"):
+            raise ValueError(f"integer_spikes must be 'events' (a count of k is k accumulate events) or "
+                             f"'neurobench' (binarised, as MACs), got {value!r}")
+        self._integer_spikes = value
+        self._forget_repeats()
+
+    @property
+    def per_sample_counts(self) -> bool:
+        """Whether each sample's synops are kept (``per_sample=True``)."""
+        return self._per_sample
+
+    @per_sample_counts.setter
+    def per_sample_counts(self, value: bool) -> None:
+        self._per_sample = bool(value)
+        self._forget_repeats()
+
+    def _forget_repeats(self) -> None:
+        """A setting that every recorded call reads changed: the next call of each layer is checked in full."""
+        for layer in self._layers.values():
+            layer.same = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -416,7 +445,8 @@ class SynOpsCounter:
         pools = [m for m in self.model.modules() if registry.pool_divisor(m) is not None]
         frames = PoolEvents.frame_modules(self.model, _calls_of, pools)  # functional pools, cat, dropout
         self._any_pool = bool(pools or frames)  # else no layer needs to follow pool outputs
-        self._buffer_owners = list(self.model.modules())  # buffers may be (re)assigned later
+        # the modules' buffer dicts: buffers may be (re)assigned and registered later, in these same dicts
+        self._buffer_dicts = [m._buffers for m in self.model.modules()]
         parametrized: List[str] = []  # "<name>.parametrizations." of parametrized modules
         for name, module in self.model.named_modules():
             if parametrize.is_parametrized(module):
@@ -461,8 +491,7 @@ class SynOpsCounter:
             if self._scope.scoped_rule(name, module, rule, self._rules):
                 return  # its forward is counted op by op, with the weight its ops receive
             # prepend: the hook runs before FSDP2's forward hook reshards the weight (synopsloss.sharding)
-            self._hooks.forward(module, functools.partial(SynOpsCounter._layer_hook, name=name), with_kwargs=True,
-                                prepend=True)
+            self._hooks.direct(module, self._layer_hook_for(name, self._layers[name]))
             return
         pool = registry.pool_divisor(module)
         if pool is not None:
@@ -591,17 +620,28 @@ class SynOpsCounter:
             batch = self._batch
         batch.root_calls += 1
         batch.pending = True
-        tensors = _tensors(args, [])
-        _tensors(kwargs, tensors)
-        data = [t for t in tensors if t.grad_fn is None and t.device.type != "meta" and _functorch_level(t) == -1
-                and not isinstance(t, nn.Parameter)]
-        if data:
-            own = self._own_storages()
-            data = [t for t in data if _storage(t) not in own]
+        if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
+            tensors = [args[0]]  # (the common call)
+        else:
+            tensors = _tensors(args, [])
+            if kwargs:
+                _tensors(kwargs, tensors)
         # the data of this call, held while it runs and until the next call (so that no other tensor can
         # reuse its memory meanwhile); earlier calls' data is released: a long loop holds one call's inputs
+        data: List[Tensor] = []
+        inputs: Set[int] = set()
+        own: Optional[Set[int]] = None
+        for t in tensors:
+            if t.grad_fn is None and not isinstance(t, nn.Parameter) and t.device.type != "meta" \
+                    and _functorch_level(t) == -1:
+                if own is None:
+                    own = self._own_storages()
+                ptr = _storage(t)
+                if ptr not in own:
+                    data.append(t)
+                    inputs.add(ptr)
         batch.held = data
-        batch.inputs = {_storage(t) for t in data}
+        batch.inputs = inputs
         if self.time_dim is not None:
             if not tensors or tensors[0].dim() <= self.time_dim:
                 raise ValueError(
@@ -680,7 +720,7 @@ class SynOpsCounter:
 
     def _own_storages(self) -> Set[int]:
         """Storages of the model's buffers and of live tensors it returned in this batch (never data)."""
-        own = {_storage(b) for m in self._buffer_owners for b in m._buffers.values()
+        own = {_storage(b) for d in self._buffer_dicts if d for b in d.values()
                if b is not None and b.device.type != "meta"}
         live = [r() for r in self._batch.outputs]
         return own | {_storage(t) for t in live if t is not None}
@@ -704,6 +744,56 @@ class SynOpsCounter:
             return  # an input it cannot read (unbatched): the other sources decide
         batch_layout.add_probe(self._batch, name, b, t, samples)
 
+    def _layer_hook_for(self, name: str, layer: _Layer) -> Any:
+        """The forward hook of counted layer ``name``.
+
+        A call like the layer's last one (the same weight object, input shape / dtype / device and output
+        shape: every check of :meth:`SynOpsCounter._count` gave the same answer for it, see :class:`_Repeat`)
+        is recorded here, in one frame: with gradients one append of (input, its version, the ``_Repeat``,
+        the weight, whether it is data) to the batch's list for the layer, whose state is made when the
+        layers are read; without, its state takes the call at once, to be reduced when the forward returns.
+        Any other call goes to :meth:`_layer_hook`. The hook holds the counter weakly and does
+        the work of :class:`synopsloss.hooks.HookSet`'s guard (paused, deep copies, ``torch.compile``).
+        """
+        owner = weakref.ref(self)
+        hooks = self._hooks
+        target = weakref.ref(layer.module)
+        slow = SynOpsCounter._layer_hook
+        eager: List[Any] = []
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            if _COMPILING():
+                return HookSet.eager(hook, eager)(module, args, kwargs, out)
+            if not hooks.enabled or module is not target():
+                return None
+            self = owner()  # the counter (held weakly: the model holds this hook)
+            if self is None:
+                return None
+            same = layer.same
+            if same is not None and len(args) == 1 and not kwargs and not self._pools.tagged:
+                x = args[0]
+                weight = module._parameters.get(same.attr) if same.attr else rule_weight(module, layer.rule.weight)
+                if (weight is same.weight and isinstance(out, Tensor) and x.layout is _STRIDED and not x.is_nested
+                        and x.shape == same.x_shape and out.shape == same.out_shape and x.dtype is same.dtype
+                        and x.device == same.device and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
+                    batch = self._batch
+                    data = x.is_leaf and bool(batch.inputs) and _storage(x) in batch.inputs  # (is_leaf: no grad_fn)
+                    if _GRAD_ON() and not x.is_inference():
+                        q = batch.quick.get(name)
+                        if q is None:
+                            q = batch.quick[name] = []
+                            batch.stamps.setdefault(name, next_stamp())
+                        q.append((x, x._version, same, weight, data))
+                        return None
+                    state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)
+                    _tally(state, [(x, x._version, same, weight, data)])
+                    self._hold(state, x.numel() * x.element_size())
+                    return None
+            slow(self, module, args, kwargs, out, name=name)
+            return None
+
+        return hook
+
     def _layer_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any, *, name: str) -> None:
         layer = self._layers[name]
         if layer.rule.count is not None:
@@ -726,31 +816,10 @@ class SynOpsCounter:
         self._count(name, layer, tensors[0], output)
 
     def _count(self, name: str, layer: _Layer, x: Tensor, out: Tensor) -> None:
-        """Record one call of a map-ruled layer (no tensor op: the counts are reduced when read)."""
-        same = layer.same
-        if same is not None and self._lean:
-            # a call like the last one of this layer (same weight object, input shape / dtype / device, output
-            # shape): every check below gave the same answer for it, so only what differs per call is read
-            module = layer.module
-            weight = module._parameters.get(same.attr) if same.attr else rule_weight(module, layer.rule.weight)
-            if (weight is same.weight and x.shape == same.x_shape and out.shape == same.out_shape
-                    and x.dtype is same.dtype and x.device == same.device and x.layout is torch.strided and not x.is_nested
-                    and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1
-                    and same.events is (self.integer_spikes == "events")):
-                batch = self._batch
-                data = x.grad_fn is None and bool(batch.inputs) and _storage(x) in batch.inputs
-                if torch.is_grad_enabled() and not x.is_inference():
-                    # one append: the layer's state, fields and record are made when its layers are read
-                    q = batch.quick.get(name)
-                    if q is None:
-                        q = batch.quick[name] = []
-                        batch.stamps.setdefault(name, next_stamp())
-                    q.append((x, x._version, same, weight, data))
-                    return
-                state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)
-                _tally(state, [(x, x._version, same, weight, data)])
-                self._hold(state, x.numel() * x.element_size())
-                return
+        """Record one call of a map-ruled layer (no tensor op: the counts are reduced when read).
+
+        A call like the layer's last one was recorded by the layer's hook (:meth:`_layer_hook_for`) instead.
+        """
         module, rule = layer.module, layer.rule
         if x.is_nested:  # (torch's nested-tensor paths: the call is skipped and named)
             self._warn_once(

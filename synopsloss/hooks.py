@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import torch
 from torch import nn
 
-__all__ = ["HookSet", "next_stamp", "functorch_level", "COMPILE_NOTE", "eager_under_compile"]
+__all__ = ["HookSet", "next_stamp", "functorch_level", "COMPILE_NOTE", "eager_under_compile", "compiling"]
 
 _STAMPS = itertools.count()
 
@@ -64,6 +64,10 @@ _IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 def _compiling() -> bool:
     """Whether ``torch.compile`` (dynamo) is tracing the caller (False in eager mode and in old torch)."""
     return _IS_COMPILING is not None and bool(_IS_COMPILING())
+
+
+#: ``_compiling`` without its own frame where torch has ``torch.compiler.is_compiling`` (the hot hooks call it)
+compiling: Callable[[], bool] = _IS_COMPILING if _IS_COMPILING is not None else _compiling
 
 
 def eager_under_compile(fn: Callable[..., None]) -> Callable[..., None]:
@@ -150,6 +154,23 @@ class HookSet:
         """``fn([owner,] module, args, [kwargs])`` before each call of ``module`` itself (``prepend``: first)."""
         hook = self._guard(module, fn, owned and self._owner is not None)
         self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs, prepend=prepend))
+
+    def direct(self, module: nn.Module, hook: Callable[[nn.Module, tuple, dict, Any], None]) -> None:
+        """Register ``hook(module, args, kwargs, output)`` as a forward hook as it is, before the others
+        (``prepend``), for the hot path of a counted layer: one frame per call instead of the guard's two.
+
+        ``hook`` does the guard's work itself: it must hold no strong reference to the owner, return at
+        once unless ``self.enabled`` and ``module`` is its own (not a deep copy), and run itself through
+        :meth:`eager` while :func:`compiling` is true.
+        """
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=True, prepend=True))
+
+    @staticmethod
+    def eager(hook: Callable[..., None], cache: List[Callable[..., None]]) -> Callable[..., None]:
+        """``hook`` run eagerly under ``torch.compile`` (made once into ``cache``: dynamo imports are slow)."""
+        if not cache:
+            cache.append(eager_under_compile(hook))
+        return cache[0]
 
     def remove(self) -> None:
         """Take every hook off."""

@@ -179,3 +179,22 @@ def test_calls_outside_the_model_hold_at_most_the_byte_cap(monkeypatch: pytest.M
         net[0](torch.ones(4, 6))  # 192 bytes > 100: both reduced at this call
         assert gone() is None
     assert counter.snapshot().layers["0"].synops == 3 * 4 * 6 * 5
+
+
+def test_a_setting_changed_between_calls_applies_to_the_next_call() -> None:
+    """``integer_spikes`` set between two calls of one batch: the second call, a repeat of the first in every
+    other way, is counted under the new setting (events: a count of k is k ACs; neurobench: nonzero x fan-out,
+    as MACs)."""
+    net = _net()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = torch.tensor([[2.0, 0, 1, 0, 3, 0]] * 2)  # integer spike counts: 6 per row, 3 nonzero
+    net(x)
+    net(x)  # repeated call, events
+    counter.integer_spikes = "neurobench"
+    net(x)
+    layer0 = counter.snapshot().layers["0"]
+    assert layer0.synops == pytest.approx(3 * 2 * 6 * 5)  # count x fan-out either way
+    assert layer0.eff_acs == pytest.approx(2 * 2 * 6 * 5)  # the two events-mode calls
+    assert layer0.eff_macs == pytest.approx(2 * 3 * 5)  # the neurobench call: 3 nonzero inputs per row
+    with pytest.raises(ValueError, match="integer_spikes must be"):
+        counter.integer_spikes = "binary"
