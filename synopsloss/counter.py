@@ -613,7 +613,8 @@ class SynOpsCounter:
     # ------------------------------------------------------------------ hooks
 
     def _root_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._pools.clear()
+        if self._pools.tagged:
+            self._pools.clear()
         batch = self._batch
         if (batch.states or batch.quick) and (batch.read or batch.backwarded or batch.pending or self.auto_reset):
             self._check_new_call(batch)
@@ -632,8 +633,7 @@ class SynOpsCounter:
         inputs: Set[int] = set()
         own: Optional[Set[int]] = None
         for t in tensors:
-            if t.grad_fn is None and not isinstance(t, nn.Parameter) and t.device.type != "meta" \
-                    and _functorch_level(t) == -1:
+            if t.is_leaf and not isinstance(t, nn.Parameter) and t.device.type != "meta" and _LEVEL(t) == -1:
                 if own is None:
                     own = self._own_storages()
                 ptr = _storage(t)
@@ -710,13 +710,15 @@ class SynOpsCounter:
         batch.read = False
 
     def _root_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._batch.pending = False
-        if self._batch.unreduced:
+        batch = self._batch
+        batch.pending = False
+        if batch.unreduced:
             self._reduce_held()  # the calls this forward made without gradients
         # a state the model returns and is called with again is the network's, not data; held weakly,
         # so that a freed output's memory, reused by fresh data, is not mistaken for it
-        self._batch.outputs.extend(weakref.ref(t) for t in _tensors(output, []) if t.device.type != "meta"
-                                   and _functorch_level(t) == -1)
+        for t in ((output,) if isinstance(output, Tensor) else _tensors(output, [])):
+            if t.device.type != "meta" and _LEVEL(t) == -1:
+                batch.outputs.append(weakref.ref(t))
 
     def _own_storages(self) -> Set[int]:
         """Storages of the model's buffers and of live tensors it returned in this batch (never data)."""

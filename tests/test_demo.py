@@ -40,7 +40,12 @@ def test_demo_runs_end_to_end_and_its_summary_agrees_with_its_tables(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "40 test 8x8 digits, 3 time steps, 1 epochs" in out
-    assert "SynOpsLoss(fraction=0.4, weight=1, warm-up 5 epochs)" in out
+    # the recipe: the budget, 0.4 x the first run's network-driven synops, as an absolute target; the weight
+    # warmed up over a quarter of the epochs
+    t = re.search(r"synops target per sample \(driven: ([\d,]+)\) = 0\.40 x the ([\d,]+) of the run without loss",
+                  out)
+    assert t, out
+    assert f"SynOpsLoss(target={t.group(1)}, weight=1, warm-up 0.25 epochs)" in out
     # two per-layer tables, each with the data-fed conv1 marked and a total row
     assert out.count("conv1 *") == 2 and len(re.findall(r"^Total ", out, re.M)) == 2
 
@@ -73,8 +78,12 @@ def test_demo_runs_end_to_end_and_its_summary_agrees_with_its_tables(tmp_path):
     expected = 3 * float((x_test * fanout).sum()) / 40
     value = float(conv1[0][:-1]) * 1e3 if conv1[0].endswith("k") else float(conv1[0])
     assert value == pytest.approx(expected, rel=0.1)
-    t = re.search(r"synops target per sample \(driven: ([\d,]+)\) = 0\.40 x the initial ([\d,]+)", out)
-    assert t and _number(t.group(1)) == pytest.approx(0.4 * _number(t.group(2)), abs=1)
+    assert _number(t.group(2)) == base_driven and _number(t.group(1)) == pytest.approx(0.4 * base_driven, abs=1)
+    # how close the second run came: its network-driven synops against the target, signed
+    r = re.search(r"reached ([\d,]+) network-driven synops per sample on the test set: ([+-][\d.]+)% from the target",
+                  out)
+    assert r and _number(r.group(1)) == reg_driven
+    assert float(r.group(2)) == pytest.approx(100 * (reg_driven / _number(t.group(1)) - 1), abs=0.06)
     assert "data-fed layer(s), not regularised: conv1" in out
     assert png.exists() and png.stat().st_size > 1000
     assert f"plot saved to {png}" in out
@@ -114,3 +123,14 @@ def test_demo_rejects_a_non_positive_target_with_a_clear_message(tmp_path):
     proc = _run(*TINY, "--target", "0", cwd=tmp_path)
     assert proc.returncode == 2
     assert "--target must be > 0" in proc.stderr
+    proc = _run(*TINY, "--synops", "-5", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--synops must be > 0" in proc.stderr
+
+
+def test_demo_takes_a_budget_in_synops(tmp_path):
+    """``--synops N``: the loss gets N network-driven synops per sample as its target, whatever the first run."""
+    proc = _run(*TINY, "--synops", "12345", "--warmup", "0", "--no-plot", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "SynOpsLoss(target=12,345, weight=1)" in proc.stdout
+    assert "synops target per sample (driven: 12,345) = as given" in proc.stdout

@@ -1,10 +1,15 @@
 """``synopsloss demo``: a small spiking CNN on 8x8 digits, trained without and with the synops loss.
 
 See :mod:`synopsloss.cli.digits` for the data, the network and the training
-loop. Both per-layer tables (with a legend of their columns), the test
-accuracies and the synops reduction are printed, and a per-layer bar chart of
-both runs is saved to ``synopsloss-demo.png`` in the current directory
-(``--plot PATH`` elsewhere, ``--no-plot`` for none).
+loop. The second run follows the recipe of ``docs/training.md``: a budget in
+network-driven synops per sample (by default a quarter of what the first run's
+network uses on the test set; ``--synops`` names one) passed to
+``SynOpsLoss(counter, target=budget)``, with the weight warming up over the
+first quarter of the epochs. Both per-layer tables (with a legend of their
+columns), the test accuracies, the synops reduction and how close the second
+run came to its budget are printed, and a per-layer bar chart of both runs is
+saved to ``synopsloss-demo.png`` in the current directory (``--plot PATH``
+elsewhere, ``--no-plot`` for none).
 
 Example
 -------
@@ -33,12 +38,16 @@ __all__ = ["add_arguments", "run", "main"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``synopsloss demo`` options."""
     parser.add_argument("--epochs", type=int, default=20, help="training epochs per run (default 20)")
-    parser.add_argument("--target", type=float, default=0.5,
-                        help="synops target as a fraction of the network-driven synops measured on the first "
-                             "batch (default 0.5)")
+    parser.add_argument("--target", type=float, default=0.25,
+                        help="the synops budget per sample, as a fraction of the network-driven synops per sample of "
+                             "the first run (trained without the loss, on the test set); the loss gets the budget "
+                             "as an absolute target (default 0.25)")
+    parser.add_argument("--synops", type=float, default=None, metavar="N",
+                        help="the budget in network-driven synops per sample instead (overrides --target)")
     parser.add_argument("--weight", type=float, default=1.0, help="weight (lambda) of the synops loss (default 1)")
-    parser.add_argument("--warmup", type=float, default=5,
-                        help="epochs over which the loss weight rises linearly from 0 (default 5; 0: none)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="epochs over which the loss weight rises linearly from 0 (default: a quarter of "
+                             "--epochs; 0: none)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (initialisation, split, spikes)")
     parser.add_argument("--time-steps", "--timesteps", dest="time_steps", type=int, default=8,
                         help="spike frames per digit (default 8)")
@@ -61,10 +70,12 @@ def _check(args: argparse.Namespace) -> Optional[str]:
         if v is not None and v < 1:
             return f"--{name.replace('_', '-')} must be >= 1, got {v}"
     if not args.target > 0:
-        return f"--target must be > 0 (a fraction of the initial network-driven synops), got {args.target}"
+        return f"--target must be > 0 (a fraction of the first run's network-driven synops), got {args.target}"
+    if args.synops is not None and not args.synops > 0:
+        return f"--synops must be > 0 (network-driven synops per sample), got {args.synops}"
     if not args.weight >= 0:
         return f"--weight must be >= 0, got {args.weight}"
-    if not args.warmup >= 0:
+    if args.warmup is not None and not args.warmup >= 0:
         return f"--warmup must be >= 0 epochs, got {args.warmup}"
     if not args.lr > 0:
         return f"--lr must be > 0, got {args.lr}"
@@ -105,18 +116,26 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(base), flush=True)
     print(legend(), flush=True)
 
+    # the recipe (docs/training.md): a budget in network-driven synops per sample, the weight warmed up over
+    # the first quarter of training
+    budget = args.synops if args.synops is not None else args.target * base.driven_synops
+    if not budget > 0:
+        print("synopsloss demo: the first run's network-driven synops are 0 (no spike reached a network-driven "
+              "layer), so --target has nothing to be a fraction of: pass a budget with --synops", file=sys.stderr)
+        return 1
+    warmup = args.epochs / 4 if args.warmup is None else args.warmup
     net = SpikingCNN()
     net.load_state_dict(init)  # same initialisation (a fresh net: deepcopy escapes snntorch's reset)
     reg = train(net, tuple(data), desc="with synops loss",
-                make_loss=lambda c: SynOpsLoss(c, fraction=args.target, weight=warmup_weight(args.weight, args.warmup,
-                                                                                             len(data[1]), args.batch_size)),
+                make_loss=lambda c: SynOpsLoss(c, target=budget, weight=warmup_weight(args.weight, warmup,
+                                                                                      len(data[1]), args.batch_size)),
                 **common)
-    warm = f", warm-up {args.warmup:g} epochs" if args.warmup else ""
-    print(f"\n2) cross-entropy + SynOpsLoss(fraction={args.target:g}, weight={args.weight:g}{warm}) "
+    warm = f", warm-up {warmup:g} epochs" if warmup else ""
+    print(f"\n2) cross-entropy + SynOpsLoss(target={budget:,.0f}, weight={args.weight:g}{warm}) "
           f"({reg.seconds:.0f} s): test accuracy {reg.accuracy:.1%}", flush=True)
     print(format_table(reg), flush=True)
     print()
-    print(summary(base, reg))
+    print(summary(base, reg, budget_of=None if args.synops is not None else args.target))
     if args.plot:
         try:
             _plot(base, reg, args.plot)

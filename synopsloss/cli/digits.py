@@ -7,9 +7,9 @@ Bernoulli spike frames. The network (snntorch ``Leaky`` neurons)::
     conv1 3x3 (1 -> 16) -> Leaky -> maxpool 2 -> conv2 3x3 (16 -> 32) -> Leaky -> maxpool 2 -> fc (128 -> 10)
 
 is trained twice from the same initialisation: with cross-entropy only, then
-with ``SynOpsLoss(counter, fraction=0.5)`` added -- half the network-driven
-synops measured on the first batch -- whose weight warms up from 0 to 1 over
-the first 5 epochs. ``conv1`` is fed by the data: its synops
+with ``SynOpsLoss(counter, target=budget)`` added -- by default a quarter of the
+network-driven synops per sample of the first run's network -- whose weight
+warms up from 0 to 1 over the first quarter of the epochs. ``conv1`` is fed by the data: its synops
 are the input spikes times its fan-out, which training cannot lower, so the
 loss leaves it out (see :mod:`synopsloss.loss`). Both per-layer tables, the
 test accuracies and the synops reduction are printed.
@@ -282,8 +282,12 @@ def legend() -> str:
     return "\n".join(lines)
 
 
-def summary(base: RunResult, reg: RunResult) -> str:
-    """Accuracies and synops reductions of the two runs, as text."""
+def summary(base: RunResult, reg: RunResult, budget_of: Optional[float] = None) -> str:
+    """Accuracies and synops reductions of the two runs, as text, and how close the second came to its target.
+
+    ``budget_of``: the target was that fraction of the first run's network-driven synops (the demo's
+    ``--target``); else it is read as given in synops per sample (or a fraction of the first batch's).
+    """
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}x fewer" if b > 0 else "n/a"
 
@@ -297,7 +301,17 @@ def summary(base: RunResult, reg: RunResult) -> str:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    if reg.targets:
+    target = reg.targets.get("driven") if reg.targets else None
+    if target:
+        if budget_of is not None:
+            source = f"{budget_of:.2f} x the {base.driven_synops:,.0f} of the run without loss"
+        else:
+            source = _fraction_note(reg)
+        out.append(f"synops target per sample (driven: {target:,.0f}) = {source}")
+        off = reg.driven_synops / target - 1
+        out.append(f"reached {reg.driven_synops:,.0f} network-driven synops per sample on the test set: "
+                   f"{off:+.1%} from the target")
+    elif reg.targets:
         t = ", ".join(f"{k}: {v:,.0f}" for k, v in reg.targets.items() if v is not None)
         out.append(f"synops target per sample ({t}) = {_fraction_note(reg)}")
     out.append(f"data-fed layer(s), not regularised: {', '.join(base.data_fed) or 'none'}")
@@ -307,7 +321,7 @@ def summary(base: RunResult, reg: RunResult) -> str:
 def _fraction_note(reg: RunResult) -> str:
     init = {k: v for k, v in reg.initial.items() if v is not None}
     if not init:
-        return "absolute"
+        return "as given"
     parts = [f"{reg.targets[k] / v:.2f} x the initial {v:,.0f}" for k, v in init.items() if reg.targets.get(k)]
     return "; ".join(parts)
 
