@@ -85,8 +85,8 @@ from ._validate import check_int
 from .hooks import HookSet, functorch_level, next_stamp
 from .hooks import compiling as _COMPILING
 from .errors import SynOpsWarning, UnsupportedLayerWarning
-from .maps import LayerMaps, MapCache, OpCounts, Rule, module_map_args, rule_weight, weight_mask
-from .records import Call
+from .maps import LayerMaps, MapCache, OpCounts, Rule, geometry, module_map_args, rule_weight, weight_mask
+from .records import Call, version_of
 from .fastpath import EncoderGuard
 from .opscope import OpScope, class_code, compiled_submodules
 from .pooling import PoolEvents
@@ -127,6 +127,7 @@ class _Repeat(NamedTuple):
     in_neurons: int
     maps: MapCache  # the layer's map cache (owner of ``entry``)
     events: bool  # integer inputs counted as events (``integer_spikes="events"``) when the call ran
+    geometry: tuple  # the layer's stride, padding, ... (:func:`synopsloss.maps.geometry`), checked per batch
 
 
 @dataclass
@@ -145,6 +146,7 @@ class _Batch(batch_layout.Evidence):
     held: List[Tensor] = field(default_factory=list)  # that data, held so that no other tensor reuses its memory
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
     pending: bool = False  # a forward of the model started and has not returned (or raised)
+    grad: bool = False  # the model's last forward started with gradients on
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
     backwarded: bool = False  # its synops were backpropagated
@@ -358,6 +360,7 @@ class SynOpsCounter:
         self.check_finite = bool(check_finite)
         self.auto_reset = bool(auto_reset)
         self._layers: Dict[str, _Layer] = {}
+        self._shaped: List[_Layer] = []
         self.integer_spikes = integer_spikes
         self._encoding = _check_encoding(encoding)
         self.per_sample_counts = bool(per_sample)
@@ -458,6 +461,8 @@ class SynOpsCounter:
             self._hooks.pre(self.model.get_submodule(name), functools.partial(
                 SynOpsCounter._probe_hook, name=name, layout=layout, samples=gives_samples))
         self._sharded = sharding.ShardedLayers(self.model, list(self._layers))  # fully_shard may come later
+        # the layers with a geometry (convolutions: stride, padding, ...), checked at the start of each batch
+        self._shaped = [layer for layer in self._layers.values() if any(g is not None for g in geometry(layer.module))]
         self._report_unsupported()
         unknown = [n for n in self._encoding if n and n not in self._layers and n not in self.layer_names]
         if unknown:
@@ -596,7 +601,7 @@ class SynOpsCounter:
             else:
                 steps = self._set_sample_steps(samples)
                 with torch.no_grad():  # calls never read are reduced without building a graph
-                    self._reduce_held()  # calls made without gradients: reduced without a graph first
+                    self._reduce_held(graph=False)
                     settle_all(list(batch.layers.values()))
                 if self.per_sample_counts:
                     self._sample_values = self._sample_dict(samples, accumulated=True)
@@ -619,8 +624,14 @@ class SynOpsCounter:
         if (batch.states or batch.quick) and (batch.read or batch.backwarded or batch.pending or self.auto_reset):
             self._check_new_call(batch)
             batch = self._batch
+        if not batch.root_calls:  # a new batch: a layer whose geometry was changed is checked in full again
+            for layer in self._shaped:
+                same = layer.same
+                if same is not None and geometry(layer.module) != same.geometry:
+                    layer.same = None
         batch.root_calls += 1
         batch.pending = True
+        batch.grad = torch.is_grad_enabled()
         if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
             tensors = [args[0]]  # (the common call)
         else:
@@ -722,7 +733,7 @@ class SynOpsCounter:
 
     def _own_storages(self) -> Set[int]:
         """Storages of the model's buffers and of live tensors it returned in this batch (never data)."""
-        own = {_storage(b) for d in self._buffer_dicts if d for b in d.values()
+        own = {_storage(b) for d in filter(None, self._buffer_dicts) for b in d.values()
                if b is not None and b.device.type != "meta"}
         live = [r() for r in self._batch.outputs]
         return own | {_storage(t) for t in live if t is not None}
@@ -788,8 +799,8 @@ class SynOpsCounter:
                         q.append((x, x._version, same, weight, data))
                         return None
                     state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)
-                    _tally(state, [(x, x._version, same, weight, data)])
-                    self._hold(state, x.numel() * x.element_size())
+                    _tally(state, [(x, version_of(x), same, weight, data)])
+                    self._hold(state, x.numel() * x.element_size(), name, not (data or x.requires_grad))
                     return None
             slow(self, module, args, kwargs, out, name=name)
             return None
@@ -853,17 +864,18 @@ class SynOpsCounter:
                 f"{weight.device}; move the input and the model to the same device"
             )
         last = layer.last
-        if last is not None and last[2] is weight and last[0] == in_shape and last[1] == out_shape:
-            entry = last[3]  # the same weight and shapes as the last call: its map entry (checked when read)
+        geo = geometry(module)
+        if last is not None and last[2] is weight and last[0] == in_shape and last[1] == out_shape and last[4] == geo:
+            entry = last[3]  # the same weight, shapes and geometry as the last call: its map entry (checked when read)
         else:
             try:
-                entry = layer.maps.entry(*module_map_args(module, rule, weight, in_shape, out_shape))
+                entry = layer.maps.entry(*module_map_args(module, rule, weight, in_shape, out_shape, geo))
             except ValueError as err:
                 raise ValueError(f"synopsloss: layer {name!r}: {err}") from err
-            layer.last = (in_shape, out_shape, weight, entry)
+            layer.last = (in_shape, out_shape, weight, entry, geo)
         rows = x.numel() // n_el
         lead = tuple(x.shape[:x.dim() - nd])
-        self.record_call(name, Call(x, rows, entry, weight, layer.maps, version=x._version,
+        self.record_call(name, Call(x, rows, entry, weight, layer.maps, version=version_of(x),
                                     events=self.integer_spikes == "events"),
                          in_shape=in_shape, out_shape=out_shape, data=self._is_data(x), lead=lead)
         plain = rule.weight if not rule.weight.endswith("()") else ""
@@ -872,7 +884,7 @@ class SynOpsCounter:
             # what the next call like this one reuses (see the top of this method)
             n_in = entry.effective.numel()
             layer.same = _Repeat(weight, x.shape, out.shape, x.dtype, x.device, rows, rows * n_in, lead, entry,
-                                 plain, in_shape, out_shape, n_in, layer.maps, self.integer_spikes == "events")
+                                 plain, in_shape, out_shape, n_in, layer.maps, self.integer_spikes == "events", geo)
         else:
             layer.same = None
 
@@ -911,25 +923,37 @@ class SynOpsCounter:
         state.leads[lead if lead is not None else (call.rows,)] += 1
         state.records.append(call)
         if not torch.is_grad_enabled() or call.x.is_inference():
-            self._hold(state, call.x.numel() * call.x.element_size())
+            self._hold(state, call.x.numel() * call.x.element_size(), name, not (data or call.x.requires_grad))
 
-    def _hold(self, state: SynapseState, nbytes: int) -> None:
+    def _hold(self, state: SynapseState, nbytes: int, name: str, lost: bool) -> None:
         """A call made without gradients: reduced (without a graph) when the model's forward returns, or
         sooner once the calls held since hold :data:`HELD_BYTES` of inputs (an evaluation loop holds at most
-        that much, and its small layers are reduced together, not one call at a time)."""
+        that much, and its small layers are reduced together, not one call at a time).
+
+        ``lost``: its input is computed and has no gradient (a layer inside a ``no_grad`` block of a forward
+        made with gradients is named in a warning: a synops loss cannot reach it)."""
         batch = self._batch
+        if lost and batch.pending and batch.grad and not torch.is_grad_enabled():
+            self._warn_once(
+                f"synopsloss: layer {name!r} ran without gradients inside a forward of the model that has them (a "
+                "torch.no_grad() block in the model, or torch.utils.checkpoint(..., use_reentrant=True), whose "
+                "forward runs without gradients): its synops are counted but carry no gradient, so a synops loss "
+                "cannot lower them. Checkpoint with use_reentrant=False.", stacklevel=4)
         batch.unreduced[id(state)] = state
         batch.unreduced_bytes += nbytes
         if batch.unreduced_bytes > HELD_BYTES:
             self._reduce_held()
 
-    def _reduce_held(self) -> None:
+    def _reduce_held(self, graph: bool = True) -> None:
+        """Reduce the layers that hold calls made without gradients. A layer may hold calls made with
+        gradients too (a step with them, then one without, in one batch): ``graph=True`` reduces with
+        gradients on, so that those keep theirs (the calls without have no graph to build)."""
         batch = self._batch
         if batch.unreduced:
             states = list(batch.unreduced.values())
             batch.unreduced.clear()
             batch.unreduced_bytes = 0
-            with torch.no_grad():
+            with torch.enable_grad() if graph else torch.no_grad():
                 settle_all(states)
 
     @property
@@ -981,7 +1005,7 @@ class SynOpsCounter:
         if c.later is not None:  # an activation product: its sums are taken when the counts are read
             state.later.append(c.later)
             if not torch.is_grad_enabled():
-                self._hold(state, c.held_bytes)
+                self._hold(state, c.held_bytes, name, False)
             return
         # the counts are summed when read (SynapseState.settle): no tensor op per call for them here
         state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero)

@@ -66,8 +66,10 @@ def _compiling() -> bool:
     return _IS_COMPILING is not None and bool(_IS_COMPILING())
 
 
-#: ``_compiling`` without its own frame where torch has ``torch.compiler.is_compiling`` (the hot hooks call it)
-compiling: Callable[[], bool] = _IS_COMPILING if _IS_COMPILING is not None else _compiling
+#: whether dynamo is tracing the caller, in one frame where torch has ``torch.compiler.is_dynamo_compiling`` (the hot
+#: layer hooks call it: only dynamo needs a hook run through :func:`eager_under_compile`, which outside dynamo runs
+#: it as it is)
+compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_dynamo_compiling", None) or _compiling
 
 
 def eager_under_compile(fn: Callable[..., None]) -> Callable[..., None]:
@@ -87,6 +89,10 @@ def eager_under_compile(fn: Callable[..., None]) -> Callable[..., None]:
 functorch_level = getattr(getattr(torch._C, "_functorch", None), "maybe_get_level", lambda t: -1)
 
 
+#: the id of the backward pass running on this thread (-1 outside backward)
+_TASK = torch._C._current_graph_task_id
+
+
 def next_stamp() -> int:
     """A process-wide increasing number: the forward order of first calls, across counters and monitors."""
     return next(_STAMPS)
@@ -94,6 +100,9 @@ def next_stamp() -> int:
 
 class HookSet:
     """The forward hooks one owner put on a model, switched on and off together.
+
+    No hook runs while a backward pass re-runs a forward (gradient checkpointing recomputes it): what it
+    saw was seen by the forward itself.
 
     Hook functions registered with ``owned=True`` (the default) are called as
     ``fn(owner, module, ...)`` with the owner looked up through a weak
@@ -124,8 +133,8 @@ class HookSet:
                     eager.append(eager_under_compile(hook))
                 return eager[0](module, *rest)
             hooks = state()
-            if hooks is None or not hooks.enabled or module is not target_ref():
-                return
+            if hooks is None or not hooks.enabled or module is not target_ref() or _TASK() != -1:
+                return  # (paused, a deep copy, or a forward re-run by backward: gradient checkpointing)
             if owner_ref is None:
                 fn(module, *rest)
                 return
@@ -160,8 +169,9 @@ class HookSet:
         (``prepend``), for the hot path of a counted layer: one frame per call instead of the guard's two.
 
         ``hook`` does the guard's work itself: it must hold no strong reference to the owner, return at
-        once unless ``self.enabled`` and ``module`` is its own (not a deep copy), and run itself through
-        :meth:`eager` while :func:`compiling` is true.
+        once unless ``self.enabled`` and ``module`` is its own (not a deep copy), record nothing while a
+        backward pass re-runs the forward (gradient checkpointing), and run itself through :meth:`eager`
+        while :func:`compiling` is true.
         """
         self._handles.append(module.register_forward_hook(hook, with_kwargs=True, prepend=True))
 

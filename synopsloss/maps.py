@@ -512,10 +512,39 @@ class MapCache:
         return self.current(ent, weight)
 
 
-def module_map_args(module: nn.Module, rule: Rule, weight: Tensor, in_shape: Shape,
-                    out_shape: Shape) -> Tuple[tuple, Tensor, Callable[[Tensor], Tensor], Shape, str]:
-    """``(key, weight, build, sample_shape, what)`` for :meth:`MapCache.entry`, for a module layer."""
-    key = (in_shape, out_shape, weight.device, tuple(weight.shape))
+#: the attributes of a module layer that shape its connections besides its weight and its input / output
+#: shapes (convolutions): part of its maps' cache key, so that a layer whose padding mode or dilation is changed
+#: gets its own map
+GEOMETRY = ("stride", "padding", "dilation", "groups", "padding_mode", "output_padding")
+
+
+def geometry(module: nn.Module) -> tuple:
+    """The module's :data:`GEOMETRY` attributes (``None`` where it has none), hashable.
+
+    Example
+    -------
+    >>> geometry(nn.Conv1d(1, 1, 3, padding=2, dilation=2))
+    ((1,), (2,), (2,), 1, 'zeros', (0,))
+    >>> geometry(nn.Linear(2, 2))
+    (None, None, None, None, None, None)
+    """
+    values = module.__dict__
+    return tuple(_hashable(values.get(a)) for a in GEOMETRY)
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:  # (a list, say, in a custom layer)
+        return repr(value)
+    return value
+
+
+def module_map_args(module: nn.Module, rule: Rule, weight: Tensor, in_shape: Shape, out_shape: Shape,
+                    geo: Optional[tuple] = None) -> Tuple[tuple, Tensor, Callable[[Tensor], Tensor], Shape, str]:
+    """``(key, weight, build, sample_shape, what)`` for :meth:`MapCache.entry`, for a module layer (``geo``: its
+    :func:`geometry`, when the caller has it)."""
+    key = (in_shape, out_shape, weight.device, tuple(weight.shape), geometry(module) if geo is None else geo)
     fanout = rule.fanout
 
     def build(w01: Tensor) -> Tensor:

@@ -220,7 +220,7 @@ from torch import Tensor, nn
 from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
 from .maps import MapCache, magnitude
 from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError, input_changed
-from .records import Call, reduce_calls
+from .records import Call, reduce_calls, version_of
 from .hooks import functorch_level as _LEVEL
 from .reductions import min_max
 
@@ -417,7 +417,7 @@ def _weight_call(op: str, x: Tensor, w: Tensor, kind: tuple, build: Callable[[Te
     if not (x.is_floating_point() or x.is_complex()):
         x = x.to(torch.get_default_dtype())
     ent = MAP_CACHE.entry(kind, w, build, in_shape, f"F.{op}")
-    call = Call(x, x.numel() // n_el, ent, w, MAP_CACHE, version=x._version)
+    call = Call(x, x.numel() // n_el, ent, w, MAP_CACHE, version=version_of(x))
     none = None
     return [OpCount(op=op, synops=none, dense=none, effective=none, spiking=none,  # type: ignore[arg-type]
                     rows=call.rows, in_shape=tuple(in_shape), out_shape=tuple(out_shape), input_sum=none,
@@ -650,11 +650,11 @@ def _contract(
         return _contract_sums(a, b, la, lb, lo, a_w, b_w, mask, lm, sizes)
 
     if not (a_w or b_w) and _deferrable(a, b, mask):
-        versions = [(t, t._version) for t in (a, b)]
+        versions = [(t, version_of(t)) for t in (a, b)]
 
         def later() -> Tuple[Tensor, ...]:
             for t, v in versions:
-                if t._version != v:
+                if version_of(t) != v:
                     _changed_warning(t)
                     break
             return sums()

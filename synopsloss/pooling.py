@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
+from .records import version_of
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
            "POOL_FUNCTIONS", "CARRY_FUNCTIONS"]
@@ -169,7 +170,7 @@ class _Tag:
         # (avg_pool1d squeezes a 2-d result), which may be freed while the data is still read.
         owner = t._base if t._base is not None else t
         self.owner = weakref.ref(owner)
-        self.version = t._version  # shared by every view of the memory
+        self.version = version_of(t)  # shared by every view of the memory
         self.numel, self.shape, self.offset = t.numel(), tuple(t.shape), t.storage_offset()
         self.contiguous = t.is_contiguous()
         self.scale = scale  # divisor of each output position of one sample (or of every element), flattened
@@ -359,11 +360,11 @@ class PoolEvents:
             self._tags[out.untyped_storage().data_ptr()] = _Tag(out, None, None, why or tag.why)
             return
         same = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
-        if same and tag.version == out._version:
+        if same and tag.version == version_of(out):
             return  # already followed (the function mode saw this in-place op inside the module)
         scale = tag.scale if factor == 1.0 else tag.scale * factor
         if same:  # changed in place by this layer (ReLU(inplace=True)): still events
-            tag.version, tag.scale = out._version, scale
+            tag.version, tag.scale = version_of(out), scale
         else:
             self._tags[out.untyped_storage().data_ptr()] = _Tag(out, scale, tag.integer)
 
@@ -498,7 +499,7 @@ class PoolEvents:
             return None, None, ""
         if tag.why:
             return tag, None, tag.why
-        if x._version != tag.version:
+        if version_of(x) != tag.version:
             return tag, None, "the pool's output was modified in place after pooling"
         if x.numel() == tag.numel and x.is_contiguous() and x.storage_offset() == tag.offset:
             return tag, tag.scale, ""  # the whole output in its own layout (views, flatten)

@@ -44,6 +44,18 @@ WIDE_ROWS = 1 << 22
 _SCRATCH = Scratch()
 
 
+def version_of(t: Tensor) -> int:
+    """``t``'s in-place version counter, or -1 for an inference tensor (made under ``torch.inference_mode``),
+    which has none: its in-place changes cannot be seen.
+
+    Example
+    -------
+    >>> version_of(torch.zeros(2).add_(1)), version_of(torch.inference_mode()(torch.zeros)(2))
+    (1, -1)
+    """
+    return -1 if t.is_inference() else t._version
+
+
 class Call(NamedTuple):
     """One counted call of a weight op (nothing is computed when it is recorded).
 
@@ -498,7 +510,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     return [
         Sums(per_syn[li], *per_stats[li][:5], maps=last[li], spiking_calls=per_stats[li][5],  # type: ignore[arg-type]
              effective=per_stats[li][6],
-             changed=tuple(i for i, c in enumerate(calls) if c.x._version != c.version),
+             changed=tuple(i for i, c in enumerate(calls) if version_of(c.x) != c.version),
              rows=tuple(sorted(row_sums[li], key=lambda t: t[0])))
         for li, calls in enumerate(layers)
     ]

@@ -1,0 +1,171 @@
+"""Counting across grad modes, inference mode, gradient checkpointing and a changed layer geometry.
+
+Each number is checked against a hand count: for a bias-free ``Linear`` every input value reaches as
+many synapses as its column of the weight has nonzeros, so its synops are ``sum |x| x fan-out`` and the
+gradient of the per-sample synops (``counter.synops()``) with respect to ``x`` is ``sign(x) x fan-out /
+samples``; the snapshot's layers hold the batch's counts.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.utils.checkpoint as cp
+from torch import nn
+
+import synopsloss as sl
+
+
+def _fanout(layer: nn.Linear) -> torch.Tensor:
+    return (layer.weight != 0).sum(0).double()
+
+
+class _SidePass(nn.Module):
+    """A layer also run without gradients inside the forward (a target / teacher pass through it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3, bias=False)
+        with torch.no_grad():
+            self.fc.weight[0, 1] = 0.0  # fan-outs 3, 2, 3, 3
+
+    def forward(self, x: torch.Tensor, side: torch.Tensor = None) -> torch.Tensor:
+        y = self.fc(x)
+        if side is not None:
+            with torch.no_grad():
+                self.fc(side)
+        return y
+
+
+@pytest.mark.parametrize("how", ["a second call of the model without gradients", "a no_grad pass in the forward"])
+def test_a_call_without_gradients_keeps_the_gradient_of_a_call_with(how):
+    m = _SidePass()
+    counter = sl.SynOpsCounter(m, neurons=False)
+    x = torch.randn(2, 4, requires_grad=True)
+    other = torch.randn(2, 4)
+    if how.startswith("a second"):
+        m(x)
+        with torch.no_grad():
+            m(other)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the side pass is named: its input has no gradient to give)
+            m(x, side=other)
+    fan = _fanout(m.fc)
+    synops = counter.synops()
+    assert synops.requires_grad
+    assert float(synops) == pytest.approx(float((x.detach().abs() * fan).sum() + (other.abs() * fan).sum()) / 2,
+                                          rel=1e-6)
+    grad, = torch.autograd.grad(synops, x)
+    assert torch.allclose(grad.double(), torch.sign(x.detach()).double() * fan / 2)
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 4, bias=False))
+    with torch.no_grad():
+        m[2].weight[:, 0] = 0.0  # the first hidden neuron reaches no synapse
+    return m
+
+
+def _hand(m: nn.Sequential, x: torch.Tensor) -> dict:
+    """Each layer's synops in a call on ``x`` (all rows: the snapshot's layers hold the batch's counts)."""
+    h = torch.relu(x @ m[0].weight.detach().t())
+    return {"0": float((x.abs() * _fanout(m[0])).sum()), "2": float((h.abs() * _fanout(m[2])).sum())}
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_inference_mode_is_counted_like_no_grad(mode):
+    m = _mlp()
+    counter = sl.SynOpsCounter(m, neurons=False)
+    x = (torch.rand(3, 8, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    with getattr(torch, mode)():
+        m(x)
+        m(x)  # a second call takes the repeated-call path
+    got = {n: s.synops for n, s in counter.snapshot().layers.items()}
+    want = _hand(m, x)
+    assert got == pytest.approx({n: 2 * v for n, v in want.items()}, rel=1e-6)
+
+
+def test_an_inference_tensor_fed_with_gradients_on_is_counted():
+    m = _mlp().requires_grad_(False)
+    counter = sl.SynOpsCounter(m, neurons=False)
+    with torch.inference_mode():
+        x = (torch.rand(3, 8, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    m(x)
+    got = {n: s.synops for n, s in counter.snapshot().layers.items()}
+    assert got == pytest.approx(_hand(m, x), rel=1e-6)
+
+
+def test_checkpointing_the_whole_model_counts_each_call_once():
+    """The backward pass re-runs the checkpointed forward: that re-run is neither counted nor a new call."""
+    m = _mlp()
+    counter = sl.SynOpsCounter(m, neurons=False)
+    xs = (torch.rand(4, 3, 8, generator=torch.Generator().manual_seed(4)) < 0.4).float()
+    out = sum(cp.checkpoint(m, xs[t], use_reentrant=False).sum() for t in range(4))
+    synops = counter.synops()
+    (out + 1e-3 * synops).backward()  # the recomputation runs here
+    layers = counter.snapshot().layers
+    assert {n: s.calls for n, s in layers.items()} == {"0": 4, "2": 4} and counter.time_steps() == 4.0
+    want = {n: sum(_hand(m, xs[t])[n] for t in range(4)) for n in ("0", "2")}
+    assert {n: s.synops for n, s in layers.items()} == pytest.approx(want, rel=1e-6)
+    assert m[0].weight.grad is not None
+    counter.reset()  # the next batch starts normally (the batch was not left half-run)
+    m(xs[0])
+    assert counter.snapshot().layers["2"].synops == pytest.approx(_hand(m, xs[0])["2"], rel=1e-6)
+
+
+class _Segment(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.h = nn.Linear(4, 4, bias=False), nn.Linear(4, 2, bias=False)
+        self.reentrant = reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cp.checkpoint(lambda t: self.h(torch.relu(self.a(t))), x, use_reentrant=self.reentrant)
+
+
+def test_a_layer_run_without_gradients_in_a_forward_with_them_is_named():
+    """Reentrant checkpointing runs its segment without gradients: a layer fed from inside the segment has no
+    gradient to give, and is named; the segment's first layer, fed the segment's input, keeps its gradient."""
+    for reentrant in (False, True):
+        m = _Segment(reentrant)
+        counter = sl.SynOpsCounter(m, neurons=False)
+        x = torch.randn(2, 4, requires_grad=True)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            m(x)
+        named = [str(w.message) for w in seen if "ran without gradients" in str(w.message)]
+        if reentrant:
+            assert len(named) == 1 and "'h'" in named[0] and "use_reentrant=False" in named[0]
+        else:
+            assert named == []
+        grad, = torch.autograd.grad(counter.synops(by_layer=True)["a"], x)
+        assert torch.allclose(grad.double(), torch.sign(x.detach()).double() * _fanout(m.a) / 2)
+
+
+def test_a_changed_conv_geometry_gets_its_own_map():
+    """The same weight and shapes with another padding mode or dilation connect other inputs: by hand, a 3x3
+    kernel of ones over a 4x4 input of ones reaches 100 synapses with zero padding (border inputs reach fewer
+    outputs) and 144 with circular padding (every input reaches 9)."""
+    m = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, bias=False))
+    with torch.no_grad():
+        m[0].weight.fill_(1.0)
+    counter = sl.SynOpsCounter(m, neurons=False)
+    x = torch.ones(1, 1, 4, 4)
+    m(x)
+    m(x)
+    assert counter.snapshot().layers["0"].synops == 200.0
+    counter.reset()
+    m[0].padding_mode = "circular"
+    m(x)
+    assert counter.snapshot().layers["0"].synops == 144.0
+    counter.reset()
+    m[0].padding_mode = "zeros"
+    m[0].dilation, m[0].padding = (2, 2), (2, 2)  # outputs 4x4 still; each input reaches 2 x 2 of them
+    m(x)
+    assert counter.snapshot().layers["0"].synops == 64.0
