@@ -84,6 +84,7 @@ from . import layout as batch_layout
 from ._validate import check_int
 from .hooks import HookSet, functorch_level, next_stamp
 from .hooks import compiling as _COMPILING
+from .hooks import STAMPS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, geometry, module_map_args, rule_weight, weight_mask
 from .records import Call, version_of
@@ -213,6 +214,7 @@ _LEVEL = functorch_level
 _TRACING = torch._C._get_tracing_state
 _TASK = torch._C._current_graph_task_id
 _GRAD_ON = torch.is_grad_enabled
+_NEXT_STAMP = STAMPS.__next__  # next_stamp() without its frame
 _STRIDED = torch.strided
 _LAZY = nn.parameter.UninitializedTensorMixin
 
@@ -783,7 +785,7 @@ class SynOpsCounter:
             if self is None:
                 return None
             same = layer.same
-            if same is not None and len(args) == 1 and not kwargs and not self._pools.tagged:
+            if same is not None and len(args) == 1 and not kwargs and not self._pools.tags:
                 x = args[0]
                 weight = module._parameters.get(same.attr) if same.attr else rule_weight(module, layer.rule.weight)
                 if (weight is same.weight and isinstance(out, Tensor) and x.layout is _STRIDED and not x.is_nested
@@ -795,7 +797,7 @@ class SynOpsCounter:
                         q = batch.quick.get(name)
                         if q is None:
                             q = batch.quick[name] = []
-                            batch.stamps.setdefault(name, next_stamp())
+                            batch.stamps.setdefault(name, _NEXT_STAMP())
                         q.append((x, x._version, same, weight, data))
                         return None
                     state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)

@@ -44,9 +44,10 @@ from typing import Any, Callable, Iterator, List, Optional
 import torch
 from torch import nn
 
-__all__ = ["HookSet", "next_stamp", "functorch_level", "COMPILE_NOTE", "eager_under_compile", "compiling"]
+__all__ = ["HookSet", "next_stamp", "STAMPS", "functorch_level", "COMPILE_NOTE", "eager_under_compile", "compiling"]
 
-_STAMPS = itertools.count()
+#: the process-wide stamps (:func:`next_stamp`); hot hooks take ``STAMPS.__next__`` without a frame
+STAMPS = itertools.count()
 
 #: why the hooks cannot be traced by ``torch.compile``, and what to do: the error of ``fullgraph=True``
 COMPILE_NOTE = (
@@ -95,7 +96,7 @@ _TASK = torch._C._current_graph_task_id
 
 def next_stamp() -> int:
     """A process-wide increasing number: the forward order of first calls, across counters and monitors."""
-    return next(_STAMPS)
+    return next(STAMPS)
 
 
 class HookSet:

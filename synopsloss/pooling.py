@@ -227,7 +227,9 @@ class PoolEvents:
     """
 
     def __init__(self, scratch: Optional[Scratch] = None, warn: Optional[Callable[[], Any]] = None) -> None:
-        self._tags: Dict[int, _Tag] = {}
+        #: this forward's tags of pool outputs, by storage pointer (others only test whether it is empty: the
+        #: counter's hot path reads it instead of :attr:`tagged`)
+        self.tags: Dict[int, _Tag] = {}
         self._scratch = scratch if scratch is not None else Scratch()
         self._divisors: "OrderedDict[tuple, Tensor]" = OrderedDict()
         self._warn_ref = warn
@@ -239,12 +241,12 @@ class PoolEvents:
     # ------------------------------------------------------------------ state
 
     def clear(self) -> None:
-        self._tags.clear()
+        self.tags.clear()
 
     @property
     def tagged(self) -> bool:
         """Whether a pool output was tagged since the last clear (else no input needs a lookup)."""
-        return bool(self._tags)
+        return bool(self.tags)
 
     @property
     def framed(self) -> bool:
@@ -283,10 +285,10 @@ class PoolEvents:
         out_sample = tuple(output.shape[-(n + 1):])
         div = self._divisor(key + (tuple(x.shape[-(n + 1):]), out_sample, output.device), make, out_sample,
                             output.device)
-        self._tags[output.untyped_storage().data_ptr()] = _Tag(output, div, self._integer(x))
+        self.tags[output.untyped_storage().data_ptr()] = _Tag(output, div, self._integer(x))
 
     def _tag_of(self, t: Tensor) -> Optional[_Tag]:
-        tag = self._tags.get(t.untyped_storage().data_ptr())
+        tag = self.tags.get(t.untyped_storage().data_ptr())
         return tag if tag is not None and tag.owner() is not None else None
 
     # ------------------------------------------------------------------ module hooks
@@ -306,7 +308,7 @@ class PoolEvents:
             if not args or not isinstance(output, Tensor) or not isinstance(args[0], Tensor):
                 return
             if _foreign_hooks(module):
-                self._tags.pop(output.untyped_storage().data_ptr(), None)
+                self.tags.pop(output.untyped_storage().data_ptr(), None)
                 self._warn(f"synopsloss: {label} has a forward hook that is not the counter's; a hook may change "
                            "the pool's output, so the AvgPool correction is not applied to the layers reading it "
                            "(their spikes are counted as the pooled values, not as spike events). Remove the hook, "
@@ -331,7 +333,7 @@ class PoolEvents:
         """A forward hook for a layer that keeps each value or zeroes it: the tag follows the tensor."""
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self._tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+            if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
                 return
             x = args[0]
             tag = self._tag_of(x)
@@ -339,7 +341,7 @@ class PoolEvents:
                 return
             why, factor = "", 1.0
             if _foreign_hooks(module):  # (a hook registered later may return a new tensor: warn here)
-                self._tags.pop(output.untyped_storage().data_ptr(), None)
+                self.tags.pop(output.untyped_storage().data_ptr(), None)
                 self._warn(f"synopsloss: layer {name!r} ({type(module).__name__}) reads an average-pool output and "
                            "has a forward hook that is not the counter's; a hook may change its output, so the "
                            "AvgPool correction is not applied after it (the spikes are counted as the pooled values, "
@@ -357,7 +359,7 @@ class PoolEvents:
     def _carry(self, x: Tensor, out: Tensor, tag: _Tag, factor: float, why: str = "") -> None:
         """Tag ``out`` (computed from the tagged ``x`` value by value) like ``x``, divisors times ``factor``."""
         if why or tag.why:
-            self._tags[out.untyped_storage().data_ptr()] = _Tag(out, None, None, why or tag.why)
+            self.tags[out.untyped_storage().data_ptr()] = _Tag(out, None, None, why or tag.why)
             return
         same = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
         if same and tag.version == version_of(out):
@@ -366,7 +368,7 @@ class PoolEvents:
         if same:  # changed in place by this layer (ReLU(inplace=True)): still events
             tag.version, tag.scale = version_of(out), scale
         else:
-            self._tags[out.untyped_storage().data_ptr()] = _Tag(out, scale, tag.integer)
+            self.tags[out.untyped_storage().data_ptr()] = _Tag(out, scale, tag.integer)
 
     # ------------------------------------------------------------------ frames (function mode)
 
@@ -452,19 +454,19 @@ class PoolEvents:
     def _on_dropout(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
         a = _bind(_DROPOUT_ARGS, args, kwargs, {"p": 0.5, "training": True})
         x = a.get("input")
-        tag = self._tag_of(x) if self._tags and isinstance(x, Tensor) else None
+        tag = self._tag_of(x) if self.tags and isinstance(x, Tensor) else None
         if tag is not None and x.numel() == tag.numel:
             self._carry(x, out, tag, 1.0 - float(a["p"]) if a["training"] else 1.0)
 
     def _on_relu(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
         x = args[0] if args else kwargs.get("input")
-        tag = self._tag_of(x) if self._tags and isinstance(x, Tensor) else None
+        tag = self._tag_of(x) if self.tags and isinstance(x, Tensor) else None
         if tag is not None and x.numel() == tag.numel:
             self._carry(x, out, tag, 1.0)
 
     def _on_join(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, stack: bool) -> None:
         """``torch.cat`` / ``torch.stack`` of tensors some of which read pool outputs: divisors joined alike."""
-        if not self._tags:
+        if not self.tags:
             return
         parts = args[0] if args else kwargs.get("tensors")
         dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
@@ -475,7 +477,7 @@ class PoolEvents:
             return
         why = next((w or tag.why for tag, _, w in found if tag is not None and (w or tag.why)), "")
         if why:
-            self._tags[out.untyped_storage().data_ptr()] = _Tag(out, None, None, why)
+            self.tags[out.untyped_storage().data_ptr()] = _Tag(out, None, None, why)
             return
         with torch.no_grad():
             scales, integer = [], None
@@ -488,7 +490,7 @@ class PoolEvents:
                     ok = tag.integer
                 integer = ok if integer is None else integer & ok
             joined = torch.stack(scales, dim) if stack else torch.cat(scales, dim)
-        self._tags[out.untyped_storage().data_ptr()] = _Tag(out, joined.reshape(-1).contiguous(), integer)
+        self.tags[out.untyped_storage().data_ptr()] = _Tag(out, joined.reshape(-1).contiguous(), integer)
 
     # ------------------------------------------------------------------ lookup
 
@@ -523,7 +525,7 @@ class PoolEvents:
         is no pool output, or when the correction cannot be applied (then a
         warning names the layer).
         """
-        if not self._tags:
+        if not self.tags:
             return None, None
         tag, scale, why = self._find(x)
         if tag is None:
