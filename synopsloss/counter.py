@@ -148,6 +148,7 @@ class _Batch(batch_layout.Evidence):
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
     pending: bool = False  # a forward of the model started and has not returned (or raised)
     grad: bool = False  # the model's last forward started with gradients on
+    wversions: Dict[str, int] = field(default_factory=dict)  # the layers' weight versions as the batch started
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
     backwarded: bool = False  # its synops were backpropagated
@@ -161,14 +162,15 @@ class _Batch(batch_layout.Evidence):
                 st = self.states.get(name)
                 if st is None:
                     st = self.states[name] = SynapseState(first_seen=self.stamps[name], device=entries[0][2].device)
-                _tally(st, entries)
+                _tally(st, entries, self.wversions.get(name, -1))
             self.quick.clear()
         return self.states
 
 
-def _tally(state: SynapseState, entries: List[tuple]) -> None:
+def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1) -> None:
     """Add a layer's repeated calls (input, its version, the :class:`_Repeat` it repeats, the weight, whether it
-    read data) to the state's fields and records, in call order."""
+    read data) to the state's fields and records, in call order (``wversion``: the weight's version as the batch
+    started, -1 when not known)."""
     for x, version, same, weight, data in entries:
         rows = same.rows
         state.calls += 1
@@ -177,7 +179,8 @@ def _tally(state: SynapseState, entries: List[tuple]) -> None:
         state.in_values += same.in_values
         state.data_calls += data
         state.leads[same.lead] += 1
-        state.records.append(Call(x, rows, same.entry, weight, same.maps, None, None, version, same.events))
+        state.records.append(Call(x, rows, same.entry, weight, same.maps, None, None, version, same.events,
+                                  wversion=wversion))
     last = entries[-1][2]
     state.in_shape, state.out_shape, state.in_neurons = last.in_shape, last.sample_out, last.in_neurons
 
@@ -631,6 +634,10 @@ class SynOpsCounter:
                 same = layer.same
                 if same is not None and geometry(layer.module) != same.geometry:
                     layer.same = None
+            # the weights' versions as the batch starts: a read that finds a weight's zero pattern changed
+            # names a change made after this point (the batch's calls were counted with the new pattern)
+            batch.wversions = {name: version_of(layer.same.weight) for name, layer in self._layers.items()
+                               if layer.same is not None}
         batch.root_calls += 1
         batch.pending = True
         batch.grad = torch.is_grad_enabled()
@@ -801,7 +808,7 @@ class SynOpsCounter:
                         q.append((x, x._version, same, weight, data))
                         return None
                     state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)
-                    _tally(state, [(x, version_of(x), same, weight, data)])
+                    _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight))
                     self._hold(state, x.numel() * x.element_size(), name, not (data or x.requires_grad))
                     return None
             slow(self, module, args, kwargs, out, name=name)
@@ -923,6 +930,8 @@ class SynOpsCounter:
         state.in_values += call.rows * state.in_neurons
         state.data_calls += int(data)
         state.leads[lead if lead is not None else (call.rows,)] += 1
+        if call.weight is not None:  # (its version at this call: changed later, the read says so)
+            call = call._replace(wversion=version_of(call.weight))
         state.records.append(call)
         if not torch.is_grad_enabled() or call.x.is_inference():
             self._hold(state, call.x.numel() * call.x.element_size(), name, not (data or call.x.requires_grad))
@@ -955,8 +964,12 @@ class SynOpsCounter:
             states = list(batch.unreduced.values())
             batch.unreduced.clear()
             batch.unreduced_bytes = 0
-            with torch.enable_grad() if graph else torch.no_grad():
-                settle_all(states)
+            if graph:  # (inside inference mode too: the calls made with gradients keep theirs)
+                with torch.inference_mode(False), torch.enable_grad():
+                    settle_all(states)
+            else:
+                with torch.no_grad():
+                    settle_all(states)
 
     @property
     def _lean(self) -> bool:

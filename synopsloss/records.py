@@ -79,6 +79,7 @@ class Call(NamedTuple):
     events: bool = True  # integer inputs (spike counts) are that many accumulate events; False: NeuroBench's MACs
     per_row: bool = False  # also keep the synops of each row (per-sample distributions)
     encoding: str = "unary"  # how a count is sent: "unary" (k events), "bitplane" (one event per set bit of k)
+    wversion: int = -1  # the weight's version counter when the batch's first forward started (-1: not known)
 
 
 class Sums(NamedTuple):
@@ -94,6 +95,7 @@ class Sums(NamedTuple):
     spiking_calls: Tensor  # number of calls whose input was all in {-1, 0, 1}
     effective: Tensor  # nonzero input x nonzero weight taps (however they are classed: ACs, events or MACs)
     changed: Tuple[int, ...]  # indices of calls whose input was modified in place after the call
+    stale: bool = False  # the weight's zero pattern changed in place after a call of the batch (found at this read)
     rows: Tuple[Tuple[int, Tensor], ...] = ()  # (index of the call, its per-row synops [rows]) for per_row calls
 
 
@@ -511,6 +513,9 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         Sums(per_syn[li], *per_stats[li][:5], maps=last[li], spiking_calls=per_stats[li][5],  # type: ignore[arg-type]
              effective=per_stats[li][6],
              changed=tuple(i for i, c in enumerate(calls) if version_of(c.x) != c.version),
+             stale=any(c.wversion >= 0 and c.weight is not None and c.cache is not None
+                       and memo[(id(c.weight), id(c.entry))] is not c.entry and version_of(c.weight) != c.wversion
+                       for c in calls),
              rows=tuple(sorted(row_sums[li], key=lambda t: t[0])))
         for li, calls in enumerate(layers)
     ]

@@ -63,6 +63,67 @@ def test_a_call_without_gradients_keeps_the_gradient_of_a_call_with(how):
     assert torch.allclose(grad.double(), torch.sign(x.detach()).double() * fan / 2)
 
 
+@pytest.mark.parametrize("steps", ["grad nograd grad", "grad inference grad", "nograd grad", "grad nograd"])
+def test_steps_with_and_without_gradients_in_one_batch_keep_every_gradient(steps):
+    """Time steps of one batch made with gradients, without, or in inference mode: ``synops()`` and its gradient
+    equal the hand count through every step (the steps without gradients add constants)."""
+    m = _mlp()
+    counter = sl.SynOpsCounter(m, neurons=False)
+    x = torch.randn(3, 3, 8, requires_grad=True)
+    used = []
+    for t, kind in enumerate(steps.split()):
+        if kind == "grad":
+            m(x[t])
+            used.append(x[t])
+        else:
+            with torch.no_grad() if kind == "nograd" else torch.inference_mode():
+                m(x[t].detach())
+            used.append(x[t].detach())
+    synops = counter.synops()
+    ref = _mlp()
+    hand = sum((u.abs() * _fanout(ref[0])).sum() + (torch.relu(ref[0](u)).abs() * _fanout(ref[2])).sum()
+               for u in used) / 3
+    assert float(synops) == pytest.approx(float(hand), rel=1e-6)
+    got, = torch.autograd.grad(synops, x)
+    want, = torch.autograd.grad(hand, x)
+    assert torch.allclose(got, want.float(), atol=1e-5)
+
+
+def test_a_weight_pattern_changed_within_a_batch_is_named():
+    """A weight zeroed in place between two calls of one batch: calls with gradients are counted at the read,
+    with the new pattern, and the read says so; calls without are counted when their forward returns (right,
+    and not named)."""
+    for grad in (True, False):
+        m = nn.Sequential(nn.Linear(4, 3, bias=False))
+        nn.init.constant_(m[0].weight, 1.0)
+        counter = sl.SynOpsCounter(m, neurons=False)
+        x = torch.ones(2, 4)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with torch.set_grad_enabled(grad):
+                m(x)  # 8 inputs x 3 synapses = 24
+                with torch.no_grad():
+                    m[0].weight[:, :2] = 0.0
+                m(x)  # 4 inputs x 3 synapses = 12
+            synops = counter.snapshot().layers["0"].synops
+        named = [w for w in seen if "was changed in place after the batch's first forward" in str(w.message)]
+        if grad:
+            assert synops == 24.0 and len(named) == 1  # (both calls with the pattern at the read: 12 + 12)
+        else:
+            assert synops == 36.0 and named == []
+    # changed between batches (the counts read, then reset): counted with the new pattern, nothing to say
+    counter.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(x)
+        assert counter.synops().item() == 2 * 3.0  # per sample: inputs 2 and 3 reach 3 synapses each
+        counter.reset()
+        with torch.no_grad():
+            m[0].weight[:, 2] = 0.0
+        m(x)
+        assert counter.snapshot().layers["0"].synops == 2 * 3.0  # only input 3 is left, on 2 rows
+
+
 def _mlp() -> nn.Sequential:
     torch.manual_seed(1)
     m = nn.Sequential(nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 4, bias=False))
