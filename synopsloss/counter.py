@@ -148,7 +148,7 @@ class _Batch(batch_layout.Evidence):
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
     pending: bool = False  # a forward of the model started and has not returned (or raised)
     grad: bool = False  # the model's last forward started with gradients on
-    wversions: Dict[str, int] = field(default_factory=dict)  # the layers' weight versions as the batch started
+    wversions: Dict[str, int] = field(default_factory=dict)  # weight versions at the layers' first repeated calls
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
     backwarded: bool = False  # its synops were backpropagated
@@ -169,8 +169,8 @@ class _Batch(batch_layout.Evidence):
 
 def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1) -> None:
     """Add a layer's repeated calls (input, its version, the :class:`_Repeat` it repeats, the weight, whether it
-    read data) to the state's fields and records, in call order (``wversion``: the weight's version as the batch
-    started, -1 when not known)."""
+    read data) to the state's fields and records, in call order (``wversion``: the weight's version at the first
+    of them, -1 when not known)."""
     for x, version, same, weight, data in entries:
         rows = same.rows
         state.calls += 1
@@ -634,10 +634,6 @@ class SynOpsCounter:
                 same = layer.same
                 if same is not None and geometry(layer.module) != same.geometry:
                     layer.same = None
-            # the weights' versions as the batch starts: a read that finds a weight's zero pattern changed
-            # names a change made after this point (the batch's calls were counted with the new pattern)
-            batch.wversions = {name: version_of(layer.same.weight) for name, layer in self._layers.items()
-                               if layer.same is not None}
         batch.root_calls += 1
         batch.pending = True
         batch.grad = torch.is_grad_enabled()
@@ -805,6 +801,9 @@ class SynOpsCounter:
                         if q is None:
                             q = batch.quick[name] = []
                             batch.stamps.setdefault(name, _NEXT_STAMP())
+                            # the weight's version at the layer's first such call of the batch: a read that finds its
+                            # zero pattern changed since names the change (those calls were counted with the new pattern)
+                            batch.wversions.setdefault(name, weight._version)
                         q.append((x, x._version, same, weight, data))
                         return None
                     state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)

@@ -62,4 +62,4 @@ def weight_changed(shape: tuple) -> str:
     return (f"synopsloss: the weight of a counted layer (shape {tuple(shape)}) was changed in place after the "
             "batch's first forward and before the counts were read, and its zero pattern changed: calls made "
             "before the change are counted with the new pattern. Read the counts (counter.synops() / snapshot()) "
-            "before changing weights within a batch, or call counter.reset() after the change.")
+            "or call counter.reset() before changing the weights (an optimizer step or pruning).")

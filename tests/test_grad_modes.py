@@ -57,7 +57,7 @@ def test_a_call_without_gradients_keeps_the_gradient_of_a_call_with(how):
     fan = _fanout(m.fc)
     synops = counter.synops()
     assert synops.requires_grad
-    assert float(synops) == pytest.approx(float((x.detach().abs() * fan).sum() + (other.abs() * fan).sum()) / 2,
+    assert synops.item() == pytest.approx(float((x.detach().abs() * fan).sum() + (other.abs() * fan).sum()) / 2,
                                           rel=1e-6)
     grad, = torch.autograd.grad(synops, x)
     assert torch.allclose(grad.double(), torch.sign(x.detach()).double() * fan / 2)
@@ -83,7 +83,7 @@ def test_steps_with_and_without_gradients_in_one_batch_keep_every_gradient(steps
     ref = _mlp()
     hand = sum((u.abs() * _fanout(ref[0])).sum() + (torch.relu(ref[0](u)).abs() * _fanout(ref[2])).sum()
                for u in used) / 3
-    assert float(synops) == pytest.approx(float(hand), rel=1e-6)
+    assert synops.item() == pytest.approx(hand.item(), rel=1e-6)
     got, = torch.autograd.grad(synops, x)
     want, = torch.autograd.grad(hand, x)
     assert torch.allclose(got, want.float(), atol=1e-5)
