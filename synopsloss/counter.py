@@ -473,14 +473,6 @@ class SynOpsCounter:
         if unknown:
             raise ValueError(f"encoding= names layer(s) {unknown} that the counter does not count; counted layers: "
                              f"{sorted(self._layers)}")
-        if not self._layers and not self._scope.scoped and self._scope.ops != "all":
-            self.remove()
-            raise ValueError(
-                f"{type(self.model).__name__} has no layer synopsloss can count (Linear, ConvNd, "
-                "ConvTransposeNd or a registered rule); nothing would be counted. Pass the model that "
-                "holds the synaptic layers, or register a rule for your layer type with "
-                "synopsloss.register_rule (custom_rules= for this counter only)"
-            )
         if self._monitor is not None:
             self._monitor.attach()
         elif self._track_neurons:
@@ -489,6 +481,15 @@ class SynOpsCounter:
             self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules,
                                           scratch=self._scratch)
         self._scope.attach(self.model, self._layers)  # last: its frames close after every other hook
+        # (after the op scope's plan: a module whose only synapses are activation products is counted op by op)
+        if not self._layers and not self._scope.scoped and self._scope.ops != "all":
+            self.remove()
+            raise ValueError(
+                f"{type(self.model).__name__} has no layer synopsloss can count (Linear, ConvNd, "
+                "ConvTransposeNd or a registered rule); nothing would be counted. Pass the model that "
+                "holds the synaptic layers, or register a rule for your layer type with "
+                "synopsloss.register_rule (custom_rules= for this counter only)"
+            )
         for module in frames:
             self._hooks.pre(module, self._pools.enter, owned=False, prepend=True)  # opened first, closed last
             self._hooks.forward(module, self._pools.exit, owned=False, always_call=True)

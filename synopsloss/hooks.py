@@ -36,15 +36,18 @@ Example
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import sys
+import threading
 import weakref
 from typing import Any, Callable, Iterator, List, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["HookSet", "next_stamp", "STAMPS", "functorch_level", "COMPILE_NOTE", "eager_under_compile", "compiling"]
+__all__ = ["HookSet", "next_stamp", "STAMPS", "functorch_level", "COMPILE_NOTE", "eager_under_compile", "compiling",
+           "OWN", "own_ops", "COMPILED"]
 
 #: the process-wide stamps (:func:`next_stamp`); hot hooks take ``STAMPS.__next__`` without a frame
 STAMPS = itertools.count()
@@ -94,6 +97,46 @@ functorch_level = getattr(getattr(torch._C, "_functorch", None), "maybe_get_leve
 _TASK = torch._C._current_graph_task_id
 
 
+class _Compiled(threading.local):
+    depth = 0
+
+
+#: how deeply hooks run eagerly for a module that ``torch.compile`` is compiling (see :func:`eager_under_compile`):
+#: a hook that needs the module's own ops to run eagerly too (the function mode's frames) can say it cannot count
+COMPILED = _Compiled()
+
+
+def _flagged(hook: Callable[..., None], *args: Any) -> None:
+    COMPILED.depth += 1
+    try:
+        return hook(*args)
+    finally:
+        COMPILED.depth -= 1
+
+
+class _Own(threading.local):
+    depth = 0
+
+
+#: how deeply the package's own tensor computations (the reductions of a read) are nested on this thread: the
+#: function mode leaves their ops alone (a reduction run while a counted module's frame is open, as when the
+#: root module's forward returns, would otherwise count its own ``einsum`` and ``matmul`` as the model's)
+OWN = _Own()
+
+
+def own_ops(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, one of the package's own tensor computations: no counter's function mode counts its ops."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        OWN.depth += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            OWN.depth -= 1
+
+    return run
+
+
 def next_stamp() -> int:
     """A process-wide increasing number: the forward order of first calls, across counters and monitors."""
     return next(STAMPS)
@@ -131,7 +174,7 @@ class HookSet:
         def hook(module: nn.Module, *rest: Any) -> None:
             if _compiling():  # torch.compile traces this hook: run it eagerly instead (see COMPILE_NOTE)
                 if not eager:  # made on first use: torch.compiler.disable imports dynamo (seconds)
-                    eager.append(eager_under_compile(hook))
+                    eager.append(eager_under_compile(functools.partial(_flagged, hook)))
                 return eager[0](module, *rest)
             hooks = state()
             if hooks is None or not hooks.enabled or module is not target_ref() or _TASK() != -1:
@@ -144,7 +187,8 @@ class HookSet:
                 fn(owner, module, *rest)
 
         # made at once when dynamo is loaded (then free), else on first use: importing it takes seconds
-        eager: List[Callable[..., None]] = [eager_under_compile(hook)] if "torch._dynamo" in sys.modules else []
+        eager: List[Callable[..., None]] = ([eager_under_compile(functools.partial(_flagged, hook))]
+                                           if "torch._dynamo" in sys.modules else [])
         return hook
 
     def forward(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False,

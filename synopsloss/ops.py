@@ -222,6 +222,7 @@ from .maps import MapCache, magnitude
 from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError, input_changed
 from .records import Call, reduce_calls, version_of
 from .hooks import functorch_level as _LEVEL
+from .hooks import own_ops
 from .reductions import min_max
 
 __all__ = [
@@ -668,6 +669,7 @@ def _contract(
                     weighted=a_w or b_w)]
 
 
+@own_ops
 def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b_w: bool, mask: Optional[Tensor],
                    lm: str, sizes: Dict[str, int]) -> Tuple[Tensor, ...]:
     """``(synops, dense, effective, spiking, input_sum, input_nonzero)`` of :func:`_contract` (tensor work)."""

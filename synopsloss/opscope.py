@@ -163,7 +163,7 @@ from torch.nn.utils import parametrize
 
 from . import registry
 from .errors import UnsupportedLayerWarning
-from .hooks import HookSet
+from .hooks import COMPILED, OWN, HookSet
 from .maps import OpCounts, Rule
 from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, record_op
 
@@ -451,8 +451,8 @@ class _Mode(torch.overrides.TorchFunctionMode):
             with self:  # re-entered: the composite's inner ops are counted one by one
                 return body(*args, **kwargs)
         out = func(*args, **kwargs)
-        if scopes and not sys._getframe(1).f_code.co_filename.startswith(_PACKAGE_DIR):
-            for scope in scopes:  # (not the counter's own hooks, e.g. neuron statistics, run inside a scope)
+        if scopes and not OWN.depth and not sys._getframe(1).f_code.co_filename.startswith(_PACKAGE_DIR):
+            for scope in scopes:  # (not the counter's own ops: its hooks, e.g. neuron statistics, and reductions)
                 scope._on_op(func, args, kwargs, out)
         return out
 
@@ -676,6 +676,12 @@ class OpScope:
     def _enter(self, module: nn.Module, args: tuple, *, name: str, counting: bool) -> None:
         counter = self._counter()
         enabled = counter is not None and counter.counting
+        if COMPILED.depth and counting and enabled:  # (its ops run in compiled code: the function mode sees none)
+            counter.warn(
+                f"synopsloss: {name or '<root>'} ({type(module).__name__}) is counted op by op (its activation "
+                "products and functional weight ops), which cannot run inside torch.compile: those synops are NOT "
+                "counted while it is compiled (module layers still are). Compile after counter.remove(), or count "
+                "with an uncompiled model that shares the parameters.", stacklevel=5)
         if not self._stack and enabled and counting:
             self._refresh_storages(counter.model)
         frame = _Frame(name, weakref.ref(module), counting and enabled, name in self.own_rule)

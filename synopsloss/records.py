@@ -32,6 +32,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
 from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
 
@@ -420,6 +421,7 @@ def _per_layer_synops(parts: List[Tuple[Tensor, ...]], owners: List[int], synops
     return [(g[i] + w[i] if has_plain[i] else g[i]) if has_grad[i] else w[i] for i in range(n)]
 
 
+@own_ops
 def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     """The counts of each layer's recorded calls, reduced together in a few tensor ops per input shape.
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .errors import SynOpsWarning, input_changed, weight_changed
+from .hooks import own_ops
 
 __all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold"]
 
@@ -166,6 +167,7 @@ class SynapseState:
         """One call's counts (0-dim tensors, ``spiking`` bool), summed into the fields at the next :meth:`settle`."""
         self.pending.append((dense, effective, spiking, input_sum, input_nonzero))
 
+    @own_ops
     def settle(self) -> "SynapseState":
         """Sum the recorded calls into the fields: a few stacked ops however many calls there were."""
         if self.records:
@@ -214,6 +216,7 @@ class SynapseState:
             setattr(self, key, _sum(getattr(self, key), getattr(sums, key), True))
 
 
+@own_ops
 def settle_all(states: List["SynapseState"]) -> None:
     """Reduce the recorded calls of many layers together (one group per input shape, not per layer)."""
     from .records import reduce_layers

@@ -87,3 +87,28 @@ def test_fullgraph_compile_says_what_to_change():
     dynamo.reset()
     out = torch.compile(net, fullgraph=True, backend="eager")(torch.ones(2, 6))
     assert torch.allclose(out, net(torch.ones(2, 6)))
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace")
+def test_a_module_counted_op_by_op_says_its_products_are_not_counted_under_compile():
+    """Its ops run in compiled code, where the function mode sees none: the counter says so (the module layers
+    are still counted, by their hooks), rather than leaving the product rows out silently."""
+
+    class QK(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = nn.Linear(4, 4, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = self.q(x)
+            return q @ q.transpose(-2, -1)
+
+    torch.manual_seed(0)
+    net = QK()
+    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    x = (torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    torch._dynamo.reset()
+    with pytest.warns(sl.SynOpsWarning, match="cannot run inside torch.compile"):
+        torch.compile(net, backend="eager")(x)
+    layers = counter.snapshot().layers
+    assert layers["q"].synops == float((x * (net.q.weight != 0).sum(0)).sum())  # by hand: |x| x fan-out

@@ -17,6 +17,7 @@ from typing import Dict, List
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import synopsloss as sl
 
@@ -208,3 +209,60 @@ def test_multi_step_sj_convolutions_keep_the_module_hook_and_ws_convolutions_cou
     ref = weight_op_counts(lambda a, w: F.conv2d(a, w, padding=1), x, w_used, 3)
     assert row.eff_acs == ref["effective"] and row.synops == pytest.approx(ref["synops"])
     assert (w_used == 0).sum() < (ws.weight == 0).sum()
+
+
+class _MaskedAttention(nn.Module):
+    """A projection, then ``F.scaled_dot_product_attention`` with a causal bool mask, in the module's own forward
+    (so the root module is counted op by op: its frame is open when the forward returns)."""
+
+    def __init__(self, e: int) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.fc = nn.Linear(e, e, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.fc(x)
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference_mode"])
+def test_masked_attention_counts_the_same_in_every_grad_mode(mode):
+    """With gradients off the products are summed when the root's forward returns, inside its open frame: the
+    counter's own reduction ops are not counted as the model's (no extra rows). By hand: the projection's synops
+    are sum |x| x fan-out, a product's sum(|A| @ |B|) over the allowed (query, key) pairs."""
+    b, n, e = 3, 5, 4
+    x = (torch.rand(b, n, e, generator=torch.Generator().manual_seed(8)) < 0.5).float()
+    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    m = _MaskedAttention(e)
+    counter = sl.SynOpsCounter(m, neurons=False, batch_dim=0)
+    ctx = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[mode]
+    with ctx():
+        m(x, mask)
+    with torch.no_grad():
+        q = x @ m.fc.weight.t()
+        scores = q @ q.transpose(-2, -1) / e ** 0.5
+        attn = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+        fc = (x.abs() * (m.fc.weight != 0).sum(0)).sum()
+        qk = ((q.abs() @ q.abs().transpose(-2, -1)) * mask).sum()
+        av = (attn.abs() @ q.abs()).sum()
+    layers = counter.snapshot().layers
+    assert sorted(layers) == ["fc", "sdpa.av", "sdpa.qk"]
+    assert layers["fc"].synops == pytest.approx(float(fc), rel=1e-5)
+    assert layers["sdpa.qk"].synops == pytest.approx(float(qk), rel=1e-5)
+    assert layers["sdpa.av"].synops == pytest.approx(float(av), rel=1e-5)
+
+
+def test_a_module_whose_only_synapses_are_products_is_counted():
+    """No parameter, one activation product: the counter attaches (op by op) and counts sum(|q| @ |k|^T)."""
+
+    class QK(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return q @ k.transpose(-2, -1)
+
+    m = QK()
+    counter = sl.SynOpsCounter(m, neurons=False, batch_dim=0)
+    q = torch.tensor([[[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]]])  # 1 sample, 2 tokens, 3 features (a count of 2)
+    k = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    m(q, k)
+    # |q| @ |k|^T = [[1, 2], [1, 1]]: 5 synops
+    assert counter.synops().item() == 5.0
