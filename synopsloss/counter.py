@@ -1282,6 +1282,12 @@ class SynOpsCounter:
         for v in out.values():
             if v.requires_grad:
                 self._watch_backward(v)
+        left = [n for n, st in self._batch.layers.items() if st.calls and not st.call_leads]
+        if left:
+            self._warn_once(
+                f"synopsloss: per-sample synops leave out layer(s) {left}: recurrent layers and activation products "
+                "are counted per batch, not per sample. Their synops are in counter.synops() and the table, not in "
+                "per_sample(), the snapshot's distribution() or SynOpsLoss(quantile=).", stacklevel=3)
         if by_layer:
             return out
         if not out:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 import torch
 from torch import Tensor
@@ -205,6 +205,7 @@ class SynOpsLoss:
                 raise ValueError("quantile= regularises a quantile of per-sample synops: create the counter "
                                  "with SynOpsCounter(model, per_sample=True)")
         self.quantile = None if quantile is None else float(quantile)
+        self._unsampled: Set[str] = set()  # layers of the last batch with synops but no per-sample values
         self.counter = counter
         self.shape = shape
         self.dt = None if dt is None else float(dt)
@@ -295,8 +296,16 @@ class SynOpsLoss:
         :class:`SynOpsLoss`: ``counter.synops(by_layer=True)``, synops per sample.
         """
         if self.quantile is not None:
-            self._synops()  # the checks (no forward pass, NaN / inf) and their messages
-            return self.counter.per_sample(by_layer=True)
+            flat = self._synops()  # the checks (no forward pass, NaN / inf) and their messages
+            per = self.counter.per_sample(by_layer=True)
+            missing = [n for n in flat if n not in per]
+            # layers with synops but no per-sample values (recurrent layers, activation products): a term that
+            # covers one is refused when the loss is computed; layers that did not run are 0 for every sample
+            self._unsampled = {n for n in missing if bool(flat[n].detach() != 0)}
+            samples = len(next(iter(per.values()))) if per else 1
+            for n in missing:
+                per[n] = flat[n].detach().new_zeros(samples)
+            return per
         return self._synops()
 
     def _synops(self) -> Dict[str, Tensor]:
@@ -304,6 +313,8 @@ class SynOpsLoss:
         try:
             per_layer = self.counter.synops(by_layer=True)
         except RuntimeError as err:
+            if "before any forward pass" not in str(err):
+                raise  # (the counter's own message: a detached counter, a forward that raised, ...)
             raise RuntimeError(
                 f"{self._name} was called before any forward pass since counter.reset(): run the model on the "
                 "batch (every time step) first, then compute the loss"
@@ -350,11 +361,20 @@ class SynOpsLoss:
         self._check_stepped()
         weight = self.weight.value
         if weight < 0:
-            raise ValueError(f"{self._name}: the weight schedule gave {weight} < 0 at step {self.last_step}")
+            raise ValueError(f"{self._name}: the weight schedule gave {weight} < 0 at step {self.last_step}; a loss "
+                             "weight must stay >= 0: end the schedule at 0 or above (e.g. "
+                             "sl.schedules.Linear(1.0, 0.0, steps=N))")
         total: Optional[Tensor] = None
         last: Dict[str, Any] = {}
         for term in self._terms:
             names = self._resolve(term, per_layer, fed)
+            unsampled = [n for n in names if n in self._unsampled]
+            if unsampled:
+                raise ValueError(
+                    f"{self._name}(quantile=): layer(s) {unsampled} have synops but no per-sample values (recurrent "
+                    "layers and activation products are counted per batch, not per sample), so the quantile would "
+                    "leave them out. Name the layers the quantile acts on (target={layer: ...}), or drop quantile= "
+                    "(the batch mean covers every layer).")
             s = per_layer[names[0]]
             for n in names[1:]:
                 s = s + per_layer[n].to(s.device)
@@ -426,8 +446,10 @@ class SynOpsLoss:
 
         Unlike ``counter.synops()`` (every counted layer), this is the quantity
         the loss acts on (by default the network-driven layers only): synops
-        for :class:`SynOpsLoss`, joules for :class:`EnergyLoss`. One device
-        sync per call.
+        for :class:`SynOpsLoss`, joules for :class:`EnergyLoss`. With
+        ``quantile=`` the total is the terms' quantiles over the batch's samples
+        (what the loss acts on) and ``by_layer`` each layer's batch mean. One
+        device sync per call.
 
         Example
         -------
@@ -447,7 +469,11 @@ class SynOpsLoss:
         for layers, *_ in last["terms"].values():
             names.update(dict.fromkeys(layers))
         per = {n: float(last["per_layer"][n]) for n in names}
-        return per if by_layer else float(sum(per.values()))
+        if by_layer:
+            return per
+        if self.quantile is not None:  # the loss acts on each term's quantile over the batch's samples
+            return float(sum(float(v) for _, v, _, _ in last["terms"].values()))
+        return float(sum(per.values()))
 
     def term_values(self) -> Dict[str, Tensor]:
         """The regularised value of each term at the last call, as detached 0-dim tensors (no device sync).
@@ -662,11 +688,12 @@ class SynOpsLoss:
         """Step, calibration and schedule states (plain Python values), for checkpoints."""
         terms = []
         for t in self._terms:
-            partial = None
+            partial, dtype = None, None
             if t.initial is None and t.initial_sum is not None:
                 partial = float(t.initial_sum)
+                dtype = str(t.initial_sum.dtype).replace("torch.", "")  # (float64 joules for EnergyLoss)
             terms.append({"label": t.label, "kind": t.kind, "schedule": t.schedule.state_dict(),
-                          "initial": t.initial, "initial_sum": partial})
+                          "initial": t.initial, "initial_sum": partial, "initial_sum_dtype": dtype})
         return {"last_step": self.last_step, "calls": self._calls, "weight": self.weight.state_dict(), "terms": terms}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -687,7 +714,8 @@ class SynOpsLoss:
         for t, s in zip(self._terms, state["terms"]):
             t.schedule.load_state_dict(s["schedule"])
             t.initial = s["initial"]
-            t.initial_sum = None if s["initial_sum"] is None else torch.tensor(s["initial_sum"], dtype=torch.get_default_dtype())
+            dtype = getattr(torch, s.get("initial_sum_dtype") or "", None) or torch.get_default_dtype()
+            t.initial_sum = None if s["initial_sum"] is None else torch.tensor(s["initial_sum"], dtype=dtype)
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{t.label}: {t.kind} {t.schedule!r}" for t in self._terms)

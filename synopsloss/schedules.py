@@ -273,6 +273,9 @@ class Warmup(Schedule):
         self.schedule = _child(schedule, "schedule", "Warmup")
         self.steps = _steps("steps", steps)
         self.start_factor = _number("start_factor", start_factor, nonnegative=True)
+        if self.start_factor > 1:
+            raise ValueError(f"Warmup: start_factor must be in [0, 1] (the factor rises from it to 1), got "
+                             f"{self.start_factor}; to start high and come down use Linear(start, end, steps)")
 
     def at(self, step: int) -> float:
         f = self.start_factor + (1.0 - self.start_factor) * min(step, self.steps) / self.steps
