@@ -357,6 +357,10 @@ class SynOpsCounter:
             raise TypeError(f"custom_rules must be a mapping {{module type: Rule}}, got {type(custom_rules).__name__}")
         self.model = model
         self.batch_size = batch_size
+        #: samples of a batch in which the model itself is not called (only its submodules are, as a
+        #: LightningModule's ``training_step`` may do): set per batch by the Lightning callbacks; when the model is
+        #: called, its input decides (``batch_size=`` declares them always)
+        self.fallback_batch_size: Optional[int] = None
         self.batch_dim = 0 if batch_dim is None else batch_dim
         self.time_dim = time_dim
         self._layout_given = batch_dim is not None or batch_size is not None
@@ -699,7 +703,7 @@ class SynOpsCounter:
         return batch_layout.Options(
             batch_size=self.batch_size, batch_dim=self.batch_dim, time_dim=self.time_dim,
             batch_dim_given=self._batch_dim_given, layout_given=self._layout_given,
-            batch_first_layers=self._batch_first_layers)
+            batch_first_layers=self._batch_first_layers, fallback_batch_size=self.fallback_batch_size)
 
     def _check_new_call(self, batch: _Batch) -> None:
         """The model is called again on a batch whose counts were read, backpropagated or interrupted."""

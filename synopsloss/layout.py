@@ -89,7 +89,8 @@ class Options:
 
     ``batch_dim_given``: ``batch_dim=`` was passed (not the default 0);
     ``layout_given``: ``batch_dim=`` or ``batch_size=`` was passed;
-    ``batch_first_layers``: the model has sinabs layers (which take ``[B, T, ...]``).
+    ``batch_first_layers``: the model has sinabs layers (which take ``[B, T, ...]``);
+    ``fallback_batch_size``: the samples when no other source gives them (the model itself was not called).
     """
 
     batch_size: Optional[int] = None
@@ -98,6 +99,7 @@ class Options:
     batch_dim_given: bool = False
     layout_given: bool = False
     batch_first_layers: bool = False
+    fallback_batch_size: Optional[int] = None  # samples when the model itself was not called (Lightning's batch)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
     if ev.root_batch is not None:
         certain = options.layout_given or options.batch_first_layers or rows_span_dim1(ev.root_shape, layers)
         return Reading(ev.root_batch, f"dim {options.batch_dim} of the model's input {ev.root_shape}", bool(certain))
+    if options.fallback_batch_size is not None and not ev.root_calls:
+        return Reading(options.fallback_batch_size, "the batch (the model itself was not called)", True)
     return None
 
 

@@ -75,6 +75,14 @@ def _batch_size(batch: Any) -> int:
     )
 
 
+def _fallback(batch: Any) -> Optional[int]:
+    """:func:`_batch_size`, or None for a batch without a tensor (the counter then says what is missing)."""
+    try:
+        return _batch_size(batch)
+    except ValueError:
+        return None
+
+
 def _f64(value: Union[float, Tensor], device: torch.device) -> Tensor:
     """A float64 scalar tensor on ``device`` (Lightning keeps float64 values exact; floats become float32)."""
     if isinstance(value, Tensor):
@@ -169,13 +177,18 @@ class SynOpsRegularizer(_pl.Callback):
         counter recognises the data-fed layers (``layers="driven"``) from the
         tensors the counted module itself is called with.
     batch_size_fn
-        Samples of a batch; by default dim 0 of the batch's first tensor.
-        Time-first batches ``[T, B, ...]`` need ``lambda batch: batch[0].shape[1]``.
+        Samples of a batch (``lambda batch: batch[0].shape[1]`` for
+        time-first ``[T, B, ...]`` batches). By default the counter learns
+        them from the counted module's input, as a plain
+        :class:`~synopsloss.SynOpsCounter` does (dim 0, or the ``batch_dim`` /
+        ``time_dim`` of ``counter_kwargs``), and refuses an input it cannot
+        read (``[T, B, ...]`` and ``[B, T, ...]`` into the same layers) with a
+        message; when ``training_step`` calls only the module's submodules,
+        dim 0 of the batch's first tensor.
     counter_kwargs
         Passed to the :class:`~synopsloss.SynOpsCounter` (``custom_rules``,
-        ``strict``, ...); ``neurons=False`` unless given. With ``batch_size``
-        or ``batch_dim`` here (and no ``batch_size_fn``) the counter learns
-        the samples itself.
+        ``strict``, ``batch_dim``, ``time_dim``, ...); ``neurons=False``
+        unless given.
     prefix
         First part of the logged names.
     per_layer
@@ -262,8 +275,7 @@ class SynOpsRegularizer(_pl.Callback):
         kwargs = dict(counter_kwargs or {})
         kwargs.setdefault("neurons", energy is not None)  # EnergyLoss prices the neuron layers too
         self.counter_kwargs = kwargs
-        self._own_batch_size = batch_size_fn is not None or not ({"batch_size", "batch_dim"} & set(kwargs))
-        self.batch_size_fn = batch_size_fn or _batch_size
+        self.batch_size_fn = batch_size_fn
         self.prefix = prefix
         self.per_layer = bool(per_layer)
         self.prog_bar = bool(prog_bar)
@@ -592,8 +604,10 @@ class SynOpsRegularizer(_pl.Callback):
         self._attach()
         self._resume()
         self._counter.reset()
-        if self._own_batch_size:
+        if self.batch_size_fn is not None:
             self._counter.batch_size = int(self.batch_size_fn(batch))
+        else:  # the counter reads the samples from the module's input; dim 0 of the batch if it is not called
+            self._counter.fallback_batch_size = _fallback(batch)
         if self.interval == "step":
             self._sync_steps(trainer)
         self._term = None
@@ -689,7 +703,9 @@ class SynOpsMonitor(_pl.Callback):
     per_layer
         Also log each layer's synops.
     batch_size_fn
-        Samples of a batch; by default dim 0 of the batch's first tensor.
+        Samples of a batch; by default the counters read them from the module's input (dim 0, or
+        ``counter_kwargs``' ``batch_dim`` / ``time_dim``), refusing an input they cannot read, and take dim 0
+        of the batch's first tensor when only the module's submodules are called.
     prefix
         Metric names are ``{prefix}/{stage}/{key}`` (``key`` in ``synops``,
         ``dense``, ``eff_macs``, ``eff_acs``) and
@@ -725,7 +741,7 @@ class SynOpsMonitor(_pl.Callback):
         self.logging_interval = logging_interval
         self.stages = tuple(stages)
         self.per_layer = per_layer
-        self.batch_size_fn = batch_size_fn or _batch_size
+        self.batch_size_fn = batch_size_fn
         self.prefix = prefix
         self.counter_kwargs = dict(counter_kwargs or {})
         self.counters: Dict[str, SynOpsCounter] = {}
@@ -742,7 +758,8 @@ class SynOpsMonitor(_pl.Callback):
         counter = self.counters.get(stage)
         if counter is None or counter.model is not pl_module:
             kwargs = dict(self.counter_kwargs)
-            kwargs.setdefault("batch_size", 1)  # replaced by each batch's size
+            if self.batch_size_fn is not None:
+                kwargs.setdefault("batch_size", 1)  # replaced by each batch's size
             counter = self.counters[stage] = SynOpsCounter(pl_module, **kwargs)
             counter.remove()
         return counter
@@ -771,7 +788,10 @@ class SynOpsMonitor(_pl.Callback):
         self._only(stage)
         counter.attach()
         counter.reset()
-        counter.batch_size = int(self.batch_size_fn(batch))
+        if self.batch_size_fn is not None:
+            counter.batch_size = int(self.batch_size_fn(batch))
+        else:  # the counter reads the samples from the module's input; dim 0 of the batch if it is not called
+            counter.fallback_batch_size = _fallback(batch)
 
     def _metrics(self, stage: str, counts: Dict[str, Dict[str, float]]) -> Dict[str, float]:
         base = f"{self.prefix}/{stage}"

@@ -358,3 +358,68 @@ def test_misuse_is_named():
         fit(make_module(module="encoder", fraction=0.5), trainer(max_epochs=1))
     with pytest.raises(ValueError, match="does not count"):  # SynOpsLoss's own check, when fitting starts
         fit(make_module(fraction=0.5, layers=["net.7"]), trainer(max_epochs=1))
+
+
+class _TimeFirst(torch.utils.data.Dataset):
+    """Each item is a whole time-first batch [T=6, B=4, 8] (a collate-free loader)."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.x = [(torch.rand(6, 4, 8, generator=g) < 0.5).float() for _ in range(2)]
+        self.y = [torch.randint(0, 3, (4,), generator=g) for _ in range(2)]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+def _time_first_module(counter_kwargs: dict, seen: list):
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 3)
+            self.reg = SynOpsRegularizer(target=10.0, counter_kwargs=counter_kwargs)
+
+        def configure_callbacks(self):
+            return [self.reg]
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x))).sum(0)  # x: [T, B, 8]
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            out = self(x)
+            term = self.reg.loss()
+            with self.reg.counter.paused():  # the hand count: fc2's input times its fan-out, over 4 samples
+                h = torch.relu(self.fc1(x)).detach()
+            seen.append(((h * (self.fc2.weight != 0).sum(0)).sum().item() / 4, self.reg.loss_fn.last()["value"]))
+            return nn.functional.cross_entropy(out, y) + term
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    return Module()
+
+
+def _fit(module) -> None:
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", enable_progress_bar=False, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (Lightning's own notes on this tiny run)
+        trainer.fit(module, DataLoader(_TimeFirst(), batch_size=None))
+
+
+def test_time_first_batches_take_their_samples_from_the_declared_layout():
+    """``counter_kwargs={"time_dim": 0}``: 4 samples of 6 steps, by hand (network-driven synops: the hidden
+    activity times fc2's fan-out, over the 4 samples); without a declaration the counter refuses to guess
+    between [T, B, ...] and [B, T, ...] instead of dividing by dim 0."""
+    seen: list = []
+    _fit(_time_first_module({"time_dim": 0}, seen))
+    assert len(seen) == 2
+    for hand, got in seen:
+        assert got == pytest.approx(hand, rel=1e-5)
+    with pytest.raises(ValueError, match=r"cannot be told from \[T, B, \.\.\.\]"):
+        _fit(_time_first_module({}, []))
