@@ -35,19 +35,21 @@ operand is a weight when it is shared by all samples:
 
 1. it is an ``nn.Parameter`` or a view of one (``W.t()``, ``W.split(...)``), or
 2. ``is_weight(t)`` -- a callback the counter passes -- returns True (the
-   model's parameters and buffers and tensors computed only from them, such as
-   ``w * mask``), or
+   model's parameters and tensors computed only from them and its buffers,
+   such as ``w * mask``; a buffer alone is no weight: it may hold a neuron's
+   state), or
 3. (``matmul`` and attention only) it has no batch dims (dims before the last
    two) while the other operand has some: ``x[B,N,C] @ W[C,D]`` broadcasts ``W``
    over the batch. The rule looks at dims, not sizes, so ``B = 1`` does not
    change the answer.
 
-Otherwise both operands are activations. Limits: a plain tensor attribute
-that is neither a parameter nor a buffer, used as ``x[B,K] @ W[K,N]`` (both
-2-D), is taken for an activation: the product then has ``rows = 1`` and the
-counter's samples check raises when ``B > 1`` (with ``B = 1`` it is counted
-as a product: AC/MAC by the product rule, ``|W|`` in place of ``nz(W)``);
-register it as a buffer. ``einsum`` and
+Otherwise both operands are activations. Limits: a tensor attribute that is
+no parameter (a plain attribute or a buffer), used as ``x[B,K] @ W[K,N]``
+(both 2-D), is taken for an activation: the product then has ``rows = 1`` and
+the counter's samples check raises when ``B > 1`` (with ``B = 1`` it is
+counted as a product: AC/MAC by the product rule, ``|W|`` in place of
+``nz(W)``); register it as a parameter (``nn.Parameter(W, requires_grad=False)``
+for a fixed weight). ``einsum`` and
 ``tensordot`` have no batch dims to compare, so rule 3 does not apply to them.
 A product of two weights (``A @ B`` of two factors of a low-rank weight) is
 weight preprocessing, folded on hardware: it counts nothing (an empty list).
