@@ -112,7 +112,9 @@ class SynOpsLoss:
         (default: every counted layer except those fed directly by the data,
         see the module docstring), ``"all"``, or a list of layer names.
     calibration_batches
-        Number of first calls whose synops define the initial synops (``fraction``).
+        Number of first training calls (made with gradients on) whose synops define the initial synops
+        (``fraction``); a call without gradients (a validation pass) reads the running target and calibrates
+        nothing.
     quantile
         Regularise a quantile of the batch's *per-sample* synops instead of
         their mean: ``quantile=0.95`` with ``target=B`` asks that 95% of the
@@ -206,6 +208,7 @@ class SynOpsLoss:
                                  "with SynOpsCounter(model, per_sample=True)")
         self.quantile = None if quantile is None else float(quantile)
         self._unsampled: Set[str] = set()  # layers of the last batch with synops but no per-sample values
+        self._training_call = True  # the last call was made with gradients on (it calibrates)
         self.counter = counter
         self.shape = shape
         self.dt = None if dt is None else float(dt)
@@ -357,7 +360,10 @@ class SynOpsLoss:
         means = {n: (v.mean() if v.dim() else v) for n, v in per_layer.items()}
         fed = self.counter.data_fed_layers()
         calibrating = self._calls < self.calibration_batches
-        self._calls += 1
+        # training calls (gradients on) calibrate; a call without (a validation pass) reads the running target
+        self._training_call = torch.is_grad_enabled()
+        if self._training_call:
+            self._calls += 1
         self._check_stepped()
         weight = self.weight.value
         if weight < 0:
@@ -397,7 +403,7 @@ class SynOpsLoss:
             total = f if total is None else total + f
             last[term.label] = (names, s.detach(), t, f.detach())
             self._check_gradient(names, means, fed)
-            if calibrating and self._calls == self.calibration_batches:
+            if calibrating and self._training_call and self._calls == self.calibration_batches:
                 self._check_reachable(term, names, means, fed, t)
         assert total is not None
         out = (total * weight).to(torch.get_default_dtype())
@@ -518,10 +524,14 @@ class SynOpsLoss:
                 raise RuntimeError(f"{self._name}: layer {names[0]!r} was not called in this batch; cannot turn its budget into synops")
             return value * self.dt * steps
         # fraction of the initial synops
-        if calibrating:
+        if calibrating and not self._training_call:  # the running mean with this batch, kept by none
+            sd = s.detach()
+            total = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
+            initial: Union[Tensor, float] = total / (self._calls + 1)
+        elif calibrating:
             sd = s.detach()
             term.initial_sum = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
-            initial: Union[Tensor, float] = term.initial_sum / self._calls
+            initial = term.initial_sum / self._calls
             if self._calls == self.calibration_batches:
                 term.initial = float(initial)  # one sync, once
                 initial = term.initial

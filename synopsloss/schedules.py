@@ -532,7 +532,9 @@ class Iterative(Schedule):
         if not self.stage_targets:
             raise RuntimeError(
                 "Iterative(start=None) has no target before its first observation: use it as "
-                "SynOpsLoss(target=...), which observes each batch before reading the target, or give start="
+                "SynOpsLoss(target=...), which observes each training batch (a loss call with gradients on) before "
+                "reading the target; a call without gradients (validation) before the first training batch has "
+                "none: run a training batch first, or give start="
             )
         stage = step // self.stage_steps
         if self.stages is not None:

@@ -364,3 +364,23 @@ def test_sgd_on_the_loss_above_target_lowers_the_synops(shape):
         opt.step()
     after = _brute_synops(net, x)["2"]
     assert after < 0.95 * start and math.isfinite(after)
+
+
+def test_a_call_without_gradients_does_not_calibrate_a_fraction():
+    """A validation pass (the loss read under no_grad) before training reads the running target but does not
+    calibrate: the initial synops are the training batch's, by hand (bias-free Linear: sum |x| x fan-out)."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False), torch.nn.ReLU(), torch.nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[2].weight.fill_(1.0)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    loss_fn = sl.SynOpsLoss(counter, fraction=0.5)
+    with torch.no_grad():
+        net(torch.ones(2, 4))  # hidden 4, 4, 4 per sample: driven synops 12 x 2 = 24 per sample
+        loss_fn()
+    assert not loss_fn.calibrated and loss_fn.targets()["driven"] is None
+    counter.reset()
+    x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])  # hidden 1 and 2: driven (3 + 6) x 2 / 2 = 9
+    net(x)
+    loss_fn()
+    assert loss_fn.calibrated and loss_fn.initial()["driven"] == pytest.approx(9.0)
