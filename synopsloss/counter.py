@@ -137,10 +137,10 @@ class _Batch(batch_layout.Evidence):
     time-folding and probe hooks write) and the layers' running numbers."""
 
     states: Dict[str, SynapseState] = field(default_factory=dict)  # read through ``layers`` (tallied)
-    # repeated calls with gradients, as appended (input, version, the _Repeat, weight, data flag), per layer, and
-    # the forward-order stamp of each layer's first one: tallied into ``states`` when ``layers`` is read
-    quick: Dict[str, List[tuple]] = field(default_factory=dict)
-    stamps: Dict[str, int] = field(default_factory=dict)
+    # repeated calls with gradients, per layer: [forward-order stamp of the first, the weight's version at it, then
+    # each call as appended (input, its version, the _Repeat, weight, data flag)], tallied into ``states`` when
+    # ``layers`` is read
+    quick: Dict[str, list] = field(default_factory=dict)
     unreduced: Dict[int, SynapseState] = field(default_factory=dict)  # layers with calls made without gradients
     unreduced_bytes: int = 0  # bytes of the inputs those calls hold
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
@@ -148,7 +148,6 @@ class _Batch(batch_layout.Evidence):
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
     pending: bool = False  # a forward of the model started and has not returned (or raised)
     grad: bool = False  # the model's last forward started with gradients on
-    wversions: Dict[str, int] = field(default_factory=dict)  # weight versions at the layers' first repeated calls
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
     backwarded: bool = False  # its synops were backpropagated
@@ -158,11 +157,11 @@ class _Batch(batch_layout.Evidence):
         """The layers' states with every call tallied (a repeated call with gradients only appends to ``quick``;
         its layer's state is made here, stamped with the order of its first call)."""
         if self.quick:
-            for name, entries in self.quick.items():
+            for name, q in self.quick.items():
                 st = self.states.get(name)
                 if st is None:
-                    st = self.states[name] = SynapseState(first_seen=self.stamps[name], device=entries[0][2].device)
-                _tally(st, entries, self.wversions.get(name, -1))
+                    st = self.states[name] = SynapseState(first_seen=q[0], device=q[2][2].device)
+                _tally(st, q[2:], q[1])
             self.quick.clear()
         return self.states
 
@@ -804,11 +803,9 @@ class SynOpsCounter:
                     if _GRAD_ON() and not x.is_inference():
                         q = batch.quick.get(name)
                         if q is None:
-                            q = batch.quick[name] = []
-                            batch.stamps.setdefault(name, _NEXT_STAMP())
-                            # the weight's version at the layer's first such call of the batch: a read that finds its
-                            # zero pattern changed since names the change (those calls were counted with the new pattern)
-                            batch.wversions.setdefault(name, weight._version)
+                            # the first such call's stamp (forward order) and the weight's version at it: a read
+                            # that finds the weight's zero pattern changed since names the change
+                            q = batch.quick[name] = [_NEXT_STAMP(), weight._version]
                         q.append((x, x._version, same, weight, data))
                         return None
                     state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)
