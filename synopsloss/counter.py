@@ -702,7 +702,8 @@ class SynOpsCounter:
         return batch_layout.Options(
             batch_size=self.batch_size, batch_dim=self.batch_dim, time_dim=self.time_dim,
             batch_dim_given=self._batch_dim_given, layout_given=self._layout_given,
-            batch_first_layers=self._batch_first_layers, fallback_batch_size=self.fallback_batch_size)
+            batch_first_layers=self._batch_first_layers, fallback_batch_size=self.fallback_batch_size,
+            op_rows=frozenset(n for n in self._batch.states if n not in self._layers))
 
     def _check_new_call(self, batch: _Batch) -> None:
         """The model is called again on a batch whose counts were read, backpropagated or interrupted."""

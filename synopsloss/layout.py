@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["Evidence", "Options", "Reading", "reading", "samples", "time_layout", "call_steps", "layer_steps",
            "sample_steps", "rows_span_dim1", "check_declared_batch", "add_fold", "add_probe"]
@@ -100,6 +100,7 @@ class Options:
     layout_given: bool = False
     batch_first_layers: bool = False
     fallback_batch_size: Optional[int] = None  # samples when the model itself was not called (Lightning's batch)
+    op_rows: FrozenSet[str] = frozenset()  # rows counted op by op (functional ops and activation products)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,11 @@ def samples(ev: Evidence, layers: Mapping[str, Any], options: Options) -> int:
                 " If your data is time-first [T, B, ...], pass batch_dim=1 (or time_dim=0, which also "
                 "declares its time steps); otherwise pass batch_size=B."
             )
+            if name in options.op_rows:
+                hint = (" This row is an op counted op by op: a weight it uses must be an nn.Parameter (or be "
+                        "computed from parameters); a buffer or a plain tensor attribute used directly is taken for "
+                        "an activation, and a product of activations of different samples has no samples. If the "
+                        "model was called on one sample without a batch dimension, add one (x.unsqueeze(0)).")
             raise ValueError(
                 f"synopsloss: layer {name!r} received {bad[0]} rows of shape {state.in_shape} in one call, "
                 f"not a multiple of the {b} samples learned from {source}.{hint}"

@@ -636,3 +636,33 @@ def test_products_without_gradients_hold_no_operand_after_the_forward():
     for row in ("0.matmul", "0.matmul.1"):
         for key in ("synops", "dense", "eff_acs", "eff_macs"):
             assert getattr(got[row], key) == pytest.approx(getattr(want[row], key)), (row, key)
+
+
+def test_a_weight_held_in_a_buffer_is_named_and_a_parameter_counts():
+    """``x[B,K] @ W[K,N]`` with ``W`` a buffer: an activation (a buffer may hold a neuron's state), so the product
+    has one row, and the error says to make it a parameter; as a frozen ``nn.Parameter`` it counts like a
+    ``Linear`` (by hand: sum |x| x nonzeros of W's row)."""
+
+    class Net(nn.Module):
+        def __init__(self, as_parameter: bool) -> None:
+            super().__init__()
+            w = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])  # rows: fan-outs 1, 2, 0
+            if as_parameter:
+                self.W = nn.Parameter(w, requires_grad=False)
+            else:
+                self.register_buffer("W", w)
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x @ self.W)
+
+    x = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [2.0, 0.0, 1.0]])
+    net = Net(as_parameter=False)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    with pytest.raises(ValueError, match="must be an nn.Parameter"):
+        counter.snapshot()
+    net = Net(as_parameter=True)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    assert counter.snapshot().layers["matmul"].synops == float((x.abs() * torch.tensor([1.0, 2.0, 0.0])).sum())
