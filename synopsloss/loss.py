@@ -667,7 +667,7 @@ class SynOpsLoss:
 
     @property
     def calibrated(self) -> bool:
-        """Whether the first ``calibration_batches`` calls have been seen."""
+        """Whether the first ``calibration_batches`` training calls (with gradients on) have been seen."""
         return self._calls >= self.calibration_batches
 
     def targets(self) -> Dict[str, Optional[float]]:
