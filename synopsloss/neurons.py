@@ -252,6 +252,7 @@ class NeuronMonitor:
             cost=neuron_op_cost(module, self.costs), leaky=row.leaky if row is not None else _is_leaky(module),
             recurrent="Recurrent" in type(module).__name__ or hasattr(module, "recurrent"),
             squeeze=registry.is_time_folding(module), row=row,
+            membrane=registry.outputs_membrane(module),  # (sinabs ExpLeak: no spikes, no firing rate)
         )
         if lib == "snntorch":
             self._hooks.pre(module, functools.partial(NeuronMonitor._snntorch_pre, name=name))
@@ -354,7 +355,7 @@ class NeuronMonitor:
             sample_shape, rows = tuple(out.shape[1:]), out.shape[0]
         if row is not None and self._layout.probe_batch is None:
             self._layout.probe_batch = int(out.shape[1] if time_first else out.shape[0])
-        spiking = row is None or row.output not in ("membrane", "analog")
+        spiking = (row is None or row.output not in ("membrane", "analog")) and not info.get("membrane")
         if row is not None and row.output == "signed":
             out = out.abs()  # a -1 spike is one spike
         if info.get("squeeze") and x is not None:

@@ -252,6 +252,10 @@ NEURON_OP_COSTS: Dict[str, Dict[str, Union[int, Dict[str, int]]]] = {
     },
 }
 
+#: neuron types of snntorch / sinabs whose output is their membrane, not spikes (SpikingJelly's and norse's say so
+#: in their rows of :data:`synopsloss.frameworks.NEURON_TYPES`): the table gives them no firing rate
+MEMBRANE_OUTPUT: Dict[str, Tuple[str, ...]] = {"sinabs": ("ExpLeak",)}
+
 _FRAMEWORK_LIBRARIES = ("spikingjelly", "norse")
 
 #: sinabs ``*Squeeze`` layers: inputs shaped ``[B*T, ...]``, samples known from ``batch_size`` / ``num_timesteps``.
@@ -430,6 +434,19 @@ def has_no_synapse(module: nn.Module) -> bool:
 def neuron_library(module: nn.Module) -> Optional[str]:
     """``"snntorch"``, ``"sinabs"``, ... when ``module`` is a spiking neuron layer, else ``None``."""
     return _lookup(NEURON_LIBRARIES, module)  # type: ignore[return-value]
+
+
+def outputs_membrane(module: nn.Module) -> bool:
+    """Whether a neuron layer of a library without row tables outputs its membrane, not spikes
+    (:data:`MEMBRANE_OUTPUT`; a subclass such as sinabs ``ExpLeakSqueeze`` too).
+
+    Example
+    -------
+    >>> outputs_membrane(nn.ReLU())
+    False
+    """
+    return any(c.__module__.split(".")[0] == lib and c.__name__ in names
+               for c in type(module).__mro__ for lib, names in MEMBRANE_OUTPUT.items())
 
 
 def layer_kind(module: nn.Module) -> LayerKind:

@@ -231,3 +231,22 @@ def test_the_monitor_writes_nothing_on_modules():
     for n in before:
         assert {k for k in after[n] - before[n] if "hook" in k or "synops" in k} == set(), n
         assert all(not getattr(net.get_submodule(n), attr) for attr in ("_forward_hooks", "_forward_pre_hooks")), n
+
+
+def test_a_neuron_that_outputs_its_membrane_has_no_firing_rate():
+    """sinabs ``ExpLeak`` emits its membrane, not spikes: no Out rate (a negative membrane sum is no rate), and
+    the Total rate is the spiking layers' alone (by hand: IAF output spikes / (neurons x steps x samples))."""
+    sinabs_layers = pytest.importorskip("sinabs.layers")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 16, bias=False), sinabs_layers.ExpLeak(tau_mem=5.0),
+                              torch.nn.Linear(16, 8, bias=False), sinabs_layers.IAF())
+    with torch.no_grad():
+        net[0].weight.mul_(3)
+    seen = []
+    net[3].register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    counter = sl.SynOpsCounter(net)
+    net((torch.rand(3, 6, 20, generator=torch.Generator().manual_seed(1)) < 0.3).float())
+    table = counter.table()
+    assert table["1"].firing_rate is None and table["1"].kind == "neuron"
+    want = float(seen[0].sum()) / (8 * 6 * 3)
+    assert table["3"].firing_rate == pytest.approx(want) and table.total.firing_rate == pytest.approx(want)
