@@ -40,6 +40,12 @@ FACTORIES = textwrap.dedent(
     def only_relu():
         return torch.nn.Sequential(torch.nn.ReLU())
 
+    def lin():
+        net = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False))
+        with torch.no_grad():
+            net[0].weight.fill_(1.0)
+        return net
+
     not_a_model = 3
     """
 )
@@ -204,3 +210,33 @@ def test_report_prints_the_mean_with_its_confidence_interval(env, tmp_path, monk
     mean = float(line.split("mean ")[1].split(" ")[0].replace(",", ""))
     assert mean >= _first_layer_synops(xs) - 0.1
     assert "95% CI" in line and "p95" in line
+
+
+@pytest.mark.parametrize("case", ["nan", "empty", "plot"])
+def test_report_bad_data_and_paths_give_one_line(env, tmp_path, case):
+    """NaN in the input, an input without samples, a plot path in a missing directory: one error line, status 2."""
+    x = torch.ones(3, 2, 4)
+    if case == "nan":
+        x[1, 0, 2] = float("nan")
+    elif case == "empty":
+        x = torch.ones(0, 2, 4)
+    path = tmp_path / "x.pt"
+    torch.save(x, path)
+    extra = ["--plot", str(tmp_path / "missing" / "p.png")] if case == "plot" else []
+    res = _report(env, "userpkg.models:lin", "--input", str(path), *extra)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    want = {"nan": "NaN or inf in the input of layer '0'", "empty": "--input holds 0 samples",
+            "plot": "cannot save the plot to"}[case]
+    assert want in res.stderr
+
+
+def test_report_folded_feed_without_squeeze_layers_stays_per_sample(env, tmp_path):
+    """``--feed folded`` on a plain model: the counter is told each batch's samples, so the numbers are per
+    sample (by hand: every input value 1 reaches 3 synapses, 4 inputs x 2 steps: 24 per sample), not per step."""
+    path = tmp_path / "x.pt"
+    torch.save(torch.ones(3, 2, 4), path)
+    for feed in ("steps", "folded"):
+        res = _report(env, "userpkg.models:lin", "--input", str(path), "--feed", feed, "--format", "csv")
+        assert res.returncode == 0, res.stderr
+        rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+        assert float(rows["0"]["synops"]) == 24.0

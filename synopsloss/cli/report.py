@@ -105,8 +105,13 @@ def _load(target: str):
     try:
         module = importlib.import_module(mod_name)
     except ImportError as err:
-        raise _Error(f"cannot import module {mod_name!r}: {err}. Is its package on PYTHONPATH "
-                     "(or installed), and is the name spelled with dots, not slashes?") from err
+        missing = getattr(err, "name", None)
+        if isinstance(err, ModuleNotFoundError) and missing and (mod_name == missing
+                                                                 or mod_name.startswith(missing + ".")):
+            raise _Error(f"cannot import module {mod_name!r}: {err}. Is its package on PYTHONPATH "
+                         "(or installed), and is the name spelled with dots, not slashes?") from err
+        raise _Error(f"importing module {mod_name!r} failed: {type(err).__name__}: {err}. "
+                     "Fix the module so that `python -c 'import MODULE'` works") from err
     except Exception as err:  # the module itself fails while importing (SyntaxError, its own code)
         raise _Error(f"importing module {mod_name!r} failed: {type(err).__name__}: {err}. "
                      "Fix the module so that `python -c 'import MODULE'` works") from err
@@ -119,11 +124,11 @@ def _load(target: str):
     if isinstance(obj, torch.nn.Module):
         return obj
     if not callable(obj):
-        raise _Error(f"{target!r} is a {type(obj).__name__}, neither an nn.Module nor a factory function")
+        raise _Error(f"{target!r} is of type {type(obj).__name__}, neither an nn.Module nor a factory function")
     try:
         model = obj()
     except Exception as err:
-        raise _Error(f"calling the factory {target!r}() failed: {type(err).__name__}: {err}") from err
+        raise _Error(f"calling the factory {target!r} failed: {type(err).__name__}: {err}") from err
     if not isinstance(model, torch.nn.Module):
         raise _Error(f"the factory {target!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -167,6 +172,9 @@ def _batches(args, torch):
                          f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
         if args.input_shape is not None and list(data.shape[2:]) != list(args.input_shape):
             raise _Error(f"--input holds samples of shape {list(data.shape[2:])} but --input-shape is {args.input_shape}")
+        if data.shape[0] == 0 or data.shape[1] == 0:
+            raise _Error(f"--input holds {data.shape[0]} samples of {data.shape[1]} time steps (shape "
+                         f"{list(data.shape)}): there is nothing to count; give at least one sample and one step")
         data = data.float()
         return [data[i:i + args.batch] for i in range(0, data.shape[0], args.batch)]
     if args.input_shape is None:
@@ -208,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..counter import SynOpsCounter
+    from ..registry import is_time_folding
 
     model = _load(args.target)
     model.eval()
@@ -220,8 +229,10 @@ def _run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            # the batches are [B, T, ...] (or [B*T, ...] folded, where the Squeeze layers know B)
+            # the batches are [B, T, ...] (or [B*T, ...] folded: the Squeeze layers know B; a model without them
+            # is told B per batch, so its numbers stay per sample, not per step)
             counter = SynOpsCounter(model, batch_dim=0, per_sample=feed != "folded")
+            told = feed == "folded" and not any(is_time_folding(m) for m in model.modules())
         except ValueError as err:
             raise _Error(f"nothing to count in {args.target}: {err}") from err
     for w in caught:
@@ -231,6 +242,8 @@ def _run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         for x in progress:
             counter.reset()
+            if told:
+                counter.batch_size = int(x.shape[0])
             _reset_state(model)
             try:
                 if feed == "sequence":
@@ -250,6 +263,8 @@ def _run(args: argparse.Namespace) -> int:
                 counter.snapshot()
             except RuntimeError as err:
                 raise _Error(f"no synaptic layer of {type(model).__name__} ran on the input: nothing was counted") from err
+            except FloatingPointError as err:  # NaN or inf in a counted layer's input
+                raise _Error(str(err)) from err
     counter.reset()
     silent = _silent_neurons(counter.snapshot(accumulated=True))
     if silent:
@@ -275,6 +290,9 @@ def _run(args: argparse.Namespace) -> int:
         if spread:
             print(spread)
     if args.plot:
-        table.plot(args.plot)
+        try:
+            table.plot(args.plot)
+        except OSError as err:  # (a directory that does not exist, no permission)
+            raise _Error(f"cannot save the plot to {args.plot!r}: {err}") from err
         print(f"plot saved to {args.plot}", file=sys.stderr)
     return 0
