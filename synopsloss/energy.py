@@ -122,6 +122,20 @@ def _f(v: Optional[float]) -> float:
     return float(v) if v is not None else 0.0
 
 
+def _check_joules(what: str, **values: Any) -> None:
+    """Energies must be finite joules >= 0: a negative or NaN one would give a silently wrong total."""
+    bad = {}
+    for k, v in values.items():
+        try:
+            ok = math.isfinite(float(v)) and float(v) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad[k] = v
+    if bad:
+        raise ValueError(f"{what}: energies must be finite joules >= 0, got {bad}")
+
+
 @dataclass(frozen=True)
 class OpEnergy(EnergyModel):
     """Energy per effective AC / MAC (and optionally per neuron operation).
@@ -138,6 +152,9 @@ class OpEnergy(EnergyModel):
     node: str = ""
     fidelity: str = ""
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        _check_joules(f"OpEnergy({self.name!r})", e_ac=self.e_ac, e_mac=self.e_mac, e_neuron_op=self.e_neuron_op)
 
     def parts(self, row: Any) -> Dict[str, float]:
         out: Dict[str, float] = {}
@@ -169,6 +186,10 @@ class DeviceEnergy(EnergyModel):
     fidelity: str = ""
     notes: str = ""
     energy_per_spike: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_joules(f"DeviceEnergy({self.name!r})", energy_per_synop=self.energy_per_synop,
+                      energy_per_neuron=self.energy_per_neuron, energy_per_spike=self.energy_per_spike)
 
     def parts(self, row: Any) -> Dict[str, float]:
         out: Dict[str, float] = {}
@@ -410,8 +431,8 @@ def register_device(
     _require_source(source, f"register_device({name!r})")
     if fidelity not in FIDELITIES:
         raise ValueError(f"fidelity must be one of {FIDELITIES}, got {fidelity!r}")
-    if energy_per_synop < 0 or energy_per_neuron < 0 or energy_per_spike < 0:
-        raise ValueError("energies must be non-negative (joules)")
+    _check_joules(f"register_device({name!r})", energy_per_synop=energy_per_synop,
+                  energy_per_neuron=energy_per_neuron, energy_per_spike=energy_per_spike)
     dev = DeviceEnergy(name, float(energy_per_synop), float(energy_per_neuron), bool(spiking), str(source), year,
                        node, fidelity, notes, float(energy_per_spike))
     ENERGY_PRESETS[name] = dev

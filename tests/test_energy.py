@@ -110,3 +110,18 @@ def test_unknown_energy_preset_is_named():
         get_energy_model("tpu")
     with pytest.raises(ValueError, match="e_ac"):
         get_energy_model({"e_mac": 1.0})
+
+
+@pytest.mark.parametrize("bad", [-1e-12, float("nan"), float("inf")])
+def test_negative_or_nan_energies_are_refused(bad):
+    """A negative or NaN energy would give a silently wrong total: every way of giving one is refused."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(torch.ones(1, 2))
+    with pytest.raises(ValueError, match="energies must be finite joules >= 0"):
+        counter.table(energy={"e_ac": bad, "e_mac": 4.6e-12})
+    with pytest.raises(ValueError, match="energies must be finite joules >= 0"):
+        sl.OpEnergy("bad", 0.9e-12, bad)
+    with pytest.raises(ValueError, match="energies must be finite joules >= 0"):
+        register_device("bad-device-test", bad, 1e-12, spiking=True, source="a test")
+    assert "bad-device-test" not in ENERGY_PRESETS
