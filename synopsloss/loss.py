@@ -53,15 +53,15 @@ class _Term:
     initial: Optional[float] = None  # frozen after calibration (fraction terms)
 
 
-def _positive(name: str, value: Any) -> None:
+def _positive(name: str, value: Any, unit: str = "synops") -> None:
     if isinstance(value, Schedule):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ArgumentTypeError(f"{name} must be a number or a synopsloss.schedules.Schedule, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
-            f"{name} must be > 0, got {value!r}: a synops target of zero or less can only be approached "
-            "by silencing the network. Give a positive number of synops per sample (or fraction=)."
+            f"{name} must be > 0, got {value!r}: a target of zero or less can only be approached "
+            f"by silencing the network. Give a positive number of {unit} per sample (or fraction=)."
         )
 
 
@@ -233,10 +233,10 @@ class SynOpsLoss:
             self.layers: Union[str, List[str]] = list(spec)
             self._terms = []
             for name, value in spec.items():
-                _positive(f"{kind}[{name!r}]", value)
+                _positive(f"{kind}[{name!r}]", value, self._unit)
                 self._terms.append(_Term(name, [name], as_schedule(value, f"{kind}[{name!r}]"), kind))
         else:
-            _positive(kind, spec)
+            _positive(kind, spec, self._unit)
             if isinstance(layers, str):
                 if layers not in ("driven", "all"):
                     raise ValueError(f"layers must be 'driven', 'all' or a list of layer names, got {layers!r}")
