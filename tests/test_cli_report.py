@@ -240,3 +240,13 @@ def test_report_folded_feed_without_squeeze_layers_stays_per_sample(env, tmp_pat
         assert res.returncode == 0, res.stderr
         rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
         assert float(rows["0"]["synops"]) == 24.0
+
+
+def test_report_says_the_poisson_options_are_unused_with_an_input_file(env, tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save(torch.ones(3, 2, 4), path)
+    res = _report(env, "userpkg.models:lin", "--input", str(path), "--batches", "5", "--rate", "0.5")
+    assert res.returncode == 0, res.stderr
+    assert "--batches, --rate set the Poisson input; with --input FILE they are not used" in res.stderr
+    res = _report(env, "userpkg.models:lin", "--input", str(path))
+    assert "Poisson input" not in res.stderr

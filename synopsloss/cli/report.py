@@ -159,8 +159,17 @@ def _reset_state(model) -> None:
                 m.reset_states()
 
 
+#: the options of the Poisson input, unused with ``--input FILE``, and their defaults
+_POISSON = {"timesteps": ("--timesteps", 20), "batches": ("--batches", 1), "rate": ("--rate", 0.1),
+            "seed": ("--seed", 0)}
+
+
 def _batches(args, torch):
     if args.input is not None:
+        unused = [flag for key, (flag, default) in _POISSON.items() if getattr(args, key, default) != default]
+        if unused:
+            print(f"synopsloss report: warning: {', '.join(unused)} set the Poisson input; with --input FILE "
+                  "they are not used (the file gives the samples and their time steps)", file=sys.stderr)
         try:
             data = torch.load(args.input, map_location="cpu", weights_only=True)
         except FileNotFoundError as err:
