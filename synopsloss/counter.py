@@ -702,8 +702,7 @@ class SynOpsCounter:
         return batch_layout.Options(
             batch_size=self.batch_size, batch_dim=self.batch_dim, time_dim=self.time_dim,
             batch_dim_given=self._batch_dim_given, layout_given=self._layout_given,
-            batch_first_layers=self._batch_first_layers, fallback_batch_size=self.fallback_batch_size,
-            op_rows=frozenset(n for n in self._batch.states if n not in self._layers))
+            batch_first_layers=self._batch_first_layers, fallback_batch_size=self.fallback_batch_size)
 
     def _check_new_call(self, batch: _Batch) -> None:
         """The model is called again on a batch whose counts were read, backpropagated or interrupted."""
@@ -806,7 +805,7 @@ class SynOpsCounter:
                         if q is None:
                             # the first such call's stamp (forward order) and the weight's version at it: a read
                             # that finds the weight's zero pattern changed since names the change
-                            q = batch.quick[name] = [_NEXT_STAMP(), weight._version]
+                            q = batch.quick[name] = [_NEXT_STAMP(), version_of(weight)]
                         q.append((x, x._version, same, weight, data))
                         return None
                     state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)
@@ -1036,7 +1035,10 @@ class SynOpsCounter:
 
     def _samples(self) -> int:
         """Samples of the current batch, checked against every layer's rows (:func:`synopsloss.layout.samples`)."""
-        return batch_layout.samples(self._batch, self._batch.layers, self._layout_options())
+        layers = self._batch.layers
+        options = dataclasses.replace(self._layout_options(),  # (the op rows: for the messages of a bad reading)
+                                      op_rows=frozenset(n for n in layers if n not in self._layers))
+        return batch_layout.samples(self._batch, layers, options)
 
     def _require_batch(self, what: str) -> None:
         batch = self._batch
