@@ -219,6 +219,8 @@ class CounterSnapshot:
         >>> a.merge(b).per_layer()["fc"]["synops"]
         3.0
         """
+        if not isinstance(other, CounterSnapshot):
+            raise TypeError(f"CounterSnapshot.merge takes another CounterSnapshot, got {type(other).__name__}")
 
         def add(mine: Dict[str, Any], theirs: Dict[str, Any], keys: Tuple[str, ...]) -> Dict[str, Any]:
             out = dict(mine)

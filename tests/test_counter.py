@@ -832,3 +832,24 @@ def test_remove_leaves_no_hooks_attributes_or_state():
     assert not counter.attached
     # the counts stay readable after removal
     assert counter.snapshot().per_layer()["0"]["dense"] > 0
+
+
+def test_merged_snapshots_hold_both_sets_of_samples():
+    """Two batches counted by two counters, merged: per-sample synops over all 3 samples, by hand (bias-free
+    Linear of ones: each input value reaches 2 synapses); anything but a snapshot is refused."""
+    from synopsloss.snapshot import CounterSnapshot
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    a = sl.SynOpsCounter(net, neurons=False)
+    net(torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))  # 3 spikes x 2 synapses = 6, over 2 samples
+    snap_a = a.snapshot()
+    a.remove()
+    b = sl.SynOpsCounter(net, neurons=False)
+    net(torch.tensor([[1.0, 1.0, 1.0]]))  # 3 spikes x 2 = 6, over 1 sample
+    merged = snap_a.merge(b.snapshot())
+    assert merged.samples == 3 and merged.per_layer()["0"]["synops"] == pytest.approx(12.0 / 3)
+    with pytest.raises(TypeError, match="takes another CounterSnapshot"):
+        snap_a.merge(5)
+    assert isinstance(merged, CounterSnapshot)
