@@ -49,7 +49,8 @@ class _Term:
     layers: Optional[List[str]]  # None: resolved per call from `layers=` ("driven" / "all")
     schedule: Schedule  # absolute target, fraction of the initial synops, or budget (synops/s)
     kind: str  # "target" | "fraction" | "budget"
-    initial_sum: Optional[Tensor] = None  # detached running sum over the calibration batches
+    initial_sum: Optional[Tensor] = None  # detached running sum over the calibration batches, x their samples
+    initial_samples: int = 0  # the samples of those batches (the initial synops are a per-sample average)
     initial: Optional[float] = None  # frozen after calibration (fraction terms)
 
 
@@ -113,8 +114,8 @@ class SynOpsLoss:
         see the module docstring), ``"all"``, or a list of layer names.
     calibration_batches
         Number of first training calls (made with gradients on) whose synops define the initial synops
-        (``fraction``); a call without gradients (a validation pass) reads the running target and calibrates
-        nothing.
+        (``fraction``: their per-sample average over those batches' samples); a call without gradients (a
+        validation pass) reads the running target and calibrates nothing.
     quantile
         Regularise a quantile of the batch's *per-sample* synops instead of
         their mean: ``quantile=0.95`` with ``target=B`` asks that 95% of the
@@ -524,14 +525,17 @@ class SynOpsLoss:
                 raise RuntimeError(f"{self._name}: layer {names[0]!r} was not called in this batch; cannot turn its budget into synops")
             return value * self.dt * steps
         # fraction of the initial synops
-        if calibrating and not self._training_call:  # the running mean with this batch, kept by none
-            sd = s.detach()
+        # (a per-sample average over the calibration batches' samples, as under DDP: a short batch weighs less)
+        n = self.counter.samples if calibrating else 0
+        if calibrating and not self._training_call:  # the running average with this batch, kept by none
+            sd = s.detach() * n
             total = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
-            initial: Union[Tensor, float] = total / (self._calls + 1)
+            initial: Union[Tensor, float] = total / (term.initial_samples + n)
         elif calibrating:
-            sd = s.detach()
+            sd = s.detach() * n
             term.initial_sum = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
-            initial = term.initial_sum / self._calls
+            term.initial_samples += n
+            initial = term.initial_sum / term.initial_samples
             if self._calls == self.calibration_batches:
                 term.initial = float(initial)  # one sync, once
                 initial = term.initial
@@ -703,7 +707,8 @@ class SynOpsLoss:
                 partial = float(t.initial_sum)
                 dtype = str(t.initial_sum.dtype).replace("torch.", "")  # (float64 joules for EnergyLoss)
             terms.append({"label": t.label, "kind": t.kind, "schedule": t.schedule.state_dict(),
-                          "initial": t.initial, "initial_sum": partial, "initial_sum_dtype": dtype})
+                          "initial": t.initial, "initial_sum": partial, "initial_sum_dtype": dtype,
+                          "initial_samples": t.initial_samples})
         return {"last_step": self.last_step, "calls": self._calls, "weight": self.weight.state_dict(), "terms": terms}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -726,6 +731,8 @@ class SynOpsLoss:
             t.initial = s["initial"]
             dtype = getattr(torch, s.get("initial_sum_dtype") or "", None) or torch.get_default_dtype()
             t.initial_sum = None if s["initial_sum"] is None else torch.tensor(s["initial_sum"], dtype=dtype)
+            # (a state saved before the per-sample average: a sum of batch means, one weight per batch)
+            t.initial_samples = int(s.get("initial_samples", self._calls))
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{t.label}: {t.kind} {t.schedule!r}" for t in self._terms)

@@ -384,3 +384,36 @@ def test_a_call_without_gradients_does_not_calibrate_a_fraction():
     net(x)
     loss_fn()
     assert loss_fn.calibrated and loss_fn.initial()["driven"] == pytest.approx(9.0)
+
+
+def test_fraction_calibration_averages_over_samples_not_batches():
+    """Two calibration batches of 2 and 1 samples: the initial synops are the per-sample average over the 3
+    samples (as under DDP), by hand; a state saved half-way resumes to the same value."""
+    def build():
+        net = torch.nn.Sequential(torch.nn.Linear(3, 2, bias=False), torch.nn.ReLU(),
+                                  torch.nn.Linear(2, 2, bias=False))
+        with torch.no_grad():
+            net[0].weight.fill_(1.0)
+            net[2].weight.fill_(1.0)
+        counter = sl.SynOpsCounter(net, neurons=False)
+        return net, counter, sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=2)
+
+    # driven synops per sample: hidden h = sum(x) on both units, each reaching 2 synapses: 4 * sum(x)
+    first = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # sums 1 and 3: 4 and 12 synops
+    second = torch.tensor([[1.0, 1.0, 1.0]])  # sum 3: 12 synops
+    net, counter, loss_fn = build()
+    for x in (first, second):
+        counter.reset()
+        net(x)
+        loss_fn()
+    assert loss_fn.initial()["driven"] == pytest.approx((4 + 12 + 12) / 3)  # not the batch means' (8 + 12) / 2
+    net, counter, half = build()
+    counter.reset()
+    net(first)
+    half()
+    net, counter, resumed = build()
+    resumed.load_state_dict(half.state_dict())
+    counter.reset()
+    net(second)
+    resumed()
+    assert resumed.initial()["driven"] == pytest.approx((4 + 12 + 12) / 3)
