@@ -525,20 +525,18 @@ class SynOpsLoss:
                 raise RuntimeError(f"{self._name}: layer {names[0]!r} was not called in this batch; cannot turn its budget into synops")
             return value * self.dt * steps
         # fraction of the initial synops
-        # (a per-sample average over the calibration batches' samples, as under DDP: a short batch weighs less)
-        n = self.counter.samples if calibrating else 0
-        if calibrating and not self._training_call:  # the running average with this batch, kept by none
+        if calibrating:
+            # a per-sample average over the calibration batches' samples (as under DDP: a short batch weighs
+            # less); a call without gradients reads the running average with its batch and keeps nothing
+            n = self.counter.samples
             sd = s.detach() * n
             total = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
             initial: Union[Tensor, float] = total / (term.initial_samples + n)
-        elif calibrating:
-            sd = s.detach() * n
-            term.initial_sum = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
-            term.initial_samples += n
-            initial = term.initial_sum / term.initial_samples
-            if self._calls == self.calibration_batches:
-                term.initial = float(initial)  # one sync, once
-                initial = term.initial
+            if self._training_call:
+                term.initial_sum, term.initial_samples = total, term.initial_samples + n
+                if self._calls == self.calibration_batches:
+                    term.initial = float(initial)  # one sync, once
+                    initial = term.initial
         else:
             initial = term.initial if term.initial is not None else 0.0
         if isinstance(initial, float) and not initial > 0:

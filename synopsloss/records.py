@@ -80,7 +80,8 @@ class Call(NamedTuple):
     events: bool = True  # integer inputs (spike counts) are that many accumulate events; False: NeuroBench's MACs
     per_row: bool = False  # also keep the synops of each row (per-sample distributions)
     encoding: str = "unary"  # how a count is sent: "unary" (k events), "bitplane" (one event per set bit of k)
-    wversion: int = -1  # the weight's version counter when the batch's first forward started (-1: not known)
+    wversion: int = -1  # the weight's version counter at the call (a repeated call: at its layer's first one in the
+    # batch); -1: not known
 
 
 class Sums(NamedTuple):
