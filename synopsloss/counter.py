@@ -87,13 +87,13 @@ from .hooks import compiling as _COMPILING
 from .hooks import STAMPS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, geometry, module_map_args, rule_weight, weight_mask
-from .records import Call, version_of
+from .records import Call, reducible_now, reduce_now, version_of
 from .fastpath import EncoderGuard
 from .opscope import OpScope, class_code, compiled_submodules
 from .pooling import PoolEvents
 from .reductions import Scratch
 from .snapshot import COUNT_KEYS, CounterSnapshot, LayerStats
-from .state import SUM_KEYS, SynapseState, Totals, _sum, fold, settle_all
+from .state import SUM_KEYS, SynapseState, Totals, _sum, add_now, fold, settle_all
 
 __all__ = ["SynOpsCounter", "SynOpsWarning", "UnsupportedLayerWarning", "COUNT_KEYS"]
 
@@ -107,6 +107,39 @@ class _Layer:
     maps: MapCache
     last: Any = None  # (in_shape, out_shape, weight, entry) of the last call: a repeated call skips the map look-up
     same: Optional["_Repeat"] = None  # what a call like the last one reuses (its checks passed; same record but x)
+    once: Optional["_Once"] = None  # evaluated twice per call of its neuron (registry.REPEATED_EVALUATIONS)
+
+
+class _Once:
+    """A layer that its neuron module evaluates twice per call on the same input (snntorch's zero reset runs
+    ``recurrent(self.spk)`` twice): the second call within one call of the neuron is not counted.
+
+    :meth:`enter` is the neuron's forward pre-hook (it numbers the neuron's calls); :meth:`repeated` tells
+    whether a call of the layer reads the tensor its previous call read (the same object, unchanged) within
+    the same call of the neuron, while the neuron's attribute has the value that makes it evaluate twice."""
+
+    __slots__ = ("neuron", "attr", "value", "serial", "last")
+
+    def __init__(self, neuron: nn.Module, attr: str, value: Any) -> None:
+        self.neuron = weakref.ref(neuron)
+        self.attr, self.value = attr, value
+        self.serial = 0
+        self.last: Optional[tuple] = None  # (serial, weak reference to the input, its version)
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        self.serial += 1
+
+    def repeated(self, args: tuple) -> bool:
+        neuron = self.neuron()
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        if x is None or neuron is None or getattr(neuron, self.attr, None) != self.value:
+            self.last = None
+            return False
+        last = self.last
+        if last is not None and last[0] == self.serial and last[1]() is x and last[2] == x._version:
+            return True
+        self.last = (self.serial, weakref.ref(x), x._version)
+        return False
 
 
 class _Repeat(NamedTuple):
@@ -143,6 +176,11 @@ class _Batch(batch_layout.Evidence):
     quick: Dict[str, list] = field(default_factory=dict)
     unreduced: Dict[int, SynapseState] = field(default_factory=dict)  # layers with calls made without gradients
     unreduced_bytes: int = 0  # bytes of the inputs those calls hold
+    # calls reduced when made: (id(weight as used), id(map entry)) -> (the entry's current map, the weight, its
+    # version when checked); the map is checked against the weight once per batch and after each in-place change
+    current: Dict[tuple, tuple] = field(default_factory=dict)
+    input_shape: Tuple[int, ...] = ()  # the shape of the first tensor the model was first called with
+    probe_major: Optional[bool] = None  # a layer of known layout read [B, T, ...] (True) or [T, B, ...] (False)
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
     held: List[Tensor] = field(default_factory=list)  # that data, held so that no other tensor reuses its memory
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
@@ -166,10 +204,10 @@ class _Batch(batch_layout.Evidence):
         return self.states
 
 
-def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1) -> None:
+def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1, record: bool = True) -> None:
     """Add a layer's repeated calls (input, its version, the :class:`_Repeat` it repeats, the weight, whether it
     read data) to the state's fields and records, in call order (``wversion``: the weight's version at the first
-    of them, -1 when not known)."""
+    of them, -1 when not known; ``record=False``: the calls were reduced when made, they are not recorded)."""
     for x, version, same, weight, data in entries:
         rows = same.rows
         state.calls += 1
@@ -178,8 +216,9 @@ def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1) -> Non
         state.in_values += same.in_values
         state.data_calls += data
         state.leads[same.lead] += 1
-        state.records.append(Call(x, rows, same.entry, weight, same.maps, None, None, version, same.events,
-                                  wversion=wversion))
+        if record:
+            state.records.append(Call(x, rows, same.entry, weight, same.maps, None, None, version, same.events,
+                                      wversion=wversion))
     last = entries[-1][2]
     state.in_shape, state.out_shape, state.in_neurons = last.in_shape, last.sample_out, last.in_neurons
 
@@ -501,9 +540,13 @@ class SynOpsCounter:
     def _attach_module(self, name: str, module: nn.Module) -> None:
         rule = registry.find_rule(module, self._rules)
         if rule is not None:
-            self._layers[name] = _Layer(module, rule, self._maps.setdefault(name, MapCache()))
+            layer = self._layers[name] = _Layer(module, rule, self._maps.setdefault(name, MapCache()))
             if self._scope.scoped_rule(name, module, rule, self._rules):
                 return  # its forward is counted op by op, with the weight its ops receive
+            twice = registry.repeated_evaluation(self.model, name)
+            if twice is not None:
+                layer.once = _Once(*twice)
+                self._hooks.pre(twice[0], layer.once.enter, owned=False)
             # prepend: the hook runs before FSDP2's forward hook reshards the weight (synopsloss.sharding)
             self._hooks.direct(module, self._layer_hook_for(name, self._layers[name]))
             return
@@ -662,6 +705,8 @@ class SynOpsCounter:
                     inputs.add(ptr)
         batch.held = data
         batch.inputs = inputs
+        if not batch.input_shape and tensors and not tensors[0].is_nested:
+            batch.input_shape = tuple(tensors[0].shape)
         if self.time_dim is not None:
             if not tensors or tensors[0].dim() <= self.time_dim:
                 raise ValueError(
@@ -765,6 +810,8 @@ class SynOpsCounter:
         except ValueError:
             return  # an input it cannot read (unbatched): the other sources decide
         batch_layout.add_probe(self._batch, name, b, t, samples)
+        if self._batch.probe_major is None and layout[2] is not None and layout[2] >= 0 and args[0].dim() > 1:
+            self._batch.probe_major = layout[1] < layout[2]
 
     def _layer_hook_for(self, name: str, layer: _Layer) -> Any:
         """The forward hook of counted layer ``name``.
@@ -808,9 +855,17 @@ class SynOpsCounter:
                             q = batch.quick[name] = [_NEXT_STAMP(), version_of(weight)]
                         q.append((x, x._version, same, weight, data))
                         return None
-                    state = self._state(name, same.device)  # (without gradients: reduced when the forward returns)
-                    _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight))
-                    self._hold(state, x.numel() * x.element_size(), name, not (data or x.requires_grad))
+                    # without gradients: a large call is reduced now, a small one when the forward returns
+                    state = self._state(name, same.device)
+                    now = reducible_now(x, same.rows, same.in_neurons) and self._reduce_now(
+                        state, x, same.rows, same.entry, weight, same.maps, same.events)
+                    _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight), not now)
+                    lost = not (data or x.requires_grad)
+                    if now:
+                        if lost:
+                            self._warn_lost(name, 4)
+                    else:
+                        self._hold(state, x.numel() * x.element_size(), name, lost)
                     return None
             slow(self, module, args, kwargs, out, name=name)
             return None
@@ -819,6 +874,8 @@ class SynOpsCounter:
 
     def _layer_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any, *, name: str) -> None:
         layer = self._layers[name]
+        if layer.once is not None and not _in_backward() and layer.once.repeated(args):
+            return  # its neuron's own second evaluation on the same spikes (snntorch's zero reset)
         if layer.rule.count is not None:
             counts = layer.rule.count(module, args, kwargs, output)
             if not _in_backward():  # gradient checkpointing re-runs forwards in backward: counted once
@@ -889,7 +946,8 @@ class SynOpsCounter:
                                     events=self.integer_spikes == "events"),
                          in_shape=in_shape, out_shape=out_shape, data=self._is_data(x), lead=lead)
         plain = rule.weight if not rule.weight.endswith("()") else ""
-        if (self._lean and x is given and not self._sharded.holds(name) and not sharding.is_dtensor(weight)
+        if (self._lean and x is given and layer.once is None and not self._sharded.holds(name)
+                and not sharding.is_dtensor(weight)
                 and (module._parameters.get(plain) is weight if plain else True)):
             # what the next call like this one reuses (see the top of this method)
             n_in = entry.effective.numel()
@@ -933,9 +991,48 @@ class SynOpsCounter:
         state.leads[lead if lead is not None else (call.rows,)] += 1
         if call.weight is not None:  # (its version at this call: changed later, the read says so)
             call = call._replace(wversion=version_of(call.weight))
-        state.records.append(call)
         if not torch.is_grad_enabled() or call.x.is_inference():
-            self._hold(state, call.x.numel() * call.x.element_size(), name, not (data or call.x.requires_grad))
+            lost = not (data or call.x.requires_grad)
+            if (call.scale is None and not call.per_row and call.encoding == "unary"
+                    and reducible_now(call.x, call.rows, state.in_neurons)
+                    and self._reduce_now(state, call.x, call.rows, call.entry, call.weight, call.cache, call.events)):
+                if lost:
+                    self._warn_lost(name)
+                return  # reduced now (a large call): not held
+            state.records.append(call)
+            self._hold(state, call.x.numel() * call.x.element_size(), name, lost)
+        else:
+            state.records.append(call)
+
+    def _reduce_now(self, state: SynapseState, x: Tensor, rows: int, entry: LayerMaps, weight: Optional[Tensor],
+                    cache: Optional[MapCache], events: bool) -> bool:
+        """Reduce a call made without gradients at once (:func:`synopsloss.records.reduce_now`), against its
+        weight's current map; ``False`` (nothing done) where it must be held instead."""
+        ent = entry
+        if weight is not None and cache is not None:
+            key = (id(weight), id(entry))
+            known = self._batch.current.get(key)
+            version = version_of(weight)
+            if known is None or known[2] != version or version < 0:
+                known = self._batch.current[key] = (cache.current(entry, weight), weight, version)
+            ent = known[0]
+        counts = reduce_now(x, rows, ent, events)
+        if counts is None:
+            return False
+        add_now(state, counts)
+        state.maps = ent
+        return True
+
+    def _warn_lost(self, name: str, stacklevel: int = 5) -> None:
+        """A layer whose input is computed and has no gradient, called without gradients inside a forward of
+        the model made with them: named once (a synops loss cannot reach it)."""
+        batch = self._batch
+        if batch.pending and batch.grad and not torch.is_grad_enabled():
+            self._warn_once(
+                f"synopsloss: layer {name!r} ran without gradients inside a forward of the model that has them (a "
+                "torch.no_grad() block in the model, or torch.utils.checkpoint(..., use_reentrant=True), whose "
+                "forward runs without gradients): its synops are counted but carry no gradient, so a synops loss "
+                "cannot lower them. Checkpoint with use_reentrant=False.", stacklevel=stacklevel)
 
     def _hold(self, state: SynapseState, nbytes: int, name: str, lost: bool) -> None:
         """A call made without gradients: reduced (without a graph) when the model's forward returns, or
@@ -944,13 +1041,9 @@ class SynOpsCounter:
 
         ``lost``: its input is computed and has no gradient (a layer inside a ``no_grad`` block of a forward
         made with gradients is named in a warning: a synops loss cannot reach it)."""
+        if lost:
+            self._warn_lost(name)
         batch = self._batch
-        if lost and batch.pending and batch.grad and not torch.is_grad_enabled():
-            self._warn_once(
-                f"synopsloss: layer {name!r} ran without gradients inside a forward of the model that has them (a "
-                "torch.no_grad() block in the model, or torch.utils.checkpoint(..., use_reentrant=True), whose "
-                "forward runs without gradients): its synops are counted but carry no gradient, so a synops loss "
-                "cannot lower them. Checkpoint with use_reentrant=False.", stacklevel=4)
         batch.unreduced[id(state)] = state
         batch.unreduced_bytes += nbytes
         if batch.unreduced_bytes > HELD_BYTES:
@@ -1024,7 +1117,12 @@ class SynOpsCounter:
                 self._hold(state, c.held_bytes, name, False)
             return
         # the counts are summed when read (SynapseState.settle): no tensor op per call for them here
-        state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero)
+        if c.ac_effective is None:
+            state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero)
+        else:  # its ACs and its MACs as two records (the operands that are spikes, and the others)
+            zero = c.dense.new_zeros(())
+            state.record(c.dense, c.effective - c.ac_effective, zero.bool(), c.input_sum, c.input_nonzero)
+            state.record(zero, c.ac_effective, ~zero.bool(), zero, zero)
         state.synops = c.synops if state.synops is None else state.synops + c.synops
 
     def accumulate(self, name: str, counts: OpCounts, *, data: bool, lead: Optional[Tuple[int, ...]]) -> None:
@@ -1271,7 +1369,7 @@ class SynOpsCounter:
         self._reduce_held()  # calls made without gradients: reduced without a graph first
         settle_all(states)
         self._batch.read = True
-        batch_major = self._batch.fold_batch is not None
+        batch_major = self._batch_major(b)
         out: Dict[str, Tensor] = {}
         for name, state in self._batch.layers.items():
             if not state.call_leads:
@@ -1297,6 +1395,23 @@ class SynOpsCounter:
         if not out:
             raise RuntimeError("counter.per_sample(): no layer with a fan-out map ran in this batch")
         return torch.stack(list(out.values())).sum(0)
+
+    def _batch_major(self, samples: int) -> Optional[bool]:
+        """Whether the model's input holds its samples before its time steps (``[B, T, ...]``: ``True``), after
+        them (``[T, B, ...]``: ``False``), or ``None`` when neither the options nor the input's shape say."""
+        batch = self._batch
+        if batch.fold_batch is not None:  # sinabs Squeeze layers: [B*T] batch-major
+            return True
+        if self.time_dim is not None:
+            return self.time_dim != 0
+        if self._batch_dim_given:
+            return self.batch_dim == 0
+        if batch.probe_major is not None:  # (SpikingJelly's multi-step layers: [T, B, ...])
+            return batch.probe_major
+        shape = batch.input_shape
+        if len(shape) >= 2 and (shape[0] == samples) != (shape[1] == samples):
+            return shape[0] == samples
+        return None
 
     def _watch_backward(self, t: Tensor) -> None:
         ref = weakref.ref(self._batch)
@@ -1546,18 +1661,34 @@ def _calls_of(cls: type) -> Optional[frozenset]:
     return code.calls if code is not None else None
 
 
-def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: bool, name: str) -> Tensor:
-    """The sample each row of a call belongs to (``[rows]`` int64), from the call's leading dims."""
+def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Optional[bool], name: str) -> Tensor:
+    """The sample each row of a call belongs to (``[rows]`` int64), from the call's leading dims.
+
+    ``batch_major``: how the model's input holds samples and time steps (``True``: ``[B, T, ...]``, ``False``:
+    ``[T, B, ...]``, ``None``: not known); it decides the rows whose leading dims could be read either way
+    (``[B*T]`` folded, or ``[N, N, ...]`` with as many time steps as samples), and where it is not known these
+    are refused, not guessed."""
     r = torch.arange(rows)
     if rows % samples:
         raise ValueError(f"synopsloss: layer {name!r} read {rows} rows, not a multiple of {samples} samples")
+    if rows == samples:  # one row per sample
+        return r
+    both = len(lead) >= 2 and lead[0] == samples and lead[1] == samples
+    if both or (len(lead) == 1 and lead[0] == rows):  # [N, N, ...] or folded [B*T] / [T*B]: the layout decides
+        if batch_major is None:
+            raise ValueError(
+                f"synopsloss: layer {name!r} read rows with leading dims {lead}, which hold {samples} samples "
+                "either batch-first or time-first, and the model's input does not say which: its synops cannot "
+                "be split by sample. Pass time_dim= (or batch_dim=) for the model's input layout.")
+        if batch_major:
+            return r // (rows // samples)
+        inner = rows // (lead[0] * samples) if both else 1
+        return (r // inner) % samples
     if lead and lead[0] == samples:  # [B, ...]: batch-major
         return r // (rows // samples)
     if len(lead) >= 2 and lead[1] == samples:  # [T, B, ...]
         inner = rows // (lead[0] * samples)
         return (r // inner) % samples
-    if len(lead) == 1:  # [B*T] (sinabs, batch-major) or [T*B] (SpikingJelly's SeqToANNContainer)
-        return r // (rows // samples) if batch_major else r % samples
     raise ValueError(
         f"synopsloss: layer {name!r} read rows with leading dims {lead}, none of which is the batch's {samples} "
         "samples: its synops cannot be split by sample. Pass batch_dim= / time_dim= for the model's input layout, "

@@ -908,8 +908,9 @@ def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: A
     fan-out(recurrent_weights))`` (fan-out: nonzero entries of a column);
     effective: nonzero inputs x fan-out; *dense*: every entry of both weights at
     every step, since norse multiplies the recurrent weights at every step
-    (with zeros when no state is passed). The ops are ACs when ``x`` is in
-    {-1, 0, 1} (``z`` are spikes). Cells hold ``B`` rows per call, sequence
+    (with zeros when no state is passed). Each weight's ops are ACs when the
+    values it multiplies are in {-1, 0, 1}: the recurrent weights' (spikes
+    ``z``) are ACs also when the input ``x`` is analog (its ops then MACs). Cells hold ``B`` rows per call, sequence
     modules ``T*B`` (``samples`` = ``B``: the layout is known). ``LIFMC*``
     cells' compartment coupling ``g_coupling`` (membrane x membrane, not
     spike-driven) is not counted (a warning says so).
@@ -951,14 +952,18 @@ def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: A
         effective = torch.zeros((), dtype=dtype, device=x.device)
         dense = torch.zeros((), dtype=dtype, device=x.device)
         spiking = torch.ones((), dtype=torch.bool, device=x.device)
+        ac_effective = torch.zeros((), dtype=dtype, device=x.device)  # the ops of the weights that spikes drive
     for t, w in pairs:
         flat = t.reshape(-1, w.shape[1]).to(dtype)
         fan = (w.detach() != 0).sum(0).to(dtype)
         synops = synops + (magnitude(flat) * fan).sum()
         with torch.no_grad():
-            effective = effective + ((flat != 0).to(dtype) * fan).sum()
+            pair = ((flat != 0).to(dtype) * fan).sum()
+            pair_spiking = torch.all((flat == 0) | (flat.abs() == 1))
+            effective = effective + pair
+            ac_effective = ac_effective + torch.where(pair_spiking, pair, pair.new_zeros(()))
             dense = dense + float(flat.shape[0] * w.numel())
-            spiking = spiking & torch.all((flat == 0) | (flat.abs() == 1))
+            spiking = spiking & pair_spiking
     rows = x.numel() // w_in.shape[1]
     samples = int(x.shape[1]) if sequence else (int(x.shape[0]) if x.dim() >= 2 else 1)
     with torch.no_grad():
@@ -967,6 +972,7 @@ def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: A
             synops=synops, dense=dense, effective=effective, spiking=spiking, rows=rows, samples=samples,
             in_shape=(int(w_in.shape[1]),), out_shape=(int(w_in.shape[0]),),
             input_sum=magnitude(xd).sum(), input_nonzero=(xd != 0).sum().to(dtype), in_neurons=int(w_in.shape[1]),
+            ac_effective=None if len(pairs) == 1 else ac_effective,
         )
 
 

@@ -105,6 +105,9 @@ class OpCounts:
     input_nonzero: Tensor
     in_neurons: int = 0
     samples: Optional[int] = None  # samples of the call, when the layer knows its layout (batch_first)
+    #: of ``effective``, the ops that are ACs when only some of the call's operands are spikes (norse: an analog
+    #: input with the recurrent spikes); ``None``: all or none are, as ``spiking`` says
+    ac_effective: Optional[Tensor] = None
     #: a call recorded for the read: ``later()`` gives ``(synops, dense, effective, spiking, input_sum,
     #: input_nonzero)`` (the tensor fields above are ``None``); ``device`` is its operands', ``held_bytes``
     #: what it holds until then
@@ -321,6 +324,19 @@ class LayerMaps:
     key: Any = field(default=None, repr=False)
     _fanout: Optional[Tuple[Tensor, Tensor]] = field(default=None, repr=False, compare=False)
     _zeros: Any = field(default=None, repr=False, compare=False)  # (nonzeros, flat indices of the zeros) of mask
+    # the entry rebuilt from this one when the weight's pattern changed: a call that still holds this entry (a
+    # layer's repeated calls do) is checked against that one, so the map is rebuilt once per change, not per read
+    _newer: Optional["LayerMaps"] = field(default=None, repr=False, compare=False)
+
+    def newest(self) -> "LayerMaps":
+        """The latest entry rebuilt from this one (``self`` when none was); the chain is shortened as it is read."""
+        ent = self._newer
+        if ent is None:
+            return self
+        while ent._newer is not None:
+            ent = ent._newer
+        self._newer = ent
+        return ent
 
     def same_pattern(self, weight: Tensor) -> bool:
         """Whether ``weight`` (CPU, the mask's shape) has the nonzero pattern the map was built from.
@@ -457,6 +473,7 @@ class MapCache:
         """``ent``, or a rebuilt entry when ``weight`` (as used by a call) has another nonzero pattern."""
         if weight is None or ent.build is None:
             return ent
+        held, ent = ent, ent.newest()
         plain = weight.layout == torch.strided and getattr(weight, "full_tensor", None) is None
         if (weight.device.type == "cpu" and ent.mask is not None and weight.shape == ent.mask.shape and plain
                 and ent.same_pattern(weight)):
@@ -469,6 +486,7 @@ class MapCache:
                         dense_total=ent.dense_total, sample_shape=ent.sample_shape, mask=mask, build=ent.build,
                         key=ent.key)
         self.builds += 1
+        held._newer = ent._newer = new
         if self._eff.get(ent.key) is ent:
             self._put(ent.key, new)
         return new
@@ -490,6 +508,7 @@ class MapCache:
         >>> same is ent
         True
         """
+        items = [(cache, ent.newest(), w) for cache, ent, w in items]
         out: List[Optional[LayerMaps]] = [None] * len(items)
         batch: List[int] = []
         for i, (cache, ent, w) in enumerate(items):

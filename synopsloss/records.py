@@ -36,7 +36,7 @@ from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
 from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
 
-__all__ = ["Call", "Sums", "reduce_calls", "reduce_layers"]
+__all__ = ["Call", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "NOW_FIELDS"]
 
 #: rows of one call from which per-neuron sums are taken in float64 (float32 sums are exact below 2^24)
 WIDE_ROWS = 1 << 22
@@ -422,6 +422,61 @@ def _per_layer_synops(parts: List[Tuple[Tensor, ...]], owners: List[int], synops
     return [(g[i] + w[i] if has_plain[i] else g[i]) if has_grad[i] else w[i] for i in range(n)]
 
 
+#: the counts of a call reduced when it is made (:func:`reduce_now`), in the order they are returned
+NOW_FIELDS = ("synops", "dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero", "spiking", "effective")
+
+
+def reducible_now(x: Tensor, rows: int, n_el: int) -> bool:
+    """Whether a call made without gradients on ``x`` (``rows`` rows of ``n_el`` values) is one that
+    :func:`reduce_now` takes: a large float32 / float64 CPU input, outside autocast."""
+    return (x.device.type == "cpu" and _BIG_CALL <= rows * n_el and rows < WIDE_ROWS
+            and x.dtype in (torch.float32, torch.float64) and not autocast_cpu())
+
+
+@own_ops
+def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[Tuple[float, ...]]:
+    """A large CPU call made without gradients, reduced when it is made; ``None`` for any other call.
+
+    Its input is read while it is still in cache, and is not held until the forward returns. The rule and the
+    float64 arithmetic are those of :func:`reduce_layers` for a large call (its min / max, one product with
+    ones, :func:`column_nonzeros`, one ``vecdot`` with the map): the counts are the same. Calls it does not take
+    (on other devices, half precision, autocast, small inputs, average-pool outputs, per-sample or bit-plane
+    counting) are recorded and reduced with the others.
+
+    Returns
+    -------
+    The call's counts named by :data:`NOW_FIELDS`, as Python floats (``spiking`` is 1.0 or 0.0).
+
+    Example
+    -------
+    >>> from synopsloss.maps import MapCache
+    >>> cache = MapCache()
+    >>> ent = cache.entry(("lin",), torch.ones(3, 1 << 16), lambda w01: w01.sum(0), (1 << 16,))
+    >>> x = torch.zeros(1, 1 << 16); x[0, :5] = 1.0
+    >>> reduce_now(x, 1, ent, events=True)[:3]  # synops, dense, eff_acs: 5 spikes x 3 targets
+    (15.0, 196608.0, 15.0)
+    """
+    n_el = ent.effective.numel()
+    if ent.effective.device.type != "cpu" or not reducible_now(x, rows, n_el):
+        return None
+    with torch.no_grad():
+        flat = x.detach().reshape(rows, n_el)
+        lo, hi = (float(v) for v in min_max(flat))
+        signed = not lo >= 0  # (NaN is signed: its magnitude is NaN and the read reports it)
+        amax = math.nan if lo != lo or hi != hi else max(-lo, hi) if signed else hi
+        colsum = _sum_rows(flat.abs() if signed else flat)
+        acc = ent.effective.dtype
+        both = torch.stack([colsum.to(acc), column_nonzeros(flat).to(acc)])
+        synops, eff, in_sum, nonzero = torch.cat([torch.linalg.vecdot(both, ent.effective), both.sum(1)]).tolist()
+        spiking = amax <= 1 and in_sum == nonzero
+        dense = float(ent.dense_total) * float(rows)
+        if spiking:
+            return synops, dense, eff, 0.0, in_sum, nonzero, 1.0, eff
+        if events and bool(all_integer_values(flat)):  # integer spike counts: |x| accumulate events each
+            return synops, dense, synops, 0.0, in_sum, nonzero, 0.0, eff
+        return synops, dense, 0.0, eff, in_sum, nonzero, 0.0, eff
+
+
 @own_ops
 def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     """The counts of each layer's recorded calls, reduced together in a few tensor ops per input shape.
@@ -449,7 +504,9 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         for c in calls:
             if c.weight is not None and c.cache is not None:
                 todo.setdefault((id(c.weight), id(c.entry)), (c.cache, c.entry, c.weight))
+    known: Dict[tuple, LayerMaps] = {}  # the map each entry stood for before this read (its latest rebuild)
     if todo:
+        known = {k: ent.newest() for k, (_, ent, _) in todo.items()}
         memo = dict(zip(todo, MapCache.current_all(list(todo.values()))))
     order = {id(c): i for calls in layers for i, c in enumerate(calls)}  # a call's index within its layer
     groups: Dict[tuple, List[Tuple[int, Call, LayerMaps]]] = {}
@@ -517,7 +574,8 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
              effective=per_stats[li][6],
              changed=tuple(i for i, c in enumerate(calls) if version_of(c.x) != c.version),
              stale=any(c.wversion >= 0 and c.weight is not None and c.cache is not None
-                       and memo[(id(c.weight), id(c.entry))] is not c.entry and version_of(c.weight) != c.wversion
+                       and memo[(id(c.weight), id(c.entry))] is not known[(id(c.weight), id(c.entry))]
+                       and version_of(c.weight) != c.wversion
                        for c in calls),
              rows=tuple(sorted(row_sums[li], key=lambda t: t[0])))
         for li, calls in enumerate(layers)

@@ -222,6 +222,17 @@ RECURRENT_SYNAPSES: Dict[TypeKey, Tuple[str, ...]] = {
        if any(w[0] == "recurrent_weights" for w in row.weights)},  # norse LIFRecurrentCell, ...
 }
 
+#: Synapses that a neuron module's own code evaluates twice per call on the same input: ``{neuron type: (child
+#: name, attribute, value)}``. While ``neuron.<attribute> == value``, a second call of the child on the same tensor
+#: (same object, same version) within one call of the neuron is the same spikes over the same synapses, not a
+#: second delivery: it is counted once (:func:`repeated_evaluation`).
+REPEATED_EVALUATIONS: Dict[TypeKey, Tuple[str, str, Any]] = {
+    # snntorch's zero reset: _base_zero (RLeaky) / _base_state_reset_zero (RSynaptic) compute the state again,
+    # recurrent(self.spk) included
+    "snntorch.RLeaky": ("recurrent", "_reset_mechanism", "zero"),
+    "snntorch.RSynaptic": ("recurrent", "_reset_mechanism", "zero"),
+}
+
 #: Neuron types whose own code multiplies with a parameter that is part of the neuron's dynamics, not a
 #: synapse between neurons: not counted op by op (every other neuron type whose own code runs a matmul-like
 #: op, such as snntorch's ``AssociativeLeaky``, is; see :mod:`synopsloss.opscope`).
@@ -479,6 +490,28 @@ def synapse_kind(model: nn.Module, name: str) -> LayerKind:
         if children and any(rest == c or (c and rest.startswith(c + ".")) for c in children):  # type: ignore[union-attr]
             return LayerKind.RECURRENT
     return LayerKind.SYNAPTIC
+
+
+def repeated_evaluation(model: nn.Module, name: str) -> Optional[Tuple[nn.Module, str, Any]]:
+    """``(neuron module, attribute, value)`` when layer ``name`` of ``model`` is a child that the neuron evaluates
+    twice per call while ``neuron.<attribute> == value`` (:data:`REPEATED_EVALUATIONS`), else ``None``.
+
+    Example
+    -------
+    >>> import torch, snntorch as snn
+    >>> net = torch.nn.Sequential(snn.RLeaky(0.5, linear_features=2, reset_mechanism="zero"))
+    >>> _, attr, value = repeated_evaluation(net, "0.recurrent")
+    >>> attr, value, repeated_evaluation(net, "0")
+    ('_reset_mechanism', 'zero', None)
+    """
+    parent, _, child = name.rpartition(".")
+    if not child:
+        return None
+    owner = model.get_submodule(parent)
+    entry = _lookup(REPEATED_EVALUATIONS, owner)
+    if entry is None or entry[0] != child:  # type: ignore[index]
+        return None
+    return owner, entry[1], entry[2]  # type: ignore[index]
 
 
 def neuron_ops_no_synapse(module: nn.Module) -> bool:

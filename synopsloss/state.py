@@ -38,7 +38,7 @@ from torch import Tensor
 from .errors import SynOpsWarning, input_changed, weight_changed
 from .hooks import own_ops
 
-__all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold"]
+__all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold", "add_now"]
 
 
 class Reduce(enum.Enum):
@@ -158,6 +158,9 @@ class SynapseState:
     # activation products recorded by the function mode: each gives (synops, dense, effective, spiking,
     # input_sum, input_nonzero) when called, at settle()
     later: list = state_field(None, factory=list)
+    # calls reduced when they were made (synopsloss.records.reduce_now): their counts summed as Python floats, in
+    # the order of records.NOW_FIELDS, entered into the tensor fields at settle()
+    now: Optional[List[float]] = state_field(None)
     # with per-sample counting: each call's leading dims, and its per-row synops once reduced
     call_leads: list = state_field(None, factory=list)
     row_synops: list = state_field(None, factory=list)
@@ -172,6 +175,14 @@ class SynapseState:
         """Sum the recorded calls into the fields: a few stacked ops however many calls there were."""
         if self.records:
             self._settle_records()
+        if self.now is not None:
+            now, self.now = self.now, None
+            with torch.no_grad():
+                vals = torch.tensor(now, dtype=_now_dtype(self.maps), device=self.device).unbind(0)
+            self.synops = vals[0] if self.synops is None else self.synops + vals[0]
+            for key, value in zip(_NOW_KEYS, vals):
+                if key != "synops" and key != "spiking":
+                    setattr(self, key, _sum(getattr(self, key), value, True))
         if self.later:
             later, self.later = self.later, []
             for get in later:
@@ -216,6 +227,25 @@ class SynapseState:
             setattr(self, key, _sum(getattr(self, key), getattr(sums, key), True))
 
 
+#: the fields of :func:`synopsloss.records.reduce_now`'s counts (``spiking`` is not a field)
+_NOW_KEYS = ("synops", "dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero", "spiking", "effective")
+
+
+def _now_dtype(maps: Any) -> torch.dtype:
+    """The dtype of the counts of calls reduced at once: their map's."""
+    return maps.effective.dtype if maps is not None else torch.float64
+
+
+def add_now(state: "SynapseState", counts: Tuple[float, ...]) -> None:
+    """Add the counts of a call reduced when it was made (:func:`synopsloss.records.reduce_now`) to ``state``."""
+    now = state.now
+    if now is None:
+        state.now = list(counts)
+    else:
+        for i, v in enumerate(counts):
+            now[i] += v
+
+
 @own_ops
 def settle_all(states: List["SynapseState"]) -> None:
     """Reduce the recorded calls of many layers together (one group per input shape, not per layer)."""
@@ -229,7 +259,7 @@ def settle_all(states: List["SynapseState"]) -> None:
         for st, sums, recs in zip(todo, reduce_layers(calls), calls):
             st.apply(sums, recs)
     for st in states:
-        if st.pending or st.later:
+        if st.pending or st.later or st.now is not None:
             st.settle()
 
 

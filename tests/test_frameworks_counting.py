@@ -276,6 +276,27 @@ def test_norse_recurrent_cell_counts_input_and_recurrent_synapses():
     assert net.rec.input_weights.grad is not None
 
 
+def test_norse_recurrent_spikes_are_acs_when_the_input_is_analog():
+    loop = zoo.norse_recurrent_loop()
+    with torch.no_grad():
+        loop.rec.input_weights.mul_(30.0)  # it fires
+        loop.rec.recurrent_weights[::2, 1] = 0.0
+    x = torch.rand(zoo.NORSE_T, B, 16, generator=torch.Generator().manual_seed(3))  # analog input
+    outs: List[Tensor] = []
+    loop.rec.register_forward_hook(lambda m, a, o: outs.append(o[0].detach()))
+    counter = sl.SynOpsCounter(loop)
+    loop(x)
+    z = torch.stack(outs)
+    assert z.sum() > 0
+    z_prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]])
+    s_in, e_in = _pairs(x, loop.rec.input_weights)
+    s_rec, e_rec = _pairs(z_prev, loop.rec.recurrent_weights)
+    row = counter.table()["rec"]
+    # by hand: the analog input's ops are MACs, the recurrent spikes' ops ACs
+    assert row.eff_macs == pytest.approx(e_in / B) and row.eff_acs == pytest.approx(e_rec / B)
+    assert row.synops == pytest.approx((s_in + s_rec) / B)
+
+
 def test_norse_recurrent_sequence_module_equals_the_cell_loop():
     loop = zoo.norse_recurrent_loop()
     seq = norse.LIFRecurrent(16, 12)

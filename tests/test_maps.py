@@ -406,3 +406,27 @@ def test_a_changed_zero_pattern_is_seen_whatever_stays_the_same() -> None:
     assert dense.same_pattern(torch.full((2, 3), -2.0))
     assert not dense.same_pattern(torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0]]))
     assert not dense.same_pattern(torch.tensor([[1.0, 1.0, 1.0], [1.0, float("nan"), 0.0]]))
+
+
+def test_a_changed_zero_pattern_rebuilds_the_map_once_not_at_every_read(monkeypatch):
+    import synopsloss.maps as maps
+
+    builds = []
+    build_map = maps.build_map
+    monkeypatch.setattr(maps, "build_map", lambda *a, **k: builds.append(1) or build_map(*a, **k))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = (torch.rand(4, 8) < 0.5).float()
+    net(x)
+    counter.synops()
+    with torch.no_grad():
+        net[0].weight[:, :3] = 0.0  # pruned: one rebuild
+    before = len(builds)
+    for grad in (True, True, False, False):
+        counter.reset()
+        with torch.set_grad_enabled(grad):
+            net(x)
+            got = counter.synops()
+        assert float(got) == pytest.approx(float((x * (net[0].weight != 0).sum(0)).sum()) / 4)
+    assert len(builds) == before + 1

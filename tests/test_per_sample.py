@@ -124,3 +124,45 @@ def test_the_table_shows_the_distribution():
     layer2 = np.array(counter.per_sample(by_layer=True)["2"].tolist())
     assert table["2"].synops_p50 == pytest.approx(np.median(layer2))
     assert "Synops p95" in table.render("distribution")
+
+
+class _Folded(nn.Module):
+    """A ``[B, T, C]`` input folded batch-major to ``[B*T, C]`` for a ``Linear`` (no sinabs Squeeze layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            self.fc.weight.fill_(1.0)  # each input value reaches one synapse
+
+    def forward(self, x):
+        return self.fc(x.flatten(0, 1))
+
+
+@pytest.mark.parametrize("layout", [dict(time_dim=1), dict(batch_dim=0), dict(batch_size=3)])
+def test_rows_folded_batch_first_are_split_by_sample(layout):
+    x = torch.zeros(3, 2, 2)  # [B=3, T=2, C=2]
+    x[1], x[2] = 1.0, 2.0
+    net = _Folded()
+    counter = sl.SynOpsCounter(net, per_sample=True, **layout)
+    net(x)
+    assert counter.per_sample().tolist() == [0.0, 4.0, 8.0]  # by hand: sum over T and C of |x| x 1
+
+
+@pytest.mark.parametrize("layout", [dict(time_dim=0), dict(batch_dim=1)])
+def test_time_first_rows_with_as_many_steps_as_samples_are_split_by_sample(layout):
+    fc = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        fc.weight.fill_(1.0)
+    x = torch.ones(3, 3, 2) * torch.arange(3.0).view(1, 3, 1)  # [T=3, B=3, C]: sample b holds b at every step
+    counter = sl.SynOpsCounter(nn.Sequential(fc), per_sample=True, **layout)
+    counter.model(x)
+    assert counter.per_sample().tolist() == [0.0, 6.0, 12.0]  # by hand: 3 steps x 2 values x b
+
+
+def test_folded_rows_whose_layout_is_unknown_are_refused_not_guessed():
+    net = _Folded()
+    counter = sl.SynOpsCounter(net, per_sample=True, batch_size=3)
+    net(torch.ones(3, 3, 2))  # [3, 3, 2]: samples first or time first, nothing says
+    with pytest.raises(ValueError, match="either batch-first or time-first.*time_dim="):
+        counter.per_sample()

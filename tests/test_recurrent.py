@@ -191,3 +191,34 @@ def test_recurrent_rules_are_registered_on_import():
     for cls in (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell):
         rule = find_rule(cls.__new__(cls))
         assert rule is not None and rule.count is not None, cls
+
+
+@pytest.mark.parametrize("cls", ["RLeaky", "RSynaptic"])
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_snntorch_recurrent_spikes_are_delivered_once_per_step_whatever_the_reset(cls, reset):
+    """snntorch's zero reset evaluates ``recurrent(self.spk)`` twice per step: the spikes cross once."""
+    import snntorch as snn
+
+    torch.manual_seed(0)
+    kw = dict(alpha=0.5) if cls == "RSynaptic" else {}
+    neuron = getattr(snn, cls)(beta=0.5, linear_features=3, reset_mechanism=reset, threshold=0.5, **kw)
+    with torch.no_grad():
+        neuron.recurrent.weight.fill_(1.0)
+        neuron.recurrent.weight[0, 1] = 0.0  # fan-outs 3, 2, 3
+    net = nn.Sequential(nn.Linear(4, 3, bias=False), neuron)
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    spikes = []
+    net[1].register_forward_hook(lambda m, a, o: spikes.append(o[0].detach()))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = (torch.rand(5, 2, 4, generator=torch.Generator().manual_seed(1)) < 0.6).float()  # [T, B, C]
+    for t in range(5):
+        net(x[t])
+    z = torch.stack(spikes)  # [T, B, 3]
+    assert z.sum() > 0
+    z_prev = torch.cat([torch.zeros_like(z[:1]), z[:-1]])  # the spikes each step's recurrent synapses carry
+    fan = torch.tensor([3.0, 2.0, 3.0])
+    row = counter.table()["1.recurrent"]
+    assert row.synops == pytest.approx(float((z_prev * fan).sum()) / 2)
+    assert row.dense == 5 * 9  # every tap once per step
+    assert row.time_steps == 5

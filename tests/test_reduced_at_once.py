@@ -1,0 +1,176 @@
+"""Large calls made without gradients are reduced when they are made (:func:`synopsloss.records.reduce_now`).
+
+Their input is read while it is in cache and is not held until the forward returns. The numbers must be the
+ones of the general reduction (calls made with gradients, reduced at the read) and of a hand count: the fan-out
+map of a convolution is the gradient of its output's sum with respect to an all-ones input, with the weights
+replaced by their nonzero pattern (independent of the package's transposed convolutions).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import synopsloss as sl
+from synopsloss.records import reducible_now
+
+B, C, H = 8, 4, 48  # 8 x 4 x 48 x 48 = 73728 values: a call large enough to be reduced at once
+
+
+def _conv() -> nn.Conv2d:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(C, 6, 3, stride=2, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight[conv.weight.abs() < 0.05] = 0.0  # some pruned taps
+    return conv
+
+
+def _fanout(conv: nn.Conv2d) -> torch.Tensor:
+    w01 = (conv.weight != 0).double()
+    ones = torch.ones(1, C, H, H, dtype=torch.float64, requires_grad=True)
+    F.conv2d(ones, w01, None, conv.stride, conv.padding, conv.dilation, conv.groups).sum().backward()
+    return ones.grad[0]
+
+
+def _dense(conv: nn.Conv2d) -> float:
+    ones = torch.ones(1, C, H, H, dtype=torch.float64, requires_grad=True)
+    F.conv2d(ones, torch.ones_like(conv.weight, dtype=torch.float64), None, conv.stride, conv.padding).sum().backward()
+    return float(ones.grad.sum())
+
+
+def _hand(conv: nn.Conv2d, x: torch.Tensor, events: bool = True) -> dict:
+    fan, xd = _fanout(conv), x.double()
+    eff = float(((xd != 0).double() * fan).sum()) / B
+    synops = float((xd.abs() * fan).sum()) / B
+    spiking = bool(((xd == 0) | (xd.abs() == 1)).all())
+    integer = events and bool((xd == xd.round()).all())
+    return {"synops": synops, "dense": _dense(conv),
+            "eff_acs": eff if spiking else synops if integer else 0.0,
+            "eff_macs": 0.0 if spiking or integer else eff}
+
+
+def _inputs() -> dict:
+    g = torch.Generator().manual_seed(1)
+    r = torch.rand(B, C, H, H, generator=g)
+    return {
+        "spikes": (r < 0.2).float(),
+        "signed spikes": (r < 0.1).float() - (r > 0.9).float(),
+        "ReLU activations": torch.relu(torch.randn(B, C, H, H, generator=g)),
+        "signed activations": torch.randn(B, C, H, H, generator=g),
+        "spike counts": (r * 4).floor(),
+        "float64 spikes": (r < 0.3).double(),
+    }
+
+
+def _counts(net: nn.Module, x: torch.Tensor, grad: bool, **kw) -> dict:
+    counter = sl.SynOpsCounter(net, neurons=False, **kw)
+    if grad:
+        net(x.clone().requires_grad_(True))
+    else:
+        with torch.no_grad():
+            net(x)
+    total = counter.snapshot().total()
+    counter.remove()
+    return {k: total[k] for k in ("synops", "dense", "eff_acs", "eff_macs")}
+
+
+class _Functional(nn.Conv2d):
+    """Overrides ``forward``: counted by the function mode, not the module hook."""
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * 1.0, None, self.stride, self.padding)
+
+
+@pytest.mark.parametrize("kind", list(_inputs()))
+def test_a_large_call_without_gradients_counts_as_by_hand_and_as_with_gradients(kind):
+    x = _inputs()[kind]
+    conv = _conv().to(x.dtype)
+    assert reducible_now(x, B, C * H * H)
+    want = _hand(conv, x)
+    fn = _Functional(C, 6, 3, stride=2, padding=1, bias=False).to(x.dtype)
+    fn.load_state_dict(conv.state_dict())
+    for net in (nn.Sequential(conv), nn.Sequential(fn)):
+        now = _counts(net, x, grad=False)
+        later = _counts(net, x, grad=True)
+        for key, value in want.items():
+            # (|x| of analog values is summed over the rows in float32, as at the read: to 1e-6 of float64)
+            tol = 1e-6 if key == "synops" and "activations" in kind else 1e-12
+            assert now[key] == pytest.approx(value, rel=tol), (kind, key)
+            assert now[key] == pytest.approx(later[key], rel=1e-12), (kind, key)
+
+
+def test_spike_counts_follow_the_integer_spike_option_when_reduced_at_once():
+    x = _inputs()["spike counts"]
+    conv = _conv()
+    got = _counts(nn.Sequential(conv), x, grad=False, integer_spikes="neurobench")
+    want = _hand(conv, x, events=False)
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got["eff_acs"] == 0.0 and got["eff_macs"] > 0
+
+
+def test_a_layer_pruned_between_batches_without_gradients_is_counted_with_its_new_map():
+    conv = _conv()
+    net = nn.Sequential(conv)
+    x = _inputs()["spikes"]
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with torch.no_grad():
+        net(x)
+    assert counter.snapshot().total()["eff_acs"] == pytest.approx(_hand(conv, x)["eff_acs"])
+    counter.reset()
+    with torch.no_grad():
+        conv.weight[:, :2] = 0.0  # in place: its version moves
+        net(x)
+    assert counter.snapshot().total()["eff_acs"] == pytest.approx(_hand(conv, x)["eff_acs"])
+    counter.reset()
+    with torch.no_grad():
+        conv.weight.data[:, 2] = 0.0  # through .data: no version bump, a new batch checks the map anyway
+        net(x)
+    assert counter.snapshot().total()["eff_acs"] == pytest.approx(_hand(conv, x)["eff_acs"])
+
+
+def test_a_weight_changed_in_place_between_two_steps_of_a_batch_counts_each_step_with_its_weight():
+    conv = _conv()
+    net = nn.Sequential(conv)
+    x = _inputs()["spikes"]
+    counter = sl.SynOpsCounter(net, neurons=False)
+    first = _hand(conv, x)["eff_acs"]
+    with torch.no_grad():
+        net(x)
+        conv.weight[:3] = 0.0
+        net(x)
+    second = _hand(conv, x)["eff_acs"]
+    assert second < first
+    assert counter.snapshot().total()["eff_acs"] == pytest.approx(first + second)
+
+
+def test_a_large_call_without_gradients_is_not_held_after_the_forward():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512))
+    seen = []
+    net[1].register_forward_hook(lambda m, a, out: seen.append(weakref.ref(out)))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = torch.randn(256, 512)
+    with torch.no_grad():
+        net(x)
+    gc.collect()
+    assert seen and seen[0]() is None  # the second layer's input (256 x 512 values) was reduced and let go
+    fan = (net[2].weight != 0).sum(0).double()
+    hidden = torch.relu(net[0](x)).detach().double()
+    assert counter.synops(by_layer=True)["2"].item() == pytest.approx(float((hidden.abs() * fan).sum()) / 256)
+
+
+def test_a_large_call_with_nan_is_reported_when_read():
+    net = nn.Sequential(_conv())
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = _inputs()["spikes"]
+    x[0, 0, 0, 0] = math.nan
+    with torch.no_grad():
+        net(x)
+    with pytest.raises(FloatingPointError, match="NaN or inf in the input of layer"):
+        counter.synops()
