@@ -461,13 +461,19 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         return None
     with torch.no_grad():
         flat = x.detach().reshape(rows, n_el)
-        lo, hi = (float(v) for v in min_max(flat))
+        head = flat[0, :_WITNESS]
+        if bool(((head.abs() - 1) * head).any()):  # a value outside {-1, 0, 1} (or NaN): not spikes, no max needed
+            lo, amax = float(flat.amin()), math.inf
+        else:
+            lo, hi = (float(v) for v in min_max(flat))
+            amax = math.nan if lo != lo or hi != hi else max(-lo, hi)
         signed = not lo >= 0  # (NaN is signed: its magnitude is NaN and the read reports it)
-        amax = math.nan if lo != lo or hi != hi else max(-lo, hi) if signed else hi
-        colsum = _sum_rows(flat.abs() if signed else flat)
-        acc = ent.effective.dtype
-        both = torch.stack([colsum.to(acc), column_nonzeros(flat).to(acc)])
-        synops, eff, in_sum, nonzero = torch.cat([torch.linalg.vecdot(both, ent.effective), both.sum(1)]).tolist()
+        acc, emap = ent.effective.dtype, ent.effective
+        colsum = _sum_rows(flat.abs() if signed else flat).to(acc)
+        nz = column_nonzeros(flat)
+        sums = torch.stack([torch.dot(colsum, emap), torch.dot(nz.to(acc), emap), colsum.sum(),
+                            nz.sum(dtype=torch.int64).to(acc)])
+        synops, eff, in_sum, nonzero = sums.tolist()
         spiking = amax <= 1 and in_sum == nonzero
         dense = float(ent.dense_total) * float(rows)
         if spiking:
