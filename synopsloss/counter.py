@@ -250,6 +250,9 @@ def _in_backward() -> bool:
 #: inputs that calls made without gradients may hold before they are reduced (else: when the forward returns)
 HELD_BYTES = 64 * 2 ** 20
 
+#: (weight, map) pairs whose current map a batch keeps for the calls it reduces at once (SynOpsCounter._reduce_now)
+_CURRENT_MAPS = 256
+
 #: the per-call checks of the counter's fast path, bound once (C functions; see ``SynOpsCounter._count``)
 _LEVEL = functorch_level
 _TRACING = torch._C._get_tracing_state
@@ -805,6 +808,7 @@ class SynOpsCounter:
         """A layer whose input layout is known: record its samples and time steps (Python ints, no sync)."""
         if _in_backward() or not args or not isinstance(args[0], Tensor):
             return
+        layout = frameworks.step_layout(module) or layout  # (a SpikingJelly module's step mode may be set later)
         try:
             b, t = frameworks.probe_sizes(layout, args[0])
         except ValueError:
@@ -1014,6 +1018,8 @@ class SynOpsCounter:
             known = self._batch.current.get(key)
             version = version_of(weight)
             if known is None or known[2] != version or version < 0:
+                if len(self._batch.current) >= _CURRENT_MAPS:  # weights made anew at each call: bounded
+                    self._batch.current.clear()
                 known = self._batch.current[key] = (cache.current(entry, weight), weight, version)
             ent = known[0]
         counts = reduce_now(x, rows, ent, events)
@@ -1112,7 +1118,12 @@ class SynOpsCounter:
             leads=Counter({_lead_key(c, lead): 1}),
         ))
         if c.later is not None:  # an activation product: its sums are taken when the counts are read
-            state.later.append(c.later)
+            if self.per_sample_counts and c.row_dims and not state.unsampled:  # and its synops per batch row
+                state.call_leads.append(c.row_dims)
+                state.later.append(functools.partial(c.later, per_row=True))
+            else:
+                state.unsampled = state.unsampled or self.per_sample_counts
+                state.later.append(c.later)
             if not torch.is_grad_enabled():
                 self._hold(state, c.held_bytes, name, False)
             return
@@ -1372,7 +1383,7 @@ class SynOpsCounter:
         batch_major = self._batch_major(b)
         out: Dict[str, Tensor] = {}
         for name, state in self._batch.layers.items():
-            if not state.call_leads:
+            if not state.call_leads or state.unsampled:
                 continue
             parts, index = [], []
             for lead, row in zip(state.call_leads, state.row_synops):
@@ -1384,12 +1395,13 @@ class SynOpsCounter:
         for v in out.values():
             if v.requires_grad:
                 self._watch_backward(v)
-        left = [n for n, st in self._batch.layers.items() if st.calls and not st.call_leads]
+        left = [n for n, st in self._batch.layers.items() if st.calls and (st.unsampled or not st.call_leads)]
         if left:
             self._warn_once(
-                f"synopsloss: per-sample synops leave out layer(s) {left}: recurrent layers and activation products "
-                "are counted per batch, not per sample. Their synops are in counter.synops() and the table, not in "
-                "per_sample(), the snapshot's distribution() or SynOpsLoss(quantile=).", stacklevel=3)
+                f"synopsloss: per-sample synops leave out layer(s) {left}: recurrent layers, and activation products "
+                "without batch dims or counted inside torch.compile / a torch.func transform, are counted per batch, "
+                "not per sample. Their synops are in counter.synops() and the table, not in per_sample(), the "
+                "snapshot's distribution() or SynOpsLoss(quantile=).", stacklevel=3)
         if by_layer:
             return out
         if not out:

@@ -303,7 +303,7 @@ class SynOpsLoss:
             flat = self._synops()  # the checks (no forward pass, NaN / inf) and their messages
             per = self.counter.per_sample(by_layer=True)
             missing = [n for n in flat if n not in per]
-            # layers with synops but no per-sample values (recurrent layers, activation products): a term that
+            # layers with synops but no per-sample values (recurrent layers, products without batch dims): a term that
             # covers one is refused when the loss is computed; layers that did not run are 0 for every sample
             self._unsampled = {n for n in missing if bool(flat[n].detach() != 0)}
             samples = len(next(iter(per.values()))) if per else 1
@@ -379,7 +379,8 @@ class SynOpsLoss:
             if unsampled:
                 raise ValueError(
                     f"{self._name}(quantile=): layer(s) {unsampled} have synops but no per-sample values (recurrent "
-                    "layers and activation products are counted per batch, not per sample), so the quantile would "
+                    "layers, and activation products without batch dims, are counted per batch, not per sample), so "
+                    "the quantile would "
                     "leave them out. Name the layers the quantile acts on (target={layer: ...}), or drop quantile= "
                     "(the batch mean covers every layer).")
             s = per_layer[names[0]]

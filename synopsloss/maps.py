@@ -111,9 +111,12 @@ class OpCounts:
     #: a call recorded for the read: ``later()`` gives ``(synops, dense, effective, spiking, input_sum,
     #: input_nonzero)`` (the tensor fields above are ``None``); ``device`` is its operands', ``held_bytes``
     #: what it holds until then
-    later: Optional[Callable[[], Tuple[Tensor, ...]]] = None
+    later: Optional[Callable[..., Tuple[Any, ...]]] = None
     device: Optional[torch.device] = None
     held_bytes: int = 0
+    #: a recorded product's batch dims: ``later(per_row=True)`` also gives its synops per value of them (their
+    #: sizes, in order; ``()``: none)
+    row_dims: Tuple[int, ...] = ()
 
 
 #: ``count(module, args, kwargs, output) -> OpCounts`` for layers outside the map model (recurrent layers)

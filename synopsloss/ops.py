@@ -269,8 +269,11 @@ class OpCount:
     #: an activation product recorded by the function mode: its counts come from ``later()`` when the counter
     #: is read, as ``(synops, dense, effective, spiking, input_sum, input_nonzero)`` (the tensor fields above
     #: are ``None`` then); ``device`` is the operands'
-    later: Optional[Callable[[], Tuple[Tensor, ...]]] = None
+    later: Optional[Callable[..., Tuple[Any, ...]]] = None
     device: Optional[torch.device] = None
+    #: an activation product's batch dims (the sizes its ``later(per_row=True)`` gives one synops value each, in
+    #: order: ``(T, B, heads)`` of a spike attention product); ``()``: none
+    row_dims: Tuple[int, ...] = ()
 
 
 Handler = Callable[[tuple, dict, Any, IsWeight], List[OpCount]]
@@ -564,12 +567,13 @@ def _sizes(*pairs: Tuple[Tensor, str]) -> Dict[str, int]:
 
 
 def _pair_total(x: Tensor, lx: str, y: Tensor, ly: str, mask: Optional[Tensor], lm: str, acc: torch.dtype,
-                contracted: str = "") -> Tensor:
+                contracted: str = "", keep: str = "") -> Tensor:
     """Sum over every index value of ``x * y`` (``* mask``), size-1 dims broadcast, as a 0-dim ``acc``.
 
     With a mask, ``einsum`` contracts only the ``contracted`` indices (a batched matmul, batch dims
     kept: summing them inside ``einsum`` would copy both operands); the rest is summed after the
-    mask is applied."""
+    mask is applied. ``keep``: indices (of ``x`` or ``y``, none contracted) left out of the sum: the
+    result is then the sums per value of those indices, flattened in ``keep``'s order (``[rows]``)."""
     if mask is None:  # elementwise on the (reduced) operands: no matmul needed
         union = lx + "".join(c for c in dict.fromkeys(ly) if c not in lx)
         xs = x.reshape(tuple(x.shape) + (1,) * (len(union) - len(lx)))
@@ -578,15 +582,31 @@ def _pair_total(x: Tensor, lx: str, y: Tensor, ly: str, mask: Optional[Tensor], 
         if order != list(range(len(ly))):
             y = y.permute(order)
         ys = y.reshape([y.shape[in_y.index(c)] if c in ly else 1 for c in union])
+        if keep:
+            return _kept_sums(xs * ys, union, keep, acc)
         return (xs * ys).sum().to(acc)
-    kept = "".join(c for c in dict.fromkeys(lx + ly) if c not in contracted or c in lm)
+    kept = "".join(c for c in dict.fromkeys(lx + ly) if c not in contracted or c in lm or c in keep)
     pair = torch.einsum(f"{lx},{ly}->{kept}", x, y)
     in_m = [c for c in kept if c in lm]
     m = mask.permute([lm.index(c) for c in in_m]) if in_m != list(lm) else mask
     m = m.reshape([m.shape[in_m.index(c)] if c in lm else 1 for c in kept]).to(pair.dtype)
     masked = pair * m
+    if keep:
+        return _kept_sums(masked, kept, keep, acc)
     # the last dim in pair's dtype (exact for counts below 2**24), the rest in acc
     return masked.sum(-1).to(acc).sum() if masked.dim() else masked.to(acc)
+
+
+def _kept_sums(t: Tensor, labels: str, keep: str, acc: torch.dtype) -> Tensor:
+    """``t`` (indices ``labels``) summed over every index but ``keep``, as ``[rows]`` in ``keep``'s order
+    (a size-1 index of ``keep`` broadcast to its size is not expected: ``keep`` holds the batch dims)."""
+    other = [i for i, c in enumerate(labels) if c not in keep]
+    s = t.to(acc).sum(other) if other else t.to(acc)
+    left = [c for c in labels if c in keep]
+    order = [left.index(c) for c in keep]
+    if order != list(range(len(order))):
+        s = s.permute(order)
+    return s.reshape(-1)
 
 
 class _Defer(threading.local):
@@ -649,23 +669,24 @@ def _contract(
         in_shape = tuple(int(s) for c, s in zip(la, a.shape) if c not in batch)
         out_shape = tuple(sizes[c] for c in lo if c not in batch)
 
-    def sums() -> Tuple[Tensor, ...]:
-        return _contract_sums(a, b, la, lb, lo, a_w, b_w, mask, lm, sizes)
+    def sums(per_row: bool = False) -> Tuple[Any, ...]:
+        return _contract_sums(a, b, la, lb, lo, a_w, b_w, mask, lm, sizes, batch if per_row else "")
 
     if not (a_w or b_w) and _deferrable(a, b, mask):
         versions = [(t, version_of(t)) for t in (a, b)]
 
-        def later() -> Tuple[Tensor, ...]:
+        def later(per_row: bool = False) -> Tuple[Any, ...]:
             for t, v in versions:
                 if version_of(t) != v:
                     _changed_warning(t)
                     break
-            return sums()
+            return sums(per_row)
 
         return [OpCount(op=op, synops=None, dense=None, effective=None, spiking=None,  # type: ignore[arg-type]
                         rows=rows, in_shape=in_shape, out_shape=out_shape, input_sum=None,  # type: ignore[arg-type]
-                        input_nonzero=None, weighted=False, later=later, device=device)]  # type: ignore[arg-type]
-    synops, dense, effective, spiking, input_sum, input_nonzero = sums()
+                        input_nonzero=None, weighted=False, later=later, device=device,
+                        row_dims=tuple(sizes[c] for c in batch))]
+    synops, dense, effective, spiking, input_sum, input_nonzero, _ = sums()
     return [OpCount(op=op, synops=synops, dense=dense, effective=effective, spiking=spiking, rows=rows,
                     in_shape=in_shape, out_shape=out_shape, input_sum=input_sum, input_nonzero=input_nonzero,
                     weighted=a_w or b_w)]
@@ -673,12 +694,14 @@ def _contract(
 
 @own_ops
 def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b_w: bool, mask: Optional[Tensor],
-                   lm: str, sizes: Dict[str, int]) -> Tuple[Tensor, ...]:
-    """``(synops, dense, effective, spiking, input_sum, input_nonzero)`` of :func:`_contract` (tensor work)."""
+                   lm: str, sizes: Dict[str, int], keep: str = "") -> Tuple[Any, ...]:
+    """``(synops, dense, effective, spiking, input_sum, input_nonzero, per_row)`` of :func:`_contract` (tensor
+    work); ``per_row``: with ``keep`` (the batch indices), the synops per value of them (``[rows]``, in ``keep``'s
+    order; their sum is ``synops``), else ``None``."""
     device = a.device
     acc = _acc_dtype(device)
-    set_m = frozenset(lm)
-    # indices that only one operand has factor out of every term: sum them first
+    set_m = frozenset(lm) | frozenset(keep)
+    # indices that only one operand has factor out of every term: sum them first (the kept ones are not summed)
     dims_a = [i for i, c in enumerate(la) if c not in set_m and c not in lb]
     dims_b = [i for i, c in enumerate(lb) if c not in set_m and c not in la]
     ra = "".join(c for i, c in enumerate(la) if i not in dims_a)
@@ -690,7 +713,12 @@ def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b
         mag_a, nz_a, pm_a = _operand_sums(a, dims_a, red, a_w)
         mag_b, nz_b, pm_b = _operand_sums(b, dims_b, red, b_w)
         contracted = "".join(c for c in ra if c in rb and c not in lo)
-        synops = _pair_total(mag_a, ra, mag_b, rb, mask, lm, acc, contracted)
+        per_row = None
+        if keep:
+            per_row = _pair_total(mag_a, ra, mag_b, rb, mask, lm, acc, contracted, keep)
+            synops = per_row.sum()
+        else:
+            synops = _pair_total(mag_a, ra, mag_b, rb, mask, lm, acc, contracted)
         with torch.no_grad():
             effective = _pair_total(nz_a, ra, nz_b, rb, mask, lm, acc, contracted)
             if mask is None:
@@ -705,7 +733,8 @@ def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b
             else:
                 spiking = pm_a | pm_b
                 first_sum, first_nz = mag_a, nz_a
-            return synops, dense, effective, spiking, first_sum.detach().sum().to(acc), first_nz.sum().to(acc)
+            return (synops, dense, effective, spiking, first_sum.detach().sum().to(acc), first_nz.sum().to(acc),
+                    per_row)
 
 
 def _matmul_labels(a_dim: int, b_dim: int) -> Tuple[str, str, str]:
@@ -934,8 +963,8 @@ def _h_sdpa(args: tuple, kwargs: dict, out: Any, is_weight: IsWeight) -> List[Op
         if c.later is not None:
             inner = c.later
 
-            def expected() -> Tuple[Tensor, ...]:
-                synops, dense, effective, *rest = inner()
+            def expected(per_row: bool = False) -> Tuple[Any, ...]:
+                synops, dense, effective, *rest = inner(per_row)
                 return (synops, dense, effective * kept, *rest)
 
             c.later = expected

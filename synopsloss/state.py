@@ -164,6 +164,7 @@ class SynapseState:
     # with per-sample counting: each call's leading dims, and its per-row synops once reduced
     call_leads: list = state_field(None, factory=list)
     row_synops: list = state_field(None, factory=list)
+    unsampled: bool = state_field(None, False)  # a call without per-row synops: the layer has no per-sample values
 
     def record(self, dense: Tensor, effective: Tensor, spiking: Tensor, input_sum: Tensor,
                input_nonzero: Tensor) -> None:
@@ -186,7 +187,9 @@ class SynapseState:
         if self.later:
             later, self.later = self.later, []
             for get in later:
-                synops, dense, effective, spiking, input_sum, input_nonzero = get()
+                synops, dense, effective, spiking, input_sum, input_nonzero, per_row = get()
+                if per_row is not None:
+                    self.row_synops.append(per_row)
                 self.record(dense, effective, spiking, input_sum, input_nonzero)
                 self.synops = synops if self.synops is None else self.synops + synops
         if not self.pending:

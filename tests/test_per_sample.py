@@ -6,6 +6,8 @@ percentiles and scipy's Student t.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import snntorch as snn
@@ -166,3 +168,47 @@ def test_folded_rows_whose_layout_is_unknown_are_refused_not_guessed():
     net(torch.ones(3, 3, 2))  # [3, 3, 2]: samples first or time first, nothing says
     with pytest.raises(ValueError, match="either batch-first or time-first.*time_dim="):
         counter.per_sample()
+
+
+class _SpikeAttention(nn.Module):
+    """A spiking self-attention block: projections, then spike x spike products (``[T, B, heads, N, d]``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.how = how
+        self.q, self.k, self.v = (nn.Linear(8, 8, bias=False) for _ in range(3))
+
+    def forward(self, x):  # x: [T, B, N, 8] spikes
+        t, b, n, _ = x.shape
+        heads = [(p(x) > 0).float().reshape(t, b, n, 2, 4).transpose(2, 3) for p in (self.q, self.k, self.v)]
+        q, k, v = heads
+        if self.how == "matmul":
+            return (q @ k.transpose(-2, -1)) @ v
+        if self.how == "einsum":
+            attn = torch.einsum("tbhnd,tbhmd->tbhnm", q, k)
+            return torch.einsum("tbhnm,tbhmd->tbhnd", attn, v)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+
+
+@pytest.mark.parametrize("how", ["matmul", "einsum", "sdpa"])
+def test_attention_products_have_per_sample_values_equal_to_each_sample_alone(how):
+    net = _SpikeAttention(how)
+    x = (torch.rand(3, 4, 5, 8, generator=torch.Generator().manual_seed(4)) < 0.4).float()  # [T=3, B=4, N, C]
+    counter = sl.SynOpsCounter(net, per_sample=True, time_dim=0, neurons=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)  # no layer is left out
+        net(x)
+        per = counter.per_sample(by_layer=True)
+    products = [n for n in per if "matmul" in n or "einsum" in n or "sdpa" in n]
+    assert products  # the attention products have per-sample values
+    total = counter.per_sample()
+    assert float(total.sum()) / 4 == pytest.approx(float(counter.synops()))
+    alone = []
+    single = sl.SynOpsCounter(net, time_dim=0, neurons=False)
+    counter.remove()
+    for i in range(4):
+        single.reset()
+        net(x[:, i:i + 1])
+        alone.append(float(single.synops()))
+    assert total.tolist() == pytest.approx(alone)
