@@ -557,7 +557,7 @@ class SynOpsCounter:
         if pool is not None:
             self._hooks.forward(module, self._pools.pool_hook(*pool, name=name, module=module), owned=False)
         elif self._any_pool and registry.is_pass_through(module):
-            self._hooks.forward(module, self._pools.pass_through(name), owned=False)
+            self._hooks.forward(module, self._pools.pass_through(name, registry.dropout_keep), owned=False)
         if isinstance(module, nn.TransformerEncoder):  # keep torch's nested-tensor fast path (fastpath.py)
             guard = EncoderGuard(name, weakref.ref(self))
             self._guards.pre(module, guard.pre, with_kwargs=True, owned=False)
@@ -1538,7 +1538,8 @@ class SynOpsCounter:
                 if not math.isfinite(x):
                     raise FloatingPointError(
                         f"synopsloss: NaN or inf in the input of layer {name!r}; its {key} are undefined. "
-                        "Check the data and the layers before it, then counter.reset()."
+                        "Check the data and the layers before it, then counter.reset() (a batch with NaN that "
+                        "entered the accumulated totals stays there: counter.reset(accumulated=True) clears them)."
                     )
             layer = self._layers.get(name)
             module = layer.module if layer is not None else None

@@ -41,7 +41,7 @@ import itertools
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -142,6 +142,34 @@ def next_stamp() -> int:
     return next(STAMPS)
 
 
+#: what pickling a model with a counter's hooks on it raises
+ATTACHED_PICKLE = ("a model with a synopsloss counter (or neuron monitor) attached cannot be pickled: the counter's "
+                   "hooks on it hold the live counter. Call counter.remove() first (or save model.state_dict()), "
+                   "then pickle or torch.save the model.")
+
+
+def _inert(*args: Any, **kwargs: Any) -> None:
+    """What a counter's hook becomes in a deep copy of the model: nothing (the copy is not counted)."""
+    return None
+
+
+class Hook(functools.partial):
+    """A hook of the package on a user's module: called as the function it wraps (a C call, no extra frame).
+
+    Pickling it (a model pickled or ``torch.save``-d with a counter attached) raises a ``TypeError`` that
+    says what to do; in a deep copy of the model it becomes :func:`_inert` (the copy is not counted, and it
+    pickles and saves).
+    """
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(ATTACHED_PICKLE)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> Callable[..., None]:
+        return _inert
+
+
 class HookSet:
     """The forward hooks one owner put on a model, switched on and off together.
 
@@ -189,7 +217,7 @@ class HookSet:
         # made at once when dynamo is loaded (then free), else on first use: importing it takes seconds
         eager: List[Callable[..., None]] = ([eager_under_compile(functools.partial(_flagged, hook))]
                                            if "torch._dynamo" in sys.modules else [])
-        return hook
+        return Hook(hook)
 
     def forward(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False,
                 owned: bool = True, always_call: bool = False, prepend: bool = False) -> None:
@@ -218,7 +246,7 @@ class HookSet:
         backward pass re-runs the forward (gradient checkpointing), and run itself through :meth:`eager`
         while :func:`compiling` is true.
         """
-        self._handles.append(module.register_forward_hook(hook, with_kwargs=True, prepend=True))
+        self._handles.append(module.register_forward_hook(Hook(hook), with_kwargs=True, prepend=True))
 
     @staticmethod
     def eager(hook: Callable[..., None], cache: List[Callable[..., None]]) -> Callable[..., None]:

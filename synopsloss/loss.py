@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .counter import SynOpsCounter
 from ._validate import ArgumentTypeError, check_int
-from .errors import LossScaleWarning, UnreachableTargetWarning
+from .errors import LossScaleWarning, SynOpsWarning, UnreachableTargetWarning
 from .schedules import Iterative, Schedule, as_schedule
 
 __all__ = ["SynOpsLoss", "EnergyLoss", "UnreachableTargetWarning", "LossScaleWarning", "SHAPES"]
@@ -262,6 +262,10 @@ class SynOpsLoss:
 
     def _check_names(self, names: List[str], what: str) -> None:
         known = self.counter.layer_names
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{self._name}: {what} names layer(s) {twice} more than once; each layer's synops would "
+                             "be counted that many times. Name each layer once.")
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ValueError(
@@ -531,6 +535,12 @@ class SynOpsLoss:
             # less); a call without gradients reads the running average with its batch and keeps nothing
             n = self.counter.samples
             sd = s.detach() * n
+            if term.initial_sum is None and not self._training_call:
+                self._warn("uncalibrated", (
+                    f"{self._name}: the fraction= target of {term.label!r} is not calibrated yet (it is measured on "
+                    "the first batch(es) with gradients); this call without gradients has no target to compare "
+                    "with, so it is measured against its own synops and its value means nothing. Read the loss "
+                    "once training has started, or give an absolute target=."), SynOpsWarning)
             total = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
             initial: Union[Tensor, float] = total / (term.initial_samples + n)
             if self._training_call:

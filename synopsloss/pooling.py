@@ -329,8 +329,12 @@ class PoolEvents:
 
         return hook
 
-    def pass_through(self, name: str = "") -> Callable[..., None]:
-        """A forward hook for a layer that keeps each value or zeroes it: the tag follows the tensor."""
+    def pass_through(self, name: str = "", keep: Optional[Callable[[nn.Module], Optional[float]]] = None
+                     ) -> Callable[..., None]:
+        """A forward hook for a layer that keeps each value or zeroes it: the tag follows the tensor.
+
+        ``keep(module)``: in training, the fraction ``1 - p`` of a dropout that scales the values it keeps
+        by ``1/(1-p)`` (``None`` for any other layer; default: torch's plain dropouts)."""
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
@@ -347,10 +351,12 @@ class PoolEvents:
                            "AvgPool correction is not applied after it (the spikes are counted as the pooled values, "
                            "not as spike events). Remove the hook, or make the change in a module of its own.")
                 return
-            if module.training and isinstance(module, nn.modules.dropout._DropoutNd):
-                if isinstance(module, _PLAIN_DROPOUT):
-                    factor = 1.0 - float(module.p)  # kept values are scaled by 1/(1-p)
-                else:
+            if module.training:
+                kept = keep(module) if keep is not None else (
+                    1.0 - float(module.p) if isinstance(module, _PLAIN_DROPOUT) else None)
+                if kept is not None:
+                    factor = kept  # kept values are scaled by 1/(1-p)
+                elif isinstance(module, nn.modules.dropout._DropoutNd):
                     why = f"the training {type(module).__name__} {name!r} changes the values between the pool and it"
             self._carry(x, output, tag, factor, why)
 

@@ -54,6 +54,7 @@ __all__ = [
     "LAYER_KINDS",
     "POOL_DIVISORS",
     "PASS_THROUGH",
+    "SCALING_DROPOUTS",
     "NEURON_LIBRARIES",
     "NEURON_OP_COSTS",
     "TIME_FOLDING",
@@ -195,7 +196,15 @@ POOL_DIVISORS: Dict[TypeKey, Tuple[Callable, int]] = {
 PASS_THROUGH: Tuple[TypeKey, ...] = (
     nn.Flatten, nn.Unflatten, nn.Identity, nn.modules.dropout._DropoutNd, nn.ReLU,
     "sinabs.layers.FlattenTime", "sinabs.layers.UnflattenTime",
+    "spikingjelly.activation_based.layer.Dropout",  # (and Dropout2d) x * mask, the mask 0 or 1/(1-p) in training
 )
+
+#: Dropout layers that, in training, zero values and scale the kept ones by ``1/(1-p)``: ``{type: attribute of p}``
+#: (an average-pool output read through one keeps its events: its divisors are scaled by ``1-p``).
+SCALING_DROPOUTS: Dict[TypeKey, str] = {
+    nn.Dropout: "p", nn.Dropout1d: "p", nn.Dropout2d: "p", nn.Dropout3d: "p",
+    "spikingjelly.activation_based.layer.Dropout": "p",  # the same mask at every step of one simulation
+}
 
 # --------------------------------------------------------------------------- neurons
 
@@ -527,6 +536,20 @@ def pool_divisor(module: nn.Module) -> Optional[Tuple[Callable, int]]:
 def is_pass_through(module: nn.Module) -> bool:
     """Whether ``module`` only reshapes, copies, drops or rectifies values."""
     return isinstance(module, _types(PASS_THROUGH))
+
+
+def dropout_keep(module: nn.Module) -> Optional[float]:
+    """``1 - p`` of a dropout layer of :data:`SCALING_DROPOUTS`, else ``None``.
+
+    Example
+    -------
+    >>> dropout_keep(torch.nn.Dropout(0.25)), dropout_keep(torch.nn.AlphaDropout(0.25))
+    (0.75, None)
+    """
+    attr = _lookup(SCALING_DROPOUTS, module)
+    if attr is None or type(module) is nn.AlphaDropout or isinstance(module, nn.FeatureAlphaDropout):
+        return None
+    return 1.0 - float(getattr(module, attr))  # type: ignore[arg-type]
 
 
 def is_time_folding(module: nn.Module) -> bool:

@@ -498,3 +498,46 @@ def test_time_steps_are_learned_from_each_librarys_layout(case):
     assert counter.samples == B and counter.time_steps() == steps
     assert all(counter.time_steps(n) == steps for n in counter.layer_names)
     assert counter.snapshot().time_steps == steps
+
+
+@pytest.mark.parametrize("first", ["s", "m"])
+def test_a_step_mode_set_after_attaching_is_read_at_each_call(first):
+    from spikingjelly.activation_based import layer, neuron
+
+    T, B = 5, 3
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(20, 12, bias=False), neuron.IFNode(), layer.Linear(12, 4, bias=False),
+                        neuron.IFNode())
+    x = (torch.rand(T, B, 20, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    functional.set_step_mode(net, first)
+    counter = sl.SynOpsCounter(net)
+    functional.set_step_mode(net, "m" if first == "s" else "s")  # the usual SpikingJelly workflow
+    functional.reset_net(net)
+    if first == "s":
+        net(x)
+    else:
+        for t in range(T):
+            net(x[t])
+    assert counter.samples == B and counter.time_steps() == T
+    assert counter.synops(by_layer=True)["0"].item() == pytest.approx(float(x.sum()) * 12 / B)  # by hand
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_spikingjelly_dropout_after_an_average_pool_keeps_the_spike_events(train):
+    from spikingjelly.activation_based import layer
+
+    T, B = 5, 3
+    x = (torch.rand(T, B, 2, 4, 4, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    net = nn.Sequential(layer.AvgPool2d(2, step_mode="m"), layer.Dropout(0.5, step_mode="m"),
+                        layer.Flatten(step_mode="m"), layer.Linear(8, 3, bias=False, step_mode="m"))
+    net.train(train)
+    functional.reset_net(net)
+    counter = sl.SynOpsCounter(net)
+    seen = []
+    net[3].register_forward_hook(lambda m, a, o: seen.append(a[0].detach()))
+    net(x)
+    row = counter.snapshot().per_layer()["3"]
+    # by hand: a kept window sends its spikes, pooled value x 4 (its dropout scale 1/(1-p) undone), to 3 outputs
+    events = float((seen[0] * 4 * (0.5 if train else 1.0)).sum()) * 3 / B
+    assert row["synops"] == pytest.approx(events) and row["eff_acs"] == pytest.approx(events)
+    assert row["eff_macs"] == 0

@@ -452,3 +452,20 @@ def test_short_soak_detects_a_planted_leak() -> None:
     counts = [r["tensors"] for r in records]
     assert counts[-1] > counts[0]
     assert not soak.verdict(records)["flat"]
+
+
+def test_a_model_pickled_with_a_counter_attached_gets_a_clear_error_and_its_deep_copy_is_inert():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with pytest.raises(TypeError, match=r"attached cannot be pickled.*counter.remove\(\) first"):
+        pickle.dumps(net)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        torch.save(net, io.BytesIO())
+    twin = copy.deepcopy(net)  # e.g. a best-model or EMA copy taken while counting
+    x = torch.ones(2, 4)
+    net(x)
+    twin(x)
+    assert counter.samples == 2 and counter.snapshot().per_layer()["0"]["synops"] == 3 * 4  # the copy is not counted
+    counter.remove()
+    torch.testing.assert_close(_pickled(twin)(x), net(x))  # the copy pickles, and runs as the model
+    _assert_no_hooks(net)

@@ -377,7 +377,8 @@ def test_a_call_without_gradients_does_not_calibrate_a_fraction():
     loss_fn = sl.SynOpsLoss(counter, fraction=0.5)
     with torch.no_grad():
         net(torch.ones(2, 4))  # hidden 4, 4, 4 per sample: driven synops 12 x 2 = 24 per sample
-        loss_fn()
+        with pytest.warns(sl.SynOpsWarning, match="not calibrated yet"):
+            loss_fn()
     assert not loss_fn.calibrated and loss_fn.targets()["driven"] is None
     counter.reset()
     x = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])  # hidden 1 and 2: driven (3 + 6) x 2 / 2 = 9
@@ -417,3 +418,22 @@ def test_fraction_calibration_averages_over_samples_not_batches():
     net(second)
     resumed()
     assert resumed.initial()["driven"] == pytest.approx((4 + 12 + 12) / 3)
+
+
+def test_a_fraction_loss_read_without_gradients_before_training_says_it_has_no_target():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 3, bias=False))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    loss = sl.SynOpsLoss(counter, fraction=0.5)
+    with torch.no_grad():
+        net(torch.rand(4, 6))
+        with pytest.warns(sl.SynOpsWarning, match="not calibrated yet"):
+            loss()
+    assert loss.targets() == {"driven": None} and not loss.calibrated
+
+
+def test_a_layer_named_twice_is_refused():
+    net = nn.Sequential(nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 3, bias=False))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with pytest.raises(ValueError, match=r"names layer\(s\) \['2'\] more than once"):
+        sl.SynOpsLoss(counter, target=1.0, layers=["2", "2"])
