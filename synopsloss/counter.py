@@ -710,6 +710,14 @@ class SynOpsCounter:
         batch.inputs = inputs
         if not batch.input_shape and tensors and not tensors[0].is_nested:
             batch.input_shape = tuple(tensors[0].shape)
+        if len(tensors) > 1 and self.batch_size is None:  # other arguments whose batch dim differs (layout.py)
+            d = self.batch_dim
+            first = tensors[0]
+            if first.dim() > d and not first.is_nested:
+                batch.root_first = _storage(first)
+                for t in tensors[1:]:
+                    if t.dim() > d and not t.is_nested and t.shape[d] != first.shape[d]:
+                        batch.root_others[_storage(t)] = tuple(t.shape)
         if self.time_dim is not None:
             if not tensors or tensors[0].dim() <= self.time_dim:
                 raise ValueError(
@@ -743,7 +751,15 @@ class SynOpsCounter:
     def _check_declared_batch(self, tensors: List[Tensor]) -> None:
         """A declared ``batch_size=`` must fit the input (:func:`synopsloss.layout.check_declared_batch`)."""
         shape = tuple(tensors[0].shape) if tensors and not tensors[0].is_nested else None
-        batch_layout.check_declared_batch(shape, self._layout_options())
+        options = self._layout_options()
+        for t in tensors[1:]:  # the batch may be another argument than the first (model(context, x))
+            if not t.is_nested:
+                try:
+                    batch_layout.check_declared_batch(tuple(t.shape), options)
+                    return
+                except ValueError:
+                    pass
+        batch_layout.check_declared_batch(shape, options)
 
     def _layout_options(self) -> batch_layout.Options:
         """The options that :mod:`synopsloss.layout` reads (``batch_size`` may be changed between batches)."""
@@ -851,6 +867,8 @@ class SynOpsCounter:
                         and x.device == same.device and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
                     batch = self._batch
                     data = x.is_leaf and bool(batch.inputs) and _storage(x) in batch.inputs  # (is_leaf: no grad_fn)
+                    if data and batch.root_others:
+                        batch.root_fed.add(_storage(x))
                     if _GRAD_ON() and not x.is_inference():
                         q = batch.quick.get(name)
                         if q is None:
@@ -1087,17 +1105,22 @@ class SynOpsCounter:
             )
         return state
 
-    def _is_data(self, x: Tensor) -> bool:
+    def _is_data(self, x: Tensor, note: bool = True) -> bool:
         """Whether ``x`` is (a view of) a tensor the model itself was called with in this batch.
 
         The inputs are held by the batch, so their storages cannot be freed and reused by
         another tensor while the batch lasts; a tensor with an autograd history was computed.
         """
-        return x.grad_fn is None and bool(self._batch.inputs) and _storage(x) in self._batch.inputs
+        batch = self._batch
+        if not (x.grad_fn is None and batch.inputs and _storage(x) in batch.inputs):
+            return False
+        if note and batch.root_others:  # the model was called with tensors of different batch sizes: which is read
+            batch.root_fed.add(_storage(x))
+        return True
 
     def is_data(self, tensors: List[Tensor]) -> bool:
         """Whether any of ``tensors`` is (a view of) the data of this batch (read by the function mode)."""
-        return any(t.device.type != "meta" and self._is_data(t) for t in tensors)
+        return any(t.device.type != "meta" and self._is_data(t, False) for t in tensors)  # (masks among them)
 
     def warn(self, msg: str, category: type = SynOpsWarning, stacklevel: int = 3) -> None:
         """Warn once per message (the op-level scopes report through it)."""

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Set, Tuple
 
 __all__ = ["Evidence", "Options", "Reading", "reading", "samples", "time_layout", "call_steps", "layer_steps",
            "sample_steps", "rows_span_dim1", "check_declared_batch", "add_fold", "add_probe"]
@@ -81,6 +81,11 @@ class Evidence:
     probe_tc: int = 0  # most time steps in one probe call (the length of the data's time dim)
     root_steps: int = 0  # time steps of the model's input (time_dim=)
     root_tc: int = 0
+    # the model's other tensor arguments whose batch dim differs from the first's: {storage: shape}; and those
+    # that counted layers read as data (their storages), with whether a layer read the first argument
+    root_others: Dict[int, Tuple[int, ...]] = field(default_factory=dict)
+    root_fed: Set[int] = field(default_factory=set)
+    root_first: int = -1  # the first argument's storage
 
 
 @dataclass(frozen=True)
@@ -174,11 +179,37 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
         name, b = next((n, s.samples) for n, s in layers.items() if s.samples)
         return Reading(b, f"layer {name!r}, which knows its layout (batch_first)", True)
     if ev.root_batch is not None:
+        _check_other_arguments(ev, options)
         certain = options.layout_given or options.batch_first_layers or rows_span_dim1(ev.root_shape, layers)
         return Reading(ev.root_batch, f"dim {options.batch_dim} of the model's input {ev.root_shape}", bool(certain))
     if options.fallback_batch_size is not None and not ev.root_calls:
         return Reading(options.fallback_batch_size, "the batch (the model itself was not called)", True)
     return None
+
+
+def _check_other_arguments(ev: Evidence, options: Options) -> None:
+    """The samples are read from the model's first tensor argument: refuse when another argument, whose batch
+    dim differs, is the one the layers read as data, or when the first is a size-1 (broadcast) tensor beside a
+    batched one and no layer read either (``model(gain[1, C], x[B, C])``)."""
+    if not ev.root_others or options.batch_dim_given:
+        return
+    d = options.batch_dim
+    fed = [shape for ptr, shape in ev.root_others.items() if ptr in ev.root_fed]
+    first_fed = ev.root_first in ev.root_fed
+    if fed and not first_fed:
+        other = fed[0]
+    else:  # a [1, C] tensor first and a [B, C] one after it (the same sample shape): which is the batch?
+        alike = [s for s in ev.root_others.values()
+                 if s[d] > 1 and len(s) == len(ev.root_shape) and s[d + 1:] == tuple(ev.root_shape[d + 1:])]
+        if first_fed or ev.root_fed or ev.root_batch != 1 or not alike:
+            return
+        other = alike[0]
+    raise ValueError(
+        f"synopsloss: the samples are read from dim {d} of the model's first tensor argument {ev.root_shape} "
+        f"({ev.root_batch}), but the model was also called with a tensor of shape {other} "
+        + ("that its layers read as data" if fed and not first_fed else "with more entries in that dim")
+        + ", so the batch may be that one. Pass SynOpsCounter(model, batch_size=B), or call the model with the "
+        "batch as its first tensor argument.")
 
 
 def samples(ev: Evidence, layers: Mapping[str, Any], options: Options) -> int:

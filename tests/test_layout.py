@@ -306,3 +306,42 @@ def test_the_monitor_of_a_counter_gets_the_counters_samples():
     alone = NeuronMonitor(net)  # standalone, with the default batch_dim=0: 4 samples
     net(torch.ones(4, 2, 2))
     assert alone.stats()["1"]["time_steps"] == 4 / 4
+
+
+class _Gain(nn.Module):
+    """``forward(gain, x)``: a per-feature gain ``[1, C]`` first, the batch ``[B, C]`` second."""
+
+    def __init__(self, read_x: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.read_x = read_x
+        self.fc = nn.Linear(6, 5, bias=False)
+
+    def forward(self, first, x):
+        return self.fc(x) if self.read_x else self.fc(x * first)
+
+
+@pytest.mark.parametrize("first, read_x", [((1, 6), False), ((2, 6), True)])
+def test_a_first_argument_that_is_not_the_batch_is_refused_not_counted_as_samples(first, read_x):
+    net = _Gain(read_x)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = torch.rand(4, 6)
+    net(torch.ones(*first), x)
+    with pytest.raises(ValueError, match=r"first tensor argument .* batch_size=B"):
+        counter.synops()
+    counter.remove()
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=4)  # the fix the message names
+    net(torch.ones(*first), x)
+    fan = (net.fc.weight != 0).sum(0).float()
+    assert counter.synops().item() == pytest.approx(float((x @ fan).sum()) / 4)  # by hand (the gain is 1)
+
+
+def test_a_mask_argument_does_not_change_the_samples():
+    enc = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, dropout=0.0)
+    counter = sl.SynOpsCounter(enc, batch_dim=0, neurons=False)
+    mask = torch.zeros(5, 5)
+    enc(torch.rand(1, 5, 8), mask)
+    assert counter.samples == 1
+    counter.reset()
+    enc(torch.rand(3, 5, 8), src_mask=mask)
+    assert counter.samples == 3
