@@ -641,6 +641,7 @@ class SynOpsCounter:
         totals too.
         """
         batch = self._batch
+        left_out = False  # the batch's samples cannot be read: its neuron statistics are left out too
         if accumulated:
             self._totals.clear()
             self._sums.clear()
@@ -651,6 +652,7 @@ class SynOpsCounter:
             try:
                 samples = self._samples()
             except ValueError as err:
+                left_out = True
                 self._warn_once(f"synopsloss: reset() leaves the last batch out of the accumulated totals: {err}",
                                 stacklevel=3)
             else:
@@ -666,7 +668,7 @@ class SynOpsCounter:
                 self._total_samples += samples
                 self._total_sample_steps += samples * steps
         if self._monitor is not None:
-            self._monitor.reset(accumulated=accumulated, drop=batch.pending or batch.failed)
+            self._monitor.reset(accumulated=accumulated, drop=batch.pending or batch.failed or left_out)
         self._batch = _Batch()
         self._pools.clear()
 

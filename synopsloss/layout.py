@@ -183,7 +183,10 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
         certain = options.layout_given or options.batch_first_layers or rows_span_dim1(ev.root_shape, layers)
         return Reading(ev.root_batch, f"dim {options.batch_dim} of the model's input {ev.root_shape}", bool(certain))
     if options.fallback_batch_size is not None and not ev.root_calls:
-        return Reading(options.fallback_batch_size, "the batch (the model itself was not called)", True)
+        # (certain only with a declared layout: a layer that reads more rows than that, such as a time-first
+        # [T, B, ...] batch read whole, is refused rather than divided by dim 0)
+        return Reading(options.fallback_batch_size,
+                       f"dim {options.batch_dim} of the batch (the model itself was not called)", options.layout_given)
     return None
 
 

@@ -57,16 +57,17 @@ _STAGES = ("train", "validate", "test")
 TargetLike = Union[float, int, Schedule]
 
 
-def _batch_size(batch: Any) -> int:
-    """Samples in a batch: dim 0 of its first tensor (nested tuples, lists and dicts searched)."""
+def _batch_size(batch: Any, dim: int = 0) -> int:
+    """Samples in a batch: dim ``dim`` of its first tensor (nested tuples, lists and dicts searched)."""
     if isinstance(batch, Tensor):
-        if batch.dim() == 0:
-            raise ValueError("synopsloss: the batch is a 0-dim tensor; pass batch_size_fn=")
-        return int(batch.shape[0])
+        if batch.dim() <= dim:
+            raise ValueError(f"synopsloss: the batch is a {batch.dim()}-dim tensor, with no dim {dim}; "
+                             "pass batch_size_fn=")
+        return int(batch.shape[dim])
     items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
     for item in items:
         try:
-            return _batch_size(item)
+            return _batch_size(item, dim)
         except ValueError:
             continue
     raise ValueError(
@@ -75,10 +76,17 @@ def _batch_size(batch: Any) -> int:
     )
 
 
-def _fallback(batch: Any) -> Optional[int]:
-    """:func:`_batch_size`, or None for a batch without a tensor (the counter then says what is missing)."""
+#: what the callbacks add to a layout error of their counter (its own options are the callback's)
+_CALLBACK_LAYOUT = ("With {name}, pass counter_kwargs={{'batch_dim': 1}} (or {{'time_dim': 0}}) for time-first "
+                    "[T, B, ...] batches, counter_kwargs={{'batch_dim': 0}} for batch-first ones, or "
+                    "batch_size_fn=lambda batch: <its number of samples>.")
+
+
+def _fallback(batch: Any, dim: int = 0) -> Optional[int]:
+    """:func:`_batch_size` (``dim``: the counter's ``batch_dim``), or None for a batch without such a tensor (the
+    counter then says what is missing)."""
     try:
-        return _batch_size(batch)
+        return _batch_size(batch, dim)
     except ValueError:
         return None
 
@@ -338,7 +346,12 @@ class SynOpsRegularizer(_pl.Callback):
             )
         if self._term is None:
             calibrating = not self._loss_fn.calibrated
-            self._term = self._loss_fn()
+            try:
+                self._term = self._loss_fn()
+            except ValueError as err:
+                if "samples" not in str(err):
+                    raise
+                raise ValueError(f"{err} {_CALLBACK_LAYOUT.format(name='SynOpsRegularizer')}") from err
             if calibrating and self._kind == "fraction" and getattr(self._trainer, "world_size", 1) > 1:
                 self._add_calibration()
         return self._term
@@ -607,7 +620,7 @@ class SynOpsRegularizer(_pl.Callback):
         if self.batch_size_fn is not None:
             self._counter.batch_size = int(self.batch_size_fn(batch))
         else:  # the counter reads the samples from the module's input; dim 0 of the batch if it is not called
-            self._counter.fallback_batch_size = _fallback(batch)
+            self._counter.fallback_batch_size = _fallback(batch, self._counter.batch_dim)
         if self.interval == "step":
             self._sync_steps(trainer)
         self._term = None
@@ -745,6 +758,7 @@ class SynOpsMonitor(_pl.Callback):
         self.prefix = prefix
         self.counter_kwargs = dict(counter_kwargs or {})
         self.counters: Dict[str, SynOpsCounter] = {}
+        self._unreadable: set = set()  # stages whose batches' samples could not be read (named once)
         #: the last epoch's metrics per stage, as logged (also kept in ``state_dict``)
         self.last_metrics: Dict[str, Dict[str, float]] = {}
 
@@ -781,17 +795,42 @@ class SynOpsMonitor(_pl.Callback):
         counter.attach()
         counter.reset(accumulated=True)
 
+    def _readable(self, counter: SynOpsCounter, stage: str) -> bool:
+        """Whether the samples of the batch ``counter`` holds can be read (else one warning that names the
+        monitor's options; the batch is then left out of the logged synops)."""
+        try:
+            counter.samples
+        except RuntimeError:  # nothing ran in this batch
+            return True
+        except ValueError as err:
+            if stage not in self._unreadable:
+                self._unreadable.add(stage)
+                warnings.warn(f"SynOpsMonitor: the {stage} batches are left out of the logged synops: {err} "
+                              f"{_CALLBACK_LAYOUT.format(name='SynOpsMonitor')}", SynOpsWarning, stacklevel=4)
+            return False
+        return True
+
+    def _drop_or_fold(self, counter: SynOpsCounter, stage: str) -> None:
+        """``counter.reset()``: the finished batch enters the totals, or is left out (named once) when its samples
+        cannot be read."""
+        if self._readable(counter, stage):
+            counter.reset()
+            return
+        with warnings.catch_warnings():  # (named above, with the monitor's options)
+            warnings.simplefilter("ignore", SynOpsWarning)
+            counter.reset()
+
     def _batch_start(self, trainer: Any, pl_module: Any, stage: str, batch: Any) -> None:
         if self._skip(trainer, stage):
             return
         counter = self._counter(pl_module, stage)
         self._only(stage)
         counter.attach()
-        counter.reset()
+        self._drop_or_fold(counter, stage)
         if self.batch_size_fn is not None:
             counter.batch_size = int(self.batch_size_fn(batch))
         else:  # the counter reads the samples from the module's input; dim 0 of the batch if it is not called
-            counter.fallback_batch_size = _fallback(batch)
+            counter.fallback_batch_size = _fallback(batch, counter.batch_dim)
 
     def _metrics(self, stage: str, counts: Dict[str, Dict[str, float]]) -> Dict[str, float]:
         base = f"{self.prefix}/{stage}"
@@ -824,7 +863,7 @@ class SynOpsMonitor(_pl.Callback):
         counter = self.counters.get(stage)
         if self._skip(trainer, stage) or counter is None:
             return
-        counter.reset()  # fold the last batch into the totals
+        self._drop_or_fold(counter, stage)  # fold the last batch into the totals
         counter.remove()
         try:
             snap = counter.snapshot(accumulated=True)

@@ -106,3 +106,31 @@ def test_ddp_ranks_sum_to_the_single_process_numbers(tmp_path):
     want = expected_counts(module)
     for key in sl.COUNT_KEYS:
         assert float(t.callback_metrics[f"synops/validate/{key}"]) == pytest.approx(want[key], rel=1e-6)
+
+
+def test_time_first_validation_batches_are_named_with_the_monitors_options():
+    T = 3
+    x = torch.rand(12, T, N_IN, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (12,))
+
+    def collate(items):  # [T, B, C] batches
+        return torch.stack([i[0] for i in items]).transpose(0, 1), torch.stack([i[1] for i in items])
+
+    class TimeFirst(Module):
+        def validation_step(self, batch, batch_idx):
+            self.net(batch[0])  # every step at once: rows T x B
+
+    def fit(monitor):
+        loader = DataLoader(TensorDataset(x, y), batch_size=6, collate_fn=collate)
+        trainer(accelerator="cpu", callbacks=[monitor]).validate(TimeFirst(), loader, verbose=False)
+        return monitor
+
+    with pytest.warns(sl.SynOpsWarning, match=r"SynOpsMonitor: the validate batches are left out.*With "
+                                              r"SynOpsMonitor, pass counter_kwargs=\{'batch_dim': 1\}"):
+        fit(SynOpsMonitor(stages=("validate",)))
+    got = fit(SynOpsMonitor(stages=("validate",), counter_kwargs={"batch_dim": 1})).last_metrics["validate"]
+    module = TimeFirst()
+    with sl.SynOpsCounter(module.net, batch_dim=1) as counter, torch.no_grad():  # by hand, all 12 samples at once
+        module.net(x.transpose(0, 1))
+        want = counter.snapshot().total()
+    assert got["synops/validate/synops"] == pytest.approx(want["synops"])

@@ -421,5 +421,5 @@ def test_time_first_batches_take_their_samples_from_the_declared_layout():
     assert len(seen) == 2
     for hand, got in seen:
         assert got == pytest.approx(hand, rel=1e-5)
-    with pytest.raises(ValueError, match=r"cannot be told from \[T, B, \.\.\.\]"):
+    with pytest.raises(ValueError, match=r"cannot be told from \[T, B, \.\.\.\].*With SynOpsRegularizer, pass counter_kwargs="):
         _fit(_time_first_module({}, []))
