@@ -501,11 +501,14 @@ class SynOpsCounter:
         # the modules' buffer dicts: buffers may be (re)assigned and registered later, in these same dicts
         self._buffer_dicts = [m._buffers for m in self.model.modules()]
         parametrized: List[str] = []  # "<name>.parametrizations." of parametrized modules
+        unrun = tuple(n + "." for n in registry.unrun_children(self.model))  # never run by their parent's forward
         for name, module in self.model.named_modules():
             if parametrize.is_parametrized(module):
                 parametrized.append(f"{name}.parametrizations." if name else "parametrizations.")
             if any(name.startswith(p) for p in parametrized):
                 continue  # weight_norm / spectral_norm parametrizations: their parameters are the owner's
+            if unrun and (name + ".").startswith(unrun):
+                continue  # (sinabs' from_model Network: the source ANN, kept beside the spiking model)
             self._attach_module(name, module)
         for name, (layout, gives_samples) in registry.time_probes(self.model).items():
             self._hooks.pre(self.model.get_submodule(name), functools.partial(

@@ -231,6 +231,31 @@ RECURRENT_SYNAPSES: Dict[TypeKey, Tuple[str, ...]] = {
        if any(w[0] == "recurrent_weights" for w in row.weights)},  # norse LIFRecurrentCell, ...
 }
 
+#: Children that a module's forward never runs: ``{type: child names}``. Their layers are not counted (and not
+#: named as layers that did not run): sinabs' ``from_model`` Network keeps the source ANN as ``analog_model`` and
+#: runs ``spiking_model`` only.
+UNRUN_CHILDREN: Dict[TypeKey, Tuple[str, ...]] = {
+    "sinabs.network.Network": ("analog_model",),
+}
+
+
+def unrun_children(model: nn.Module) -> Tuple[str, ...]:
+    """Qualified names of the submodules of ``model`` that their parent's forward never runs (:data:`UNRUN_CHILDREN`).
+
+    Example
+    -------
+    >>> unrun_children(torch.nn.Sequential(torch.nn.Linear(1, 1)))
+    ()
+    """
+    out = []
+    for name, module in model.named_modules():
+        children = _lookup(UNRUN_CHILDREN, module)
+        for child in children or ():  # type: ignore[union-attr]
+            if hasattr(module, child):
+                out.append(f"{name}.{child}" if name else child)
+    return tuple(out)
+
+
 #: Synapses that a neuron module's own code evaluates twice per call on the same input: ``{neuron type: (child
 #: name, attribute, value)}``. While ``neuron.<attribute> == value``, a second call of the child on the same tensor
 #: (same object, same version) within one call of the neuron is the same spikes over the same synapses, not a

@@ -541,3 +541,21 @@ def test_spikingjelly_dropout_after_an_average_pool_keeps_the_spike_events(train
     events = float((seen[0] * 4 * (0.5 if train else 1.0)).sum()) * 3 / B
     assert row["synops"] == pytest.approx(events) and row["eff_acs"] == pytest.approx(events)
     assert row["eff_macs"] == 0
+
+
+def test_a_sinabs_from_model_network_counts_its_spiking_model_only():
+    sinabs = pytest.importorskip("sinabs")
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3, bias=False),
+                        nn.ReLU())
+    net = sinabs.from_model(ann, input_shape=(1, 8, 8), batch_size=2)
+    x = (torch.rand(2 * 5, 1, 8, 8, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    counter = sl.SynOpsCounter(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)  # the unrun source ANN is not named as a layer that did not run
+        net(x)
+        got = counter.synops(by_layer=True)
+    assert sorted(got) == ["spiking_model.0", "spiking_model.3"]
+    # by hand: each input spike reaches the conv's 4 x (taps that cover it) synapses, 10 = B x T rows over 2 samples
+    fan = torch.nn.functional.conv_transpose2d(torch.ones(1, 4, 6, 6), (net.spiking_model[0].weight != 0).float())
+    assert got["spiking_model.0"].item() == pytest.approx(float((x * fan).sum()) / 2)
