@@ -1020,7 +1020,7 @@ class SynOpsCounter:
             call = call._replace(wversion=version_of(call.weight))
         if not torch.is_grad_enabled() or call.x.is_inference():
             lost = not (data or call.x.requires_grad)
-            if (call.scale is None and not call.per_row and call.encoding == "unary"
+            if (call.scale is None and not call.per_row and call.encoding == "unary" and _LEVEL(call.x) == -1
                     and reducible_now(call.x, call.rows, state.in_neurons)
                     and self._reduce_now(state, call.x, call.rows, call.entry, call.weight, call.cache, call.events)):
                 if lost:
