@@ -247,11 +247,33 @@ def _big_path(x: Tensor, rows: int, n_el: int, encoding: str) -> bool:
 _STACK_VECTORS = 1 << 18
 
 
+def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float]:
+    """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
+    one), its nonzeros per column, and ``max |x|`` (``inf`` when its first values show it is no spikes).
+
+    A value among the first :data:`_WITNESS` outside {-1, 0, 1} settles that the input is no spikes: then only
+    its min is read (no ``abs`` when it is >= 0, whose gradient is 1), else its min and max; then one product
+    with ones and :func:`column_nonzeros`.
+    """
+    det = flat.detach()
+    with torch.no_grad():
+        head = det[0, :_WITNESS]
+        if bool(((head.abs() - 1) * head).any()):  # (NaN too: its min is NaN, and the read reports it)
+            lo, amax = float(det.amin()), math.inf
+        else:
+            lo, hi = (float(v) for v in min_max(det))
+            amax = math.nan if lo != lo or hi != hi else max(-lo, hi)
+    signed = not lo >= 0  # (NaN is signed: its magnitude is NaN)
+    colsum = _sum_rows(magnitude(flat) if signed else flat)
+    with torch.no_grad():
+        return colsum, column_nonzeros(det), amax
+
+
 def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -> Tuple[Tensor, ...]:
     """:func:`_group_sums` for large CPU inputs: each input is read on its own (nothing of its size is stacked).
 
-    Each distinct input is read by its min / max, one product with ones (``|x|`` summed over the rows; no
-    ``abs`` when every value is >= 0, whose gradient is 1) and :func:`column_nonzeros`. The per-neuron vectors
+    Each distinct input is read by :func:`_large_sums` (its min, or min and max; one product with ones;
+    :func:`column_nonzeros`), as a call reduced at once (:func:`reduce_now`) is. The per-neuron vectors
     then take float64 dot products with the maps: stacked when the group's vectors are small, else call by call
     (so that each stays in cache). The spiking test of all inputs is one host read (CPU).
     """
@@ -265,15 +287,11 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
     amaxes: List[float] = []
     for t in first:
         flat = t.reshape(rows, n_el)
-        det = flat.detach()
-        with torch.no_grad():
-            lo, hi = (float(v) for v in min_max(det))
-        signed = not lo >= 0  # (NaN is signed: its magnitude is NaN and the read reports it)
-        amaxes.append(math.nan if lo != lo or hi != hi else max(-lo, hi) if signed else hi)
-        colsums.append(_sum_rows(magnitude(flat) if signed else flat))
-        with torch.no_grad():
-            nzs.append(column_nonzeros(det))
-        dets.append(det)
+        colsum, nz, amax = _large_sums(flat)
+        amaxes.append(amax)
+        colsums.append(colsum)
+        nzs.append(nz)
+        dets.append(flat.detach())
     one = len(xs) == 1
     dense = maps[0].dense_total.reshape(1) if one else torch.stack([m.dense_total for m in maps])
     ii = torch.tensor(inv) if len(first) != len(xs) else None  # each call's input among the distinct ones
@@ -461,16 +479,9 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         return None
     with torch.no_grad():
         flat = x.detach().reshape(rows, n_el)
-        head = flat[0, :_WITNESS]
-        if bool(((head.abs() - 1) * head).any()):  # a value outside {-1, 0, 1} (or NaN): not spikes, no max needed
-            lo, amax = float(flat.amin()), math.inf
-        else:
-            lo, hi = (float(v) for v in min_max(flat))
-            amax = math.nan if lo != lo or hi != hi else max(-lo, hi)
-        signed = not lo >= 0  # (NaN is signed: its magnitude is NaN and the read reports it)
+        colsum, nz, amax = _large_sums(flat)
         acc, emap = ent.effective.dtype, ent.effective
-        colsum = _sum_rows(flat.abs() if signed else flat).to(acc)
-        nz = column_nonzeros(flat)
+        colsum = colsum.to(acc)
         sums = torch.stack([torch.dot(colsum, emap), torch.dot(nz.to(acc), emap), colsum.sum(),
                             nz.sum(dtype=torch.int64).to(acc)])
         synops, eff, in_sum, nonzero = sums.tolist()
