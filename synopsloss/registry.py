@@ -8,10 +8,13 @@ Each concern is one literal table, read top to bottom:
 * :data:`NO_SYNAPSE`: types that hold parameters but no synapses (norms, PReLU);
 * :data:`LAYER_KINDS`: what a synapse-free layer is in the table (:class:`LayerKind`);
 * :data:`POOL_DIVISORS`: average pools and their divisors (spike-event correction);
-* :data:`PASS_THROUGH`: layers that keep each value or zero it (the correction follows them);
+* :data:`PASS_THROUGH`: layers that keep each value or zero it (the correction follows them), and
+  :data:`SCALING_DROPOUTS`: those that scale the kept values by ``1/(1-p)`` in training;
 * :data:`NEURON_LIBRARIES` and :data:`NEURON_OP_COSTS`: spiking neuron base
   classes and the operations of one membrane update;
 * :data:`TIME_FOLDING`: layers that know the samples of ``[B*T, ...]`` inputs;
+* :data:`REPEATED_EVALUATIONS`: synapses a neuron evaluates twice per call (counted once), and
+  :data:`UNRUN_CHILDREN`: submodules their parent's forward never runs (not counted);
 * :data:`OP_SCOPED` and :data:`RULE_FORWARD_AS_IS`: which forwards are counted
   op by op (:mod:`synopsloss.opscope`).
 
@@ -62,6 +65,8 @@ __all__ = [
     "RULE_FORWARD_AS_IS",
     "RECURRENT_SYNAPSES",
     "NEURON_OPS_NO_SYNAPSE",
+    "REPEATED_EVALUATIONS",
+    "UNRUN_CHILDREN",
     "resolve",
     "register_rule",
     "register_no_synapse",
@@ -74,6 +79,9 @@ __all__ = [
     "neuron_op_cost",
     "pool_divisor",
     "is_pass_through",
+    "dropout_keep",
+    "repeated_evaluation",
+    "unrun_children",
     "is_time_folding",
     "time_folding_batch",
     "time_probes",
