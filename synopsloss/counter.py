@@ -87,7 +87,7 @@ from .hooks import compiling as _COMPILING
 from .hooks import STAMPS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, geometry, module_map_args, rule_weight, weight_mask
-from .records import Call, reducible_now, reduce_now, version_of
+from .records import Call, reducible_now, reduce_now, version_of, view_lead
 from .fastpath import EncoderGuard
 from .opscope import OpScope, class_code, compiled_submodules
 from .pooling import PoolEvents
@@ -177,7 +177,7 @@ class _Batch(batch_layout.Evidence):
     unreduced: Dict[int, SynapseState] = field(default_factory=dict)  # layers with calls made without gradients
     unreduced_bytes: int = 0  # bytes of the inputs those calls hold
     # calls reduced when made: (id(weight as used), id(map entry)) -> (the entry's current map, the weight, its
-    # version when checked); the map is checked against the weight once per batch and after each in-place change
+    # version when checked); the map is checked against the weight once per forward and after each in-place change
     current: Dict[tuple, tuple] = field(default_factory=dict)
     input_shape: Tuple[int, ...] = ()  # the shape of the first tensor the model was first called with
     probe_major: Optional[bool] = None  # a layer of known layout read [B, T, ...] (True) or [T, B, ...] (False)
@@ -198,16 +198,18 @@ class _Batch(batch_layout.Evidence):
             for name, q in self.quick.items():
                 st = self.states.get(name)
                 if st is None:
-                    st = self.states[name] = SynapseState(first_seen=q[0], device=q[2][2].device)
-                _tally(st, q[2:], q[1])
+                    st = self.states[name] = SynapseState(first_seen=q[0], device=q[3][2].device)
+                _tally(st, q[3:], q[1], entry=q[2])
             self.quick.clear()
         return self.states
 
 
-def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1, record: bool = True) -> None:
+def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1, record: bool = True,
+           entry: Optional[LayerMaps] = None) -> None:
     """Add a layer's repeated calls (input, its version, the :class:`_Repeat` it repeats, the weight, whether it
     read data) to the state's fields and records, in call order (``wversion``: the weight's version at the first
-    of them, -1 when not known; ``record=False``: the calls were reduced when made, they are not recorded)."""
+    of them, -1 when not known; ``entry``: the map entry that stood for the weight then, the latest rebuild of the
+    repeat's (``LayerMaps.newest``); ``record=False``: the calls were reduced when made, they are not recorded)."""
     for x, version, same, weight, data in entries:
         rows = same.rows
         state.calls += 1
@@ -217,8 +219,8 @@ def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1, record
         state.data_calls += data
         state.leads[same.lead] += 1
         if record:
-            state.records.append(Call(x, rows, same.entry, weight, same.maps, None, None, version, same.events,
-                                      wversion=wversion))
+            state.records.append(Call(x, rows, entry or same.entry, weight, same.maps, None, None, version,
+                                      same.events, wversion=wversion))
     last = entries[-1][2]
     state.in_shape, state.out_shape, state.in_neurons = last.in_shape, last.sample_out, last.in_neurons
 
@@ -691,6 +693,8 @@ class SynOpsCounter:
                     layer.same = None
         batch.root_calls += 1
         batch.pending = True
+        if batch.current:  # maps of calls reduced at once: checked against their weights again in each forward
+            batch.current.clear()  # (an edit through .data between forwards moves no version counter)
         batch.grad = torch.is_grad_enabled()
         if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
             tensors = [args[0]]  # (the common call)
@@ -877,16 +881,18 @@ class SynOpsCounter:
                     if _GRAD_ON() and not x.is_inference():
                         q = batch.quick.get(name)
                         if q is None:
-                            # the first such call's stamp (forward order) and the weight's version at it: a read
-                            # that finds the weight's zero pattern changed since names the change
-                            q = batch.quick[name] = [_NEXT_STAMP(), version_of(weight)]
+                            # the first such call's stamp (forward order), the weight's version at it and the map
+                            # entry that stood for it: a read that finds the weight's zero pattern changed since
+                            # names the change
+                            q = batch.quick[name] = [_NEXT_STAMP(), version_of(weight), same.entry.newest()]
                         q.append((x, x._version, same, weight, data))
                         return None
                     # without gradients: a large call is reduced now, a small one when the forward returns
                     state = self._state(name, same.device)
                     now = reducible_now(x, same.rows, same.in_neurons) and self._reduce_now(
                         state, x, same.rows, same.entry, weight, same.maps, same.events)
-                    _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight), not now)
+                    _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight), not now,
+                           same.entry.newest())
                     lost = not (data or x.requires_grad)
                     if now:
                         if lost:
@@ -1006,8 +1012,9 @@ class SynOpsCounter:
             if enc != call.encoding:
                 call = call._replace(encoding=enc)
         state = self._state(name, call.x.device)
-        if self.per_sample_counts:
-            state.call_leads.append(lead if lead else (call.rows,))
+        if self.per_sample_counts:  # (a fold of a view keeps its base's order: view_lead)
+            state.call_leads.append(view_lead(call.x, call.entry.effective.numel(), call.rows,
+                                              lead if lead else (call.rows,)))
         state.calls += 1
         state.rows_total += call.rows
         state.rows.add(call.rows)
@@ -1016,8 +1023,8 @@ class SynOpsCounter:
         state.in_values += call.rows * state.in_neurons
         state.data_calls += int(data)
         state.leads[lead if lead is not None else (call.rows,)] += 1
-        if call.weight is not None:  # (its version at this call: changed later, the read says so)
-            call = call._replace(wversion=version_of(call.weight))
+        if call.weight is not None:  # (its version and map at this call: changed later, the read says so)
+            call = call._replace(wversion=version_of(call.weight), entry=call.entry.newest())
         if not torch.is_grad_enabled() or call.x.is_inference():
             lost = not (data or call.x.requires_grad)
             if (call.scale is None and not call.per_row and call.encoding == "unary" and _LEVEL(call.x) == -1
@@ -1409,6 +1416,7 @@ class SynOpsCounter:
         settle_all(states)
         self._batch.read = True
         batch_major = self._batch_major(b)
+        steps = self._time_layout()[1]  # time steps of a call that carries the time dim
         out: Dict[str, Tensor] = {}
         for name, state in self._batch.layers.items():
             if not state.call_leads or state.unsampled:
@@ -1416,7 +1424,7 @@ class SynOpsCounter:
             parts, index = [], []
             for lead, row in zip(state.call_leads, state.row_synops):
                 parts.append(row)
-                index.append(_row_samples(tuple(lead), row.numel(), b, batch_major, name))
+                index.append(_row_samples(tuple(lead), row.numel(), b, batch_major, name, steps))
             vals = torch.cat(parts) if len(parts) > 1 else parts[0]
             idx = (torch.cat(index) if len(index) > 1 else index[0]).to(vals.device)
             out[name] = vals.new_zeros(b).index_add(0, idx, vals).to(torch.get_default_dtype())
@@ -1702,13 +1710,15 @@ def _calls_of(cls: type) -> Optional[frozenset]:
     return code.calls if code is not None else None
 
 
-def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Optional[bool], name: str) -> Tensor:
+def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Optional[bool], name: str,
+                 steps: int = 1) -> Tensor:
     """The sample each row of a call belongs to (``[rows]`` int64), from the call's leading dims.
 
     ``batch_major``: how the model's input holds samples and time steps (``True``: ``[B, T, ...]``, ``False``:
     ``[T, B, ...]``, ``None``: not known); it decides the rows whose leading dims could be read either way
     (``[B*T]`` folded, or ``[N, N, ...]`` with as many time steps as samples), and where it is not known these
-    are refused, not guessed."""
+    are refused, not guessed. A time-first fold is read as ``[T*B]`` only when its rows are ``steps`` (the time
+    steps of a call) x samples: ``[T*B*heads]`` folded from a copy has an inner dim that cannot be known."""
     r = torch.arange(rows)
     if rows % samples:
         raise ValueError(f"synopsloss: layer {name!r} read {rows} rows, not a multiple of {samples} samples")
@@ -1723,6 +1733,12 @@ def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Op
                 "be split by sample. Pass time_dim= (or batch_dim=) for the model's input layout.")
         if batch_major:
             return r // (rows // samples)
+        if not both and rows != steps * samples:
+            raise ValueError(
+                f"synopsloss: layer {name!r} read {rows} rows folded into one dim from time-first data ({samples} "
+                f"samples, {steps} time steps per call): the other dims folded with them (heads, tokens) and their "
+                "order cannot be known, so its synops cannot be split by sample. Fold a view of the tensor "
+                "(reshape of a contiguous one, whose dims are read) or keep the dims apart ([T, B, heads, ...]).")
         inner = rows // (lead[0] * samples) if both else 1
         return (r // inner) % samples
     if lead and lead[0] == samples:  # [B, ...]: batch-major

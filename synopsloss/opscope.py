@@ -166,6 +166,7 @@ from .errors import UnsupportedLayerWarning
 from .hooks import COMPILED, OWN, HookSet
 from .maps import OpCounts, Rule
 from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, record_op
+from .records import view_lead
 
 __all__ = ["OpScope", "OpRow", "OPS_MODES", "WEIGHT_PREP_NODES", "MAX_WALK", "class_code"]
 
@@ -419,6 +420,20 @@ def _lead(c: OpCount, tensors: List[Tensor]) -> Optional[Tuple[int, ...]]:
             if size == c.rows:
                 return lead
     return None
+
+
+def _row_dims(c: OpCount, tensors: List[Tensor]) -> Tuple[int, ...]:
+    """A product's batch dims for its per-sample split: its own, or, when they are one folded dim (``bmm`` of
+    ``[T*B*heads, N, d]``), the leading dims of the tensor an operand is a flattened view of (``(T, B, heads)``)."""
+    dims = c.row_dims
+    if len(dims) != 1 or not dims[0]:
+        return dims
+    for t in tensors:
+        if t.dim() >= 1 and int(t.shape[0]) == dims[0]:
+            better = view_lead(t, t.numel() // dims[0], dims[0], dims)
+            if better != dims:
+                return better
+    return dims
 
 
 def _param_of(t: Tensor) -> Optional[nn.Parameter]:
@@ -803,7 +818,7 @@ class OpScope:
                 in_shape=tuple(c.in_shape), out_shape=tuple(c.out_shape), input_sum=c.input_sum,
                 input_nonzero=c.input_nonzero, in_neurons=n_el, later=c.later, device=c.device,
                 held_bytes=sum(t.numel() * t.element_size() for t in tensors) if c.later is not None else 0,
-                row_dims=c.row_dims,
+                row_dims=_row_dims(c, tensors),
             ), data=data, lead=lead)
 
     def _flag(self, counter: Any, frame: _Frame, func: Callable, err: Exception) -> None:

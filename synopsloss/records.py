@@ -36,7 +36,7 @@ from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
 from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
 
-__all__ = ["Call", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "NOW_FIELDS"]
+__all__ = ["Call", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "NOW_FIELDS", "view_lead"]
 
 #: rows of one call from which per-neuron sums are taken in float64 (float32 sums are exact below 2^24)
 WIDE_ROWS = 1 << 22
@@ -440,6 +440,38 @@ def _per_layer_synops(parts: List[Tuple[Tensor, ...]], owners: List[int], synops
     return [(g[i] + w[i] if has_plain[i] else g[i]) if has_grad[i] else w[i] for i in range(n)]
 
 
+def view_lead(t: Tensor, n_el: int, rows: int, lead: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The leading dims by which a call's ``rows`` are split by sample: ``lead`` (the call's own), or, for rows
+    folded into one dim (``lead == (rows,)``) of a contiguous view of a tensor whose memory is dense, that
+    tensor's leading dims in memory order (``x.flatten(0, 1)`` of ``[B, T, C]``: ``(B, T)``; torch's multi-head
+    attention folds its ``[batch, heads, tokens, d]`` output, laid out tokens first, into ``[tokens * batch, E]``:
+    ``(tokens, batch)``), whose order the fold kept.
+
+    Example
+    -------
+    >>> base = torch.zeros(2, 3, 4)
+    >>> view_lead(base.flatten(0, 1), 4, 6, (6,)), view_lead(base.flatten(0, 1).clone(), 4, 6, (6,))
+    ((2, 3), (6,))
+    """
+    base = t._base
+    if len(lead) != 1 or base is None or base.numel() != t.numel() or not t.is_contiguous():
+        return lead
+    # the base's dims in memory order (a permuted view of contiguous memory, as torch's attention leaves it)
+    order = sorted(range(base.dim()), key=lambda i: -base.stride(i))
+    dims = tuple(int(base.shape[i]) for i in order)
+    expect = 1
+    for i, d in zip(reversed(order), reversed(dims)):
+        if d != 1 and base.stride(i) != expect:
+            return lead  # overlapping or gapped memory: no order to read
+        expect *= d
+    k, inner = len(dims), 1
+    while k > 0 and inner < n_el:
+        k -= 1
+        inner *= dims[k]
+    out = dims[:k]
+    return out if inner == n_el and len(out) >= 2 and math.prod(out) == rows else lead
+
+
 #: the counts of a call reduced when it is made (:func:`reduce_now`), in the order they are returned
 NOW_FIELDS = ("synops", "dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero", "spiking", "effective")
 
@@ -521,9 +553,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         for c in calls:
             if c.weight is not None and c.cache is not None:
                 todo.setdefault((id(c.weight), id(c.entry)), (c.cache, c.entry, c.weight))
-    known: Dict[tuple, LayerMaps] = {}  # the map each entry stood for before this read (its latest rebuild)
     if todo:
-        known = {k: ent.newest() for k, (_, ent, _) in todo.items()}
         memo = dict(zip(todo, MapCache.current_all(list(todo.values()))))
     order = {id(c): i for calls in layers for i, c in enumerate(calls)}  # a call's index within its layer
     groups: Dict[tuple, List[Tuple[int, Call, LayerMaps]]] = {}
@@ -591,8 +621,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
              effective=per_stats[li][6],
              changed=tuple(i for i, c in enumerate(calls) if version_of(c.x) != c.version),
              stale=any(c.wversion >= 0 and c.weight is not None and c.cache is not None
-                       and memo[(id(c.weight), id(c.entry))] is not known[(id(c.weight), id(c.entry))]
-                       and version_of(c.weight) != c.wversion
+                       and memo[(id(c.weight), id(c.entry))] is not c.entry and version_of(c.weight) != c.wversion
                        for c in calls),
              rows=tuple(sorted(row_sums[li], key=lambda t: t[0])))
         for li, calls in enumerate(layers)

@@ -212,3 +212,49 @@ def test_attention_products_have_per_sample_values_equal_to_each_sample_alone(ho
         net(x[:, i:i + 1])
         alone.append(float(single.synops()))
     assert total.tolist() == pytest.approx(alone)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_per_sample_values_equal_each_sample_alone(batch_first):
+    """torch's attention folds its output [tokens x batch] for out_proj: split by the fold's own order."""
+    torch.manual_seed(5)
+    mha = nn.MultiheadAttention(8, 2, batch_first=batch_first, bias=False)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    net = Net()
+    x = (torch.rand(3, 5, 8, generator=torch.Generator().manual_seed(6)) < 0.5).float()  # [B, N, C]
+    dim = 0 if batch_first else 1
+    data = x if batch_first else x.transpose(0, 1).contiguous()
+    counter = sl.SynOpsCounter(net, per_sample=True, batch_dim=dim, neurons=False)
+    net(data)
+    per = {k: v.detach() for k, v in counter.per_sample(by_layer=True).items()}
+    counter.remove()
+    for i in range(3):
+        single = sl.SynOpsCounter(net, batch_dim=dim, neurons=False)
+        net(data[i:i + 1] if batch_first else data[:, i:i + 1])
+        alone = {k: float(v) for k, v in single.synops(by_layer=True).items()}
+        single.remove()
+        assert set(alone) == set(per)
+        for name, value in alone.items():
+            assert float(per[name][i]) == pytest.approx(value, rel=1e-6), (name, i)
+
+
+def test_a_time_first_fold_whose_inner_dims_cannot_be_read_is_refused():
+    T, B, H, N, D = 2, 3, 2, 5, 4
+
+    class Net(nn.Module):
+        def forward(self, q):  # q: [T, B, H, N, D] spikes, folded through a copy: [T*B*H, N, D]
+            q = q.transpose(3, 4).transpose(3, 4).contiguous().transpose(2, 3).reshape(-1, N, D)
+            return torch.bmm(q, q.transpose(1, 2))
+
+    counter = sl.SynOpsCounter(Net(), per_sample=True, time_dim=0, neurons=False, ops="all")
+    counter.model((torch.rand(T, B, N, H, D) < 0.5).float().transpose(2, 3))
+    with pytest.raises(ValueError, match="folded into one dim from time-first data"):
+        counter.per_sample()

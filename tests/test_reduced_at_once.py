@@ -174,3 +174,39 @@ def test_a_large_call_with_nan_is_reported_when_read():
         net(x)
     with pytest.raises(FloatingPointError, match="NaN or inf in the input of layer"):
         counter.synops()
+
+
+def _linear_pair():
+    torch.manual_seed(7)
+    lin = nn.Linear(512, 64, bias=False)
+    x0 = (torch.rand(256, 512, generator=torch.Generator().manual_seed(8)) < 0.3).float()
+    x1 = (torch.rand(256, 512, generator=torch.Generator().manual_seed(9)) < 0.3).float()
+    return lin, x0, x1
+
+
+def _hand_linear(lin: nn.Linear, x: torch.Tensor) -> float:
+    return float((x @ (lin.weight != 0).sum(0).float()).sum()) / x.shape[0]
+
+
+def test_a_weight_edited_through_data_between_two_steps_without_gradients_counts_each_step_with_its_weight():
+    lin, x0, x1 = _linear_pair()
+    net = nn.Sequential(lin)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    first = _hand_linear(lin, x0)
+    with torch.no_grad():
+        net(x0)
+        lin.weight.data[:, :256] = 0.0  # no version bump: the next forward checks the map by value
+        net(x1)
+    assert counter.synops().item() == pytest.approx(first + _hand_linear(lin, x1), rel=1e-9)
+
+
+def test_a_call_with_gradients_then_an_in_place_edit_without_them_is_named_when_read():
+    lin, x0, x1 = _linear_pair()
+    net = nn.Sequential(lin)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x0)  # held for the read
+    with torch.no_grad():
+        lin.weight[:, :256] = 0.0
+        net(x1)  # reduced at once, with the edited weight
+    with pytest.warns(sl.SynOpsWarning, match="changed in place after the batch's first forward"):
+        counter.snapshot()
