@@ -66,6 +66,18 @@ def _positive(name: str, value: Any, unit: str = "synops") -> None:
         )
 
 
+def _over_ranks(total: Tensor, samples: int) -> float:
+    """``total / samples`` summed over the processes of an initialised ``torch.distributed`` group (DDP, accelerate:
+    every rank calibrates on the same call), else this process's own."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return float(total / samples)
+    both = torch.stack([total.detach().double(), torch.full_like(total.detach().double(), float(samples))])
+    dist.all_reduce(both)
+    return float(both[0] / both[1])
+
+
 class SynOpsLoss:
     """A 0-dim tensor that grows as the counted synops leave their target.
 
@@ -546,7 +558,8 @@ class SynOpsLoss:
             if self._training_call:
                 term.initial_sum, term.initial_samples = total, term.initial_samples + n
                 if self._calls == self.calibration_batches:
-                    term.initial = float(initial)  # one sync, once
+                    # one sync, once; under DDP the per-sample average over every rank's samples
+                    term.initial = _over_ranks(total, term.initial_samples)
                     initial = term.initial
         else:
             initial = term.initial if term.initial is not None else 0.0

@@ -81,14 +81,22 @@ def accelerate_run(tmp_path_factory):
 
 
 def reference():
-    """One process: the union's per-sample synops each step, and each rank's loss on its own data (a plain loop
-    calibrates ``fraction=`` on each rank's own first batch: one counter and loss per rank here) with the
-    gradients averaged over the ranks, as DDP does."""
+    """One process: the union's per-sample synops each step, and each rank's loss on its own data with the
+    gradients averaged over the ranks, as DDP does. ``fraction=`` calibrates on the first batch of every rank:
+    its initial synops are the network-driven synops per sample of the union of the ranks' first batches, so
+    each rank's loss here has that fraction of them as its target."""
     net = new_net()
     params = list(net.parameters())
-    counters = [sl.SynOpsCounter(net, neurons=False) for _ in range(WORLD)]  # one per rank: own calibration
-    losses = [sl.SynOpsLoss(c, fraction=FRACTION) for c in counters]
     data = [rank_data(r) for r in range(WORLD)]
+    union = sl.SynOpsCounter(net, neurons=False)
+    with torch.no_grad():
+        xu = torch.cat([data[r][0][0] for r in range(WORLD)])
+        for t in range(T):
+            net(xu[:, t])
+    initial = union.synops(by_layer=True)["2"].item()  # layer "0" reads the data: not driven
+    union.remove()
+    counters = [sl.SynOpsCounter(net, neurons=False) for _ in range(WORLD)]  # one per rank
+    losses = [sl.SynOpsLoss(c, target=FRACTION * initial) for c in counters]
     union_logs = []
     for s in range(STEPS):
         grads = [torch.zeros_like(p) for p in params]

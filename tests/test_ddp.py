@@ -115,6 +115,42 @@ def test_snapshot_all_reduce_equals_one_process_counting_the_union(tmp_path):
     assert abs(sum(means) / WORLD - union.total()["synops"]) > 1e-3 * union.total()["synops"]
 
 
+def calibration_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        counter = sl.SynOpsCounter(net, neurons=False)
+        loss_fn = sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=2)
+        model = nn.parallel.DistributedDataParallel(net)
+        for x in rank_batches(rank):
+            counter.reset()
+            y = sum(model(x[:, t]) for t in range(x.shape[1]))
+            (y.square().mean() + loss_fn()).backward()
+        torch.save({"initial": loss_fn.initial()["driven"], "target": loss_fn.targets()["driven"]}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fraction_calibration_under_plain_ddp_is_the_per_sample_average_over_every_ranks_samples(tmp_path):
+    mp.start_processes(calibration_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, start_method=START)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    driven, samples = 0.0, 0
+    for x in rank_batches(0) + rank_batches(1):  # one process, every batch of both ranks
+        counter.reset()
+        with torch.no_grad():
+            sum(net(x[:, t]) for t in range(x.shape[1]))
+        driven += counter.synops(by_layer=True)["2"].item() * x.shape[0]
+        samples += x.shape[0]
+    results = [torch.load(tmp_path / f"{r}.pt") for r in range(WORLD)]
+    for res in results:
+        assert res["initial"] == pytest.approx(driven / samples, rel=1e-6)  # (synops() in float32)
+        assert res["target"] == pytest.approx(0.5 * driven / samples, rel=1e-6)
+
+
 # ---------------------------------------------------------------------------- with Lightning
 
 L = pytest.importorskip("lightning.pytorch")
