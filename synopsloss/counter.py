@@ -1013,8 +1013,8 @@ class SynOpsCounter:
                 call = call._replace(encoding=enc)
         state = self._state(name, call.x.device)
         if self.per_sample_counts:  # (a fold of a view keeps its base's order: view_lead)
-            state.call_leads.append(view_lead(call.x, call.entry.effective.numel(), call.rows,
-                                              lead if lead else (call.rows,)))
+            state.call_leads.append((view_lead(call.x, call.entry.effective.numel(), call.rows,
+                                               lead if lead else (call.rows,)), data))
         state.calls += 1
         state.rows_total += call.rows
         state.rows.add(call.rows)
@@ -1154,7 +1154,7 @@ class SynOpsCounter:
         ))
         if c.later is not None:  # an activation product: its sums are taken when the counts are read
             if self.per_sample_counts and c.row_dims and not state.unsampled:  # and its synops per batch row
-                state.call_leads.append(c.row_dims)
+                state.call_leads.append((c.row_dims, data))
                 state.later.append(functools.partial(c.later, per_row=True))
             else:
                 state.unsampled = state.unsampled or self.per_sample_counts
@@ -1416,22 +1416,39 @@ class SynOpsCounter:
         settle_all(states)
         self._batch.read = True
         batch_major = self._batch_major(b)
-        steps = self._time_layout()[1]  # time steps of a call that carries the time dim
+        folded_batch = self._batch.fold_batch is not None
         out: Dict[str, Tensor] = {}
+        unread: Dict[str, tuple] = {}
         for name, state in self._batch.layers.items():
             if not state.call_leads or state.unsampled:
                 continue
             parts, index = [], []
-            for lead, row in zip(state.call_leads, state.row_synops):
+            for (lead, data), row in zip(state.call_leads, state.row_synops):
                 parts.append(row)
-                index.append(_row_samples(tuple(lead), row.numel(), b, batch_major, name, steps))
+                idx = _row_samples(tuple(lead), row.numel(), b, batch_major, name, data, folded_batch)
+                if idx is None:
+                    unread[name] = tuple(lead)
+                    break
+                index.append(idx)
+            if name in unread:
+                continue
             vals = torch.cat(parts) if len(parts) > 1 else parts[0]
             idx = (torch.cat(index) if len(index) > 1 else index[0]).to(vals.device)
             out[name] = vals.new_zeros(b).index_add(0, idx, vals).to(torch.get_default_dtype())
         for v in out.values():
             if v.requires_grad:
                 self._watch_backward(v)
-        left = [n for n, st in self._batch.layers.items() if st.calls and (st.unsampled or not st.call_leads)]
+        if unread:
+            self._warn_once(
+                f"synopsloss: per-sample synops leave out layer(s) {list(unread)}: their rows fold the samples with "
+                f"other dims ({', '.join(f'{n}: {l}' for n, l in unread.items())}) in an order that cannot be read "
+                "(folded inside the model from a copy, such as torch's attention with need_weights=True, or a "
+                "tensor made in the model with as many time steps or tokens as samples). Their synops are in "
+                "counter.synops() and the table, not in per_sample(), the snapshot's distribution() or "
+                "SynOpsLoss(quantile=). Keep the sample dim apart (a view of [B, ...] or [T, B, ...]) to count "
+                "them per sample.", stacklevel=3)
+        left = [n for n, st in self._batch.layers.items()
+                if st.calls and (st.unsampled or not st.call_leads) and n not in unread]
         if left:
             self._warn_once(
                 f"synopsloss: per-sample synops leave out layer(s) {left}: recurrent layers, and activation products "
@@ -1711,39 +1728,32 @@ def _calls_of(cls: type) -> Optional[frozenset]:
 
 
 def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Optional[bool], name: str,
-                 steps: int = 1) -> Tensor:
-    """The sample each row of a call belongs to (``[rows]`` int64), from the call's leading dims.
+                 data: bool = False, folded_batch: bool = False) -> Optional[Tensor]:
+    """The sample each row of a call belongs to (``[rows]`` int64), from the call's leading dims; ``None`` when
+    they cannot be read (the layer is then left out of the per-sample values, and named).
 
-    ``batch_major``: how the model's input holds samples and time steps (``True``: ``[B, T, ...]``, ``False``:
-    ``[T, B, ...]``, ``None``: not known); it decides the rows whose leading dims could be read either way
-    (``[B*T]`` folded, or ``[N, N, ...]`` with as many time steps as samples), and where it is not known these
-    are refused, not guessed. A time-first fold is read as ``[T*B]`` only when its rows are ``steps`` (the time
-    steps of a call) x samples: ``[T*B*heads]`` folded from a copy has an inner dim that cannot be known."""
+    ``[B, ...]`` and ``[T, B, ...]`` (one of the first two dims holds the samples) are read as they are.
+    ``[N, N, ...]`` (as many time steps or tokens as samples) is read by the model input's layout
+    (``batch_major``) only for the data itself (``data``): a tensor made inside the model may hold its dims in
+    another order. Rows folded into one dim (``[B*T]``, ``[N*B]``, ``[B*heads]``) are read only when a sinabs
+    ``*Squeeze`` layer says they are batch-major (``folded_batch``); a fold of a view is seen through
+    (:func:`synopsloss.records.view_lead`) before this."""
     r = torch.arange(rows)
     if rows % samples:
         raise ValueError(f"synopsloss: layer {name!r} read {rows} rows, not a multiple of {samples} samples")
     if rows == samples:  # one row per sample
         return r
-    both = len(lead) >= 2 and lead[0] == samples and lead[1] == samples
-    if both or (len(lead) == 1 and lead[0] == rows):  # [N, N, ...] or folded [B*T] / [T*B]: the layout decides
-        if batch_major is None:
-            raise ValueError(
-                f"synopsloss: layer {name!r} read rows with leading dims {lead}, which hold {samples} samples "
-                "either batch-first or time-first, and the model's input does not say which: its synops cannot "
-                "be split by sample. Pass time_dim= (or batch_dim=) for the model's input layout.")
+    if len(lead) == 1:  # folded: the order of the dims folded with the samples cannot be read
+        return r // (rows // samples) if folded_batch else None
+    if lead[0] == samples and lead[1] == samples:  # [N, N, ...]
+        if not data or batch_major is None:
+            return None
         if batch_major:
             return r // (rows // samples)
-        if not both and rows != steps * samples:
-            raise ValueError(
-                f"synopsloss: layer {name!r} read {rows} rows folded into one dim from time-first data ({samples} "
-                f"samples, {steps} time steps per call): the other dims folded with them (heads, tokens) and their "
-                "order cannot be known, so its synops cannot be split by sample. Fold a view of the tensor "
-                "(reshape of a contiguous one, whose dims are read) or keep the dims apart ([T, B, heads, ...]).")
-        inner = rows // (lead[0] * samples) if both else 1
-        return (r // inner) % samples
-    if lead and lead[0] == samples:  # [B, ...]: batch-major
+        return (r // (rows // (lead[0] * samples))) % samples
+    if lead[0] == samples:  # [B, ...]: batch-major
         return r // (rows // samples)
-    if len(lead) >= 2 and lead[1] == samples:  # [T, B, ...]
+    if lead[1] == samples:  # [T, B, ...]
         inner = rows // (lead[0] * samples)
         return (r // inner) % samples
     raise ValueError(

@@ -191,15 +191,15 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
 
 
 def _check_other_arguments(ev: Evidence, options: Options) -> None:
-    """The samples are read from the model's first tensor argument: refuse when another argument, whose batch
-    dim differs, is the one the layers read as data, or when the first is a size-1 (broadcast) tensor beside a
-    batched one and no layer read either (``model(gain[1, C], x[B, C])``)."""
+    """The samples are read from the model's first tensor argument: refuse when the layers read another argument,
+    whose batch dim differs, as data (``model(ctx, x)``), or when the first is a size-1 (broadcast) tensor beside a
+    batched one of the same sample shape and no layer read either (``model(gain[1, C], x[B, C])``)."""
     if not ev.root_others or options.batch_dim_given:
         return
     d = options.batch_dim
     fed = [shape for ptr, shape in ev.root_others.items() if ptr in ev.root_fed]
     first_fed = ev.root_first in ev.root_fed
-    if fed and not first_fed:
+    if fed:  # layers read another argument, with another batch size, as data (the first one too, or not)
         other = fed[0]
     else:  # a [1, C] tensor first and a [B, C] one after it (the same sample shape): which is the batch?
         alike = [s for s in ev.root_others.values()
@@ -210,7 +210,7 @@ def _check_other_arguments(ev: Evidence, options: Options) -> None:
     raise ValueError(
         f"synopsloss: the samples are read from dim {d} of the model's first tensor argument {ev.root_shape} "
         f"({ev.root_batch}), but the model was also called with a tensor of shape {other} "
-        + ("that its layers read as data" if fed and not first_fed else "with more entries in that dim")
+        + ("that its layers read as data" if fed else "with more entries in that dim")
         + ", so the batch may be that one. Pass SynOpsCounter(model, batch_size=B), or call the model with the "
         "batch as its first tensor argument.")
 

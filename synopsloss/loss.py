@@ -66,15 +66,19 @@ def _positive(name: str, value: Any, unit: str = "synops") -> None:
         )
 
 
-def _over_ranks(total: Tensor, samples: int) -> float:
-    """``total / samples`` summed over the processes of an initialised ``torch.distributed`` group (DDP, accelerate:
-    every rank calibrates on the same call), else this process's own."""
+def _over_ranks(total: Tensor, samples: int, group: Any = "world") -> float:
+    """``total / samples`` summed over the processes of ``group`` (``"world"``: the default group, when
+    ``torch.distributed`` is initialised; DDP, accelerate: every rank calibrates on the same call), else this
+    process's own (``group=None``)."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if group is None or not (dist.is_available() and dist.is_initialized()):
+        return float(total / samples)
+    pg = None if isinstance(group, str) else group
+    if dist.get_world_size(pg) < 2:
         return float(total / samples)
     both = torch.stack([total.detach().double(), torch.full_like(total.detach().double(), float(samples))])
-    dist.all_reduce(both)
+    dist.all_reduce(both, group=pg)
     return float(both[0] / both[1])
 
 
@@ -135,6 +139,11 @@ class SynOpsLoss:
         broken by the hard inputs, not by the mean). Needs
         ``SynOpsCounter(model, per_sample=True)``; differentiable through
         ``torch.quantile``.
+    calibration_group
+        Under ``torch.distributed`` (DDP, accelerate), the processes whose calibration batches ``fraction=``
+        averages over: ``"world"`` (default: every rank, when a process group is initialised; one
+        ``all_reduce`` at the last calibration call, which every rank of the group must make), a process
+        group, or ``None`` (this process only: ranks that train separate models).
 
     Raises
     ------
@@ -178,6 +187,7 @@ class SynOpsLoss:
         layers: Union[str, Sequence[str]] = "driven",
         calibration_batches: int = 1,
         quantile: Optional[float] = None,
+        calibration_group: Any = "world",
     ) -> None:
         if not isinstance(counter, SynOpsCounter):
             raise TypeError(f"SynOpsLoss expects a SynOpsCounter, got {type(counter).__name__}")
@@ -194,6 +204,9 @@ class SynOpsLoss:
         if shape not in SHAPES:
             raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
         check_int("calibration_batches", calibration_batches, minimum=1)
+        if isinstance(calibration_group, str) and calibration_group != "world":
+            raise ValueError(f"calibration_group must be 'world', a process group or None, got {calibration_group!r}")
+        self.calibration_group = calibration_group
         if isinstance(weight, Schedule):
             self.weight = weight
         else:
@@ -559,7 +572,7 @@ class SynOpsLoss:
                 term.initial_sum, term.initial_samples = total, term.initial_samples + n
                 if self._calls == self.calibration_batches:
                     # one sync, once; under DDP the per-sample average over every rank's samples
-                    term.initial = _over_ranks(total, term.initial_samples)
+                    term.initial = _over_ranks(total, term.initial_samples, self.calibration_group)
                     initial = term.initial
         else:
             initial = term.initial if term.initial is not None else 0.0
@@ -838,6 +851,7 @@ class EnergyLoss(SynOpsLoss):
         weight: Union[float, Schedule] = 1.0,
         layers: Union[str, Sequence[str]] = "driven",
         calibration_batches: int = 1,
+        calibration_group: Any = "world",
     ) -> None:
         from .energy import DeviceEnergy, get_energy_model
 
@@ -852,7 +866,8 @@ class EnergyLoss(SynOpsLoss):
             )
         self.energy_model = model
         super().__init__(counter, target, fraction=fraction, budget=budget, dt=dt, time_steps=time_steps,
-                         shape=shape, weight=weight, layers=layers, calibration_batches=calibration_batches)
+                         shape=shape, weight=weight, layers=layers, calibration_batches=calibration_batches,
+                         calibration_group=calibration_group)
         if counter.neurons is None and _prices_neurons(model):
             warnings.warn(
                 f"EnergyLoss: the counter was created with neurons=False, so the neuron-update energy of model "

@@ -123,12 +123,14 @@ def calibration_worker(rank: int, world: int, port: int, out: str) -> None:
         net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
         counter = sl.SynOpsCounter(net, neurons=False)
         loss_fn = sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=2)
+        own = sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=2, calibration_group=None)  # this rank only
         model = nn.parallel.DistributedDataParallel(net)
         for x in rank_batches(rank):
             counter.reset()
             y = sum(model(x[:, t]) for t in range(x.shape[1]))
-            (y.square().mean() + loss_fn()).backward()
-        torch.save({"initial": loss_fn.initial()["driven"], "target": loss_fn.targets()["driven"]}, f"{out}/{rank}.pt")
+            (y.square().mean() + loss_fn() + own()).backward()
+        torch.save({"initial": loss_fn.initial()["driven"], "target": loss_fn.targets()["driven"],
+                    "own": own.initial()["driven"]}, f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -138,15 +140,20 @@ def test_fraction_calibration_under_plain_ddp_is_the_per_sample_average_over_eve
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     counter = sl.SynOpsCounter(net, neurons=False)
-    driven, samples = 0.0, 0
-    for x in rank_batches(0) + rank_batches(1):  # one process, every batch of both ranks
-        counter.reset()
-        with torch.no_grad():
-            sum(net(x[:, t]) for t in range(x.shape[1]))
-        driven += counter.synops(by_layer=True)["2"].item() * x.shape[0]
-        samples += x.shape[0]
+    per_rank = []
+    for rank in range(WORLD):  # one process, every batch of each rank
+        driven, samples = 0.0, 0
+        for x in rank_batches(rank):
+            counter.reset()
+            with torch.no_grad():
+                sum(net(x[:, t]) for t in range(x.shape[1]))
+            driven += counter.synops(by_layer=True)["2"].item() * x.shape[0]
+            samples += x.shape[0]
+        per_rank.append((driven, samples))
+    driven, samples = sum(d for d, _ in per_rank), sum(n for _, n in per_rank)
     results = [torch.load(tmp_path / f"{r}.pt") for r in range(WORLD)]
-    for res in results:
+    for rank, res in enumerate(results):
+        assert res["own"] == pytest.approx(per_rank[rank][0] / per_rank[rank][1], rel=1e-6)  # calibration_group=None
         assert res["initial"] == pytest.approx(driven / samples, rel=1e-6)  # (synops() in float32)
         assert res["target"] == pytest.approx(0.5 * driven / samples, rel=1e-6)
 

@@ -162,12 +162,17 @@ def test_time_first_rows_with_as_many_steps_as_samples_are_split_by_sample(layou
     assert counter.per_sample().tolist() == [0.0, 6.0, 12.0]  # by hand: 3 steps x 2 values x b
 
 
-def test_folded_rows_whose_layout_is_unknown_are_refused_not_guessed():
+def test_rows_whose_sample_dim_cannot_be_read_are_left_out_and_named_not_guessed():
     net = _Folded()
     counter = sl.SynOpsCounter(net, per_sample=True, batch_size=3)
     net(torch.ones(3, 3, 2))  # [3, 3, 2]: samples first or time first, nothing says
-    with pytest.raises(ValueError, match="either batch-first or time-first.*time_dim="):
-        counter.per_sample()
+    with pytest.warns(sl.SynOpsWarning, match=r"leave out layer\(s\) \['fc'\]: their rows fold the samples"):
+        per = counter.per_sample(by_layer=True)
+    assert per == {}
+    counter.remove()
+    counter = sl.SynOpsCounter(net, per_sample=True, time_dim=1)  # the fix: the layout of the model's input
+    net(torch.ones(3, 3, 2) * torch.arange(3.0).view(3, 1, 1))  # sample b holds b at every step
+    assert counter.per_sample().tolist() == [0.0, 6.0, 12.0]  # by hand: 3 steps x 2 values x b
 
 
 class _SpikeAttention(nn.Module):
@@ -246,7 +251,7 @@ def test_multihead_attention_per_sample_values_equal_each_sample_alone(batch_fir
             assert float(per[name][i]) == pytest.approx(value, rel=1e-6), (name, i)
 
 
-def test_a_time_first_fold_whose_inner_dims_cannot_be_read_is_refused():
+def test_a_time_first_fold_whose_inner_dims_cannot_be_read_is_left_out_and_named():
     T, B, H, N, D = 2, 3, 2, 5, 4
 
     class Net(nn.Module):
@@ -256,5 +261,5 @@ def test_a_time_first_fold_whose_inner_dims_cannot_be_read_is_refused():
 
     counter = sl.SynOpsCounter(Net(), per_sample=True, time_dim=0, neurons=False, ops="all")
     counter.model((torch.rand(T, B, N, H, D) < 0.5).float().transpose(2, 3))
-    with pytest.raises(ValueError, match="folded into one dim from time-first data"):
-        counter.per_sample()
+    with pytest.warns(sl.SynOpsWarning, match=r"leave out layer\(s\) \['bmm'\]: their rows fold the samples"):
+        assert counter.per_sample(by_layer=True) == {}
