@@ -595,8 +595,8 @@ class OpScope:
         if neuron and registry.neuron_ops_no_synapse(module):
             return None  # its own products are neuron dynamics (registry.NEURON_OPS_NO_SYNAPSE)
         code = class_code(type(module))
-        if code is None:
-            return None
+        if code is None:  # its source cannot be read (a class made by exec): its products are counted op by op
+            return "its forward's source cannot be read" if type(module).forward is not nn.Module.forward else None
         if code.counted or (code.counted_self_calls - set(module._modules)):
             return "a neuron that runs a counted op in its own code" if neuron else "runs a counted op in its own code"
         return None

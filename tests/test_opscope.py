@@ -666,3 +666,28 @@ def test_a_weight_held_in_a_buffer_is_named_and_a_parameter_counts():
     counter = sl.SynOpsCounter(net, neurons=False)
     net(x)
     assert counter.snapshot().layers["matmul"].synops == float((x.abs() * torch.tensor([1.0, 2.0, 0.0])).sum())
+
+
+def test_a_module_whose_source_cannot_be_read_has_its_products_counted():
+    scope = {"nn": nn, "torch": torch}
+    exec("class Attn(nn.Module):\n"  # noqa: S102 - a class without readable source, as notebooks and exec make
+         "    def forward(self, q, k):\n"
+         "        return q @ k.transpose(-2, -1)\n", scope)
+    class Root(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4, bias=False)
+            self.attn = scope["Attn"]()
+
+        def forward(self, x):
+            s = (self.lin(x) > 0).float()
+            return self.attn(s, s)
+
+    root = Root()
+    counter = sl.SynOpsCounter(root, neurons=False, batch_dim=0)
+    x = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    root(x)
+    got = counter.synops(by_layer=True)
+    s = (root.lin(x) > 0).float().detach()
+    assert "attn.matmul" in got
+    assert got["attn.matmul"].item() == pytest.approx(float((s @ s.transpose(-2, -1)).sum()) / 2)  # by hand
