@@ -35,8 +35,9 @@ from torch import Tensor
 from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
 from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
+from .state import NOW_FIELDS
 
-__all__ = ["Call", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "NOW_FIELDS", "view_lead"]
+__all__ = ["Call", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "view_lead"]
 
 #: rows of one call from which per-neuron sums are taken in float64 (float32 sums are exact below 2^24)
 WIDE_ROWS = 1 << 22
@@ -471,9 +472,6 @@ def view_lead(t: Tensor, n_el: int, rows: int, lead: Tuple[int, ...]) -> Tuple[i
     out = dims[:k]
     return out if inner == n_el and len(out) >= 2 and math.prod(out) == rows else lead
 
-
-#: the counts of a call reduced when it is made (:func:`reduce_now`), in the order they are returned
-NOW_FIELDS = ("synops", "dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero", "spiking", "effective")
 
 
 def reducible_now(x: Tensor, rows: int, n_el: int) -> bool:

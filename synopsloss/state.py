@@ -38,7 +38,7 @@ from torch import Tensor
 from .errors import SynOpsWarning, input_changed, weight_changed
 from .hooks import own_ops
 
-__all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold", "add_now"]
+__all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold", "add_now", "NOW_FIELDS"]
 
 
 class Reduce(enum.Enum):
@@ -159,7 +159,7 @@ class SynapseState:
     # input_sum, input_nonzero) when called, at settle()
     later: list = state_field(None, factory=list)
     # calls reduced when they were made (synopsloss.records.reduce_now): their counts summed as Python floats, in
-    # the order of records.NOW_FIELDS, entered into the tensor fields at settle()
+    # the order of NOW_FIELDS, entered into the tensor fields at settle()
     now: Optional[List[float]] = state_field(None)
     # with per-sample counting: each call's leading dims, and its per-row synops once reduced
     call_leads: list = state_field(None, factory=list)
@@ -181,7 +181,7 @@ class SynapseState:
             with torch.no_grad():
                 vals = torch.tensor(now, dtype=_now_dtype(self.maps), device=self.device).unbind(0)
             self.synops = vals[0] if self.synops is None else self.synops + vals[0]
-            for key, value in zip(_NOW_KEYS, vals):
+            for key, value in zip(NOW_FIELDS, vals):
                 if key != "synops" and key != "spiking":
                     setattr(self, key, _sum(getattr(self, key), value, True))
         if self.later:
@@ -230,8 +230,9 @@ class SynapseState:
             setattr(self, key, _sum(getattr(self, key), getattr(sums, key), True))
 
 
-#: the fields of :func:`synopsloss.records.reduce_now`'s counts (``spiking`` is not a field)
-_NOW_KEYS = ("synops", "dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero", "spiking", "effective")
+#: the counts of a call reduced when it is made (:func:`synopsloss.records.reduce_now`), in the order it returns
+#: them (``spiking`` is not a field)
+NOW_FIELDS = ("synops", "dense", "eff_acs", "eff_macs", "input_sum", "input_nonzero", "spiking", "effective")
 
 
 def _now_dtype(maps: Any) -> torch.dtype:
