@@ -700,10 +700,11 @@ def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b
     order; their sum is ``synops``), else ``None``."""
     device = a.device
     acc = _acc_dtype(device)
-    set_m = frozenset(lm) | frozenset(keep)
+    set_m = frozenset(lm)
+    held = set_m | frozenset(keep)
     # indices that only one operand has factor out of every term: sum them first (the kept ones are not summed)
-    dims_a = [i for i, c in enumerate(la) if c not in set_m and c not in lb]
-    dims_b = [i for i, c in enumerate(lb) if c not in set_m and c not in la]
+    dims_a = [i for i, c in enumerate(la) if c not in held and c not in lb]
+    dims_b = [i for i, c in enumerate(lb) if c not in held and c not in la]
     ra = "".join(c for i, c in enumerate(la) if i not in dims_a)
     rb = "".join(c for i, c in enumerate(lb) if i not in dims_b)
     # with a mask the pair sum is a matmul: run it in float32 (exact for 0/1 and counts below 2**24)

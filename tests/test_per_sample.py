@@ -209,6 +209,13 @@ def test_attention_products_have_per_sample_values_equal_to_each_sample_alone(ho
     assert products  # the attention products have per-sample values
     total = counter.per_sample()
     assert float(total.sum()) / 4 == pytest.approx(float(counter.synops()))
+    with_rows = counter.snapshot().total()
+    counter.remove()
+    plain = sl.SynOpsCounter(net, time_dim=0, neurons=False)  # keeping rows changes no count (dense of masks too)
+    net(x)
+    assert plain.snapshot().total() == pytest.approx(with_rows, rel=1e-9)
+    plain.remove()
+    counter.attach()
     alone = []
     single = sl.SynOpsCounter(net, time_dim=0, neurons=False)
     counter.remove()
