@@ -486,8 +486,8 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
     """A large CPU call made without gradients, reduced when it is made; ``None`` for any other call.
 
     Its input is read while it is still in cache, and is not held until the forward returns. The rule and the
-    float64 arithmetic are those of :func:`reduce_layers` for a large call (its min / max, one product with
-    ones, :func:`column_nonzeros`, one ``vecdot`` with the map): the counts are the same. Calls it does not take
+    float64 arithmetic are those of :func:`reduce_layers` for a large call (:func:`_large_sums`, then float64
+    dot products with the map): the counts are the same. Calls it does not take
     (on other devices, half precision, autocast, small inputs, average-pool outputs, per-sample or bit-plane
     counting) are recorded and reduced with the others.
 
