@@ -35,7 +35,6 @@ from torch import Tensor
 from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
 from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
-from .state import NOW_FIELDS
 
 __all__ = ["Call", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "view_lead"]
 
@@ -493,7 +492,8 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
 
     Returns
     -------
-    The call's counts named by :data:`NOW_FIELDS`, as Python floats (``spiking`` is 1.0 or 0.0).
+    The call's counts named by :data:`synopsloss.state.NOW_FIELDS` (their order), as Python floats
+    (``spiking`` is 1.0 or 0.0).
 
     Example
     -------
