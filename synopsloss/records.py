@@ -8,8 +8,9 @@ launches no tensor op. :func:`reduce_calls` turns any number of calls into the
 counts of :class:`Sums` with one rule, so the two ways cannot drift apart:
 
 * calls that share a map and a row count are stacked and reduced together:
-  ``|x|`` and ``x != 0`` summed over rows (float32 while exact, float64 when a
-  call has 2^22 rows or more, or half-precision inputs), then one matrix
+  ``|x|`` and ``x != 0`` summed over rows (float32 while exact; float64 when a
+  call has 2^22 rows or more, half-precision inputs, a per-neuron sum that
+  reaches 2^24, or 4096 rows or more of values other than spikes), then one matrix
   product with the float64 fan-out map per group gives every call's synops and
   effective ops;
 * a call is *spiking* (its effective ops are ACs) when ``max |x| <= 1`` and
@@ -189,7 +190,10 @@ def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) 
         if not bool((lo >= 0).all()):  # (NaN fails too: the general path reports it)
             return None
         nzc = column_nonzeros(stacked)
-    magc = _sum_rows(torch.stack(flat) if n > 1 else flat[0].unsqueeze(0))
+    src = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)
+    magc = _sum_rows(src)
+    if not _exact_enough(magc, rows, float(hi.max())):
+        magc = src.sum(1, dtype=acc)
     with torch.no_grad():
         mag_tot = magc.detach().sum(1, dtype=acc)
         nz_tot = nzc.sum(1, dtype=acc)
@@ -218,6 +222,8 @@ def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encodi
     if encoding == "bitplane":
         mag = bitplane_events(mag)
     magc = mag.sum(1, dtype=red)  # [inputs, n_el]
+    if red is None and not _exact_enough(magc, rows, math.inf):
+        magc = mag.sum(1, dtype=acc)
     with torch.no_grad():
         nzc = column_nonzeros(x.detach())
         mag_tot = magc.detach().sum(1, dtype=acc)
@@ -247,6 +253,23 @@ def _big_path(x: Tensor, rows: int, n_el: int, encoding: str) -> bool:
 _STACK_VECTORS = 1 << 18
 
 
+#: a float32 per-column sum at or above this may have rounded (sums of integers are exact below 2^24)
+_F32_EXACT = float(1 << 24)
+#: rows from which per-column sums of values other than spikes are taken in float64 (float32 sums of more rows
+#: drift by more than about 1e-6)
+_F64_ROWS = 1 << 12
+
+
+def _exact_enough(colsum: Tensor, rows: int, amax: float) -> bool:
+    """Whether float32 per-column sums ``colsum`` of ``rows`` rows (of values up to ``amax``) are exact (integers
+    below 2^24) or within float32 rounding of few terms; else they are taken again in float64."""
+    if colsum.dtype != torch.float32 or not colsum.numel():
+        return True
+    if rows >= _F64_ROWS and not amax <= 1:
+        return False
+    return float(colsum.detach().amax()) < _F32_EXACT
+
+
 def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float]:
     """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
     one), its nonzeros per column, and ``max |x|`` (``inf`` when its first values show it is no spikes).
@@ -264,7 +287,10 @@ def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float]:
             lo, hi = (float(v) for v in min_max(det))
             amax = math.nan if lo != lo or hi != hi else max(-lo, hi)
     signed = not lo >= 0  # (NaN is signed: its magnitude is NaN)
-    colsum = _sum_rows(magnitude(flat) if signed else flat)
+    src = magnitude(flat) if signed else flat
+    colsum = _sum_rows(src)
+    if not _exact_enough(colsum, flat.shape[0], amax):  # large counts, or many rows of real values
+        colsum = src.sum(0, dtype=torch.float64)
     with torch.no_grad():
         return colsum, column_nonzeros(det), amax
 

@@ -189,3 +189,25 @@ def test_spike_counts_above_256_are_not_rounded_under_autocast(dtype: torch.dtyp
         net(x)
         counts = counter.snapshot().per_layer()
     assert counts["1"] == {"dense": 257 * 6, "eff_macs": 0.0, "eff_acs": 257 * 6, "synops": 257 * 6}
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("kind", ["spike counts", "real values"])
+def test_per_neuron_sums_beyond_float32_exactness_are_taken_in_float64(grad, kind):
+    """131072 rows of counts up to 255 (or values in [1, 2)): a neuron's sum passes 2^24, where float32 rounds."""
+    import synopsloss as sl
+
+    fc = torch.nn.Linear(8, 1, bias=False)
+    with torch.no_grad():
+        fc.weight.fill_(1.0)  # fan-out 1: the synops are the sum of |x|
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randint(0, 256, (1 << 17, 8), generator=g).float() if kind == "spike counts"
+         else 1.0 + torch.rand(1 << 17, 8, generator=g))
+    counter = sl.SynOpsCounter(fc, neurons=False, batch_size=1)
+    with torch.set_grad_enabled(grad):
+        fc(x.requires_grad_(grad))
+    want = float(x.detach().double().sum())  # float64 sum of the same float32 values
+    got = counter.snapshot().total()
+    assert got["synops"] == pytest.approx(want, rel=1e-12)
+    if kind == "spike counts":
+        assert got["eff_acs"] == pytest.approx(want, rel=1e-12)  # each count is that many events
