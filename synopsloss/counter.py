@@ -252,7 +252,7 @@ def _in_backward() -> bool:
 #: inputs that calls made without gradients may hold before they are reduced (else: when the forward returns)
 HELD_BYTES = 64 * 2 ** 20
 
-#: (weight, map) pairs whose current map a batch keeps for the calls it reduces at once (SynOpsCounter._reduce_now)
+#: (weight, map) pairs whose current map a batch keeps for the calls it reduces at once (SynOpsCounter._reduced_now)
 _CURRENT_MAPS = 256
 
 #: the per-call checks of the counter's fast path, bound once (C functions; see ``SynOpsCounter._count``)
@@ -889,15 +889,12 @@ class SynOpsCounter:
                         return None
                     # without gradients: a large call is reduced now, a small one when the forward returns
                     state = self._state(name, same.device)
-                    now = reducible_now(x, same.rows, same.in_neurons) and self._reduce_now(
-                        state, x, same.rows, same.entry, weight, same.maps, same.events)
-                    _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight), not now,
-                           same.entry.newest())
                     lost = not (data or x.requires_grad)
-                    if now:
-                        if lost:
-                            self._warn_lost(name, 4)
-                    else:
+                    now = self._reduced_now(state, name, x, same.rows, same.in_neurons, same.entry, weight,
+                                            same.maps, same.events, lost)
+                    _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight), not now,
+                           None if now else same.entry.newest())
+                    if not now:
                         self._hold(state, x.numel() * x.element_size(), name, lost)
                     return None
             slow(self, module, args, kwargs, out, name=name)
@@ -1028,20 +1025,21 @@ class SynOpsCounter:
         if not torch.is_grad_enabled() or call.x.is_inference():
             lost = not (data or call.x.requires_grad)
             if (call.scale is None and not call.per_row and call.encoding == "unary" and _LEVEL(call.x) == -1
-                    and reducible_now(call.x, call.rows, state.in_neurons)
-                    and self._reduce_now(state, call.x, call.rows, call.entry, call.weight, call.cache, call.events)):
-                if lost:
-                    self._warn_lost(name)
-                return  # reduced now (a large call): not held
+                    and self._reduced_now(state, name, call.x, call.rows, state.in_neurons, call.entry,
+                                          call.weight, call.cache, call.events, lost)):
+                return  # (a large call: not held)
             state.records.append(call)
             self._hold(state, call.x.numel() * call.x.element_size(), name, lost)
         else:
             state.records.append(call)
 
-    def _reduce_now(self, state: SynapseState, x: Tensor, rows: int, entry: LayerMaps, weight: Optional[Tensor],
-                    cache: Optional[MapCache], events: bool) -> bool:
-        """Reduce a call made without gradients at once (:func:`synopsloss.records.reduce_now`), against its
-        weight's current map; ``False`` (nothing done) where it must be held instead."""
+    def _reduced_now(self, state: SynapseState, name: str, x: Tensor, rows: int, n_in: int, entry: LayerMaps,
+                     weight: Optional[Tensor], cache: Optional[MapCache], events: bool, lost: bool) -> bool:
+        """A call made without gradients (from the layer's hook or :meth:`record_call`): reduced at once when it
+        is large (:func:`synopsloss.records.reduce_now`, against its weight's current map), else ``False``: the
+        caller records it, to be reduced when the forward returns (:meth:`_hold`). ``lost``: see :meth:`_hold`."""
+        if not reducible_now(x, rows, n_in):
+            return False
         ent = entry
         if weight is not None and cache is not None:
             key = (id(weight), id(entry))
@@ -1057,6 +1055,8 @@ class SynOpsCounter:
             return False
         add_now(state, counts)
         state.maps = ent
+        if lost:
+            self._warn_lost(name)
         return True
 
     def _warn_lost(self, name: str, stacklevel: int = 5) -> None:
