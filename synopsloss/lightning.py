@@ -377,10 +377,12 @@ class SynOpsRegularizer(_pl.Callback):
                 self._pending = self._loss_fn.state_dict()
         counter = SynOpsCounter(root, **self.counter_kwargs)
         counter.remove()  # attached only while training batches run
+        # the callback adds the ranks' calibration itself, through the trainer's strategy (any strategy, not only
+        # torch.distributed ones): the loss does not all-reduce it again
         if self.energy is not None:
-            loss_fn: SynOpsLoss = EnergyLoss(counter, energy=self.energy, **self._loss_kwargs)
+            loss_fn: SynOpsLoss = EnergyLoss(counter, energy=self.energy, calibration_group=None, **self._loss_kwargs)
         else:
-            loss_fn = SynOpsLoss(counter, **self._loss_kwargs)
+            loss_fn = SynOpsLoss(counter, calibration_group=None, **self._loss_kwargs)
         if self._pending is not None:
             loss_fn.load_state_dict(self._pending)
             self._pending = None
