@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import warnings
-from typing import Dict, Sequence
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -121,3 +127,53 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def run_fresh(code: str, timeout: float = 300, cwd: Optional[Path] = None, what: str = "the code") -> str:
+    """Run ``code`` in a fresh interpreter in a session of its own and return what it printed.
+
+    Tests that start worker processes (gloo ranks, Lightning DDP, accelerate) run them from here, never
+    from the test process: a ``fork`` of the test process, whose earlier tests started threads (OpenMP teams,
+    ``torch.compile`` workers), can deadlock in the child, and a hung child that is not a daemon keeps
+    the test process from exiting. Past ``timeout`` every process of the session (the workers too) is
+    sent SIGUSR1 (faulthandler prints where each one hangs) and then killed, and the test fails with
+    their output.
+    """
+    path = [str(TESTS), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    prelude = ("import faulthandler, signal, sys, torch\n"
+               "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+               "torch.set_num_threads(1)\n")
+    proc = subprocess.Popen([sys.executable, "-c", prelude + code], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_session(proc.pid, signal.SIGUSR1)
+        time.sleep(2.0)
+        _signal_session(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{what} did not finish within {timeout:.0f} s; its processes were killed. "
+                             f"Output (with the stacks of the hung processes):\n{out[-6000:]}") from None
+    finally:
+        _signal_session(proc.pid, signal.SIGKILL)  # no worker outlives its test
+    if proc.returncode != 0:
+        raise AssertionError(f"{what} failed (exit code {proc.returncode}):\n{out[-6000:]}")
+    return out
+
+
+def run_fresh_call(module: str, function: str, *args: Any, timeout: float = 300) -> str:
+    """``run_fresh`` of ``module.function(*args)``: a function of a test module, literal arguments."""
+    return run_fresh(f"import {module}\n{module}.{function}(*{args!r})\n", timeout=timeout,
+                     what=f"{module}.{function}{args!r}")
+
+
+def _signal_session(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

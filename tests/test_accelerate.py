@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import synopsloss as sl
-from helpers import free_port
+from helpers import free_port, run_fresh_call
 
 accelerate = pytest.importorskip("accelerate")  # needs safetensors, huggingface_hub, psutil
 
@@ -69,14 +69,20 @@ def train(out_dir: str) -> None:
     torch.save(state, f"{out_dir}/{accelerator.process_index}.pt")
 
 
-@pytest.fixture(scope="module")
-def accelerate_run(tmp_path_factory):
+def launch(out: str) -> None:
+    """``notebook_launcher`` forks the ranks: run through ``helpers.run_fresh_call`` (a fresh interpreter,
+    killed if it hangs), never from the test process."""
     from accelerate import notebook_launcher
 
-    out = tmp_path_factory.mktemp("accelerate")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        notebook_launcher(train, args=(str(out),), num_processes=WORLD, use_port=str(free_port()))
+        notebook_launcher(train, args=(out,), num_processes=WORLD, use_port=str(free_port()))
+
+
+@pytest.fixture(scope="module")
+def accelerate_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("accelerate")
+    run_fresh_call("test_accelerate", "launch", str(out))
     return [torch.load(out / f"{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

@@ -2,9 +2,10 @@
 
 Without Lightning: ``counter.snapshot(accumulated=True).all_reduce()``. With Lightning (DDP):
 ``SynOpsRegularizer`` (per-rank terms, averaged gradients, all-rank calibration, logged synops) and
-``SynOpsMonitor`` (validation). The processes are started with ``fork`` on Linux, which takes a second
-instead of the ~25 s of re-importing torch and Lightning in ``spawn``ed ones; set
-``SYNOPSLOSS_TEST_START_METHOD=spawn`` to run the same tests with spawned processes.
+``SynOpsMonitor`` (validation). Each launch runs in a fresh interpreter (``helpers.run_fresh``: never a fork
+of the test process, and every worker is killed if it hangs), which starts the ranks with ``fork`` on Linux:
+a second instead of the ~25 s of re-importing torch and Lightning in ``spawn``ed ones. Set
+``SYNOPSLOSS_TEST_START_METHOD=spawn`` to run the same tests with spawned ranks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import synopsloss as sl
+from helpers import free_port, linear_pair_synops, run_fresh_call
 
 START = os.environ.get("SYNOPSLOSS_TEST_START_METHOD", "fork" if sys.platform.startswith("linux") else "spawn")
 WORLD = 2
@@ -74,7 +77,8 @@ def count(net: nn.Module, counter: sl.SynOpsCounter, batches) -> sl.CounterSnaps
 
 def snapshot_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
     try:
         torch.manual_seed(0)
         net = Branchy()
@@ -87,8 +91,13 @@ def snapshot_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+def launch(worker: str, out: str) -> None:
+    """Start ``WORLD`` ranks running ``worker`` (run through ``helpers.run_fresh_call``)."""
+    mp.start_processes(globals()[worker], args=(WORLD, free_port(), out), nprocs=WORLD, start_method=START)
+
+
 def test_snapshot_all_reduce_equals_one_process_counting_the_union(tmp_path):
-    mp.start_processes(snapshot_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, start_method=START)
+    run_fresh_call("test_ddp", "launch", "snapshot_worker", str(tmp_path))
     torch.manual_seed(0)
     net = Branchy()
     union = count(net, sl.SynOpsCounter(net), rank_batches(0) + rank_batches(1))
@@ -117,7 +126,8 @@ def test_snapshot_all_reduce_equals_one_process_counting_the_union(tmp_path):
 
 def calibration_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
     try:
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -136,7 +146,7 @@ def calibration_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_fraction_calibration_under_plain_ddp_is_the_per_sample_average_over_every_ranks_samples(tmp_path):
-    mp.start_processes(calibration_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, start_method=START)
+    run_fresh_call("test_ddp", "launch", "calibration_worker", str(tmp_path))
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     counter = sl.SynOpsCounter(net, neurons=False)
@@ -163,7 +173,6 @@ def test_fraction_calibration_under_plain_ddp_is_the_per_sample_average_over_eve
 L = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
-from helpers import free_port, linear_pair_synops  # noqa: E402
 from synopsloss.lightning import SynOpsMonitor, SynOpsRegularizer  # noqa: E402
 
 TRAIN_BATCH = {0: 3, 1: 5}  # per rank, two batches each
@@ -215,11 +224,8 @@ class DDPModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=LR)
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
-    """One DDP fit (2 ranks, 2 steps, one validation); returns the trained module and rank 0's logs."""
-    pd = pytest.importorskip("pandas")
-    root = tmp_path_factory.mktemp("ddp")
+def fit_ddp(root: str) -> None:
+    """One DDP fit (2 ranks, 2 steps, one validation); saves the trained weights and the callback metrics."""
     module = DDPModule()
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", devices=WORLD, strategy=f"ddp_{START}", logger=CSVLogger(root, name="run"),
@@ -229,8 +235,21 @@ def ddp_run(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    torch.save({"state": module.state_dict(), "metrics": metrics}, f"{root}/fit.pt")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """``fit_ddp`` in a fresh interpreter; returns the trained module, the callback metrics and rank 0's logs."""
+    pd = pytest.importorskip("pandas")
+    root = tmp_path_factory.mktemp("ddp")
+    run_fresh_call("test_ddp", "fit_ddp", str(root))
+    saved = torch.load(root / "fit.pt", weights_only=False)
+    module = DDPModule()
+    module.load_state_dict(saved["state"])
     logs = pd.read_csv(next(Path(root).rglob("metrics.csv")))
-    return module, trainer, logs
+    return module, saved["metrics"], logs
 
 
 def batches(rank: int):
@@ -282,7 +301,7 @@ def test_ddp_every_rank_adds_its_own_term_and_the_averaged_gradients_match(ddp_r
 
 
 def test_ddp_logged_synops_are_per_sample_over_all_ranks_samples(ddp_run):
-    _, trainer, logs = ddp_run
+    _, _, logs = ddp_run
     _, steps, initial = reference_training()
     step_rows = logs.dropna(subset=["synops/train/synops_step"]).set_index("step")
     assert list(step_rows.index) == [0, 1]
@@ -302,10 +321,10 @@ def test_ddp_logged_synops_are_per_sample_over_all_ranks_samples(ddp_run):
 
 
 def test_ddp_monitor_counts_the_union_of_the_ranks_validation_data(ddp_run):
-    module, trainer, logs = ddp_run
+    module, metrics, logs = ddp_run
     xs = [rank_data(r, "val")[0] for r in range(WORLD)]
     want = union_synops(module.net, xs)
     row = logs.dropna(subset=["synops/validate/synops"])
     assert len(row) == 1
     assert row.iloc[0]["synops/validate/synops"] == pytest.approx(want["0"] + want["2"], rel=1e-6)
-    assert float(trainer.callback_metrics["synops/validate/synops"]) == pytest.approx(want["0"] + want["2"], rel=1e-6)
+    assert metrics["synops/validate/synops"] == pytest.approx(want["0"] + want["2"], rel=1e-6)

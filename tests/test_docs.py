@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import synopsloss as sl
+from helpers import run_fresh
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -60,8 +61,7 @@ def test_each_python_example_runs_alone(page, i, block, tmp_path, monkeypatch):
     if "start_processes" in block or "notebook_launcher" in block:
         # examples that fork worker processes run in a fresh interpreter: a fork from this test process,
         # whose earlier tests may have started threads (torch.compile workers), could deadlock
-        res = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, f"{page.name}, python block {i} failed alone:\n{res.stderr[-3000:]}\n{block}"
+        run_fresh(block, timeout=300, cwd=tmp_path, what=f"{page.name}, python block {i}")
         return
     try:
         exec(compile(block, f"{page.name}[block {i}]", "exec"), {"__name__": "__docs__"})

@@ -4,7 +4,8 @@ Each rank holds a shard of every weight between forwards (a ``Linear(6, 16)`` we
 the counter must still build its fan-out maps from the *full* nonzero pattern, follow the pattern when a
 pruning step zeroes weights of the shards, and leave the gradients FSDP averages equal to those of one process.
 Four set-ups: ``fully_shard`` per layer and on the whole model, each with ``reshard_after_forward`` True and
-False, with the counter attached after and before ``fully_shard``. Processes start as in ``tests/test_ddp.py``.
+False, with the counter attached after and before ``fully_shard``. Processes start as in ``tests/test_ddp.py``
+(from a fresh interpreter, killed if they hang).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from datetime import timedelta
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import synopsloss as sl
-from helpers import free_port
+from helpers import free_port, run_fresh_call
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 if not hasattr(fsdp, "fully_shard") or not dist.is_available():  # pragma: no cover - old torch
@@ -71,7 +73,8 @@ def prune(weight: torch.Tensor) -> None:
 
 def fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
     try:
         xs, ys = rank_data(rank)
         for i, (where, reshard, counter_first) in enumerate(SETUPS):
@@ -138,12 +141,17 @@ def reference():
     return steps, {n: p.detach().clone() for n, p in params.items()}
 
 
+def launch(out: str) -> None:
+    """Start the ranks (run through ``helpers.run_fresh_call``: a fresh interpreter, killed if it hangs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mp.start_processes(fsdp_worker, args=(WORLD, free_port(), out), nprocs=WORLD, start_method=START)
+
+
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mp.start_processes(fsdp_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, start_method=START)
+    run_fresh_call("test_fsdp", "launch", str(out))
     return {i: [torch.load(out / f"{i}-{r}.pt", weights_only=False) for r in range(WORLD)]
             for i in range(len(SETUPS))}
 
