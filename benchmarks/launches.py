@@ -43,7 +43,7 @@ FORWARD_BOUND = {"mlp": 0, "snn": 3}
 #: (its calls after the average pool are reduced one at a time, about 38-40 ops per step); 15.33 since the
 #: CPU sums its per-neuron column sums as one product with ones (``new_ones`` + ``mm``: faster than a sum
 #: over the first dim there; on CUDA the sum is kept, one op); 12.33 since a pooled call takes its events
-#: from its column sums
+#: from its column sums; 13.33 since the spike test of a pooled call is exact (its max and sums read on the host)
 READ_GROWTH_BOUND = {"mlp": 1, "snn": 16}
 
 

@@ -1164,7 +1164,10 @@ class SynOpsCounter:
             return
         # the counts are summed when read (SynapseState.settle): no tensor op per call for them here
         if c.ac_effective is None:
-            state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero)
+            events = None
+            if c.integer is not None and self.integer_spikes == "events":  # a weight product of spike counts
+                events = (c.integer, c.synops.detach().to(c.effective.dtype))
+            state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero, events)
         else:  # its ACs and its MACs as two records (the operands that are spikes, and the others)
             zero = c.dense.new_zeros(())
             state.record(c.dense, c.effective - c.ac_effective, zero.bool(), c.input_sum, c.input_nonzero)

@@ -117,6 +117,9 @@ class OpCounts:
     #: a recorded product's batch dims: ``later(per_row=True)`` also gives its synops per value of them (their
     #: sizes, in order; ``()``: none)
     row_dims: Tuple[int, ...] = ()
+    #: a weight product of the function mode: whether every value of its activation is an integer (the
+    #: counter's ``integer_spikes="events"`` then counts a non-spike call's synops as its ACs); ``None``: no rule
+    integer: Optional[Tensor] = None
 
 
 #: ``count(module, args, kwargs, output) -> OpCounts`` for layers outside the map model (recurrent layers)

@@ -274,6 +274,9 @@ class OpCount:
     #: an activation product's batch dims (the sizes its ``later(per_row=True)`` gives one synops value each, in
     #: order: ``(T, B, heads)`` of a spike attention product); ``()``: none
     row_dims: Tuple[int, ...] = ()
+    #: a weight product (``x @ W``, ``einsum``): whether every value of the activation is an integer (spike
+    #: counts are that many accumulate events each, as for a layer); ``None`` otherwise
+    integer: Optional[Tensor] = None
 
 
 Handler = Callable[[tuple, dict, Any, IsWeight], List[OpCount]]
@@ -368,19 +371,20 @@ def _eager(*ts: Optional[Tensor]) -> bool:
 
 
 def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
-                  weight: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """``(|t|, nonzeros)`` summed over ``dims`` and (an activation) whether every value is in {-1, 0, 1}.
+                  weight: bool) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """``(|t|, nonzeros)`` summed over ``dims`` and (an activation) whether every value is in {-1, 0, 1} and
+    whether every value is an integer (spike counts: that many events each, as a layer's input).
 
     A weight counts through its nonzero mask (its magnitude sums are its nonzeros). A CPU activation whose
     values are all >= 0 (spikes, spike products) needs no ``abs`` and no sign mask in backward: ``|t| = t``
     with gradient 1 (the magnitude's, +1 at and above 0); its nonzeros are ``sign(t)`` and it is spiking when
-    ``max t <= 1`` and ``sum t == nonzeros`` (the rule of :mod:`synopsloss.records`). Other activations (and
+    ``max t <= 1`` and every value is an integer (the rule of :mod:`synopsloss.records`). Other activations (and
     every activation off the CPU, where the test would wait for the device): ``abs``, and a sign pass.
     """
     if weight:
         with torch.no_grad():
             nz, _ = _nonzero_and_pm1(t, dims, red, False)
-        return nz, nz, None
+        return nz, nz, None, None
     if t.device.type == "cpu" and t.is_floating_point() and t.numel() and _eager(t):  # (the test reads a value)
         with torch.no_grad():
             det = t.detach()
@@ -389,12 +393,16 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
             with torch.no_grad():
                 nz = _rsum(det.sign(), dims, red)
             mag = _rsum(t, dims, red)
-            with torch.no_grad():
-                spiking = (hi <= 1) & (mag.detach().sum(dtype=torch.float64) == nz.sum(dtype=torch.float64))
-            return mag, nz, spiking
+            with torch.no_grad():  # (the sums reject most real values; frac is the exact test: see records)
+                integer = torch.frac(det).amax() == 0
+                spiking = ((hi <= 1) & (mag.detach().sum(dtype=torch.float64) == nz.sum(dtype=torch.float64))
+                           & integer)
+            return mag, nz, spiking, integer
     with torch.no_grad():
         nz, spiking = _nonzero_and_pm1(t, dims, red, True)
-    return _rsum(magnitude(t), dims, red), nz, spiking
+        det = t.detach()
+        integer = (det == det.round()).all() if det.is_floating_point() else torch.ones((), dtype=torch.bool)
+    return _rsum(magnitude(t), dims, red), nz, spiking, integer
 
 
 def _zero_scalar(v: Any) -> bool:
@@ -686,18 +694,19 @@ def _contract(
                         rows=rows, in_shape=in_shape, out_shape=out_shape, input_sum=None,  # type: ignore[arg-type]
                         input_nonzero=None, weighted=False, later=later, device=device,
                         row_dims=tuple(sizes[c] for c in batch))]
-    synops, dense, effective, spiking, input_sum, input_nonzero, _ = sums()
+    synops, dense, effective, spiking, input_sum, input_nonzero, _, integer = sums()
     return [OpCount(op=op, synops=synops, dense=dense, effective=effective, spiking=spiking, rows=rows,
                     in_shape=in_shape, out_shape=out_shape, input_sum=input_sum, input_nonzero=input_nonzero,
-                    weighted=a_w or b_w)]
+                    weighted=a_w or b_w, integer=integer)]
 
 
 @own_ops
 def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b_w: bool, mask: Optional[Tensor],
                    lm: str, sizes: Dict[str, int], keep: str = "") -> Tuple[Any, ...]:
-    """``(synops, dense, effective, spiking, input_sum, input_nonzero, per_row)`` of :func:`_contract` (tensor
-    work); ``per_row``: with ``keep`` (the batch indices), the synops per value of them (``[rows]``, in ``keep``'s
-    order; their sum is ``synops``), else ``None``."""
+    """``(synops, dense, effective, spiking, input_sum, input_nonzero, per_row, integer)`` of :func:`_contract`
+    (tensor work); ``per_row``: with ``keep`` (the batch indices), the synops per value of them (``[rows]``, in
+    ``keep``'s order; their sum is ``synops``), else ``None``; ``integer``: with a weight operand, whether every
+    value of the activation is an integer (else ``None``)."""
     device = a.device
     acc = _acc_dtype(device)
     set_m = frozenset(lm)
@@ -711,8 +720,8 @@ def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b
     # unless an operand is float64; without one, what is left is small and summed in acc
     red = acc if mask is None or torch.float64 in (a.dtype, b.dtype) else torch.float32
     with _counting(device):
-        mag_a, nz_a, pm_a = _operand_sums(a, dims_a, red, a_w)
-        mag_b, nz_b, pm_b = _operand_sums(b, dims_b, red, b_w)
+        mag_a, nz_a, pm_a, int_a = _operand_sums(a, dims_a, red, a_w)
+        mag_b, nz_b, pm_b, int_b = _operand_sums(b, dims_b, red, b_w)
         contracted = "".join(c for c in ra if c in rb and c not in lo)
         per_row = None
         if keep:
@@ -728,14 +737,15 @@ def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b
                 factor = math.prod(s for c, s in sizes.items() if c not in set_m)
                 factor *= math.prod(sizes[c] for c, s in zip(lm, mask.shape) if s == 1)
                 dense = mask.sum(dtype=acc) * factor
+            integer = None
             if a_w or b_w:
-                spiking = pm_b if a_w else pm_a
+                spiking, integer = (pm_b, int_b) if a_w else (pm_a, int_a)
                 first_sum, first_nz = (mag_b, nz_b) if a_w else (mag_a, nz_a)
             else:
                 spiking = pm_a | pm_b
                 first_sum, first_nz = mag_a, nz_a
             return (synops, dense, effective, spiking, first_sum.detach().sum().to(acc), first_nz.sum().to(acc),
-                    per_row)
+                    per_row, integer)
 
 
 def _matmul_labels(a_dim: int, b_dim: int) -> Tuple[str, str, str]:

@@ -818,7 +818,7 @@ class OpScope:
                 in_shape=tuple(c.in_shape), out_shape=tuple(c.out_shape), input_sum=c.input_sum,
                 input_nonzero=c.input_nonzero, in_neurons=n_el, later=c.later, device=c.device,
                 held_bytes=sum(t.numel() * t.element_size() for t in tensors) if c.later is not None else 0,
-                row_dims=_row_dims(c, tensors),
+                row_dims=_row_dims(c, tensors), integer=c.integer,
             ), data=data, lead=lead)
 
     def _flag(self, counter: Any, frame: _Frame, func: Callable, err: Exception) -> None:

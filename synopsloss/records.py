@@ -13,8 +13,10 @@ counts of :class:`Sums` with one rule, so the two ways cannot drift apart:
   reaches 2^24, or 4096 rows or more of values other than spikes), then one matrix
   product with the float64 fan-out map per group gives every call's synops and
   effective ops;
-* a call is *spiking* (its effective ops are ACs) when ``max |x| <= 1`` and
-  ``sum |x| == number of nonzeros`` (every value in {-1, 0, 1}); a call whose
+* a call is *spiking* (its effective ops are ACs) when every value is in
+  {-1, 0, 1}: ``max |x| <= 1``, ``sum |x| == number of nonzeros`` (a quick
+  rejection) and every value an integer (the exact test: a float32 sum of many
+  spikes can round a value such as 0.9999 away); a call whose
   values are all integers (spike counts, multi-bit spikes) sends ``|x|`` events
   per input value, each an accumulate: its ACs are its synops (``events=False``
   counts it NeuroBench's way instead: nonzero inputs x fan-out, as MACs); any
@@ -198,12 +200,8 @@ def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) 
         mag_tot = magc.detach().sum(1, dtype=acc)
         nz_tot = nzc.sum(1, dtype=acc)
         amax = hi.to(acc)
-        spiking = ((amax <= 1) & (mag_tot == nz_tot)).tolist()
-        if all(spiking):
-            integer = torch.ones(n, dtype=torch.bool, device=amax.device)
-        else:
-            integer = torch.stack([torch.ones((), dtype=torch.bool) if sp else all_integer_values(det[i])
-                                   for i, sp in enumerate(spiking)])
+        # every value an integer: >= 0 here, so frac needs no abs (one pass of the stacked inputs, which are small)
+        integer = torch.frac(stacked.reshape(n, -1)).amax(1) == 0
         return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer)
 
 
@@ -230,15 +228,22 @@ def _input_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype, encodi
         nz_tot = nzc.sum(1, dtype=acc)
         flat = mag.detach().reshape(len(xs), -1)
         amax = flat.amax(1).to(acc) if x.numel() else mag_tot.new_zeros(len(xs))
-        if not x.numel() or (x.device.type == "cpu" and bool(((amax <= 1) & (mag_tot == nz_tot)).all())):
-            # every input is {-1, 0, 1} spikes (on CPU this test costs no sync): no integer pass needed
+        if not x.numel():
             integer = torch.ones_like(amax, dtype=torch.bool)
+        elif flat.device.type == "cpu" and flat.shape[1] > _WITNESS:  # large calls: a witness may settle each
+            integer = torch.stack([all_integer_values(f) for f in flat.unbind(0)])
         else:
-            if flat.device.type == "cpu" and flat.shape[1] > _WITNESS:  # large calls: a witness may settle each
-                integer = torch.stack([all_integer_values(f) for f in flat.unbind(0)])
-            else:
-                integer = (flat == flat.round()).all(1)
+            integer = (flat == flat.round()).all(1)
     return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer, mag if keep_mag else None)
+
+
+def _spike_flags(amax: Tensor, mag_tot: Tensor, nz_tot: Tensor, integer: Tensor) -> Tensor:
+    """Whether each input's values are all in {-1, 0, 1}: ``max |x| <= 1`` and every value an integer (exact).
+
+    ``sum |x| == nonzeros`` is implied; it is kept as the test that rejects most real-valued inputs, but it
+    alone is not exact: a float32 column sum of many spikes rounds a value such as 0.9999 to 1.
+    """
+    return (amax <= 1) & (mag_tot == nz_tot) & integer
 
 
 def _big_path(x: Tensor, rows: int, n_el: int, encoding: str) -> bool:
@@ -344,12 +349,11 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
             eff = torch.stack([torch.dot(vecs[i][1], ent.effective) for i, ent in zip(inv, maps)])
     with torch.no_grad():
         amax = torch.tensor(amaxes, dtype=acc)
-        spiking = ((amax <= 1) & (mag_tot == nz_tot)).tolist()
-        integer = torch.stack([torch.ones((), dtype=torch.bool) if sp else all_integer_values(d)
-                               for sp, d in zip(spiking, dets)])
+        integer = torch.stack([all_integer_values(d) for d in dets])  # (the exact part of the spike test)
         if ii is not None:
             mag_tot, nz_tot, amax, integer = (v.index_select(0, ii) for v in (mag_tot, nz_tot, amax, integer))
-    return synops, eff, mag_tot, nz_tot, amax, mag_tot, dense * float(rows), integer, None
+        spiking = _spike_flags(amax, mag_tot, nz_tot, integer)
+    return synops, eff, mag_tot, nz_tot, amax, spiking, dense * float(rows), integer, None
 
 
 def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
@@ -381,7 +385,8 @@ def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
         per_row = torch.bmm(m, emap.to(m.dtype).unsqueeze(2)).squeeze(2)
     with torch.no_grad():
         eff = torch.linalg.vecdot(s.nzc.to(acc), emap)
-    return synops, eff, s.mag_tot, s.nz_tot, s.amax, s.mag_tot, dense * float(rows), s.integer, per_row
+        spiking = _spike_flags(s.amax, s.mag_tot, s.nz_tot, s.integer)
+    return synops, eff, s.mag_tot, s.nz_tot, s.amax, spiking, dense * float(rows), s.integer, per_row
 
 
 #: ``rows * (rows + 1) * max|x| * max divisor`` below which a pooled call's events are taken from its column
@@ -420,9 +425,17 @@ def _pooled_fast(call: Call, flat: Tensor, ent: LayerMaps) -> Optional[Tuple[Ten
     synops = torch.dot(per_neuron, emap).reshape(1)
     with torch.no_grad():
         nonzero = column_nonzeros(det).to(acc)
-        return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1),
-                nonzero.sum().reshape(1), hi.to(acc).reshape(1), colsum.detach().sum().reshape(1),
-                (ent.dense_total * float(rows)).reshape(1), call.integer.reshape(1), None)
+        nz_tot, amax = nonzero.sum().reshape(1), hi.to(acc).reshape(1)
+        # spikes: max <= 1 and sum == nonzeros (host reads: this is the CPU), then the exact test only then
+        spiking = (float(hi) <= 1 and float(colsum.detach().sum()) == float(nz_tot)
+                   and bool(all_integer_values(det)))
+        return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1), nz_tot, amax,
+                _ONE_TRUE if spiking else _ONE_FALSE, (ent.dense_total * float(rows)).reshape(1),
+                call.integer.reshape(1), None)
+
+
+#: the spike flag of one CPU call, made once (no op per call)
+_ONE_TRUE, _ONE_FALSE = torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool)
 
 
 def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
@@ -444,9 +457,11 @@ def _pooled_sums(call: Call, ent: LayerMaps) -> Tuple[Tensor, ...]:
     synops = torch.dot(per_neuron, emap).reshape(1)
     with torch.no_grad():
         nonzero = st.nonzero.to(acc)
-        return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1),
-                nonzero.sum().reshape(1), st.amax.to(acc).reshape(1), st.mag_sum.detach().to(acc).sum().reshape(1),
-                (ent.dense_total * float(call.rows)).reshape(1), call.integer.reshape(1), per_row)
+        nz_tot, amax = nonzero.sum().reshape(1), st.amax.to(acc).reshape(1)
+        spiking = _spike_flags(amax, st.mag_sum.detach().to(acc).sum().reshape(1), nz_tot,
+                               all_integer_values(flat).reshape(1))
+        return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1), nz_tot, amax,
+                spiking, (ent.dense_total * float(call.rows)).reshape(1), call.integer.reshape(1), per_row)
 
 
 def _per_layer_synops(parts: List[Tuple[Tensor, ...]], owners: List[int], synops: Tensor, index: Tensor,
@@ -543,11 +558,13 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         sums = torch.stack([torch.dot(colsum, emap), torch.dot(nz.to(acc), emap), colsum.sum(),
                             nz.sum(dtype=torch.int64).to(acc)])
         synops, eff, in_sum, nonzero = sums.tolist()
-        spiking = amax <= 1 and in_sum == nonzero
+        integer = (amax <= 1 and in_sum == nonzero) or events  # (whether the integer test is needed)
+        integer = integer and bool(all_integer_values(flat))
+        spiking = amax <= 1 and in_sum == nonzero and integer
         dense = float(ent.dense_total) * float(rows)
         if spiking:
             return synops, dense, eff, 0.0, in_sum, nonzero, 1.0, eff
-        if events and bool(all_integer_values(flat)):  # integer spike counts: |x| accumulate events each
+        if events and integer:  # integer spike counts: |x| accumulate events each
             return synops, dense, synops, 0.0, in_sum, nonzero, 0.0, eff
         return synops, dense, 0.0, eff, in_sum, nonzero, 0.0, eff
 
@@ -618,9 +635,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     cols = [torch.cat([p[j] for p in parts]) if len(parts) > 1 else parts[0][j] for j in range(8)]
     synops = cols[0]
     with torch.no_grad():
-        eff, in_sum, nz, amax, mag, dense, integer = cols[1:]
-        # spiking <=> every value in {-1, 0, 1}: max |x| <= 1 and sum |x| == number of nonzeros
-        spiking = (amax <= 1) & (mag == nz)
+        eff, in_sum, nz, amax, spiking, dense, integer = cols[1:]  # (spiking: every value in {-1, 0, 1})
         if any(events):  # integer spike counts: |x| accumulate events each (the synops, detached)
             counted = integer & ~spiking
             if not all(events):

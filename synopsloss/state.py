@@ -167,9 +167,13 @@ class SynapseState:
     unsampled: bool = state_field(None, False)  # a call without per-row synops: the layer has no per-sample values
 
     def record(self, dense: Tensor, effective: Tensor, spiking: Tensor, input_sum: Tensor,
-               input_nonzero: Tensor) -> None:
-        """One call's counts (0-dim tensors, ``spiking`` bool), summed into the fields at the next :meth:`settle`."""
-        self.pending.append((dense, effective, spiking, input_sum, input_nonzero))
+               input_nonzero: Tensor, events: Optional[Tuple[Tensor, Tensor]] = None) -> None:
+        """One call's counts (0-dim tensors, ``spiking`` bool), summed into the fields at the next :meth:`settle`.
+
+        ``events``: ``(counted, acs)``: when ``counted`` (bool; the call's values are spike counts, not spikes)
+        the call sends ``acs`` accumulate events (its synops) instead of ``effective`` MACs.
+        """
+        self.pending.append((dense, effective, spiking, input_sum, input_nonzero, events))
 
     @own_ops
     def settle(self) -> "SynapseState":
@@ -187,24 +191,30 @@ class SynapseState:
         if self.later:
             later, self.later = self.later, []
             for get in later:
-                synops, dense, effective, spiking, input_sum, input_nonzero, per_row = get()
+                synops, dense, effective, spiking, input_sum, input_nonzero, per_row = get()[:7]
                 if per_row is not None:
                     self.row_synops.append(per_row)
                 self.record(dense, effective, spiking, input_sum, input_nonzero)
                 self.synops = synops if self.synops is None else self.synops + synops
         if not self.pending:
             return self
-        dense, effective, spiking, input_sum, input_nonzero = zip(*self.pending)
+        dense, effective, spiking, input_sum, input_nonzero, events = zip(*self.pending)
         self.pending = []
         one = len(dense) == 1
         with torch.no_grad():
             eff = effective[0] if one else torch.stack(effective)
             spk = spiking[0] if one else torch.stack(spiking)
             zero = eff.new_zeros(())
+            acs, macs = torch.where(spk, eff, zero), torch.where(spk, zero, eff)
+            if any(e is not None for e in events):  # spike counts: their events are ACs, no MACs
+                no = (zero.bool(), zero)
+                counted = torch.stack([(e or no)[0] for e in events]).reshape(eff.shape) & ~spk
+                ev = torch.stack([(e or no)[1] for e in events]).reshape(eff.shape)
+                acs, macs = torch.where(counted, ev, acs), torch.where(counted, zero, macs)
             sums = {
                 "dense": dense[0] if one else torch.stack(dense).sum(),
-                "eff_acs": torch.where(spk, eff, zero).sum(),
-                "eff_macs": torch.where(spk, zero, eff).sum(),
+                "eff_acs": acs.sum(),
+                "eff_macs": macs.sum(),
                 "effective": eff.sum() if eff.dim() else eff,
                 "input_sum": input_sum[0] if one else torch.stack(input_sum).sum(),
                 "input_nonzero": input_nonzero[0] if one else torch.stack(input_nonzero).sum(),
