@@ -1217,6 +1217,21 @@ class SynOpsCounter:
         self._require_batch("samples")
         return self._samples()
 
+    def idle_layers(self) -> List[str]:
+        """Counted layers that did not run through a counted call since the last reset (they show 0 synops).
+
+        Example
+        -------
+        >>> import torch, synopsloss as sl
+        >>> net = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2), "b": torch.nn.Linear(2, 2)})
+        >>> counter = sl.SynOpsCounter(net)
+        >>> _ = net["a"](torch.ones(1, 2))
+        >>> counter.idle_layers()
+        ['b']
+        """
+        ran = self._batch.layers
+        return [n for n in self._layers if n not in ran and not self._scope.used(self._layers[n].module)]
+
     def data_fed_layers(self) -> List[str]:
         """Counted layers fed directly by the data, in forward order.
 

@@ -650,6 +650,16 @@ class SynOpsLoss:
         if not torch.is_grad_enabled():
             return  # the loss itself is evaluated without gradient (validation): nothing to train
         no_grad = [n for n in names if n not in fed and not per_layer[n].requires_grad]
+        idle = [n for n in no_grad if n in self.counter.idle_layers()]
+        if idle:
+            self._warn(
+                "idle",
+                f"SynOpsLoss: layer(s) {idle} did not run in this batch: their synops are 0 and their part of the "
+                "loss is a constant, with no gradient. Expected when the model skips them for some inputs (a "
+                "branch); otherwise they were called as layer.forward(x) (call layer(x)) or replaced after the "
+                "counter attached (re-create the counter).",
+            )
+            no_grad = [n for n in no_grad if n not in idle]
         if no_grad and any(v.requires_grad for v in per_layer.values()):
             # other layers carry a gradient, so the forward ran with gradients on: these layers' inputs are the
             # data (transformed inside the model, so not recognised as data-fed) or come from frozen layers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -437,3 +438,34 @@ def test_a_layer_named_twice_is_refused():
     counter = sl.SynOpsCounter(net, neurons=False)
     with pytest.raises(ValueError, match=r"names layer\(s\) \['2'\] more than once"):
         sl.SynOpsLoss(counter, target=1.0, layers=["2", "2"])
+
+
+def test_a_regularised_layer_that_did_not_run_is_named_as_such():
+    """A branch not taken: the loss names the layer as idle, not as fed by the data or frozen."""
+
+    class Branch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x, use_b=True):
+            h = torch.relu(self.a(x))
+            return self.c(torch.relu(self.b(h)) if use_b else h)
+
+    torch.manual_seed(0)
+    net = Branch()
+    counter = sl.SynOpsCounter(net)
+    loss_fn = sl.SynOpsLoss(counter, target={"b": 10.0})
+    x = (torch.rand(4, 8) < 0.5).float()
+    net(x, use_b=False)
+    assert counter.idle_layers() == ["b"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = loss_fn()
+    messages = [str(w.message) for w in caught]
+    assert any("layer(s) ['b'] did not run in this batch" in m for m in messages), messages
+    assert not any("does not depend on any trainable parameter" in m for m in messages)
+    assert float(value) == pytest.approx(1.0)  # ((0 - 10) / 10) ** 2: synops 0 against the target
+    counter.reset()
+    net(x)
+    assert counter.idle_layers() == []
