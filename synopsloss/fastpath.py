@@ -34,7 +34,9 @@ from typing import Any, Callable, List, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EncoderGuard", "takes_fast_path"]
+from .hooks import Hook
+
+__all__ = ["EncoderGuard", "LayerGuard", "layer_takes_fast_path", "takes_fast_path"]
 
 
 def _only_our_modes() -> bool:
@@ -121,3 +123,94 @@ class EncoderGuard:
             stack = self._open.pop()
             if stack is not None:
                 stack.close()
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks")
+
+
+def _only_our_hooks(modules: List[nn.Module]) -> bool:
+    """Whether every forward (pre-)hook on ``modules`` is one of synopsloss's (or there is none)."""
+    return all(isinstance(h, Hook) for m in modules for d in _HOOK_DICTS for h in getattr(m, d).values())
+
+
+def layer_takes_fast_path(layer: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether ``layer(*args, **kwargs)``, an ``nn.TransformerEncoderLayer``, would run torch's fused
+    ``_transformer_encoder_layer_fwd`` without the counter (its hooks and modes left out).
+
+    The conditions of ``nn.TransformerEncoderLayer.forward`` in torch 2.x; ``False`` whenever one is unknown.
+
+    Example
+    -------
+    >>> layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True).eval()
+    >>> with torch.no_grad():
+    ...     layer_takes_fast_path(layer, (torch.ones(1, 3, 8),), {})
+    True
+    """
+    src = args[0] if args else kwargs.get("src")
+    mask = args[1] if len(args) > 1 else kwargs.get("src_mask")
+    pad = args[2] if len(args) > 2 else kwargs.get("src_key_padding_mask")
+    attn = getattr(layer, "self_attn", None)
+    if not isinstance(src, Tensor) or attn is None or layer.training:
+        return False
+    if not torch.backends.mha.get_fastpath_enabled() or src.dim() != 3 or src.is_nested:
+        return False
+    try:
+        if (not attn.batch_first or attn.in_proj_bias is None or not attn._qkv_same_embed_dim
+                or not layer.activation_relu_or_gelu or layer.norm1.eps != layer.norm2.eps or attn.num_heads % 2):
+            return False
+        tensors = (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
+                   layer.norm1.weight, layer.norm1.bias, layer.norm2.weight, layer.norm2.bias,
+                   layer.linear1.weight, layer.linear1.bias, layer.linear2.weight, layer.linear2.bias)
+    except AttributeError:
+        return False
+    if torch.is_autocast_enabled() or torch.compiler.is_compiling() or not _only_our_modes():
+        return False
+    if not _only_our_hooks(list(layer.modules())):
+        return False  # a user's hook: torch leaves the fast path without the counter too
+    if any(t is None or type(t) not in (Tensor, nn.Parameter) for t in tensors):
+        return False
+    if any(isinstance(m, Tensor) and type(m) is not Tensor for m in (mask, pad)):
+        return False
+    if any(t.device.type not in ("cpu", "cuda", "xpu", torch._C._get_privateuse1_backend_name()) for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+@contextlib.contextmanager
+def _lifted(modules: List[nn.Module]) -> Any:
+    """synopsloss's hooks taken off ``modules`` (no other hook is on them) and put back as they were."""
+    saved = [(m, d, dict(getattr(m, d))) for m in modules for d in _HOOK_DICTS if getattr(m, d)]
+    for m, d, _ in saved:
+        getattr(m, d).clear()
+    try:
+        yield
+    finally:
+        for m, d, hooks in saved:
+            getattr(m, d).update(hooks)
+
+
+class LayerGuard:
+    """Forward hook (run last, with kwargs) of one ``nn.TransformerEncoderLayer``: keeps its fused output.
+
+    Without the counter, an encoder layer in eval mode under ``no_grad`` runs torch's fused
+    ``_transformer_encoder_layer_fwd``; the counter's hooks on its linear layers and its function mode make
+    torch take the Python path instead (so that every product is seen and counted), whose output differs in
+    the last bits. When the layer would have taken the fused path, this hook runs it again that way, with the
+    counter paused and its hooks lifted, and returns that output: the counts are those of the counted call,
+    the model's output is the same as without the counter (the layer runs twice).
+
+    Parameters
+    ----------
+    counter
+        A weak reference to the counter (its public ``counting`` and ``paused()``).
+    """
+
+    def __init__(self, counter: Callable[[], Any]) -> None:
+        self._counter = counter
+
+    def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        counter = self._counter()
+        if counter is None or not counter.counting or not layer_takes_fast_path(module, args, kwargs):
+            return None
+        with counter.paused(), torch._C.DisableTorchFunction(), _lifted(list(module.modules())):
+            return module(*args, **kwargs)

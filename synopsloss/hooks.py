@@ -194,12 +194,13 @@ class HookSet:
         """Whether any hook is registered."""
         return bool(self._handles)
 
-    def _guard(self, target: nn.Module, fn: Callable[..., None], owned: bool) -> Callable[..., None]:
+    def _guard(self, target: nn.Module, fn: Callable[..., Any], owned: bool,
+               returns: bool = False) -> Callable[..., Any]:
         target_ref = weakref.ref(target)
         owner_ref = self._owner if owned else None
         state = weakref.ref(self)
 
-        def hook(module: nn.Module, *rest: Any) -> None:
+        def hook(module: nn.Module, *rest: Any) -> Any:
             if _compiling():  # torch.compile traces this hook: run it eagerly instead (see COMPILE_NOTE)
                 if not eager:  # made on first use: torch.compiler.disable imports dynamo (seconds)
                     eager.append(eager_under_compile(functools.partial(_flagged, hook)))
@@ -208,11 +209,13 @@ class HookSet:
             if hooks is None or not hooks.enabled or module is not target_ref() or _TASK() != -1:
                 return  # (paused, a deep copy, or a forward re-run by backward: gradient checkpointing)
             if owner_ref is None:
-                fn(module, *rest)
-                return
+                out = fn(module, *rest)
+                return out if returns else None
             owner = owner_ref()
             if owner is not None:
-                fn(owner, module, *rest)
+                out = fn(owner, module, *rest)
+                return out if returns else None
+            return None
 
         # made at once when dynamo is loaded (then free), else on first use: importing it takes seconds
         eager: List[Callable[..., None]] = ([eager_under_compile(functools.partial(_flagged, hook))]
@@ -230,6 +233,12 @@ class HookSet:
         hook = self._guard(module, fn, owned and self._owner is not None)
         self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs, always_call=always_call,
                                                           prepend=prepend))
+
+    def replacing(self, module: nn.Module, fn: Callable[..., Any]) -> None:
+        """``fn(module, args, kwargs, output)`` after each call of ``module``, run last; what it returns (unless
+        ``None``) replaces the call's output (:class:`synopsloss.fastpath.LayerGuard`)."""
+        hook = self._guard(module, fn, False, returns=True)
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
 
     def pre(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False, owned: bool = True,
             prepend: bool = False) -> None:

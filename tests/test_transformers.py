@@ -266,3 +266,36 @@ def test_a_module_whose_only_synapses_are_products_is_counted():
     m(q, k)
     # |q| @ |k|^T = [[1, 2], [1, 1]]: 5 synops
     assert counter.synops().item() == 5.0
+
+
+@pytest.mark.parametrize("stack", [False, True], ids=["layer", "encoder"])
+def test_encoder_layers_keep_their_fused_output_and_are_still_counted(stack):
+    """Eval mode under no_grad: torch runs an encoder layer's fused kernel, whose output differs in the last bits
+    from the Python path the counter needs to see every product. The output stays that of the fused kernel,
+    bit for bit; the counts equal those with torch's fast path switched off (within float rounding: from the
+    second layer on, the inputs are the fused outputs, as without the counter)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, dropout=0.0)
+    model = (nn.TransformerEncoder(layer, 2, enable_nested_tensor=False) if stack else layer).eval()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        plain = model(x)
+    counts = []
+    for fast in (True, False):
+        torch.backends.mha.set_fastpath_enabled(fast)
+        try:
+            with sl.SynOpsCounter(model, neurons=False, batch_dim=0) as counter, torch.no_grad():
+                for _ in range(2):  # the hooks are back after the guard's second run: the next call is counted too
+                    counter.reset()
+                    out = model(x)
+                    if fast:
+                        assert torch.equal(out, plain)
+                counts.append(counter.snapshot().per_layer())
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    assert counts[0].keys() == counts[1].keys() and len(counts[0]) >= 4
+    for name, row in counts[0].items():
+        for key, value in row.items():
+            assert value == pytest.approx(counts[1][name][key], rel=1e-6 if stack else 1e-12), (name, key)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)  # and after remove()
