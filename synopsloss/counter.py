@@ -88,7 +88,7 @@ from .hooks import STAMPS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, geometry, module_map_args, rule_weight, weight_mask
 from .records import Call, reducible_now, reduce_now, version_of, view_lead
-from .fastpath import EncoderGuard, LayerGuard
+from .fastpath import EncoderGuard, FusedGuard, layer_takes_fast_path, mha_takes_fast_path
 from .opscope import OpScope, class_code, compiled_submodules
 from .pooling import PoolEvents
 from .reductions import Scratch
@@ -567,8 +567,9 @@ class SynOpsCounter:
             guard = EncoderGuard(name, weakref.ref(self))
             self._guards.pre(module, guard.pre, with_kwargs=True, owned=False)
             self._guards.forward(module, guard.post, owned=False, always_call=True, prepend=True)
-        if isinstance(module, nn.TransformerEncoderLayer):  # keep torch's fused output (fastpath.py)
-            self._guards.replacing(module, LayerGuard(weakref.ref(self)).post)
+        fused = {nn.TransformerEncoderLayer: layer_takes_fast_path, nn.MultiheadAttention: mha_takes_fast_path}
+        if type(module) in fused:  # keep torch's fused output (fastpath.py)
+            self._guards.replacing(module, FusedGuard(weakref.ref(self), fused[type(module)]).post)
         if registry.is_time_folding(module):
             self._hooks.pre(module, functools.partial(SynOpsCounter._fold_hook, name=name))
         elif registry.neuron_library(module) == "sinabs":

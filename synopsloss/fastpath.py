@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .hooks import Hook
 
-__all__ = ["EncoderGuard", "LayerGuard", "layer_takes_fast_path", "takes_fast_path"]
+__all__ = ["EncoderGuard", "FusedGuard", "layer_takes_fast_path", "mha_takes_fast_path", "takes_fast_path"]
 
 
 def _only_our_modes() -> bool:
@@ -176,41 +176,93 @@ def layer_takes_fast_path(layer: nn.Module, args: tuple, kwargs: dict) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+def mha_takes_fast_path(attn: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether ``attn(*args, **kwargs)``, an ``nn.MultiheadAttention``, would run torch's fused
+    ``_native_multi_head_attention`` without the counter (its modes left out; this path checks no hooks).
+
+    The conditions of ``nn.MultiheadAttention.forward`` in torch 2.x; ``False`` whenever one is unknown.
+
+    Example
+    -------
+    >>> attn = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    >>> x = torch.ones(1, 3, 8)
+    >>> with torch.no_grad():
+    ...     mha_takes_fast_path(attn, (x, x, x), {"need_weights": False})
+    True
+    """
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+    given = dict(zip(names, args))
+    given.update(kwargs)
+    query, key, value = given.get("query"), given.get("key"), given.get("value")
+    masks = [given.get("key_padding_mask"), given.get("attn_mask")]
+    if not isinstance(query, Tensor) or query is not key or key is not value or attn.training:
+        return False
+    if not torch.backends.mha.get_fastpath_enabled() or query.dim() != 3 or query.is_nested:
+        return False
+    if any(m is not None and (not isinstance(m, Tensor) or type(m) is not Tensor or torch.is_floating_point(m))
+           for m in masks):
+        return False
+    w, b = getattr(attn, "in_proj_weight", None), getattr(attn, "in_proj_bias", None)
+    out = getattr(attn, "out_proj", None)
+    if w is None or b is None or out is None or query.dtype != w.dtype or query.dtype != b.dtype:
+        return False
+    if (attn.num_heads % 2 or not attn.batch_first or attn.bias_k is not None or attn.bias_v is not None
+            or attn.add_zero_attn or not attn._qkv_same_embed_dim):
+        return False
+    if torch.is_autocast_enabled() or torch.compiler.is_compiling() or not _only_our_modes():
+        return False
+    tensors = (query, w, b, out.weight, out.bias)
+    if any(t is None or type(t) not in (Tensor, nn.Parameter) for t in tensors):
+        return False
+    if any(t.device.type not in ("cpu", "cuda", "xpu", torch._C._get_privateuse1_backend_name()) for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 @contextlib.contextmanager
 def _lifted(modules: List[nn.Module]) -> Any:
-    """synopsloss's hooks taken off ``modules`` (no other hook is on them) and put back as they were."""
-    saved = [(m, d, dict(getattr(m, d))) for m in modules for d in _HOOK_DICTS if getattr(m, d)]
-    for m, d, _ in saved:
-        getattr(m, d).clear()
+    """synopsloss's hooks taken off ``modules`` and put back where they were (other hooks stay)."""
+    saved = [(m, d, list(getattr(m, d).items())) for m in modules for d in _HOOK_DICTS if getattr(m, d)]
+    for m, d, items in saved:
+        hooks = getattr(m, d)
+        hooks.clear()
+        hooks.update((k, h) for k, h in items if not isinstance(h, Hook))
     try:
         yield
     finally:
-        for m, d, hooks in saved:
-            getattr(m, d).update(hooks)
+        for m, d, items in saved:
+            hooks = getattr(m, d)
+            hooks.clear()
+            hooks.update(items)
 
 
-class LayerGuard:
-    """Forward hook (run last, with kwargs) of one ``nn.TransformerEncoderLayer``: keeps its fused output.
+class FusedGuard:
+    """Forward hook (with kwargs) of an ``nn.TransformerEncoderLayer`` or ``nn.MultiheadAttention``: keeps
+    torch's fused output.
 
-    Without the counter, an encoder layer in eval mode under ``no_grad`` runs torch's fused
-    ``_transformer_encoder_layer_fwd``; the counter's hooks on its linear layers and its function mode make
-    torch take the Python path instead (so that every product is seen and counted), whose output differs in
-    the last bits. When the layer would have taken the fused path, this hook runs it again that way, with the
-    counter paused and its hooks lifted, and returns that output: the counts are those of the counted call,
-    the model's output is the same as without the counter (the layer runs twice).
+    Without the counter, these modules in eval mode under ``no_grad`` run torch's fused kernels
+    (``_transformer_encoder_layer_fwd``, ``_native_multi_head_attention``); the counter's function mode (and
+    its hooks on an encoder layer's linear layers) make torch take the Python path instead, so that every
+    product is seen and counted, whose output differs in the last bits. When the module would have taken the
+    fused path (``takes``: :func:`layer_takes_fast_path`, :func:`mha_takes_fast_path`), this hook runs it again
+    that way, with the counter paused and its hooks lifted, and returns that output: the counts are those of
+    the counted call, the model's output is the same as without the counter (the module runs twice).
 
     Parameters
     ----------
     counter
         A weak reference to the counter (its public ``counting`` and ``paused()``).
+    takes
+        Whether a call would take the fused path without the counter.
     """
 
-    def __init__(self, counter: Callable[[], Any]) -> None:
+    def __init__(self, counter: Callable[[], Any], takes: Callable[[nn.Module, tuple, dict], bool]) -> None:
         self._counter = counter
+        self._takes = takes
 
     def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         counter = self._counter()
-        if counter is None or not counter.counting or not layer_takes_fast_path(module, args, kwargs):
+        if counter is None or not counter.counting or not self._takes(module, args, kwargs):
             return None
         with counter.paused(), torch._C.DisableTorchFunction(), _lifted(list(module.modules())):
             return module(*args, **kwargs)

@@ -236,7 +236,7 @@ class HookSet:
 
     def replacing(self, module: nn.Module, fn: Callable[..., Any]) -> None:
         """``fn(module, args, kwargs, output)`` after each call of ``module``, run last; what it returns (unless
-        ``None``) replaces the call's output (:class:`synopsloss.fastpath.LayerGuard`)."""
+        ``None``) replaces the call's output (:class:`synopsloss.fastpath.FusedGuard`)."""
         hook = self._guard(module, fn, False, returns=True)
         self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
 
