@@ -282,8 +282,8 @@ class SelfAttention(nn.Module):
 def test_encoder_layers_keep_their_fused_output_and_are_still_counted(stack):
     """Eval mode under no_grad: torch runs an encoder layer's fused kernel, whose output differs in the last bits
     from the Python path the counter needs to see every product. The output stays that of the fused kernel,
-    bit for bit; the counts equal those with torch's fast path switched off (within float rounding: from the
-    after the first fused module, inputs are the fused outputs, as without the counter)."""
+    bit for bit; the counts equal those with torch's fast path switched off (within float rounding: after the
+    first fused module, inputs are the fused outputs, as without the counter)."""
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, dropout=0.0)
     if stack == "mha":
