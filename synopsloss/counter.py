@@ -427,6 +427,7 @@ class SynOpsCounter:
         self._batch_first_layers = False  # sinabs layers take [B, T, ...]
         self._warned: Set[str] = set()
         self._batch = _Batch()
+        self._batch_index = 0  # batches started (resets): the public batch_index
         self._totals: Dict[str, SynapseState] = {}  # Python fields of the running totals, per layer
         self._sums = Totals()  # their summed tensor fields
         self._total_samples = 0
@@ -678,6 +679,7 @@ class SynOpsCounter:
         if self._monitor is not None:
             self._monitor.reset(accumulated=accumulated, drop=batch.pending or batch.failed or left_out)
         self._batch = _Batch()
+        self._batch_index += 1
         self._pools.clear()
 
     # ------------------------------------------------------------------ hooks
@@ -1215,6 +1217,12 @@ class SynOpsCounter:
         )
 
     @property
+    def batch_index(self) -> int:
+        """Which batch the counts are of: 0 until the first :meth:`reset`, then one more at each reset (a loss
+        read twice in one batch can tell)."""
+        return self._batch_index
+
+    @property
     def samples(self) -> int:
         """Number of samples of the current batch."""
         self._require_batch("samples")
@@ -1235,7 +1243,7 @@ class SynOpsCounter:
         ran = self._batch.layers
         return [n for n in self._layers if n not in ran and not self._scope.used(self._layers[n].module)]
 
-    def data_fed_layers(self) -> List[str]:
+    def data_fed_layers(self, accumulated: bool = True) -> List[str]:
         """Counted layers fed directly by the data, in forward order.
 
         A layer is *data-fed* when every call of it read a tensor the model
@@ -1245,10 +1253,13 @@ class SynOpsCounter:
         calls, so it is not data. Its synops are the data's spikes times the
         layer's fan-out: training can lower them only by zeroing weights, so
         :class:`synopsloss.SynOpsLoss` leaves them out by default. Reported
-        for the current batch and every batch since ``reset(accumulated=True)``.
-        Inputs that the model transforms before the first layer (``x.float()``,
-        encoding inside ``forward``) are not recognised: name the layers
-        explicitly then.
+        for the current batch and every batch since ``reset(accumulated=True)``
+        (``accumulated=False``: the current batch only, as the loss and
+        ``synops(driven=True)`` read it, so that one batch whose input the model
+        computed, such as a validation batch cast inside ``forward``, changes
+        no later batch's loss). Inputs that the model transforms before the
+        first layer (``x.float()``, encoding inside ``forward``) are not
+        recognised: name the layers explicitly then.
 
         Example
         -------
@@ -1260,7 +1271,7 @@ class SynOpsCounter:
         ['0']
         """
         calls: Dict[str, List[int]] = {}  # {layer: [calls, data calls, first seen]}: counts only, nothing reduced
-        for src in (self._totals, self._batch.layers):
+        for src in ((self._totals, self._batch.layers) if accumulated else (self._batch.layers,)):
             for name, st in src.items():
                 c = calls.setdefault(name, [0, 0, st.first_seen])
                 c[0] += st.calls
@@ -1371,7 +1382,7 @@ class SynOpsCounter:
         self._reduce_held()  # calls made without gradients: reduced without a graph first
         settle_all(states)
         device = states[0].device
-        fed = set(self.data_fed_layers()) if driven else set()
+        fed = set(self.data_fed_layers(accumulated=False)) if driven else set()
         if by_layer:
             ran = sorted((n for n in batch.layers if n not in fed), key=lambda n: batch.layers[n].first_seen or 0)
             names = ran + [n for n in self._layers if n not in batch.layers and n not in fed]

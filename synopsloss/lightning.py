@@ -515,7 +515,7 @@ class SynOpsRegularizer(_pl.Callback):
             return
         samples = counter.samples
         names = list(per)
-        regularized = self._regularized(names, counter.data_fed_layers())
+        regularized = self._regularized(names, counter.data_fed_layers(accumulated=False))
         device = next(iter(per.values())).device
         zero = torch.zeros((), dtype=torch.float64, device=device)
         total = sum((v.double() for v in per.values()), zero)

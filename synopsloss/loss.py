@@ -242,6 +242,8 @@ class SynOpsLoss:
         self.calibration_batches = calibration_batches
         self.last_step = 0
         self._calls = 0
+        self._last_batch: Optional[int] = None  # the counter's batch_index at the last training call
+        self._repeat = False
         self._warned: set = set()
         self._last: Optional[Dict[str, Any]] = None
         #: batches without any loss.step() after which moving schedules warn
@@ -388,12 +390,16 @@ class SynOpsLoss:
         per_layer = self._measure()
         # per-sample values ([samples], quantile=) are checked and reported by their mean over the batch
         means = {n: (v.mean() if v.dim() else v) for n, v in per_layer.items()}
-        fed = self.counter.data_fed_layers()
+        fed = self.counter.data_fed_layers(accumulated=False)
         calibrating = self._calls < self.calibration_batches
-        # training calls (gradients on) calibrate; a call without (a validation pass) reads the running target
+        # training calls (gradients on) calibrate; a call without (a validation pass) reads the running target.
+        # A second call in the same batch (the loss read once to log it, once to train) counts that batch once
         self._training_call = torch.is_grad_enabled()
-        if self._training_call:
+        batch = self.counter.batch_index
+        self._repeat = self._training_call and batch == self._last_batch
+        if self._training_call and not self._repeat:
             self._calls += 1
+            self._last_batch = batch
         self._check_stepped()
         weight = self.weight.value
         if weight < 0:
@@ -417,7 +423,7 @@ class SynOpsLoss:
                 s = s + per_layer[n].to(s.device)
             if s.dim():  # quantile=: per-sample synops [samples] -> their quantile over the batch
                 s = torch.quantile(s, self.quantile)
-            if isinstance(term.schedule, Iterative) and torch.is_grad_enabled():  # training batches set its targets
+            if isinstance(term.schedule, Iterative) and self._training_call and not self._repeat:  # training batches set its targets
                 if term.kind != "target":
                     raise ValueError(f"SynOpsLoss: an Iterative schedule sets absolute targets; pass it as target=, not {term.kind}=")
                 term.schedule.observe(s.detach())
@@ -434,7 +440,7 @@ class SynOpsLoss:
             total = f if total is None else total + f
             last[term.label] = (names, s.detach(), t, f.detach())
             self._check_gradient(names, means, fed)
-            if calibrating and self._training_call and self._calls == self.calibration_batches:
+            if calibrating and self._training_call and not self._repeat and self._calls == self.calibration_batches:
                 self._check_reachable(term, names, means, fed, t)
         assert total is not None
         out = (total * weight).to(torch.get_default_dtype())
@@ -568,7 +574,7 @@ class SynOpsLoss:
                     "once training has started, or give an absolute target=."), SynOpsWarning)
             total = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
             initial: Union[Tensor, float] = total / (term.initial_samples + n)
-            if self._training_call:
+            if self._training_call and not self._repeat:
                 term.initial_sum, term.initial_samples = total, term.initial_samples + n
                 if self._calls == self.calibration_batches:
                     # one sync, once; under DDP the per-sample average over every rank's samples

@@ -469,3 +469,66 @@ def test_a_regularised_layer_that_did_not_run_is_named_as_such():
     counter.reset()
     net(x)
     assert counter.idle_layers() == []
+
+
+def _cast_net() -> nn.Module:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x.float())))  # x.float() is x itself for float input
+
+    torch.manual_seed(0)
+    return Net()
+
+
+def test_one_batch_whose_input_the_model_computed_changes_no_later_loss():
+    """A validation batch stored as bool (cast inside forward: fc1 is not fed by the data in that batch) must not
+    make the input layer count as network-driven in later training batches."""
+    net = _cast_net()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    loss_fn = sl.SynOpsLoss(counter, fraction=0.5)
+    x = (torch.rand(4, 6) < 0.5).float()
+    fan2 = (net.fc2.weight != 0).sum(0).double()
+
+    def train_batch() -> float:
+        counter.reset()
+        net(x)
+        return float(loss_fn())
+
+    first = train_batch()
+    with torch.no_grad():
+        counter.reset()
+        net(torch.rand(4, 6) < 0.5)
+    assert counter.data_fed_layers(accumulated=False) == [] and counter.data_fed_layers() == []
+    for _ in range(2):
+        got = train_batch()
+        assert counter.data_fed_layers(accumulated=False) == ["fc1"]
+        assert loss_fn.last()["terms"]["driven"]["layers"] == ["fc2"]
+        with torch.no_grad():  # by hand: fc2's synops against half the calibrated fc2 synops
+            s = float((torch.relu(net.fc1(x)).double() @ fan2).sum() / 4)
+        target = 0.5 * loss_fn.initial()["driven"]
+        assert loss_fn.initial()["driven"] == pytest.approx(s, rel=1e-6)  # calibrated on fc2 alone
+        assert got == pytest.approx(((s - target) / target) ** 2, rel=1e-5) == pytest.approx(first, rel=1e-5)
+
+
+def test_the_loss_read_twice_in_a_batch_calibrates_on_that_batch_once():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    loss_fn = sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=2)
+    seen = []
+    for i, n in enumerate((4, 2)):
+        counter.reset()
+        x = torch.randn(n, 6) * (1 + 3 * i)
+        net(x)
+        loss_fn()  # read to log it
+        loss_fn()  # the term added to the task loss
+        with torch.no_grad():
+            h = torch.relu(net[0](x)).abs().double()
+            seen.append((float((h @ (net[2].weight != 0).sum(0).double()).sum()), n))
+    assert loss_fn.calibrated
+    # the per-sample average over both batches' samples (by hand), not over the first batch read twice
+    assert loss_fn.initial()["driven"] == pytest.approx(sum(s for s, _ in seen) / sum(n for _, n in seen), rel=1e-6)
