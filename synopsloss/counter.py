@@ -417,6 +417,7 @@ class SynOpsCounter:
         self._encoding = _check_encoding(encoding)
         self.per_sample_counts = bool(per_sample)
         self._sample_values: Dict[str, List[float]] = {}  # accumulated per-sample synops, per layer
+        self._sampled = 0  # accumulated samples whose per-sample synops were kept (per_sample_counts on)
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
         self._hooks = HookSet(self)
         self._scratch = Scratch()  # reused work buffers of the hooks (CPU), shared with the pools and neurons
@@ -655,6 +656,7 @@ class SynOpsCounter:
             self._totals.clear()
             self._sums.clear()
             self._sample_values = {}
+            self._sampled = 0
             self._total_samples = 0
             self._total_sample_steps = 0.0
         elif batch.layers and not (batch.pending or batch.failed):
@@ -671,6 +673,7 @@ class SynOpsCounter:
                     settle_all(list(batch.layers.values()))
                 if self.per_sample_counts:
                     self._sample_values = self._sample_dict(samples, accumulated=True)
+                    self._sampled += samples
                 self._sums.take(batch.layers)  # one stacked add (else each field is folded below)
                 for name, state in batch.layers.items():
                     fold(self._totals.setdefault(name, SynapseState()), state)
@@ -1418,9 +1421,15 @@ class SynOpsCounter:
             now = {n: tuple(v.detach().double().cpu().tolist()) for n, v in self.per_sample(by_layer=True).items()}
         if not accumulated:
             return now
+        if self._sampled != self._total_samples:  # earlier batches were counted without per-sample values
+            self._warn_once(
+                f"synopsloss: per-sample synops were kept for {self._sampled} of the {self._total_samples} samples "
+                "counted before this batch (per_sample_counts was off for the others), so the accumulated snapshot "
+                "holds none: its distribution() would describe only some samples. Call counter.reset("
+                "accumulated=True) after switching per_sample_counts on.", stacklevel=4)
+            return {}
         before = self._sample_values
-        n_before = len(next(iter(before.values()))) if before else 0
-        return _concat(before, now, n_before, samples)
+        return _concat(before, now, self._sampled, samples)
 
     def per_sample(self, by_layer: bool = False) -> Any:
         """Each sample's synops in the current batch (differentiable; needs ``per_sample=True``).

@@ -21,8 +21,11 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import SynOpsWarning
 
 __all__ = ["COUNT_KEYS", "LayerStats", "NeuronStats", "CounterSnapshot"]
 
@@ -240,7 +243,7 @@ class CounterSnapshot:
             add(self.neurons, other.neurons, _NEURON_SUMS),
             self.accumulated or other.accumulated,
             self.sample_steps + other.sample_steps,
-            _concat(self.per_sample, other.per_sample, self.samples, other.samples),
+            _merged_samples(self, other),
         )
 
     def all_reduce(self, group: Any = None) -> "CounterSnapshot":
@@ -298,6 +301,20 @@ def _add(a: Any, b: Any) -> Any:
     if a is None or b is None:
         return a if b is None else b
     return a + b
+
+
+def _merged_samples(a: "CounterSnapshot", b: "CounterSnapshot") -> Dict[str, Tuple[float, ...]]:
+    """The per-sample synops of ``a.merge(b)``: none (with a warning) unless both hold them for all their samples."""
+    def held(s: "CounterSnapshot") -> bool:
+        return bool(s.per_sample) and all(len(v) == s.samples for v in s.per_sample.values())
+
+    if (a.per_sample or b.per_sample) and not ((held(a) or not a.samples) and (held(b) or not b.samples)):
+        warnings.warn(
+            "synopsloss: merging a snapshot with per-sample synops and one without (a counter created without "
+            "per_sample=True): the merged snapshot holds none, since its distribution() would leave samples out. "
+            "Create every counter with per_sample=True.", SynOpsWarning, stacklevel=3)
+        return {}
+    return _concat(a.per_sample, b.per_sample, a.samples, b.samples)
 
 
 def _concat(a: Dict[str, Tuple[float, ...]], b: Dict[str, Tuple[float, ...]], na: int,

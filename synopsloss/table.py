@@ -2,7 +2,8 @@
 
 Built by :meth:`SynOpsCounter.table` (see :mod:`synopsloss.report`).
 
-One row per layer that ran, in forward order, plus a total row. Synaptic
+One row per counted layer, in forward order (a synaptic layer that did not run: zeros, named in a
+warning), plus a total row. Synaptic
 layers carry the counter's numbers; neuron layers (snntorch / sinabs) their
 firing rates, membrane updates and neuron operations; layers without synapses
 (BatchNorm -- folded into the preceding weights on hardware --, dropout,

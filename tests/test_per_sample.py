@@ -270,3 +270,43 @@ def test_a_time_first_fold_whose_inner_dims_cannot_be_read_is_left_out_and_named
     counter.model((torch.rand(T, B, N, H, D) < 0.5).float().transpose(2, 3))
     with pytest.warns(sl.SynOpsWarning, match=r"leave out layer\(s\) \['bmm'\]: their rows fold the samples"):
         assert counter.per_sample(by_layer=True) == {}
+
+
+def test_merging_a_snapshot_without_per_sample_values_keeps_none_and_says_so():
+    net = nn.Sequential(nn.Linear(4, 3, bias=False))  # each sample: 4 inputs x 3 targets = 12 synops
+    a = sl.SynOpsCounter(net, per_sample=True)
+    net(torch.ones(2, 4))
+    sa = a.snapshot()
+    a.remove()
+    b = sl.SynOpsCounter(net)
+    net(torch.ones(3, 4))
+    sb = b.snapshot()
+    b.remove()
+    assert sa.distribution()["mean"] == pytest.approx(12.0)
+    with pytest.warns(sl.SynOpsWarning, match="merged snapshot holds none"):
+        merged = sa.merge(sb)
+    assert merged.samples == 5 and merged.per_layer()["0"]["synops"] == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="no per-sample synops"):
+        merged.distribution()
+    c = sl.SynOpsCounter(net, per_sample=True)
+    net(torch.ones(3, 4))
+    both = sa.merge(c.snapshot())  # both with per-sample values: all 5 samples, 12 each
+    assert both.distribution()["n"] == 5 and both.distribution()["p50"] == pytest.approx(12.0)
+
+
+def test_switching_per_sample_on_partway_leaves_the_accumulated_distribution_out():
+    net = nn.Sequential(nn.Linear(4, 3, bias=False))
+    counter = sl.SynOpsCounter(net)
+    net(torch.ones(3, 4))
+    counter.reset()
+    counter.per_sample_counts = True
+    net(torch.ones(2, 4))
+    assert counter.snapshot().distribution()["n"] == 2  # the current batch: all its samples
+    with pytest.warns(sl.SynOpsWarning, match="per-sample synops were kept for 0 of the 3 samples"):
+        snap = counter.snapshot(accumulated=True)
+    assert snap.samples == 5 and not snap.per_sample
+    counter.reset(accumulated=True)
+    net(torch.ones(2, 4))
+    counter.reset()
+    net(torch.ones(1, 4))
+    assert counter.snapshot(accumulated=True).distribution()["n"] == 3
