@@ -141,6 +141,9 @@ def calibration_worker(rank: int, world: int, port: int, out: str) -> None:
             (y.square().mean() + loss_fn() + own()).backward()
         torch.save({"initial": loss_fn.initial()["driven"], "target": loss_fn.targets()["driven"],
                     "own": own.initial()["driven"]}, f"{out}/{rank}.pt")
+        # DDP's reducer holds the process group from C++: freed after destroy_process_group it would destroy the
+        # group while holding the GIL, which gloo's worker thread may need (a torch deadlock): free it first
+        del model
     finally:
         dist.destroy_process_group()
 
