@@ -185,14 +185,13 @@ def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) 
     """
     n = len(xs)
     flat = [t.reshape(rows, n_el) for t in xs]
+    src = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)  # one copy, read with and without its graph
     with torch.no_grad():
-        det = [t.detach() for t in flat]
-        stacked = torch.stack(det) if n > 1 else det[0].unsqueeze(0)
+        stacked = src.detach()
         lo, hi = torch.aminmax(stacked.reshape(n, -1), dim=1)
         if not bool((lo >= 0).all()):  # (NaN fails too: the general path reports it)
             return None
         nzc = column_nonzeros(stacked)
-    src = torch.stack(flat) if n > 1 else flat[0].unsqueeze(0)
     magc = _sum_rows(src)
     if not _exact_enough(magc, rows, float(hi.max())):
         magc = src.sum(1, dtype=acc)
