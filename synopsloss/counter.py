@@ -1413,6 +1413,17 @@ class SynOpsCounter:
             self._watch_backward(result)
         return result
 
+    def _all_sampled(self) -> bool:
+        """Whether every accumulated sample has per-sample synops (else the accumulated snapshot keeps none)."""
+        if self._sampled == self._total_samples:
+            return True
+        self._warn_once(
+            f"synopsloss: per-sample synops were kept for {self._sampled} of the {self._total_samples} samples "
+            "counted before this batch (per_sample_counts was off for the others), so the accumulated snapshot "
+            "holds none: its distribution() would describe only some samples. Call counter.reset("
+            "accumulated=True) after switching per_sample_counts on.", stacklevel=5)
+        return False
+
     def _sample_dict(self, samples: int, accumulated: bool) -> Dict[str, Tuple[float, ...]]:
         """Per-sample synops per layer as host floats: this batch's, after the earlier batches' when ``accumulated``."""
         from .snapshot import _concat
@@ -1421,12 +1432,7 @@ class SynOpsCounter:
             now = {n: tuple(v.detach().double().cpu().tolist()) for n, v in self.per_sample(by_layer=True).items()}
         if not accumulated:
             return now
-        if self._sampled != self._total_samples:  # earlier batches were counted without per-sample values
-            self._warn_once(
-                f"synopsloss: per-sample synops were kept for {self._sampled} of the {self._total_samples} samples "
-                "counted before this batch (per_sample_counts was off for the others), so the accumulated snapshot "
-                "holds none: its distribution() would describe only some samples. Call counter.reset("
-                "accumulated=True) after switching per_sample_counts on.", stacklevel=4)
+        if not self._all_sampled():
             return {}
         before = self._sample_values
         return _concat(before, now, self._sampled, samples)
@@ -1607,7 +1613,7 @@ class SynOpsCounter:
             if current:
                 per_sample = self._sample_dict(self._samples(), accumulated)
             elif accumulated:
-                per_sample = dict(self._sample_values)
+                per_sample = dict(self._sample_values) if self._all_sampled() else {}
         return CounterSnapshot(samples, layers, neurons, accumulated, sample_steps=sample_steps,
                                per_sample=per_sample)
 

@@ -219,6 +219,14 @@ def mha_takes_fast_path(attn: nn.Module, args: tuple, kwargs: dict) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+def _global_forward_hooks() -> bool:
+    """Whether global module forward hooks are registered (they run before a module's own: a fused output
+    put in after them would drop their changes, so the counted output is kept then)."""
+    from torch.nn.modules import module as m
+
+    return bool(m._global_forward_hooks)
+
+
 @contextlib.contextmanager
 def _lifted(modules: List[nn.Module]) -> Any:
     """synopsloss's hooks taken off ``modules`` and put back where they were (other hooks stay)."""
@@ -262,7 +270,9 @@ class FusedGuard:
 
     def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         counter = self._counter()
-        if counter is None or not counter.counting or not self._takes(module, args, kwargs):
+        if counter is None or not counter.counting or _global_forward_hooks() or not self._takes(module, args, kwargs):
             return None
+        # the module's forward alone, on the arguments its pre-hooks gave: no hook of the module runs twice (this
+        # hook runs first of its forward hooks, so the later ones get the fused output)
         with counter.paused(), torch._C.DisableTorchFunction(), _lifted(list(module.modules())):
-            return module(*args, **kwargs)
+            return module.forward(*args, **kwargs)

@@ -235,10 +235,10 @@ class HookSet:
                                                           prepend=prepend))
 
     def replacing(self, module: nn.Module, fn: Callable[..., Any]) -> None:
-        """``fn(module, args, kwargs, output)`` after each call of ``module``, run last; what it returns (unless
-        ``None``) replaces the call's output (:class:`synopsloss.fastpath.FusedGuard`)."""
+        """``fn(module, args, kwargs, output)`` after each call of ``module``, first of its forward hooks; what it
+        returns (unless ``None``) replaces the call's output (:class:`synopsloss.fastpath.FusedGuard`)."""
         hook = self._guard(module, fn, False, returns=True)
-        self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=True, prepend=True))
 
     def pre(self, module: nn.Module, fn: Callable[..., None], *, with_kwargs: bool = False, owned: bool = True,
             prepend: bool = False) -> None:

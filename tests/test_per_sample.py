@@ -310,3 +310,17 @@ def test_switching_per_sample_on_partway_leaves_the_accumulated_distribution_out
     counter.reset()
     net(torch.ones(1, 4))
     assert counter.snapshot(accumulated=True).distribution()["n"] == 3
+
+
+def test_an_accumulated_snapshot_read_after_reset_keeps_no_partial_per_sample_values():
+    net = nn.Sequential(nn.Linear(4, 3))
+    counter = sl.SynOpsCounter(net, per_sample=True)
+    net(torch.ones(2, 4))
+    counter.reset()
+    counter.per_sample_counts = False
+    net(torch.ones(3, 4))
+    counter.reset()
+    counter.per_sample_counts = True
+    with pytest.warns(sl.SynOpsWarning, match="kept for 2 of the 5 samples"):
+        snap = counter.snapshot(accumulated=True)  # no current batch: as Lightning reads an epoch's end
+    assert snap.samples == 5 and not snap.per_sample

@@ -312,3 +312,28 @@ def test_encoder_layers_keep_their_fused_output_and_are_still_counted(stack):
             assert value == pytest.approx(counts[1][name][key], rel=1e-6), (name, key)
     with torch.no_grad():
         assert torch.equal(model(x), plain)  # and after remove()
+
+
+def test_the_fused_output_keeps_the_users_hooks_applied_once():
+    """Torch's attention fast path checks no hooks: a user's pre-hook that scales the input and a forward hook
+    added after the counter each act once, as without the counter."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16)
+    m = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    calls = []
+
+    def pre(mod, args, kwargs):
+        calls.append(1)
+        y = args[0] * 2
+        return (y, y, y), kwargs
+
+    m.register_forward_pre_hook(pre, with_kwargs=True)
+    with torch.no_grad():
+        plain = m(x, x, x, need_weights=False)[0] * 3
+    counter = sl.SynOpsCounter(m, neurons=False, batch_dim=0)
+    m.register_forward_hook(lambda mod, i, o: (o[0] * 3, o[1]))
+    calls.clear()
+    with torch.no_grad():
+        out = m(x, x, x, need_weights=False)[0]
+    assert calls == [1] and torch.equal(out, plain)
+    assert counter.snapshot().total()["dense"] > 0
