@@ -331,6 +331,11 @@ class SynOpsCounter:
         tell it (see the module docstring). Layers whose input carries this
         dim (``[B, T, ...]``, ``[T, B, ...]`` or ``[B*T, ...]``) run ``T`` steps
         per call; a dim that is not declared is not time (tokens).
+    time_folded
+        The model's input folds time into its batch dim (``[B*T, ...]``, as
+        sinabs' ``*Squeeze`` layers take it) without a layer that says so:
+        with ``batch_size=B`` its batch dim holds ``T = dim / B`` steps, and
+        layers that read all of its rows run ``T`` steps per call.
     integer_spikes
         How an input of integers beyond {-1, 0, 1} (spike counts of
         integer / multi-bit neurons such as SpikingJelly's ``ILIFNode``, the
@@ -386,6 +391,7 @@ class SynOpsCounter:
         integer_spikes: str = "events",
         per_sample: bool = False,
         encoding: Union[str, Mapping[str, str], None] = None,
+        time_folded: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"SynOpsCounter expects a torch.nn.Module, got {type(model).__name__}")
@@ -398,6 +404,12 @@ class SynOpsCounter:
             raise ValueError(f"time_dim and batch_dim must be different dims of the input, both are {time_dim}")
         if custom_rules is not None and not isinstance(custom_rules, Mapping):
             raise TypeError(f"custom_rules must be a mapping {{module type: Rule}}, got {type(custom_rules).__name__}")
+        if not isinstance(time_folded, bool):
+            raise TypeError(f"time_folded must be True or False, got {type(time_folded).__name__}")
+        if time_folded and (batch_size is None or time_dim is not None):
+            raise ValueError("time_folded=True reads the time steps as the input's batch dim divided by batch_size: "
+                             "give batch_size=B (and no time_dim=)")
+        self.time_folded = time_folded
         self.model = model
         self.batch_size = batch_size
         #: samples of a batch in which the model itself is not called (only its submodules are, as a
@@ -746,6 +758,8 @@ class SynOpsCounter:
             batch.root_tc = max(batch.root_tc, steps)
         if self.batch_size is not None:
             self._check_declared_batch(tensors)
+            if self.time_folded and tensors and tensors[0].dim() > self.batch_dim and not tensors[0].is_nested:
+                batch_layout.add_fold(batch, "the model's input", self.batch_size, int(tensors[0].shape[self.batch_dim]))
             return
         if not tensors:
             batch.root_note = "the model was called without a tensor argument"

@@ -250,3 +250,21 @@ def test_report_says_the_poisson_options_are_unused_with_an_input_file(env, tmp_
     assert "--batches, --rate set the Poisson input; with --input FILE they are not used" in res.stderr
     res = _report(env, "userpkg.models:lin", "--input", str(path))
     assert "Poisson input" not in res.stderr
+
+
+def test_a_folded_feed_of_a_plain_model_runs_the_same_steps_as_a_stepped_one(env):
+    """``--feed folded`` on a model without time-folding layers: the counter is told the input folds time, so
+    every row shows T steps and the same per-step rates as the stepped feed of the same data."""
+    tables = {}
+    for feed in ("steps", "folded"):
+        out = _report(env, "userpkg.models:lin", "--input-shape", "4", "--timesteps", "7", "--batch", "3",
+                      "--rate", "0.3", "--dt", "1e-3", "--feed", feed, "--format", "csv", "--no-progress")
+        assert out.returncode == 0, out.stderr
+        rows = list(csv.DictReader(io.StringIO(out.stdout)))
+        tables[feed] = {r["name"]: r for r in rows}
+    for feed, table in tables.items():
+        for name in ("0", "Total"):
+            row = table[name]
+            assert float(row["time_steps"]) == 7.0, (feed, name)
+            assert float(row["synops_per_step"]) == pytest.approx(float(row["synops"]) / 7, rel=1e-9)
+    assert float(tables["folded"]["0"]["synops"]) == pytest.approx(float(tables["steps"]["0"]["synops"]), rel=1e-9)

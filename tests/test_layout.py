@@ -345,3 +345,22 @@ def test_a_mask_argument_does_not_change_the_samples():
     counter.reset()
     enc(torch.rand(3, 5, 8), src_mask=mask)
     assert counter.samples == 3
+
+
+def test_time_folded_input_runs_its_steps_in_every_row():
+    """``[B*T, C]`` of a plain model declared as folded: T = rows / B for the synaptic and the activation rows."""
+    B, T = 2, 5
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = (torch.rand(B * T, 6) < 0.5).float()
+    counter = sl.SynOpsCounter(net, batch_size=B, time_folded=True)
+    net(x)
+    table = counter.table()
+    assert counter.time_steps() == T and counter.time_steps("0") == T and counter.time_steps("2") == T
+    assert table["0"].time_steps == table["1"].time_steps == table["2"].time_steps == T
+    fan = (net[0].weight != 0).sum(0).double()
+    assert table["0"].synops == pytest.approx(float((x.double() * fan).sum()) / B)  # per sample, all steps
+    with pytest.raises(ValueError, match="time_folded=True .* give batch_size=B"):
+        sl.SynOpsCounter(net, time_folded=True)
+    with pytest.raises(TypeError, match="time_folded must be True or False"):
+        sl.SynOpsCounter(net, batch_size=B, time_folded=1)

@@ -240,8 +240,10 @@ def _run(args: argparse.Namespace) -> int:
         try:
             # the batches are [B, T, ...] (or [B*T, ...] folded: the Squeeze layers know B; a model without them
             # is told B per batch, so its numbers stay per sample, not per step)
-            counter = SynOpsCounter(model, batch_dim=0, per_sample=feed != "folded")
             told = feed == "folded" and not any(is_time_folding(m) for m in model.modules())
+            # (told: the counter learns B per batch, and T as the folded rows over B)
+            counter = SynOpsCounter(model, batch_dim=0, per_sample=feed != "folded", time_folded=told,
+                                    batch_size=args.batch if told else None)
         except ValueError as err:
             raise _Error(f"nothing to count in {args.target}: {err}") from err
     for w in caught:
