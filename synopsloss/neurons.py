@@ -105,7 +105,7 @@ import functools
 import inspect
 import math
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -569,8 +569,27 @@ def _synaptic_input(module: nn.Module, x: Optional[Tensor], pre_state: Any, outp
     return acc != 0
 
 
-def neuron_row(s: NeuronStats, samples: int) -> Dict[str, Any]:
-    """Per-sample statistics of one layer's :class:`~synopsloss.snapshot.NeuronStats` (see :meth:`NeuronMonitor.stats`)."""
+def _activation_layout(s: NeuronStats, samples: int, steps: Optional[float]) -> Tuple[int, int]:
+    """``(rows, neurons)`` of a plain activation whose calls carried the batch's time dim next to the batch dim.
+
+    The monitor reads an activation's output as ``[rows, *sample]`` (dim 0 the batch); when its sample starts
+    with the time steps (``[B, T, C]``) or dim 0 holds them and the sample starts with the batch
+    (``[T, B, C]``), that dim is time, as the synaptic rows read it (``steps``: the batch's time steps).
+    """
+    rows, neurons, shape = s.rows, s.neurons, s.sample_shape
+    if not steps or not s.calls or len(shape) < 2 or steps != int(steps) or s.rows % s.calls:
+        return rows, neurons
+    tc, per_call = int(steps) // s.calls if int(steps) % s.calls == 0 else 0, s.rows // s.calls
+    if tc > 1 and per_call == samples and shape[0] == tc:  # [B, T, ...]
+        return rows * tc, neurons // tc
+    if tc > 1 and per_call == tc and shape[0] == samples:  # [T, B, ...]
+        return rows * samples, neurons // samples
+    return rows, neurons
+
+
+def neuron_row(s: NeuronStats, samples: int, steps: Optional[float] = None) -> Dict[str, Any]:
+    """Per-sample statistics of one layer's :class:`~synopsloss.snapshot.NeuronStats` (see :meth:`NeuronMonitor.stats`);
+    ``steps``: the batch's time steps, which a plain activation whose calls carried them runs too."""
     row: Dict[str, Any] = dict(
         type=s.type, kind=s.kind, calls=s.calls, in_shape=s.in_shape, out_shape=s.out_shape,
         neurons=None, time_steps=None, spikes=None, firing_rate=None, density=None,
@@ -579,8 +598,9 @@ def neuron_row(s: NeuronStats, samples: int) -> Dict[str, Any]:
     )
     if s.kind not in (LayerKind.NEURON, LayerKind.ACTIVATION) or not samples:
         return row
-    slots = s.rows * s.neurons
-    row.update(neurons=s.neurons, time_steps=s.rows / samples)
+    rows, neurons = _activation_layout(s, samples, steps) if s.kind == LayerKind.ACTIVATION else (s.rows, s.neurons)
+    slots = rows * neurons
+    row.update(neurons=neurons, time_steps=rows / samples)
     row["density"] = s.nonzero / slots if slots and s.nonzero is not None else None
     if s.kind == LayerKind.NEURON:
         if s.spikes is not None:  # None: the output is a membrane or an analog value, not spikes

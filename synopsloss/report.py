@@ -150,7 +150,7 @@ def build_table(
         if name in snapshot.layers:
             rows.append(_synaptic_row(snapshot.layers[name], samples, dt))
         if name in snapshot.neurons:  # both: a neuron with synapses of its own (norse LIFRecurrentCell)
-            s = neuron_row(snapshot.neurons[name], samples)
+            s = neuron_row(snapshot.neurons[name], samples, snapshot.time_steps)
             row = LayerRow(name=name, type=s["type"] or "?", kind=s["kind"], in_shape=s["in_shape"] or None,
                            out_shape=s["out_shape"] or None)
             for k in ("neurons", "time_steps", "spikes", "firing_rate", "density", "membrane_updates",

@@ -364,3 +364,23 @@ def test_time_folded_input_runs_its_steps_in_every_row():
         sl.SynOpsCounter(net, time_folded=True)
     with pytest.raises(TypeError, match="time_folded must be True or False"):
         sl.SynOpsCounter(net, batch_size=B, time_folded=1)
+
+
+@pytest.mark.parametrize("first", ["batch", "time"])
+def test_an_activation_called_once_on_the_time_dim_runs_the_same_steps_as_the_synaptic_rows(first):
+    B, T = 2, 5
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = (torch.rand(B, T, 6) < 0.5).float()
+    if first == "time":
+        x, kw = x.transpose(0, 1).contiguous(), dict(time_dim=0)
+    else:
+        kw = dict(time_dim=1)
+    counter = sl.SynOpsCounter(net, **kw)
+    net(x)
+    table = counter.table()
+    assert [table[n].time_steps for n in ("0", "1", "2")] == [T, T, T]
+    assert table["1"].neurons == 4 and table["1"].membrane_updates_dense == 4 * T  # 4 outputs at each step
+    with torch.no_grad():
+        h = torch.relu(net[0](x))
+    assert table["1"].density == pytest.approx(float((h != 0).double().mean()))
