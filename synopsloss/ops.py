@@ -370,16 +370,18 @@ def _eager(*ts: Optional[Tensor]) -> bool:
             and all(t is None or _LEVEL(t) == -1 for t in ts))
 
 
-def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
-                  weight: bool) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-    """``(|t|, nonzeros)`` summed over ``dims`` and (an activation) whether every value is in {-1, 0, 1} and
-    whether every value is an integer (spike counts: that many events each, as a layer's input).
+def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype, weight: bool, need_integer: bool = False,
+                  need_spiking: bool = True) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """``(|t|, nonzeros)`` summed over ``dims`` and (an activation) whether every value is in {-1, 0, 1}
+    (``need_spiking``; else ``False``) and, with ``need_integer`` (the other operand is a weight), whether every
+    value is an integer (spike counts: that many events each, as a layer's input; else ``None``).
 
     A weight counts through its nonzero mask (its magnitude sums are its nonzeros). A CPU activation whose
     values are all >= 0 (spikes, spike products) needs no ``abs`` and no sign mask in backward: ``|t| = t``
     with gradient 1 (the magnitude's, +1 at and above 0); its nonzeros are ``sign(t)`` and it is spiking when
-    ``max t <= 1`` and every value is an integer (the rule of :mod:`synopsloss.records`). Other activations (and
-    every activation off the CPU, where the test would wait for the device): ``abs``, and a sign pass.
+    ``max t <= 1``, ``sum t == nonzeros`` (read on the host: most real values stop there) and every value is an
+    integer (the exact test, as in :mod:`synopsloss.records`). Other activations (and every activation off the
+    CPU, where the test would wait for the device): ``abs``, and a sign pass.
     """
     if weight:
         with torch.no_grad():
@@ -393,15 +395,20 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype,
             with torch.no_grad():
                 nz = _rsum(det.sign(), dims, red)
             mag = _rsum(t, dims, red)
-            with torch.no_grad():  # (the sums reject most real values; frac is the exact test: see records)
-                integer = torch.frac(det).amax() == 0
-                spiking = ((hi <= 1) & (mag.detach().sum(dtype=torch.float64) == nz.sum(dtype=torch.float64))
-                           & integer)
+            with torch.no_grad():
+                candidate = (need_spiking and float(hi) <= 1
+                             and float(mag.detach().sum(dtype=torch.float64)) == float(nz.sum(dtype=torch.float64)))
+                integer = torch.frac(det).amax() == 0 if (candidate or need_integer) else None
+                spiking = integer if candidate else torch.zeros((), dtype=torch.bool)
             return mag, nz, spiking, integer
     with torch.no_grad():
-        nz, spiking = _nonzero_and_pm1(t, dims, red, True)
-        det = t.detach()
-        integer = (det == det.round()).all() if det.is_floating_point() else torch.ones((), dtype=torch.bool)
+        nz, spiking = _nonzero_and_pm1(t, dims, red, need_spiking)
+        if spiking is None:
+            spiking = torch.zeros((), dtype=torch.bool, device=t.device)
+        integer = None
+        if need_integer:
+            det = t.detach()
+            integer = (det == det.round()).all() if det.is_floating_point() else torch.ones((), dtype=torch.bool)
     return _rsum(magnitude(t), dims, red), nz, spiking, integer
 
 
@@ -720,8 +727,10 @@ def _contract_sums(a: Tensor, b: Tensor, la: str, lb: str, lo: str, a_w: bool, b
     # unless an operand is float64; without one, what is left is small and summed in acc
     red = acc if mask is None or torch.float64 in (a.dtype, b.dtype) else torch.float32
     with _counting(device):
-        mag_a, nz_a, pm_a, int_a = _operand_sums(a, dims_a, red, a_w)
-        mag_b, nz_b, pm_b, int_b = _operand_sums(b, dims_b, red, b_w)
+        mag_a, nz_a, pm_a, int_a = _operand_sums(a, dims_a, red, a_w, need_integer=b_w)
+        # one spiking operand makes the product's ops ACs: a CPU operand known to spike spares the other's test
+        settled = pm_a is not None and pm_a.device.type == "cpu" and _eager(a, pm_a) and bool(pm_a)
+        mag_b, nz_b, pm_b, int_b = _operand_sums(b, dims_b, red, b_w, need_integer=a_w, need_spiking=not settled)
         contracted = "".join(c for c in ra if c in rb and c not in lo)
         per_row = None
         if keep:

@@ -160,7 +160,7 @@ class _Inputs(NamedTuple):
 _WITNESS = 4096
 
 
-def all_integer_values(t: Tensor) -> Tensor:
+def all_integer_values(t: Tensor, nonneg: bool = False) -> Tensor:
     """0-dim bool: every value of ``t`` is an integer (exact). On the CPU the first 4096 values are read first
     (real-valued activations show a non-integer there, and the whole tensor is not read), then ``frac(t)`` in
     cache-sized blocks (:func:`synopsloss.reductions.all_integer`).
@@ -172,7 +172,7 @@ def all_integer_values(t: Tensor) -> Tensor:
     """
     if not t.is_floating_point():
         return torch.ones((), dtype=torch.bool, device=t.device)
-    return all_integer(t, 0.0, _SCRATCH)
+    return all_integer(t, 0.0, _SCRATCH, nonneg)
 
 
 def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) -> Optional[_Inputs]:
@@ -199,8 +199,12 @@ def _nonnegative_sums(xs: List[Tensor], rows: int, n_el: int, acc: torch.dtype) 
         mag_tot = magc.detach().sum(1, dtype=acc)
         nz_tot = nzc.sum(1, dtype=acc)
         amax = hi.to(acc)
-        # every value an integer: >= 0 here, so frac needs no abs (one pass of the stacked inputs, which are small)
-        integer = torch.frac(stacked.reshape(n, -1)).amax(1) == 0
+        # every value an integer (>= 0 here: frac needs no abs). The first values of each input first: real-valued
+        # activations show a fraction there, and only inputs of integers (spikes, counts) are read whole
+        values = stacked.reshape(n, -1)
+        integer = torch.frac(values[:, :_WITNESS]).amax(1) == 0
+        if values.shape[1] > _WITNESS and bool(integer.any()):
+            integer = torch.frac(values).amax(1) == 0
         return _Inputs(magc, nzc, mag_tot, nz_tot, amax, integer)
 
 
@@ -276,9 +280,10 @@ def _exact_enough(colsum: Tensor, rows: int, amax: float) -> bool:
     return float(colsum.detach().amax()) < _F32_EXACT
 
 
-def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float]:
+def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool]:
     """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
-    one), its nonzeros per column, and ``max |x|`` (``inf`` when its first values show it is no spikes).
+    one), its nonzeros per column, ``max |x|`` (``inf`` when its first values show it is no spikes) and whether
+    a value is below 0 (or NaN).
 
     A value among the first :data:`_WITNESS` outside {-1, 0, 1} settles that the input is no spikes: then only
     its min is read (no ``abs`` when it is >= 0, whose gradient is 1), else its min and max; then one product
@@ -298,7 +303,7 @@ def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float]:
     if not _exact_enough(colsum, flat.shape[0], amax):  # large counts, or many rows of real values
         colsum = src.sum(0, dtype=torch.float64)
     with torch.no_grad():
-        return colsum, column_nonzeros(det), amax
+        return colsum, column_nonzeros(det), amax, signed
 
 
 def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -> Tuple[Tensor, ...]:
@@ -317,10 +322,12 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
     colsums: List[Tensor] = []
     nzs: List[Tensor] = []
     amaxes: List[float] = []
+    signs: List[bool] = []
     for t in first:
         flat = t.reshape(rows, n_el)
-        colsum, nz, amax = _large_sums(flat)
+        colsum, nz, amax, signed = _large_sums(flat)
         amaxes.append(amax)
+        signs.append(signed)
         colsums.append(colsum)
         nzs.append(nz)
         dets.append(flat.detach())
@@ -348,7 +355,7 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
             eff = torch.stack([torch.dot(vecs[i][1], ent.effective) for i, ent in zip(inv, maps)])
     with torch.no_grad():
         amax = torch.tensor(amaxes, dtype=acc)
-        integer = torch.stack([all_integer_values(d) for d in dets])  # (the exact part of the spike test)
+        integer = torch.stack([all_integer_values(d, not sg) for d, sg in zip(dets, signs)])  # (exact)
         if ii is not None:
             mag_tot, nz_tot, amax, integer = (v.index_select(0, ii) for v in (mag_tot, nz_tot, amax, integer))
         spiking = _spike_flags(amax, mag_tot, nz_tot, integer)
@@ -551,14 +558,14 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         return None
     with torch.no_grad():
         flat = x.detach().reshape(rows, n_el)
-        colsum, nz, amax = _large_sums(flat)
+        colsum, nz, amax, signed = _large_sums(flat)
         acc, emap = ent.effective.dtype, ent.effective
         colsum = colsum.to(acc)
         sums = torch.stack([torch.dot(colsum, emap), torch.dot(nz.to(acc), emap), colsum.sum(),
                             nz.sum(dtype=torch.int64).to(acc)])
         synops, eff, in_sum, nonzero = sums.tolist()
         integer = (amax <= 1 and in_sum == nonzero) or events  # (whether the integer test is needed)
-        integer = integer and bool(all_integer_values(flat))
+        integer = integer and bool(all_integer_values(flat, not signed))
         spiking = amax <= 1 and in_sum == nonzero and integer
         dense = float(ent.dense_total) * float(rows)
         if spiking:

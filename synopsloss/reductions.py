@@ -288,8 +288,10 @@ _INT_BLOCK = 1 << 17
 _INT_WITNESS = 4096
 
 
-def all_integer(t: Tensor, tol: float, scratch: Scratch) -> Tensor:
+def all_integer(t: Tensor, tol: float, scratch: Scratch, nonneg: bool = False) -> Tensor:
     """0-dim bool tensor: every value of ``t`` is within ``tol`` of an integer (``tol=0``: is an integer).
+
+    ``nonneg``: the caller knows every value is >= 0 (then ``frac`` is too: no ``abs`` pass).
 
     On the CPU the first :data:`_INT_WITNESS` values are read first (real-valued activations show a
     non-integer there), then blocks of ``|frac(t)|`` in one reused buffer, each read by its max. Other
@@ -302,7 +304,8 @@ def all_integer(t: Tensor, tol: float, scratch: Scratch) -> Tensor:
         n = flat.numel()
         cpu = flat.device.type == "cpu"
         head = flat[:_INT_WITNESS] if cpu else flat
-        ok = torch.frac(head).abs_().amax() <= tol  # (NaN and inf: frac is NaN, not <= tol)
+        f = torch.frac(head)
+        ok = (f if nonneg else f.abs_()).amax() <= tol  # (NaN and inf: frac is NaN, not <= tol)
         if not cpu or n <= _INT_WITNESS or not bool(ok):
             return ok
         buf = scratch.get(min(n, _INT_BLOCK), flat.dtype, flat.device, 0)
@@ -311,7 +314,7 @@ def all_integer(t: Tensor, tol: float, scratch: Scratch) -> Tensor:
             b = flat[s:s + _INT_BLOCK]
             out = buf[:b.numel()]
             torch.frac(b, out=out)
-            m = out.abs_().amax()
+            m = (out if nonneg else out.abs_()).amax()
             top = m if top is None else torch.maximum(top, m)
         return top <= tol
 
