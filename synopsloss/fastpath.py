@@ -39,6 +39,17 @@ from .hooks import Hook
 __all__ = ["EncoderGuard", "FusedGuard", "layer_takes_fast_path", "mha_takes_fast_path", "takes_fast_path"]
 
 
+def _fused_tensors(tensors: List[Tensor]) -> bool:
+    """torch's fast-path conditions on a fused kernel's tensors: plain tensors (a subclass has a torch function
+    without the counter too), on a device with the kernel, and no gradient to record."""
+    if any(type(t) not in (Tensor, nn.Parameter) for t in tensors):
+        return False
+    devices = ("cpu", "cuda", "xpu", torch._C._get_privateuse1_backend_name())
+    if any(t.device.type not in devices for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def _only_our_modes() -> bool:
     """Whether every torch function mode on the stack is one of synopsloss's (or none is)."""
     for i in range(torch._C._len_torch_function_stack()):
@@ -73,11 +84,7 @@ def takes_fast_path(encoder: nn.Module, args: tuple, kwargs: dict) -> bool:
                    first.linear1.weight, first.linear1.bias, first.linear2.weight, first.linear2.bias)
     except AttributeError:
         return False
-    if any(t is not None and type(t) not in (Tensor, nn.Parameter) for t in tensors):
-        return False  # a tensor subclass: has_torch_function holds without the counter too
-    if src.device.type not in ("cpu", "cuda", "xpu", torch._C._get_privateuse1_backend_name()):
-        return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if not _fused_tensors([t for t in tensors if t is not None]):
         return False
     if getattr(encoder, "mask_check", True):
         with torch._C.DisableTorchFunction():
@@ -167,13 +174,9 @@ def layer_takes_fast_path(layer: nn.Module, args: tuple, kwargs: dict) -> bool:
         return False
     if not _only_our_hooks(list(layer.modules())):
         return False  # a user's hook: torch leaves the fast path without the counter too
-    if any(t is None or type(t) not in (Tensor, nn.Parameter) for t in tensors):
-        return False
     if any(isinstance(m, Tensor) and type(m) is not Tensor for m in (mask, pad)):
         return False
-    if any(t.device.type not in ("cpu", "cuda", "xpu", torch._C._get_privateuse1_backend_name()) for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return all(t is not None for t in tensors) and _fused_tensors(list(tensors))
 
 
 def mha_takes_fast_path(attn: nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -212,11 +215,7 @@ def mha_takes_fast_path(attn: nn.Module, args: tuple, kwargs: dict) -> bool:
     if torch.is_autocast_enabled() or torch.compiler.is_compiling() or not _only_our_modes():
         return False
     tensors = (query, w, b, out.weight, out.bias)
-    if any(t is None or type(t) not in (Tensor, nn.Parameter) for t in tensors):
-        return False
-    if any(t.device.type not in ("cpu", "cuda", "xpu", torch._C._get_privateuse1_backend_name()) for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return all(t is not None for t in tensors) and _fused_tensors(list(tensors))
 
 
 def _global_forward_hooks() -> bool:
