@@ -404,8 +404,16 @@ class SynOpsCounter:
             raise ValueError(f"time_dim and batch_dim must be different dims of the input, both are {time_dim}")
         if custom_rules is not None and not isinstance(custom_rules, Mapping):
             raise TypeError(f"custom_rules must be a mapping {{module type: Rule}}, got {type(custom_rules).__name__}")
-        if not isinstance(time_folded, bool):
-            raise TypeError(f"time_folded must be True or False, got {type(time_folded).__name__}")
+        for flag, value in (("strict", strict), ("check_finite", check_finite), ("neurons", neurons),
+                            ("auto_reset", auto_reset), ("per_sample", per_sample), ("time_folded", time_folded)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, got {type(value).__name__} {value!r}")
+        if custom_rules is not None:
+            for key, rule in custom_rules.items():
+                if not (isinstance(key, type) and issubclass(key, nn.Module)) or not isinstance(rule, Rule):
+                    raise TypeError(
+                        f"custom_rules maps nn.Module subclasses to rules, got {key!r}: {type(rule).__name__}; "
+                        "build it with synopsloss.register_rule(Type, registry=rules)")
         if time_folded and (batch_size is None or time_dim is not None):
             raise ValueError("time_folded=True reads the time steps as the input's batch dim divided by batch_size: "
                              "give batch_size=B (and no time_dim=)")
@@ -1234,6 +1242,16 @@ class SynOpsCounter:
         )
 
     @property
+    def batch_size(self) -> Optional[int]:
+        """The declared samples per batch (``None``: read from the input); may be set between batches."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: Optional[int]) -> None:
+        _check_optional_int("batch_size", value, minimum=1)
+        self._batch_size = value
+
+    @property
     def batch_index(self) -> int:
         """Which batch the counts are of: 0 until the first :meth:`reset`, then one more at each reset (a loss
         read twice in one batch can tell)."""
@@ -1344,6 +1362,9 @@ class SynOpsCounter:
             return float(self._time_layout()[0])
         state = self._batch.layers.get(layer)
         if state is None:
+            names = self.layer_names
+            if layer not in names:
+                raise KeyError(f"no counted layer named {layer!r}; layers: {names}")
             return 0.0
         b = self._samples()
         return float(batch_layout.layer_steps(state, b, self._time_layout()[1]))

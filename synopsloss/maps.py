@@ -384,12 +384,19 @@ def build_map(build: Callable[[Tensor], Tensor], w01: Tensor, sample_shape: Shap
     device = w01.device
     with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
         m = build(w01)
+        if not isinstance(m, Tensor):
+            raise TypeError(f"the synapse rule for {what} returned {type(m).__name__}, not a tensor of fan-outs (one "
+                            "number of synapses per input neuron)")
         if tuple(m.shape) != tuple(sample_shape):
             raise ValueError(
                 f"the synapse rule for {what} returned a map of shape "
                 f"{tuple(m.shape)} for an input sample of shape {tuple(sample_shape)}"
             )
-        return m.reshape(-1).to(_acc_dtype(device))
+        m = m.reshape(-1).to(_acc_dtype(device))
+        if m.numel() and not bool(((m >= 0) & torch.isfinite(m)).all()):  # (once per map built, not per call)
+            raise ValueError(f"the synapse rule for {what} returned negative, NaN or infinite fan-outs; a fan-out "
+                             "is the number of synapses of an input neuron (>= 0): fix the rule")
+        return m
 
 
 def weight_mask(weight: Tensor) -> Tensor:

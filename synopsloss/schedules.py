@@ -222,7 +222,13 @@ class Exponential(Schedule):
         self.limit = None if limit is None else _number("limit", limit)
 
     def at(self, step: int) -> float:
-        v = self.start * self.gamma ** step
+        try:
+            v = self.start * self.gamma ** step
+        except OverflowError:  # (gamma > 1 over very many steps)
+            v = math.inf
+        if v == math.inf and (self.limit is None or self.gamma < 1):
+            raise OverflowError(f"Exponential: start * gamma ** {step} overflows; give limit= (a ceiling) for a "
+                                "growing schedule")
         if self.limit is None or self.gamma == 1.0:
             return v
         return max(v, self.limit) if self.gamma < 1 else min(v, self.limit)
@@ -467,7 +473,7 @@ class Iterative(Schedule):
             value = _number("synops", synops, nonnegative=True)
         if not self.stage_targets:  # start=None: the first batch sets the first target
             first = float(value)
-            if not first > 0:
+            if not (math.isfinite(first) and first > 0):
                 raise ValueError(
                     f"Iterative: the first observed synops are {first}: factor x zero is no usable target. Give "
                     "start= (synops per sample) or check that the network spikes."
@@ -523,6 +529,9 @@ class Iterative(Schedule):
                 "or call observe(synops) per batch."
             )
         achieved = total / count
+        if not (math.isfinite(achieved) and achieved >= 0):
+            raise ValueError(f"Iterative: the synops observed in stage {len(self.achieved) + 1} average {achieved}; "
+                             "observe() takes the synops per sample of each batch (finite, >= 0)")
         self.achieved.append(achieved)
         self.stage_targets.append(max(self.factor * achieved, self.min_target))
         self._steps = []

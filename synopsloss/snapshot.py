@@ -232,6 +232,12 @@ class CounterSnapshot:
                 if m is None:
                     out[name] = s
                     continue
+                if m.type != s.type or (getattr(m, "weights", None) is not None and getattr(s, "weights", None)
+                                        is not None and m.weights != s.weights):
+                    raise ValueError(
+                        f"CounterSnapshot.merge: layer {name!r} is a {m.type} with {getattr(m, 'weights', None)} "
+                        f"weights in one snapshot and a {s.type} with {getattr(s, 'weights', None)} in the other: "
+                        "merge snapshots of the same model (its ranks or batches), not of different models")
                 sums = {k: _add(getattr(m, k), getattr(s, k)) for k in keys}
                 base = m if (m.calls and not s.calls) else s
                 out[name] = dataclasses.replace(base, order=min(m.order, s.order), **sums)

@@ -1,0 +1,105 @@
+"""Bad input found by an audit of the public API: each gets a clear error instead of a wrong number or a raw one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import synopsloss as sl
+
+
+class Scale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.weight * x
+
+
+@pytest.mark.parametrize("bad", [lambda w: -w, lambda w: w * float("nan"), lambda w: w * math.inf])
+def test_a_rule_whose_fanouts_are_negative_or_not_finite_is_named(bad):
+    rules = {}
+
+    @sl.register_rule(Scale, registry=rules)
+    def fan(module, w01, in_shape, out_shape):
+        return bad(w01)
+
+    net = nn.Sequential(Scale())
+    with pytest.raises(ValueError, match="rule for Scale returned negative, NaN or infinite fan-outs"):
+        counter = sl.SynOpsCounter(net, custom_rules=rules)  # noqa: F841 (held: its hooks hold it weakly)
+        net(torch.rand(5, 3))
+
+
+def test_a_rule_that_returns_no_tensor_is_named():
+    rules = {}
+    sl.register_rule(Scale, registry=rules)(lambda module, w01, i, o: None)
+    net = nn.Sequential(Scale())
+    with pytest.raises(TypeError, match="returned NoneType, not a tensor of fan-outs"):
+        counter = sl.SynOpsCounter(net, custom_rules=rules)  # noqa: F841 (held: its hooks hold it weakly)
+        net(torch.rand(5, 3))
+
+
+def test_time_steps_of_a_misspelt_layer_raise():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    counter = sl.SynOpsCounter(net)
+    net(torch.rand(5, 4))
+    assert counter.time_steps("0") == 1.0
+    with pytest.raises(KeyError, match=r"no counted layer named 'fc1'; layers: \['0', '2'\]"):
+        counter.time_steps("fc1")
+
+
+def test_snapshots_of_different_models_are_not_merged():
+    x = torch.rand(5, 4)
+    a, b = (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, n)) for n in (2, 9))
+    ca, cb = sl.SynOpsCounter(a), sl.SynOpsCounter(b)
+    a(x)
+    b(x)
+    sa = ca.snapshot()
+    with pytest.raises(ValueError, match="layer '2' is a Linear with 6 weights in one snapshot and a Linear with 27"):
+        sa.merge(cb.snapshot())
+    ca.remove()
+    c = sl.SynOpsCounter(a)
+    a(torch.rand(2, 4))
+    assert sa.merge(c.snapshot()).samples == 7  # the same model: merged
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -50.0])
+def test_iterative_refuses_observed_tensors_that_are_no_synops(value):
+    s = sl.schedules.Iterative(0.5, 1, start=100.0)
+    s.observe(torch.tensor(value))  # (a tensor stays on its device: checked when the stage ends)
+    with pytest.raises(ValueError, match="observe\\(\\) takes the synops per sample"):
+        s.step()
+
+
+def test_a_capped_growing_exponential_stays_at_its_cap():
+    w = sl.schedules.Exponential(0.01, 1.1, limit=1.0)
+    assert w.at(100) == 1.0 and w.at(8000) == 1.0 and w.at(10 ** 7) == 1.0
+    assert w.at(10) == pytest.approx(0.01 * 1.1 ** 10)
+    with pytest.raises(OverflowError, match="give limit="):
+        sl.schedules.Exponential(0.01, 1.1).at(8000)
+
+
+@pytest.mark.parametrize("value", [0, -1, "8", 2.5])
+def test_batch_size_set_between_batches_is_checked(value):
+    counter = sl.SynOpsCounter(nn.Sequential(nn.Linear(4, 3)), batch_size=8)
+    with pytest.raises((ValueError, TypeError), match="batch_size"):
+        counter.batch_size = value
+    counter.batch_size = None
+    assert counter.batch_size is None
+
+
+@pytest.mark.parametrize("flag", ["strict", "check_finite", "neurons", "auto_reset", "per_sample"])
+@pytest.mark.parametrize("value", [None, "no", 1])
+def test_switches_take_only_true_or_false(flag, value):
+    with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+        sl.SynOpsCounter(nn.Sequential(nn.Linear(4, 3)), **{flag: value})
+
+
+@pytest.mark.parametrize("rules", [{1: 2}, {nn.Linear: "x"}, {"Linear": None}])
+def test_custom_rules_hold_module_classes_and_rules(rules):
+    with pytest.raises(TypeError, match="custom_rules maps nn.Module subclasses to rules"):
+        sl.SynOpsCounter(nn.Sequential(nn.Linear(4, 3)), custom_rules=rules)
