@@ -938,6 +938,10 @@ class SynOpsCounter:
             return  # its neuron's own second evaluation on the same spikes (snntorch's zero reset)
         if layer.rule.count is not None:
             counts = layer.rule.count(module, args, kwargs, output)
+            if not isinstance(counts, OpCounts):
+                raise TypeError(f"synopsloss: the counting rule for {type(module).__name__} (layer {name!r}) returned "
+                                f"{type(counts).__name__}; a rule registered with counts=True returns "
+                                "synopsloss.maps.OpCounts")
             if not _in_backward():  # gradient checkpointing re-runs forwards in backward: counted once
                 self._accumulate(name, counts)
             return

@@ -770,6 +770,10 @@ class SynOpsLoss:
         ValueError
             When the state comes from a loss with other terms.
         """
+        missing = [k for k in ("terms", "last_step", "calls", "weight") if not isinstance(state, Mapping) or k not in state]
+        if missing:
+            raise ValueError(f"{self._name}.load_state_dict takes the dict its state_dict() returned; this state lacks "
+                             f"{missing}")
         saved = [(t["label"], t["kind"]) for t in state["terms"]]
         mine = [(t.label, t.kind) for t in self._terms]
         if saved != mine:

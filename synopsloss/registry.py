@@ -438,10 +438,21 @@ def register_rule(
     tensor([1., 1., 1.], dtype=torch.float64)
     """
     types = _as_types(types)
+    if registry is not None and not isinstance(registry, dict):
+        raise TypeError(f"register_rule(registry=) takes a dict (then passed as custom_rules=), got "
+                        f"{type(registry).__name__}")
+    if not isinstance(weight, str) or not weight:
+        raise TypeError(f"register_rule(weight=) names the weight attribute (a str such as 'weight'), got {weight!r}")
+    if not callable(sample_ndim) and (isinstance(sample_ndim, bool) or not isinstance(sample_ndim, int)
+                                      or sample_ndim < 1):
+        raise ValueError(f"register_rule(sample_ndim=) is the number of trailing dims of one sample (an int >= 1, or a "
+                         f"function of the module), got {sample_ndim!r}")
     target = SYNAPSE_RULES if registry is None else registry
     ndim_fn = sample_ndim if callable(sample_ndim) else maps.fixed_ndim(int(sample_ndim))
 
     def decorator(fn: FanoutFn) -> FanoutFn:
+        if not callable(fn):
+            raise TypeError(f"register_rule decorates the rule's function, got {type(fn).__name__}")
         for t in types:
             if t in target:
                 raise RuntimeError(f"a synapse rule for {t.__name__} is already registered")

@@ -32,7 +32,7 @@ Example
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._validate import check_int, check_number
 
@@ -111,9 +111,13 @@ class Schedule:
         ValueError
             When ``state`` was saved from a different kind of schedule.
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{type(self).__name__}.load_state_dict takes the dict state_dict() returned, got "
+                            f"{type(state).__name__}")
         kind = state.get("type")
         if kind != type(self).__name__:
             raise ValueError(f"cannot load the state of a {kind} schedule into a {type(self).__name__}")
+        self._check_state(state)
         self.last_step = int(state["last_step"])
         for name in self._params:
             if name in state:
@@ -129,6 +133,22 @@ class Schedule:
                     c.load_state_dict(s)
             else:
                 child.load_state_dict(state[name])
+
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        """The loaded parameters pass the constructor's checks (a NaN start or zero steps would give NaN or raise
+        ZeroDivisionError later); the children check their own states."""
+        try:
+            step = state["last_step"]
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ValueError(f"last_step must be an int >= 0, got {step!r}")
+            kwargs = {("value" if name == "constant" else name): state.get(name, getattr(self, name))
+                      for name in self._params}
+            for name in self._children:  # placeholders: the children are checked when they load their state
+                child = getattr(self, name)
+                kwargs[name] = [1.0] * len(child) if isinstance(child, list) else 1.0
+            type(self)(**kwargs)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"cannot load this state into a {type(self).__name__}: {err}") from None
 
     def __mul__(self, other: Union["Schedule", Number]) -> "Product":
         return Product(self, other)

@@ -103,3 +103,53 @@ def test_switches_take_only_true_or_false(flag, value):
 def test_custom_rules_hold_module_classes_and_rules(rules):
     with pytest.raises(TypeError, match="custom_rules maps nn.Module subclasses to rules"):
         sl.SynOpsCounter(nn.Sequential(nn.Linear(4, 3)), custom_rules=rules)
+
+
+@pytest.mark.parametrize("change, match", [({"start": float("nan")}, "start must be a finite number"),
+                                           ({"steps": 0}, "steps must be an int >= 1"),
+                                           ({"last_step": -1}, "last_step must be an int >= 0")])
+def test_a_schedule_state_with_bad_values_is_refused(change, match):
+    s = sl.schedules.Linear(1.0, 0.0, steps=3)
+    state = s.state_dict()
+    with pytest.raises(ValueError, match=match):
+        s.load_state_dict({**state, **change})
+    with pytest.raises(TypeError, match="takes the dict state_dict\\(\\) returned"):
+        s.load_state_dict(None)
+    s.step()
+    s.load_state_dict(state)
+    assert s.last_step == 0 and s.value == 1.0
+
+
+@pytest.mark.parametrize("schedule", [sl.schedules.Constant(2.0), sl.schedules.Warmup(1.0, 3),
+                                      sl.schedules.Sequential([1.0, 0.5], [3]), sl.schedules.Linear(1.0, 0.0, 3) * 2,
+                                      sl.schedules.Iterative(0.5, 10, start=10.0), sl.schedules.Cosine(1.0, 0.0, 5)])
+def test_every_schedule_reloads_its_own_state(schedule):
+    schedule.step()
+    value, state = schedule.value, schedule.state_dict()
+    schedule.step()
+    schedule.load_state_dict(state)
+    assert schedule.value == value and schedule.last_step == 1
+
+
+def test_a_loss_state_that_is_not_one_is_named():
+    net = nn.Sequential(nn.Linear(4, 2))
+    loss_fn = sl.SynOpsLoss(sl.SynOpsCounter(net), target=5.0, layers="all")
+    with pytest.raises(ValueError, match="this state lacks \\['terms', 'last_step', 'calls'\\]"):
+        loss_fn.load_state_dict({"weight": {}})
+
+
+def test_register_rule_arguments_are_checked():
+    rules = {}
+    with pytest.raises(ValueError, match="sample_ndim=\\) is the number of trailing dims"):
+        sl.register_rule(Scale, registry=rules, sample_ndim=-1)
+    with pytest.raises(TypeError, match="registry=\\) takes a dict"):
+        sl.register_rule(Scale, registry=[])
+    with pytest.raises(TypeError, match="weight=\\) names the weight attribute"):
+        sl.register_rule(Scale, registry=rules, weight=None)
+    with pytest.raises(TypeError, match="decorates the rule's function"):
+        sl.register_rule(Scale, registry=rules)(5)
+    sl.register_rule(Scale, registry=rules, counts=True)(lambda module, args, kwargs, out: 3.0)
+    net = nn.Sequential(Scale())
+    counter = sl.SynOpsCounter(net, custom_rules=rules)  # noqa: F841 (held: its hooks hold it weakly)
+    with pytest.raises(TypeError, match="returned float; a rule registered with counts=True returns"):
+        net(torch.rand(2, 3))
