@@ -62,6 +62,7 @@ Example
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -126,10 +127,7 @@ def _check_joules(what: str, **values: Any) -> None:
     """Energies must be finite joules >= 0: a negative or NaN one would give a silently wrong total."""
     bad = {}
     for k, v in values.items():
-        try:
-            ok = math.isfinite(float(v)) and float(v) >= 0
-        except (TypeError, ValueError):
-            ok = False
+        ok = (isinstance(v, numbers.Real) and not isinstance(v, bool)) and math.isfinite(float(v)) and float(v) >= 0
         if not ok:
             bad[k] = v
     if bad:
@@ -426,6 +424,8 @@ def register_device(
     >>> ENERGY_PRESETS.pop("my-chip-doc").energy_per_neuron
     5e-12
     """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_device: the preset's name must be a non-empty str, got {name!r}")
     if name in ENERGY_PRESETS:
         raise ValueError(f"energy preset {name!r} already exists; choose another name")
     _require_source(source, f"register_device({name!r})")

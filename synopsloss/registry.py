@@ -696,7 +696,11 @@ def neuron_op_cost(module: nn.Module, costs: Optional[Mapping[str, int]] = None)
 def _default_out_shape(module: nn.Module, weight: Tensor, in_shape: Shape) -> Shape:
     with torch.no_grad():
         x = torch.zeros((1, *in_shape), dtype=weight.dtype, device=weight.device)
-        return tuple(module(x).shape[1:])
+        try:
+            return tuple(module(x).shape[1:])
+        except RuntimeError as err:
+            raise ValueError(f"connection_map: {type(module).__name__} cannot take an input sample of shape "
+                             f"{in_shape} ({err}); give the shape of one sample the layer accepts") from None
 
 
 def connection_map(

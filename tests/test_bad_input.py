@@ -153,3 +153,15 @@ def test_register_rule_arguments_are_checked():
     counter = sl.SynOpsCounter(net, custom_rules=rules)  # noqa: F841 (held: its hooks hold it weakly)
     with pytest.raises(TypeError, match="returned float; a rule registered with counts=True returns"):
         net(torch.rand(2, 3))
+
+
+def test_energy_presets_take_a_name_and_numbers():
+    with pytest.raises(TypeError, match="preset's name must be a non-empty str"):
+        sl.register_device(None, 1e-12, 1e-12, True, source="datasheet")
+    with pytest.raises(ValueError, match="energies must be finite joules >= 0, got {'e_ac': '1e-12'}"):
+        sl.OpEnergy("text-cost", "1e-12", 1e-12)
+
+
+def test_connection_map_of_a_shape_the_layer_cannot_take_is_named():
+    with pytest.raises(ValueError, match="Linear cannot take an input sample of shape \\(3,\\)"):
+        sl.connection_map(nn.Linear(4, 2), (3,))
