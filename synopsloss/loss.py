@@ -272,6 +272,9 @@ class SynOpsLoss:
                 names: Optional[List[str]] = None
                 label = layers
             else:
+                if not isinstance(layers, (list, tuple)) or not all(isinstance(n, str) for n in layers):
+                    raise TypeError(f"layers must be 'driven', 'all' or a list of layer names (str), got {layers!r}; "
+                                    f"layers: {known}")
                 names = list(layers)
                 if not names:
                     raise ValueError(f"layers= is empty; name at least one layer of {known}")
@@ -458,6 +461,10 @@ class SynOpsLoss:
                 break
             w = self.weight.at(self.last_step + k)
         first = float(unweighted) * w
+        if task_loss is not None and not (isinstance(task_loss, (int, float)) and not isinstance(task_loss, bool)
+                                          or isinstance(task_loss, Tensor) and task_loss.numel() == 1):
+            raise TypeError(f"{self._name}(task_loss=) takes the task loss of the batch (a number or a one-element "
+                            f"tensor), got {type(task_loss).__name__}")
         ref = self.typical_task_loss if task_loss is None else abs(float(task_loss))
         if not first > 100 * ref:
             return

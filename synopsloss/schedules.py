@@ -270,6 +270,8 @@ class Milestones(Schedule):
         super().__init__()
         self.start = _number("start", start)
         self.gamma = _number("gamma", gamma, positive=True)
+        if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Sequence):
+            raise TypeError(f"milestones must be a list of steps (ints), got {milestones!r}")
         ms = [_steps("milestones[i]", m, 0) for m in milestones]
         if ms != sorted(ms):
             raise ValueError(f"milestones must be increasing, got {list(milestones)!r}")
@@ -326,6 +328,9 @@ class Sequential(Schedule):
 
     def __init__(self, schedules: Sequence[Union[Schedule, Number]], milestones: Sequence[int]) -> None:
         super().__init__()
+        for what, seq in (("schedules", schedules), ("milestones", milestones)):
+            if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
+                raise TypeError(f"Sequential: {what} must be a list, got {seq!r}")
         self.schedules = [_child(s, f"schedules[{i}]", "Sequential") for i, s in enumerate(schedules)]
         ms = [_steps("milestones[i]", m, 1) for m in milestones]
         if len(ms) != len(self.schedules) - 1:

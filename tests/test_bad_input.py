@@ -165,3 +165,18 @@ def test_energy_presets_take_a_name_and_numbers():
 def test_connection_map_of_a_shape_the_layer_cannot_take_is_named():
     with pytest.raises(ValueError, match="Linear cannot take an input sample of shape \\(3,\\)"):
         sl.connection_map(nn.Linear(4, 2), (3,))
+
+
+def test_loss_and_schedule_arguments_of_the_wrong_kind_are_named():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    counter = sl.SynOpsCounter(net)
+    with pytest.raises(TypeError, match=r"layers must be 'driven', 'all' or a list of layer names \(str\), got None"):
+        sl.SynOpsLoss(counter, target=5.0, layers=None)
+    with pytest.raises(TypeError, match="milestones must be a list of steps"):
+        sl.schedules.Milestones(1.0, None, 0.5)
+    with pytest.raises(TypeError, match="Sequential: schedules must be a list"):
+        sl.schedules.Sequential(None, None)
+    net(torch.rand(4, 4))
+    loss_fn = sl.SynOpsLoss(counter, target=1e9, layers=["2"], shape="hinge")  # (a ceiling: no warning)
+    with pytest.raises(TypeError, match=r"task_loss=\) takes the task loss of the batch"):
+        loss_fn(task_loss="x")
