@@ -84,6 +84,8 @@ def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "
         raise ValueError("break_even needs an energy model for the ANN side (ann=...)")
     if not (0 < ann_density <= 1):
         raise ValueError(f"ann_density must be in (0, 1], got {ann_density}")
+    if not hasattr(table, "rows") or not hasattr(table, "energy_model"):
+        raise TypeError(f"break_even takes the table of counter.table(energy=...), got {type(table).__name__}")
     if table.energy_model is None:
         raise ValueError("break_even needs a table with an energy column: counter.table(energy='horowitz45nm') "
                          "(or another preset) prices the spiking side")
@@ -192,6 +194,9 @@ def calibrate(
 
 
     snaps = list(snapshots)
+    wrong = [type(x).__name__ for x in snaps if not hasattr(x, "layers") or not hasattr(x, "samples")]
+    if wrong:
+        raise TypeError(f"calibrate takes counter snapshots (counter.snapshot(), one per measured run), got {wrong}")
     joules = [float(j) for j in measured_joules]
     if len(snaps) != len(joules):
         raise ValueError(f"calibrate needs one measurement per snapshot: got {len(snaps)} snapshots and "

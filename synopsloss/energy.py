@@ -481,7 +481,9 @@ def get_energy_model(energy: Union[None, str, EnergyModel, Mapping[str, float]])
         unknown = set(energy) - {"e_ac", "e_mac", "e_neuron_op"}
         if unknown or not {"e_ac", "e_mac"} <= set(energy):
             raise ValueError(f"an energy dict needs keys 'e_ac' and 'e_mac' (joules), optional 'e_neuron_op'; got {sorted(energy)}")
-        return OpEnergy("custom", float(energy["e_ac"]), float(energy["e_mac"]), float(energy.get("e_neuron_op", 0.0)), "user")
+        costs = {k: energy.get(k, 0.0) for k in ("e_ac", "e_mac", "e_neuron_op")}
+        _check_joules("the energy dict", **costs)
+        return OpEnergy("custom", *(float(v) for v in costs.values()), "user")
     raise TypeError(f"energy must be a preset name, an EnergyModel or a dict, got {type(energy).__name__}")
 
 

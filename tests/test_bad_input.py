@@ -180,3 +180,17 @@ def test_loss_and_schedule_arguments_of_the_wrong_kind_are_named():
     loss_fn = sl.SynOpsLoss(counter, target=1e9, layers=["2"], shape="hinge")  # (a ceiling: no warning)
     with pytest.raises(TypeError, match=r"task_loss=\) takes the task loss of the batch"):
         loss_fn(task_loss="x")
+
+
+def test_calibration_helpers_name_what_they_take():
+    from synopsloss import calibration
+
+    with pytest.raises(TypeError, match="calibrate takes counter snapshots"):
+        calibration.calibrate([1, 2], [1.0, 2.0])
+    with pytest.raises(TypeError, match="break_even takes the table"):
+        calibration.break_even("table")
+    net = nn.Sequential(nn.Linear(4, 3))
+    counter = sl.SynOpsCounter(net)
+    net(torch.rand(2, 4))
+    with pytest.raises(ValueError, match="the energy dict: energies must be finite joules >= 0, got {'e_ac': None}"):
+        counter.table(energy={"e_ac": None, "e_mac": 1e-12})
