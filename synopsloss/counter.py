@@ -1279,7 +1279,10 @@ class SynOpsCounter:
         >>> counter.idle_layers()
         ['b']
         """
-        ran = self._batch.layers
+        return self._idle(self._batch.layers)
+
+    def _idle(self, ran: Mapping[str, Any]) -> List[str]:
+        """Counted layers not in ``ran`` whose module no counted op used either (the op-scoped ones)."""
         return [n for n in self._layers if n not in ran and not self._scope.used(self._layers[n].module)]
 
     def data_fed_layers(self, accumulated: bool = True) -> List[str]:
@@ -1619,7 +1622,7 @@ class SynOpsCounter:
             sample_steps += b * self._set_sample_steps(b)
         batch.read = batch.read or current
         states = self._merged(accumulated, current=current)
-        idle = [n for n in self._layers if n not in states and not self._scope.used(self._layers[n].module)]
+        idle = self._idle(states)
         silent = self._scope.silent()
         if silent:
             msg = (

@@ -222,7 +222,7 @@ from torch import Tensor, nn
 from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
 from .maps import MapCache, magnitude
 from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError, input_changed
-from .records import Call, reduce_calls, version_of
+from .records import Call, all_integer_values, reduce_calls, version_of
 from .hooks import functorch_level as _LEVEL
 from .hooks import own_ops
 from .reductions import min_max
@@ -398,7 +398,7 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype, weight: bool
             with torch.no_grad():
                 candidate = (need_spiking and float(hi) <= 1
                              and float(mag.detach().sum(dtype=torch.float64)) == float(nz.sum(dtype=torch.float64)))
-                integer = torch.frac(det).amax() == 0 if (candidate or need_integer) else None
+                integer = all_integer_values(det, nonneg=True) if (candidate or need_integer) else None
                 spiking = integer if candidate else torch.zeros((), dtype=torch.bool)
             return mag, nz, spiking, integer
     with torch.no_grad():

@@ -434,7 +434,7 @@ def _pooled_fast(call: Call, flat: Tensor, ent: LayerMaps) -> Optional[Tuple[Ten
         nz_tot, amax = nonzero.sum().reshape(1), hi.to(acc).reshape(1)
         # spikes: max <= 1 and sum == nonzeros (host reads: this is the CPU), then the exact test only then
         spiking = (float(hi) <= 1 and float(colsum.detach().sum()) == float(nz_tot)
-                   and bool(all_integer_values(det)))
+                   and bool(all_integer_values(det, nonneg=True)))  # (lo >= 0 here)
         return (synops, torch.dot(nonzero, emap).reshape(1), per_neuron.detach().sum().reshape(1), nz_tot, amax,
                 _ONE_TRUE if spiking else _ONE_FALSE, (ent.dense_total * float(rows)).reshape(1),
                 call.integer.reshape(1), None)
@@ -564,9 +564,9 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         sums = torch.stack([torch.dot(colsum, emap), torch.dot(nz.to(acc), emap), colsum.sum(),
                             nz.sum(dtype=torch.int64).to(acc)])
         synops, eff, in_sum, nonzero = sums.tolist()
-        integer = (amax <= 1 and in_sum == nonzero) or events  # (whether the integer test is needed)
-        integer = integer and bool(all_integer_values(flat, not signed))
-        spiking = amax <= 1 and in_sum == nonzero and integer
+        candidate = amax <= 1 and in_sum == nonzero  # (the sums reject most real values; the exact test follows)
+        integer = (candidate or events) and bool(all_integer_values(flat, not signed))
+        spiking = candidate and integer
         dense = float(ent.dense_total) * float(rows)
         if spiking:
             return synops, dense, eff, 0.0, in_sum, nonzero, 1.0, eff
