@@ -39,6 +39,18 @@ from .hooks import Hook
 __all__ = ["EncoderGuard", "FusedGuard", "layer_takes_fast_path", "mha_takes_fast_path", "takes_fast_path"]
 
 
+def _layer_tensors(layer: nn.Module, src: Tensor) -> Optional[tuple]:
+    """The tensors torch's fused encoder-layer kernel takes (input, attention, norms, feed-forward), as
+    ``nn.TransformerEncoderLayer.forward`` lists them; ``None`` for a layer without them."""
+    attn = layer.self_attn
+    try:
+        return (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
+                layer.norm1.weight, layer.norm1.bias, layer.norm2.weight, layer.norm2.bias,
+                layer.linear1.weight, layer.linear1.bias, layer.linear2.weight, layer.linear2.bias)
+    except AttributeError:
+        return None
+
+
 def _fused_tensors(tensors: List[Tensor]) -> bool:
     """torch's fast-path conditions on a fused kernel's tensors: plain tensors (a subclass has a torch function
     without the counter too), on a device with the kernel, and no gradient to record."""
@@ -78,13 +90,8 @@ def takes_fast_path(encoder: nn.Module, args: tuple, kwargs: dict) -> bool:
         return False
     if torch.is_autocast_enabled() or torch.compiler.is_compiling() or not _only_our_modes():
         return False
-    try:
-        tensors = (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
-                   first.norm1.weight, first.norm1.bias, first.norm2.weight, first.norm2.bias,
-                   first.linear1.weight, first.linear1.bias, first.linear2.weight, first.linear2.bias)
-    except AttributeError:
-        return False
-    if not _fused_tensors([t for t in tensors if t is not None]):
+    tensors = _layer_tensors(first, src)
+    if tensors is None or not _fused_tensors([t for t in tensors if t is not None]):
         return False
     if getattr(encoder, "mask_check", True):
         with torch._C.DisableTorchFunction():
@@ -165,10 +172,10 @@ def layer_takes_fast_path(layer: nn.Module, args: tuple, kwargs: dict) -> bool:
         if (not attn.batch_first or attn.in_proj_bias is None or not attn._qkv_same_embed_dim
                 or not layer.activation_relu_or_gelu or layer.norm1.eps != layer.norm2.eps or attn.num_heads % 2):
             return False
-        tensors = (src, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias,
-                   layer.norm1.weight, layer.norm1.bias, layer.norm2.weight, layer.norm2.bias,
-                   layer.linear1.weight, layer.linear1.bias, layer.linear2.weight, layer.linear2.bias)
     except AttributeError:
+        return False
+    tensors = _layer_tensors(layer, src)
+    if tensors is None:
         return False
     if torch.is_autocast_enabled() or torch.compiler.is_compiling() or not _only_our_modes():
         return False
