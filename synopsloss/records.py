@@ -30,6 +30,7 @@ The synops keep the autograd graph to every recorded input (:func:`maps.magnitud
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -37,7 +38,7 @@ from torch import Tensor
 
 from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
-from .reductions import Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
+from .reductions import BLOCK, Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
 
 __all__ = ["Call", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "view_lead"]
 
@@ -280,14 +281,74 @@ def _exact_enough(colsum: Tensor, rows: int, amax: float) -> bool:
     return float(colsum.detach().amax()) < _F32_EXACT
 
 
-def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool]:
+#: float32 bit patterns of 1.0 and of +inf (a non-negative float32 above the latter is NaN)
+_ONE_BITS, _INF_BITS = 0x3F800000, 0x7F800000
+
+
+def _bits_value(bits: int) -> float:
+    """The float32 whose bit pattern is ``bits`` (NaN for a NaN pattern)."""
+    return struct.unpack("<f", struct.pack("<i", bits))[0]
+
+
+def value_range(det: Tensor) -> Tuple[float, float]:
+    """``(min, max)`` of a float CPU tensor as Python floats (NaN when it holds one).
+
+    A contiguous float32 tensor is read as its ``int32`` bit patterns first, about three times faster than a
+    float ``aminmax`` here: when no value has its sign bit set, integer order is float order (a NaN pattern
+    lies above +inf), so the two patterns are the min and max. Otherwise (a value below 0, or ``-0.0``) it is
+    read again as floats.
+
+    Example
+    -------
+    >>> value_range(torch.tensor([0.0, 1.0, 0.25])), value_range(torch.tensor([2.0, -3.0]))
+    ((0.0, 1.0), (-3.0, 2.0))
+    """
+    if det.dtype == torch.float32 and det.is_contiguous() and det.numel():
+        lo_b, hi_b = (int(v) for v in torch.aminmax(det.view(torch.int32)))
+        if lo_b >= 0:
+            return _bits_value(lo_b), (math.nan if hi_b > _INF_BITS else _bits_value(hi_b))
+    lo, hi = min_max(det)
+    return float(lo), float(hi)
+
+
+def _binary_sums(flat: Tensor) -> Optional[Tensor]:
+    """The column sums of a contiguous float32 CPU input ``[rows, n]`` (no graph) when every value is 0 or 1, else
+    ``None``: a call of {0, 1} spikes reduced at once in five tensor ops.
+
+    Its ``int32`` bit patterns' min and max say whether every value lies in [+0, 1] (:func:`value_range`); then
+    ``frac`` is 0 everywhere exactly when each is 0 or 1 (exact), and one product with ones gives the column
+    sums, which are then also the column nonzeros (exact below 2^24 rows).
+
+    Example
+    -------
+    >>> _binary_sums(torch.tensor([[0.0, 1.0], [1.0, 1.0]])).tolist(), _binary_sums(torch.tensor([[0.5, 1.0]]))
+    ([1.0, 2.0], None)
+    """
+    if flat.dtype != torch.float32 or not flat.is_contiguous() or not flat.numel() or flat.shape[0] >= WIDE_ROWS:
+        return None
+    lo_b, hi_b = torch.aminmax(flat.view(torch.int32))
+    if int(lo_b) < 0 or int(hi_b) > _ONE_BITS:
+        return None
+    n = flat.numel()
+    if n <= BLOCK:  # (frac into a reused buffer: no allocation of the input's size)
+        integer = float(torch.frac(flat.view(-1), out=_SCRATCH.get(n, flat.dtype, flat.device)).amax()) == 0
+    else:
+        integer = bool(all_integer_values(flat, nonneg=True))
+    if not integer:
+        return None
+    return torch.matmul(_SCRATCH.ones(flat.shape[0], flat.dtype, flat.device), flat)
+
+
+def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
     """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
-    one), its nonzeros per column, ``max |x|`` (``inf`` when its first values show it is no spikes) and whether
-    a value is below 0 (or NaN).
+    one), its nonzeros per column, ``max |x|`` (``inf`` when its first values show it is no spikes), whether
+    a value is below 0 (or NaN), and whether every value is an integer (``None``: not read).
 
     A value among the first :data:`_WITNESS` outside {-1, 0, 1} settles that the input is no spikes: then only
-    its min is read (no ``abs`` when it is >= 0, whose gradient is 1), else its min and max; then one product
-    with ones and :func:`column_nonzeros`.
+    its min is read (no ``abs`` when it is >= 0, whose gradient is 1), else its min and max
+    (:func:`value_range`); then one product with ones. An input in [0, 1] is then tested for integers (exact:
+    :func:`all_integer_values`); when it holds only 0 and 1 its column sums are its nonzeros, and no
+    :func:`column_nonzeros` pass is made.
     """
     det = flat.detach()
     with torch.no_grad():
@@ -295,7 +356,7 @@ def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool]:
         if bool(((head.abs() - 1) * head).any()):  # (NaN too: its min is NaN, and the read reports it)
             lo, amax = float(det.amin()), math.inf
         else:
-            lo, hi = (float(v) for v in min_max(det))
+            lo, hi = value_range(det)
             amax = math.nan if lo != lo or hi != hi else max(-lo, hi)
     signed = not lo >= 0  # (NaN is signed: its magnitude is NaN)
     src = magnitude(flat) if signed else flat
@@ -303,7 +364,12 @@ def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool]:
     if not _exact_enough(colsum, flat.shape[0], amax):  # large counts, or many rows of real values
         colsum = src.sum(0, dtype=torch.float64)
     with torch.no_grad():
-        return colsum, column_nonzeros(det), amax, signed
+        integer = None
+        if not signed and amax <= 1:
+            integer = bool(all_integer_values(det, nonneg=True))
+            if integer:  # only 0 and 1: each column's sum is its number of nonzeros (exact below 2^24 rows)
+                return colsum, colsum.detach(), amax, signed, integer
+        return colsum, column_nonzeros(det), amax, signed, integer
 
 
 def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -> Tuple[Tensor, ...]:
@@ -323,9 +389,11 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
     nzs: List[Tensor] = []
     amaxes: List[float] = []
     signs: List[bool] = []
+    knowns: List[Optional[bool]] = []  # the integer test of each input, when _large_sums made it
     for t in first:
         flat = t.reshape(rows, n_el)
-        colsum, nz, amax, signed = _large_sums(flat)
+        colsum, nz, amax, signed, known = _large_sums(flat)
+        knowns.append(known)
         amaxes.append(amax)
         signs.append(signed)
         colsums.append(colsum)
@@ -355,7 +423,8 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
             eff = torch.stack([torch.dot(vecs[i][1], ent.effective) for i, ent in zip(inv, maps)])
     with torch.no_grad():
         amax = torch.tensor(amaxes, dtype=acc)
-        integer = torch.stack([all_integer_values(d, not sg) for d, sg in zip(dets, signs)])  # (exact)
+        integer = torch.stack([all_integer_values(d, not sg) if k is None else torch.tensor(k)
+                               for d, sg, k in zip(dets, signs, knowns)])  # (exact)
         if ii is not None:
             mag_tot, nz_tot, amax, integer = (v.index_select(0, ii) for v in (mag_tot, nz_tot, amax, integer))
         spiking = _spike_flags(amax, mag_tot, nz_tot, integer)
@@ -558,16 +627,21 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         return None
     with torch.no_grad():
         flat = x.detach().reshape(rows, n_el)
-        colsum, nz, amax, signed = _large_sums(flat)
+        dense = float(ent.dense_total) * float(rows)
+        binary = _binary_sums(flat)
+        if binary is not None:  # only 0 and 1: the effective ops are the synops, all ACs
+            synops, in_sum = (torch.stack([torch.dot(binary.to(ent.effective.dtype), ent.effective),
+                                           binary.sum(dtype=torch.float64).to(ent.effective.dtype)]).tolist())
+            return synops, dense, synops, 0.0, in_sum, in_sum, 1.0, synops
+        colsum, nz, amax, signed, known = _large_sums(flat)
         acc, emap = ent.effective.dtype, ent.effective
         colsum = colsum.to(acc)
         sums = torch.stack([torch.dot(colsum, emap), torch.dot(nz.to(acc), emap), colsum.sum(),
                             nz.sum(dtype=torch.int64).to(acc)])
         synops, eff, in_sum, nonzero = sums.tolist()
         candidate = amax <= 1 and in_sum == nonzero  # (the sums reject most real values; the exact test follows)
-        integer = (candidate or events) and bool(all_integer_values(flat, not signed))
+        integer = known if known is not None else (candidate or events) and bool(all_integer_values(flat, not signed))
         spiking = candidate and integer
-        dense = float(ent.dense_total) * float(rows)
         if spiking:
             return synops, dense, eff, 0.0, in_sum, nonzero, 1.0, eff
         if events and integer:  # integer spike counts: |x| accumulate events each

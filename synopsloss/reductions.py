@@ -71,6 +71,18 @@ class Scratch:
             self._buffers[key] = buf
         return buf if buf.numel() == numel else buf[:numel]
 
+    def ones(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A flat tensor of ``numel`` ones, to be read only (one buffer per dtype, as long as the longest asked for)."""
+        if device.type != "cpu":
+            return torch.ones(numel, dtype=dtype, device=device)
+        key = (-1, dtype, device)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            with torch.inference_mode(False):
+                buf = torch.ones(numel, dtype=dtype, device=device)
+            self._buffers[key] = buf
+        return buf if buf.numel() == numel else buf[:numel]
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the buffers."""
@@ -345,6 +357,8 @@ def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Option
         return total
 
 
+#: masks of at most this many values are counted by one ``count_nonzero`` (the lanes pay off on larger ones)
+COUNT_DIRECT = 1 << 16
 #: bytes of a bool mask summed as the lanes of one ``int64`` word before a lane could pass 255
 _LANE_WORDS = 255
 
@@ -364,6 +378,8 @@ def count_true(mask: Tensor) -> Tensor:
     flat = mask.reshape(-1)
     if flat.device.type != "cpu":  # one kernel there (the lanes save time on the CPU, not launches)
         return flat.sum(dtype=torch.int64)
+    if flat.numel() <= COUNT_DIRECT:  # (one op: faster than the lanes' few ops on small masks)
+        return torch.count_nonzero(flat)
     flat = flat.contiguous()
     full = flat.numel() // (8 * _LANE_WORDS) * (8 * _LANE_WORDS)
     total = flat[full:].sum(dtype=torch.int64)
