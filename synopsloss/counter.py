@@ -179,6 +179,9 @@ class _Batch(batch_layout.Evidence):
     # calls reduced when made: (id(weight as used), id(map entry)) -> (the entry's current map, the weight, its
     # version when checked); the map is checked against the weight once per forward and after each in-place change
     current: Dict[tuple, tuple] = field(default_factory=dict)
+    # the nonzero patterns of the weights of calls made with gradients, as used: id(weight) -> (weight, its version,
+    # bool mask) (:meth:`pattern`)
+    patterns: Dict[int, tuple] = field(default_factory=dict)
     input_shape: Tuple[int, ...] = ()  # the shape of the first tensor the model was first called with
     probe_major: Optional[bool] = None  # a layer of known layout read [B, T, ...] (True) or [T, B, ...] (False)
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
@@ -195,17 +198,37 @@ class _Batch(batch_layout.Evidence):
         """The layers' states with every call tallied (a repeated call with gradients only appends to ``quick``;
         its layer's state is made here, stamped with the order of its first call)."""
         if self.quick:
-            for name, q in self.quick.items():
-                st = self.states.get(name)
-                if st is None:
-                    st = self.states[name] = SynapseState(first_seen=q[0], device=q[3][2].device)
-                _tally(st, q[3:], q[1], entry=q[2])
-            self.quick.clear()
+            for name in list(self.quick):
+                self.tally_quick(name)
         return self.states
+
+    def tally_quick(self, name: str) -> None:
+        """Move layer ``name``'s repeated calls from ``quick`` into its state's records (in call order)."""
+        q = self.quick.pop(name)
+        st = self.states.get(name)
+        if st is None:
+            st = self.states[name] = SynapseState(first_seen=q[0], device=q[4][2].device)
+        _tally(st, q[4:], q[1], entry=q[2], pattern=q[3])
+
+    def pattern(self, weight: Tensor) -> Tensor:
+        """``weight``'s nonzero pattern now (bool), taken once per weight object and version in the batch: the
+        calls' maps are checked against it when read, so that a change made after the forward without a version
+        bump (a fused optimizer step, an edit through ``.data``) does not change their counts."""
+        version = version_of(weight)
+        seen = self.patterns.get(id(weight))
+        if seen is not None and seen[0] is weight and seen[1] == version >= 0:
+            return seen[2]
+        if weight.layout == torch.strided and getattr(weight, "full_tensor", None) is None:
+            with torch.no_grad():
+                mask = weight != 0  # (one op: a bool result needs no detach)
+        else:
+            mask = weight_mask(weight)  # (a DTensor's whole pattern)
+        self.patterns[id(weight)] = (weight, version, mask)
+        return mask
 
 
 def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1, record: bool = True,
-           entry: Optional[LayerMaps] = None) -> None:
+           entry: Optional[LayerMaps] = None, pattern: Optional[Tensor] = None) -> None:
     """Add a layer's repeated calls (input, its version, the :class:`_Repeat` it repeats, the weight, whether it
     read data) to the state's fields and records, in call order (``wversion``: the weight's version at the first
     of them, -1 when not known; ``entry``: the map entry that stood for the weight then, the latest rebuild of the
@@ -220,7 +243,7 @@ def _tally(state: SynapseState, entries: List[tuple], wversion: int = -1, record
         state.leads[same.lead] += 1
         if record:
             state.records.append(Call(x, rows, entry or same.entry, weight, same.maps, None, None, version,
-                                      same.events, wversion=wversion))
+                                      same.events, wversion=wversion, pattern=pattern))
     last = entries[-1][2]
     state.in_shape, state.out_shape, state.in_neurons = last.in_shape, last.sample_out, last.in_neurons
 
@@ -910,11 +933,15 @@ class SynOpsCounter:
                         batch.root_fed.add(_storage(x))
                     if _GRAD_ON() and not x.is_inference():
                         q = batch.quick.get(name)
+                        if q is not None and version_of(weight) != q[1]:  # changed in place since: a new run
+                            batch.tally_quick(name)
+                            q = None
                         if q is None:
                             # the first such call's stamp (forward order), the weight's version at it and the map
                             # entry that stood for it: a read that finds the weight's zero pattern changed since
                             # names the change
-                            q = batch.quick[name] = [_NEXT_STAMP(), version_of(weight), same.entry.newest()]
+                            q = batch.quick[name] = [_NEXT_STAMP(), version_of(weight), same.entry.newest(),
+                                                     batch.pattern(weight)]
                         q.append((x, x._version, same, weight, data))
                         return None
                     # without gradients: a large call is reduced now, a small one when the forward returns
@@ -1054,9 +1081,11 @@ class SynOpsCounter:
         state.in_values += call.rows * state.in_neurons
         state.data_calls += int(data)
         state.leads[lead if lead is not None else (call.rows,)] += 1
-        if call.weight is not None:  # (its version and map at this call: changed later, the read says so)
-            call = call._replace(wversion=version_of(call.weight), entry=call.entry.newest())
-        if not torch.is_grad_enabled() or call.x.is_inference():
+        grad = torch.is_grad_enabled() and not call.x.is_inference()
+        if call.weight is not None:  # (its version, map and nonzero pattern at this call, checked when read)
+            call = call._replace(wversion=version_of(call.weight), entry=call.entry.newest(),
+                                 pattern=self._batch.pattern(call.weight) if grad else None)
+        if not grad:
             lost = not (data or call.x.requires_grad)
             if (call.scale is None and not call.per_row and call.encoding == "unary" and _LEVEL(call.x) == -1
                     and self._reduced_now(state, name, call.x, call.rows, state.in_neurons, call.entry,

@@ -16,7 +16,6 @@ __all__ = [
     "UncountableOpError",
     "ArgumentTypeError",
     "input_changed",
-    "weight_changed",
 ]
 
 
@@ -54,12 +53,3 @@ def input_changed(shape: tuple) -> str:
     return (f"synopsloss: the input of a counted layer (shape {tuple(shape)}) was modified in place after the layer "
             "read it and before the counts were read; it is counted with its new values. Read the counts "
             "(counter.synops() / snapshot()) before changing it, or change a copy (x = x.clone()) instead.")
-
-
-def weight_changed(shape: tuple) -> str:
-    """The :class:`SynOpsWarning` message for a counted layer's weight whose zero pattern was changed in place
-    between the layer's calls of a batch and the read."""
-    return (f"synopsloss: the weight of a counted layer (shape {tuple(shape)}) was changed in place after the "
-            "batch's first forward and before the counts were read, and its zero pattern changed: calls made "
-            "before the change are counted with the new pattern. Read the counts (counter.synops() / snapshot()) "
-            "or call counter.reset() before changing the weights (an optimizer step or pruning).")

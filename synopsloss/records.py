@@ -3,8 +3,8 @@
 Both ways into the counter -- a module's forward hook (``nn.Linear``,
 ``nn.Conv2d``, ...) and the function mode (``F.linear``, ``F.conv2d``, ... inside
 op-scoped modules) -- turn a counted call into the same :class:`Call`: the
-input as used, the map entry of its weight and the weight as used. Recording
-launches no tensor op. :func:`reduce_calls` turns any number of calls into the
+input as used, the map entry of its weight and the weight as used (with its nonzero pattern, taken once per
+weight and version in a batch). Recording a repeated call launches no tensor op. :func:`reduce_calls` turns any number of calls into the
 counts of :class:`Sums` with one rule, so the two ways cannot drift apart:
 
 * calls that share a map and a row count are stacked and reduced together:
@@ -86,6 +86,9 @@ class Call(NamedTuple):
     encoding: str = "unary"  # how a count is sent: "unary" (k events), "bitplane" (one event per set bit of k)
     wversion: int = -1  # the weight's version counter at the call (a repeated call: at its layer's first one in the
     # batch); -1: not known
+    pattern: Optional[Tensor] = None  # the weight's nonzero pattern at the call (bool), when taken: the map is then
+    # checked against it, not against the weight's values at the read (an optimizer step or a ``.data`` edit made
+    # after the forward, which moves no version counter, changes nothing of the call's count)
 
 
 class Sums(NamedTuple):
@@ -101,7 +104,6 @@ class Sums(NamedTuple):
     spiking_calls: Tensor  # number of calls whose input was all in {-1, 0, 1}
     effective: Tensor  # nonzero input x nonzero weight taps (however they are classed: ACs, events or MACs)
     changed: Tuple[int, ...]  # indices of calls whose input was modified in place after the call
-    stale: bool = False  # the weight's zero pattern changed in place after a call of the batch (found at this read)
     rows: Tuple[Tuple[int, Tensor], ...] = ()  # (index of the call, its per-row synops [rows]) for per_row calls
 
 
@@ -675,7 +677,8 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     for calls in layers:
         for c in calls:
             if c.weight is not None and c.cache is not None:
-                todo.setdefault((id(c.weight), id(c.entry)), (c.cache, c.entry, c.weight))
+                used = c.weight if c.pattern is None else c.pattern
+                todo.setdefault((id(used), id(c.entry)), (c.cache, c.entry, used))
     if todo:
         memo = dict(zip(todo, MapCache.current_all(list(todo.values()))))
     order = {id(c): i for calls in layers for i, c in enumerate(calls)}  # a call's index within its layer
@@ -686,7 +689,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         for c in calls:
             ent = c.entry
             if c.weight is not None and c.cache is not None:
-                ent = memo[(id(c.weight), id(ent))]
+                ent = memo[(id(c.weight if c.pattern is None else c.pattern), id(ent))]
             last[li] = ent
             item = (li, c, ent)
             if c.scale is not None:
@@ -741,9 +744,6 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
         Sums(per_syn[li], *per_stats[li][:5], maps=last[li], spiking_calls=per_stats[li][5],  # type: ignore[arg-type]
              effective=per_stats[li][6],
              changed=tuple(i for i, c in enumerate(calls) if version_of(c.x) != c.version),
-             stale=any(c.wversion >= 0 and c.weight is not None and c.cache is not None
-                       and memo[(id(c.weight), id(c.entry))] is not c.entry and version_of(c.weight) != c.wversion
-                       for c in calls),
              rows=tuple(sorted(row_sums[li], key=lambda t: t[0])))
         for li, calls in enumerate(layers)
     ]

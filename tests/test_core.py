@@ -39,26 +39,25 @@ def _spikes(*shape: int, seed: int = 0, p: float = 0.3) -> torch.Tensor:
     return (torch.rand(*shape, generator=g) < p).float()
 
 
-def test_a_counted_call_launches_no_tensor_op_in_the_forward():
+def test_a_counted_call_launches_no_tensor_op_in_the_forward_but_its_weights_pattern_once_per_batch():
     torch.manual_seed(0)
     net = nn.Sequential(*[m for _ in range(6) for m in (nn.Linear(8, 8), nn.ReLU())])
     x = _spikes(4, 8)
-    with torch.no_grad():
-        plain = _Launches()
-        with plain:
-            net(x)
     counter = sl.SynOpsCounter(net, neurons=False)
     net(x)  # maps built on the first call
     counter.synops()
     counter.reset()
-    counted = _Launches()
-    with counted:
-        net(x)
-    grad_plain = _Launches()
+    first, second = _Launches(), _Launches()
+    with first:
+        net(x)  # the batch's first forward: each weight's nonzero pattern (one op per layer)
+    with second:
+        net(x)  # a second time step of the batch: the hooks only record
     counter.remove()
+    grad_plain = _Launches()
     with grad_plain:
         net(x)
-    assert counted.n == grad_plain.n  # the hooks only record
+    assert second.n == grad_plain.n
+    assert first.n == grad_plain.n + 6
 
 
 def test_many_layers_are_read_in_a_few_ops_and_match_brute_force():

@@ -29,8 +29,8 @@ def test_forward_ops_per_counted_call_are_bounded(model):
     res = launches.measure(model, "cpu", steps=4)
     assert res["calls"] == 12
     assert res["ops_per_counted_call"] <= launches.FORWARD_BOUND[model]
-    if model == "mlp":  # the layer hooks only record the call: not one tensor op in the forward
-        assert res["counted_forward"] == res["plain_forward"]
+    if model == "mlp":  # the layer hooks only record the call, and take each weight's pattern once per batch
+        assert res["counted_forward"] == res["plain_forward"] + 3
 
 
 @pytest.mark.parametrize("model", ["mlp", "snn"])

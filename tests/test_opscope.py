@@ -599,7 +599,10 @@ def test_an_activation_product_is_recorded_in_the_forward_and_reduced_at_read():
         plain(x)
     with _AtenOps() as counted:
         net(x)
-    assert counted.n == base.n  # nothing but the model's own ops ran in the forward
+    weights = sum(isinstance(m, nn.Linear) for m in net.modules())
+    assert weights == 3
+    # nothing but the model's own ops ran in the forward, and each weight's nonzero pattern (once per batch)
+    assert counted.n == base.n + weights
     ((q, k, v),) = net[0].kept
     got = layers(counter)
     assert_row(got["0.matmul"], {**matmul_terms(q, k.transpose(-2, -1)), "spiking": True})
