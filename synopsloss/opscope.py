@@ -148,10 +148,12 @@ Example
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
 import inspect
 import os
 import sys
+import sysconfig
 import textwrap
 import weakref
 from dataclasses import dataclass, field
@@ -348,8 +350,78 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                             if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
                                     and sub.value.id == "self"):
                                 passed.add(sub.attr)
+            more_counted, more_calls = _reached_code(fn, tree, 0, set())
+            counted = counted or more_counted
+            calls |= more_calls
     additive = frozenset(a for a, u in uses.items() if True in u and False not in u)
     return ClassCode(counted, frozenset(self_calls), frozenset(passed), additive, frozenset(calls))
+
+
+#: how deep :func:`_reached_code` follows functions called from a class' methods
+_HELPER_DEPTH = 3
+#: where installed code lives (the standard library, site-packages, this package): helpers there are not read (a
+#: library's neuron computes its leak with ``conv1d``; its own classes' code is read as theirs)
+_LIBRARY_DIRS = tuple(sorted({os.path.join(p, "") for p in (sysconfig.get_paths()[k] for k in
+                                                              ("stdlib", "platstdlib", "purelib", "platlib"))}
+                             | {_PACKAGE_DIR}))
+
+
+def _resolve(node: ast.AST, scope: Dict[str, Any]) -> Any:
+    """The object a ``Name`` or ``module.attr`` expression names in a function's globals (``None`` if unknown)."""
+    if isinstance(node, ast.Name):
+        return scope.get(node.id, getattr(builtins, node.id, None))
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in scope:
+        return getattr(scope[node.value.id], node.attr, None)
+    return None
+
+
+def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[bool, Set[str]]:
+    """What a method reaches beyond its own calls: ``(counted, names)``.
+
+    * functions of the user's code it calls by a global name (``attend(q, k)``, ``utils.attend(q, k)``), read
+      in turn (up to :data:`_HELPER_DEPTH` deep; not those of installed libraries, :data:`_LIBRARY_DIRS`): a
+      product or pool in a helper is the method's own;
+    * torch functions it names other than by their own name (``pool = F.avg_pool2d``; ``from torch import
+      matmul as mm``): their real names;
+    * functions it mentions without calling them (``pool = F.avg_pool2d`` then ``pool(x)``).
+    """
+    scope = getattr(fn, "__globals__", {})
+    counted, names = False, set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and not (
+                isinstance(node.value, ast.Name) and node.value.id == "self"):
+            names.add(node.attr)  # (a mention: a call or an alias)
+            counted = counted or node.attr in _COUNTED_NAMES
+        if not isinstance(node, (ast.Name, ast.Attribute)) or not isinstance(node.ctx, ast.Load):
+            continue
+        obj = _resolve(node, scope)
+        if obj is None or isinstance(obj, type) or not callable(obj):
+            continue
+        real = getattr(obj, "__name__", None)
+        if isinstance(real, str) and (getattr(obj, "__module__", "") or "").startswith("torch"):
+            names.add(real)
+            counted = counted or real in _COUNTED_NAMES
+            continue
+        if (depth < _HELPER_DEPTH and inspect.isfunction(obj) and obj not in seen
+                and not obj.__code__.co_filename.startswith(_LIBRARY_DIRS)):
+            seen.add(obj)
+            try:
+                sub = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+            except (OSError, TypeError, SyntaxError, IndentationError):
+                continue
+            for inner in ast.walk(sub):
+                if isinstance(inner, (ast.BinOp, ast.AugAssign)) and isinstance(inner.op, ast.MatMult):
+                    counted = True
+                elif isinstance(inner, ast.Call):
+                    f = inner.func
+                    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+                    if name is not None:
+                        names.add(name)
+                        counted = counted or name in _COUNTED_NAMES
+            more_counted, more = _reached_code(obj, sub, depth + 1, seen)
+            counted = counted or more_counted
+            names |= more
+    return counted, names
 
 
 def _is_torch_class(cls: type) -> bool:

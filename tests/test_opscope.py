@@ -694,3 +694,55 @@ def test_a_module_whose_source_cannot_be_read_has_its_products_counted():
     s = (root.lin(x) > 0).float().detach()
     assert "attn.matmul" in got
     assert got["attn.matmul"].item() == pytest.approx(float((s @ s.transpose(-2, -1)).sum()) / 2)  # by hand
+
+
+# ---------------------------------------------------------------- products and pools in helper functions
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return q @ k.transpose(-2, -1)
+
+
+def _attend_twice_removed(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return _attend(q, k)
+
+
+_tools = __import__("types").SimpleNamespace(attend=_attend)
+_mm = torch.matmul  # an alias at module level
+
+
+class _HelperAttention(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.q, self.k, self.how = nn.Linear(4, 4), nn.Linear(4, 4), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        if self.how == "helper":
+            return _attend(q, k)
+        if self.how == "nested":
+            return _attend_twice_removed(q, k)
+        if self.how == "namespace":
+            return _tools.attend(q, k)
+        if self.how == "global_alias":
+            return _mm(q, k.transpose(-2, -1))
+        prod = torch.bmm  # a local alias
+        return prod(q, k.transpose(-2, -1))
+
+
+@pytest.mark.parametrize("how", ["helper", "nested", "namespace", "global_alias", "local_alias"])
+def test_a_product_in_a_helper_function_or_under_an_alias_is_counted(how):
+    """q @ k^T written in a function the forward calls (or under another name) is found in the module's code:
+    its synops are sum(|q| @ |k|^T) per sample, by hand, not silently left out."""
+    torch.manual_seed(0)
+    net = _HelperAttention(how)
+    x = torch.rand(2, 5, 4)
+    counter = sl.SynOpsCounter(net, batch_size=2, neurons=False)
+    net(x)
+    rows = counter.snapshot().per_layer()
+    products = {k: v for k, v in rows.items() if k not in ("q", "k")}
+    assert len(products) == 1, rows
+    q, k = (net.q(x) > 0).double(), (net.k(x) > 0).double()
+    want = float((q.abs() @ k.abs().transpose(-2, -1)).sum()) / 2
+    assert want > 0
+    assert next(iter(products.values()))["synops"] == pytest.approx(want)

@@ -366,3 +366,32 @@ def test_nested_tensor_into_a_linear_is_skipped_and_named():
         padded = net.a(x).to_padded_tensor(0.0)  # [2, 3, 3]
     assert rows["b"]["synops"] == pytest.approx(float((padded.abs().double().reshape(-1, 3).sum(0)
                                                        * _fan(net.b)).sum()) / 2, rel=1e-6)
+
+
+def _global_pool(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 2)  # a functional pool in a helper outside the model's class
+
+
+class _PooledHead(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.fc, self.how = nn.Linear(32, 5), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "helper":
+            return self.fc(_global_pool(x).flatten(1))
+        pool = F.avg_pool2d  # a local alias
+        return self.fc(pool(x, 2).flatten(1))
+
+
+@pytest.mark.parametrize("how", ["helper", "alias"])
+def test_a_functional_pool_in_a_helper_or_under_an_alias_is_corrected(how):
+    torch.manual_seed(0)
+    net = _PooledHead(how)
+    x = _spikes(3, 2, 8, 8)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    events = F.avg_pool2d(x, 2, divisor_override=1).flatten(1)  # spike events per pooled position, by hand
+    got = counter.snapshot().per_layer()["fc"]
+    assert got["synops"] == pytest.approx(float((events.double() @ _fan(net.fc)).sum()) / 3)
+    assert got["eff_acs"] == pytest.approx(got["synops"]) and got["eff_macs"] == 0
