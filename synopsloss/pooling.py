@@ -109,7 +109,8 @@ DIVISOR_CACHE = 64
 POOL_FUNCTIONS = ("avg_pool1d", "avg_pool2d", "avg_pool3d",
                   "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d")
 #: Functions through which a pool output's tag is followed (in the same modules, when the model has a pool).
-CARRY_FUNCTIONS = ("cat", "concat", "concatenate", "stack", "dropout", "dropout1d", "dropout2d", "dropout3d", "relu")
+CARRY_FUNCTIONS = ("cat", "concat", "concatenate", "stack", "dropout", "dropout1d", "dropout2d", "dropout3d", "relu",
+                   "reshape", "flatten", "contiguous", "clone", "ravel")
 
 _AVG_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 _DROPOUT_ARGS = ("input", "p", "training", "inplace")
@@ -162,7 +163,7 @@ def _foreign_hooks(module: nn.Module) -> bool:
 class _Tag:
     """What a pool told about one output tensor."""
 
-    __slots__ = ("owner", "version", "numel", "shape", "offset", "contiguous", "scale", "integer", "why")
+    __slots__ = ("owner", "version", "numel", "shape", "stride", "offset", "contiguous", "scale", "integer", "why")
 
     def __init__(self, t: Tensor, scale: Optional[Tensor], integer: Optional[Tensor], why: str = "") -> None:
         # Watch the tensor that owns the memory: a view (``y.view(...)``, ``flatten``) keeps its
@@ -172,6 +173,7 @@ class _Tag:
         self.owner = weakref.ref(owner)
         self.version = version_of(t)  # shared by every view of the memory
         self.numel, self.shape, self.offset = t.numel(), tuple(t.shape), t.storage_offset()
+        self.stride = t.stride()
         self.contiguous = t.is_contiguous()
         self.scale = scale  # divisor of each output position of one sample (or of every element), flattened
         self.integer = integer  # 0-dim bool: the pool's input was integer (spike counts)
@@ -281,11 +283,69 @@ class PoolEvents:
             return (reductions.all_integer(x, 0.0, self._scratch) if x.is_floating_point()  # exact integers
                     else torch.ones((), dtype=torch.bool, device=x.device))
 
-    def _tag(self, x: Tensor, output: Tensor, key: tuple, make: Callable[[], Tensor], n: int) -> None:
+    def _tag(self, x: Tensor, output: Tensor, key: tuple, make: Callable[[], Tensor], n: int,
+             rerun: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         out_sample = tuple(output.shape[-(n + 1):])
         div = self._divisor(key + (tuple(x.shape[-(n + 1):]), out_sample, output.device), make, out_sample,
                             output.device)
-        self.tags[output.untyped_storage().data_ptr()] = _Tag(output, div, self._integer(x))
+        if rerun is not None and self.tags and self._tag_of(x) is not None:  # a pool of a pool's output
+            self._compose(x, output, rerun, lambda: div.reshape(out_sample), "an average pool")
+            return
+        integer = self._integer(x)
+        if rerun is not None and output.dtype in (torch.float16, torch.bfloat16):
+            # a half-precision average is rounded to 8 or 11 bits: ``value x divisor`` may miss the count by more
+            # than 1/2 (30 x 30 windows), so each value's events are taken from the pool's own integer input
+            with torch.no_grad():
+                events = torch.round(rerun(x.detach().to(torch.float64)) * div.reshape(out_sample))
+                value = output.detach().to(torch.float64)
+                per = torch.where(value != 0, events / torch.where(value != 0, value, 1.0), 1.0)
+            self.tags[output.untyped_storage().data_ptr()] = _Tag(output, per.to(torch.float32).reshape(-1)
+                                                                  .contiguous(), integer)
+            return
+        self.tags[output.untyped_storage().data_ptr()] = _Tag(output, div, integer)
+
+    def _compose(self, x: Tensor, output: Tensor, events_of: Callable[[Tensor], Tensor],
+                 factor: Optional[Callable[[], Tensor]], what: str) -> None:
+        """Tag ``output``, computed by a pool from ``x`` that reads a pool's output, with per-element divisors.
+
+        ``x``'s events (its values times their divisors, rounded: integers when the first pool read spike
+        counts) go through ``events_of`` (the same pool run on them), times ``factor()`` (an average pool's own
+        divisors; ``None`` for a max pool, whose ``events_of`` picks the events where the pool picked its value):
+        the events of each output value. Its divisor is then ``events / value`` (1 where the value is 0)."""
+        tag, scale, why = self._find(x)
+        if tag is None:
+            return
+        ptr = output.untyped_storage().data_ptr()
+        if scale is None or tag.integer is None:
+            self.tags[ptr] = _Tag(output, None, None, why or f"{what} reads it")
+            return
+        with torch.no_grad():
+            events = torch.round(x.detach().to(torch.float64) * _laid_out(tag, scale, x))
+            out_events = events_of(events)
+            if factor is not None:
+                out_events = torch.round(out_events * factor())
+            value = output.detach().to(torch.float64)
+            per = torch.where(value != 0, out_events / torch.where(value != 0, value, 1.0), 1.0)
+        self.tags[ptr] = _Tag(output, per.to(torch.float32).reshape(-1).contiguous(), tag.integer)
+
+    def max_through(self, n: int, name: str = "") -> Callable[..., None]:
+        """A forward hook for a max pool: when it reads an average pool's output, its own output is tagged with
+        the events of the values it picked (the average pool's divisors where it took them)."""
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+                return
+            x = args[0]
+            if self._tag_of(x) is None:
+                return
+            if _foreign_hooks(module) or getattr(module, "return_indices", False):
+                self.tags[output.untyped_storage().data_ptr()] = _Tag(
+                    output, None, None, f"the max pool {name!r} ({type(module).__name__}) between it and the layer "
+                    "has a hook of its own or returns indices")
+                return
+            self._compose(x, output, lambda events: _picked(module, n, x, events), None, f"the max pool {name!r}")
+
+        return hook
 
     def _tag_of(self, t: Tensor) -> Optional[_Tag]:
         tag = self.tags.get(t.untyped_storage().data_ptr())
@@ -325,7 +385,8 @@ class PoolEvents:
                 return
             x = args[0]
             self._tag(x, output, (divisor_fn, _module_key(module)), lambda: divisor_fn(
-                module, tuple(x.shape[-(n + 1):]), tuple(output.shape[-(n + 1):]), n), n)
+                module, tuple(x.shape[-(n + 1):]), tuple(output.shape[-(n + 1):]), n), n,
+                _rerun(divisor_fn, module, n, tuple(output.shape)))
 
         return hook
 
@@ -439,7 +500,27 @@ class PoolEvents:
             h[f] = PoolEvents._on_dropout
         for f in (F.relu, torch.relu, Tensor.relu):
             h[f] = PoolEvents._on_relu
+        for f in (Tensor.reshape, Tensor.flatten, Tensor.contiguous, Tensor.clone, Tensor.ravel, torch.reshape,
+                  torch.flatten, torch.clone, torch.ravel):
+            h[f] = PoolEvents._on_copy
         return h
+
+    def _on_copy(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """A reshape, flatten or clone that copies a pool output (a permuted or channels-last one): the same op
+        lays its divisors out like the copy (a view needs nothing: it is read through the pool's memory)."""
+        x = args[0] if args else kwargs.get("input")
+        if not self.tags or not isinstance(x, Tensor) or self._tag_of(x) is None:
+            return
+        if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            return
+        tag, scale, why = self._find(x)
+        ptr = out.untyped_storage().data_ptr()
+        if tag is None or scale is None:
+            self.tags[ptr] = _Tag(out, None, None, why or "a copy of it cannot be followed")
+            return
+        with torch.no_grad():
+            laid = func(_laid_out(tag, scale, x), *args[1:], **kwargs)
+        self.tags[ptr] = _Tag(out, laid.reshape(-1).contiguous(), tag.integer)
 
     def _on_avg_pool(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, n: int) -> None:
         a = _bind(_AVG_ARGS, args, kwargs, {})
@@ -448,14 +529,16 @@ class PoolEvents:
             return
         spec = _Spec(a)
         self._tag(x, out, (avgpool_divisor, spec.key()), lambda: avgpool_divisor(
-            spec, tuple(x.shape[-(n + 1):]), tuple(out.shape[-(n + 1):]), n), n)
+            spec, tuple(x.shape[-(n + 1):]), tuple(out.shape[-(n + 1):]), n), n,
+            _rerun(avgpool_divisor, spec, n, tuple(out.shape)))
 
     def _on_adaptive_pool(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, n: int) -> None:
         x = args[0] if args else kwargs.get("input")
         if not isinstance(x, Tensor):
             return
         self._tag(x, out, (adaptive_divisor,), lambda: adaptive_divisor(
-            None, tuple(x.shape[-(n + 1):]), tuple(out.shape[-(n + 1):]), n), n)  # type: ignore[arg-type]
+            None, tuple(x.shape[-(n + 1):]), tuple(out.shape[-(n + 1):]), n), n,  # type: ignore[arg-type]
+            _rerun(adaptive_divisor, None, n, tuple(out.shape)))
 
     def _on_dropout(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
         a = _bind(_DROPOUT_ARGS, args, kwargs, {"p": 0.5, "training": True})
@@ -511,6 +594,8 @@ class PoolEvents:
             return tag, None, "the pool's output was modified in place after pooling"
         if x.numel() == tag.numel and x.is_contiguous() and x.storage_offset() == tag.offset:
             return tag, tag.scale, ""  # the whole output in its own layout (views, flatten)
+        if tuple(x.shape) == tag.shape and x.stride() == tag.stride and x.storage_offset() == tag.offset:
+            return tag, tag.scale, ""  # the output itself in another memory format (channels-last): logical order
         if not tag.contiguous or tag.numel % tag.scale.numel():
             return tag, None, "it reads a non-contiguous pool output"
         full = tag.scale.expand(tag.numel // tag.scale.numel(), tag.scale.numel()).reshape(tag.shape)
@@ -548,6 +633,32 @@ class PoolEvents:
             return (scale if n_el == scale.numel() else scale.repeat(n_el // scale.numel())), tag.integer
         # a row holds part of a pool sample: the divisors repeat along the flattened input
         return scale.expand(rows * n_el // scale.numel(), scale.numel()).reshape(rows, n_el), tag.integer
+
+
+def _picked(module: nn.Module, n: int, x: Tensor, events: Tensor) -> Tensor:
+    """The values of ``events`` (laid out like ``x``) at the positions max pool ``module`` (over ``n`` dims) picks
+    from ``x``."""
+    if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
+        _, idx = getattr(F, f"adaptive_max_pool{n}d")(x.detach(), module.output_size, return_indices=True)
+    else:
+        _, idx = getattr(F, f"max_pool{n}d")(x.detach(), module.kernel_size, module.stride, module.padding,
+                                              module.dilation, module.ceil_mode, return_indices=True)
+    flat = events.flatten(-n)
+    return flat.gather(-1, idx.flatten(-n).expand(*flat.shape[:-1], -1)).reshape(idx.shape)
+
+
+def _rerun(divisor_fn: Callable, spec: Any, n: int, out_shape: Shape) -> Callable[[Tensor], Tensor]:
+    """The average pool described by ``spec`` (a pool module or a functional call's arguments) as a function."""
+    if divisor_fn is adaptive_divisor:
+        return lambda t: getattr(F, f"adaptive_avg_pool{n}d")(t, tuple(out_shape[-n:]))
+    kw: Dict[str, Any] = dict(kernel_size=spec.kernel_size, stride=spec.stride or spec.kernel_size,
+                              padding=spec.padding, ceil_mode=spec.ceil_mode, count_include_pad=spec.count_include_pad)
+    if n > 1:
+        kw["divisor_override"] = getattr(spec, "divisor_override", None)
+    return lambda t: _AVG_N[n](t, **kw)
+
+
+_AVG_N = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 def _laid_out(tag: _Tag, scale: Tensor, like: Tensor) -> Tensor:

@@ -57,6 +57,7 @@ __all__ = [
     "LAYER_KINDS",
     "POOL_DIVISORS",
     "PASS_THROUGH",
+    "MAX_POOLS",
     "SCALING_DROPOUTS",
     "NEURON_LIBRARIES",
     "NEURON_OP_COSTS",
@@ -79,6 +80,7 @@ __all__ = [
     "neuron_op_cost",
     "pool_divisor",
     "is_pass_through",
+    "max_pool_dims",
     "dropout_keep",
     "repeated_evaluation",
     "unrun_children",
@@ -198,6 +200,13 @@ POOL_DIVISORS: Dict[TypeKey, Tuple[Callable, int]] = {
     nn.AdaptiveAvgPool1d: (pooling.adaptive_divisor, 1),
     nn.AdaptiveAvgPool2d: (pooling.adaptive_divisor, 2),
     nn.AdaptiveAvgPool3d: (pooling.adaptive_divisor, 3),
+}
+
+#: Max pools and the dims they pool over: one reading an average pool's output passes on the events of the values
+#: it picks (see :meth:`synopsloss.pooling.PoolEvents.max_through`).
+MAX_POOLS: Dict[TypeKey, int] = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
 }
 
 #: Layers that keep each value or zero it (``relu(pooled) x divisor`` stays exact).
@@ -575,6 +584,11 @@ def neuron_ops_no_synapse(module: nn.Module) -> bool:
 def pool_divisor(module: nn.Module) -> Optional[Tuple[Callable, int]]:
     """``(divisor function, spatial dims)`` of an average-pool module, else ``None``."""
     return _lookup(POOL_DIVISORS, module)  # type: ignore[return-value]
+
+
+def max_pool_dims(module: nn.Module) -> Optional[int]:
+    """The dims a max pool of :data:`MAX_POOLS` pools over (``None``: no max pool)."""
+    return _lookup(MAX_POOLS, module)  # type: ignore[return-value]
 
 
 def is_pass_through(module: nn.Module) -> bool:

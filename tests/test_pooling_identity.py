@@ -395,3 +395,90 @@ def test_a_functional_pool_in_a_helper_or_under_an_alias_is_corrected(how):
     got = counter.snapshot().per_layer()["fc"]
     assert got["synops"] == pytest.approx(float((events.double() @ _fan(net.fc)).sum()) / 3)
     assert got["eff_acs"] == pytest.approx(got["synops"]) and got["eff_macs"] == 0
+
+
+@pytest.mark.parametrize("chain", ["avg_then_adaptive", "avg_then_avg", "avg_then_max", "avg_then_adaptive_max"])
+def test_a_pool_of_an_average_pools_output_passes_on_its_spike_events(chain):
+    """Spikes -> AvgPool2d(2) -> a second pool -> Linear: the Linear receives the spike events the second pool
+    passes on (summed over its window, or those at the position a max pool picks), by hand."""
+    x = _spikes(3, 2, 8, 8, seed=4)
+    events = F.avg_pool2d(x, 2, divisor_override=1)  # [3, 2, 4, 4] events after the first pool
+    second = {"avg_then_adaptive": nn.AdaptiveAvgPool2d(1), "avg_then_avg": nn.AvgPool2d(2),
+              "avg_then_max": nn.MaxPool2d(2), "avg_then_adaptive_max": nn.AdaptiveMaxPool2d(2)}[chain]
+    if chain == "avg_then_adaptive":
+        want_events = events.sum((2, 3), keepdim=True)
+    elif chain == "avg_then_avg":
+        want_events = F.avg_pool2d(events, 2, divisor_override=1)
+    else:  # the events where the max pool takes its value (the average pool's divisors are all 4 here)
+        want_events = F.max_pool2d(events, 2)
+    torch.manual_seed(0)
+    n_out = want_events[0].numel()
+    net = nn.Sequential(nn.AvgPool2d(2), second, nn.Flatten(), nn.Linear(n_out, 5))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    got = counter.snapshot().per_layer()["3"]
+    want = float((want_events.flatten(1).double() @ _fan(net[3])).sum()) / 3
+    assert want > 0
+    assert got["synops"] == pytest.approx(want)
+    assert got["eff_acs"] == pytest.approx(want) and got["eff_macs"] == 0
+
+
+def test_a_max_pool_after_an_average_pool_with_uneven_divisors_takes_the_events_it_picks():
+    """Clipped windows (padding, count_include_pad=False) give the average pool's outputs different divisors: a
+    max pool after it passes on the events of the value it picks, not its value times one divisor."""
+    x = _spikes(2, 1, 6, 6, seed=5)
+    avg = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+    pooled = avg(x)
+    events = F.avg_pool2d(x, 3, stride=2, padding=1, divisor_override=1)
+    _, idx = F.max_pool2d(pooled, 2, return_indices=True)
+    want_events = events.flatten(2).gather(2, idx.flatten(2))
+    torch.manual_seed(1)
+    net = nn.Sequential(avg, nn.MaxPool2d(2), nn.Flatten(), nn.Linear(want_events[0].numel(), 3))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    got = counter.snapshot().per_layer()["3"]
+    assert got["synops"] == pytest.approx(float((want_events.flatten(1).double() @ _fan(net[3])).sum()) / 2)
+
+
+class _CopiedPool(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.pool, self.fc, self.how = nn.AvgPool2d(2), nn.Linear(32, 5), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(x)
+        if self.how == "permute_reshape":
+            y = y.permute(0, 2, 3, 1).reshape(y.shape[0], -1)  # a copy in another order
+        elif self.how == "permute_contiguous":
+            y = y.permute(0, 2, 3, 1).contiguous().flatten(1)
+        else:
+            y = y.flatten(1)  # channels-last input: the pool's output is channels-last, flatten copies
+        return self.fc(y)
+
+
+@pytest.mark.parametrize("how", ["permute_reshape", "permute_contiguous", "channels_last"])
+def test_a_copy_of_a_pool_output_in_another_order_keeps_its_events(how):
+    x = _spikes(3, 2, 8, 8, seed=6)
+    events = F.avg_pool2d(x, 2, divisor_override=1)
+    events = events.flatten(1) if how == "channels_last" else events.permute(0, 2, 3, 1).reshape(3, -1)
+    torch.manual_seed(2)
+    net = _CopiedPool(how)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x.to(memory_format=torch.channels_last) if how == "channels_last" else x)
+    got = counter.snapshot().per_layer()["fc"]
+    assert got["synops"] == pytest.approx(float((events.double() @ _fan(net.fc)).sum()) / 3)
+    assert got["eff_macs"] == 0
+
+
+@pytest.mark.parametrize("dtype,size", [(torch.bfloat16, 30), (torch.float16, 64)])
+def test_a_half_precision_global_pool_counts_its_events_exactly(dtype, size):
+    """A bf16 / fp16 average of a large window is rounded to 8 / 11 bits: value x divisor can miss the count by
+    more than 1/2; the events come from the pool's own integer input instead."""
+    x = _spikes(2, 3, size, size, seed=7).to(dtype)
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4)).to(dtype)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    events = x.double().sum((2, 3))
+    got = counter.snapshot().per_layer()["2"]
+    assert got["synops"] == float((events @ _fan(net[2])).sum()) / 2
