@@ -266,6 +266,11 @@ def _has_activation_name(node: ast.AST) -> bool:
     return any(isinstance(n, ast.Name) and n.id != "self" for n in ast.walk(node))
 
 
+def _is_matmul(node: ast.AST) -> bool:
+    """Whether ``node`` is an ``a @ b`` (or ``a @= b``)."""
+    return isinstance(node, (ast.BinOp, ast.AugAssign)) and isinstance(node.op, ast.MatMult)
+
+
 def _call_name(call: ast.Call) -> Optional[str]:
     f = call.func
     return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
@@ -333,11 +338,11 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                 if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
                         and isinstance(node.ctx, ast.Load)):
                     uses.setdefault(node.attr, set()).add(_additive_use(node, parents))
-                if isinstance(node, (ast.BinOp, ast.AugAssign)) and isinstance(node.op, ast.MatMult):
+                if _is_matmul(node):
                     counted = True
                 elif isinstance(node, ast.Call):
                     f = node.func
-                    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+                    name = _call_name(node)
                     if name is not None:
                         calls.add(name)
                     if name in _COUNTED_NAMES:
@@ -410,14 +415,10 @@ def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[b
             except (OSError, TypeError, SyntaxError, IndentationError):
                 continue
             for inner in ast.walk(sub):
-                if isinstance(inner, (ast.BinOp, ast.AugAssign)) and isinstance(inner.op, ast.MatMult):
-                    counted = True
-                elif isinstance(inner, ast.Call):
-                    f = inner.func
-                    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
-                    if name is not None:
-                        names.add(name)
-                        counted = counted or name in _COUNTED_NAMES
+                name = _call_name(inner) if isinstance(inner, ast.Call) else None
+                if name is not None:
+                    names.add(name)
+                counted = counted or _is_matmul(inner) or name in _COUNTED_NAMES
             more_counted, more = _reached_code(obj, sub, depth + 1, seen)
             counted = counted or more_counted
             names |= more
