@@ -363,7 +363,7 @@ def _read_class(cls: type) -> Optional[ClassCode]:
 
 
 #: how deep :func:`_reached_code` follows functions called from a class' methods
-_HELPER_DEPTH = 3
+_HELPER_DEPTH = 8
 #: where installed code lives (the standard library, site-packages, this package): helpers there are not read (a
 #: library's neuron computes its leak with ``conv1d``; its own classes' code is read as theirs)
 _LIBRARY_DIRS = tuple(sorted({os.path.join(p, "") for p in (sysconfig.get_paths()[k] for k in
@@ -383,11 +383,13 @@ def _resolve(node: ast.AST, scope: Dict[str, Any]) -> Any:
 def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[bool, Set[str]]:
     """What a method reaches beyond its own calls: ``(counted, names)``.
 
-    * functions of the user's code it calls by a global name (``attend(q, k)``, ``utils.attend(q, k)``), read
-      in turn (up to :data:`_HELPER_DEPTH` deep; not those of installed libraries, :data:`_LIBRARY_DIRS`): a
-      product or pool in a helper is the method's own;
-    * torch functions it names other than by their own name (``pool = F.avg_pool2d``; ``from torch import
-      matmul as mm``): their real names;
+    * functions of the user's code it calls by a global name (``attend(q, k)``, ``utils.attend(q, k)``), also
+      through a ``functools.partial``, a bound method of a global object or a decorator that wraps
+      (``@torch.no_grad()``), read in turn (up to :data:`_HELPER_DEPTH` deep; not those of installed
+      libraries, :data:`_LIBRARY_DIRS`): a product or pool in a helper is the method's own;
+    * torch functions, tensor methods and operators it names other than by their own name (``pool =
+      F.avg_pool2d``; ``from torch import matmul as mm``; ``operator.matmul``; ``torch.Tensor.bmm``): their real
+      names;
     * functions it mentions without calling them (``pool = F.avg_pool2d`` then ``pool(x)``).
     """
     scope = getattr(fn, "__globals__", {})
@@ -400,11 +402,20 @@ def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[b
         if not isinstance(node, (ast.Name, ast.Attribute)) or not isinstance(node.ctx, ast.Load):
             continue
         obj = _resolve(node, scope)
+        for _ in range(8):  # partials, bound methods and decorated functions: what they call
+            if isinstance(obj, functools.partial):
+                obj = obj.func
+            elif inspect.ismethod(obj):
+                obj = obj.__func__
+            elif getattr(obj, "__wrapped__", None) is not None:
+                obj = obj.__wrapped__
+            else:
+                break
         if obj is None or isinstance(obj, type) or not callable(obj):
             continue
         real = getattr(obj, "__name__", None)
-        if isinstance(real, str) and (getattr(obj, "__module__", "") or "").startswith("torch"):
-            names.add(real)
+        if isinstance(real, str) and (not inspect.isfunction(obj) or (obj.__module__ or "").startswith("torch")):
+            names.add(real)  # a torch function, method or operator under another name: its own name
             counted = counted or real in _COUNTED_NAMES
             continue
         if (depth < _HELPER_DEPTH and inspect.isfunction(obj) and obj not in seen

@@ -110,7 +110,9 @@ POOL_FUNCTIONS = ("avg_pool1d", "avg_pool2d", "avg_pool3d",
                   "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d")
 #: Functions through which a pool output's tag is followed (in the same modules, when the model has a pool).
 CARRY_FUNCTIONS = ("cat", "concat", "concatenate", "stack", "dropout", "dropout1d", "dropout2d", "dropout3d", "relu",
-                   "reshape", "flatten", "contiguous", "clone", "ravel")
+                   "reshape", "flatten", "contiguous", "clone", "ravel", "to", "flip", "roll",
+                   "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+                   "adaptive_max_pool3d")
 
 _AVG_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 _DROPOUT_ARGS = ("input", "p", "training", "inplace")
@@ -500,10 +502,23 @@ class PoolEvents:
             h[f] = PoolEvents._on_dropout
         for f in (F.relu, torch.relu, Tensor.relu):
             h[f] = PoolEvents._on_relu
-        for f in (Tensor.reshape, Tensor.flatten, Tensor.contiguous, Tensor.clone, Tensor.ravel, torch.reshape,
-                  torch.flatten, torch.clone, torch.ravel):
+        for f in (Tensor.reshape, Tensor.flatten, Tensor.contiguous, Tensor.clone, Tensor.ravel, Tensor.to,
+                  Tensor.flip, Tensor.roll, torch.reshape, torch.flatten, torch.clone, torch.ravel, torch.flip,
+                  torch.roll):
             h[f] = PoolEvents._on_copy
+        for n in (1, 2, 3):
+            for f in (getattr(F, f"max_pool{n}d"), getattr(F, f"adaptive_max_pool{n}d")):
+                h[f] = functools.partial(PoolEvents._on_max_pool, n=n)
         return h
+
+    def _on_max_pool(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, n: int) -> None:
+        """A functional max pool of a pool's output: the events of the values it picks (as :meth:`max_through`)."""
+        x = args[0] if args else kwargs.get("input")
+        if not self.tags or not isinstance(x, Tensor) or self._tag_of(x) is None:
+            return
+        kw = dict(kwargs, return_indices=True)
+        self._compose(x, out, lambda events: _gather(events, func(x.detach(), *args[1:], **kw)[1], n), None,
+                      "a max pool")
 
     def _on_copy(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
         """A reshape, flatten or clone that copies a pool output (a permuted or channels-last one): the same op
@@ -643,6 +658,11 @@ def _picked(module: nn.Module, n: int, x: Tensor, events: Tensor) -> Tensor:
     else:
         _, idx = getattr(F, f"max_pool{n}d")(x.detach(), module.kernel_size, module.stride, module.padding,
                                               module.dilation, module.ceil_mode, return_indices=True)
+    return _gather(events, idx, n)
+
+
+def _gather(events: Tensor, idx: Tensor, n: int) -> Tensor:
+    """``events`` at a max pool's indices (flat over its last ``n`` dims), shaped like the pool's output."""
     flat = events.flatten(-n)
     return flat.gather(-1, idx.flatten(-n).expand(*flat.shape[:-1], -1)).reshape(idx.shape)
 

@@ -709,6 +709,22 @@ def _attend_twice_removed(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 _tools = __import__("types").SimpleNamespace(attend=_attend)
 _mm = torch.matmul  # an alias at module level
+_partial_mm = __import__("functools").partial(torch.matmul)
+_tensor_bmm = torch.Tensor.bmm
+_operator_mm = __import__("operator").matmul
+
+
+class _Scorer:
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return q @ k.transpose(-2, -1)
+
+
+_scorer = _Scorer()
+
+
+@torch.no_grad()
+def _attend_without_grad(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return q @ k.transpose(-2, -1)
 
 
 class _HelperAttention(nn.Module):
@@ -726,11 +742,22 @@ class _HelperAttention(nn.Module):
             return _tools.attend(q, k)
         if self.how == "global_alias":
             return _mm(q, k.transpose(-2, -1))
+        if self.how == "partial":
+            return _partial_mm(q, k.transpose(-2, -1))
+        if self.how == "tensor_method":
+            return _tensor_bmm(q, k.transpose(-2, -1))
+        if self.how == "operator":
+            return _operator_mm(q, k.transpose(-2, -1))
+        if self.how == "bound_method":
+            return _scorer.scores(q, k)
+        if self.how == "decorated":
+            return _attend_without_grad(q, k)
         prod = torch.bmm  # a local alias
         return prod(q, k.transpose(-2, -1))
 
 
-@pytest.mark.parametrize("how", ["helper", "nested", "namespace", "global_alias", "local_alias"])
+@pytest.mark.parametrize("how", ["helper", "nested", "namespace", "global_alias", "local_alias", "partial",
+                                 "tensor_method", "operator", "bound_method", "decorated"])
 def test_a_product_in_a_helper_function_or_under_an_alias_is_counted(how):
     """q @ k^T written in a function the forward calls (or under another name) is found in the module's code:
     its synops are sum(|q| @ |k|^T) per sample, by hand, not silently left out."""

@@ -451,12 +451,17 @@ class _CopiedPool(nn.Module):
             y = y.permute(0, 2, 3, 1).reshape(y.shape[0], -1)  # a copy in another order
         elif self.how == "permute_contiguous":
             y = y.permute(0, 2, 3, 1).contiguous().flatten(1)
+        elif self.how == "to_channels_last":
+            y = y.to(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(y.shape[0], -1)
+        elif self.how == "flip":
+            y = y.permute(0, 2, 3, 1).flip(-1).flip(-1).reshape(y.shape[0], -1)  # (flipped twice: the same order)
         else:
             y = y.flatten(1)  # channels-last input: the pool's output is channels-last, flatten copies
         return self.fc(y)
 
 
-@pytest.mark.parametrize("how", ["permute_reshape", "permute_contiguous", "channels_last"])
+@pytest.mark.parametrize("how", ["permute_reshape", "permute_contiguous", "channels_last", "to_channels_last",
+                                 "flip"])
 def test_a_copy_of_a_pool_output_in_another_order_keeps_its_events(how):
     x = _spikes(3, 2, 8, 8, seed=6)
     events = F.avg_pool2d(x, 2, divisor_override=1)
@@ -482,3 +487,24 @@ def test_a_half_precision_global_pool_counts_its_events_exactly(dtype, size):
     events = x.double().sum((2, 3))
     got = counter.snapshot().per_layer()["2"]
     assert got["synops"] == float((events @ _fan(net[2])).sum()) / 2
+
+
+class _FunctionalMaxAfterAvg(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * 2 * 2, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.max_pool2d(F.avg_pool2d(x, 2), 2).flatten(1))
+
+
+def test_a_functional_max_pool_after_an_average_pool_passes_on_the_events_it_picks():
+    x = _spikes(3, 2, 8, 8, seed=8)
+    events = F.max_pool2d(F.avg_pool2d(x, 2, divisor_override=1), 2).flatten(1)  # (divisors all 4: the same pick)
+    torch.manual_seed(4)
+    net = _FunctionalMaxAfterAvg()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    got = counter.snapshot().per_layer()["fc"]
+    assert got["synops"] == pytest.approx(float((events.double() @ _fan(net.fc)).sum()) / 3)
+    assert got["eff_macs"] == 0
