@@ -114,7 +114,7 @@ from . import frameworks, registry
 from . import layout as batch_layout
 from ._validate import check_int
 from .hooks import HookSet, next_stamp
-from .reductions import Scratch, count_nonzero, neuron_counts
+from .reductions import Scratch, count_either, count_nonzero, neuron_counts
 from .registry import LayerKind, layer_kind, neuron_op_cost
 from .snapshot import NeuronStats
 from .state import NeuronState, fold
@@ -390,7 +390,8 @@ class NeuronMonitor:
                 call.updates = updates
                 call.updates_dense = out.numel()
             elif row is not None:
-                self._framework_updates(module, row, state, call, x, out, output, pre_state, first, time_first, dtype)
+                self._framework_updates(module, row, state, call, x, out, output, pre_state, first, time_first, dtype,
+                                        self._scratch)
             fold(state, call, detach=False)
 
     @staticmethod
@@ -410,7 +411,7 @@ class NeuronMonitor:
     @staticmethod
     def _framework_updates(module: nn.Module, row: Any, state: NeuronState, call: NeuronState, x: Optional[Tensor],
                            out: Tensor, output: Any, pre_state: Any, first: bool, time_first: bool,
-                           dtype: torch.dtype) -> None:
+                           dtype: torch.dtype, scratch: Scratch) -> None:
         """SpikingJelly / norse membrane updates.
 
         One step per call with the membrane exposed (SJ ``step_mode='s'``:
@@ -431,20 +432,21 @@ class NeuronMonitor:
             if first or not isinstance(pre, Tensor) or pre.shape != post.shape:
                 call.updates_first = post.numel()
                 call.updates = post.new_zeros((), dtype=dtype)
-            else:
-                call.updates = _count_nonzero(pre.detach() - post.detach(), dtype)
+            else:  # (blocks of the difference, cast to bool and counted: several times faster than count_nonzero)
+                call.updates = count_nonzero(pre.detach(), dtype, scratch, minus=post.detach())
             call.updates_dense = post.numel()
             return
         state.pre_mem = None
         # event-driven: a neuron and step that received a nonzero input or emitted a spike
-        if x is not None and x.shape == out.shape:
-            received = x.detach() != 0
+        if x is not None and x.shape == out.shape:  # (a cast to bool: several times faster than x != 0)
+            received = x.detach().clone() if x.dtype == torch.bool else x.detach().bool()
         else:
             received = _synaptic_input(module, x, pre_state, output)
             if received is None or received.shape != out.shape:
                 call.updates_dense = out.numel()
                 return  # unknown (None): the table says so
-        call.updates = _count_nonzero(received | (out != 0), dtype)
+        # (the union written into our own mask, eight positions per int64, and counted by its bytes)
+        call.updates = count_either(received.contiguous(), out.bool().contiguous()).to(dtype)
 
     # ------------------------------------------------------------------ reading
 

@@ -35,8 +35,8 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "Scratch", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_nonzero", "count_true",
-           "column_nonzeros", "min_max", "autocast_cpu", "neuron_counts"]
+__all__ = ["BLOCK", "Scratch", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_either", "count_nonzero",
+           "count_true", "column_nonzeros", "min_max", "autocast_cpu", "neuron_counts"]
 
 #: Elements per row block (4 MiB of float32): large enough that the few small ops per block cost
 #: nothing next to the passes over the data, small enough to stay in cache and bound the scratch.
@@ -415,10 +415,11 @@ def column_nonzeros(x: Tensor) -> Tensor:
     return total
 
 
-def _count_either(u: Tensor, v: Tensor) -> Tensor:
+def count_either(u: Tensor, v: Tensor) -> Tensor:
     """The positions where mask ``u`` or mask ``v`` is set (written into ``u``: eight positions per ``int64``
     ``or`` when they fill whole words), counted by :func:`count_true`."""
-    if u.numel() % 8 == 0 and u.is_contiguous() and v.is_contiguous():
+    if (u.numel() % 8 == 0 and u.is_contiguous() and v.is_contiguous() and u.storage_offset() % 8 == 0
+            and v.storage_offset() % 8 == 0):
         u.view(-1).view(torch.int64).bitwise_or_(v.view(-1).view(torch.int64))
     else:
         torch.logical_or(u, v, out=u)
@@ -460,7 +461,7 @@ def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red
             u = flat.bool()
             nz += count_true(u).to(dtype)
             if other is not None:
-                ev += _count_either(u, other.bool()).to(dtype)
+                ev += count_either(u, other.bool()).to(dtype)
             return (per.to(dtype) if per_neuron else None), nz, ev
         walk = _Walk(flat)
         for span in walk.spans:
@@ -473,5 +474,5 @@ def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red
             if other is not None:
                 v = _buffer(scratch, b, torch.bool, 3)
                 v.copy_(walk.block(other, span))
-                ev += _count_either(u, v).to(dtype)
+                ev += count_either(u, v).to(dtype)
         return (per.to(dtype) if per_neuron else None), nz, ev
