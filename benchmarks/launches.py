@@ -37,7 +37,7 @@ import synopsloss as sl
 #: forward ops the hooks add per counted call -- none for the layers themselves; the average-pool
 #: spike-event check added 9 per pool call (3 per counted call of :func:`snn`), 7 since it reads ``|frac(x)|``
 #: (2.33 per counted call); since the first call of each weight in a batch takes its nonzero pattern (one
-#: ``weight != 0`` per layer and batch: 3 per 12 calls of :func:`mlp`), 0.25 and 2.58
+#: cast of the weight to bool per layer and batch: 3 per 12 calls of :func:`mlp`), 0.25 and 2.58
 FORWARD_BOUND = {"mlp": 0.25, "snn": 2.75}
 #: extra read ops (``counter.synops()``) per extra counted call: :func:`mlp` one (a reshape per call in the
 #: stacked reduction; measured 1.0), :func:`snn` 12.67 measured at 4c7126d and 13.33 at main 7670662

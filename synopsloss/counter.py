@@ -219,7 +219,7 @@ class _Batch(batch_layout.Evidence):
         if seen is not None and seen[0] is weight and seen[1] == version >= 0:
             return seen[2]
         if weight.layout == torch.strided and getattr(weight, "full_tensor", None) is None:
-            mask = weight.detach().bool()  # (one cast: NaN and every nonzero value are True, as weight != 0)
+            mask = weight.bool()  # (one cast, no graph: NaN and every nonzero value are True, as weight != 0)
         else:
             mask = weight_mask(weight)  # (a DTensor's whole pattern)
         self.patterns[id(weight)] = (weight, version, mask)

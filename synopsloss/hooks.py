@@ -38,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
 import sys
+import sysconfig
 import threading
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -135,6 +137,24 @@ def own_ops(fn: Callable[..., Any]) -> Callable[..., Any]:
             OWN.depth -= 1
 
     return run
+
+
+#: where installed code lives (the standard library, site-packages, this package)
+_INSTALLED = tuple(sorted({os.path.join(p, "") for p in (sysconfig.get_paths()[k] for k in
+                                                          ("stdlib", "platstdlib", "purelib", "platlib"))}
+                          | {os.path.join(os.path.dirname(os.path.abspath(__file__)), "")}))
+
+
+def installed(path: Optional[str]) -> bool:
+    """Whether the source file ``path`` belongs to installed code (a library, the standard library, this package)
+    rather than the user's own: the helpers and copies of a library's classes are not followed into.
+
+    Example
+    -------
+    >>> installed(torch.__file__), installed("/home/me/model.py")
+    (True, False)
+    """
+    return bool(path) and path.startswith(_INSTALLED)  # type: ignore[union-attr]
 
 
 def next_stamp() -> int:

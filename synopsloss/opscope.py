@@ -153,7 +153,6 @@ import functools
 import inspect
 import os
 import sys
-import sysconfig
 import textwrap
 import weakref
 from dataclasses import dataclass, field
@@ -165,7 +164,7 @@ from torch.nn.utils import parametrize
 
 from . import registry
 from .errors import UnsupportedLayerWarning
-from .hooks import COMPILED, OWN, HookSet
+from .hooks import COMPILED, OWN, HookSet, installed
 from .maps import OpCounts, Rule
 from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, record_op
 from .records import view_lead
@@ -364,12 +363,6 @@ def _read_class(cls: type) -> Optional[ClassCode]:
 
 #: how deep :func:`_reached_code` follows functions called from a class' methods
 _HELPER_DEPTH = 8
-#: where installed code lives (the standard library, site-packages, this package): helpers there are not read (a
-#: library's neuron computes its leak with ``conv1d``; its own classes' code is read as theirs)
-_LIBRARY_DIRS = tuple(sorted({os.path.join(p, "") for p in (sysconfig.get_paths()[k] for k in
-                                                              ("stdlib", "platstdlib", "purelib", "platlib"))}
-                             | {_PACKAGE_DIR}))
-
 
 def _resolve(node: ast.AST, scope: Dict[str, Any]) -> Any:
     """The object a ``Name`` or ``module.attr`` expression names in a function's globals (``None`` if unknown)."""
@@ -386,7 +379,7 @@ def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[b
     * functions of the user's code it calls by a global name (``attend(q, k)``, ``utils.attend(q, k)``), also
       through a ``functools.partial``, a bound method of a global object or a decorator that wraps
       (``@torch.no_grad()``), read in turn (up to :data:`_HELPER_DEPTH` deep; not those of installed
-      libraries, :data:`_LIBRARY_DIRS`): a product or pool in a helper is the method's own;
+      libraries, :func:`synopsloss.hooks.installed`): a product or pool in a helper is the method's own;
     * torch functions, tensor methods and operators it names other than by their own name (``pool =
       F.avg_pool2d``; ``from torch import matmul as mm``; ``operator.matmul``; ``torch.Tensor.bmm``): their real
       names;
@@ -419,7 +412,7 @@ def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[b
             counted = counted or real in _COUNTED_NAMES
             continue
         if (depth < _HELPER_DEPTH and inspect.isfunction(obj) and obj not in seen
-                and not obj.__code__.co_filename.startswith(_LIBRARY_DIRS)):
+                and not installed(obj.__code__.co_filename)):
             seen.add(obj)
             try:
                 sub = ast.parse(textwrap.dedent(inspect.getsource(obj)))

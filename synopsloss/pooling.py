@@ -46,10 +46,11 @@ from torch import Tensor, nn
 from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
+from .hooks import installed
 from .records import version_of
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
-           "POOL_FUNCTIONS", "CARRY_FUNCTIONS"]
+           "POOL_FUNCTIONS", "CARRY_FUNCTIONS", "COPY_FUNCTIONS"]
 
 Shape = Tuple[int, ...]
 #: How far avg-pooled spike counts times the pool's divisor may lie from an integer (float rounding).
@@ -109,10 +110,12 @@ DIVISOR_CACHE = 64
 POOL_FUNCTIONS = ("avg_pool1d", "avg_pool2d", "avg_pool3d",
                   "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d")
 #: Functions through which a pool output's tag is followed (in the same modules, when the model has a pool).
-CARRY_FUNCTIONS = ("cat", "concat", "concatenate", "stack", "dropout", "dropout1d", "dropout2d", "dropout3d", "relu",
-                   "reshape", "flatten", "contiguous", "clone", "ravel", "to", "flip", "roll",
-                   "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-                   "adaptive_max_pool3d")
+CARRY_FUNCTIONS = ("cat", "concat", "concatenate", "stack", "dropout", "dropout1d", "dropout2d", "dropout3d", "relu")
+#: Copies (a reshape of a permuted tensor, ``.contiguous()``, ...) and max pools through which a pool output's tag is
+#: followed in the modules of the user's own code (a library's neuron reshapes its own state at every step)
+COPY_FUNCTIONS = ("reshape", "flatten", "contiguous", "clone", "ravel", "to", "flip", "roll",
+                  "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+                  "adaptive_max_pool3d")
 
 _AVG_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 _DROPOUT_ARGS = ("input", "p", "training", "inplace")
@@ -465,7 +468,8 @@ class PoolEvents:
             calls = calls_of(cls) or frozenset()
             if calls & set(POOL_FUNCTIONS):
                 found.append(module)
-            elif calls & set(CARRY_FUNCTIONS):
+            elif calls & set(CARRY_FUNCTIONS) or (calls & set(COPY_FUNCTIONS) and not installed(
+                    getattr(sys.modules.get(cls.__module__), "__file__", None))):
                 carry.append(module)
         return found + carry if (found or pools) else []
 
