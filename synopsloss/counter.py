@@ -760,7 +760,8 @@ class SynOpsCounter:
         inputs: Set[int] = set()
         own: Optional[Set[int]] = None
         for t in tensors:
-            if t.is_leaf and not isinstance(t, nn.Parameter) and t.device.type != "meta" and _LEVEL(t) == -1:
+            if ((t.is_leaf or _input_view(t)) and not isinstance(t, nn.Parameter) and t.device.type != "meta"
+                    and _LEVEL(t) == -1):
                 if own is None:
                     own = self._own_storages()
                 ptr = _storage(t)
@@ -929,7 +930,7 @@ class SynOpsCounter:
                         and x.shape == same.x_shape and out.shape == same.out_shape and x.dtype is same.dtype
                         and x.device == same.device and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
                     batch = self._batch
-                    data = x.is_leaf and bool(batch.inputs) and _storage(x) in batch.inputs  # (is_leaf: no grad_fn)
+                    data = bool(batch.inputs) and _storage(x) in batch.inputs and (x.is_leaf or _input_view(x))
                     if data and batch.root_others:
                         batch.root_fed.add(_storage(x))
                     if _GRAD_ON() and not x.is_inference():
@@ -1185,10 +1186,14 @@ class SynOpsCounter:
         """Whether ``x`` is (a view of) a tensor the model itself was called with in this batch.
 
         The inputs are held by the batch, so their storages cannot be freed and reused by
-        another tensor while the batch lasts; a tensor with an autograd history was computed.
+        another tensor while the batch lasts; a tensor with an autograd history was computed, except a view of an
+        input that requires gradients (``x[:, t]`` of an input made for attribution or adversarial training: its
+        history is the view, its base a leaf).
         """
         batch = self._batch
-        if not (x.grad_fn is None and batch.inputs and _storage(x) in batch.inputs):
+        if not (batch.inputs and _storage(x) in batch.inputs):
+            return False
+        if x.grad_fn is not None and not _input_view(x):
             return False
         if note and batch.root_others:  # the model was called with tensors of different batch sizes: which is read
             batch.root_fed.add(_storage(x))
@@ -1417,7 +1422,7 @@ class SynOpsCounter:
             state.sample_steps = per_layer[name]
         return steps
 
-    def synops(self, by_layer: bool = False, driven: bool = False) -> Any:
+    def synops(self, by_layer: bool = False, driven: bool = False, dtype: Optional[torch.dtype] = None) -> Any:
         """Differentiable synops per sample since the last reset (0-dim, with grad_fn).
 
         Parameters
@@ -1430,6 +1435,10 @@ class SynOpsCounter:
             data (:meth:`data_fed_layers`), as :class:`~synopsloss.SynOpsLoss`
             does by default; training cannot lower their synops but by zeroing
             weights.
+        dtype
+            The result's dtype: torch's default (``None``, float32 unless set otherwise), the loss's; pass
+            ``torch.float64`` for counts above 2^24 per sample to the last synop (the counts accumulate in
+            float64).
 
         Raises
         ------
@@ -1450,6 +1459,9 @@ class SynOpsCounter:
         (12.0, 6.0)
         """
         self._require_batch("synops")
+        out_dtype = torch.get_default_dtype() if dtype is None else dtype
+        if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
+            raise TypeError(f"counter.synops(dtype={dtype!r}): pass a floating-point torch.dtype (torch.float64) or None")
         b = self._samples()
         batch = self._batch
         batch.read = True
@@ -1463,11 +1475,11 @@ class SynOpsCounter:
             names = ran + [n for n in self._layers if n not in batch.layers and n not in fed]
             values = [batch.layers[n].synops for n in ran]
             if values and len({(v.device, v.dtype, v.requires_grad) for v in values}) == 1:  # one stacked division
-                scaled = (torch.stack(values) / b).to(torch.get_default_dtype()).unbind(0)
+                scaled = (torch.stack(values) / b).to(out_dtype).unbind(0)
             else:
-                scaled = [(v / b).to(torch.get_default_dtype()) for v in values]
+                scaled = [(v / b).to(out_dtype) for v in values]
             out = dict(zip(ran, scaled))
-            zero = torch.zeros((), dtype=torch.get_default_dtype(), device=device)
+            zero = torch.zeros((), dtype=out_dtype, device=device)
             out.update({n: zero for n in names[len(ran):]})
             out = {n: out[n] for n in names}
             for v in out.values():  # a loss may use any subset of the layers (SynOpsLoss leaves data-fed ones out)
@@ -1480,7 +1492,7 @@ class SynOpsCounter:
         total = chosen[0].synops if len(chosen) == 1 else torch.stack([st.synops.to(device) for st in chosen]).sum()
         if self.check_finite and not bool(torch.isfinite(total.detach())):
             self._raise_nonfinite()
-        result = (total / b).to(torch.get_default_dtype())
+        result = (total / b).to(out_dtype)
         if result.requires_grad:
             self._watch_backward(result)
         return result
@@ -1838,6 +1850,12 @@ def _checked_input(name: str, module: nn.Module, x: Tensor) -> Tensor:
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     return x
+
+
+def _input_view(x: Tensor) -> bool:
+    """Whether ``x``, which has an autograd history, is a view of a leaf (an input that requires gradients)."""
+    base = x._base
+    return base is not None and base.grad_fn is None
 
 
 def _calls_of(cls: type) -> Optional[frozenset]:

@@ -301,7 +301,7 @@ class SynOpsRegularizer(_pl.Callback):
         self._term: Optional[Tensor] = None
         self._cal: Optional[Dict[str, Tensor]] = None  # DDP calibration: per-term synops sums, and "__n__"
         self._epoch_term: Optional[Tensor] = None
-        self._epoch_steps = 0
+        self._epoch_samples = 0  # samples of the epoch's training batches (the loss term's weights)
         self._synced = 0  # the trainer's global_step the schedules were last stepped to
         self._warned: set = set()
 
@@ -508,7 +508,7 @@ class SynOpsRegularizer(_pl.Callback):
         assert counter is not None and loss_fn is not None
         try:
             with torch.no_grad():
-                per = counter.synops(by_layer=True)
+                per = counter.synops(by_layer=True, dtype=torch.float64)  # (exact counts: logged in float64)
         except RuntimeError:
             self._warn("noforward", "SynOpsRegularizer: the counted module did not run in this training batch; "
                        "nothing was counted. If training_step calls a submodule directly, pass module='name'.")
@@ -529,9 +529,10 @@ class SynOpsRegularizer(_pl.Callback):
                   prog_bar=self.prog_bar)
         if self._term is not None:
             self._log(pl_module, f"{p}/loss_step", sums[2] / sums[4], on_step=True, batch_size=samples)
-            self._epoch_term = self._term.detach().double() if self._epoch_term is None else (
-                self._epoch_term + self._term.detach().double().to(self._epoch_term.device))
-            self._epoch_steps += 1
+            weighted = self._term.detach().double() * samples  # (the epoch's value: a mean over its samples)
+            self._epoch_term = weighted if self._epoch_term is None else (
+                self._epoch_term + weighted.to(self._epoch_term.device))
+            self._epoch_samples += samples
         if self._term is not None:  # what the loss acts on, in its unit (synops or joules), mean over ranks
             values = loss_fn.term_values()
             value = sum((v.double().to(device) for v in values.values()), zero)
@@ -572,7 +573,7 @@ class SynOpsRegularizer(_pl.Callback):
                 self._log(pl_module, f"{p}/layer/{name}", row["synops"], on_step=False, batch_size=n)
         if self._epoch_term is not None:
             device = self._epoch_term.device
-            sums = _sum_over_ranks(trainer, torch.stack([self._epoch_term, _f64(self._epoch_steps, device)]))
+            sums = _sum_over_ranks(trainer, torch.stack([self._epoch_term, _f64(self._epoch_samples, device)]))
             self._log(pl_module, f"{p}/loss", sums[0] / sums[1], on_step=False, batch_size=n)
 
     # -------------------------------------------------------------- hooks
@@ -609,7 +610,7 @@ class SynOpsRegularizer(_pl.Callback):
             return
         self._attach()
         self._counter.reset(accumulated=True)
-        self._epoch_term, self._epoch_steps = None, 0
+        self._epoch_term, self._epoch_samples = None, 0
 
     def on_train_batch_start(self, trainer: "_pl.Trainer", pl_module: "_pl.LightningModule", batch: Any,
                              batch_idx: int) -> None:

@@ -579,8 +579,12 @@ class SynOpsLoss:
                     "the first batch(es) with gradients); this call without gradients has no target to compare "
                     "with, so it is measured against its own synops and its value means nothing. Read the loss "
                     "once training has started, or give an absolute target=."), SynOpsWarning)
+            if not self._training_call and term.initial_sum is not None:
+                # the running average of the calibration batches so far: this batch's own synops are not in it
+                initial: Union[Tensor, float] = term.initial_sum / term.initial_samples
+                return value * initial
             total = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
-            initial: Union[Tensor, float] = total / (term.initial_samples + n)
+            initial = total / (term.initial_samples + n)
             if self._training_call and not self._repeat:
                 term.initial_sum, term.initial_samples = total, term.initial_samples + n
                 if self._calls == self.calibration_batches:

@@ -21,6 +21,8 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -332,9 +334,58 @@ def _concat(a: Dict[str, Tuple[float, ...]], b: Dict[str, Tuple[float, ...]], na
     return {n: tuple(a.get(n, (0.0,) * na)) + tuple(b.get(n, (0.0,) * nb)) for n in names}
 
 
-#: Student's t, two-sided 95%, for 1..30 degrees of freedom (beyond: the normal 1.96)
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for aa in (m * (b - m) * x / ((a - 1.0 + 2 * m) * (a + 2 * m)),
+                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 1.0 + 2 * m))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-16:
+            break
+    return h
+
+
+def _beta_regularized(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (``p >= 0.5``) of Student's t with ``df`` degrees of freedom, to 1e-12.
+
+    Bisection on the distribution function ``1 - I_{df/(df+t^2)}(df/2, 1/2) / 2``.
+
+    Example
+    -------
+    >>> round(t_quantile(0.975, 1), 4), round(t_quantile(0.975, 39), 4)
+    (12.7062, 2.0227)
+    """
+    lo, hi = 0.0, 1.0
+    while 0.5 * _beta_regularized(df / 2.0, 0.5, df / (df + hi * hi)) > 1.0 - p:
+        hi *= 2.0
+    while hi - lo > 1e-12 * max(1.0, hi):
+        mid = (lo + hi) / 2.0
+        if 0.5 * _beta_regularized(df / 2.0, 0.5, df / (df + mid * mid)) > 1.0 - p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
 
 
 def _percentile(sorted_values: List[float], q: float) -> float:
@@ -353,6 +404,6 @@ def distribution(values: List[float]) -> Dict[str, float]:
     s = sorted(values)
     mean = sum(s) / n
     std = (sum((v - mean) ** 2 for v in s) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    t = _T95[n - 2] if 2 <= n <= 31 else 1.96
+    t = t_quantile(0.975, n - 1) if n > 1 else math.nan
     return {"n": float(n), "mean": mean, "std": std, "p50": _percentile(s, 0.5), "p95": _percentile(s, 0.95),
             "p99": _percentile(s, 0.99), "max": s[-1], "ci95": t * std / n ** 0.5 if n > 1 else float("nan")}

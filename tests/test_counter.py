@@ -853,3 +853,20 @@ def test_merged_snapshots_hold_both_sets_of_samples():
     with pytest.raises(TypeError, match="takes another CounterSnapshot"):
         snap_a.merge(5)
     assert isinstance(merged, CounterSnapshot)
+
+
+def test_synops_in_float64_are_exact_above_two_to_the_24():
+    """5001 inputs of 1 into 3355 outputs: 16,778,355 synops per sample, which float32 rounds to ...356."""
+    lin = nn.Linear(5001, 3355, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.5)
+    net = nn.Sequential(lin)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(torch.ones(2, 5001))
+    want = 5001 * 3355
+    assert float(torch.tensor(float(want), dtype=torch.float32)) != want  # (float32 cannot hold it)
+    assert counter.synops(dtype=torch.float64).item() == want
+    assert counter.synops(by_layer=True, dtype=torch.float64)["0"].item() == want
+    assert counter.synops().dtype == torch.get_default_dtype()
+    with pytest.raises(TypeError, match="pass a floating-point torch.dtype"):
+        counter.synops(dtype=torch.int64)

@@ -277,6 +277,48 @@ def test_no_recognised_data_fed_layer_warns_that_everything_is_regularised():
         loss_fn()
 
 
+def test_a_call_without_gradients_during_calibration_reads_the_target_of_the_training_batches_only():
+    """calibration_batches=2: after one training batch, a validation batch under no_grad is measured against
+    the fraction of the training batch's synops (not of an average that includes its own)."""
+    net = _mlp()
+    counter = sl.SynOpsCounter(net)
+    loss_fn = sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=2)
+    train, val = torch.rand(4, 32), torch.rand(3, 32) * 3
+    counter.reset()
+    net(train)
+    loss_fn()
+    t = 0.5 * _brute_synops(net, train)["2"]
+    counter.reset()
+    with torch.no_grad():
+        net(val)
+        got = float(loss_fn())
+    s_val = _brute_synops(net, val)["2"]
+    assert got == pytest.approx(((s_val - t) / t) ** 2, rel=1e-6)
+    counter.reset()
+    net(train * 2)  # the second training batch: the calibration is the mean of the two training batches
+    loss_fn()
+    assert loss_fn.initial()["driven"] == pytest.approx(
+        (_brute_synops(net, train)["2"] + _brute_synops(net, train * 2)["2"]) / 2, rel=1e-6)
+
+
+def test_views_of_an_input_that_requires_gradients_are_data():
+    """x[:, t] of an input made with requires_grad (attribution, adversarial training) has the view as its
+    history: its layer is still data-fed, and layers='driven' leaves it out."""
+    net = _mlp()
+    counter = sl.SynOpsCounter(net)
+    loss_fn = sl.SynOpsLoss(counter, target=150.0)
+    x = torch.rand(4, 3, 32).requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in range(3):
+            net(x[:, t])
+        loss_fn()
+        value = float(loss_fn.value())
+    assert counter.data_fed_layers(accumulated=False) == ["0"]
+    assert list(loss_fn.value(by_layer=True)) == ["2"]
+    assert value == pytest.approx(float(counter.synops(by_layer=True)["2"]), rel=1e-6)
+
+
 def test_data_fed_layers_follow_views_and_time_steps_of_the_input():
     net = _mlp()
     counter = sl.SynOpsCounter(net)

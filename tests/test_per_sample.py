@@ -82,7 +82,7 @@ def test_distribution_matches_numpy_and_the_t_interval():
     for q in (50, 95, 99):
         assert d[f"p{q}"] == pytest.approx(np.percentile(v, q))
     assert d["max"] == v.max()
-    assert d["ci95"] == pytest.approx(stats.t.ppf(0.975, 7) * v.std(ddof=1) / np.sqrt(8), rel=1e-3)
+    assert d["ci95"] == pytest.approx(stats.t.ppf(0.975, 7) * v.std(ddof=1) / np.sqrt(8), rel=1e-9)
     assert d["mean"] == pytest.approx(counter.snapshot(accumulated=True).total()["synops"])
 
 
@@ -324,3 +324,15 @@ def test_an_accumulated_snapshot_read_after_reset_keeps_no_partial_per_sample_va
     with pytest.warns(sl.SynOpsWarning, match="kept for 2 of the 5 samples"):
         snap = counter.snapshot(accumulated=True)  # no current batch: as Lightning reads an epoch's end
     assert snap.samples == 5 and not snap.per_sample
+
+
+def test_the_t_quantile_of_the_confidence_interval_is_students_at_every_sample_count():
+    """ci95 takes Student's t with n - 1 degrees of freedom for any n (not the normal 1.96 past 31 samples)."""
+    from synopsloss.snapshot import distribution, t_quantile
+
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 7, 30, 31, 39, 100, 1000, 100000):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-10)
+    v = np.arange(40, dtype=float) ** 1.5
+    d = distribution(v.tolist())
+    assert d["ci95"] == pytest.approx(stats.t.ppf(0.975, 39) * v.std(ddof=1) / np.sqrt(40), rel=1e-10)

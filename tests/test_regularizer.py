@@ -218,6 +218,19 @@ def test_step_metrics_are_logged_at_the_step_of_their_batch(tmp_path):
     assert rows["synops/train/target"].tolist() == pytest.approx(want, rel=1e-6)
 
 
+def test_the_epoch_loss_is_the_mean_over_the_epochs_samples(tmp_path):
+    """Batches of 5, 5 and 2 samples: the epoch's synops/train/loss weighs each batch's term by its samples, as
+    the epoch's synops are (not a plain mean over batches)."""
+    t = fit(make_module(), trainer(tmp_path, max_epochs=1), train_batch=5)
+    table = logs(t)
+    steps = table.dropna(subset=["synops/train/loss_step"])["synops/train/loss_step"].tolist()
+    sizes = [5, 5, N_TRAIN - 10]
+    assert len(steps) == 3 and sizes[-1] == 2 and len(set(steps)) == 3
+    want = sum(v * n for v, n in zip(steps, sizes)) / N_TRAIN
+    assert table.dropna(subset=["synops/train/loss"])["synops/train/loss"].iloc[0] == pytest.approx(want, rel=1e-6)
+    assert want != pytest.approx(sum(steps) / 3, rel=1e-3)
+
+
 def test_validation_with_another_batch_size_is_left_to_the_monitor(tmp_path):
     module = make_module(lr=0.0)  # weights stay as initialised: every count can be done by hand
     monitor = SynOpsMonitor(stages=("validate",))
