@@ -1316,6 +1316,14 @@ class SynOpsCounter:
         """
         return self._idle(self._batch.layers)
 
+    def _warn_idle(self, idle: List[str], stacklevel: int) -> None:
+        """Name the counted layers that did not run (their 0 synops are not a measurement)."""
+        self._warn_once(
+            f"synopsloss: layer(s) {', '.join(repr(n) for n in idle)} did not run through a counted call "
+            "since the last reset; they show 0 synops. If they should have run, they were replaced after the "
+            "counter attached (re-create the counter), called as layer.forward(x) (call layer(x)), or "
+            "compiled before the counter attached (attach first).", stacklevel=stacklevel)
+
     def _idle(self, ran: Mapping[str, Any]) -> List[str]:
         """Counted layers not in ``ran`` whose module no counted op used either (the op-scoped ones)."""
         return [n for n in self._layers if n not in ran and not self._scope.used(self._layers[n].module)]
@@ -1481,12 +1489,18 @@ class SynOpsCounter:
             out = dict(zip(ran, scaled))
             zero = torch.zeros((), dtype=out_dtype, device=device)
             out.update({n: zero for n in names[len(ran):]})
+            idle = self._idle(batch.layers)
+            if idle:
+                self._warn_idle(idle, stacklevel=4)
             out = {n: out[n] for n in names}
             for v in out.values():  # a loss may use any subset of the layers (SynOpsLoss leaves data-fed ones out)
                 if v.requires_grad:
                     self._watch_backward(v)
             return out
         chosen = [st for n, st in batch.layers.items() if n not in fed]
+        idle = self._idle(batch.layers)
+        if idle:
+            self._warn_idle(idle, stacklevel=4)
         if not chosen:
             raise RuntimeError("counter.synops(driven=True): every counted layer of this batch is fed by the data")
         total = chosen[0].synops if len(chosen) == 1 else torch.stack([st.synops.to(device) for st in chosen]).sum()
@@ -1678,11 +1692,7 @@ class SynOpsCounter:
                 raise TypeError(msg)
             self._warn_once(msg, UnsupportedLayerWarning, stacklevel=4)
         if idle:
-            self._warn_once(
-                f"synopsloss: layer(s) {', '.join(repr(n) for n in idle)} did not run through a counted call "
-                "since the last reset; they show 0 synops. If they should have run, they were replaced after the "
-                "counter attached (re-create the counter), called as layer.forward(x) (call layer(x)), or "
-                "compiled before the counter attached (attach first).", stacklevel=4)
+            self._warn_idle(idle, stacklevel=5)
             for n in idle:
                 states[n] = SynapseState(first_seen=1 << 62)
         neurons = self._monitor.snapshot(accumulated=accumulated, current=current) if self._monitor is not None else {}

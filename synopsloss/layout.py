@@ -290,13 +290,25 @@ def time_layout(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Tu
     that loops over time inside its forward, the most common call count of its
     per-step layers (leading dims ``[B]`` only).
 
+    When the steps come one per call (the model's calls, a per-step neuron, an in-model loop), a call whose
+    leading dims are ``[T, B]``, ``[B, T]`` or ``[T*B]`` with that ``T`` (a readout reading the stacked spikes of
+    all steps) carries the time dim: the steps of such a call are the batch's ``T``.
+
     Example
     -------
     >>> from types import SimpleNamespace
     >>> cell = SimpleNamespace(leads={(2,): 5}, calls=5, samples=None)  # a loop of 5 steps inside one call
     >>> time_layout(Evidence(root_calls=1), {"cell": cell}, Options())
-    (5.0, 1, 'the calls of the model')
+    (5.0, 5, 'the calls of the model')
     """
+    steps, tc, source = _time_layout(ev, layers, options)
+    if tc <= 1 and steps > 1 and float(steps).is_integer():
+        tc = int(steps)
+    return steps, tc, source
+
+
+def _time_layout(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Tuple[float, int, str]:
+    """:func:`time_layout` before a call that reads every step at once is given the batch's steps."""
     if options.time_dim is not None and ev.root_steps:
         return float(ev.root_steps), ev.root_tc, f"dim {options.time_dim} of the model's input"
     if ev.probe_steps:

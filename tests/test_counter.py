@@ -870,3 +870,16 @@ def test_synops_in_float64_are_exact_above_two_to_the_24():
     assert counter.synops().dtype == torch.get_default_dtype()
     with pytest.raises(TypeError, match="pass a floating-point torch.dtype"):
         counter.synops(dtype=torch.int64)
+
+
+@pytest.mark.parametrize("by_layer", [True, False])
+def test_synops_names_a_layer_that_did_not_run(by_layer):
+    """A counted layer that did not run shows 0 synops: synops() says so, as snapshot() and table() do."""
+    net = nn.ModuleDict({"a": nn.Linear(2, 3, bias=False), "b": nn.Linear(3, 1)})
+    with torch.no_grad():
+        net["a"].weight.fill_(1.0)
+    counter = sl.SynOpsCounter(net, batch_size=1, neurons=False)
+    net["a"](torch.ones(1, 2))
+    with pytest.warns(sl.SynOpsWarning, match=r"layer\(s\) 'b' did not run through a counted call"):
+        got = counter.synops(by_layer=by_layer)
+    assert (got["a"].item(), got["b"].item()) == (6.0, 0.0) if by_layer else got.item() == 6.0

@@ -126,17 +126,30 @@ def test_an_in_model_time_loop_gives_the_same_steps_per_layer_and_in_total():
               "head": _layer({2}, (4,), {(2,): 1})}
     assert layout.samples(ev, layers, Options()) == 2
     steps, tc, source = layout.time_layout(ev, layers, Options())
-    assert (steps, tc, source) == (5.0, 1, "the calls of the model")
+    assert (steps, tc, source) == (5.0, 5, "the calls of the model")
     assert [layout.layer_steps(s, 2, tc) for s in layers.values()] == [5, 5, 1]
     # samples x steps per layer: 2 x 5, 2 x 5, 2 x 1
     assert layout.sample_steps(ev, layers, 2, Options()) == (5.0, {"fc": 10.0, "fc2": 10.0, "head": 2.0})
+
+
+def test_a_readout_of_the_stacked_steps_of_an_in_model_loop_runs_every_step():
+    # the model loops over T=5 steps inside one call ([B=2] per step); a readout then reads the stacked spikes
+    # [T=5, B=2, 4] in one call, a conv the folded [T*B=10, ...]: each carries the time dim (5 steps), as a per-step
+    # layer called 5 times does
+    ev = Evidence(root_batch=2, root_shape=(2, 5, 3), root_calls=1)
+    layers = {"fc": _layer({2}, (3,), {(2,): 5}), "fc2": _layer({2}, (4,), {(2,): 5}),
+              "readout": _layer({10}, (4,), {(5, 2): 1}), "folded": _layer({10}, (4,), {(10,): 1}),
+              "head": _layer({2}, (4,), {(2,): 1})}
+    steps, tc, _ = layout.time_layout(ev, layers, Options())
+    assert steps == 5.0
+    assert [layout.layer_steps(s, 2, tc) for s in layers.values()] == [5, 5, 5, 5, 1]
 
 
 def test_a_loop_over_calls_of_the_model_counts_its_calls():
     # snntorch style: the model is called 4 times with [B=3, 2]
     ev = Evidence(root_batch=3, root_shape=(3, 2), root_calls=4)
     layers = {"fc": _layer({3}, (2,), {(3,): 4})}
-    assert layout.time_layout(ev, layers, Options()) == (4.0, 1, "the calls of the model")
+    assert layout.time_layout(ev, layers, Options()) == (4.0, 4, "the calls of the model")
     assert layout.layer_steps(layers["fc"], 3, 1) == 4
 
 
@@ -174,7 +187,7 @@ def test_time_sources_in_order():
     rnn = _layer({14}, (5,), {("T", 7): 1}, samples=2)  # [B=2, T=7]: 14 rows
     rnn.rows_total = 14
     assert layout.time_layout(ev, {"rnn": rnn}, Options()) == (7.0, 7, "layer 'rnn', which knows its layout")
-    assert layout.time_layout(ev, {}, Options()) == (2.0, 1, "the calls of the model")
+    assert layout.time_layout(ev, {}, Options()) == (2.0, 2, "the calls of the model")
 
 
 # ---------------------------------------------------------------- evidence writers
