@@ -307,9 +307,26 @@ def time_layout(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Tu
     return steps, tc, source
 
 
+def _check_time_dim(ev: Evidence, layers: Mapping[str, Any], time_dim: int) -> None:
+    """A declared ``time_dim=`` that lies inside one row of a layer reading the data (its features, channels or
+    pixels) is no time dim: refused, not used to divide the counts by."""
+    shape = tuple(ev.root_shape or ())
+    tail = shape[time_dim:] if 0 <= time_dim < len(shape) else ()
+    for name, state in layers.items():
+        inner = tuple(getattr(state, "in_shape", ()) or ())
+        fed = getattr(state, "data_calls", 0)
+        if tail and fed and len(inner) >= len(tail) and inner[len(inner) - len(tail):] == tail:
+            raise ValueError(
+                f"synopsloss: time_dim={time_dim} was declared, but dim {time_dim} of the model's input (shape "
+                f"{shape}) lies inside one row of layer {name!r}, which reads the data {inner} values at a time: it "
+                "holds features, not time steps. Remove time_dim= (then each call of the model is one step), or "
+                "pass the dim that holds the time steps.")
+
+
 def _time_layout(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Tuple[float, int, str]:
     """:func:`time_layout` before a call that reads every step at once is given the batch's steps."""
     if options.time_dim is not None and ev.root_steps:
+        _check_time_dim(ev, layers, options.time_dim)
         return float(ev.root_steps), ev.root_tc, f"dim {options.time_dim} of the model's input"
     if ev.probe_steps:
         name, steps = next(iter(ev.probe_steps.items()))
@@ -404,12 +421,14 @@ def rows_span_dim1(root_shape: Tuple[int, ...], layers: Mapping[str, Any]) -> bo
 
 
 def check_declared_batch(shape: Optional[Sequence[int]], options: Options) -> None:
-    """A declared ``batch_size=`` must fit the input: some dim holds it, or a multiple of it ([B*T, ...]).
+    """A declared ``batch_size=`` must fit the input: dim 0 holds it or a multiple of it (``[B, ...]``,
+    ``[B*T, ...]``), or dim 1 holds it (``[T, B, ...]``).
 
     ``shape`` is the model's first input's shape (``None`` or ``()`` when it has
     none to check: no tensor, a nested or a 0-dim one). With ``batch_dim=``
-    given, only that dim is checked. A short last batch (20 samples where 32
-    were declared) raises instead of being divided by 32.
+    given, only that dim is checked (it holds ``B`` or a multiple). A short last batch (20 samples where 32
+    were declared) raises instead of being divided by 32, also when another dim (64 time steps) happens to be a
+    multiple of 32.
 
     Example
     -------
@@ -424,10 +443,12 @@ def check_declared_batch(shape: Optional[Sequence[int]], options: Options) -> No
         return
     shape = tuple(shape)
     has_dim = len(shape) > options.batch_dim
-    dims = [shape[options.batch_dim]] if options.batch_dim_given and has_dim else list(shape)
-    if any(d and d % b == 0 for d in dims):
+    if options.batch_dim_given:
+        if has_dim and shape[options.batch_dim] and shape[options.batch_dim] % b == 0:
+            return
+    elif (shape[0] and shape[0] % b == 0) or (len(shape) > 1 and shape[1] == b):
         return
-    where = f"dim {options.batch_dim}" if options.batch_dim_given else "no dim"
+    where = f"dim {options.batch_dim}" if options.batch_dim_given else "neither dim 0 nor dim 1"
     raise ValueError(
         f"synopsloss: the counter was created with batch_size={b}, but the model's input has shape {shape} "
         f"({where} holds {b} samples or a multiple of them): a shorter last batch would be divided by {b}. "

@@ -268,3 +268,18 @@ def test_a_folded_feed_of_a_plain_model_runs_the_same_steps_as_a_stepped_one(env
             assert float(row["time_steps"]) == 7.0, (feed, name)
             assert float(row["synops_per_step"]) == pytest.approx(float(row["synops"]) / 7, rel=1e-9)
     assert float(tables["folded"]["0"]["synops"]) == pytest.approx(float(tables["steps"]["0"]["synops"]), rel=1e-9)
+
+
+def test_a_short_last_batch_of_a_fixed_batch_squeeze_model_is_refused(env, tmp_path):
+    """--input of 8 samples of 3 steps in batches of 3: the last batch has 2 samples (6 rows), which
+    IAFSqueeze(batch_size=3) would read as 3 samples of 2 steps; the report refuses it and says how to fix it."""
+    x = (torch.rand(8, 3, 2, 3, 3, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    torch.save(x, tmp_path / "x.pt")
+    res = _report(env, "userpkg.models:squeeze_net", "--input", str(tmp_path / "x.pt"), "--batch", "3",
+                  "--feed", "folded", "--format", "csv")
+    assert res.returncode != 0
+    assert "a batch of 2 samples was read as 3 samples" in res.stderr and "multiple of --batch" in res.stderr
+    torch.save(x[:6], tmp_path / "x6.pt")
+    ok = _report(env, "userpkg.models:squeeze_net", "--input", str(tmp_path / "x6.pt"), "--batch", "3",
+                 "--feed", "folded", "--format", "csv")
+    assert ok.returncode == 0, ok.stderr

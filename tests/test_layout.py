@@ -220,9 +220,12 @@ def test_a_short_last_batch_with_a_declared_batch_size_raises():
     layout.check_declared_batch((32, 10), opts)
     layout.check_declared_batch((96, 10), opts)  # [B*T = 32 x 3, ...]
     layout.check_declared_batch((5, 32, 10), opts)  # [T, B, ...]: some dim holds 32
-    with pytest.raises(ValueError, match=r"batch_size=32, but the model's input has shape \(20, 10\) \(no dim holds "
-                                         r"32 samples .*divided by 32.*counter.batch_size = 20\)"):
+    with pytest.raises(ValueError, match=r"batch_size=32, but the model's input has shape \(20, 10\) \(neither dim 0 "
+                                         r"nor dim 1 holds 32 samples .*divided by 32.*counter.batch_size = 20\)"):
         layout.check_declared_batch((20, 10), opts)
+    # 20 samples of 64 time steps ([B, T, ...]): the 64 in dim 1 is no multiple of samples to accept
+    with pytest.raises(ValueError, match=r"shape \(20, 64, 10\) \(neither dim 0 nor dim 1 holds 32 samples"):
+        layout.check_declared_batch((20, 64, 10), opts)
     opts = Options(batch_size=32, batch_dim=1, batch_dim_given=True, layout_given=True)
     layout.check_declared_batch((5, 32, 10), opts)
     with pytest.raises(ValueError, match=r"\(dim 1 holds 32 samples .*counter.batch_size = 20\)"):
@@ -397,3 +400,19 @@ def test_an_activation_called_once_on_the_time_dim_runs_the_same_steps_as_the_sy
     with torch.no_grad():
         h = torch.relu(net[0](x))
     assert table["1"].density == pytest.approx(float((h != 0).double().mean()))
+
+
+def test_a_declared_time_dim_inside_the_rows_of_the_data_fed_layer_is_refused():
+    """An snntorch-style loop of [B=4, 16] calls with time_dim=1: dim 1 holds the first layer's 16 features, not
+    time; the read refuses it (T would be 16 x calls and every per-step figure divided by 16)."""
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    counter = sl.SynOpsCounter(net, time_dim=1, neurons=False)
+    for _ in range(5):
+        net(torch.rand(4, 16))
+    with pytest.raises(ValueError, match=r"time_dim=1 was declared, but dim 1 of the model's input \(shape \(4, 16\)\) "
+                                         r"lies inside one row of layer '0'"):
+        counter.time_steps()
+    counter.remove()
+    whole = sl.SynOpsCounter(net, time_dim=1, neurons=False)  # [B=4, T=5, 16] in one call: dim 1 is time
+    net(torch.rand(4, 5, 16))
+    assert whole.time_steps() == 5.0

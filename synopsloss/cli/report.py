@@ -276,6 +276,13 @@ def _run(args: argparse.Namespace) -> int:
                 raise _Error(f"no synaptic layer of {type(model).__name__} ran on the input: nothing was counted") from err
             except FloatingPointError as err:  # NaN or inf in a counted layer's input
                 raise _Error(str(err)) from err
+            if counter.samples != int(x.shape[0]):  # a layer with a fixed batch size read a short batch otherwise
+                raise _Error(
+                    f"a batch of {int(x.shape[0])} samples was read as {counter.samples} samples: the model's "
+                    "time-folding layers have a fixed batch size (sinabs *Squeeze(batch_size=...)) that this batch "
+                    f"does not have (the last batch of --input, {int(x.shape[0])} of --batch {args.batch}). Give "
+                    "--input a multiple of --batch samples, or build the layers with num_timesteps= instead of "
+                    "batch_size=")
     counter.reset()
     silent = _silent_neurons(counter.snapshot(accumulated=True))
     if silent:
