@@ -546,6 +546,7 @@ class SynOpsCounter:
         self._any_pool = bool(pools or frames)  # else no layer needs to follow pool outputs
         # the modules' buffer dicts: buffers may be (re)assigned and registered later, in these same dicts
         self._buffer_dicts = [m._buffers for m in self.model.modules()]
+        self._attached_modules: "weakref.WeakSet[nn.Module]" = weakref.WeakSet(self.model.modules())
         parametrized: List[str] = []  # "<name>.parametrizations." of parametrized modules
         unrun = tuple(n + "." for n in registry.unrun_children(self.model))  # never run by their parent's forward
         for name, module in self.model.named_modules():
@@ -838,6 +839,13 @@ class SynOpsCounter:
             self.reset()
             return
         if batch.pending:  # the previous forward raised: its partial counts are not a batch
+            if batch.root_calls > 1:  # (forwards that returned before it: their counts go too, and are named)
+                self._warn_once(
+                    f"synopsloss: a forward of the model raised after {batch.root_calls - 1} call(s) of this batch "
+                    "had returned, and the model was called again: the batch's counts so far are dropped (a "
+                    "forward that raised leaves partial counts) and counting starts again with this call. To "
+                    "count the steps that completed, read the counts when you catch the exception; to start a new "
+                    "batch, call counter.reset() first.", stacklevel=5)
             batch.failed = True
             self.reset()
             return
@@ -1316,6 +1324,19 @@ class SynOpsCounter:
         """
         return self._idle(self._batch.layers)
 
+    def _warn_added(self, stacklevel: int) -> None:
+        """Name the modules with parameters that joined the model after the counter attached (no hook counts them)."""
+        known = getattr(self, "_attached_modules", None)
+        if known is None:
+            return
+        added = [n for n, m in self.model.named_modules()
+                 if m not in known and next(m.parameters(False), None) is not None]
+        if added:
+            self._warn_once(
+                f"synopsloss: module(s) {', '.join(repr(n) for n in added)} joined the model after the counter "
+                "attached; the counter has no hook on them, so their synapses are NOT counted. Create the counter "
+                "after changing the model (counter.remove(), then SynOpsCounter(model)).", stacklevel=stacklevel)
+
     def _warn_idle(self, idle: List[str], stacklevel: int) -> None:
         """Name the counted layers that did not run (their 0 synops are not a measurement)."""
         self._warn_once(
@@ -1467,9 +1488,11 @@ class SynOpsCounter:
         (12.0, 6.0)
         """
         self._require_batch("synops")
+        self._warn_added(stacklevel=3)
         out_dtype = torch.get_default_dtype() if dtype is None else dtype
         if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
-            raise TypeError(f"counter.synops(dtype={dtype!r}): pass a floating-point torch.dtype (torch.float64) or None")
+            raise TypeError(
+                f"counter.synops(dtype={dtype!r}): pass a floating-point torch.dtype (torch.float64) or None")
         b = self._samples()
         batch = self._batch
         batch.read = True
@@ -1678,6 +1701,7 @@ class SynOpsCounter:
             sample_steps += b * self._set_sample_steps(b)
         batch.read = batch.read or current
         states = self._merged(accumulated, current=current)
+        self._warn_added(stacklevel=4)
         idle = self._idle(states)
         silent = self._scope.silent()
         if silent:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Callable, Dict, List, Sequence, Tuple
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -883,3 +885,33 @@ def test_synops_names_a_layer_that_did_not_run(by_layer):
     with pytest.warns(sl.SynOpsWarning, match=r"layer\(s\) 'b' did not run through a counted call"):
         got = counter.synops(by_layer=by_layer)
     assert (got["a"].item(), got["b"].item()) == (6.0, 0.0) if by_layer else got.item() == 6.0
+
+
+def test_a_layer_added_after_the_counter_attached_is_named():
+    """A head appended after attaching runs without a hook: its synops are not counted, and every read says so."""
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net.append(nn.Linear(6, 3))
+    net(torch.ones(2, 4))
+    with pytest.warns(sl.SynOpsWarning, match=r"module\(s\) '2' joined the model after the counter attached"):
+        assert list(counter.synops(by_layer=True)) == ["0"]
+    counter.remove()
+    fresh = sl.SynOpsCounter(net, neurons=False)  # created after the change: both layers, nothing to say
+    net(torch.ones(2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(fresh.synops(by_layer=True)) == ["0", "2"]
+
+
+def test_a_time_step_that_raised_and_was_caught_names_the_steps_it_drops():
+    net = nn.Sequential(nn.Linear(8, 3, bias=False))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    for t in range(3):
+        net(torch.ones(4, 8))
+    try:
+        net(torch.ones(4, 7))  # a bad step: the Linear raises inside the forward
+    except RuntimeError:
+        pass
+    with pytest.warns(sl.SynOpsWarning, match=r"raised after 3 call\(s\) of this batch had returned"):
+        net(torch.ones(4, 8))
+    assert counter.synops().item() == 8 * 3  # (the batch starts again: one step of 8 inputs x 3 synapses)
