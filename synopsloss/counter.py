@@ -1488,7 +1488,7 @@ class SynOpsCounter:
         (12.0, 6.0)
         """
         self._require_batch("synops")
-        self._warn_added(stacklevel=3)
+        self._warn_added(stacklevel=4)
         out_dtype = torch.get_default_dtype() if dtype is None else dtype
         if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
             raise TypeError(
@@ -1501,6 +1501,9 @@ class SynOpsCounter:
         settle_all(states)
         device = states[0].device
         fed = set(self.data_fed_layers(accumulated=False)) if driven else set()
+        idle = self._idle(batch.layers)
+        if idle:  # (their zeros are no measurement)
+            self._warn_idle(idle, stacklevel=4)
         if by_layer:
             ran = sorted((n for n in batch.layers if n not in fed), key=lambda n: batch.layers[n].first_seen or 0)
             names = ran + [n for n in self._layers if n not in batch.layers and n not in fed]
@@ -1512,18 +1515,12 @@ class SynOpsCounter:
             out = dict(zip(ran, scaled))
             zero = torch.zeros((), dtype=out_dtype, device=device)
             out.update({n: zero for n in names[len(ran):]})
-            idle = self._idle(batch.layers)
-            if idle:
-                self._warn_idle(idle, stacklevel=4)
             out = {n: out[n] for n in names}
             for v in out.values():  # a loss may use any subset of the layers (SynOpsLoss leaves data-fed ones out)
                 if v.requires_grad:
                     self._watch_backward(v)
             return out
         chosen = [st for n, st in batch.layers.items() if n not in fed]
-        idle = self._idle(batch.layers)
-        if idle:
-            self._warn_idle(idle, stacklevel=4)
         if not chosen:
             raise RuntimeError("counter.synops(driven=True): every counted layer of this batch is fed by the data")
         total = chosen[0].synops if len(chosen) == 1 else torch.stack([st.synops.to(device) for st in chosen]).sum()
@@ -1701,7 +1698,7 @@ class SynOpsCounter:
             sample_steps += b * self._set_sample_steps(b)
         batch.read = batch.read or current
         states = self._merged(accumulated, current=current)
-        self._warn_added(stacklevel=4)
+        self._warn_added(stacklevel=5)
         idle = self._idle(states)
         silent = self._scope.silent()
         if silent:

@@ -315,7 +315,7 @@ def value_range(det: Tensor) -> Tuple[float, float]:
 
 def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     """The column sums of a contiguous float32 CPU input ``[rows, n]`` (no graph) when every value is 0 or 1, else
-    ``None``: a call of {0, 1} spikes reduced at once in five tensor ops.
+    ``None``: a call of {0, 1} spikes reduced at once in a few tensor ops.
 
     Its ``int32`` bit patterns' min and max say whether every value lies in [+0, 1] (:func:`value_range`); then
     ``frac`` is 0 everywhere exactly when each is 0 or 1 (exact), and one product with ones gives the column
@@ -332,6 +332,8 @@ def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     if int(lo_b) < 0 or int(hi_b) > _ONE_BITS:
         return None
     n = flat.numel()
+    if n > _WITNESS and float(torch.frac(flat.view(-1)[:_WITNESS]).amax()) != 0:
+        return None  # (values in [0, 1] that are no spikes, a sigmoid's: its first values show it, no whole pass)
     if n <= BLOCK:  # (frac into a reused buffer: no allocation of the input's size)
         integer = float(torch.frac(flat.view(-1), out=_SCRATCH.get(n, flat.dtype, flat.device)).amax()) == 0
     else:
