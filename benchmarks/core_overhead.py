@@ -5,7 +5,9 @@ For a 20-layer network of ``Linear(16, 16)`` (batch 8) and of ``Conv2d(16, 16, 3
 
 * **forward us per counted call**: (counted forward - plain forward) / 20, with the counter
   attached (grad on: the hook records the call), against a bare forward hook that only appends
-  its input to a list (the floor);
+  its input to a list (the floor); for a batch's first forward (the counter reset before it: the
+  batch's setup, the layers' states and each weight's nonzero pattern are made there) and for a
+  second forward of the same batch (each call repeats its layer's previous one: a time step);
 * **read us per layer**: ``counter.synops()`` after the forward (the recorded calls of all
   layers reduced together), divided by 20;
 * **tensor ops launched per counted call**: aten ops seen by a ``TorchDispatchMode`` during a
@@ -112,10 +114,17 @@ def bench(kind: str, rounds: int) -> None:
         counter.synops()
         counted.read = time.perf_counter() - t  # type: ignore[attr-defined]
 
-    fwd: Dict[str, List[float]] = {"plain": [], "hook": [], "counted": [], "read": []}
+    def repeated() -> None:  # a second forward in the batch: each call repeats its layer's previous one
+        counter.reset()
+        cnet(x)
+        t = time.perf_counter()
+        cnet(x)
+        repeated.t = time.perf_counter() - t  # type: ignore[attr-defined]
+
+    fwd: Dict[str, List[float]] = {"plain": [], "hook": [], "counted": [], "read": [], "repeated": []}
     for r in range(rounds + 2):
-        order = [("plain", plain), ("hook", hooked), ("counted", counted)]
-        order = order[r % 3:] + order[:r % 3]
+        order = [("plain", plain), ("hook", hooked), ("counted", counted), ("repeated", repeated)]
+        order = order[r % 4:] + order[:r % 4]
         for name, f in order:
             t = time.perf_counter()
             f()
@@ -126,6 +135,8 @@ def bench(kind: str, rounds: int) -> None:
                 fwd["plain"].append(dt)
             elif name == "hook":
                 fwd["hook"].append(hooked.t)  # type: ignore[attr-defined]
+            elif name == "repeated":
+                fwd["repeated"].append(repeated.t)  # type: ignore[attr-defined]
             else:
                 fwd["counted"].append(counted.t)  # type: ignore[attr-defined]
                 fwd["read"].append(counted.read)  # type: ignore[attr-defined]
@@ -133,7 +144,8 @@ def bench(kind: str, rounds: int) -> None:
     print(f"\n{kind}: 20 x {'Linear(16,16), B=8' if kind == 'linear' else 'Conv2d(16,16,3,p=1), B=8, 8x8'}")
     print(f"  plain forward            {quart([t * 1e3 for t in fwd['plain']])} ms")
     print(f"  bare hook, us per call   {quart(per('hook'))}")
-    print(f"  counted, us per call     {quart(per('counted'))}")
+    print(f"  counted, us per call     {quart(per('counted'))}  (a batch's first forward: its setup too)")
+    print(f"  repeated, us per call    {quart(per('repeated'))}  (a second forward of the batch)")
     print(f"  read (synops()), us/layer{quart([t / LAYERS * 1e6 for t in fwd['read']])}")
 
     # tensor ops launched

@@ -938,7 +938,7 @@ class SynOpsCounter:
                         and x.shape == same.x_shape and out.shape == same.out_shape and x.dtype is same.dtype
                         and x.device == same.device and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
                     batch = self._batch
-                    data = bool(batch.inputs) and _storage(x) in batch.inputs and (x.is_leaf or _input_view(x))
+                    data = (x.is_leaf or _input_view(x)) and bool(batch.inputs) and _storage(x) in batch.inputs
                     if data and batch.root_others:
                         batch.root_fed.add(_storage(x))
                     if _GRAD_ON() and not x.is_inference():
@@ -1199,9 +1199,9 @@ class SynOpsCounter:
         history is the view, its base a leaf).
         """
         batch = self._batch
-        if not (batch.inputs and _storage(x) in batch.inputs):
+        if x.grad_fn is not None and not _input_view(x):  # (first: the storage lookup costs more)
             return False
-        if x.grad_fn is not None and not _input_view(x):
+        if not (batch.inputs and _storage(x) in batch.inputs):
             return False
         if note and batch.root_others:  # the model was called with tensors of different batch sizes: which is read
             batch.root_fed.add(_storage(x))
