@@ -302,10 +302,7 @@ class PoolEvents:
             # than 1/2 (30 x 30 windows), so each value's events are taken from the pool's own integer input
             with torch.no_grad():
                 events = torch.round(rerun(x.detach().to(torch.float64)) * div.reshape(out_sample))
-                value = output.detach().to(torch.float64)
-                per = torch.where(value != 0, events / torch.where(value != 0, value, 1.0), 1.0)
-            self.tags[output.untyped_storage().data_ptr()] = _Tag(output, per.to(torch.float32).reshape(-1)
-                                                                  .contiguous(), integer)
+            self.tags[output.untyped_storage().data_ptr()] = _Tag(output, _per_value(events, output), integer)
             return
         self.tags[output.untyped_storage().data_ptr()] = _Tag(output, div, integer)
 
@@ -329,9 +326,7 @@ class PoolEvents:
             out_events = events_of(events)
             if factor is not None:
                 out_events = torch.round(out_events * factor())
-            value = output.detach().to(torch.float64)
-            per = torch.where(value != 0, out_events / torch.where(value != 0, value, 1.0), 1.0)
-        self.tags[ptr] = _Tag(output, per.to(torch.float32).reshape(-1).contiguous(), tag.integer)
+        self.tags[ptr] = _Tag(output, _per_value(out_events, output), tag.integer)
 
     def max_through(self, n: int, name: str = "") -> Callable[..., None]:
         """A forward hook for a max pool: when it reads an average pool's output, its own output is tagged with
@@ -665,6 +660,16 @@ def _picked(module: nn.Module, n: int, x: Tensor, events: Tensor) -> Tensor:
     return _gather(events, idx, n)
 
 
+def _per_value(events: Tensor, output: Tensor) -> Tensor:
+    """The divisor of each value of ``output`` that gives its ``events`` (``events / value``; 1 where the value is
+    0), flat, float32: a tag's per-element divisors."""
+    with torch.no_grad():
+        value = output.detach().to(torch.float64)
+        nonzero = value != 0
+        per = torch.where(nonzero, events / torch.where(nonzero, value, 1.0), 1.0)
+    return per.to(torch.float32).reshape(-1).contiguous()
+
+
 def _gather(events: Tensor, idx: Tensor, n: int) -> Tensor:
     """``events`` at a max pool's indices (flat over its last ``n`` dims), shaped like the pool's output."""
     flat = events.flatten(-n)
@@ -679,10 +684,7 @@ def _rerun(divisor_fn: Callable, spec: Any, n: int, out_shape: Shape) -> Callabl
                               padding=spec.padding, ceil_mode=spec.ceil_mode, count_include_pad=spec.count_include_pad)
     if n > 1:
         kw["divisor_override"] = getattr(spec, "divisor_override", None)
-    return lambda t: _AVG_N[n](t, **kw)
-
-
-_AVG_N = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+    return lambda t: _AVG[n](t, **kw)
 
 
 def _laid_out(tag: _Tag, scale: Tensor, like: Tensor) -> Tensor:
