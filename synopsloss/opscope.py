@@ -373,6 +373,46 @@ def _resolve(node: ast.AST, scope: Dict[str, Any]) -> Any:
     return None
 
 
+def _unwrapped(obj: Any) -> Any:
+    """What a partial, a bound method, a decorated function or a custom autograd function's ``apply`` runs."""
+    for _ in range(8):
+        if isinstance(obj, functools.partial):
+            obj = obj.func
+        elif inspect.ismethod(obj):
+            owner = obj.__self__
+            if (isinstance(owner, type) and issubclass(owner, torch.autograd.Function)
+                    and owner.forward is not torch.autograd.Function.forward):
+                obj = owner.forward  # SpikeMM.apply(q, k): its forward runs the product
+            else:
+                obj = obj.__func__
+        elif getattr(obj, "__wrapped__", None) is not None:
+            obj = obj.__wrapped__
+        else:
+            break
+    return obj
+
+
+def _callable_counts(obj: Any) -> bool:
+    """Whether a callable a module holds as an attribute (a lambda, a partial, a helper object with ``__call__``)
+    runs a counted op: by its own name (``functools.partial(torch.matmul)``) or in its code."""
+    obj = _unwrapped(obj)
+    if not inspect.isfunction(obj) and not isinstance(obj, type) and callable(obj) and not isinstance(obj, nn.Module):
+        call = getattr(type(obj), "__call__", None)
+        if inspect.isfunction(call):  # an instance of the user's class: its __call__
+            obj = call
+    if not inspect.isfunction(obj):
+        return getattr(obj, "__name__", None) in _COUNTED_NAMES
+    if installed(obj.__code__.co_filename):
+        return (obj.__name__ in _COUNTED_NAMES) and (obj.__module__ or "").startswith("torch")
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return False
+    if any(_is_matmul(n) or (isinstance(n, ast.Call) and _call_name(n) in _COUNTED_NAMES) for n in ast.walk(tree)):
+        return True
+    return _reached_code(obj, tree, 0, set())[0]
+
+
 def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[bool, Set[str]]:
     """What a method reaches beyond its own calls: ``(counted, names)``.
 
@@ -388,22 +428,18 @@ def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[b
     scope = getattr(fn, "__globals__", {})
     counted, names = False, set()
     for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)):  # getattr(torch, "matmul"): that name
+            names.add(node.args[1].value)
+            counted = counted or node.args[1].value in _COUNTED_NAMES
         if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and not (
                 isinstance(node.value, ast.Name) and node.value.id == "self"):
             names.add(node.attr)  # (a mention: a call or an alias)
             counted = counted or node.attr in _COUNTED_NAMES
         if not isinstance(node, (ast.Name, ast.Attribute)) or not isinstance(node.ctx, ast.Load):
             continue
-        obj = _resolve(node, scope)
-        for _ in range(8):  # partials, bound methods and decorated functions: what they call
-            if isinstance(obj, functools.partial):
-                obj = obj.func
-            elif inspect.ismethod(obj):
-                obj = obj.__func__
-            elif getattr(obj, "__wrapped__", None) is not None:
-                obj = obj.__wrapped__
-            else:
-                break
+        obj = _unwrapped(_resolve(node, scope))
         if obj is None or isinstance(obj, type) or not callable(obj):
             continue
         real = getattr(obj, "__name__", None)
@@ -676,6 +712,9 @@ class OpScope:
             return "its forward's source cannot be read" if type(module).forward is not nn.Module.forward else None
         if code.counted or (code.counted_self_calls - set(module._modules)):
             return "a neuron that runs a counted op in its own code" if neuron else "runs a counted op in its own code"
+        if not neuron and any(_callable_counts(v) for k, v in vars(module).items()
+                              if not k.startswith("_") and callable(v) and not isinstance(v, (nn.Module, type))):
+            return "holds a callable that runs a counted op"  # self.score = Score(); self.mm = partial(torch.matmul)
         return None
 
     # ------------------------------------------------------------------ attaching

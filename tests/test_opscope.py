@@ -727,6 +727,79 @@ def _attend_without_grad(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return q @ k.transpose(-2, -1)
 
 
+class _SpikeScores(torch.autograd.Function):
+    """A custom autograd function running the product (its own backward)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, k)
+        return q @ k.transpose(-2, -1)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        q, k = ctx.saved_tensors
+        return g @ k, g.transpose(-2, -1) @ q
+
+
+class _Score:
+    def __call__(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return q @ k.transpose(-2, -1)
+
+
+class _ParameterFreeAttention(nn.Module):
+    """Attention without parameters of its own, reaching its product through an attribute or a Function."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        if how == "callable_attribute":
+            self.score = _Score()
+        elif how == "lambda_attribute":
+            self.score = lambda q, k: q @ k.transpose(-2, -1)
+        elif how == "partial_attribute":
+            self.score = __import__("functools").partial(torch.matmul)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        if self.how == "autograd_function":
+            return _SpikeScores.apply(q, k)
+        if self.how == "getattr":
+            return getattr(torch, "matmul")(q, k.transpose(-2, -1))
+        if self.how == "partial_attribute":
+            return self.score(q, k.transpose(-2, -1))
+        return self.score(q, k)
+
+
+class _WithParameterFreeAttention(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.q, self.k, self.attn = nn.Linear(4, 4), nn.Linear(4, 4), _ParameterFreeAttention(how)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn((self.q(x) > 0).float(), (self.k(x) > 0).float())
+
+
+@pytest.mark.parametrize("how", ["autograd_function", "callable_attribute", "lambda_attribute", "partial_attribute",
+                                 "getattr"])
+def test_a_parameter_free_attention_module_reaching_its_product_indirectly_is_counted(how):
+    torch.manual_seed(0)
+    got, want = _counted_product(_WithParameterFreeAttention(how))
+    assert got == pytest.approx(want)
+
+
+def _counted_product(net: nn.Module) -> tuple:
+    """(the counted q @ k^T row's synops, sum(|q| @ |k|^T) per sample by hand) of ``net`` (q, k: spiking Linears)."""
+    x = torch.rand(2, 5, 4)
+    counter = sl.SynOpsCounter(net, batch_size=2, neurons=False)
+    net(x)
+    rows = counter.snapshot().per_layer()
+    products = {k: v for k, v in rows.items() if k not in ("q", "k")}
+    assert len(products) == 1, rows
+    q, k = (net.q(x) > 0).double(), (net.k(x) > 0).double()
+    want = float((q.abs() @ k.abs().transpose(-2, -1)).sum()) / 2
+    assert want > 0
+    return next(iter(products.values()))["synops"], want
+
+
 class _HelperAttention(nn.Module):
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -762,14 +835,5 @@ def test_a_product_in_a_helper_function_or_under_an_alias_is_counted(how):
     """q @ k^T written in a function the forward calls (or under another name) is found in the module's code:
     its synops are sum(|q| @ |k|^T) per sample, by hand, not silently left out."""
     torch.manual_seed(0)
-    net = _HelperAttention(how)
-    x = torch.rand(2, 5, 4)
-    counter = sl.SynOpsCounter(net, batch_size=2, neurons=False)
-    net(x)
-    rows = counter.snapshot().per_layer()
-    products = {k: v for k, v in rows.items() if k not in ("q", "k")}
-    assert len(products) == 1, rows
-    q, k = (net.q(x) > 0).double(), (net.k(x) > 0).double()
-    want = float((q.abs() @ k.abs().transpose(-2, -1)).sum()) / 2
-    assert want > 0
-    assert next(iter(products.values()))["synops"] == pytest.approx(want)
+    got, want = _counted_product(_HelperAttention(how))
+    assert got == pytest.approx(want)
