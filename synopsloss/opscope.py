@@ -404,13 +404,25 @@ def _callable_counts(obj: Any) -> bool:
         return getattr(obj, "__name__", None) in _COUNTED_NAMES
     if installed(obj.__code__.co_filename):
         return (obj.__name__ in _COUNTED_NAMES) and (obj.__module__ or "").startswith("torch")
+    found = _function_code(obj, 0, set())
+    return found is not None and found[0]
+
+
+def _function_code(fn: Any, depth: int, seen: Set[Any]) -> Optional[Tuple[bool, Set[str]]]:
+    """``(counted, names)`` of a function of the user's code: its own calls and products, and what it reaches
+    (:func:`_reached_code`); ``None`` when its source cannot be read."""
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     except (OSError, TypeError, SyntaxError, IndentationError):
-        return False
-    if any(_is_matmul(n) or (isinstance(n, ast.Call) and _call_name(n) in _COUNTED_NAMES) for n in ast.walk(tree)):
-        return True
-    return _reached_code(obj, tree, 0, set())[0]
+        return None
+    counted, names = False, set()
+    for node in ast.walk(tree):
+        name = _call_name(node) if isinstance(node, ast.Call) else None
+        if name is not None:
+            names.add(name)
+        counted = counted or _is_matmul(node) or name in _COUNTED_NAMES
+    more_counted, more = _reached_code(fn, tree, depth, seen)
+    return counted or more_counted, names | more
 
 
 def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[bool, Set[str]]:
@@ -450,18 +462,10 @@ def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[b
         if (depth < _HELPER_DEPTH and inspect.isfunction(obj) and obj not in seen
                 and not installed(obj.__code__.co_filename)):
             seen.add(obj)
-            try:
-                sub = ast.parse(textwrap.dedent(inspect.getsource(obj)))
-            except (OSError, TypeError, SyntaxError, IndentationError):
-                continue
-            for inner in ast.walk(sub):
-                name = _call_name(inner) if isinstance(inner, ast.Call) else None
-                if name is not None:
-                    names.add(name)
-                counted = counted or _is_matmul(inner) or name in _COUNTED_NAMES
-            more_counted, more = _reached_code(obj, sub, depth + 1, seen)
-            counted = counted or more_counted
-            names |= more
+            found = _function_code(obj, depth + 1, seen)
+            if found is not None:
+                counted = counted or found[0]
+                names |= found[1]
     return counted, names
 
 

@@ -680,11 +680,16 @@ def _rerun(divisor_fn: Callable, spec: Any, n: int, out_shape: Shape) -> Callabl
     """The average pool described by ``spec`` (a pool module or a functional call's arguments) as a function."""
     if divisor_fn is adaptive_divisor:
         return lambda t: getattr(F, f"adaptive_avg_pool{n}d")(t, tuple(out_shape[-n:]))
-    kw: Dict[str, Any] = dict(kernel_size=spec.kernel_size, stride=spec.stride or spec.kernel_size,
-                              padding=spec.padding, ceil_mode=spec.ceil_mode, count_include_pad=spec.count_include_pad)
-    if n > 1:
-        kw["divisor_override"] = getattr(spec, "divisor_override", None)
-    return lambda t: _AVG[n](t, **kw)
+
+    def run(t: Tensor) -> Tensor:  # (its arguments read only when it runs: most pool calls never rerun)
+        kw: Dict[str, Any] = dict(kernel_size=spec.kernel_size, stride=spec.stride or spec.kernel_size,
+                                  padding=spec.padding, ceil_mode=spec.ceil_mode,
+                                  count_include_pad=spec.count_include_pad)
+        if n > 1:
+            kw["divisor_override"] = getattr(spec, "divisor_override", None)
+        return _AVG[n](t, **kw)
+
+    return run
 
 
 def _laid_out(tag: _Tag, scale: Tensor, like: Tensor) -> Tensor:
