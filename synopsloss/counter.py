@@ -87,7 +87,7 @@ from .hooks import compiling as _COMPILING
 from .hooks import STAMPS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, geometry, module_map_args, rule_weight, weight_mask
-from .records import Call, reducible_now, reduce_now, version_of, view_lead
+from .records import Call, LastInput, reducible_now, reduce_now, version_of, view_lead
 from .fastpath import EncoderGuard, FusedGuard, layer_takes_fast_path, mha_takes_fast_path
 from .opscope import OpScope, class_code, compiled_submodules
 from .pooling import PoolEvents
@@ -182,6 +182,8 @@ class _Batch(batch_layout.Evidence):
     # the nonzero patterns of the weights of calls made with gradients, as used: id(weight) -> (weight, its version,
     # bool mask) (:meth:`pattern`)
     patterns: Dict[int, tuple] = field(default_factory=dict)
+    # each layer's last call reduced when made, whose counts a call with the same input takes again (LastInput)
+    last_inputs: Dict[str, LastInput] = field(default_factory=dict)
     input_shape: Tuple[int, ...] = ()  # the shape of the first tensor the model was first called with
     probe_major: Optional[bool] = None  # a layer of known layout read [B, T, ...] (True) or [T, B, ...] (False)
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
@@ -1123,9 +1125,14 @@ class SynOpsCounter:
                     self._batch.current.clear()
                 known = self._batch.current[key] = (cache.current(entry, weight), weight, version)
             ent = known[0]
-        counts = reduce_now(x, rows, ent, events)
+        last = self._batch.last_inputs.get(name)
+        counts = None if last is None else last.counts_for(x, ent, rows, events)
         if counts is None:
-            return False
+            counts = reduce_now(x, rows, ent, events)
+            if counts is None:
+                return False
+            self._batch.last_inputs[name] = (LastInput(x, ent, rows, events, counts) if last is None
+                                             else last.after(x, ent, rows, events, counts))
         add_now(state, counts)
         state.maps = ent
         if lost:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import struct
+import weakref
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -40,7 +41,7 @@ from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
 from .reductions import BLOCK, Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
 
-__all__ = ["Call", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "view_lead"]
+__all__ = ["Call", "LastInput", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "view_lead"]
 
 #: rows of one call from which per-neuron sums are taken in float64 (float32 sums are exact below 2^24)
 WIDE_ROWS = 1 << 22
@@ -651,6 +652,63 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         if events and integer:  # integer spike counts: |x| accumulate events each
             return synops, dense, synops, 0.0, in_sum, nonzero, 0.0, eff
         return synops, dense, 0.0, eff, in_sum, nonzero, 0.0, eff
+
+
+class LastInput:
+    """A layer's last call reduced at once (:func:`reduce_now`): its counts, and what shows that a later call of
+    the layer repeats it, so that its counts are taken again without reading the input once more (a model fed the
+    same frame at every time step: snntorch's direct encoding).
+
+    A later call repeats it when it uses the same map entry (the same weight pattern), rows and rule, and its
+    input is the same data: the same tensor, or a view of the same memory with the same strides, at the same
+    version, is the candidate, and the decision is its values: :func:`torch.equal` against a copy of the input
+    taken the first time a candidate came (an edit through ``.data`` or numpy, which no version counter sees,
+    is then read anew). A candidate that is not equal stops the repeats of the layer for the batch (an input
+    rewritten in place at each step costs no comparison after that).
+
+    Example
+    -------
+    >>> x = torch.ones(2, 3)
+    >>> last = LastInput(x, "entry", 2, True, (6.0,))
+    >>> last.counts_for(x, "entry", 2, True) is None  # a candidate, but no copy yet: read it, then keep one
+    True
+    >>> last = last.after(x, "entry", 2, True, (6.0,))
+    >>> last.counts_for(x, "entry", 2, True), last.counts_for(x.clone(), "entry", 2, True)
+    ((6.0,), None)
+    """
+
+    __slots__ = ("ref", "ptr", "stride", "shape", "dtype", "version", "ent", "rows", "events", "counts", "copy",
+                 "stopped")
+
+    def __init__(self, x: Tensor, ent: Any, rows: int, events: bool, counts: Tuple[float, ...],
+                 copy: Optional[Tensor] = None, stopped: bool = False) -> None:
+        self.ref = weakref.ref(x)
+        self.ptr, self.stride, self.shape, self.dtype = x.data_ptr(), x.stride(), x.shape, x.dtype
+        self.version = version_of(x)
+        self.ent, self.rows, self.events, self.counts = ent, rows, events, counts
+        self.copy, self.stopped = copy, stopped
+
+    def candidate(self, x: Tensor, ent: Any, rows: int, events: bool) -> bool:
+        """Whether ``x`` may repeat the last input (same tensor or memory, version, map, rows and rule)."""
+        return (not self.stopped and ent is self.ent and rows == self.rows and events == self.events
+                and x.dtype is self.dtype and x.shape == self.shape and version_of(x) == self.version
+                and (self.ref() is x or (x.data_ptr() == self.ptr and x.stride() == self.stride)))
+
+    def counts_for(self, x: Tensor, ent: Any, rows: int, events: bool) -> Optional[Tuple[float, ...]]:
+        """The last call's counts when ``x`` holds the same values (else ``None``: read it)."""
+        if self.copy is None or not self.candidate(x, ent, rows, events):
+            return None
+        with torch.no_grad():
+            return self.counts if torch.equal(x.detach(), self.copy) else None
+
+    def after(self, x: Tensor, ent: Any, rows: int, events: bool, counts: Tuple[float, ...]) -> "LastInput":
+        """The record of a call read anew: a copy of its input is kept when it was a candidate (it may repeat)."""
+        cand = self.candidate(x, ent, rows, events)
+        if cand and self.copy is not None:  # the same data but other values: no more repeats in this batch
+            return LastInput(x, ent, rows, events, counts, stopped=True)
+        with torch.no_grad():
+            copy = x.detach().clone() if cand else None
+        return LastInput(x, ent, rows, events, counts, copy, self.stopped)
 
 
 @own_ops

@@ -245,3 +245,107 @@ def test_a_weight_changed_after_the_forward_without_a_version_bump_leaves_the_co
     counter.reset()
     net(x0)  # the next batch: the new pattern
     assert counter.synops().item() == pytest.approx(_hand_linear(lin, x0), rel=1e-9)
+
+
+class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops launched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _same_frame_steps(net: nn.Module, frames, grad: bool = False) -> dict:
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with torch.set_grad_enabled(grad):
+        for step in frames:
+            net(step() if callable(step) else step)
+    total = counter.snapshot().total()
+    counter.remove()
+    return {k: total[k] for k in ("synops", "dense", "eff_acs", "eff_macs")}
+
+
+@pytest.mark.parametrize("kind", ["spikes", "ReLU activations", "spike counts"])
+def test_the_same_frame_at_every_step_counts_each_step(kind):
+    """Direct encoding (snntorch's tutorials feed the same image at every step): the repeated calls take the
+    counts of the first, and the numbers are T times the hand count, as with gradients."""
+    x = _inputs()[kind]
+    conv = _conv()
+    T = 5
+    want = _hand(conv, x)
+    now = _same_frame_steps(nn.Sequential(conv), [x] * T)
+    later = _same_frame_steps(nn.Sequential(conv), [x.clone().requires_grad_(True)] * T, grad=True)
+    for key, value in want.items():
+        tol = 1e-6 if key == "synops" and "activations" in kind else 1e-12
+        assert now[key] == pytest.approx(T * value, rel=tol), key
+        assert now[key] == pytest.approx(later[key], rel=1e-12), key
+
+
+def test_a_frame_viewed_anew_at_each_step_counts_each_step():
+    lin, x0, _ = _linear_pair()
+    frame = x0.reshape(256, 8, 64)
+    now = _same_frame_steps(nn.Sequential(lin), [lambda: frame.view(256, 512)] * 4)
+    assert now["synops"] == pytest.approx(4 * _hand_linear(lin, x0), rel=1e-12)
+
+
+@pytest.mark.parametrize("edit", ["data", "numpy", "copy_"])
+def test_a_frame_rewritten_between_steps_counts_each_step_with_its_values(edit):
+    """The same tensor object with new values: through ``.data`` or numpy (no version bump) or ``copy_``."""
+    lin, x0, x1 = _linear_pair()
+    frames = [x0, x1, x0, x1, x1]
+    buf = x0.clone()
+    seen = []
+
+    def step(i):
+        def make():
+            if edit == "data":
+                buf.data[:] = frames[i]
+            elif edit == "numpy":
+                buf.numpy()[:] = frames[i].numpy()
+            else:
+                buf.copy_(frames[i])
+            seen.append(buf.clone())
+            return buf
+        return make
+
+    now = _same_frame_steps(nn.Sequential(lin), [step(i) for i in range(len(frames))])
+    want = sum(_hand_linear(lin, f) for f in seen)
+    assert len(seen) == 5 and now["synops"] == pytest.approx(want, rel=1e-12)
+
+
+def test_a_frame_repeated_after_the_weight_is_pruned_counts_with_the_new_map():
+    lin, x0, _ = _linear_pair()
+    net = nn.Sequential(lin)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with torch.no_grad():
+        net(x0)
+        net(x0)
+        first = _hand_linear(lin, x0)
+        lin.weight[:, :300] = 0.0
+        net(x0)
+        net(x0)
+    assert counter.synops().item() == pytest.approx(2 * first + 2 * _hand_linear(lin, x0), rel=1e-12)
+
+
+def test_a_repeated_frame_is_not_read_again():
+    """From the third call on (the second keeps a copy), a repeat costs one comparison, not the reads."""
+    lin, x0, _ = _linear_pair()
+    net = nn.Sequential(lin)
+    plain = nn.Sequential(nn.Linear(512, 64, bias=False))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x0)
+        counted, bare = _Ops(), _Ops()
+        with counted:
+            net(x0)
+        with bare:
+            plain(x0)
+    # the weight's nonzero pattern checked once per forward (a count and its read), then the detach of the input
+    # and torch.equal: a call read anew launches more than twice that many
+    assert counted.n - bare.n <= 5
+    assert counter.synops().item() == pytest.approx(4 * _hand_linear(lin, x0), rel=1e-12)
