@@ -151,7 +151,6 @@ import ast
 import builtins
 import functools
 import inspect
-import os
 import sys
 import textwrap
 import weakref
@@ -164,7 +163,7 @@ from torch.nn.utils import parametrize
 
 from . import registry
 from .errors import UnsupportedLayerWarning
-from .hooks import COMPILED, OWN, HookSet, installed
+from .hooks import COMPILED, MODE_HANDLERS, OWN, HookSet, installed, made_by_package
 from .maps import OpCounts, Rule
 from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, record_op
 from .records import view_lead
@@ -199,7 +198,6 @@ _COUNTED_NAMES = frozenset({
     "conv_transpose3d", "convolution", "scaled_dot_product_attention", "multi_head_attention_forward",
 })
 _SKIP_METHODS = frozenset({"__init__", "extra_repr", "reset_parameters", "_reset_parameters", "__repr__"})
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _WATCHED = frozenset(COUNTED_OPS) | frozenset(FLAGGED_OPS) | frozenset(TRANSPARENT_OPS)
 
 
@@ -583,7 +581,7 @@ class _Mode(torch.overrides.TorchFunctionMode):
             with self:  # re-entered: the composite's inner ops are counted one by one
                 return body(*args, **kwargs)
         out = func(*args, **kwargs)
-        if scopes and not OWN.depth and not sys._getframe(1).f_code.co_filename.startswith(_PACKAGE_DIR):
+        if scopes and not OWN.depth and not made_by_package(sys._getframe(1)):
             for scope in scopes:  # (not the counter's own ops: its hooks, e.g. neuron statistics, and reductions)
                 scope._on_op(func, args, kwargs, out)
         return out
@@ -608,6 +606,7 @@ class _Mode(torch.overrides.TorchFunctionMode):
 
 
 _MODE = _Mode()
+MODE_HANDLERS.add(_Mode.__torch_function__.__code__)
 
 
 @dataclass

@@ -32,7 +32,6 @@ tensor([[1., 2., 1.]], dtype=torch.float64)
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import warnings
 import weakref
@@ -46,7 +45,7 @@ from torch import Tensor, nn
 from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
-from .hooks import installed
+from .hooks import MODE_HANDLERS, installed, made_by_package
 from .records import version_of
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
@@ -197,15 +196,14 @@ class _PoolMode(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         handler = self.handlers.get(func)
-        if handler is not None and isinstance(out, Tensor) \
-                and not sys._getframe(1).f_code.co_filename.startswith(_PACKAGE_DIR):
+        if handler is not None and isinstance(out, Tensor) and not made_by_package(sys._getframe(1)):
             events = self.events()
             if events is not None and events.framed:
                 handler(events, func, args, kwargs, out)
         return out
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+MODE_HANDLERS.add(_PoolMode.__torch_function__.__code__)
 
 
 class PoolEvents:

@@ -780,10 +780,12 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     with torch.no_grad():
         eff, in_sum, nz, amax, spiking, dense, integer = cols[1:]  # (spiking: every value in {-1, 0, 1})
         if any(events):  # integer spike counts: |x| accumulate events each (the synops, detached)
-            counted = integer & ~spiking
+            # (spikes too: their synops are their effective ops, except after an average pool, whose output may
+            # hold only 0 and 1 while each value stands for several events of its input)
+            counted = integer
             if not all(events):
                 counted = counted & torch.tensor(events, device=counted.device)
-            ac = torch.where(spiking, eff, torch.where(counted, synops.detach(), eff.new_zeros(())))
+            ac = torch.where(counted, synops.detach(), torch.where(spiking, eff, eff.new_zeros(())))
             is_ac = spiking | counted
         else:
             ac, is_ac = torch.where(spiking, eff, eff.new_zeros(())), spiking

@@ -332,7 +332,8 @@ def all_integer(t: Tensor, tol: float, scratch: Scratch, nonneg: bool = False) -
 
 
 def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Optional[Tensor] = None) -> Tensor:
-    """Number of nonzero (or NaN) elements of ``t`` (of ``t - minus``), as a 0-dim ``dtype`` tensor.
+    """Number of nonzero (or NaN) elements of ``t`` (with ``minus``: of elements where ``t != minus``, NaN
+    included), as a 0-dim ``dtype`` tensor.
 
     Exact (per-column float sums of a block stay below 2**24) and sync-free.
     """
@@ -347,13 +348,12 @@ def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Option
         walk = _Walk(flat)
         for span in walk.spans:
             b = walk.block(flat, span)
-            buf = _buffer(scratch, b, torch.promote_types(b.dtype, b.dtype if fm is None else fm.dtype), 0)
-            if fm is not None:
-                torch.sub(b, walk.block(fm, span), out=buf)
-                b = buf
             u = _buffer(scratch, b, torch.bool, 2)
-            u.copy_(b)  # nonzero (or NaN) -> True: a cast, faster than ``b != 0``; its bytes counted as int64 lanes
-            total += count_true(u).to(dtype)
+            if fm is not None:  # (one comparison: a value that changed, or NaN; no difference is written)
+                torch.ne(b, walk.block(fm, span), out=u)
+            else:
+                u.copy_(b)  # nonzero (or NaN) -> True: a cast, faster than ``b != 0``
+            total += count_true(u).to(dtype)  # (its bytes counted as int64 lanes)
         return total
 
 

@@ -208,7 +208,8 @@ class SynapseState:
             acs, macs = torch.where(spk, eff, zero), torch.where(spk, zero, eff)
             if any(e is not None for e in events):  # spike counts: their events are ACs, no MACs
                 no = (zero.bool(), zero)
-                counted = torch.stack([(e or no)[0] for e in events]).reshape(eff.shape) & ~spk
+                # (spikes too: their events are their effective ops, except after an average pool)
+                counted = torch.stack([(e or no)[0] for e in events]).reshape(eff.shape)
                 ev = torch.stack([(e or no)[1] for e in events]).reshape(eff.shape)
                 acs, macs = torch.where(counted, ev, acs), torch.where(counted, zero, macs)
             sums = {

@@ -508,3 +508,41 @@ def test_a_functional_max_pool_after_an_average_pool_passes_on_the_events_it_pic
     got = counter.snapshot().per_layer()["fc"]
     assert got["synops"] == pytest.approx(float((events.double() @ _fan(net.fc)).sum()) / 3)
     assert got["eff_macs"] == 0
+
+
+class _FunctionalHead(nn.Module):
+    """``F.avg_pool2d`` then ``F.conv2d`` in ``forward``: counted by the function mode."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return F.conv2d(F.avg_pool2d(x, 2), self.conv.weight, None, 1, 1)
+
+
+@pytest.mark.parametrize("path", ["module", "functional"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_pooled_values_of_only_0_and_1_still_count_each_event_as_an_accumulate(path, grad):
+    """Windows all-or-none: the pooled values are 0 and 1, yet each stands for 4 spikes (events mode). Before,
+    their ACs were counted as pooled nonzeros (8 for 4 spikes), and 3 spikes in the window gave more (24)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+    net = nn.Sequential(nn.AvgPool2d(2), conv) if path == "module" else _FunctionalHead(conv)
+    fan = torch.zeros(1, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    F.conv2d(fan, (conv.weight != 0).double(), None, 1, 1).sum().backward()
+    for spikes in (4, 3):
+        x = torch.zeros(2, 1, 4, 4)
+        x[:, 0, :2, :2] = 1.0
+        x.view(2, -1)[:, :4 - spikes] = 0.0  # (the first row of the window loses 4 - spikes of its spikes)
+        x[1, 0, 2:, 2:] = 1.0  # a second sample: another full window
+        events = x.double().reshape(2, 1, 2, 2, 2, 2).sum((3, 5))  # spikes per window
+        want = float((events * fan.grad).sum()) / 2
+        counter = sl.SynOpsCounter(net, neurons=False)
+        with torch.set_grad_enabled(grad):
+            net(x.requires_grad_(grad))
+        row = counter.snapshot().total()
+        counter.remove()
+        assert row["synops"] == pytest.approx(want, rel=1e-12), spikes
+        assert row["eff_acs"] == pytest.approx(want, rel=1e-12), spikes
+        assert row["eff_macs"] == 0.0
