@@ -235,8 +235,11 @@ class NeuroBenchMetrics:
 
         The layers are those NeuroBench hooks: instances of
         ``model.activation_modules`` (``nn.ReLU``, ``nn.Sigmoid``, and
-        ``snn.SpikingNeuron`` for ``SNNTorchModel``) not inside another one;
-        for a plain network, every neuron layer and ``ReLU`` / ``Sigmoid``.
+        ``snn.SpikingNeuron`` for ``SNNTorchModel``) not inside another one,
+        and the spiking neuron layers that list misses (a ``TorchModel``'s
+        list has no neuron type: NeuroBench reports 0.0 for an snntorch net
+        wrapped in it); for a plain network, every neuron layer and ``ReLU`` /
+        ``Sigmoid``.
         """
         if self._batch is None:
             raise RuntimeError("ActivationSparsity: no batch was counted yet")
@@ -246,8 +249,12 @@ class NeuroBenchMetrics:
         for name, s in self._batch.neurons.items():
             if kinds:
                 module = self.net.get_submodule(name)
-                parents = [self.net.get_submodule(".".join(name.split(".")[:i])) for i in range(1, name.count(".") + 1)]
-                if isinstance(module, kinds) and not any(isinstance(p, kinds) for p in parents):
+                above = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+                # (and spiking neurons that the model's list misses: an snntorch net wrapped in TorchModel, whose
+                # list holds ReLU and Sigmoid only, has its neurons' membrane updates counted too)
+                if (isinstance(module, kinds) or s.kind == "neuron") and not any(
+                        isinstance(self.net.get_submodule(p), kinds)
+                        or getattr(self._batch.neurons.get(p), "kind", None) == "neuron" for p in above):
                     names.append(name)
             elif s.kind == "neuron" or s.type in ("ReLU", "Sigmoid"):
                 names.append(name)

@@ -175,3 +175,43 @@ def test_metrics_refuse_what_they_cannot_count():
         x = next(iter(loader((5, 6))))
         with pytest.raises(ValueError, match="another network"):
             metrics.SynapticOperations()(other, other(x[0]), x)
+
+
+class _TimeLoop(nn.Module):
+    """An snntorch net that loops over T itself ([B, T, 6]), as NeuroBench's TorchModel takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import snntorch as snn
+
+        self.fc1, self.lif1 = nn.Linear(6, 8), snn.Leaky(beta=0.8, threshold=0.3, init_hidden=True)
+        self.fc2, self.lif2 = nn.Linear(8, 3), snn.Leaky(beta=0.8, init_hidden=True)
+
+    def forward(self, x):
+        from snntorch import utils
+
+        utils.reset(self)
+        out = 0
+        for t in range(x.shape[1]):
+            out = out + self.lif2(self.fc2(self.lif1(self.fc1(x[:, t]))))
+        return out
+
+
+def test_activation_sparsity_of_an_snntorch_net_in_torch_model_reads_its_neurons():
+    """TorchModel's activation list holds ReLU and Sigmoid only (NeuroBench reports 0.0 here): the sparsity is
+    that of the Leaky outputs, as the membrane updates already count those neurons."""
+    torch.manual_seed(0)
+    net = _TimeLoop()
+    x = (torch.rand(4, 5, 6, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    data = DataLoader(TensorDataset(x, torch.zeros(4)), batch_size=4)
+    outs = []
+    hooks = [m.register_forward_hook(lambda m, a, o: outs.append(o.detach().clone())) for m in (net.lif1, net.lif2)]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    total, zeros = sum(o.numel() for o in outs), sum(int((o == 0).sum()) for o in outs)
+    model = TorchModel(net)
+    with NeuroBenchMetrics(model) as m:
+        ours = run(model, data, [m.ActivationSparsity])
+    assert ours["ActivationSparsity"] == pytest.approx(zeros / total, rel=1e-12)
