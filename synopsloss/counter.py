@@ -586,6 +586,7 @@ class SynOpsCounter:
                 "ConvTransposeNd or a registered rule); nothing would be counted. Pass the model that "
                 "holds the synaptic layers, or register a rule for your layer type with "
                 "synopsloss.register_rule (custom_rules= for this counter only)"
+                + (f". Modules it cannot count: {', '.join(self._unsupported)}" if self._unsupported else "")
             )
         for module in frames:
             self._hooks.pre(module, self._pools.enter, owned=False, prepend=True)  # opened first, closed last
@@ -624,7 +625,11 @@ class SynOpsCounter:
         elif registry.neuron_library(module) == "sinabs":
             self._batch_first_layers = True
         has_params = any(True for _ in module.parameters(recurse=False)) or parametrize.is_parametrized(module)
-        if has_params and not registry.has_no_synapse(module) and registry.neuron_library(module) is None \
+        why = registry.uncountable(module)
+        if why is not None:
+            self._unsupported.append(f"{name or '<root>'} ({type(module).__name__}: {why})")
+            self._scope.opaque(name, module)
+        elif has_params and not registry.has_no_synapse(module) and registry.neuron_library(module) is None \
                 and not self._scope.scoped_params(name, module):
             self._unsupported.append(f"{name or '<root>'} ({type(module).__name__})")
 

@@ -649,6 +649,7 @@ class OpScope:
         self.scoped: Dict[str, str] = {}  # module name -> why it is counted op by op
         self.own_rule: Set[str] = set()  # rule modules counted op by op (rule 3)
         self.param_modules: Dict[str, nn.Module] = {}  # scoped modules with parameters and no rule
+        self._opaque: Set[str] = set()  # modules named as unsupported, whose products are not counted (opaque)
         self.used_params: Set[int] = set()  # ids of parameters a counted op used as (or to build) its weight
         self.weight_frames: Set[str] = set()  # frames in which a weight op was counted
         self._owner: Dict[int, str] = {}  # id(parameter) -> rule layer owning it
@@ -701,6 +702,12 @@ class OpScope:
         self.param_modules[name] = module
         return True
 
+    def opaque(self, name: str, module: nn.Module) -> None:
+        """A module whose synapses cannot be counted (:data:`synopsloss.registry.UNCOUNTABLE`, named as unsupported):
+        inside a module counted op by op its forward gets a frame that counts nothing."""
+        self.scoped.pop(name, None)
+        self._opaque.add(name)
+
     def _wants(self, module: nn.Module) -> Optional[str]:
         """Rules 1 and 4 for modules without parameters of their own, and for neuron modules."""
         if isinstance(module, registry._types(registry.OP_SCOPED)):
@@ -751,7 +758,9 @@ class OpScope:
         for name, module in modules.items():
             if name not in inside:
                 continue
-            if name in self.scoped:
+            if name in self._opaque:
+                kind = "quiet"  # named as unsupported: its products are not counted
+            elif name in self.scoped:
                 kind = "count"
             elif name in layers:
                 kind = "quiet"  # counted by its module hook

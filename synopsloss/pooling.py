@@ -650,12 +650,14 @@ class PoolEvents:
 def _picked(module: nn.Module, n: int, x: Tensor, events: Tensor) -> Tensor:
     """The values of ``events`` (laid out like ``x``) at the positions max pool ``module`` (over ``n`` dims) picks
     from ``x``."""
+    lead = x.shape[:-n]
+    flat = x.detach().reshape(-1, *x.shape[-(n + 1):]) if x.dim() > n + 2 else x.detach()  # ([T, B, ...]: SJ 'm')
     if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
-        _, idx = getattr(F, f"adaptive_max_pool{n}d")(x.detach(), module.output_size, return_indices=True)
+        _, idx = getattr(F, f"adaptive_max_pool{n}d")(flat, module.output_size, return_indices=True)
     else:
-        _, idx = getattr(F, f"max_pool{n}d")(x.detach(), module.kernel_size, module.stride, module.padding,
+        _, idx = getattr(F, f"max_pool{n}d")(flat, module.kernel_size, module.stride, module.padding,
                                               module.dilation, module.ceil_mode, return_indices=True)
-    return _gather(events, idx, n)
+    return _gather(events, idx.reshape(*lead, *idx.shape[-n:]), n)
 
 
 def _per_value(events: Tensor, output: Tensor) -> Tensor:

@@ -340,6 +340,21 @@ OP_SCOPED: Dict[TypeKey, str] = {
     "spikingjelly.activation_based.layer.attention.SpikingSelfAttention": "(v @ k^T) @ q spike products",
 }
 
+#: Module types with weights that no rule can count: named as unsupported (their synops are not included), and
+#: their forward is not counted op by op (its products would give a number that looks right and is not).
+UNCOUNTABLE: Dict[TypeKey, str] = {
+    # in training a random mask drops weights per sample (torch.bmm of the masked weights and the input); in eval
+    # it computes F.linear(x, w) and F.linear(x ** 2, w ** 2) for its Gaussian sampling: two products per pass
+    "spikingjelly.activation_based.layer.DropConnectLinear": "its weights are sampled anew at every call",
+}
+
+
+def uncountable(module: nn.Module) -> Optional[str]:
+    """Why ``module``'s synapses cannot be counted (:data:`UNCOUNTABLE`), or ``None``."""
+    found = _lookup(UNCOUNTABLE, module)
+    return None if found is None else str(found)
+
+
 #: Types with a map rule whose class overrides ``forward`` but applies the rule's weight unchanged (so the
 #: module hook stays: cheaper, and the AvgPool correction applies). Any other override is counted op by op.
 RULE_FORWARD_AS_IS: Tuple[TypeKey, ...] = tuple(

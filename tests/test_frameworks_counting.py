@@ -559,3 +559,42 @@ def test_a_sinabs_from_model_network_counts_its_spiking_model_only():
     # by hand: each input spike reaches the conv's 4 x (taps that cover it) synapses, 10 = B x T rows over 2 samples
     fan = torch.nn.functional.conv_transpose2d(torch.ones(1, 4, 6, 6), (net.spiking_model[0].weight != 0).float())
     assert got["spiking_model.0"].item() == pytest.approx(float((x * fan).sum()) / 2)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_a_drop_connect_linear_is_named_as_unsupported_not_counted_op_by_op(training):
+    """SpikingJelly's DropConnectLinear samples its weights at every call (in eval it also runs
+    F.linear(x ** 2, w ** 2)): its products were counted op by op, 60 for 30 in eval. It is named instead, and the
+    layers around it keep their exact counts."""
+    import warnings
+
+    import torch.nn.functional as F
+    from spikingjelly.activation_based import layer
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 6, bias=False)
+            self.dc = layer.DropConnectLinear(6, 5, p=0.5, bias=False)
+            self.w = nn.Parameter(torch.randn(4, 5))
+
+        def forward(self, x):
+            return F.linear(self.dc(self.fc(x)), self.w)
+
+    torch.manual_seed(0)
+    net = Net().train(training)
+    x = (torch.rand(3, 6) < 0.5).float()
+    with pytest.warns(sl.UnsupportedLayerWarning, match=r"dc \(DropConnectLinear"):
+        counter = sl.SynOpsCounter(net)
+    assert counter.unsupported == ["dc (DropConnectLinear: its weights are sampled anew at every call)"]
+    seen = []
+    hook = net.dc.register_forward_hook(lambda m, a, out: seen.append(out.detach().double()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)
+        net(x)
+    hook.remove()
+    rows = counter.synops(by_layer=True)
+    assert set(rows) == {"fc", "linear"}
+    assert rows["fc"].item() == pytest.approx(float((x.double() * (net.fc.weight != 0).sum(0)).sum()) / 3)
+    want = float((seen[0].abs() * (net.w != 0).sum(0)).sum()) / 3
+    assert rows["linear"].item() == pytest.approx(want, rel=1e-6)

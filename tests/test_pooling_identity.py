@@ -546,3 +546,27 @@ def test_pooled_values_of_only_0_and_1_still_count_each_event_as_an_accumulate(p
         assert row["synops"] == pytest.approx(want, rel=1e-12), spikes
         assert row["eff_acs"] == pytest.approx(want, rel=1e-12), spikes
         assert row["eff_macs"] == 0.0
+
+
+def test_a_multi_step_max_pool_after_an_average_pool_passes_on_the_events_it_picks():
+    """SpikingJelly ``step_mode='m'`` pools read ``[T, B, C, H, W]``: the max pool's picks are taken over the
+    folded steps (attaching the counter made this forward raise before)."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    T, B = 4, 2
+    net = nn.Sequential(layer.Conv2d(2, 3, 3, padding=1, step_mode="m"), neuron.IFNode(step_mode="m", v_threshold=0.2),
+                        layer.AvgPool2d(2, step_mode="m"), layer.MaxPool2d(2, step_mode="m"),
+                        layer.Flatten(step_mode="m"), layer.Linear(3, 2, bias=False, step_mode="m"))
+    x = (torch.rand(T, B, 2, 4, 4) < 0.5).float()
+    spikes = []
+    hook = net[1].register_forward_hook(lambda m, a, out: spikes.append(out.detach().double()))
+    plain = net(x).detach()
+    hook.remove()
+    functional.reset_net(net)
+    events = spikes[0].reshape(T, B, 3, 2, 2, 2, 2).sum((4, 6))  # spikes per 2x2 window: [T, B, 3, 2, 2]
+    picked = events.amax((-2, -1))  # the max pool picks the largest pooled value, the most events
+    want = float((picked * (net[5].weight != 0).sum(0).double()).sum()) / B
+    counter = sl.SynOpsCounter(net)
+    assert torch.equal(net(x), plain)
+    assert want > 0 and counter.synops(by_layer=True)["5"].item() == pytest.approx(want, rel=1e-12)
