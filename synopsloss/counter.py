@@ -1612,6 +1612,9 @@ class SynOpsCounter:
             vals = torch.cat(parts) if len(parts) > 1 else parts[0]
             idx = (torch.cat(index) if len(index) > 1 else index[0]).to(vals.device)
             out[name] = vals.new_zeros(b).index_add(0, idx, vals).to(torch.get_default_dtype())
+        if self.check_finite and out and not bool(torch.isfinite(torch.stack([v.detach().sum() for v in out.values()])
+                                                                  ).all()):
+            self._raise_nonfinite()  # (one host read per call of per_sample, as synops() makes)
         for v in out.values():
             if v.requires_grad:
                 self._watch_backward(v)

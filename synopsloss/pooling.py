@@ -174,7 +174,9 @@ class _Tag:
         # base alive, not the tensor it was taken from, and a pool's output can itself be a view
         # (avg_pool1d squeezes a 2-d result), which may be freed while the data is still read.
         owner = t._base if t._base is not None else t
-        self.owner = weakref.ref(owner)
+        # An inference tensor's views have no ``_base`` (under ``torch.inference_mode`` a flatten of the pool's
+        # output does not keep it alive): held until the tags are cleared (the next forward of the model)
+        self.owner = (lambda: owner) if owner.is_inference() else weakref.ref(owner)
         self.version = version_of(t)  # shared by every view of the memory
         self.numel, self.shape, self.offset = t.numel(), tuple(t.shape), t.storage_offset()
         self.stride = t.stride()

@@ -336,3 +336,22 @@ def test_the_t_quantile_of_the_confidence_interval_is_students_at_every_sample_c
     v = np.arange(40, dtype=float) ** 1.5
     d = distribution(v.tolist())
     assert d["ci95"] == pytest.approx(stats.t.ppf(0.975, 39) * v.std(ddof=1) / np.sqrt(40), rel=1e-10)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_per_sample_refuses_nan_and_inf_as_synops_does(bad):
+    """per_sample() returned [12.0, 12.0, nan] where synops() and snapshot() raise."""
+    net = nn.Linear(4, 3)
+    x = torch.ones(3, 4)
+    x[2, 1] = bad
+    counter = sl.SynOpsCounter(net, neurons=False, per_sample=True)
+    net(x)
+    with pytest.raises(FloatingPointError, match="NaN or inf in the input of layer"):
+        counter.per_sample()
+    with pytest.raises(FloatingPointError, match="NaN or inf in the input of layer"):
+        counter.per_sample(by_layer=True)
+    counter.remove()
+    unchecked = sl.SynOpsCounter(net, neurons=False, per_sample=True, check_finite=False)
+    net(x)
+    values = unchecked.per_sample()
+    assert values[:2].tolist() == [12.0, 12.0] and not bool(torch.isfinite(values[2]))
