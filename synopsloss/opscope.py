@@ -159,7 +159,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch.nn.utils import parametrize, prune
 
 from . import registry
 from .errors import UnsupportedLayerWarning
@@ -175,6 +175,8 @@ OPS_MODES = ("auto", "all", "none")
 
 #: Most autograd nodes walked to decide whether a tensor was computed from parameters only.
 MAX_WALK = 32
+#: tensors computed from parameters without gradients that one forward follows (a weight per op is a handful)
+MAX_MADE = 4096
 
 #: Autograd node types of weight preprocessing: elementwise, view and reduction ops (a masked,
 #: fake-quantised or standardised weight). A matmul, convolution, embedding, a custom Function or any
@@ -574,7 +576,12 @@ class _Mode(torch.overrides.TorchFunctionMode):
         if kwargs is None:
             kwargs = {}
         if func not in _WATCHED:
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if self.scopes and not torch.is_grad_enabled():  # (no autograd record: follow weights made of parameters)
+                for scope in self.scopes:
+                    if scope._counting():
+                        scope._follow(args, kwargs, out)
+            return out
         scopes = [s for s in self.scopes if s._counting()]
         body = TRANSPARENT_OPS.get(func)
         if body is not None and scopes:
@@ -650,6 +657,9 @@ class OpScope:
         self.own_rule: Set[str] = set()  # rule modules counted op by op (rule 3)
         self.param_modules: Dict[str, nn.Module] = {}  # scoped modules with parameters and no rule
         self._opaque: Set[str] = set()  # modules named as unsupported, whose products are not counted (opaque)
+        # without gradients: tensors a counting frame computed from parameters only, id -> (weakref, parameter ids)
+        self._made: Dict[int, Tuple[Any, Tuple[int, ...]]] = {}
+        self._pruned: List[Tuple[Any, str]] = []  # (module, name) of weights torch.nn.utils.prune computes
         self.used_params: Set[int] = set()  # ids of parameters a counted op used as (or to build) its weight
         self.weight_frames: Set[str] = set()  # frames in which a weight op was counted
         self._owner: Dict[int, str] = {}  # id(parameter) -> rule layer owning it
@@ -742,6 +752,9 @@ class OpScope:
         if self.ops == "all":
             self.scoped.setdefault("", "ops='all'")
         modules = dict(model.named_modules())
+        self._pruned = [(weakref.ref(m), h._tensor_name) for m in modules.values() for h in m._forward_pre_hooks.values()
+                        for h in (getattr(h, "_pruning_methods", None) or (h,))
+                        if isinstance(h, prune.BasePruningMethod)]
         for name, module in modules.items():
             if name not in self.scoped and not (name in layers) and (
                     registry.neuron_library(module) is not None or not any(True for _ in module.parameters(False))):
@@ -825,6 +838,8 @@ class OpScope:
                 "products and functional weight ops), which cannot run inside torch.compile: those synops are NOT "
                 "counted while it is compiled (module layers still are). Compile after counter.remove(), or count "
                 "with an uncompiled model that shares the parameters.", stacklevel=5)
+        if not self._stack:
+            self._made.clear()
         if not self._stack and enabled and counting:
             self._refresh_storages(counter.model)
         frame = _Frame(name, weakref.ref(module), counting and enabled, name in self.own_rule)
@@ -866,9 +881,66 @@ class OpScope:
             if p is not None:
                 self._leaves.append(id(p))
             return True
-        if t.grad_fn is None or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():  # (no autograd record: what the mode saw the frame compute)
+            made = self._made.get(id(t))
+            if made is None or made[0]() is not t or not made[1]:
+                pruned = self._pruned_leaf(t)
+                if pruned is None:
+                    return False
+                made = (None, (pruned,))
+            self._leaves.extend(made[1])
+            return True
+        if t.grad_fn is None:
             return False
         return self._derived(t)
+
+    def _pruned_leaf(self, t: Tensor) -> Optional[int]:
+        """The id of the parameter ``<name>_orig`` when ``t`` is the weight ``torch.nn.utils.prune`` computed for
+        ``module.<name>`` before the forward (its pre-hook runs outside the frame: without gradients the product of
+        the parameter and its mask has no record)."""
+        for ref, name in self._pruned:
+            module = ref()
+            if module is not None and module.__dict__.get(name) is t:
+                p = module._parameters.get(name + "_orig")
+                return id(p) if p is not None else None
+        return None
+
+    def _follow(self, args: tuple, kwargs: dict, out: Any) -> None:
+        """An op that the mode passed through in a counting frame without gradients: its outputs are weights
+        made of parameters when its tensors are parameters, buffers, scalars or such weights (the rule of
+        :meth:`_derived`, which reads autograd's record when there is one): ``self.w * self.mask`` then ``.t()``."""
+        leaves: List[int] = []
+        ok = True
+        for t in _tensor_args(args, kwargs):
+            made = self._made.get(id(t))
+            if made is not None and made[0]() is t:
+                leaves.extend(made[1])
+                continue
+            if t.layout != torch.strided or t.device.type == "meta" or _is_lazy(t):
+                ok = False
+                break
+            st = _storage(t)
+            pruned = self._pruned_leaf(t)
+            if pruned is not None:
+                leaves.append(pruned)
+            elif st in self._own_storages:
+                p = _param_of(t)
+                if p is None:
+                    ok = False
+                    break
+                leaves.append(id(p))
+            elif not (t.numel() == 1 or st in self._buffer_storages):
+                ok = False  # data or an activation: what it makes is no weight
+                break
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        for o in outs:
+            if isinstance(o, Tensor):
+                if ok and leaves:
+                    if len(self._made) >= MAX_MADE:
+                        self._made.clear()
+                    self._made[id(o)] = (weakref.ref(o), tuple(leaves))
+                else:
+                    self._made.pop(id(o), None)  # (an in-place op that mixed data into one)
 
     def _derived(self, t: Tensor) -> bool:
         """Whether autograd recorded ``t`` as computed from parameters only (bounded walk)."""

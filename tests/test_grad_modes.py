@@ -227,3 +227,73 @@ def test_a_changed_conv_geometry_gets_its_own_map():
     m[0].dilation, m[0].padding = (2, 2), (2, 2)  # outputs 4x4 still; each input reaches 2 x 2 of them
     m(x)
     assert counter.snapshot().layers["0"].synops == 64.0
+
+
+class _MaskedMatmul(nn.Module):
+    """A weight made in the forward from a parameter and a mask buffer, used through ``@``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(5, 5))
+        self.w2 = nn.Parameter(torch.randn(3, 5))
+        self.register_buffer("m2", (torch.rand(3, 5) < 0.5).float())
+
+    def forward(self, x):
+        h = (torch.nn.functional.linear(x, self.w1) > 0).float()
+        return h @ (self.w2 * self.m2).t()
+
+
+class _PrunedMatmul(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 5))
+
+    def forward(self, x):
+        return x @ self.weight.t()
+
+
+def _modes():
+    return {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_weight_made_in_the_forward_is_a_weight_without_gradients_too(batch):
+    """Without gradients there is no autograd record to read: the mode follows the ops the frame computes from
+    parameters and buffers. Before, batch 1 counted |w| as an activation product (2.65 for 2.0), batch 3 raised."""
+    torch.manual_seed(0)
+    net = _MaskedMatmul()
+    x = (torch.rand(batch, 5) < 0.6).float()
+    h = (torch.nn.functional.linear(x, net.w1) > 0).double()
+    fan2 = ((net.w2 * net.m2) != 0).double().sum(0)
+    want = {"linear": float((x.double() * (net.w1 != 0).sum(0)).sum()) / batch,
+            "matmul": float((h * fan2).sum()) / batch}
+    assert want["matmul"] > 0
+    for mode, ctx in _modes().items():
+        counter = sl.SynOpsCounter(net, neurons=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", sl.SynOpsWarning)
+            with ctx():
+                net(x)
+        rows = counter.snapshot().per_layer()
+        counter.remove()
+        for name, value in want.items():
+            assert rows[name]["synops"] == pytest.approx(value, rel=1e-12), (mode, name)
+            assert rows[name]["eff_acs"] == pytest.approx(value, rel=1e-12), (mode, name)
+
+
+def test_a_pruned_weight_used_through_matmul_is_a_weight_without_gradients_too():
+    """torch.nn.utils.prune computes ``module.weight`` in a pre-hook, outside the counting frame."""
+    torch.manual_seed(1)
+    net = _PrunedMatmul()
+    torch.nn.utils.prune.random_unstructured(net, "weight", amount=0.5)
+    x = (torch.rand(1, 5) < 0.7).float()
+    want = float((x.double() * (net.weight != 0).sum(0)).sum())
+    for mode, ctx in _modes().items():
+        counter = sl.SynOpsCounter(net, neurons=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", sl.SynOpsWarning)
+            with ctx():
+                net(x)
+        got = counter.synops().item()
+        counter.remove()
+        assert got == pytest.approx(want, rel=1e-12), mode
