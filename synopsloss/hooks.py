@@ -147,11 +147,6 @@ _INSTALLED = tuple(sorted({os.path.join(p, "") for p in (sysconfig.get_paths()[k
 
 #: the package's directory: an op made by a frame of a file under it is the package's own (not counted)
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
-#: code objects of the package's function-mode handlers (``__torch_function__``): an op such a handler runs is
-#: the call of the frame that made the op (two modes of the package, stacked, each see the user's op)
-MODE_HANDLERS: set = set()
-
-
 def made_by_package(frame: Any) -> bool:
     """Whether the op whose ``__torch_function__`` was called from ``frame`` was made by the package's own code
     (its reductions, its hooks), not by the model: the package's mode handlers in between are passed over.
@@ -162,7 +157,8 @@ def made_by_package(frame: Any) -> bool:
     >>> made_by_package(sys._getframe(0))  # (a frame of this doctest, outside the package)
     False
     """
-    while frame is not None and frame.f_code in MODE_HANDLERS:
+    while frame is not None and frame.f_code.co_name == "__torch_function__" \
+            and frame.f_code.co_filename.startswith(PACKAGE_DIR):  # (two modes of the package, stacked)
         frame = frame.f_back
     return frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR)
 

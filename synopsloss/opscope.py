@@ -163,7 +163,7 @@ from torch.nn.utils import parametrize, prune
 
 from . import registry
 from .errors import UnsupportedLayerWarning
-from .hooks import COMPILED, MODE_HANDLERS, OWN, HookSet, installed, made_by_package
+from .hooks import COMPILED, OWN, compiling as _DYNAMO, HookSet, installed, made_by_package
 from .maps import OpCounts, Rule
 from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, record_op
 from .records import view_lead
@@ -575,6 +575,8 @@ class _Mode(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         if kwargs is None:
             kwargs = {}
+        if _DYNAMO():  # (traced by torch.compile: its ops are not counted, as _enter warns)
+            return func(*args, **kwargs)
         if func not in _WATCHED:
             out = func(*args, **kwargs)
             if self.scopes and not torch.is_grad_enabled():  # (no autograd record: follow weights made of parameters)
@@ -613,7 +615,6 @@ class _Mode(torch.overrides.TorchFunctionMode):
 
 
 _MODE = _Mode()
-MODE_HANDLERS.add(_Mode.__torch_function__.__code__)
 
 
 @dataclass
@@ -909,6 +910,9 @@ class OpScope:
         """An op that the mode passed through in a counting frame without gradients: its outputs are weights
         made of parameters when its tensors are parameters, buffers, scalars or such weights (the rule of
         :meth:`_derived`, which reads autograd's record when there is one): ``self.w * self.mask`` then ``.t()``."""
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if not any(isinstance(o, Tensor) for o in outs):
+            return  # (``x.shape``, ``x.dim()``: nothing made)
         leaves: List[int] = []
         ok = True
         for t in _tensor_args(args, kwargs):
@@ -919,7 +923,11 @@ class OpScope:
             if t.layout != torch.strided or t.device.type == "meta" or _is_lazy(t):
                 ok = False
                 break
-            st = _storage(t)
+            try:
+                st = _storage(t)
+            except RuntimeError:  # (a tensor without memory: torch.compile's fake tensors)
+                ok = False
+                break
             pruned = self._pruned_leaf(t)
             if pruned is not None:
                 leaves.append(pruned)
@@ -932,7 +940,6 @@ class OpScope:
             elif not (t.numel() == 1 or st in self._buffer_storages):
                 ok = False  # data or an activation: what it makes is no weight
                 break
-        outs = out if isinstance(out, (tuple, list)) else (out,)
         for o in outs:
             if isinstance(o, Tensor):
                 if ok and leaves:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
-from .hooks import MODE_HANDLERS, installed, made_by_package
+from .hooks import installed, made_by_package
 from .records import version_of
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
@@ -205,7 +205,6 @@ class _PoolMode(torch.overrides.TorchFunctionMode):
         return out
 
 
-MODE_HANDLERS.add(_PoolMode.__torch_function__.__code__)
 
 
 class PoolEvents:
