@@ -185,7 +185,7 @@ class _Batch(batch_layout.Evidence):
     # each layer's last call reduced when made, whose counts a call with the same input takes again (LastInput)
     last_inputs: Dict[str, LastInput] = field(default_factory=dict)
     input_shape: Tuple[int, ...] = ()  # the shape of the first tensor the model was first called with
-    probe_major: Optional[bool] = None  # a layer of known layout read [B, T, ...] (True) or [T, B, ...] (False)
+    probe_major: Optional[bool] = None  # a layer of known layout read the data as [B, T, ...] (True) or [T, B, ...]
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
     held: List[Tensor] = field(default_factory=list)  # that data, held so that no other tensor reuses its memory
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
@@ -909,7 +909,8 @@ class SynOpsCounter:
         except ValueError:
             return  # an input it cannot read (unbatched): the other sources decide
         batch_layout.add_probe(self._batch, name, b, t, samples)
-        if self._batch.probe_major is None and layout[2] is not None and layout[2] >= 0 and args[0].dim() > 1:
+        if (self._batch.probe_major is None and layout[2] is not None and layout[2] >= 0 and args[0].dim() > 1
+                and self._is_data(args[0], note=False)):  # (the data's order; a tensor made in the model may be transposed)
             self._batch.probe_major = layout[1] < layout[2]
 
     def _layer_hook_for(self, name: str, layer: _Layer) -> Any:
@@ -1623,7 +1624,8 @@ class SynOpsCounter:
                 f"synopsloss: per-sample synops leave out layer(s) {list(unread)}: their rows fold the samples with "
                 f"other dims ({', '.join(f'{n}: {l}' for n, l in unread.items())}) in an order that cannot be read "
                 "(folded inside the model from a copy, such as torch's attention with need_weights=True, or a "
-                "tensor made in the model with as many time steps or tokens as samples). Their synops are in "
+                "tensor with as many time steps or tokens as samples: the model's input too when no layer of known "
+                "layout read it and batch_dim= was not given). Their synops are in "
                 "counter.synops() and the table, not in per_sample(), the snapshot's distribution() or "
                 "SynOpsLoss(quantile=). Keep the sample dim apart (a view of [B, ...] or [T, B, ...]) to count "
                 "them per sample.", stacklevel=3)

@@ -355,3 +355,42 @@ def test_per_sample_refuses_nan_and_inf_as_synops_does(bad):
     net(x)
     values = unchecked.per_sample()
     assert values[:2].tolist() == [12.0, 12.0] and not bool(torch.isfinite(values[2]))
+
+
+class _BatchFirstIntoMultiStep(nn.Module):
+    """``[B, T, F]`` data read by a plain Linear, then transposed for a SpikingJelly multi-step neuron."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.a = nn.Linear(4, 5, bias=False)
+        self.lif = neuron.IFNode(step_mode="m", v_threshold=0.2)
+
+    def forward(self, x):
+        return self.lif(self.a(x).transpose(0, 1).contiguous())
+
+
+def test_data_with_as_many_steps_as_samples_is_not_split_by_a_transposed_neurons_order():
+    """The multi-step neuron reads [T, B] of a transpose made in the model: that says nothing of the data's order.
+    With T == B the data's rows were split as [T, B] (20, 20, 20 for 60, 0, 0); now the layer is named and left
+    out, and batch_dim= splits it."""
+    from spikingjelly.activation_based import functional
+
+    torch.manual_seed(0)
+    x = torch.zeros(3, 3, 4)
+    x[0] = 1.0  # only sample 0 has spikes
+    net = _BatchFirstIntoMultiStep()
+    fan = (net.a.weight != 0).sum(0).double()
+    want = [float((x[b].double() @ fan).sum()) for b in range(3)]
+    assert want[0] > 0 and want[1:] == [0.0, 0.0]
+    counter = sl.SynOpsCounter(net, per_sample=True)
+    net(x)
+    with pytest.warns(sl.SynOpsWarning, match=r"per-sample synops leave out layer\(s\) \['a'\]"):
+        assert "a" not in counter.per_sample(by_layer=True)
+    assert counter.synops().item() == pytest.approx(sum(want) / 3)
+    counter.remove()
+    functional.reset_net(net)
+    declared = sl.SynOpsCounter(net, per_sample=True, batch_dim=0)
+    net(x)
+    assert declared.per_sample(by_layer=True)["a"].tolist() == pytest.approx(want)
