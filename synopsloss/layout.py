@@ -174,6 +174,13 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
                 f"synopsloss: batch_dim={options.batch_dim} gives {ev.root_batch} samples (model input "
                 f"{ev.root_shape}), but {source} received {b}. Drop batch_dim= (the layer's layout is "
                 "known) or pass the right one.")
+        lead = tuple(ev.root_shape[:2]) if ev.root_shape else ()
+        if lead and b not in lead:  # (its rows fold the samples with other dims: x.flatten(0, 1) of [T, B, ...])
+            raise ValueError(
+                f"synopsloss: {source} (its rows are samples) received {b} rows, but the model's input "
+                f"{ev.root_shape} holds no dim of {b} among its first two: the layer reads the samples folded with "
+                "other dims (x.flatten(0, 1) of [T, B, ...] into a SpikingJelly single-step layer), so its rows are "
+                "no samples. Pass SynOpsCounter(model, batch_size=B), or run those layers multi-step on [T, B, ...].")
         return Reading(b, source, True)
     if any(s.samples for s in layers.values()):
         name, b = next((n, s.samples) for n, s in layers.items() if s.samples)

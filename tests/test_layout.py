@@ -35,7 +35,7 @@ def _prod(dims):
 
 def test_each_source_of_the_chain_wins_over_the_ones_after_it():
     rnn = _layer({6}, (5,), {("T", 3): 1}, samples=2)  # an RNN that read [B=2, T=3, 5]: 6 rows
-    ev = Evidence(root_batch=6, root_shape=(6, 5), fold_batch=3, fold_layer="sq", probe_batch=2, probe_layer="lif")
+    ev = Evidence(root_batch=6, root_shape=(6, 2, 5), fold_batch=3, fold_layer="sq", probe_batch=2, probe_layer="lif")
     layers = {"rnn": rnn}
     assert layout.samples(ev, layers, Options(batch_size=1)) == 1  # batch_size= first
     assert layout.samples(ev, layers, Options()) == 3  # then the time-folding layer
@@ -416,3 +416,38 @@ def test_a_declared_time_dim_inside_the_rows_of_the_data_fed_layer_is_refused():
     whole = sl.SynOpsCounter(net, time_dim=1, neurons=False)  # [B=4, T=5, 16] in one call: dim 1 is time
     net(torch.rand(4, 5, 16))
     assert whole.time_steps() == 5.0
+
+
+def test_a_layer_of_known_layout_whose_rows_the_input_does_not_hold_is_refused():
+    """A SpikingJelly single-step layer on x.flatten(0, 1) of a [T=3, B=2, 4] input read 6 rows as 6 samples (12
+    synops per sample for 36): the model's input holds no dim of 6, so its rows are no samples."""
+    ev = Evidence(root_batch=3, root_shape=(3, 2, 4), probe_batch=6, probe_layer="fc")
+    with pytest.raises(ValueError, match=r"layer 'fc'.* received 6 rows, but the model's input \(3, 2, 4\) holds no "
+                                         r"dim of 6.*batch_size=B"):
+        layout.samples(ev, {}, Options())
+    assert layout.samples(ev, {}, Options(batch_size=2)) == 2
+    ev.probe_batch = 2  # the same layer on [B, ...] rows: the input's dim 1
+    assert layout.samples(ev, {}, Options()) == 2
+
+
+def test_single_step_spikingjelly_layers_on_folded_steps_are_refused_not_divided_by_the_rows():
+    from spikingjelly.activation_based import layer, neuron
+
+    class Folded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.lif = layer.Linear(4, 3, bias=False), neuron.IFNode()
+
+        def forward(self, x):
+            return self.lif(self.fc(x.flatten(0, 1)))
+
+    net = Folded()
+    x = torch.ones(3, 2, 4)
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    with pytest.raises(ValueError, match="holds no dim of 6"):
+        counter.synops()
+    counter.remove()
+    declared = sl.SynOpsCounter(net, batch_size=2)
+    net(x)
+    assert declared.synops().item() == pytest.approx(float((x * (net.fc.weight != 0).sum(0)).sum()) / 2)
