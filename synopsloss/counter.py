@@ -813,6 +813,9 @@ class SynOpsCounter:
         if batch.root_batch is None:
             batch.root_batch, batch.root_shape = b, tuple(x.shape)
         elif b != batch.root_batch:
+            if (not self._batch_dim_given and batch.probe_major is False and x.dim() > 1
+                    and batch.probe_batch is not None and int(x.shape[1]) == batch.probe_batch):
+                return  # [T, B, ...] data fed in chunks of steps: a layer of known layout read its samples in dim 1
             raise ValueError(
                 f"synopsloss: the model was called with {b} samples (dim {self.batch_dim} of its input) after "
                 f"{batch.root_batch} since the last counter.reset(). Calls between two resets are treated "

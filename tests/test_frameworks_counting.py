@@ -598,3 +598,20 @@ def test_a_drop_connect_linear_is_named_as_unsupported_not_counted_op_by_op(trai
     assert rows["fc"].item() == pytest.approx(float((x.double() * (net.fc.weight != 0).sum(0)).sum()) / 3)
     want = float((seen[0].abs() * (net.w != 0).sum(0)).sum()) / 3
     assert rows["linear"].item() == pytest.approx(want, rel=1e-6)
+
+
+def test_a_multi_step_model_fed_its_steps_in_chunks_counts_them_as_one_batch():
+    """[T, B, ...] data in two calls of 1 and 3 steps: the multi-step layers read the samples in dim 1 (the second
+    call raised "called with 3 samples (dim 0 of its input) after 1")."""
+    from spikingjelly.activation_based import layer, neuron
+
+    torch.manual_seed(0)
+    T, B = 4, 3
+    net = nn.Sequential(layer.Linear(6, 5, bias=False, step_mode="m"), neuron.IFNode(step_mode="m", v_threshold=0.2))
+    x = (torch.rand(T, B, 6) < 0.5).float()
+    want = float((x.double() * (net[0].weight != 0).sum(0)).sum()) / B
+    counter = sl.SynOpsCounter(net)
+    net(x[:1])
+    net(x[1:])
+    assert counter.synops(dtype=torch.float64).item() == pytest.approx(want, rel=1e-12)
+    assert counter.time_steps("0") == T
