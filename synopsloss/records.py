@@ -634,16 +634,17 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         flat = x.detach().reshape(rows, n_el)
         dense = float(ent.dense_total) * float(rows)
         binary = _binary_sums(flat)
+        acc = ent.effective.dtype
         if binary is not None:  # only 0 and 1: the effective ops are the synops, all ACs
-            synops, in_sum = (torch.stack([torch.dot(binary.to(ent.effective.dtype), ent.effective),
-                                           binary.sum(dtype=torch.float64).to(ent.effective.dtype)]).tolist())
+            # (one product with [map, ones]: the synops and the spikes, float64 sums of exact float32 column sums)
+            synops, in_sum = torch.matmul(binary.to(acc), ent.with_ones()).view(-1).tolist()
             return synops, dense, synops, 0.0, in_sum, in_sum, 1.0, synops
         colsum, nz, amax, signed, known = _large_sums(flat)
-        acc, emap = ent.effective.dtype, ent.effective
-        colsum = colsum.to(acc)
-        sums = torch.stack([torch.dot(colsum, emap), torch.dot(nz.to(acc), emap), colsum.sum(),
-                            nz.sum(dtype=torch.int64).to(acc)])
-        synops, eff, in_sum, nonzero = sums.tolist()
+        # (the column sums and nonzeros times [map, ones]: synops, sum, effective ops, nonzeros in one product; the
+        # nonzero counts are integers below 2^53, exact in float64)
+        (synops, in_sum), (eff, nonzero) = torch.matmul(torch.stack([colsum.detach().reshape(-1).to(acc),
+                                                                      nz.reshape(-1).to(acc)]),
+                                                         ent.with_ones()).tolist()
         candidate = amax <= 1 and in_sum == nonzero  # (the sums reject most real values; the exact test follows)
         integer = known if known is not None else (candidate or events) and bool(all_integer_values(flat, not signed))
         spiking = candidate and integer
