@@ -778,6 +778,11 @@ def _h_matmul(swap: bool) -> Handler:
             return []
         la, lb, lo = _matmul_labels(a.dim(), b.dim())
         a_w, b_w = _weightness(a, b, is_weight, batch_rule=True)
+        if b_w and not a_w and b.dim() == 2:  # x[..., C] @ W[C, D] is F.linear(x, W.T): the same record and rule
+            w = b.t()
+            in_shape, out_shape = (int(w.shape[1]),), (int(w.shape[0]),)
+            return _weight_call("matmul", a, w, ("linear", tuple(w.shape), w.device),
+                                lambda w01: _linear_fanout(None, w01, in_shape, out_shape), in_shape, out_shape)
         return _contract("matmul", a, b, la, lb, lo, a_w, b_w, batch=lo.rstrip("mn"))
 
     return handler

@@ -764,3 +764,25 @@ def test_products_are_recorded_for_the_read_except_inside_a_transform():
 
     torch.func.vmap(f)(a, b)
     assert seen and all(c.later is None and c.synops is not None for c in seen)
+
+
+class _MatmulWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1, 1))
+
+    def forward(self, x):
+        return x @ self.w.t()
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_x_at_a_weight_counts_spike_counts_exactly_past_2_to_the_24(grad):
+    """``x @ W.t()`` is F.linear(x, W): the same record and rule, so a neuron's sum of 20001 counts of 1001 is
+    taken in float64 (float32 gave 20021000)."""
+    net = _MatmulWeight()
+    x = torch.full((20001, 1), 1001.0)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with torch.set_grad_enabled(grad):
+        net(x)
+    total = counter.snapshot().total()
+    assert total["eff_acs"] * 20001 == 20021001.0 and total["synops"] * 20001 == 20021001.0
