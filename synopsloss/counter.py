@@ -1088,6 +1088,13 @@ class SynOpsCounter:
             call = call._replace(per_row=True)
         if self._encoding:
             enc = self._encoding.get(name, self._encoding.get("", "unary"))
+            if enc != "unary" and call.scale is not None:
+                self._warn_once(
+                    f"synopsloss: layer {name!r} has encoding={enc!r} and reads an average-pool output: its events "
+                    "are the spikes of the neurons before the pool, whose bit planes the counter does not follow, "
+                    "so they are counted one event per spike (unary). Give the encoding to a layer that reads the "
+                    "neurons' counts directly, or leave this layer unary.", stacklevel=5)
+                enc = "unary"
             if enc != call.encoding:
                 call = call._replace(encoding=enc)
         state = self._state(name, call.x.device)

@@ -32,6 +32,7 @@ tensor([[1., 2., 1.]], dtype=torch.float64)
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import warnings
 import weakref
@@ -81,6 +82,26 @@ def avgpool_divisor(module: nn.Module, in_shape: Shape, out_shape: Shape, n: int
     return div.squeeze(-2) if n == 1 else div
 
 
+def sumpool_divisor(module: nn.Module, in_shape: Shape, out_shape: Shape, n: int) -> Tensor:
+    """Divisor of a sum pool (``LPPool`` with ``norm_type=1``, sinabs' ``SumPool2d``: the window's average times
+    the kernel's area) at each output position: the in-bounds elements over the area, 1 where the window lies in
+    the input (``ceil_mode`` clips the last windows, whose output is then more than their sum).
+
+    Its output is the sum of its window up to float rounding (``avg * k * k`` is 15.000001 for 15 spikes under
+    a 5 x 5 kernel): the events are its values times this divisor, rounded, when its input held integers.
+    """
+    k = _ntuple(module.kernel_size, n)
+    kw = dict(kernel_size=k, stride=_ntuple(module.stride or module.kernel_size, n), padding=(0,) * n,
+              ceil_mode=module.ceil_mode)
+    ones = torch.ones((1, 1, *in_shape[-n:]), dtype=torch.float64)
+    if n == 1:  # (pooled as a [1, L] plane with a (1, k) window, as avgpool_divisor)
+        ones = ones.unsqueeze(-2)
+        kw = {key: (v if key == "ceil_mode" else (1 if key != "padding" else 0,) + v) for key, v in kw.items()}
+    valid = _AVG[max(n, 2)](ones, count_include_pad=True, divisor_override=1, **kw)[0]
+    div = valid / float(math.prod(k))
+    return div.squeeze(-2) if n == 1 else div
+
+
 def adaptive_divisor(module: nn.Module, in_shape: Shape, out_shape: Shape, n: int) -> Tensor:
     """Window sizes of adaptive average pooling: end - start per output position and dim."""
     div = torch.ones((), dtype=torch.float64)
@@ -120,7 +141,8 @@ _AVG_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_in
 _DROPOUT_ARGS = ("input", "p", "training", "inplace")
 _PLAIN_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _POOL_FORWARDS = frozenset(c.forward for c in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                                               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d))
+                                               nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.LPPool1d, nn.LPPool2d,
+                                               getattr(nn, "LPPool3d", nn.LPPool2d)))
 
 
 def _bind(names: Tuple[str, ...], args: tuple, kwargs: dict, defaults: Dict[str, Any]) -> Dict[str, Any]:
@@ -681,6 +703,8 @@ def _rerun(divisor_fn: Callable, spec: Any, n: int, out_shape: Shape) -> Callabl
     """The average pool described by ``spec`` (a pool module or a functional call's arguments) as a function."""
     if divisor_fn is adaptive_divisor:
         return lambda t: getattr(F, f"adaptive_avg_pool{n}d")(t, tuple(out_shape[-n:]))
+    if divisor_fn is sumpool_divisor:  # (its sum, times area / in-bounds elements at clipped windows)
+        return lambda t: getattr(F, f"lp_pool{n}d")(t, 1, spec.kernel_size, spec.stride, spec.ceil_mode)
 
     def run(t: Tensor) -> Tensor:  # (its arguments read only when it runs: most pool calls never rerun)
         kw: Dict[str, Any] = dict(kernel_size=spec.kernel_size, stride=spec.stride or spec.kernel_size,

@@ -200,6 +200,10 @@ POOL_DIVISORS: Dict[TypeKey, Tuple[Callable, int]] = {
     nn.AdaptiveAvgPool1d: (pooling.adaptive_divisor, 1),
     nn.AdaptiveAvgPool2d: (pooling.adaptive_divisor, 2),
     nn.AdaptiveAvgPool3d: (pooling.adaptive_divisor, 3),
+    # sum pools (sinabs' SumPool2d): LPPool with norm_type=1 only (pool_divisor checks it)
+    nn.LPPool1d: (pooling.sumpool_divisor, 1),
+    nn.LPPool2d: (pooling.sumpool_divisor, 2),
+    **({nn.LPPool3d: (pooling.sumpool_divisor, 3)} if hasattr(nn, "LPPool3d") else {}),
 }
 
 #: Max pools and the dims they pool over: one reading an average pool's output passes on the events of the values
@@ -597,7 +601,9 @@ def neuron_ops_no_synapse(module: nn.Module) -> bool:
 
 
 def pool_divisor(module: nn.Module) -> Optional[Tuple[Callable, int]]:
-    """``(divisor function, spatial dims)`` of an average-pool module, else ``None``."""
+    """``(divisor function, spatial dims)`` of an average-pool (or sum-pool) module, else ``None``."""
+    if isinstance(module, nn.modules.pooling._LPPoolNd) and float(module.norm_type) != 1.0:
+        return None  # (an Lp norm of its window: no sum of events)
     return _lookup(POOL_DIVISORS, module)  # type: ignore[return-value]
 
 

@@ -603,3 +603,55 @@ def test_the_pool_flatten_linear_head_is_corrected_under_inference_mode(path):
         counter.remove()
         assert total["synops"] == pytest.approx(want, rel=1e-12), mode
         assert total["eff_acs"] == pytest.approx(want, rel=1e-12) and total["eff_macs"] == 0.0, mode
+
+
+@pytest.mark.parametrize("kernel, ceil", [(5, False), (7, False), (3, True)])
+def test_a_sum_pool_counts_the_spike_events_of_its_windows(kernel, ceil):
+    """sinabs' SumPool2d is LPPool2d(p=1): avg * k * k rounds (15.000001 for 15 spikes under 5 x 5), and the call
+    was counted as 512 MACs for 3803 events. Its windows' sums are the events, each an accumulate; with ceil_mode
+    a clipped window's output is more than its sum (scaled by the whole kernel), and the events are still its sum."""
+    from sinabs.layers import SumPool2d
+
+    torch.manual_seed(0)
+    pool = SumPool2d(kernel, ceil_mode=ceil)
+    x = _spikes(2, 2, 17, 17)
+    out_hw = pool(x).shape[-2:]
+    fc = nn.Linear(2 * out_hw[0] * out_hw[1], 4, bias=False)
+    net = nn.Sequential(pool, nn.Flatten(), fc)
+    sums = torch.zeros(2, 2, *out_hw, dtype=torch.float64)  # each window's spikes, by explicit loops
+    for i in range(out_hw[0]):
+        for j in range(out_hw[1]):
+            sums[:, :, i, j] = x[:, :, i * kernel:(i + 1) * kernel, j * kernel:(j + 1) * kernel].double().sum((-2, -1))
+    want = float((sums.reshape(2, -1) * _fan(fc)).sum()) / 2
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    total = counter.snapshot().total()
+    assert total["synops"] == pytest.approx(want, rel=1e-12)
+    assert total["eff_acs"] == pytest.approx(want, rel=1e-12) and total["eff_macs"] == 0.0
+
+
+def test_an_lp_pool_of_another_norm_is_no_sum_of_events():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(8, 3, bias=False))
+    x = _spikes(2, 2, 4, 4)
+    pooled = F.lp_pool2d(x.double(), 2, 2).reshape(2, -1)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    assert counter.synops().item() == pytest.approx(float((pooled * _fan(net[2])).sum()) / 2, rel=1e-6)
+
+
+def test_a_bitplane_layer_after_an_average_pool_is_counted_unary_and_named():
+    """Its events are the spikes of the neurons before the pool, whose bit planes are not followed: before, the
+    encoding was ignored without a word (an AvgPool) or applied to the window sums (a sum pool)."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 4, (2, 1, 4, 4)).float()  # spike counts 0..3
+    for pool in (nn.AvgPool2d(2), nn.LPPool2d(1, 2)):
+        fc = nn.Linear(4, 3, bias=False)
+        net = nn.Sequential(pool, nn.Flatten(), fc)
+        events = F.avg_pool2d(x.double(), 2, divisor_override=1).reshape(2, -1)
+        counter = sl.SynOpsCounter(net, neurons=False, encoding={"2": "bitplane"})
+        with pytest.warns(sl.SynOpsWarning, match=r"layer '2' has encoding='bitplane' and reads an average-pool"):
+            net(x)
+        got = counter.snapshot().total()
+        counter.remove()
+        assert got["synops"] == pytest.approx(float((events * _fan(fc)).sum()) / 2, rel=1e-12), pool
