@@ -429,7 +429,7 @@ class SynOpsLoss:
             if isinstance(term.schedule, Iterative) and self._training_call and not self._repeat:  # training batches set its targets
                 if term.kind != "target":
                     raise ValueError(f"SynOpsLoss: an Iterative schedule sets absolute targets; pass it as target=, not {term.kind}=")
-                term.schedule.observe(s.detach())
+                term.schedule.observe(s.detach(), samples=self.counter.samples)
             t = self._target(term, s, names, calibrating)
             r = (s - t) / t
             if self.shape == "squared":

@@ -409,8 +409,9 @@ class Iterative(Schedule):
     :meth:`observe` receives the synops per sample of each batch
     (:class:`~synopsloss.SynOpsLoss` does this itself when this schedule is its
     ``target=``). When a stage ends, the next stage's target becomes
-    ``factor`` x the mean of the observations made during the stage's last
-    ``window`` steps, floored at ``min_target``. After ``stages`` stages the
+    ``factor`` x the per-sample mean of the observations made during the
+    stage's last ``window`` steps (each batch weighs as its samples),
+    floored at ``min_target``. After ``stages`` stages the
     last target is kept.
 
     The first stage's target is ``start`` (synops per sample) or, with
@@ -484,8 +485,10 @@ class Iterative(Schedule):
 
     # ------------------------------------------------------------------ observations
 
-    def observe(self, synops: Union[Number, Any]) -> None:
-        """Record the synops per sample of one batch (a number or a 0-dim tensor; tensors stay on their device).
+    def observe(self, synops: Union[Number, Any], samples: int = 1) -> None:
+        """Record the synops per sample of one batch (a number or a 0-dim tensor; tensors stay on their device)
+        and its number of samples: what a stage achieved is the per-sample average over the samples of its last
+        ``window`` steps, so a short last batch of an epoch weighs as its samples (``SynOpsLoss`` passes them).
 
         Raises
         ------
@@ -504,7 +507,8 @@ class Iterative(Schedule):
                     "start= (synops per sample) or check that the network spikes."
                 )
             self.stage_targets.append(max(self.factor * first, self.min_target))
-        self._current = [self._current[0] + value, self._current[1] + 1]
+        n = check_int("samples", samples, minimum=1)
+        self._current = [self._current[0] + value * n, self._current[1] + n]
 
     def synchronize(self, reduce: Callable[[Any], Any]) -> None:
         """Sum the observations over processes before the step that ends a stage (data parallel training).

@@ -265,3 +265,27 @@ def test_lightning_equals_the_plain_loop_and_resumes_exactly(tmp_path):
     resumed, _, _ = _lightning_fit(tmp_path, 2, 4, ckpt=ckpt)
     assert resumed.reg.loss_fn.state_dict()["terms"][0]["schedule"] == target
     assert all(torch.equal(p, q) for p, q in zip(resumed.net.parameters(), whole.net.parameters()))
+
+
+def test_a_stage_of_uneven_batches_achieves_its_per_sample_mean():
+    """An epoch of batches of 8 and 1 samples: "achieved" is the epoch's per-sample synops (as the regularizer
+    logs them), not the mean of the two batch means (the 1-sample batch weighed as much as the 8)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    xs = [torch.rand(8, 6), torch.rand(1, 6) * 3]
+    counter = sl.SynOpsCounter(net, neurons=False)
+    it = S.Iterative(factor=0.8, stage_steps=1, start=1e6)
+    loss_fn = sl.SynOpsLoss(counter, target=it)
+    totals = []  # per batch: the network-driven layer's synops summed over its samples, by hand (the loss's term)
+    for x in xs:
+        counter.reset()
+        net(x)
+        h = torch.relu(net[0](x)).detach().double()
+        totals.append(float((h * (net[2].weight != 0).sum(0)).sum()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sl.UnreachableTargetWarning)
+            loss_fn()
+    loss_fn.step()  # the epoch (one step) ends the stage
+    assert it.achieved == [pytest.approx(sum(totals) / 9, rel=1e-6)]
+    assert it.stage_targets[-1] == pytest.approx(0.8 * sum(totals) / 9, rel=1e-6)
+    counter.remove()
