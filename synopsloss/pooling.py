@@ -63,23 +63,30 @@ def _ntuple(v: Any, n: int) -> Tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def avgpool_divisor(module: nn.Module, in_shape: Shape, out_shape: Shape, n: int) -> Tensor:
-    """Divisor PyTorch used at each output position (kernel area, clipped windows, count_include_pad)."""
-    if getattr(module, "divisor_override", None):
-        return torch.tensor(float(module.divisor_override), dtype=torch.float64)
+def _windows(module: nn.Module, in_shape: Shape, n: int, padding: Any,
+             count_include_pad: Optional[bool] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """The in-bounds elements of each window of pool ``module`` over a sample of ``in_shape`` (float64,
+    ``[1, *out]``), and with ``count_include_pad`` the average of ones it gives there (``valid / divisor``)."""
     ones = torch.ones((1, 1, *in_shape[-n:]), dtype=torch.float64)
-    kw = dict(
-        kernel_size=_ntuple(module.kernel_size, n), stride=_ntuple(module.stride or module.kernel_size, n),
-        padding=_ntuple(module.padding, n), ceil_mode=module.ceil_mode,
-    )
+    kw = dict(kernel_size=_ntuple(module.kernel_size, n), stride=_ntuple(module.stride or module.kernel_size, n),
+              padding=_ntuple(padding, n), ceil_mode=module.ceil_mode)
     if n == 1:  # avg_pool1d has no divisor_override: pool a [1, L] plane with a (1, k) window
         ones = ones.unsqueeze(-2)
         kw = {k: (v if k == "ceil_mode" else (1 if k != "padding" else 0,) + v) for k, v in kw.items()}
     pool = _AVG[max(n, 2)]
-    valid = pool(ones, count_include_pad=True, divisor_override=1, **kw)  # in-bounds elements per window
-    avg = pool(ones, count_include_pad=module.count_include_pad, **kw)  # valid / divisor
-    div = (valid / avg)[0]
-    return div.squeeze(-2) if n == 1 else div
+    valid = pool(ones, count_include_pad=True, divisor_override=1, **kw)[0]
+    avg = None if count_include_pad is None else pool(ones, count_include_pad=count_include_pad, **kw)[0]
+    if n == 1:
+        return valid.squeeze(-2), (None if avg is None else avg.squeeze(-2))
+    return valid, avg
+
+
+def avgpool_divisor(module: nn.Module, in_shape: Shape, out_shape: Shape, n: int) -> Tensor:
+    """Divisor PyTorch used at each output position (kernel area, clipped windows, count_include_pad)."""
+    if getattr(module, "divisor_override", None):
+        return torch.tensor(float(module.divisor_override), dtype=torch.float64)
+    valid, avg = _windows(module, in_shape, n, module.padding, module.count_include_pad)
+    return valid / avg
 
 
 def sumpool_divisor(module: nn.Module, in_shape: Shape, out_shape: Shape, n: int) -> Tensor:
@@ -90,16 +97,8 @@ def sumpool_divisor(module: nn.Module, in_shape: Shape, out_shape: Shape, n: int
     Its output is the sum of its window up to float rounding (``avg * k * k`` is 15.000001 for 15 spikes under
     a 5 x 5 kernel): the events are its values times this divisor, rounded, when its input held integers.
     """
-    k = _ntuple(module.kernel_size, n)
-    kw = dict(kernel_size=k, stride=_ntuple(module.stride or module.kernel_size, n), padding=(0,) * n,
-              ceil_mode=module.ceil_mode)
-    ones = torch.ones((1, 1, *in_shape[-n:]), dtype=torch.float64)
-    if n == 1:  # (pooled as a [1, L] plane with a (1, k) window, as avgpool_divisor)
-        ones = ones.unsqueeze(-2)
-        kw = {key: (v if key == "ceil_mode" else (1 if key != "padding" else 0,) + v) for key, v in kw.items()}
-    valid = _AVG[max(n, 2)](ones, count_include_pad=True, divisor_override=1, **kw)[0]
-    div = valid / float(math.prod(k))
-    return div.squeeze(-2) if n == 1 else div
+    valid, _ = _windows(module, in_shape, n, 0)
+    return valid / float(math.prod(_ntuple(module.kernel_size, n)))
 
 
 def adaptive_divisor(module: nn.Module, in_shape: Shape, out_shape: Shape, n: int) -> Tensor:
