@@ -613,6 +613,8 @@ class SynOpsCounter:
             self._hooks.forward(module, self._pools.pass_through(name, registry.dropout_keep), owned=False)
         elif self._any_pool and registry.max_pool_dims(module) is not None:
             self._hooks.forward(module, self._pools.max_through(registry.max_pool_dims(module), name), owned=False)
+        elif self._any_pool and registry.whole_spikes(module):  # (a pool reading its spikes needs no integer pass)
+            self._hooks.forward(module, self._pools.whole_hook, owned=False)
         if isinstance(module, nn.TransformerEncoder):  # keep torch's nested-tensor fast path (fastpath.py)
             guard = EncoderGuard(name, weakref.ref(self))
             self._guards.pre(module, guard.pre, with_kwargs=True, owned=False)

@@ -264,11 +264,23 @@ class PoolEvents:
         self._mode.handlers = self._handlers()
         self._frames: List[int] = []  # ids of the framed modules whose forward is running
         self._pushed = False
+        # this forward's outputs of neurons whose spikes are whole numbers by construction (registry.WHOLE_SPIKES):
+        # id -> (weak reference, version); a pool reading one of them unchanged needs no pass to know it
+        self._whole: Dict[int, Tuple[Any, int]] = {}
 
     # ------------------------------------------------------------------ state
 
     def clear(self) -> None:
         self.tags.clear()
+        self._whole.clear()
+
+    def whole_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook of a neuron whose spikes are whole numbers (:func:`synopsloss.registry.whole_spikes`): its
+        output, as it is now, holds integers."""
+        if isinstance(output, Tensor):
+            if len(self._whole) >= DIVISOR_CACHE * 16:  # (a forward holds a few; bounded all the same)
+                self._whole.clear()
+            self._whole[id(output)] = (weakref.ref(output), version_of(output))
 
     @property
     def tagged(self) -> bool:
@@ -304,9 +316,11 @@ class PoolEvents:
         return div
 
     def _integer(self, x: Tensor) -> Tensor:
+        seen = self._whole.get(id(x))
+        if not x.is_floating_point() or (seen is not None and seen[0]() is x and seen[1] == version_of(x) >= 0):
+            return torch.ones((), dtype=torch.bool, device=x.device)  # (a whole-spike neuron's output, unchanged)
         with torch.no_grad():
-            return (reductions.all_integer(x, 0.0, self._scratch) if x.is_floating_point()  # exact integers
-                    else torch.ones((), dtype=torch.bool, device=x.device))
+            return reductions.all_integer(x, 0.0, self._scratch)  # exact integers
 
     def _tag(self, x: Tensor, output: Tensor, key: tuple, make: Callable[[], Tensor], n: int,
              rerun: Optional[Callable[[Tensor], Tensor]] = None) -> None:

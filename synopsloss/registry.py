@@ -528,6 +528,44 @@ def neuron_library(module: nn.Module) -> Optional[str]:
     return _lookup(NEURON_LIBRARIES, module)  # type: ignore[return-value]
 
 
+#: SpikingJelly surrogate functions whose forward (``spiking=True``) is the Heaviside step: spikes 0 or 1
+_SJ_HEAVISIDE = ("ATan", "Sigmoid", "Erf", "PiecewiseQuadratic", "PiecewiseExp", "SoftSign", "SuperSpike", "Rect",
+                 "PiecewiseLeakyReLU", "QPseudoSpike")
+
+
+def _sinabs_whole(module: nn.Module) -> bool:
+    from sinabs.activation import MaxSpike, MultiSpike, SingleSpike  # (imported only for a sinabs layer)
+
+    fn = getattr(module, "spike_fn", None)
+    return fn is MultiSpike or fn is SingleSpike or type(fn) is MaxSpike
+
+
+def _sj_whole(module: nn.Module) -> bool:
+    fn = getattr(module, "surrogate_function", None)
+    return (type(fn).__module__ == "spikingjelly.activation_based.surrogate" and type(fn).__name__ in _SJ_HEAVISIDE
+            and getattr(fn, "spiking", False) is True and getattr(module, "backend", "torch") == "torch")
+
+
+#: Neuron types whose spike function makes whole-number spikes by construction (its output is read as integer
+#: without a pass over it: an average pool that reads it counts its events). Exact classes: a subclass may
+#: compute its output otherwise. Value: the check of the instance's own spike function.
+WHOLE_SPIKES: Dict[TypeKey, Callable[[nn.Module], bool]] = {
+    # (v_mem > 0) * trunc(v_mem / threshold), clamped (MaxSpike) or min(., 1) (SingleSpike)
+    "sinabs.layers.IAF": _sinabs_whole, "sinabs.layers.IAFSqueeze": _sinabs_whole,
+    "sinabs.layers.LIF": _sinabs_whole, "sinabs.layers.LIFSqueeze": _sinabs_whole,
+    # surrogate_function(v - v_threshold): the Heaviside step in the forward
+    "spikingjelly.activation_based.neuron.IFNode": _sj_whole,
+    "spikingjelly.activation_based.neuron.LIFNode": _sj_whole,
+    "spikingjelly.activation_based.neuron.ParametricLIFNode": _sj_whole,
+}
+
+
+def whole_spikes(module: nn.Module) -> bool:
+    """Whether ``module``'s output holds whole numbers by construction (:data:`WHOLE_SPIKES`, its exact class)."""
+    check = _resolved(WHOLE_SPIKES).get(type(module))
+    return check is not None and bool(check(module))
+
+
 def outputs_membrane(module: nn.Module) -> bool:
     """Whether a neuron layer of a library without row tables outputs its membrane, not spikes
     (:data:`MEMBRANE_OUTPUT`; a subclass such as sinabs ``ExpLeakSqueeze`` too).
