@@ -87,7 +87,7 @@ from .hooks import compiling as _COMPILING
 from .hooks import STAMPS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, geometry, module_map_args, rule_weight, weight_mask
-from .records import Call, LastInput, reducible_now, reduce_now, version_of, view_lead
+from .records import Call, LastInput, WholeSpikes, reducible_now, reduce_now, version_of, view_lead
 from .fastpath import EncoderGuard, FusedGuard, layer_takes_fast_path, mha_takes_fast_path
 from .opscope import OpScope, class_code, compiled_submodules
 from .pooling import PoolEvents
@@ -465,7 +465,10 @@ class SynOpsCounter:
         self._rules: Dict[type, Rule] = dict(custom_rules or {})
         self._hooks = HookSet(self)
         self._scratch = Scratch()  # reused work buffers of the hooks (CPU), shared with the pools and neurons
-        self._pools = PoolEvents(self._scratch, warn=weakref.WeakMethod(self.warn))
+        # the outputs of this batch's neurons whose spikes are whole numbers by construction (read by the pools and
+        # by the calls reduced at once: no pass over them to say so)
+        self._whole = WholeSpikes()
+        self._pools = PoolEvents(self._scratch, warn=weakref.WeakMethod(self.warn), whole=self._whole)
         self._guards = HookSet(self)  # TransformerEncoder fast-path guards: they pause the counter's own hooks
         self._maps: Dict[str, MapCache] = {}
         self._unsupported: List[str] = []
@@ -613,8 +616,9 @@ class SynOpsCounter:
             self._hooks.forward(module, self._pools.pass_through(name, registry.dropout_keep), owned=False)
         elif self._any_pool and registry.max_pool_dims(module) is not None:
             self._hooks.forward(module, self._pools.max_through(registry.max_pool_dims(module), name), owned=False)
-        elif self._any_pool and registry.whole_spikes(module):  # (a pool reading its spikes needs no integer pass)
-            self._hooks.forward(module, self._pools.whole_hook, owned=False)
+        whole = registry.whole_spikes(module)
+        if whole is not None:  # (a pool or a layer reading its spikes unchanged needs no pass to know them)
+            self._hooks.forward(module, functools.partial(SynOpsCounter._whole_hook, kind=whole))
         if isinstance(module, nn.TransformerEncoder):  # keep torch's nested-tensor fast path (fastpath.py)
             guard = EncoderGuard(name, weakref.ref(self))
             self._guards.pre(module, guard.pre, with_kwargs=True, owned=False)
@@ -738,6 +742,7 @@ class SynOpsCounter:
         self._batch = _Batch()
         self._batch_index += 1
         self._pools.clear()
+        self._whole.clear()
 
     # ------------------------------------------------------------------ hooks
 
@@ -902,6 +907,11 @@ class SynOpsCounter:
         if b is None:
             return
         batch_layout.add_fold(self._batch, name, b, int(args[0].shape[0]))
+
+    def _whole_hook(self, module: nn.Module, args: tuple, output: Any, *, kind: str) -> None:
+        """A neuron whose spikes are whole numbers by construction returned ``output`` (``kind``: ``"binary"``
+        or ``"integer"``)."""
+        self._whole.note(output, kind)
 
     def _probe_hook(self, module: nn.Module, args: tuple, *, name: str, layout: registry.ProbeLayout,
                     samples: bool) -> None:
@@ -1146,7 +1156,7 @@ class SynOpsCounter:
         last = self._batch.last_inputs.get(name)
         counts = None if last is None else last.counts_for(x, ent, rows, events)
         if counts is None:
-            counts = reduce_now(x, rows, ent, events)
+            counts = reduce_now(x, rows, ent, events, self._whole.kind(x))
             if counts is None:
                 return False
             self._batch.last_inputs[name] = (LastInput(x, ent, rows, events, counts) if last is None

@@ -47,7 +47,7 @@ from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
 from .hooks import installed, made_by_package
-from .records import version_of
+from .records import WholeSpikes, version_of
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
            "POOL_FUNCTIONS", "CARRY_FUNCTIONS", "COPY_FUNCTIONS"]
@@ -251,9 +251,12 @@ class PoolEvents:
         Work buffers shared with the counter.
     warn
         Called with each warning message (the counter's, held weakly by the caller); ``None``: ``warnings.warn``.
+    whole
+        The counter's record of whole-spike neuron outputs (:class:`synopsloss.records.WholeSpikes`), read only.
     """
 
-    def __init__(self, scratch: Optional[Scratch] = None, warn: Optional[Callable[[], Any]] = None) -> None:
+    def __init__(self, scratch: Optional[Scratch] = None, warn: Optional[Callable[[], Any]] = None,
+                 whole: Optional[WholeSpikes] = None) -> None:
         #: this forward's tags of pool outputs, by storage pointer (others only test whether it is empty: the
         #: counter's hot path reads it instead of :attr:`tagged`)
         self.tags: Dict[int, _Tag] = {}
@@ -264,23 +267,14 @@ class PoolEvents:
         self._mode.handlers = self._handlers()
         self._frames: List[int] = []  # ids of the framed modules whose forward is running
         self._pushed = False
-        # this forward's outputs of neurons whose spikes are whole numbers by construction (registry.WHOLE_SPIKES):
-        # id -> (weak reference, version); a pool reading one of them unchanged needs no pass to know it
-        self._whole: Dict[int, Tuple[Any, int]] = {}
+        # the outputs of neurons whose spikes are whole numbers by construction (the counter's, read only): a pool
+        # reading one of them unchanged needs no pass to know it holds integers
+        self._whole = whole
 
     # ------------------------------------------------------------------ state
 
     def clear(self) -> None:
         self.tags.clear()
-        self._whole.clear()
-
-    def whole_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        """Forward hook of a neuron whose spikes are whole numbers (:func:`synopsloss.registry.whole_spikes`): its
-        output, as it is now, holds integers."""
-        if isinstance(output, Tensor):
-            if len(self._whole) >= DIVISOR_CACHE * 16:  # (a forward holds a few; bounded all the same)
-                self._whole.clear()
-            self._whole[id(output)] = (weakref.ref(output), version_of(output))
 
     @property
     def tagged(self) -> bool:
@@ -316,8 +310,7 @@ class PoolEvents:
         return div
 
     def _integer(self, x: Tensor) -> Tensor:
-        seen = self._whole.get(id(x))
-        if not x.is_floating_point() or (seen is not None and seen[0]() is x and seen[1] == version_of(x) >= 0):
+        if not x.is_floating_point() or (self._whole is not None and self._whole.kind(x) is not None):
             return torch.ones((), dtype=torch.bool, device=x.device)  # (a whole-spike neuron's output, unchanged)
         with torch.no_grad():
             return reductions.all_integer(x, 0.0, self._scratch)  # exact integers

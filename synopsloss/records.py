@@ -41,7 +41,7 @@ from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
 from .reductions import BLOCK, Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
 
-__all__ = ["Call", "LastInput", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "view_lead"]
+__all__ = ["Call", "LastInput", "WholeSpikes", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "view_lead"]
 
 #: rows of one call from which per-neuron sums are taken in float64 (float32 sums are exact below 2^24)
 WIDE_ROWS = 1 << 22
@@ -344,7 +344,7 @@ def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     return torch.matmul(_SCRATCH.ones(flat.shape[0], flat.dtype, flat.device), flat)
 
 
-def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
+def _large_sums(flat: Tensor, integer: Optional[bool] = None) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
     """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
     one), its nonzeros per column, ``max |x|`` (``inf`` when its first values show it is no spikes), whether
     a value is below 0 (or NaN), and whether every value is an integer (``None``: not read).
@@ -369,11 +369,10 @@ def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool, Optional[boo
     if not _exact_enough(colsum, flat.shape[0], amax):  # large counts, or many rows of real values
         colsum = src.sum(0, dtype=torch.float64)
     with torch.no_grad():
-        integer = None
-        if not signed and amax <= 1:
+        if integer is None and not signed and amax <= 1:  # (integer=True: known, a whole-spike neuron's output)
             integer = bool(all_integer_values(det, nonneg=True))
-            if integer:  # only 0 and 1: each column's sum is its number of nonzeros (exact below 2^24 rows)
-                return colsum, colsum.detach(), amax, signed, integer
+        if integer and not signed and amax <= 1:  # only 0 and 1: each column's sum is its number of nonzeros
+            return colsum, colsum.detach(), amax, signed, integer  # (exact below 2^24 rows)
         return colsum, column_nonzeros(det), amax, signed, integer
 
 
@@ -604,7 +603,8 @@ def reducible_now(x: Tensor, rows: int, n_el: int) -> bool:
 
 
 @own_ops
-def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[Tuple[float, ...]]:
+def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool,
+               whole: Optional[str] = None) -> Optional[Tuple[float, ...]]:
     """A large CPU call made without gradients, reduced when it is made; ``None`` for any other call.
 
     Its input is read while it is still in cache, and is not held until the forward returns. The rule and the
@@ -633,13 +633,16 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
     with torch.no_grad():
         flat = x.detach().reshape(rows, n_el)
         dense = float(ent.dense_total) * float(rows)
-        binary = _binary_sums(flat)
+        if whole == "binary":  # a neuron's unchanged output whose spike function makes only 0 and 1
+            binary = torch.matmul(_SCRATCH.ones(rows, flat.dtype, flat.device), flat)
+        else:
+            binary = _binary_sums(flat)
         acc = ent.effective.dtype
         if binary is not None:  # only 0 and 1: the effective ops are the synops, all ACs
             # (one product with [map, ones]: the synops and the spikes, float64 sums of exact float32 column sums)
             synops, in_sum = torch.matmul(binary.to(acc), ent.with_ones()).view(-1).tolist()
             return synops, dense, synops, 0.0, in_sum, in_sum, 1.0, synops
-        colsum, nz, amax, signed, known = _large_sums(flat)
+        colsum, nz, amax, signed, known = _large_sums(flat, integer=True if whole == "integer" else None)
         # (the column sums and nonzeros times [map, ones]: synops, sum, effective ops, nonzeros in one product; the
         # nonzero counts are integers below 2^53, exact in float64)
         (synops, in_sum), (eff, nonzero) = torch.matmul(torch.stack([colsum.detach().reshape(-1).to(acc),
@@ -653,6 +656,52 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool) -> Optional[T
         if events and integer:  # integer spike counts: |x| accumulate events each
             return synops, dense, synops, 0.0, in_sum, nonzero, 0.0, eff
         return synops, dense, 0.0, eff, in_sum, nonzero, 0.0, eff
+
+
+class WholeSpikes:
+    """The outputs of this batch's neurons whose spike function makes whole numbers by construction
+    (:func:`synopsloss.registry.whole_spikes`): a tensor that is one of them, or a view of one, at the version the
+    neuron left it, holds integers (or only 0 and 1) without a pass over it to say so.
+
+    Held weakly; identity is the live tensor (``x is out`` or its view's ``_base``) and its version, so an
+    in-place change after the neuron is read anew.
+
+    Example
+    -------
+    >>> whole = WholeSpikes()
+    >>> out = torch.tensor([[0.0, 1.0]])
+    >>> whole.note(out, "binary")
+    >>> whole.kind(out.view(2)), whole.kind(out.clone()), whole.kind(out.mul_(2))
+    ('binary', None, None)
+    """
+
+    #: outputs held at most (a forward makes one per neuron call)
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._seen: Dict[int, Tuple[Any, int, str]] = {}
+
+    def note(self, out: Any, kind: Optional[str]) -> None:
+        """A whole-spike neuron returned ``out`` (``kind``: ``"binary"`` or ``"integer"``)."""
+        if isinstance(out, Tensor) and kind is not None and out.layout == torch.strided:
+            if len(self._seen) >= self.LIMIT:
+                self._seen.clear()
+            self._seen[id(out)] = (weakref.ref(out), version_of(out), kind)
+
+    def kind(self, x: Tensor) -> Optional[str]:
+        """``"binary"`` / ``"integer"`` when ``x`` is (a view of) a noted output, unchanged; else ``None``."""
+        if not self._seen:
+            return None
+        for t in (x, x._base):
+            if t is None:
+                continue
+            seen = self._seen.get(id(t))
+            if seen is not None and seen[0]() is t and seen[1] == version_of(x) >= 0:
+                return seen[2]
+        return None
+
+    def clear(self) -> None:
+        self._seen.clear()
 
 
 class LastInput:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -533,23 +533,28 @@ _SJ_HEAVISIDE = ("ATan", "Sigmoid", "Erf", "PiecewiseQuadratic", "PiecewiseExp",
                  "PiecewiseLeakyReLU", "QPseudoSpike")
 
 
-def _sinabs_whole(module: nn.Module) -> bool:
+def _sinabs_whole(module: nn.Module) -> Optional[str]:
     from sinabs.activation import MaxSpike, MultiSpike, SingleSpike  # (imported only for a sinabs layer)
 
     fn = getattr(module, "spike_fn", None)
-    return fn is MultiSpike or fn is SingleSpike or type(fn) is MaxSpike
+    if fn is SingleSpike or (type(fn) is MaxSpike and fn.max_num_spikes_per_bin == 1):
+        return "binary"
+    return "integer" if fn is MultiSpike or type(fn) is MaxSpike else None
 
 
-def _sj_whole(module: nn.Module) -> bool:
+def _sj_whole(module: nn.Module) -> Optional[str]:
     fn = getattr(module, "surrogate_function", None)
-    return (type(fn).__module__ == "spikingjelly.activation_based.surrogate" and type(fn).__name__ in _SJ_HEAVISIDE
-            and getattr(fn, "spiking", False) is True and getattr(module, "backend", "torch") == "torch")
+    heaviside = (type(fn).__module__ == "spikingjelly.activation_based.surrogate"
+                 and type(fn).__name__ in _SJ_HEAVISIDE and getattr(fn, "spiking", False) is True
+                 and getattr(module, "backend", "torch") == "torch")
+    return "binary" if heaviside else None
 
 
-#: Neuron types whose spike function makes whole-number spikes by construction (its output is read as integer
-#: without a pass over it: an average pool that reads it counts its events). Exact classes: a subclass may
-#: compute its output otherwise. Value: the check of the instance's own spike function.
-WHOLE_SPIKES: Dict[TypeKey, Callable[[nn.Module], bool]] = {
+#: Neuron types whose spike function makes whole-number spikes by construction: their output is read as integer
+#: (``"integer"``) or as 0 and 1 (``"binary"``) without a pass over it, by an average pool reading it and by a
+#: layer reading it without gradients. Exact classes: a subclass may compute its output otherwise. Value: the
+#: check of the instance's own spike function (``None``: another one).
+WHOLE_SPIKES: Dict[TypeKey, Callable[[nn.Module], Optional[str]]] = {
     # (v_mem > 0) * trunc(v_mem / threshold), clamped (MaxSpike) or min(., 1) (SingleSpike)
     "sinabs.layers.IAF": _sinabs_whole, "sinabs.layers.IAFSqueeze": _sinabs_whole,
     "sinabs.layers.LIF": _sinabs_whole, "sinabs.layers.LIFSqueeze": _sinabs_whole,
@@ -560,10 +565,11 @@ WHOLE_SPIKES: Dict[TypeKey, Callable[[nn.Module], bool]] = {
 }
 
 
-def whole_spikes(module: nn.Module) -> bool:
-    """Whether ``module``'s output holds whole numbers by construction (:data:`WHOLE_SPIKES`, its exact class)."""
+def whole_spikes(module: nn.Module) -> Optional[str]:
+    """``"binary"`` (0 and 1) or ``"integer"`` when ``module``'s output holds whole numbers by construction
+    (:data:`WHOLE_SPIKES`, its exact class), else ``None``."""
     check = _resolved(WHOLE_SPIKES).get(type(module))
-    return check is not None and bool(check(module))
+    return None if check is None else check(module)
 
 
 def outputs_membrane(module: nn.Module) -> bool:

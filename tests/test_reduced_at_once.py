@@ -349,3 +349,41 @@ def test_a_repeated_frame_is_not_read_again():
     # and torch.equal: a call read anew launches more than twice that many
     assert counted.n - bare.n <= 5
     assert counter.synops().item() == pytest.approx(4 * _hand_linear(lin, x0), rel=1e-12)
+
+
+class _Scale(nn.Module):
+    def forward(self, x):
+        return x.mul_(0.5)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_whole_spike_neurons_output_is_reduced_without_a_test_for_spikes(scaled):
+    """A SpikingJelly IF neuron makes 0 and 1 by construction: a large layer reading its output unchanged takes one
+    product, no min / max or integer pass. Changed in place after the neuron, the input is read (halved spikes
+    are MACs)."""
+    from spikingjelly.activation_based import neuron
+
+    torch.manual_seed(0)
+    lin = nn.Linear(512, 64, bias=False)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.02] = 0.0
+    net = nn.Sequential(neuron.IFNode(v_threshold=0.5), *([_Scale()] if scaled else []), lin)
+    x = torch.rand(256, 512)
+    spikes = (x >= 0.5).double() * (0.5 if scaled else 1.0)
+    want = float((spikes * (lin.weight != 0).sum(0)).sum()) / 256
+    counter = sl.SynOpsCounter(net, neurons=False)
+    ops = []
+
+    class Seen(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Seen():
+        net(x)
+    total = counter.snapshot().total()
+    assert total["synops"] == pytest.approx(want, rel=1e-12)
+    assert (total["eff_acs"], total["eff_macs"]) == ((0.0, pytest.approx(2 * want)) if scaled
+                                                     else (pytest.approx(want), 0.0))
+    tests = [f for f in ops if "aminmax" in f or "frac" in f]
+    assert bool(tests) is scaled
