@@ -115,8 +115,10 @@ class _Once:
     ``recurrent(self.spk)`` twice): the second call within one call of the neuron is not counted.
 
     :meth:`enter` is the neuron's forward pre-hook (it numbers the neuron's calls); :meth:`repeated` tells
-    whether a call of the layer reads the tensor its previous call read (the same object, unchanged) within
-    the same call of the neuron, while the neuron's attribute has the value that makes it evaluate twice."""
+    whether a call of the layer reads what its previous call read within the same call of the neuron, while the
+    neuron's attribute has the value that makes it evaluate twice: the same tensor, unchanged, or a tensor of
+    equal values (SConv2dLSTM concatenates its input and membrane anew for each evaluation). The previous input
+    is held until the neuron's next call."""
 
     __slots__ = ("neuron", "attr", "value", "serial", "last")
 
@@ -124,10 +126,11 @@ class _Once:
         self.neuron = weakref.ref(neuron)
         self.attr, self.value = attr, value
         self.serial = 0
-        self.last: Optional[tuple] = None  # (serial, weak reference to the input, its version)
+        self.last: Optional[tuple] = None  # (serial, the input, its version)
 
     def enter(self, module: nn.Module, args: tuple) -> None:
         self.serial += 1
+        self.last = None
 
     def repeated(self, args: tuple) -> bool:
         neuron = self.neuron()
@@ -136,9 +139,15 @@ class _Once:
             self.last = None
             return False
         last = self.last
-        if last is not None and last[0] == self.serial and last[1]() is x and last[2] == x._version:
-            return True
-        self.last = (self.serial, weakref.ref(x), x._version)
+        if last is not None and last[0] == self.serial:
+            prev = last[1]
+            if prev is x and last[2] == x._version:
+                return True
+            if prev.shape == x.shape and prev.dtype == x.dtype and prev.device == x.device:
+                with torch.no_grad():
+                    if torch.equal(prev.detach(), x.detach()):
+                        return True
+        self.last = (self.serial, x, x._version)
         return False
 
 

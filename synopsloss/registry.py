@@ -278,14 +278,18 @@ def unrun_children(model: nn.Module) -> Tuple[str, ...]:
 
 
 #: Synapses that a neuron module's own code evaluates twice per call on the same input: ``{neuron type: (child
-#: name, attribute, value)}``. While ``neuron.<attribute> == value``, a second call of the child on the same tensor
-#: (same object, same version) within one call of the neuron is the same spikes over the same synapses, not a
-#: second delivery: it is counted once (:func:`repeated_evaluation`).
+#: name, attribute, value)}``. While ``neuron.<attribute> == value``, a second call of the child on the same input
+#: (same object and version, or equal values) within one call of the neuron is the same spikes over the same
+#: synapses, not a second delivery: it is counted once (:func:`repeated_evaluation`).
 REPEATED_EVALUATIONS: Dict[TypeKey, Tuple[str, str, Any]] = {
     # snntorch's zero reset: _base_zero (RLeaky) / _base_state_reset_zero (RSynaptic) compute the state again,
     # recurrent(self.spk) included
     "snntorch.RLeaky": ("recurrent", "_reset_mechanism", "zero"),
     "snntorch.RSynaptic": ("recurrent", "_reset_mechanism", "zero"),
+    # _base_state_reset_zero runs lstm_cell(input_, (mem, syn)) again (SLSTM), or conv(cat([input_, mem])) on a new
+    # concatenation of the same values (SConv2dLSTM: compared by value)
+    "snntorch.SLSTM": ("lstm_cell", "_reset_mechanism", "zero"),
+    "snntorch.SConv2dLSTM": ("conv", "_reset_mechanism", "zero"),
 }
 
 #: Neuron types whose own code multiplies with a parameter that is part of the neuron's dynamics, not a

@@ -222,3 +222,55 @@ def test_snntorch_recurrent_spikes_are_delivered_once_per_step_whatever_the_rese
     assert row.synops == pytest.approx(float((z_prev * fan).sum()) / 2)
     assert row.dense == 5 * 9  # every tap once per step
     assert row.time_steps == 5
+
+
+@pytest.mark.parametrize("kind", ["SLSTM", "SConv2dLSTM"])
+def test_a_zero_reset_lstm_neuron_counts_its_cell_once_per_step(kind):
+    """snntorch's zero reset runs the neuron's LSTM cell (or conv of cat(input, mem)) a second time on the same
+    values in each step: the same spikes over the same synapses, counted once (784 for 392, and 2x the dense ops,
+    before)."""
+    import snntorch as snn
+    import torch.nn.functional as F
+    from snntorch import utils
+
+    torch.manual_seed(0)
+    B, T = 2, 4
+    if kind == "SLSTM":
+        neuron = snn.SLSTM(5, 4, init_hidden=True, reset_mechanism="zero", threshold=0.05)
+        x = (torch.rand(B, T, 5) < 0.5).float()
+        child, row_name = neuron.lstm_cell, "0.lstm_cell"
+    else:
+        neuron = snn.SConv2dLSTM(1, 3, 3, init_hidden=True, reset_mechanism="zero", threshold=0.05)
+        x = (torch.rand(B, T, 1, 6, 6) < 0.5).float()
+        child, row_name = neuron.conv, "0.conv"
+    net = nn.Sequential(neuron)
+    seen = []
+    hook = child.register_forward_hook(lambda m, a, o: seen.append([t.detach().clone() for t in
+                                                                    (a[0], *(a[1] if len(a) > 1 else ()))]))
+    counter = sl.SynOpsCounter(net)
+    utils.reset(net)
+    for t in range(T):
+        net(x[:, t])
+    hook.remove()
+    firsts = seen[::2]
+    assert len(seen) == 2 * T and all(torch.equal(a[0], b[0]) for a, b in zip(seen[::2], seen[1::2]))
+    row = counter.snapshot().per_layer()[row_name]
+    if kind == "SLSTM":  # input over weight_ih, the membrane (hidden state) over weight_hh, once per step
+        fan_ih, fan_hh = (child.weight_ih != 0).sum(0).double(), (child.weight_hh != 0).sum(0).double()
+        want = sum(float((i.abs().double() * fan_ih).sum() + (h.abs().double() * fan_hh).sum())
+                   for i, h, _ in firsts) / B
+        twin = nn.Sequential(snn.SLSTM(5, 4, init_hidden=True, reset_mechanism="subtract", threshold=0.05))
+        twin.load_state_dict(net.state_dict())
+        once = sl.SynOpsCounter(twin)
+        utils.reset(twin)
+        for t in range(T):  # one evaluation per step: the same cell, its dense taps once
+            twin(x[:, t])
+        dense = once.snapshot().per_layer()[row_name]["dense"]
+    else:
+        mask = (child.weight != 0).double()
+        want = sum(F.conv2d(a[0].abs().double(), mask, None, child.stride, child.padding).sum().item()
+                   for a in firsts) / B
+        ones = torch.ones_like(firsts[0][0][:1], dtype=torch.float64)
+        dense = T * F.conv2d(ones, torch.ones_like(mask), None, child.stride, child.padding).sum().item()
+    assert want > 0 and row["synops"] == pytest.approx(want, rel=1e-6)
+    assert row["dense"] == pytest.approx(dense)
