@@ -253,6 +253,7 @@ class NeuronMonitor:
             recurrent="Recurrent" in type(module).__name__ or hasattr(module, "recurrent"),
             squeeze=registry.is_time_folding(module), row=row,
             membrane=registry.outputs_membrane(module),  # (sinabs ExpLeak: no spikes, no firing rate)
+            sequence=registry.sequence_neuron(module),  # (snntorch StateLeaky: the whole [T, B, ...] per call)
         )
         if lib == "snntorch":
             self._hooks.pre(module, functools.partial(NeuronMonitor._snntorch_pre, name=name))
@@ -346,9 +347,9 @@ class NeuronMonitor:
                out: Tensor, first: bool, output: Any = None, pre_state: Any = None) -> None:
         lib = info.get("library")
         row = info.get("row")
-        time_first = row is not None and out.dim() >= 2 and (
+        time_first = out.dim() >= 2 and (bool(info.get("sequence")) or row is not None and (
             row.layout in ("multi_step", "time_first")
-            or (row.layout == "step_mode" and getattr(module, "step_mode", "s") == "m"))
+            or (row.layout == "step_mode" and getattr(module, "step_mode", "s") == "m")))
         if (lib == "sinabs" and not info.get("squeeze") and out.dim() >= 2) or time_first:
             sample_shape, rows = tuple(out.shape[2:]), out.shape[0] * out.shape[1]
         else:

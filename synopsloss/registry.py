@@ -233,9 +233,20 @@ SCALING_DROPOUTS: Dict[TypeKey, str] = {
 #: class of :data:`synopsloss.frameworks.NEURON_TYPES`, base classes included).
 NEURON_LIBRARIES: Dict[str, str] = {
     "snntorch.SpikingNeuron": "snntorch",
+    "snntorch.LeakyParallel": "snntorch",  # (an nn.RNN of leaky neurons over the whole sequence, no SpikingNeuron)
     "sinabs.layers.StatefulLayer": "sinabs",
     **{path: row.library for path, row in frameworks.NEURON_TYPES.items()},
 }
+
+#: snntorch neurons that take the whole sequence in one call, time first (``[T, B, ...]``): one sample's neurons are
+#: ``shape[2:]`` of their output, its rows ``T * B`` (every other snntorch neuron takes one step, ``[B, ...]``).
+SEQUENCE_NEURONS: Tuple[TypeKey, ...] = ("snntorch.StateLeaky", "snntorch.LeakyParallel")  # (LinearLeaky too)
+
+
+def sequence_neuron(module: nn.Module) -> bool:
+    """Whether ``module`` is a neuron that takes a whole time-first sequence per call (:data:`SEQUENCE_NEURONS`)."""
+    return isinstance(module, _types(SEQUENCE_NEURONS))
+
 
 #: Synapses of a neuron module that carry its own output back (recurrent synapses): ``{neuron type: child
 #: names}`` (``""``: the module's own rule, norse's recurrent modules). Every other synaptic layer inside a

@@ -250,3 +250,26 @@ def test_a_neuron_that_outputs_its_membrane_has_no_firing_rate():
     assert table["1"].firing_rate is None and table["1"].kind == "neuron"
     want = float(seen[0].sum()) / (8 * 6 * 3)
     assert table["3"].firing_rate == pytest.approx(want) and table.total.firing_rate == pytest.approx(want)
+
+
+@pytest.mark.parametrize("kind", ["StateLeaky", "LeakyParallel"])
+def test_snntorch_neurons_of_a_whole_sequence_are_read_time_first(kind):
+    """StateLeaky / LinearLeaky / LeakyParallel take [T, B, C] in one call: one sample's neurons are C (15 = B * C
+    and T = 2 before), and LeakyParallel, no SpikingNeuron, had no neuron row at all."""
+    import snntorch as snn
+
+    torch.manual_seed(0)
+    T, B, C = 6, 3, 5
+    neuron = snn.StateLeaky(beta=0.8, channels=C) if kind == "StateLeaky" else snn.LeakyParallel(4, C)
+    net = nn.Sequential(nn.Linear(4, C if kind == "StateLeaky" else 4), neuron)
+    x = (torch.rand(T, B, 4) < 0.5).float()
+    outs = []
+    neuron.register_forward_hook(lambda m, a, o: outs.append((o[0] if isinstance(o, tuple) else o).detach()))
+    counter = sl.SynOpsCounter(net, time_dim=0, batch_dim=1)
+    net(x)
+    spikes = outs[0]
+    assert spikes.shape == (T, B, C)
+    row = counter.neurons.stats()["1"]
+    assert (row["neurons"], row["time_steps"]) == (C, T)
+    assert row["spikes"] == pytest.approx(float(spikes.sum()) / B)
+    assert row["firing_rate"] == pytest.approx(float(spikes.sum()) / (B * T * C))
