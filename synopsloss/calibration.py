@@ -29,7 +29,8 @@ def _ann_row(row: Any, density: float) -> Any:
     macs = row.dense / steps * density
     events = (row.in_neurons or 0) * density
     return dataclasses.replace(row, eff_acs=0.0, eff_macs=macs, synops=macs, dense=row.dense / steps,
-                               input_events=events, time_steps=1.0, energy_parts={}, energy=None)
+                               input_events=events, time_steps=1.0, in_rate=density, energy_parts={}, energy=None,
+                               formal=True)
 
 
 def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "horowitz45nm-int8", *,

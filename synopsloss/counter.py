@@ -1814,7 +1814,7 @@ class SynOpsCounter:
                 synops=v[0], dense=v[1], eff_macs=v[2], eff_acs=v[3], input_sum=v[4], input_nonzero=v[5],
                 calls=state.calls, rows=state.rows_total, in_shape=tuple(state.in_shape),
                 out_shape=tuple(state.out_shape), in_neurons=state.in_neurons,
-                weights=self._weights(layer), fanout_mean=v[7] if has_map else None,
+                weights=self._weights(layer), biases=self._biases(layer), fanout_mean=v[7] if has_map else None,
                 fanout_max=v[8] if has_map else None, data_fed=bool(state.calls and state.data_calls == state.calls),
                 sample_steps=state.sample_steps, in_values=state.in_values, effective=v[6],
             )
@@ -1834,6 +1834,12 @@ class SynOpsCounter:
             return int(w.numel()) if isinstance(w, Tensor) else None
         return sum(p.numel() for n, p in layer.module.named_parameters()
                    if n.startswith("weight") or n.endswith("_weights"))  # norse: input_weights, recurrent_weights
+
+    @staticmethod
+    def _biases(layer: Optional[_Layer]) -> Optional[int]:
+        if layer is None:
+            return None
+        return sum(p.numel() for n, p in layer.module.named_parameters(recurse=False) if "bias" in n)
 
     def table(self, dt: Optional[float] = None, energy: Any = "horowitz45nm", accumulated: bool = False):
         """The per-layer statistics table (:class:`synopsloss.table.SynOpsTable`).

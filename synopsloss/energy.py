@@ -205,14 +205,18 @@ class DeviceEnergy(EnergyModel):
 class Lemaire2022(EnergyModel):
     """Lemaire et al. 2022 (Qualia's ``EnergyEstimationMetric``), with exact event counts.
 
-    Synaptic layers (``eff`` = effective ACs + MACs, ``events`` = nonzero
-    inputs, all per sample over all time steps):
+    Synaptic layers (``eff`` = effective ACs + MACs, ``events`` = input events:
+    spikes, a count of ``k`` as ``k``, or nonzero analog inputs; ``Nout``
+    output neurons, ``T`` time steps; all per sample over all time steps):
 
     * ``ops``: ``eff_acs * E_add + eff_macs * (E_mul + E_add)`` (Eq. 1-2: one
       accumulate per spike and synapse, a multiply-accumulate per analog input);
     * ``addressing``: ``eff * E_add`` (Eq. 16.3 / 17.2: one address
-      accumulation per synaptic event);
+      accumulation per synaptic event), plus ``2 * events * (E_mul + E_add)``
+      for a convolution (Eq. 16.2: the event's position in the output map);
     * ``mem_weights``: ``eff * E_mem(weights)`` (Eq. 7f / 8f: one weight read per event);
+    * ``mem_bias``: ``Nout * T * E_mem(biases)`` for a layer with biases
+      (Eq. 7s / 8s: each output's bias read at every time step);
     * ``mem_potentials``: ``2 * eff * E_mem(output neurons)`` (Eq. 14 / 15: the
       target potential is read and written per event);
     * ``mem_io``: ``events * E_mem(input neurons)`` (Eq. 5: one input read per event).
@@ -220,12 +224,24 @@ class Lemaire2022(EnergyModel):
     Neuron layers (``N`` neurons, ``T`` time steps, ``S`` output spikes):
 
     * ``ops``: ``N*T*E_add`` (+ ``N*T*(E_mul + E_add)`` for the leak of leaky
-      neurons, Eq. 1.3 / 2.3) ``+ S*E_add`` (reset);
+      neurons, Eq. 1.3 / 2.3: not for a decay of 1, such as snntorch
+      ``Leaky(beta=1)``) ``+ S*E_add`` (reset);
     * ``mem_potentials``: ``2 * N*T * E_mem(N)`` (one read and write per update);
     * ``mem_io``: ``S * E_mem(N)`` (Eq. 13: output spike writes).
 
-    Lemaire's formal-network equations count every MAC (dense); we count
-    effective operations for analog inputs too (zero inputs skipped).
+    The equivalent ANN layer of :func:`synopsloss.calibration.break_even` is
+    priced by the formal-network equations (``M`` MACs, ``Nin`` / ``Nout``
+    inputs / outputs, ``K`` kernel taps per output channel): ``ops`` ``M *
+    (E_mul + E_add) + Nout * E_add`` (Eq. 1.1-2.2); ``mem_io`` its inputs read
+    (``Nin``, a convolution once per MAC: Eq. 3 / 4) and ``Nout`` outputs written
+    (Eq. 11 / 12); ``mem_weights`` ``M * E_mem(weights)`` (Eq. 6.1f / 6.2f);
+    ``mem_bias`` ``Nout * E_mem(biases)`` (Eq. 6.1s / 6.2s); ``addressing``
+    ``(Nin + Nout + Cout * K) * E_add`` for a convolution, ``Nin * Nout * E_add``
+    for a dense layer; no potentials.
+
+    Lemaire's formal-network equations count every MAC (dense); in spiking
+    networks we count effective operations for analog inputs too (zero inputs
+    skipped).
 
     Parameters
     ----------
@@ -251,20 +267,45 @@ class Lemaire2022(EnergyModel):
 
     def parts(self, row: Any) -> Dict[str, float]:
         out: Dict[str, float] = {}
+        conv = "conv" in str(row.type).lower()
+        if getattr(row, "formal", False) and row.dense is not None:
+            return self._formal(row, conv)
         if row.kind in ("synaptic", "recurrent synapses") and row.dense is not None:
             acs, macs = _f(row.eff_acs), _f(row.eff_macs)
             eff = acs + macs
+            # input events: the spikes (a count of k: k events) when every op is an accumulate, else the nonzeros
+            events = _f(row.input_events)
+            if not macs and row.in_rate is not None and row.in_neurons and row.time_steps:
+                events = row.in_rate * row.in_neurons * row.time_steps
             out["ops"] = acs * self.e_add + macs * (self.e_mul + self.e_add)
-            out["addressing"] = eff * self.e_add
+            out["addressing"] = eff * self.e_add + (2 * events * (self.e_mul + self.e_add) if conv else 0.0)
             out["mem_weights"] = eff * self.e_mem(row.weights or 0)
+            if getattr(row, "biases", None):
+                out["mem_bias"] = (row.neurons or 0) * (row.time_steps or 1.0) * self.e_mem(row.biases)
             out["mem_potentials"] = 2 * eff * self.e_mem(row.neurons or 0)
-            out["mem_io"] = _f(row.input_events) * self.e_mem(row.in_neurons or 0)
+            out["mem_io"] = events * self.e_mem(row.in_neurons or 0)
         elif row.kind == "neuron" and row.membrane_updates_dense is not None:
             nt = row.membrane_updates_dense
             spikes = _f(row.spikes)
             out["ops"] = nt * self.e_add + (nt * (self.e_mul + self.e_add) if row.leaky else 0.0) + spikes * self.e_add
             out["mem_potentials"] = 2 * nt * self.e_mem(row.neurons or 0)
             out["mem_io"] = spikes * self.e_mem(row.neurons or 0)
+        return out
+
+    def _formal(self, row: Any, conv: bool) -> Dict[str, float]:
+        """The formal-network (ANN) equations for one inference of a synaptic layer (see the class docstring)."""
+        macs, nin, nout = _f(row.eff_macs), float(row.in_neurons or 0), float(row.neurons or 0)
+        out = {"ops": macs * (self.e_mul + self.e_add) + nout * self.e_add,
+               "mem_weights": macs * self.e_mem(row.weights or 0),
+               "mem_io": (macs if conv else nin) * self.e_mem(nin) + nout * self.e_mem(nout)}
+        if getattr(row, "biases", None):
+            out["mem_bias"] = nout * self.e_mem(row.biases)
+        if conv:
+            cin = float(row.in_shape[0]) if row.in_shape else 0.0
+            taps = float(row.weights or 0) / cin if cin else 0.0  # Cout x kernel taps
+            out["addressing"] = (nin + nout + taps) * self.e_add
+        else:
+            out["addressing"] = nin * nout * self.e_add
         return out
 
 

@@ -128,8 +128,15 @@ NEUROBENCH_NEURON_OPS = {k: v for k, v in registry.NEURON_OP_COSTS["snntorch"].i
 
 
 def _is_leaky(module: nn.Module) -> bool:
-    """Whether the membrane decays (a multiply per neuron and step); IAF does not."""
-    return "IAF" not in [c.__name__ for c in type(module).__mro__]
+    """Whether the membrane decays (a multiply per neuron and step): not an IAF, nor a decay of 1 (snntorch
+    ``Leaky(beta=1)``, read when the counter attaches)."""
+    if "IAF" in [c.__name__ for c in type(module).__mro__]:
+        return False
+    beta = getattr(module, "beta", None)
+    if isinstance(beta, (int, float)) or (isinstance(beta, Tensor) and beta.numel()):
+        with torch.no_grad():
+            return not bool((torch.as_tensor(beta) == 1).all())
+    return True
 
 
 def _count_nonzero(t: Tensor, dtype: torch.dtype) -> Tensor:

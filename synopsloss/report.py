@@ -46,7 +46,7 @@ _PAPER = ENERGY_PRESETS["horowitz45nm"]
 def _synaptic_row(s: LayerStats, samples: int, dt: Optional[float]) -> LayerRow:
     row = LayerRow(name=s.name, type=s.type, kind=s.kind, data_fed=s.data_fed, synops=s.synops / samples,
                    dense=s.dense / samples, eff_macs=s.eff_macs / samples, eff_acs=s.eff_acs / samples,
-                   weights=s.weights)
+                   weights=s.weights, biases=s.biases)
     if s.rows:
         row.in_shape, row.out_shape = tuple(s.in_shape), tuple(s.out_shape)
         row.in_neurons = math.prod(row.in_shape)

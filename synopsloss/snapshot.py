@@ -55,6 +55,8 @@ class LayerStats:
         One sample's input / output shape and input neurons (last call).
     weights
         Weight entries (``None`` when the rule has no single weight).
+    biases
+        Bias entries of the layer (0: none; ``None``: not known, a functional op).
     fanout_mean, fanout_max
         Effective fan-out over the input neurons (last call's map).
     data_fed
@@ -86,6 +88,7 @@ class LayerStats:
     out_shape: Tuple[int, ...] = ()
     in_neurons: int = 0
     weights: Optional[int] = None
+    biases: Optional[int] = None
     fanout_mean: Optional[float] = None
     fanout_max: Optional[float] = None
     data_fed: bool = False

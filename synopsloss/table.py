@@ -117,6 +117,8 @@ class LayerRow:
     neurons: Optional[int] = None
     in_neurons: Optional[int] = None
     weights: Optional[int] = None
+    biases: Optional[int] = None  # bias entries (0: none); the Lemaire model reads them once per output and step
+    formal: bool = False  # the equivalent ANN layer of calibration.break_even (priced by Lemaire's formal equations)
     fanout_mean: Optional[float] = None
     fanout_max: Optional[float] = None
     in_rate: Optional[float] = None
@@ -811,7 +813,7 @@ def _block(syn: Optional[LayerRow], neu: Optional[LayerRow], rec: List[LayerRow]
         in_shape=first.in_shape, out_shape=(neu or first).out_shape,
         neurons=(neu.neurons if neu is not None else syn.neurons if syn is not None else None),
         in_neurons=syn.in_neurons if syn is not None else None,
-        weights=_sum([r.weights for r in synaptic]),
+        weights=_sum([r.weights for r in synaptic]), biases=_sum([r.biases for r in synaptic]),
         fanout_mean=syn.fanout_mean if syn is not None else None,
         fanout_max=syn.fanout_max if syn is not None else None,
         in_rate=syn.in_rate if syn is not None else None,

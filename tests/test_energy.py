@@ -125,3 +125,60 @@ def test_negative_or_nan_energies_are_refused(bad):
     with pytest.raises(ValueError, match="energies must be finite joules >= 0"):
         register_device("bad-device-test", bad, 1e-12, spiking=True, source="a test")
     assert "bad-device-test" not in ENERGY_PRESETS
+
+
+def _lemaire_mem(words: float) -> float:
+    return (1.09e-5 * words * 32 + 13.2) * PJ
+
+
+def test_lemaire_conv_addressing_bias_reads_and_count_events_follow_the_paper():
+    """Eq. 16.2 (a conv event's position: 2 x (mul + add)), Eq. 7s (each output's bias read at every step) and
+    one input read per event of a count (a count of 3 is 3 reads, as its 3 x fan-out ACs): all missing before."""
+    e_add, e_mul = 0.1 * PJ, 3.1 * PJ
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    x = torch.zeros(2, 1, 4, 4)
+    x[0, 0, 1, 2], x[1, 0, 0, 0] = 3.0, 1.0  # a count of 3 and a spike: 4 events over 2 samples
+    counter = sl.SynOpsCounter(nn.Sequential(conv), neurons=False)
+    counter.model(x)
+    p = counter.table(energy="lemaire2022")["0"].energy_parts
+    fan = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    torch.nn.functional.conv2d(fan, (conv.weight != 0).float(), None, 1, 1).sum().backward()
+    acs = float((x * fan.grad).sum()) / 2
+    events = 4 / 2
+    assert p["addressing"] == pytest.approx(acs * e_add + 2 * events * (e_mul + e_add))
+    assert p["mem_bias"] == pytest.approx(2 * 16 * 1 * _lemaire_mem(2))  # Nout x T x E_mem(2 biases)
+    assert p["mem_io"] == pytest.approx(events * _lemaire_mem(16))
+    assert p["ops"] == pytest.approx(acs * e_add)
+
+
+def test_lemaire_charges_no_leak_to_a_neuron_that_does_not_decay():
+    e_add, e_mul = 0.1 * PJ, 3.1 * PJ
+    for beta, leak in ((1.0, False), (0.9, True)):
+        net = nn.Sequential(nn.Linear(3, 2, bias=False), snn.Leaky(beta=beta, init_hidden=True))
+        counter = sl.SynOpsCounter(net)
+        snn_utils.reset(net)
+        out = net(torch.ones(1, 3))
+        row = counter.table(energy="lemaire2022")["1"]
+        spikes = float(out.sum())
+        want = 2 * e_add + (2 * (e_mul + e_add) if leak else 0.0) + spikes * e_add
+        assert row.energy_parts["ops"] == pytest.approx(want), beta
+
+
+def test_break_even_prices_the_ann_by_lemaires_formal_equations():
+    """No potentials in a formal network: inputs read (Eq. 4), weights read per MAC (Eq. 6.2f), biases (6.2s),
+    outputs written (Eq. 12), Nin x Nout address adds; before, the spiking equations (2x with potentials)."""
+    from synopsloss.calibration import break_even
+
+    e_add, e_mul = 0.1 * PJ, 3.1 * PJ
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.5, init_hidden=True))
+    counter = sl.SynOpsCounter(net)
+    snn_utils.reset(net)
+    for _ in range(5):
+        net((torch.rand(2, 4) < 0.5).float())
+    row = break_even(counter.table(energy="horowitz45nm"), ann="lemaire2022")["0"]
+    macs, nin, nout = 12.0, 4.0, 3.0
+    want = (macs * (e_mul + e_add) + nout * e_add + macs * _lemaire_mem(12) + nout * _lemaire_mem(3)
+            + nin * _lemaire_mem(nin) + nout * _lemaire_mem(nout) + nin * nout * e_add)
+    assert row.ann_energy == pytest.approx(want)
