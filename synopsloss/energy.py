@@ -336,9 +336,7 @@ class CountEnergy(EnergyModel):
         unknown = sorted(set(self.costs) - set(COUNT_FEATURES))
         if unknown:
             raise ValueError(f"CountEnergy: unknown quantities {unknown}; choose from {list(COUNT_FEATURES)}")
-        bad = {k: v for k, v in self.costs.items() if not (float(v) >= 0 and math.isfinite(float(v)))}
-        if bad:
-            raise ValueError(f"CountEnergy: costs must be finite joules >= 0, got {bad}")
+        _check_joules("CountEnergy costs", **dict(self.costs))  # (a string, a bool or NaN is refused here)
 
     def parts(self, row: Any) -> Dict[str, float]:
         feats = row_features(row)

@@ -182,3 +182,10 @@ def test_break_even_prices_the_ann_by_lemaires_formal_equations():
     want = (macs * (e_mul + e_add) + nout * e_add + macs * _lemaire_mem(12) + nout * _lemaire_mem(3)
             + nin * _lemaire_mem(nin) + nout * _lemaire_mem(nout) + nin * nout * e_add)
     assert row.ann_energy == pytest.approx(want)
+
+
+@pytest.mark.parametrize("bad", ["1e-12", True, float("nan"), -1.0])
+def test_count_energy_refuses_costs_that_are_no_joules(bad):
+    """A string failed only inside table(); True was priced at 1 J per op."""
+    with pytest.raises(ValueError, match=r"CountEnergy costs: energies must be finite joules >= 0"):
+        sl.CountEnergy("fit", {"eff_acs": bad})
