@@ -931,6 +931,8 @@ class EnergyLoss(SynOpsLoss):
             if s is not None and row.synops:
                 s = s.to(torch.float64)
                 term = e + (s - s.detach()) * (float(row.energy) / float(row.synops))
+            elif s is not None and s.requires_grad:  # a silent layer: the price of its next synop (an AC)
+                term = e + (s.to(torch.float64) - s.detach().to(torch.float64)) * self._unit_price(row)
             else:
                 term = e
             out[row.name] = term if row.name not in out else out[row.name] + term
@@ -941,6 +943,16 @@ class EnergyLoss(SynOpsLoss):
             if name not in out:
                 out[name] = torch.zeros((), dtype=torch.float64, device=ref.device)
         return out
+
+    def _unit_price(self, row: Any) -> float:
+        """Joules of one more synop (an AC) of a layer with none: ``E/S`` is undefined there, and the synops keep
+        their gradient (the fan-out map at zero input) so that a loss can raise them."""
+        import dataclasses
+
+        zero = dataclasses.replace(row, eff_acs=0.0, eff_macs=0.0, synops=0.0, input_events=0.0, in_rate=0.0,
+                                   energy=None, energy_parts={})
+        one = dataclasses.replace(zero, eff_acs=1.0, synops=1.0)
+        return float(self.energy_model.energy(one) or 0.0) - float(self.energy_model.energy(zero) or 0.0)
 
     def _check_gradient(self, names: List[str], per_layer: Dict[str, Tensor], fed: List[str]) -> None:
         syn = set(self.counter.layer_names)

@@ -264,3 +264,40 @@ def test_lightning_regularizer_trains_against_energy():
     assert value == pytest.approx(table_energy, rel=1e-12)
     assert isinstance(m.reg.loss_fn, sl.EnergyLoss)
     assert m.reg.last_metrics["synops/train/energy_step"] == pytest.approx(value, rel=1e-9)
+
+
+def test_a_silent_layer_keeps_its_gradient_priced_at_its_next_synop():
+    """No spike reaches layer 2 (E/S is undefined there): its term had no gradient, so an energy target above it
+    could not raise it. Priced at one AC (0.9 pJ under horowitz45nm), the gradient is SynOpsLoss's for the target
+    in synops."""
+    import snntorch as snn
+    from snntorch import surrogate, utils
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Linear(4, 6, bias=False), snn.Leaky(beta=0.8, init_hidden=True, threshold=5.0,
+                                                   spike_grad=surrogate.fast_sigmoid()),
+            nn.Linear(6, 3, bias=False), snn.Leaky(beta=0.8, init_hidden=True, threshold=5.0,
+                                                   spike_grad=surrogate.fast_sigmoid()))
+
+    x = torch.rand(3, 2, 4)
+    grads = []
+    for make in (lambda c: sl.SynOpsLoss(c, target=10.0, shape="squared"),
+                 lambda c: sl.EnergyLoss(c, target=10 * 0.9e-12, energy="horowitz45nm", shape="squared")):
+        net = build()
+        counter = sl.SynOpsCounter(net)
+        loss_fn = make(counter)
+        utils.reset(net)
+        for t in range(3):
+            net(x[t])
+        assert counter.synops(by_layer=True)["2"].item() == 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sl.UnreachableTargetWarning)
+            term = loss_fn()
+        assert term.requires_grad
+        term.backward()
+        grads.append(net[0].weight.grad.clone())
+        counter.remove()
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[1], grads[0], rtol=1e-5, atol=0)
