@@ -261,6 +261,7 @@ class NeuronMonitor:
             squeeze=registry.is_time_folding(module), row=row,
             membrane=registry.outputs_membrane(module),  # (sinabs ExpLeak: no spikes, no firing rate)
             sequence=registry.sequence_neuron(module),  # (snntorch StateLeaky: the whole [T, B, ...] per call)
+            whole=registry.whole_spikes(module),  # ("binary": its spikes are 0 and 1 by construction)
         )
         if lib == "snntorch":
             self._hooks.pre(module, functools.partial(NeuronMonitor._snntorch_pre, name=name))
@@ -382,7 +383,7 @@ class NeuronMonitor:
         with torch.no_grad():
             per, nonzero, updates = neuron_counts(
                 flat, x.reshape(flat.shape) if events and not recurrent else None, dtype, red, self._scratch,
-                per_neuron=spiking)
+                per_neuron=spiking, binary=info.get("whole") == "binary" and rows < (1 << 24))
             call = NeuronState(spikes=per.sum() if spiking else None, nonzero=nonzero, per_neuron=per,
                                calls=1, rows=rows, numel=out.numel(), neurons=neurons, sample_shape=sample_shape,
                                out_shape=tuple(out.shape[2:] if time_first else out.shape[1:]),

@@ -427,7 +427,8 @@ def count_either(u: Tensor, v: Tensor) -> Tensor:
 
 
 def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red: Optional[torch.dtype],
-                  scratch: Scratch, per_neuron: bool = True) -> Tuple[Optional[Tensor], Tensor, Optional[Tensor]]:
+                  scratch: Scratch, per_neuron: bool = True,
+                  binary: bool = False) -> Tuple[Optional[Tensor], Tensor, Optional[Tensor]]:
     """A neuron layer's output statistics in one walk: per-neuron sums, nonzeros and (with ``other``) events.
 
     Parameters
@@ -440,6 +441,9 @@ def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red
         dtype of the results, and of the per-neuron sums over rows (``None``: ``flat``'s own).
     per_neuron
         Compute the per-neuron sums (else ``None`` is returned for them).
+    binary
+        ``flat`` holds only 0 and 1 (a neuron whose spike function makes them): its nonzeros are its sum, and
+        without ``other`` no mask of it is made.
 
     Returns
     -------
@@ -458,6 +462,9 @@ def neuron_counts(flat: Tensor, other: Optional[Tensor], dtype: torch.dtype, red
             # with ones, a cast to bool and its bytes counted as int64 lanes
             if per_neuron:
                 per = _col_sums(flat, red)
+            if binary and per_neuron and other is None:  # (0 and 1: the nonzeros are the spikes, exact in float32
+                nz += per.sum(dtype=dtype)               # per neuron below 2^24 rows)
+                return per.to(dtype), nz, ev
             u = flat.bool()
             nz += count_true(u).to(dtype)
             if other is not None:

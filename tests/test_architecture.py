@@ -64,11 +64,13 @@ def test_neurons_false_changes_no_synaptic_number(energy, accumulated):
 def test_lemaire2022_io_term_is_kept_with_neurons_false_accumulated():
     lean = _run(False)
     rows = {r.name: r for r in lean.table(energy="lemaire2022", accumulated=True)}
-    # one input read per input event (Eq. 5); it was 0 when the accumulated inputs came from the neuron monitor
+    # one input read per input event (Eq. 5; the spike events of an average pool's input for layer 4, nonzero
+    # inputs of a layer with MACs); it was 0 when the accumulated inputs came from the neuron monitor
     model = sl.Lemaire2022()
     for n in ("0", "4", "6"):
         r = rows[n]
-        assert r.energy_parts["mem_io"] == pytest.approx(r.input_events * model.e_mem(r.in_neurons))
+        events = r.input_events if r.eff_macs else r.in_rate * r.in_neurons * r.time_steps
+        assert r.energy_parts["mem_io"] == pytest.approx(events * model.e_mem(r.in_neurons))
     assert rows["0"].energy_parts["mem_io"] > 0 and rows["4"].energy_parts["mem_io"] > 0
     assert rows["4"].in_shape == (36,) and rows["4"].time_steps == 4.0 and rows["4"].in_rate is not None
 
