@@ -273,3 +273,22 @@ def test_snntorch_neurons_of_a_whole_sequence_are_read_time_first(kind):
     assert (row["neurons"], row["time_steps"]) == (C, T)
     assert row["spikes"] == pytest.approx(float(spikes.sum()) / B)
     assert row["firing_rate"] == pytest.approx(float(spikes.sum()) / (B * T * C))
+
+
+def test_a_binary_spike_neurons_density_comes_from_its_sums_exactly():
+    """A SpikingJelly IF neuron's spikes are 0 and 1 by construction: its nonzeros are read from its per-neuron
+    sums (no mask of its output); density and firing rate equal a hand count."""
+    from spikingjelly.activation_based import functional, neuron
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 40), neuron.IFNode(step_mode="m", v_threshold=0.3))
+    x = torch.rand(5, 7, 6)  # [T, B, F]
+    out = net(x).detach()
+    functional.reset_net(net)
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    row = counter.neurons.stats()["1"]
+    assert 0 < float(out.mean()) < 1
+    assert row["spikes"] == pytest.approx(float(out.sum()) / 7)
+    assert row["density"] == pytest.approx(float((out != 0).double().mean()))
+    assert row["firing_rate"] == pytest.approx(float(out.double().mean()))
