@@ -911,8 +911,8 @@ class OpScope:
         made of parameters when its tensors are parameters, buffers, scalars or such weights (the rule of
         :meth:`_derived`, which reads autograd's record when there is one): ``self.w * self.mask`` then ``.t()``."""
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        if not any(isinstance(o, Tensor) for o in outs):
-            return  # (``x.shape``, ``x.dim()``: nothing made)
+        if out is not None and not any(isinstance(o, Tensor) for o in outs):
+            return  # (``x.shape``, ``x.dim()``: nothing made; ``W[:] = x`` returns None and is read)
         leaves: List[int] = []
         ok = True
         for t in _tensor_args(args, kwargs):
@@ -937,9 +937,12 @@ class OpScope:
                     ok = False
                     break
                 leaves.append(id(p))
-            elif not (t.numel() == 1 or st in self._buffer_storages):
-                ok = False  # data or an activation: what it makes is no weight
+            elif st not in self._buffer_storages:
+                ok = False  # data or an activation (one value of it too: x.mean()): what it makes is no weight
                 break
+        if not ok:
+            for t in _tensor_args(args, kwargs):  # (an in-place op or setitem that writes data into one of them)
+                self._made.pop(id(t), None)
         for o in outs:
             if isinstance(o, Tensor):
                 if ok and leaves:
@@ -979,9 +982,10 @@ class OpScope:
                     saved = getattr(node, "_saved_self" if i == 0 else "_saved_other", None)
                 except RuntimeError:  # freed by an earlier backward
                     return False
-                if not isinstance(saved, Tensor) or not (saved.numel() == 1 or _storage(saved) in self._own_storages
+                if not isinstance(saved, Tensor) or not (_storage(saved) in self._own_storages
                                                          or _storage(saved) in self._buffer_storages):
-                    return False  # (a mask buffer may shape a weight; a buffer alone is none: it may hold state)
+                    return False  # (a mask buffer may shape a weight; a buffer alone is none: it may hold state;
+                    # one value of the data, x.mean(), is no constant)
         if not leaves:
             return False
         self._leaves.extend(leaves)

@@ -310,7 +310,8 @@ class PoolEvents:
         return div
 
     def _integer(self, x: Tensor) -> Tensor:
-        if not x.is_floating_point() or (self._whole is not None and self._whole.kind(x) is not None):
+        if not x.is_floating_point() or (self._whole is not None and self._whole.kind(x) is not None
+                                         and _whole_range(x)):
             return torch.ones((), dtype=torch.bool, device=x.device)  # (a whole-spike neuron's output, unchanged)
         with torch.no_grad():
             return reductions.all_integer(x, 0.0, self._scratch)  # exact integers
@@ -674,6 +675,14 @@ class PoolEvents:
             return (scale if n_el == scale.numel() else scale.repeat(n_el // scale.numel())), tag.integer
         # a row holds part of a pool sample: the divisors repeat along the flattened input
         return scale.expand(rows * n_el // scale.numel(), scale.numel()).reshape(rows, n_el), tag.integer
+
+
+def _whole_range(x: Tensor) -> bool:
+    """Whether a whole-spike neuron's output has the range of spike counts: min 0 and a whole max (one ``aminmax``;
+    an edit that no version counter sees, through ``.data`` or numpy, shows there unless it keeps both ends)."""
+    with torch.no_grad():
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    return lo == 0.0 and hi >= 0.0 and float(hi).is_integer()
 
 
 def _picked(module: nn.Module, n: int, x: Tensor, events: Tensor) -> Tensor:

@@ -314,6 +314,16 @@ def value_range(det: Tensor) -> Tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _within_binary(flat: Tensor) -> bool:
+    """Whether a contiguous float32 tensor said to hold 0 and 1 has the range of that: min +0 and max 0 or 1 (one
+    ``aminmax`` of its bit patterns; an edit that no version counter sees, through ``.data`` or numpy, shows there
+    unless it keeps both ends)."""
+    if flat.dtype != torch.float32 or not flat.is_contiguous() or not flat.numel():
+        return False
+    lo_b, hi_b = torch.aminmax(flat.view(torch.int32))
+    return int(lo_b) == 0 and int(hi_b) in (0, _ONE_BITS)
+
+
 def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     """The column sums of a contiguous float32 CPU input ``[rows, n]`` (no graph) when every value is 0 or 1, else
     ``None``: a call of {0, 1} spikes reduced at once in a few tensor ops.
@@ -344,7 +354,7 @@ def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     return torch.matmul(_SCRATCH.ones(flat.shape[0], flat.dtype, flat.device), flat)
 
 
-def _large_sums(flat: Tensor, integer: Optional[bool] = None) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
+def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
     """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
     one), its nonzeros per column, ``max |x|`` (``inf`` when its first values show it is no spikes), whether
     a value is below 0 (or NaN), and whether every value is an integer (``None``: not read).
@@ -369,7 +379,8 @@ def _large_sums(flat: Tensor, integer: Optional[bool] = None) -> Tuple[Tensor, T
     if not _exact_enough(colsum, flat.shape[0], amax):  # large counts, or many rows of real values
         colsum = src.sum(0, dtype=torch.float64)
     with torch.no_grad():
-        if integer is None and not signed and amax <= 1:  # (integer=True: known, a whole-spike neuron's output)
+        integer = None
+        if not signed and amax <= 1:
             integer = bool(all_integer_values(det, nonneg=True))
         if integer and not signed and amax <= 1:  # only 0 and 1: each column's sum is its number of nonzeros
             return colsum, colsum.detach(), amax, signed, integer  # (exact below 2^24 rows)
@@ -633,7 +644,7 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool,
     with torch.no_grad():
         flat = x.detach().reshape(rows, n_el)
         dense = float(ent.dense_total) * float(rows)
-        if whole == "binary":  # a neuron's unchanged output whose spike function makes only 0 and 1
+        if whole == "binary" and _within_binary(flat):  # a neuron's unchanged output of 0 and 1 (range checked)
             binary = torch.matmul(_SCRATCH.ones(rows, flat.dtype, flat.device), flat)
         else:
             binary = _binary_sums(flat)
@@ -642,7 +653,7 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool,
             # (one product with [map, ones]: the synops and the spikes, float64 sums of exact float32 column sums)
             synops, in_sum = torch.matmul(binary.to(acc), ent.with_ones()).view(-1).tolist()
             return synops, dense, synops, 0.0, in_sum, in_sum, 1.0, synops
-        colsum, nz, amax, signed, known = _large_sums(flat, integer=True if whole == "integer" else None)
+        colsum, nz, amax, signed, known = _large_sums(flat)
         # (the column sums and nonzeros times [map, ones]: synops, sum, effective ops, nonzeros in one product; the
         # nonzero counts are integers below 2^53, exact in float64)
         (synops, in_sum), (eff, nonzero) = torch.matmul(torch.stack([colsum.detach().reshape(-1).to(acc),

@@ -552,9 +552,12 @@ def _sinabs_whole(module: nn.Module) -> Optional[str]:
     from sinabs.activation import MaxSpike, MultiSpike, SingleSpike  # (imported only for a sinabs layer)
 
     fn = getattr(module, "spike_fn", None)
-    if fn is SingleSpike or (type(fn) is MaxSpike and fn.max_num_spikes_per_bin == 1):
-        return "binary"
-    return "integer" if fn is MultiSpike or type(fn) is MaxSpike else None
+    if type(fn) is MaxSpike:  # clamp(trunc(v / threshold), max=cap): whole numbers only under a whole cap
+        cap = fn.max_num_spikes_per_bin
+        if cap is not None and not float(cap).is_integer():
+            return None
+        return "binary" if cap == 1 else "integer"
+    return "binary" if fn is SingleSpike else "integer" if fn is MultiSpike else None
 
 
 def _sj_whole(module: nn.Module) -> Optional[str]:

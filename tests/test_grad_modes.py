@@ -294,3 +294,35 @@ def test_a_pruned_weight_used_through_matmul_is_a_weight_without_gradients_too()
     want = float((x.double() * (net.weight != 0).sum(0)).sum())
     for mode, rows in _rows_in_each_mode(net, x).items():
         assert rows["matmul"]["synops"] == pytest.approx(want, rel=1e-12), mode
+
+
+class _DataMixedWeight(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.w = nn.Parameter(torch.randn(3, 64))
+
+    def forward(self, x):
+        if self.how == "mean":
+            w = self.w * x.mean()  # (one value of the data: no scalar constant)
+        else:
+            w = self.w * 1.0
+            w[:, :] = x[0]  # (data written into it)
+        return x @ w.t()
+
+
+@pytest.mark.parametrize("how", ["mean", "setitem"])
+def test_a_tensor_mixed_with_data_is_no_weight_without_gradients(how):
+    """Without gradients, ``w * x.mean()`` or a weight whose entries were overwritten with data were followed as
+    weights (counted, silently, as F.linear): as with gradients, they are activations, and the product of two
+    samples' activations is refused."""
+    torch.manual_seed(0)
+    net = _DataMixedWeight(how)
+    x = (torch.rand(2, 64) < 0.5).float()
+    for ctx in (torch.enable_grad, torch.no_grad):
+        counter = sl.SynOpsCounter(net, neurons=False)
+        with ctx():
+            net(x)
+        with pytest.raises(ValueError, match=r"layer 'matmul' received 1 rows"):
+            counter.snapshot()
+        counter.remove()

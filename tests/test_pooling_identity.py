@@ -707,3 +707,31 @@ def test_the_spikes_of_a_whole_spike_neuron_reach_a_pool_as_events_without_an_in
         launched = _frac_ops(lambda: net(x))
     assert counter.synops(by_layer=True)["5" if halve else "4"].item() == pytest.approx(want, rel=1e-6)
     assert (launched > 0) is halve
+
+
+class _ScaleThroughData(nn.Module):
+    def forward(self, x):
+        x.data.mul_(0.3)  # (no version bump)
+        return x
+
+
+def test_whole_spikes_scaled_through_data_before_a_pool_are_no_events():
+    """A whole-spike neuron's output is trusted by identity, version and range: scaled through .data (which no
+    version counter sees) its range shows it (a max that is no whole number), and the pool's input is read (4x
+    the synops before). An edit that keeps min 0 and a whole max is not seen (docs/counting.md)."""
+    import sinabs.layers as sll
+
+    torch.manual_seed(0)
+    fc = nn.Linear(2 * 4 * 4, 3, bias=False)
+    iaf = sll.IAFSqueeze(batch_size=2, min_v_mem=-1.0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), iaf, _ScaleThroughData(), nn.AvgPool2d(2),
+                        nn.Flatten(), fc)
+    x = (torch.rand(6, 1, 8, 8) < 0.5).float() * 3
+    seen = []
+    fc.register_forward_hook(lambda m, a, o: seen.append(a[0].detach().double().clone()))
+    net(x)
+    iaf.reset_states()
+    want = float((seen[0] * _fan(fc)).sum()) / 2  # the pooled scaled values themselves: no events
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    assert counter.synops(by_layer=True)["5"].item() == pytest.approx(want, rel=1e-6)

@@ -387,3 +387,51 @@ def test_a_whole_spike_neurons_output_is_reduced_without_a_test_for_spikes(scale
                                                      else (pytest.approx(want), 0.0))
     tests = [f for f in ops if "aminmax" in f or "frac" in f]
     assert bool(tests) is scaled
+
+
+class _DataEdit(nn.Module):
+    """Edits the spikes through ``.data`` (no version bump) or negates them."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        (x.data.mul_(0.5) if self.how == "half" else x.data.neg_())
+        return x
+
+
+@pytest.mark.parametrize("edit", ["half", "neg", "hook", "maxspike"])
+def test_whole_spikes_changed_where_no_version_counter_sees_are_read_anew(edit):
+    """The spikes of a whole-spike neuron are trusted by their range too: halved or negated through .data, edited
+    in a user's forward hook, or capped at 1.5 (MaxSpike), they were counted as 0/1 spikes (negative synops for
+    negated ones)."""
+    import sinabs.activation as sa
+    import sinabs.layers as sll
+
+    torch.manual_seed(0)
+    lin = nn.Linear(10000, 3, bias=False)  # ([B=4, T=2, 10000]: 80000 values, reduced at once)
+    fn = sa.MaxSpike(1.5) if edit == "maxspike" else sa.SingleSpike
+    iaf = sll.IAF(spike_fn=fn)
+    if edit == "hook":
+        iaf.register_forward_hook(lambda m, a, o: o.mul_(0.5))
+    layers = [iaf] + ([_DataEdit(edit)] if edit in ("half", "neg") else []) + [lin]
+    net = nn.Sequential(*layers)
+    x = torch.rand(4, 2, 10000) * 3
+    seen = []
+    lin.register_forward_hook(lambda m, a, o: seen.append(a[0].detach().double().clone()))
+    with torch.no_grad():
+        net(x)
+    iaf.reset_states()
+    s = seen[0]
+    fan = (lin.weight != 0).sum(0).double()
+    spiking = bool(((s == 0) | (s.abs() == 1)).all())
+    want = float((s.abs() * fan).sum()) / 4
+    eff = float(((s != 0).double() * fan).sum()) / 4
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with torch.no_grad():
+        net(x)
+    total = counter.snapshot().total()
+    assert total["synops"] == pytest.approx(want, rel=1e-12) and want > 0
+    assert (total["eff_acs"], total["eff_macs"]) == ((pytest.approx(eff), 0.0) if spiking
+                                                     else (0.0, pytest.approx(eff)))
