@@ -175,7 +175,8 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
                 f"{ev.root_shape}), but {source} received {b}. Drop batch_dim= (the layer's layout is "
                 "known) or pass the right one.")
         lead = tuple(ev.root_shape[:2]) if ev.root_shape else ()
-        if lead and b not in lead:  # (its rows fold the samples with other dims: x.flatten(0, 1) of [T, B, ...])
+        held = any(b in tuple(shape[:2]) for shape in ev.root_others.values())  # (model(mask, x): x holds them)
+        if lead and b not in lead and not held:  # (its rows fold the samples with other dims: x.flatten(0, 1))
             raise ValueError(
                 f"synopsloss: {source} (its rows are samples) received {b} rows, but the model's input "
                 f"{ev.root_shape} holds no dim of {b} among its first two: the layer reads the samples folded with "

@@ -451,3 +451,22 @@ def test_single_step_spikingjelly_layers_on_folded_steps_are_refused_not_divided
     declared = sl.SynOpsCounter(net, batch_size=2)
     net(x)
     assert declared.synops().item() == pytest.approx(float((x * (net.fc.weight != 0).sum(0)).sum()) / 2)
+
+
+def test_a_layer_of_known_layout_reading_the_second_arguments_samples_is_not_refused():
+    """model(mask, x): the first argument holds no dim of the samples, the second does (no fold)."""
+    from spikingjelly.activation_based import layer, neuron
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.lif = layer.Linear(4, 3, bias=False), neuron.IFNode()
+
+        def forward(self, mask, x):
+            return self.lif(self.fc(x * mask[0, 0]))
+
+    net = Masked()
+    x = torch.ones(5, 4)
+    counter = sl.SynOpsCounter(net)
+    net(torch.ones(7, 7), x)
+    assert counter.synops().item() == pytest.approx(float((x * (net.fc.weight != 0).sum(0)).sum()) / 5)
