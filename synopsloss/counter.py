@@ -589,6 +589,8 @@ class SynOpsCounter:
 
             self._monitor = NeuronMonitor(self.model, samples_fn=self._samples, rules=self._rules,
                                           scratch=self._scratch)
+        if self._monitor is not None:
+            self._monitor.watch_carry = self.auto_reset  # (a per-step model under auto_reset is named)
         self._scope.attach(self.model, self._layers)  # last: its frames close after every other hook
         # (after the op scope's plan: a module whose only synapses are activation products is counted op by op)
         if not self._layers and not self._scope.scoped and self._scope.ops != "all":
@@ -895,6 +897,14 @@ class SynOpsCounter:
     def _root_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         batch = self._batch
         batch.pending = False
+        if self.auto_reset and self._monitor is not None and self._monitor.carried is not None:
+            self._warn_once(
+                f"synopsloss: auto_reset=True counts each call of the model as a whole batch, but neuron "
+                f"{self._monitor.carried!r} started a call with the membrane the previous call left. If the model "
+                "is called once per time step, each step is counted as a batch of its own (the synops per sample "
+                "of the last step only): drop auto_reset and call counter.reset() before each batch. (A state "
+                "carried on purpose, chunk to chunk of a long sequence, is counted per chunk.)",
+                stacklevel=4)
         if batch.unreduced:
             self._reduce_held()  # the calls this forward made without gradients
         # a state the model returns and is called with again is the network's, not data; held weakly,

@@ -217,6 +217,10 @@ class NeuronMonitor:
         # samples seen by the model's input (root_batch), a sinabs *Squeeze layer (fold_batch) and a
         # SpikingJelly / norse neuron, whose layout is known (probe_batch)
         self._layout = batch_layout.Evidence()
+        #: set by the owner to watch for neuron state carried into a batch's first call (auto_reset: a model called
+        #: once per time step carries its membranes from call to call); the first such neuron's name
+        self.watch_carry = False
+        self.carried: Optional[str] = None
         self.attach()
 
     # ------------------------------------------------------------------ lifecycle
@@ -325,9 +329,16 @@ class NeuronMonitor:
         if isinstance(output, Tensor) and output.dim() >= lead:
             state.out_shape = tuple(output.shape[lead:])
 
+    def _carried(self, name: str, state: Optional[NeuronState], mem: Any) -> None:
+        """A neuron's first call of a batch whose membrane is not at rest (read only while :attr:`watch_carry`)."""
+        if (self.watch_carry and state is None and self.carried is None and isinstance(mem, Tensor) and mem.numel()
+                and bool(mem.detach().any())):
+            self.carried = name
+
     def _snntorch_pre(self, module: nn.Module, args: tuple, *, name: str) -> None:
         state = self._batch.get(name)
         mem = getattr(module, "mem", None)
+        self._carried(name, state, mem)
         if state is not None and isinstance(mem, Tensor):
             # snntorch rebinds ``mem`` each step, so a reference is the state before the call
             state.pre_mem = mem.detach()
@@ -335,6 +346,7 @@ class NeuronMonitor:
     def _sj_pre(self, module: nn.Module, args: tuple, *, name: str) -> None:
         state = self._batch.get(name)
         v = frameworks.membrane(self.info[name]["row"], module, None)
+        self._carried(name, state, v)
         if state is not None and v is not None:
             state.pre_mem = v.detach()  # SpikingJelly rebinds ``v`` at each step, like snntorch ``mem``
 

@@ -66,3 +66,27 @@ def test_pool_correction_follows_spikes_through_a_relu():
     with_relu(x)
     # window sums 2, 1, 0, 2 = 5 spike events, each reaching 3 outputs (fc's columns are nonzero)
     assert counter.snapshot().per_layer()["3"]["synops"] == pytest.approx(15.0)
+
+
+def test_auto_reset_on_a_model_called_once_per_step_is_named():
+    """auto_reset=True with an snntorch loop counted the last step as the batch (22.75 for 149.25): the neurons'
+    membranes carried from call to call say so. A model reset before each call is not named."""
+    import warnings
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), snn.Leaky(beta=0.8, init_hidden=True))
+    x = (torch.rand(5, 4, 6) < 0.5).float()
+    counter = sl.SynOpsCounter(net, auto_reset=True)
+    snn_utils.reset(net)
+    with pytest.warns(sl.SynOpsWarning, match=r"auto_reset=True counts each call of the model as a whole batch, "
+                                              r"but neuron '1' started a call with the membrane"):
+        for t in range(5):
+            net(x[t])
+    counter.remove()
+    counter = sl.SynOpsCounter(net, auto_reset=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)
+        for t in range(3):
+            snn_utils.reset(net)  # a whole batch per call: the neurons start at rest
+            net(x[t])
+    assert counter.synops().item() == pytest.approx(float((x[2] * (net[0].weight != 0).sum(0)).sum()) / 4)
