@@ -195,6 +195,7 @@ class _Batch(batch_layout.Evidence):
     last_inputs: Dict[str, LastInput] = field(default_factory=dict)
     input_shape: Tuple[int, ...] = ()  # the shape of the first tensor the model was first called with
     probe_major: Optional[bool] = None  # a layer of known layout read the data as [B, T, ...] (True) or [T, B, ...]
+    fed_out: Optional[Any] = None  # weak reference to a data-fed layer's output with the data's leading dims
     inputs: Set[int] = field(default_factory=set)  # storage pointers of the data the model was called with
     held: List[Tensor] = field(default_factory=list)  # that data, held so that no other tensor reuses its memory
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
@@ -928,6 +929,12 @@ class SynOpsCounter:
             return
         batch_layout.add_fold(self._batch, name, b, int(args[0].shape[0]))
 
+    def _note_fed(self, x: Tensor, out: Tensor) -> None:
+        """A layer read the data ``x`` and kept its two leading dims in ``out`` (a Linear on ``[T, B, ...]``): a
+        layer of known layout reading ``out`` tells the data's order too."""
+        if self._batch.probe_major is None and x.dim() >= 3 and out.dim() == x.dim() and out.shape[:2] == x.shape[:2]:
+            self._batch.fed_out = weakref.ref(out)
+
     def _whole_hook(self, module: nn.Module, args: tuple, output: Any, *, kind: str) -> None:
         """A neuron whose spikes are whole numbers by construction returned ``output`` (``kind``: ``"binary"``
         or ``"integer"``)."""
@@ -945,7 +952,10 @@ class SynOpsCounter:
             return  # an input it cannot read (unbatched): the other sources decide
         batch_layout.add_probe(self._batch, name, b, t, samples)
         if (self._batch.probe_major is None and layout[2] is not None and layout[2] >= 0 and args[0].dim() > 1
-                and self._is_data(args[0], note=False)):  # (the data's order; a tensor made in the model may be transposed)
+                and (self._is_data(args[0], note=False) or (self._batch.fed_out is not None
+                                                            and self._batch.fed_out() is args[0]))):
+            # the data's order: read from the data, or from what a layer made of it keeping its leading dims (a
+            # tensor made in the model otherwise may hold them transposed)
             self._batch.probe_major = layout[1] < layout[2]
 
     def _layer_hook_for(self, name: str, layer: _Layer) -> Any:
@@ -982,8 +992,11 @@ class SynOpsCounter:
                         and x.device == same.device and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
                     batch = self._batch
                     data = (x.is_leaf or _input_view(x)) and bool(batch.inputs) and _storage(x) in batch.inputs
-                    if data and batch.root_others:
-                        batch.root_fed.add(_storage(x))
+                    if data:
+                        if batch.root_others:
+                            batch.root_fed.add(_storage(x))
+                        if batch.probe_major is None:
+                            self._note_fed(x, out)
                     if _GRAD_ON() and not x.is_inference():
                         q = batch.quick.get(name)
                         if q is not None and version_of(weight) != q[1]:  # changed in place since: a new run
@@ -1086,9 +1099,12 @@ class SynOpsCounter:
             layer.last = (in_shape, out_shape, weight, entry, geo)
         rows = x.numel() // n_el
         lead = tuple(x.shape[:x.dim() - nd])
+        data = self._is_data(x)
+        if data:
+            self._note_fed(x, out)
         self.record_call(name, Call(x, rows, entry, weight, layer.maps, version=version_of(x),
                                     events=self.integer_spikes == "events"),
-                         in_shape=in_shape, out_shape=out_shape, data=self._is_data(x), lead=lead)
+                         in_shape=in_shape, out_shape=out_shape, data=data, lead=lead)
         plain = rule.weight if not rule.weight.endswith("()") else ""
         if (self._lean and x is given and layer.once is None and not self._sharded.holds(name)
                 and not sharding.is_dtensor(weight)

@@ -394,3 +394,34 @@ def test_data_with_as_many_steps_as_samples_is_not_split_by_a_transposed_neurons
     declared = sl.SynOpsCounter(net, per_sample=True, batch_dim=0)
     net(x)
     assert declared.per_sample(by_layer=True)["a"].tolist() == pytest.approx(want)
+
+
+class _TimeFirstLinearIntoMultiStep(nn.Module):
+    """[T, B, F] data read by a plain Linear, whose output (same leading dims) a multi-step neuron reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from spikingjelly.activation_based import neuron
+
+        self.a = nn.Linear(4, 5, bias=False)
+        self.lif = neuron.IFNode(step_mode="m", v_threshold=0.2)
+
+    def forward(self, x):
+        return self.lif(self.a(x))
+
+
+def test_data_with_as_many_steps_as_samples_is_split_by_a_neuron_reading_a_layer_of_it():
+    """The neuron reads the Linear's output, which keeps the data's [T, B] order: its layout is the data's, and the
+    data-fed layer is split per sample (T == B)."""
+    torch.manual_seed(0)
+    x = torch.zeros(3, 3, 4)  # [T, B, F]
+    x[:, 0] = 1.0  # only sample 0 has spikes, at every step
+    net = _TimeFirstLinearIntoMultiStep()
+    fan = (net.a.weight != 0).sum(0).double()
+    want = [float((x[:, b].double() @ fan).sum()) for b in range(3)]
+    assert want[0] > 0 and want[1:] == [0.0, 0.0]
+    counter = sl.SynOpsCounter(net, per_sample=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)
+        net(x)
+        assert counter.per_sample(by_layer=True)["a"].tolist() == pytest.approx(want)
