@@ -157,8 +157,9 @@ def run_fresh(code: str, timeout: float = 300, cwd: Optional[Path] = None, what:
         time.sleep(2.0)
         _signal_session(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
+        # (the stacks of every process: the parent's threads may print after its ranks', so keep enough of it)
         raise AssertionError(f"{what} did not finish within {timeout:.0f} s; its processes were killed. "
-                             f"Output (with the stacks of the hung processes):\n{out[-6000:]}") from None
+                             f"Output (with the stacks of the hung processes):\n{out[-30000:]}") from None
     finally:
         _signal_session(proc.pid, signal.SIGKILL)  # no worker outlives its test
     if proc.returncode != 0:
