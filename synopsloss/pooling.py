@@ -47,7 +47,7 @@ from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
 from .hooks import installed, made_by_package
-from .records import WholeSpikes, version_of
+from .records import WholeSpikes, version_of, whole_range
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
            "POOL_FUNCTIONS", "CARRY_FUNCTIONS", "COPY_FUNCTIONS"]
@@ -311,7 +311,7 @@ class PoolEvents:
 
     def _integer(self, x: Tensor) -> Tensor:
         if not x.is_floating_point() or (self._whole is not None and self._whole.kind(x) is not None
-                                         and _whole_range(x)):
+                                         and whole_range(x, False)):
             return torch.ones((), dtype=torch.bool, device=x.device)  # (a whole-spike neuron's output, unchanged)
         with torch.no_grad():
             return reductions.all_integer(x, 0.0, self._scratch)  # exact integers
@@ -675,14 +675,6 @@ class PoolEvents:
             return (scale if n_el == scale.numel() else scale.repeat(n_el // scale.numel())), tag.integer
         # a row holds part of a pool sample: the divisors repeat along the flattened input
         return scale.expand(rows * n_el // scale.numel(), scale.numel()).reshape(rows, n_el), tag.integer
-
-
-def _whole_range(x: Tensor) -> bool:
-    """Whether a whole-spike neuron's output has the range of spike counts: min 0 and a whole max (one ``aminmax``;
-    an edit that no version counter sees, through ``.data`` or numpy, shows there unless it keeps both ends)."""
-    with torch.no_grad():
-        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-    return lo == 0.0 and hi >= 0.0 and float(hi).is_integer()
 
 
 def _picked(module: nn.Module, n: int, x: Tensor, events: Tensor) -> Tensor:

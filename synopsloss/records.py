@@ -41,7 +41,8 @@ from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
 from .reductions import BLOCK, Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
 
-__all__ = ["Call", "LastInput", "WholeSpikes", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now", "view_lead"]
+__all__ = ["Call", "LastInput", "WholeSpikes", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now",
+           "view_lead", "whole_range"]
 
 #: rows of one call from which per-neuron sums are taken in float64 (float32 sums are exact below 2^24)
 WIDE_ROWS = 1 << 22
@@ -314,14 +315,21 @@ def value_range(det: Tensor) -> Tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _within_binary(flat: Tensor) -> bool:
-    """Whether a contiguous float32 tensor said to hold 0 and 1 has the range of that: min +0 and max 0 or 1 (one
-    ``aminmax`` of its bit patterns; an edit that no version counter sees, through ``.data`` or numpy, shows there
-    unless it keeps both ends)."""
-    if flat.dtype != torch.float32 or not flat.is_contiguous() or not flat.numel():
+def whole_range(t: Tensor, binary: bool) -> bool:
+    """Whether ``t``, the output of a neuron whose spikes are whole numbers by construction, has the range of them:
+    min 0 and a max of 0 or 1 (``binary``) or a whole max (one pass, :func:`value_range`). An edit that no version
+    counter sees, through ``.data`` or numpy, shows there unless it keeps both ends.
+
+    Example
+    -------
+    >>> whole_range(torch.tensor([0.0, 1.0]), True), whole_range(torch.tensor([0.0, 1.5]), False)
+    (True, False)
+    """
+    if not t.numel():
         return False
-    lo_b, hi_b = torch.aminmax(flat.view(torch.int32))
-    return int(lo_b) == 0 and int(hi_b) in (0, _ONE_BITS)
+    with torch.no_grad():
+        lo, hi = value_range(t.detach())
+    return lo == 0.0 and (hi in (0.0, 1.0) if binary else hi >= 0.0 and float(hi).is_integer())
 
 
 def _binary_sums(flat: Tensor) -> Optional[Tensor]:
@@ -382,8 +390,8 @@ def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool, Optional[boo
         integer = None
         if not signed and amax <= 1:
             integer = bool(all_integer_values(det, nonneg=True))
-        if integer and not signed and amax <= 1:  # only 0 and 1: each column's sum is its number of nonzeros
-            return colsum, colsum.detach(), amax, signed, integer  # (exact below 2^24 rows)
+            if integer:  # only 0 and 1: each column's sum is its number of nonzeros (exact below 2^24 rows)
+                return colsum, colsum.detach(), amax, signed, integer
         return colsum, column_nonzeros(det), amax, signed, integer
 
 
@@ -644,7 +652,7 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool,
     with torch.no_grad():
         flat = x.detach().reshape(rows, n_el)
         dense = float(ent.dense_total) * float(rows)
-        if whole == "binary" and _within_binary(flat):  # a neuron's unchanged output of 0 and 1 (range checked)
+        if whole == "binary" and whole_range(flat, True):  # a neuron's unchanged output of 0 and 1 (range checked)
             binary = torch.matmul(_SCRATCH.ones(rows, flat.dtype, flat.device), flat)
         else:
             binary = _binary_sums(flat)
