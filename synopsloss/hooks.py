@@ -147,6 +147,17 @@ _INSTALLED = tuple(sorted({os.path.join(p, "") for p in (sysconfig.get_paths()[k
 
 #: the package's directory: an op made by a frame of a file under it is the package's own (not counted)
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+def foreign_forward_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has a forward hook that no synopsloss object registered (a user's hook, which may change
+    or replace its output before the package's hooks see it)."""
+    for hook in module._forward_hooks.values():
+        fn = getattr(hook, "func", hook)  # functools.partial
+        fn = getattr(fn, "__func__", fn)  # bound method
+        if not (getattr(fn, "__module__", "") or "").startswith("synopsloss."):
+            return True
+    return False
+
+
 def made_by_package(frame: Any) -> bool:
     """Whether the op whose ``__torch_function__`` was called from ``frame`` was made by the package's own code
     (its reductions, its hooks), not by the model: the package's mode handlers in between are passed over.

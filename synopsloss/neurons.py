@@ -113,7 +113,7 @@ from torch import Tensor, nn
 from . import frameworks, registry
 from . import layout as batch_layout
 from ._validate import check_int
-from .hooks import HookSet, next_stamp
+from .hooks import HookSet, foreign_forward_hooks, next_stamp
 from .reductions import Scratch, count_either, count_nonzero, neuron_counts
 from .registry import LayerKind, layer_kind, neuron_op_cost
 from .snapshot import NeuronStats
@@ -395,7 +395,9 @@ class NeuronMonitor:
         with torch.no_grad():
             per, nonzero, updates = neuron_counts(
                 flat, x.reshape(flat.shape) if events and not recurrent else None, dtype, red, self._scratch,
-                per_neuron=spiking, binary=info.get("whole") == "binary" and rows < (1 << 24))
+                # (0/1 by construction, unless a user's forward hook ran before this one and changed the output)
+                per_neuron=spiking, binary=(info.get("whole") == "binary" and rows < (1 << 24)
+                                            and not foreign_forward_hooks(module)))
             call = NeuronState(spikes=per.sum() if spiking else None, nonzero=nonzero, per_neuron=per,
                                calls=1, rows=rows, numel=out.numel(), neurons=neurons, sample_shape=sample_shape,
                                out_shape=tuple(out.shape[2:] if time_first else out.shape[1:]),

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
-from .hooks import installed, made_by_package
+from .hooks import foreign_forward_hooks, installed, made_by_package
 from .records import WholeSpikes, version_of, whole_range
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
@@ -172,17 +172,6 @@ class _Spec:
 
 def _module_key(module: nn.Module) -> tuple:
     return tuple(_key(getattr(module, k, None)) for k in _AVG_ARGS[1:])
-
-
-def _is_ours(hook: Any) -> bool:
-    fn = getattr(hook, "func", hook)  # functools.partial
-    fn = getattr(fn, "__func__", fn)  # bound method
-    return (getattr(fn, "__module__", "") or "").startswith("synopsloss.")
-
-
-def _foreign_hooks(module: nn.Module) -> bool:
-    """Whether ``module`` has a forward hook that no synopsloss object registered (a user's hook)."""
-    return any(not _is_ours(h) for h in module._forward_hooks.values())
 
 
 class _Tag:
@@ -366,7 +355,7 @@ class PoolEvents:
             x = args[0]
             if self._tag_of(x) is None:
                 return
-            if _foreign_hooks(module) or getattr(module, "return_indices", False):
+            if foreign_forward_hooks(module) or getattr(module, "return_indices", False):
                 self.tags[output.untyped_storage().data_ptr()] = _Tag(
                     output, None, None, f"the max pool {name!r} ({type(module).__name__}) between it and the layer "
                     "has a hook of its own or returns indices")
@@ -395,7 +384,7 @@ class PoolEvents:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if not args or not isinstance(output, Tensor) or not isinstance(args[0], Tensor):
                 return
-            if _foreign_hooks(module):
+            if foreign_forward_hooks(module):
                 self.tags.pop(output.untyped_storage().data_ptr(), None)
                 self._warn(f"synopsloss: {label} has a forward hook that is not the counter's; a hook may change "
                            "the pool's output, so the AvgPool correction is not applied to the layers reading it "
@@ -433,7 +422,7 @@ class PoolEvents:
             if tag is None or x.numel() != tag.numel or output.numel() != x.numel():
                 return
             why, factor = "", 1.0
-            if _foreign_hooks(module):  # (a hook registered later may return a new tensor: warn here)
+            if foreign_forward_hooks(module):  # (a hook registered later may return a new tensor: warn here)
                 self.tags.pop(output.untyped_storage().data_ptr(), None)
                 self._warn(f"synopsloss: layer {name!r} ({type(module).__name__}) reads an average-pool output and "
                            "has a forward hook that is not the counter's; a hook may change its output, so the "

@@ -292,3 +292,22 @@ def test_a_binary_spike_neurons_density_comes_from_its_sums_exactly():
     assert row["spikes"] == pytest.approx(float(out.sum()) / 7)
     assert row["density"] == pytest.approx(float((out != 0).double().mean()))
     assert row["firing_rate"] == pytest.approx(float(out.double().mean()))
+
+
+def test_a_binary_spike_neuron_with_a_users_hook_is_counted_from_its_output():
+    """A user's forward hook that halves the spikes runs before the monitor's: the output is no 0/1 spikes any
+    more, and its nonzeros are counted, not taken from its sums (half the density before)."""
+    from spikingjelly.activation_based import functional, neuron
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 40), neuron.IFNode(step_mode="m", v_threshold=0.3))
+    net[1].register_forward_hook(lambda m, a, o: o.mul_(0.5))
+    x = torch.rand(5, 7, 6)
+    with torch.no_grad():
+        out = net(x).clone()
+    functional.reset_net(net)
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    row = counter.neurons.stats()["1"]
+    assert row["density"] == pytest.approx(float((out != 0).double().mean())) and row["density"] > 0
+    assert row["spikes"] == pytest.approx(float(out.sum()) / 7)
