@@ -329,7 +329,6 @@ class LayerMaps:
     build: Optional[Callable[[Tensor], Tensor]] = field(default=None, repr=False)
     key: Any = field(default=None, repr=False)
     _fanout: Optional[Tuple[Tensor, Tensor]] = field(default=None, repr=False, compare=False)
-    _with_ones: Optional[Tensor] = field(default=None, repr=False, compare=False)  # [map, ones] as [n, 2]
     _zeros: Any = field(default=None, repr=False, compare=False)  # (nonzeros, flat indices of the zeros) of mask
     # the entry rebuilt from this one when the weight's pattern changed: a call that still holds this entry (a
     # layer's repeated calls do) is checked against that one, so the map is rebuilt once per change, not per read
@@ -364,14 +363,6 @@ class LayerMaps:
         if int(count) != nnz:
             return False
         return zeros is None or not bool(w.reshape(-1).index_select(0, zeros).any())
-
-    def with_ones(self) -> Tensor:
-        """The effective map and a column of ones as one ``[n, 2]`` matrix (made once per map): a vector of
-        per-neuron sums times it gives its synops and its total in one product."""
-        if self._with_ones is None:
-            m = self.effective.detach()
-            self._with_ones = torch.stack([m, torch.ones_like(m)], 1)
-        return self._with_ones
 
     def fanout_stats(self) -> Tuple[Tensor, Tensor]:
         """Mean and max of the effective map (0-dim, on the map's device), computed once per map."""

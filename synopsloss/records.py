@@ -332,7 +332,13 @@ def whole_range(t: Tensor, binary: bool) -> bool:
     return lo == 0.0 and (hi in (0.0, 1.0) if binary else hi >= 0.0 and float(hi).is_integer())
 
 
-def _binary_sums(flat: Tensor) -> Optional[Tensor]:
+def _head_shows_reals(flat: Tensor) -> bool:
+    """Whether the first :data:`_WITNESS` values of a large tensor hold a non-integer (or NaN): then it is no
+    spikes, and no pass over all of it is needed to say so (a real-valued activation shows one at once)."""
+    return flat.numel() > _WITNESS and float(torch.frac(flat.reshape(-1)[:_WITNESS]).abs().amax()) != 0
+
+
+def _binary_sums(flat: Tensor, head: bool = True) -> Optional[Tensor]:
     """The column sums of a contiguous float32 CPU input ``[rows, n]`` (no graph) when every value is 0 or 1, else
     ``None``: a call of {0, 1} spikes reduced at once in a few tensor ops.
 
@@ -347,12 +353,12 @@ def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     """
     if flat.dtype != torch.float32 or not flat.is_contiguous() or not flat.numel() or flat.shape[0] >= WIDE_ROWS:
         return None
+    n = flat.numel()
+    if head and _head_shows_reals(flat):  # (``head=False``: the caller read the first values)
+        return None  # (real values, a ReLU's or a sigmoid's: its first values show it, no whole pass)
     lo_b, hi_b = torch.aminmax(flat.view(torch.int32))
     if int(lo_b) < 0 or int(hi_b) > _ONE_BITS:
         return None
-    n = flat.numel()
-    if n > _WITNESS and float(torch.frac(flat.view(-1)[:_WITNESS]).amax()) != 0:
-        return None  # (values in [0, 1] that are no spikes, a sigmoid's: its first values show it, no whole pass)
     if n <= BLOCK:  # (frac into a reused buffer: no allocation of the input's size)
         integer = float(torch.frac(flat.view(-1), out=_SCRATCH.get(n, flat.dtype, flat.device)).amax()) == 0
     else:
@@ -362,7 +368,7 @@ def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     return torch.matmul(_SCRATCH.ones(flat.shape[0], flat.dtype, flat.device), flat)
 
 
-def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
+def _large_sums(flat: Tensor, reals: bool = False) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
     """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
     one), its nonzeros per column, ``max |x|`` (``inf`` when its first values show it is no spikes), whether
     a value is below 0 (or NaN), and whether every value is an integer (``None``: not read).
@@ -376,7 +382,7 @@ def _large_sums(flat: Tensor) -> Tuple[Tensor, Tensor, float, bool, Optional[boo
     det = flat.detach()
     with torch.no_grad():
         head = det[0, :_WITNESS]
-        if bool(((head.abs() - 1) * head).any()):  # (NaN too: its min is NaN, and the read reports it)
+        if reals or bool(((head.abs() - 1) * head).any()):  # (NaN too: its min is NaN, and the read reports it)
             lo, amax = float(det.amin()), math.inf
         else:
             lo, hi = value_range(det)
@@ -614,6 +620,32 @@ def view_lead(t: Tensor, n_el: int, rows: int, lead: Tuple[int, ...]) -> Tuple[i
 
 
 
+#: the scratch slot of the float64 vectors that :func:`_times_map` multiplies (no other user)
+_MAP_SLOT = 7
+
+
+def _times_map(ent: LayerMaps, *vectors: Tensor) -> List[List[float]]:
+    """Per-neuron vectors (CPU, any dtype) times the map, and their sums, as Python floats:
+    ``[[v . map, sum(v)], ...]``, in float64 (exact for integer vectors below 2^53).
+
+    The vectors are copied into one reused float64 buffer (nothing of their size is allocated), then one
+    matrix-vector product with the map and one row sum.
+
+    Example
+    -------
+    >>> from synopsloss.maps import MapCache
+    >>> ent = MapCache().entry(("lin",), torch.ones(3, 4), lambda w01: w01.sum(0), (4,))
+    >>> _times_map(ent, torch.tensor([1.0, 0.0, 2.0, 0.0]))
+    [[9.0, 3.0]]
+    """
+    emap = ent.effective.detach()
+    n = emap.numel()
+    buf = _SCRATCH.get(len(vectors) * n, emap.dtype, emap.device, _MAP_SLOT).view(len(vectors), n)
+    for row, v in zip(buf, vectors):
+        row.copy_(v.reshape(-1))
+    return torch.stack([torch.mv(buf, emap.reshape(-1)), buf.sum(1)], 1).tolist()
+
+
 def reducible_now(x: Tensor, rows: int, n_el: int) -> bool:
     """Whether a call made without gradients on ``x`` (``rows`` rows of ``n_el`` values) is one that
     :func:`reduce_now` takes: a large float32 / float64 CPU input, outside autocast."""
@@ -652,21 +684,20 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool,
     with torch.no_grad():
         flat = x.detach().reshape(rows, n_el)
         dense = float(ent.dense_total) * float(rows)
+        reals = False
         if whole == "binary" and whole_range(flat, True):  # a neuron's unchanged output of 0 and 1 (range checked)
             binary = torch.matmul(_SCRATCH.ones(rows, flat.dtype, flat.device), flat)
         else:
-            binary = _binary_sums(flat)
-        acc = ent.effective.dtype
+            reals = _head_shows_reals(flat)  # (real values: no pass to test for spikes)
+            binary = None if reals else _binary_sums(flat, head=False)
         if binary is not None:  # only 0 and 1: the effective ops are the synops, all ACs
-            # (one product with [map, ones]: the synops and the spikes, float64 sums of exact float32 column sums)
-            synops, in_sum = torch.matmul(binary.to(acc), ent.with_ones()).view(-1).tolist()
+            # (the synops and the spikes: float64 products and sums of exact float32 column sums)
+            ((synops, in_sum),) = _times_map(ent, binary)
             return synops, dense, synops, 0.0, in_sum, in_sum, 1.0, synops
-        colsum, nz, amax, signed, known = _large_sums(flat)
-        # (the column sums and nonzeros times [map, ones]: synops, sum, effective ops, nonzeros in one product; the
+        colsum, nz, amax, signed, known = _large_sums(flat, reals)
+        # (the column sums and nonzeros times the map, and summed: synops, sum, effective ops, nonzeros; the
         # nonzero counts are integers below 2^53, exact in float64)
-        (synops, in_sum), (eff, nonzero) = torch.matmul(torch.stack([colsum.detach().reshape(-1).to(acc),
-                                                                      nz.reshape(-1).to(acc)]),
-                                                         ent.with_ones()).tolist()
+        (synops, in_sum), (eff, nonzero) = _times_map(ent, colsum.detach(), nz)
         candidate = amax <= 1 and in_sum == nonzero  # (the sums reject most real values; the exact test follows)
         integer = known if known is not None else (candidate or events) and bool(all_integer_values(flat, not signed))
         spiking = candidate and integer

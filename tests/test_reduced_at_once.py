@@ -66,6 +66,11 @@ def _inputs() -> dict:
         "signed activations": torch.randn(B, C, H, H, generator=g),
         "spike counts": (r * 4).floor(),
         "float64 spikes": (r < 0.3).double(),
+        # (the first 4096 values are read first: whole numbers there, a real value past them)
+        "spikes and one real value at the end": torch.cat([(r < 0.2).float().view(-1)[:-1],
+                                                           torch.tensor([0.5])]).view(B, C, H, H),
+        "zeros first, then ReLU activations": torch.relu(torch.randn(B, C, H, H, generator=g)).view(-1).index_fill(
+            0, torch.arange(5000), 0.0).view(B, C, H, H),
     }
 
 
