@@ -82,7 +82,8 @@ from torch.nn.utils import parametrize
 from . import frameworks, registry, sharding
 from . import layout as batch_layout
 from ._validate import check_int
-from .hooks import HookSet, functorch_level, next_stamp
+from .hooks import HookSet, functorch_level, next_stamp, pop_package_modes, push_modes
+from .hooks import mode_depth as _MODE_DEPTH
 from .hooks import compiling as _COMPILING
 from .hooks import STAMPS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
@@ -554,8 +555,8 @@ class SynOpsCounter:
                 f"synopsloss: submodule(s) {', '.join(repr(n) for n in compiled)} were compiled with torch.compile "
                 "before the counter attached; compiled code does not run the counter's hooks, so their synapses "
                 "may not be counted. Attach the counter first, then compile.", stacklevel=4)
-        self._hooks.pre(self.model, SynOpsCounter._root_pre_hook, with_kwargs=True)
-        self._hooks.forward(self.model, SynOpsCounter._root_post_hook)
+        self._hooks.pre(self.model, SynOpsCounter._root_pre_hook, with_kwargs=True, quiet=True)
+        self._hooks.forward(self.model, SynOpsCounter._root_post_hook, quiet=True)
         pools = [m for m in self.model.modules() if registry.pool_divisor(m) is not None]
         frames = PoolEvents.frame_modules(self.model, _calls_of, pools)  # functional pools, cat, dropout
         self._any_pool = bool(pools or frames)  # else no layer needs to follow pool outputs
@@ -574,7 +575,7 @@ class SynOpsCounter:
             self._attach_module(name, module)
         for name, (layout, gives_samples) in registry.time_probes(self.model).items():
             self._hooks.pre(self.model.get_submodule(name), functools.partial(
-                SynOpsCounter._probe_hook, name=name, layout=layout, samples=gives_samples))
+                SynOpsCounter._probe_hook, name=name, layout=layout, samples=gives_samples), quiet=True)
         self._sharded = sharding.ShardedLayers(self.model, list(self._layers))  # fully_shard may come later
         # the layers with a geometry (convolutions: stride, padding, ...), checked at the start of each batch
         self._shaped = [layer for layer in self._layers.values() if any(g is not None for g in geometry(layer.module))]
@@ -623,15 +624,19 @@ class SynOpsCounter:
             return
         pool = registry.pool_divisor(module)
         if pool is not None:
-            self._hooks.forward(module, self._pools.pool_hook(*pool, name=name, module=module), owned=False)
+            self._hooks.forward(module, self._pools.pool_hook(*pool, name=name, module=module), owned=False,
+                                quiet=True)
         elif self._any_pool and registry.is_pass_through(module):
-            self._hooks.forward(module, self._pools.pass_through(name, registry.dropout_keep), owned=False)
+            self._hooks.forward(module, self._pools.pass_through(name, registry.dropout_keep), owned=False,
+                                quiet=True)
         elif self._any_pool and registry.max_pool_dims(module) is not None:
-            self._hooks.forward(module, self._pools.max_through(registry.max_pool_dims(module), name), owned=False)
+            self._hooks.forward(module, self._pools.max_through(registry.max_pool_dims(module), name), owned=False,
+                                quiet=True)
         whole = registry.whole_spikes(module)
         if whole is not None:  # (a pool or a layer reading its spikes unchanged needs no pass to know them)
             # (first among its forward hooks: a user's hook that edits or replaces the output comes after it)
-            self._hooks.forward(module, functools.partial(SynOpsCounter._whole_hook, kind=whole), prepend=True)
+            self._hooks.forward(module, functools.partial(SynOpsCounter._whole_hook, kind=whole), prepend=True,
+                                quiet=True)
         if isinstance(module, nn.TransformerEncoder):  # keep torch's nested-tensor fast path (fastpath.py)
             guard = EncoderGuard(name, weakref.ref(self))
             self._guards.pre(module, guard.pre, with_kwargs=True, owned=False)
@@ -640,7 +645,7 @@ class SynOpsCounter:
         if type(module) in fused:  # keep torch's fused output (fastpath.py)
             self._guards.replacing(module, FusedGuard(weakref.ref(self), fused[type(module)]).post)
         if registry.is_time_folding(module):
-            self._hooks.pre(module, functools.partial(SynOpsCounter._fold_hook, name=name))
+            self._hooks.pre(module, functools.partial(SynOpsCounter._fold_hook, name=name), quiet=True)
         elif registry.neuron_library(module) == "sinabs":
             self._batch_first_layers = True
         has_params = any(True for _ in module.parameters(recurse=False)) or parametrize.is_parametrized(module)
@@ -983,45 +988,50 @@ class SynOpsCounter:
             self = owner()  # the counter (held weakly: the model holds this hook)
             if self is None:
                 return None
-            same = layer.same
-            if same is not None and len(args) == 1 and not kwargs and not self._pools.tags:
-                x = args[0]
-                weight = module._parameters.get(same.attr) if same.attr else rule_weight(module, layer.rule.weight)
-                if (weight is same.weight and isinstance(out, Tensor) and x.layout is _STRIDED and not x.is_nested
-                        and x.shape == same.x_shape and out.shape == same.out_shape and x.dtype is same.dtype
-                        and x.device == same.device and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
-                    batch = self._batch
-                    data = (x.is_leaf or _input_view(x)) and bool(batch.inputs) and _storage(x) in batch.inputs
-                    if data:
-                        if batch.root_others:
-                            batch.root_fed.add(_storage(x))
-                        if batch.probe_major is None:
-                            self._note_fed(x, out)
-                    if _GRAD_ON() and not x.is_inference():
-                        q = batch.quick.get(name)
-                        if q is not None and version_of(weight) != q[1]:  # changed in place since: a new run
-                            batch.tally_quick(name)
-                            q = None
-                        if q is None:
-                            # the first such call's stamp (forward order), the weight's version at it and the map
-                            # entry that stood for it: a read that finds the weight's zero pattern changed since
-                            # names the change
-                            q = batch.quick[name] = [_NEXT_STAMP(), version_of(weight), same.entry.newest(),
-                                                     batch.pattern(weight)]
-                        q.append((x, x._version, same, weight, data))
+            popped = pop_package_modes() if _MODE_DEPTH() else None  # (the package's modes pass over its own ops)
+            try:
+                same = layer.same
+                if same is not None and len(args) == 1 and not kwargs and not self._pools.tags:
+                    x = args[0]
+                    weight = module._parameters.get(same.attr) if same.attr else rule_weight(module, layer.rule.weight)
+                    if (weight is same.weight and isinstance(out, Tensor) and x.layout is _STRIDED and not x.is_nested
+                            and x.shape == same.x_shape and out.shape == same.out_shape and x.dtype is same.dtype
+                            and x.device == same.device and _LEVEL(x) == -1 and not _TRACING() and _TASK() == -1):
+                        batch = self._batch
+                        data = (x.is_leaf or _input_view(x)) and bool(batch.inputs) and _storage(x) in batch.inputs
+                        if data:
+                            if batch.root_others:
+                                batch.root_fed.add(_storage(x))
+                            if batch.probe_major is None:
+                                self._note_fed(x, out)
+                        if _GRAD_ON() and not x.is_inference():
+                            q = batch.quick.get(name)
+                            if q is not None and version_of(weight) != q[1]:  # changed in place since: a new run
+                                batch.tally_quick(name)
+                                q = None
+                            if q is None:
+                                # the first such call's stamp (forward order), the weight's version at it and the map
+                                # entry that stood for it: a read that finds the weight's zero pattern changed since
+                                # names the change
+                                q = batch.quick[name] = [_NEXT_STAMP(), version_of(weight), same.entry.newest(),
+                                                         batch.pattern(weight)]
+                            q.append((x, x._version, same, weight, data))
+                            return None
+                        # without gradients: a large call is reduced now, a small one when the forward returns
+                        state = self._state(name, same.device)
+                        lost = not (data or x.requires_grad)
+                        now = self._reduced_now(state, name, x, same.rows, same.in_neurons, same.entry, weight,
+                                                same.maps, same.events, lost)
+                        _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight), not now,
+                               None if now else same.entry.newest())
+                        if not now:
+                            self._hold(state, x.numel() * x.element_size(), name, lost)
                         return None
-                    # without gradients: a large call is reduced now, a small one when the forward returns
-                    state = self._state(name, same.device)
-                    lost = not (data or x.requires_grad)
-                    now = self._reduced_now(state, name, x, same.rows, same.in_neurons, same.entry, weight,
-                                            same.maps, same.events, lost)
-                    _tally(state, [(x, version_of(x), same, weight, data)], version_of(weight), not now,
-                           None if now else same.entry.newest())
-                    if not now:
-                        self._hold(state, x.numel() * x.element_size(), name, lost)
-                    return None
-            slow(self, module, args, kwargs, out, name=name)
-            return None
+                slow(self, module, args, kwargs, out, name=name)
+                return None
+            finally:
+                if popped is not None:
+                    push_modes(popped)
 
         return hook
 

@@ -233,7 +233,7 @@ class NeuronMonitor:
         """Register the hooks (done by the constructor)."""
         if self.attached:
             return self
-        self._hooks.pre(self.model, NeuronMonitor._root_hook, with_kwargs=True)
+        self._hooks.pre(self.model, NeuronMonitor._root_hook, with_kwargs=True, quiet=True)
         neuron_names: List[str] = []
         for name, module in self.model.named_modules():
             if name == "" and any(True for _ in module.children()):
@@ -252,7 +252,7 @@ class NeuronMonitor:
                 self.info[name] = dict(type=type(module).__name__, kind=kind,
                                        stepped=frameworks.step_layout(module) is not None)
                 track = NeuronMonitor._neuron_hook if kind is LayerKind.ACTIVATION else NeuronMonitor._other_hook
-                self._hooks.forward(module, functools.partial(track, name=name))
+                self._hooks.forward(module, functools.partial(track, name=name), quiet=True)
         return self
 
     def _attach_neuron(self, name: str, module: nn.Module) -> None:
@@ -268,13 +268,14 @@ class NeuronMonitor:
             whole=registry.whole_spikes(module),  # ("binary": its spikes are 0 and 1 by construction)
         )
         if lib == "snntorch":
-            self._hooks.pre(module, functools.partial(NeuronMonitor._snntorch_pre, name=name))
+            self._hooks.pre(module, functools.partial(NeuronMonitor._snntorch_pre, name=name), quiet=True)
         elif lib == "spikingjelly":
-            self._hooks.pre(module, functools.partial(NeuronMonitor._sj_pre, name=name))
+            self._hooks.pre(module, functools.partial(NeuronMonitor._sj_pre, name=name), quiet=True)
         if lib == "norse":  # the state comes in as args[1] or state=
-            self._hooks.forward(module, functools.partial(NeuronMonitor._norse_hook, name=name), with_kwargs=True)
+            self._hooks.forward(module, functools.partial(NeuronMonitor._norse_hook, name=name), with_kwargs=True,
+                                quiet=True)
         else:
-            self._hooks.forward(module, functools.partial(NeuronMonitor._neuron_hook, name=name))
+            self._hooks.forward(module, functools.partial(NeuronMonitor._neuron_hook, name=name), quiet=True)
 
     def remove(self) -> None:
         """Remove every hook (statistics stay readable)."""

@@ -163,7 +163,7 @@ from torch.nn.utils import parametrize, prune
 
 from . import registry
 from .errors import UnsupportedLayerWarning
-from .hooks import COMPILED, OWN, compiling as _DYNAMO, HookSet, installed, made_by_package
+from .hooks import COMPILED, OWN, compiling as _DYNAMO, HookSet, PackageMode, installed, made_by_package
 from .maps import OpCounts, Rule
 from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, record_op
 from .records import view_lead
@@ -560,7 +560,7 @@ def _param_of(t: Tensor) -> Optional[nn.Parameter]:
     return base if isinstance(base, nn.Parameter) else None
 
 
-class _Mode(torch.overrides.TorchFunctionMode):
+class _Mode(PackageMode):
     """The counting mode: every watched op is offered to the counting scopes, every other op runs unchanged.
 
     One mode for the process, pushed while at least one scope counts (two counters on one model

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
-from .hooks import foreign_forward_hooks, installed, made_by_package
+from .hooks import PackageMode, foreign_forward_hooks, installed, made_by_package
 from .records import WholeSpikes, version_of, whole_range
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
@@ -196,7 +196,7 @@ class _Tag:
         self.why = why  # set when the correction cannot be known (the reading layer is then named in a warning)
 
 
-class _PoolMode(torch.overrides.TorchFunctionMode):
+class _PoolMode(PackageMode):
     """Sees the functional pools (and the joins, dropouts and ReLUs after them) inside the framed modules."""
 
     def __init__(self, events: "PoolEvents") -> None:
