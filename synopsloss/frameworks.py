@@ -78,6 +78,7 @@ True
 from __future__ import annotations
 
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -752,17 +753,34 @@ def step_layout(module: nn.Module) -> Optional[Layout]:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"step_layout expects a torch.nn.Module, got {type(module).__name__}")
+    cls = type(module)
+    kind = _STEP_KINDS.get(cls, _UNSEEN)
+    if kind is _UNSEEN:  # (once per class: the probes call this at every call)
+        kind = _STEP_KINDS[cls] = _step_kind(module)
+    if kind == "step_mode":  # (a SpikingJelly module's step mode may change at any time: read at each call)
+        return ("time_first", 1, 0) if getattr(module, "step_mode", "s") == "m" else ("per_step", 0, None)
+    return _KIND_LAYOUTS[kind]
+
+
+#: ``{module class: its kind for step_layout}``, filled on first sight (a class's bases do not change)
+_STEP_KINDS: "weakref.WeakKeyDictionary[type, Optional[str]]" = weakref.WeakKeyDictionary()
+_UNSEEN = object()
+_KIND_LAYOUTS: Dict[Optional[str], Optional[Layout]] = {
+    "time_last": ("time_last", 0, -1), "time_first": ("time_first", 1, 0), "per_step": ("per_step", 0, None),
+    None: None}
+
+
+def _step_kind(module: nn.Module) -> Optional[str]:
     if _isinstance(module, (_SJ_BASE + "StepModule",)):
         if _isinstance(module, _SJ_TLAST):
-            return ("time_last", 0, -1)
+            return "time_last"
         if _isinstance(module, (_SJ_BASE + "MultiStepModule",)):
-            return ("time_first", 1, 0)
-        mode = getattr(module, "step_mode", "s")
-        return ("time_first", 1, 0) if mode == "m" else ("per_step", 0, None)
+            return "time_first"
+        return "step_mode"
     if _isinstance(module, _NORSE_TIME_FIRST):
-        return ("time_first", 1, 0)
+        return "time_first"
     if _isinstance(module, _NORSE_STEP):
-        return ("per_step", 0, None)
+        return "per_step"
     return None
 
 

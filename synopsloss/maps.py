@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .reductions import COUNT_DIRECT, count_true
+from .reductions import COUNT_DIRECT, count_true, same_bytes
 
 __all__ = ["Rule", "OpCounts", "MapCache", "LayerMaps", "build_map", "weight_mask"]
 
@@ -534,7 +534,7 @@ class MapCache:
         if len(batch) > 1:
             with torch.no_grad():
                 now = torch.cat([items[i][2].detach().reshape(-1) for i in batch]).bool()
-                if torch.equal(now, torch.cat([items[i][1].mask.reshape(-1) for i in batch])):
+                if same_bytes(now, torch.cat([items[i][1].mask.reshape(-1) for i in batch])):
                     for i in batch:
                         out[i] = items[i][1]
         return [o if o is not None else cache.current(ent, w) for o, (cache, ent, w) in zip(out, items)]

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
-from .reductions import BLOCK, Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max
+from .reductions import BLOCK, Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max, same_bytes
 
 __all__ = ["Call", "LastInput", "WholeSpikes", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now",
            "view_lead", "whole_range"]
@@ -761,7 +761,7 @@ class LastInput:
 
     A later call repeats it when it uses the same map entry (the same weight pattern), rows and rule, and its
     input is the same data: the same tensor, or a view of the same memory with the same strides, at the same
-    version, is the candidate, and the decision is its values: :func:`torch.equal` against a copy of the input
+    version, is the candidate, and the decision is its bytes (:func:`synopsloss.reductions.same_bytes`) against a copy of the input
     taken the first time a candidate came (an edit through ``.data`` or numpy, which no version counter sees,
     is then read anew). A candidate that is not equal stops the repeats of the layer for the batch (an input
     rewritten in place at each step costs no comparison after that).
@@ -799,7 +799,7 @@ class LastInput:
         if self.copy is None or not self.candidate(x, ent, rows, events):
             return None
         with torch.no_grad():
-            return self.counts if torch.equal(x.detach(), self.copy) else None
+            return self.counts if same_bytes(x, self.copy) else None  # (called without gradients)
 
     def after(self, x: Tensor, ent: Any, rows: int, events: bool, counts: Tuple[float, ...]) -> "LastInput":
         """The record of a call read anew: a copy of its input is kept when it was a candidate (it may repeat)."""

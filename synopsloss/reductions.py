@@ -35,7 +35,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK", "Scratch", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_either", "count_nonzero",
+__all__ = ["BLOCK", "Scratch", "same_bytes", "RowStats", "row_stats", "abs_row_sums", "all_integer", "count_either", "count_nonzero",
            "count_true", "column_nonzeros", "min_max", "autocast_cpu", "neuron_counts"]
 
 #: Elements per row block (4 MiB of float32): large enough that the few small ops per block cost
@@ -361,6 +361,33 @@ def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Option
 COUNT_DIRECT = 1 << 16
 #: bytes of a bool mask summed as the lanes of one ``int64`` word before a lane could pass 255
 _LANE_WORDS = 255
+
+
+def same_bytes(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` (same shape and dtype) hold the same bytes, element by element.
+
+    Contiguous CPU tensors laid out in whole 8-byte words are compared as ``int64`` words, about eight times
+    faster than :func:`torch.equal` there; others by :func:`torch.equal` (values: ``-0.0`` equals ``0.0``, a NaN
+    equals nothing). For bool masks the two answers are the same; for floats, equal bytes mean equal values
+    but for NaN (the same NaN: the same counts), and ``-0.0`` against ``0.0`` is no match.
+
+    Example
+    -------
+    >>> a = torch.tensor([0.0, 1.0])
+    >>> same_bytes(a, a.clone()), same_bytes(a, torch.tensor([0.0, 2.0])), same_bytes(a, torch.tensor([-0.0, 1.0]))
+    (True, False, False)
+    """
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    size = a.element_size()
+    if (a.numel() and a.device.type == "cpu" and (a.numel() * size) % 8 == 0 and a.is_contiguous() and b.is_contiguous()
+            and (a.storage_offset() * size) % 8 == 0 and (b.storage_offset() * size) % 8 == 0):
+        if a.dim() and (a.shape[-1] * size) % 8 == 0:  # (a view of the words as they lie: no reshape)
+            return torch.equal(a.view(torch.int64), b.view(torch.int64))
+        return torch.equal(a.reshape(-1).view(torch.int64), b.reshape(-1).view(torch.int64))
+    if (a.is_floating_point() or a.is_complex()) and a.numel():  # (bytes, not values, as above)
+        return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+    return torch.equal(a, b)
 
 
 def count_true(mask: Tensor) -> Tensor:

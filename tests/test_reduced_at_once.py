@@ -253,14 +253,15 @@ def test_a_weight_changed_after_the_forward_without_a_version_bump_leaves_the_co
 
 
 class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the aten ops launched inside it."""
+    """Counts the aten ops launched inside it that run a kernel (views, which only make tensor metadata, are not
+    counted)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.n = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
+        self.n += not func.is_view
         return func(*args, **(kwargs or {}))
 
 
@@ -350,8 +351,8 @@ def test_a_repeated_frame_is_not_read_again():
             net(x0)
         with bare:
             plain(x0)
-    # the weight's nonzero pattern checked once per forward (a count and its read), then the detach of the input
-    # and torch.equal: a call read anew launches more than twice that many
+    # the weight's nonzero pattern checked once per forward (a count and its read), then one comparison of the input
+    # with its copy (views not counted: they launch nothing): a call read anew launches more than twice that many
     assert counted.n - bare.n <= 5
     assert counter.synops().item() == pytest.approx(4 * _hand_linear(lin, x0), rel=1e-12)
 

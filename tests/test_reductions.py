@@ -148,3 +148,36 @@ def test_scratch_is_reused_and_bounded():
     x = torch.ones(R.BLOCK // 100 * 300, 100)  # three blocks of whole rows
     R.row_stats(x, scratch)
     assert scratch.nbytes <= 40 + R.BLOCK * 4
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().numpy().tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bool, torch.uint8, torch.int32])
+@pytest.mark.parametrize("layout", ["contiguous", "odd length", "offset view", "transposed", "0-dim"])
+def test_same_bytes_agrees_with_a_comparison_of_the_raw_bytes(dtype, layout):
+    from synopsloss.reductions import same_bytes
+
+    g = torch.Generator().manual_seed(0)
+    base = (torch.rand(6, 10, generator=g) * 3).round()
+    if layout == "odd length":
+        base = base[:, :7].contiguous()
+    a = base.to(dtype)
+    if layout == "offset view":
+        a = a.reshape(-1)[3:]
+    elif layout == "transposed":
+        a = a.t()
+    elif layout == "0-dim":
+        a = a[0, 0]
+    b = a.clone()
+    assert same_bytes(a, b) and _bytes(a) == _bytes(b)
+    flipped = a.clone()
+    last = (-1,) * flipped.dim()
+    flipped[last] = (~flipped[last]) if dtype == torch.bool else flipped[last] + 1
+    assert same_bytes(a, flipped) == (_bytes(a) == _bytes(flipped)) == False  # noqa: E712
+    if dtype.is_floating_point:
+        zero = torch.zeros_like(a)
+        assert not same_bytes(zero, -zero) and torch.equal(zero, -zero)  # (-0.0: other bytes, an equal value)
+        nan = torch.full_like(a, float("nan"))
+        assert same_bytes(nan, nan.clone()) and not torch.equal(nan, nan.clone())
