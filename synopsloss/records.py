@@ -332,10 +332,17 @@ def whole_range(t: Tensor, binary: bool) -> bool:
     return lo == 0.0 and (hi in (0.0, 1.0) if binary else hi >= 0.0 and float(hi).is_integer())
 
 
+def _head(flat: Tensor) -> Tensor:
+    """The values read first from a ``[rows, n]`` input: its first :data:`_WITNESS` in memory when it is
+    contiguous, else its first row's (no copy either way). The read of a call made without gradients and the read
+    of a recorded call take the same ones, so that both choose the same arithmetic."""
+    return flat.view(-1)[:_WITNESS] if flat.is_contiguous() else flat[0, :_WITNESS]
+
+
 def _head_shows_reals(flat: Tensor) -> bool:
-    """Whether the first :data:`_WITNESS` values of a large tensor hold a non-integer (or NaN): then it is no
-    spikes, and no pass over all of it is needed to say so (a real-valued activation shows one at once)."""
-    return flat.numel() > _WITNESS and float(torch.frac(flat.reshape(-1)[:_WITNESS]).abs().amax()) != 0
+    """Whether the first values of a large ``[rows, n]`` tensor (:func:`_head`) hold a non-integer (or NaN): then it
+    is no spikes, and no pass over all of it is needed to say so (a real-valued activation shows one at once)."""
+    return flat.numel() > _WITNESS and float(torch.frac(_head(flat)).abs().amax()) != 0
 
 
 def _binary_sums(flat: Tensor, head: bool = True) -> Optional[Tensor]:
@@ -381,7 +388,7 @@ def _large_sums(flat: Tensor, reals: bool = False) -> Tuple[Tensor, Tensor, floa
     """
     det = flat.detach()
     with torch.no_grad():
-        head = det[0, :_WITNESS]
+        head = _head(det)
         if reals or bool(((head.abs() - 1) * head).any()):  # (NaN too: its min is NaN, and the read reports it)
             lo, amax = float(det.amin()), math.inf
         else:

@@ -30,6 +30,7 @@ Example
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -44,7 +45,7 @@ BLOCK = 1 << 20
 
 
 class Scratch:
-    """Reused CPU work buffers: one per slot, dtype and device, as large as the largest row block asked for.
+    """Reused CPU work buffers: one per slot, dtype, device and thread, as large as the largest row block asked for.
 
     At most ``BLOCK`` elements per buffer unless a single row is longer (then
     one row). On other devices :meth:`get` allocates a new tensor each time.
@@ -57,7 +58,18 @@ class Scratch:
     """
 
     def __init__(self) -> None:
-        self._buffers: Dict[Tuple[int, torch.dtype, torch.device], Tensor] = {}
+        # one set of buffers per thread: torch releases the GIL inside its ops, so two threads counting at once
+        # would otherwise write into the same buffer between a copy and its read
+        self._local = threading.local()
+
+    @property
+    def _buffers(self) -> Dict[Tuple[int, torch.dtype, torch.device], Tensor]:
+        local = self._local
+        try:
+            return local.buffers
+        except AttributeError:
+            local.buffers = {}
+            return local.buffers
 
     def get(self, numel: int, dtype: torch.dtype, device: torch.device, slot: int = 0) -> Tensor:
         """A flat tensor of ``numel`` elements to overwrite (its contents are undefined)."""

@@ -442,3 +442,59 @@ def test_whole_spikes_changed_where_no_version_counter_sees_are_read_anew(edit):
     assert total["synops"] == pytest.approx(want, rel=1e-12) and want > 0
     assert (total["eff_acs"], total["eff_macs"]) == ((pytest.approx(eff), 0.0) if spiking
                                                      else (0.0, pytest.approx(eff)))
+
+
+def test_counters_in_two_threads_count_each_batch_exactly():
+    """Each thread its own model and counter, no_grad forwards at the same time: the reused work buffers are the
+    thread's own (torch releases the GIL inside its ops: a shared buffer was overwritten between a copy and its
+    read, and a batch of zeros counted 131139 synops)."""
+    import threading
+
+    n = 1 << 16
+    results: dict = {"zeros": [], "spikes": []}
+    g = torch.Generator().manual_seed(5)
+    inputs = {"zeros": torch.zeros(2, n), "spikes": (torch.rand(2, n, generator=g) < 0.3).float()}
+    errors: list = []
+
+    def work(kind: str) -> None:
+        try:
+            torch.manual_seed(0)
+            lin = nn.Linear(n, 8, bias=False)
+            counter = sl.SynOpsCounter(lin, neurons=False)
+            for _ in range(120):
+                with torch.no_grad():
+                    lin(inputs[kind])
+                results[kind].append(counter.snapshot().total()["synops"])
+                counter.reset()
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    want = float(inputs["spikes"].sum()) * 8 / 2  # each spike reaches the 8 outputs (no zero weight)
+    assert results["zeros"] == [0.0] * 120
+    assert results["spikes"] == [want] * 120
+
+
+def test_a_large_call_reads_the_same_first_values_with_and_without_gradients():
+    """The first values tell real inputs from spikes before any pass; both reads take the same ones (the first in
+    memory), so both choose the same arithmetic: no_grad equals the same call with gradients, and the float64
+    brute force to float32 rounding of one sum."""
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 20)
+    x = torch.rand(8, 1000, 16, generator=torch.Generator().manual_seed(2))
+    x[0, 0] = 0  # (the first row: zeros, which look like spikes; real values after it)
+    counter = sl.SynOpsCounter(lin, neurons=False, batch_dim=0)
+    with torch.no_grad():
+        lin(x)
+    now = counter.snapshot().total()["synops"]
+    counter.reset()
+    lin(x.clone().requires_grad_(True))
+    later = counter.snapshot().total()["synops"]
+    brute = float((x.double().abs() * (lin.weight != 0).double().sum(0)).sum()) / 8
+    assert now == later
+    assert now == pytest.approx(brute, rel=1e-9)
