@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 __all__ = ["HookSet", "next_stamp", "STAMPS", "functorch_level", "COMPILE_NOTE", "eager_under_compile", "compiling",
-           "OWN", "own_ops", "COMPILED", "PackageMode", "pop_package_modes", "push_modes", "mode_depth"]
+           "OWN", "own_ops", "COMPILED", "PackageMode", "pop_package_modes", "push_modes", "mode_depth", "take_off"]
 
 #: the process-wide stamps (:func:`next_stamp`); hot hooks take ``STAMPS.__next__`` without a frame
 STAMPS = itertools.count()
@@ -173,6 +173,35 @@ def push_modes(popped: List[Any]) -> None:
     """Push back the modes that :func:`pop_package_modes` popped, in their order."""
     for mode in reversed(popped):
         _TF_PUSH(mode)
+
+
+def take_off(mode: Any) -> bool:
+    """Take ``mode`` off the function-mode stack wherever it is, the modes above it kept in their order; ``False``
+    when it is not on the stack.
+
+    A package mode is closed when the last module frame it serves returns; a mode opened above it in the
+    meantime (a user's, or another counter's) stays open. Popping only a mode on top left ours on the stack for
+    good under another counter's: torch's fast paths then saw a mode for the rest of the process.
+
+    Example
+    -------
+    >>> class Mode(PackageMode):
+    ...     def __torch_function__(self, func, types, args=(), kwargs=None):
+    ...         return func(*args, **(kwargs or {}))
+    >>> low, high = Mode(), Mode()
+    >>> _ = low.__enter__(), high.__enter__()
+    >>> take_off(low), torch._C._len_torch_function_stack(), torch._C._get_function_stack_at(0) is high
+    (True, 1, True)
+    >>> high.__exit__(None, None, None)
+    """
+    n = mode_depth()
+    at = next((i for i in range(n - 1, -1, -1) if _TF_AT(i) is mode), None)
+    if at is None:
+        return False
+    above = [_TF_POP() for _ in range(n - 1 - at)]
+    _TF_POP()
+    push_modes(above)
+    return True
 
 
 def own_ops(fn: Callable[..., Any]) -> Callable[..., Any]:

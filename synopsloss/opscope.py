@@ -163,7 +163,7 @@ from torch.nn.utils import parametrize, prune
 
 from . import registry
 from .errors import UnsupportedLayerWarning
-from .hooks import COMPILED, OWN, compiling as _DYNAMO, HookSet, PackageMode, installed, made_by_package
+from .hooks import COMPILED, OWN, compiling as _DYNAMO, HookSet, PackageMode, installed, made_by_package, take_off
 from .maps import OpCounts, Rule
 from .ops import COUNTED_OPS, FLAGGED_OPS, TRANSPARENT_OPS, OpCount, UncountableOpError, record_op
 from .records import view_lead
@@ -606,12 +606,8 @@ class _Mode(PackageMode):
             self.__enter__()
             self.pushed = True
         elif not self.scopes and self.pushed:
-            n = torch._C._len_torch_function_stack()
-            if n and torch._C._get_function_stack_at(n - 1) is self:
-                self.__exit__(None, None, None)
-                self.pushed = False
-            # else: another mode was pushed above ours inside the forward: ours stays on the stack,
-            # passing ops through, and is popped at the next frame change
+            take_off(self)  # (wherever it is: a mode opened above it inside the forward stays open)
+            self.pushed = False
 
 
 _MODE = _Mode()

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from . import reductions
 from .errors import SynOpsWarning
 from .reductions import Scratch
-from .hooks import PackageMode, foreign_forward_hooks, installed, made_by_package
+from .hooks import PackageMode, foreign_forward_hooks, installed, made_by_package, take_off
 from .records import WholeSpikes, version_of, whole_range
 
 __all__ = ["PoolEvents", "avgpool_divisor", "adaptive_divisor", "all_integer", "EVENT_TOL", "DIVISOR_CACHE",
@@ -498,11 +498,8 @@ class PoolEvents:
             while self._frames and self._frames.pop() != id(module):
                 pass
         if not self._frames and self._pushed:
-            n = torch._C._len_torch_function_stack()
-            if n and torch._C._get_function_stack_at(n - 1) is self._mode:
-                self._mode.__exit__(None, None, None)
-                self._pushed = False
-            # else: a mode pushed above ours is still open: ours passes ops through and is popped at the next exit
+            take_off(self._mode)  # (wherever it is: a mode opened above it since stays open)
+            self._pushed = False
 
     # ------------------------------------------------------------------ function mode handlers
 

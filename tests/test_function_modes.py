@@ -9,6 +9,7 @@ hook that raised; and the counts are those of a hand count.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import pytest
 import torch
@@ -157,3 +158,40 @@ def test_a_hook_that_raises_leaves_the_mode_stack_as_it_was():
     assert torch._C._len_torch_function_stack() == before
     with torch.no_grad():
         assert torch.equal(F.avg_pool1d(torch.ones(2, 1, 3), 1), torch.ones(2, 1, 3))  # plain torch again
+
+
+def test_two_counters_on_one_model_close_their_modes_after_each_forward():
+    """Each counter's pool mode is closed when its last frame returns, wherever it sits on the stack (another
+    counter's mode above it kept its place): none stays open for the rest of the process, where torch's fast
+    paths would see a mode (an unrelated encoder's padded tokens came out nonzero)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+            self.q = nn.Linear(16, 16, bias=False)
+
+        def forward(self, x):
+            t = F.avg_pool2d((self.conv(x) > 0).float(), 2).flatten(2)
+            q = (self.q(t) > 0).float()
+            return q @ q.transpose(-2, -1)
+
+    net = Net()
+    x = (torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    first, second = sl.SynOpsCounter(net), sl.SynOpsCounter(net)
+    for _ in range(2):
+        net(x)
+        assert torch._C._len_torch_function_stack() == 0
+        assert first.snapshot().total() == second.snapshot().total()
+        first.reset()
+        second.reset()
+    first.remove()
+    second.remove()
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, dropout=0.0), 1,
+                                enable_nested_tensor=True).eval()
+    src = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (torch: "nested tensors ... prototype stage")
+        out = enc(src, src_key_padding_mask=torch.tensor([[False, False, True]]))
+    assert torch.equal(out[0, 2], torch.zeros(8))  # (the fast path: a padded token comes out as zeros)
