@@ -84,6 +84,7 @@ from . import layout as batch_layout
 from ._validate import check_int
 from .hooks import HookSet, functorch_level, next_stamp, pop_package_modes, push_modes
 from .hooks import mode_depth as _MODE_DEPTH
+from .hooks import exporting as _EXPORTING
 from .hooks import compiling as _COMPILING
 from .hooks import STAMPS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
@@ -983,8 +984,8 @@ class SynOpsCounter:
         def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             if _COMPILING():
                 return HookSet.eager(hook, eager)(module, args, kwargs, out)
-            if not hooks.enabled or module is not target():
-                return None
+            if not hooks.enabled or module is not target() or _EXPORTING():
+                return None  # (paused, a deep copy, or torch.export's fake tensors)
             self = owner()  # the counter (held weakly: the model holds this hook)
             if self is None:
                 return None

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 __all__ = ["HookSet", "next_stamp", "STAMPS", "functorch_level", "COMPILE_NOTE", "eager_under_compile", "compiling",
-           "OWN", "own_ops", "COMPILED", "PackageMode", "pop_package_modes", "push_modes", "mode_depth", "take_off"]
+           "OWN", "own_ops", "COMPILED", "PackageMode", "pop_package_modes", "push_modes", "mode_depth", "take_off", "exporting"]
 
 #: the process-wide stamps (:func:`next_stamp`); hot hooks take ``STAMPS.__next__`` without a frame
 STAMPS = itertools.count()
@@ -70,6 +70,11 @@ _IS_COMPILING = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 def _compiling() -> bool:
     """Whether ``torch.compile`` (dynamo) is tracing the caller (False in eager mode and in old torch)."""
     return _IS_COMPILING is not None and bool(_IS_COMPILING())
+
+
+#: whether ``torch.export`` is tracing the model (its fake tensors hold no values: the package's hooks do nothing
+#: then; an exported program is no counted forward)
+exporting: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_exporting", None) or (lambda: False)
 
 
 #: whether dynamo is tracing the caller, in one frame where torch has ``torch.compiler.is_dynamo_compiling`` (the hot
@@ -329,6 +334,8 @@ class HookSet:
 
         def hook(module: nn.Module, *rest: Any) -> Any:
             if _compiling():  # torch.compile traces this hook: run it eagerly instead (see COMPILE_NOTE)
+                if exporting():
+                    return None  # (torch.export: fake tensors, no values to count)
                 if not eager:  # made on first use: torch.compiler.disable imports dynamo (seconds)
                     eager.append(eager_under_compile(functools.partial(_flagged, hook)))
                 return eager[0](module, *rest)

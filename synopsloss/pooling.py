@@ -463,8 +463,9 @@ class PoolEvents:
 
         ``calls_of(cls)``: names of the calls in the class' own code (``None`` when unreadable);
         ``pools``: the model's pool modules. A module is framed when its code calls a functional
-        average pool, or, when the model has a pool, one of :data:`CARRY_FUNCTIONS`; and every
-        ``AvgPool`` subclass that overrides ``forward``.
+        average pool, or, when the model has a pool, one of :data:`CARRY_FUNCTIONS`; every
+        ``AvgPool`` subclass that overrides ``forward``; and a user's class whose code cannot be read
+        (made by ``exec``: it may call a pool).
         """
         pools = list(pools)
         found: List[nn.Module] = []
@@ -477,7 +478,11 @@ class PoolEvents:
                 continue
             if mod == "torch" or mod.startswith("torch."):
                 continue
-            calls = calls_of(cls) or frozenset()
+            calls = calls_of(cls)
+            if calls is None and not installed(getattr(sys.modules.get(cls.__module__), "__file__", None)):
+                found.append(module)  # (a user's class whose code cannot be read, made by exec: followed)
+                continue
+            calls = calls or frozenset()
             if calls & set(POOL_FUNCTIONS):
                 found.append(module)
             elif calls & set(CARRY_FUNCTIONS) or (calls & set(COPY_FUNCTIONS) and not installed(

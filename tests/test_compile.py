@@ -112,3 +112,24 @@ def test_a_module_counted_op_by_op_says_its_products_are_not_counted_under_compi
         torch.compile(net, backend="eager")(x)
     layers = counter.snapshot().layers
     assert layers["q"].synops == float((x * (net.q.weight != 0).sum(0)).sum())  # by hand: |x| x fan-out
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_torch_export_of_a_counted_model_traces_and_counts_nothing_then_the_model_counts_as_before(paused):
+    """``torch.export`` (non-strict) traces the model with fake tensors: the counter's hooks do nothing there (they
+    ran into each other until the recursion limit), and the next real forward is counted by hand."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    counter = sl.SynOpsCounter(net)
+    x = torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    if paused:
+        with counter.paused():
+            program = torch.export.export(net, (x,), strict=False)
+    else:
+        program = torch.export.export(net, (x,), strict=False)
+    assert torch._C._len_torch_function_stack() == 0
+    with counter.paused():
+        h = torch.relu(net[0](x)).detach()
+    assert torch.allclose(program.module()(x), net(x))  # (the one counted forward)
+    want = float(x.abs().sum() * 3 + h.abs().sum() * 2) / 2  # (no zero weight: fan-outs 3 and 2)
+    assert counter.snapshot().total()["synops"] == pytest.approx(want)

@@ -735,3 +735,22 @@ def test_whole_spikes_scaled_through_data_before_a_pool_are_no_events():
     counter = sl.SynOpsCounter(net, neurons=False)
     net(x)
     assert counter.synops(by_layer=True)["5"].item() == pytest.approx(want, rel=1e-6)
+
+
+def test_a_functional_pool_in_a_class_whose_code_cannot_be_read_is_corrected():
+    """A class made by ``exec`` has no source to read: its forward is followed anyway (it may call a pool), and
+    the pooled spike events are counted, not the pooled values."""
+    namespace = {"nn": nn, "F": F, "torch": torch}
+    exec(  # noqa: S102 - the point of the test: a class without readable source
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(16, 5, bias=False)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(F.avg_pool2d(x, 2).flatten(1))\n", namespace)
+    net = namespace["Net"]()
+    x = _spikes(3, 1, 8, 8, seed=4)
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    events = F.avg_pool2d(x, 2, divisor_override=1).flatten(1)  # spikes per window, by torch's own sum
+    assert _synops(counter, "fc") == pytest.approx(float((events * _fan(net.fc)).sum()) / 3)
