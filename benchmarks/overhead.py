@@ -462,7 +462,7 @@ def section_training(args: argparse.Namespace) -> None:
 
     bench_training("snntorch CSNN", f"[1b] snntorch CSNN (tutorial 6), B={B}, T={T} calls of the network",
                    twins(snntorch_csnn, ["plain", "readme", "default"]), x, y, snn_forward, snn_reset, {},
-                   max(3, r // 2), 1.02, fwd_target=1.04)
+                   r, 1.02, fwd_target=1.04)
     # Spikformer
     from spikingjelly.activation_based import functional
 
@@ -476,7 +476,7 @@ def section_training(args: argparse.Namespace) -> None:
         n.train()
     say(f"\n    Spikformer: {note}")
     bench_training("Spikformer", f"[1c] SpikingJelly zoo Spikformer {SPIKFORMER}, B={B}", nets, x, y,
-                   lambda n, v: n(v).mean(0), functional.reset_net, dict(batch_size=B, **kw), max(3, r // 2), 1.08,
+                   lambda n, v: n(v).mean(0), functional.reset_net, dict(batch_size=B, **kw), r, 1.08,
                    fwd_target=1.08)
 
 
@@ -622,7 +622,7 @@ def section_counting(args: argparse.Namespace) -> None:
     bench_counting("heavier CNN", "[2b] heavier CNN (3-32-64-64, max pools), B=64, 32x32", heavier_cnn,
                    torch.relu(torch.randn(64, 3, 32, 32)), r, None)
     bench_counting("ResNet-18", "[2c] ResNet-18 (BasicBlock [2, 2, 2, 2], 1000 classes), B=8, 224x224", ResNet18,
-                   torch.randn(8, 3, 224, 224), max(3, r // 2), 100.0, floor_target=1.5)
+                   torch.randn(8, 3, 224, 224), r, 100.0, floor_target=1.5)
 
 
 # ============================================================================ 3. vs SpikingJelly op_counter
