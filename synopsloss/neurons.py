@@ -407,7 +407,7 @@ class NeuronMonitor:
                 self._snntorch_updates(module, state, call, first, dtype, self._scratch)
             elif recurrent:  # ... or, for *Recurrent layers, where the neuron spiked at the previous step
                 event = torch.logical_or(x.detach(), out)
-                event[:, 1:] |= out[:, :-1] != 0
+                event[:, 1:] |= out[:, :-1].bool()  # (nonzero or NaN: a cast, faster than != 0)
                 call.updates = _count_nonzero(event, dtype)
                 call.updates_dense = out.numel()
             elif events:

@@ -344,8 +344,8 @@ def all_integer(t: Tensor, tol: float, scratch: Scratch, nonneg: bool = False) -
 
 
 def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Optional[Tensor] = None) -> Tensor:
-    """Number of nonzero (or NaN) elements of ``t`` (with ``minus``: of elements where ``t != minus``, NaN
-    included), as a 0-dim ``dtype`` tensor.
+    """Number of nonzero (or NaN) elements of ``t`` (with ``minus``: of nonzero or NaN elements of ``t - minus``,
+    NeuroBench's membrane updates), as a 0-dim ``dtype`` tensor.
 
     Exact (per-column float sums of a block stay below 2**24) and sync-free.
     """
@@ -361,8 +361,12 @@ def count_nonzero(t: Tensor, dtype: torch.dtype, scratch: Scratch, minus: Option
         for span in walk.spans:
             b = walk.block(flat, span)
             u = _buffer(scratch, b, torch.bool, 2)
-            if fm is not None:  # (one comparison: a value that changed, or NaN; no difference is written)
-                torch.ne(b, walk.block(fm, span), out=u)
+            if fm is not None:
+                # NeuroBench's count_nonzero(pre - post): the difference, cast to bool (3x faster here than
+                # torch.ne, whose bool output is not vectorised; inf - inf is NaN, counted, as NeuroBench counts it)
+                d = _buffer(scratch, b, b.dtype, 4)
+                torch.sub(b, walk.block(fm, span), out=d)
+                u.copy_(d)
             else:
                 u.copy_(b)  # nonzero (or NaN) -> True: a cast, faster than ``b != 0``
             total += count_true(u).to(dtype)  # (its bytes counted as int64 lanes)

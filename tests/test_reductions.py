@@ -181,3 +181,19 @@ def test_same_bytes_agrees_with_a_comparison_of_the_raw_bytes(dtype, layout):
         assert not same_bytes(zero, -zero) and torch.equal(zero, -zero)  # (-0.0: other bytes, an equal value)
         nan = torch.full_like(a, float("nan"))
         assert same_bytes(nan, nan.clone()) and not torch.equal(nan, nan.clone())
+
+
+@pytest.mark.parametrize("shape", [(300, 3), (4, 50), (1, 1)])
+def test_membrane_updates_count_as_neurobench_counts_them(walk, shape):
+    """``count_nonzero(pre, minus=post)`` is NeuroBench's ``count_nonzero(pre - post)``: a changed value, NaN, and
+    inf - inf (NaN) count; -0.0 against 0.0 does not."""
+    pre = _signed_counts(*shape, seed=3)
+    post = pre.clone()
+    post.view(-1)[::2] += 1.0
+    pre.view(-1)[-1], post.view(-1)[-1] = float("inf"), float("inf")
+    if pre.numel() > 2:
+        pre.view(-1)[1], post.view(-1)[1] = -0.0, 0.0
+        pre.view(-1)[-2] = float("nan")
+    want = int(torch.count_nonzero(pre - post))
+    got = R.count_nonzero(pre, torch.float64, R.Scratch(), minus=post)
+    assert got.dtype == torch.float64 and int(got) == want
