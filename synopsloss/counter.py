@@ -117,27 +117,36 @@ class _Once:
     ``recurrent(self.spk)`` twice): the second call within one call of the neuron is not counted.
 
     :meth:`enter` is the neuron's forward pre-hook (it numbers the neuron's calls); :meth:`repeated` tells
-    whether a call of the layer reads what its previous call read within the same call of the neuron, while the
+    whether a call of the layer reads what its previous call read within the same call of the neuron (while its
+    forward runs: :meth:`exit` closes the window), while the
     neuron's attribute has the value that makes it evaluate twice: the same tensor, unchanged, or a tensor of
     equal values (SConv2dLSTM concatenates its input and membrane anew for each evaluation). The previous input
     is held until the neuron's next call."""
 
-    __slots__ = ("neuron", "attr", "value", "serial", "last")
+    __slots__ = ("neuron", "attr", "value", "serial", "last", "inside")
 
     def __init__(self, neuron: nn.Module, attr: str, value: Any) -> None:
         self.neuron = weakref.ref(neuron)
         self.attr, self.value = attr, value
         self.serial = 0
         self.last: Optional[tuple] = None  # (serial, the input, its version)
+        self.inside = False  # the neuron's forward is running
 
     def enter(self, module: nn.Module, args: tuple) -> None:
         self.serial += 1
+        self.last = None
+        self.inside = True
+
+    def exit(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """The neuron's forward returned (or raised): a call of the layer after it (a readout of the spikes by
+        the user's code) is a call of its own, counted."""
+        self.inside = False
         self.last = None
 
     def repeated(self, args: tuple) -> bool:
         neuron = self.neuron()
         x = args[0] if args and isinstance(args[0], Tensor) else None
-        if x is None or neuron is None or getattr(neuron, self.attr, None) != self.value:
+        if x is None or neuron is None or not self.inside or getattr(neuron, self.attr, None) != self.value:
             self.last = None
             return False
         last = self.last
@@ -620,6 +629,7 @@ class SynOpsCounter:
             if twice is not None:
                 layer.once = _Once(*twice)
                 self._hooks.pre(twice[0], layer.once.enter, owned=False)
+                self._hooks.forward(twice[0], layer.once.exit, owned=False, always_call=True)
             # prepend: the hook runs before FSDP2's forward hook reshards the weight (synopsloss.sharding)
             self._hooks.direct(module, self._layer_hook_for(name, self._layers[name]))
             return

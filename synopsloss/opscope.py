@@ -152,6 +152,7 @@ import builtins
 import functools
 import inspect
 import sys
+import threading
 import textwrap
 import weakref
 from dataclasses import dataclass, field
@@ -569,22 +570,41 @@ class _Mode(PackageMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.scopes: List["OpScope"] = []  # scopes whose innermost frame counts
-        self.pushed = False
+        # per thread, as torch's function-mode stack is: the scopes whose innermost frame counts on this thread,
+        # and whether the mode is on this thread's stack (two threads counting at once share no frame)
+        self._local = threading.local()
+
+    @property
+    def scopes(self) -> List["OpScope"]:
+        local = self._local
+        try:
+            return local.scopes
+        except AttributeError:
+            local.scopes, local.pushed = [], False
+            return local.scopes
+
+    @property
+    def pushed(self) -> bool:
+        return getattr(self._local, "pushed", False)
+
+    @pushed.setter
+    def pushed(self, value: bool) -> None:
+        self._local.pushed = value
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         if kwargs is None:
             kwargs = {}
         if _DYNAMO():  # (traced by torch.compile: its ops are not counted, as _enter warns)
             return func(*args, **kwargs)
+        mine = self.scopes  # (this thread's)
         if func not in _WATCHED:
             out = func(*args, **kwargs)
-            if self.scopes and not torch.is_grad_enabled():  # (no autograd record: follow weights made of parameters)
-                for scope in self.scopes:
+            if mine and not torch.is_grad_enabled():  # (no autograd record: follow weights made of parameters)
+                for scope in mine:
                     if scope._counting():
                         scope._follow(args, kwargs, out)
             return out
-        scopes = [s for s in self.scopes if s._counting()]
+        scopes = [s for s in mine if s._counting()]
         body = TRANSPARENT_OPS.get(func)
         if body is not None and scopes:
             with self:  # re-entered: the composite's inner ops are counted one by one
@@ -602,10 +622,11 @@ class _Mode(PackageMode):
                 self.scopes.append(scope)
         elif scope in self.scopes:
             self.scopes.remove(scope)
-        if self.scopes and not self.pushed:
+        scopes = self.scopes
+        if scopes and not self.pushed:
             self.__enter__()
             self.pushed = True
-        elif not self.scopes and self.pushed:
+        elif not scopes and self.pushed:
             take_off(self)  # (wherever it is: a mode opened above it inside the forward stays open)
             self.pushed = False
 

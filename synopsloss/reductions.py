@@ -395,6 +395,8 @@ def same_bytes(a: Tensor, b: Tensor) -> bool:
     """
     if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
         return False
+    if a.is_neg() or b.is_neg() or a.is_conj() or b.is_conj():  # (a lazy negation or conjugation: no bytes to view)
+        return torch.equal(a, b)
     size = a.element_size()
     if (a.numel() and a.device.type == "cpu" and (a.numel() * size) % 8 == 0 and a.is_contiguous() and b.is_contiguous()
             and (a.storage_offset() * size) % 8 == 0 and (b.storage_offset() * size) % 8 == 0):

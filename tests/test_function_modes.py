@@ -195,3 +195,41 @@ def test_two_counters_on_one_model_close_their_modes_after_each_forward():
         warnings.simplefilter("ignore", UserWarning)  # (torch: "nested tensors ... prototype stage")
         out = enc(src, src_key_padding_mask=torch.tensor([[False, False, True]]))
     assert torch.equal(out[0, 2], torch.zeros(8))  # (the fast path: a padded token comes out as zeros)
+
+
+def test_op_scoped_layers_counted_in_several_threads_at_once_count_as_in_one():
+    """torch keeps one function-mode stack per thread: the op scope's mode keeps its scopes and its place on the
+    stack per thread too, so that a thread's products go to its own counter (they went to another thread's, or
+    twice to its own, and a counter found no forward at all)."""
+    import threading
+
+    def make() -> nn.MultiheadAttention:
+        torch.manual_seed(0)
+        return nn.MultiheadAttention(16, 2, batch_first=True).eval()
+
+    x = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(1))
+
+    def count(m: nn.Module) -> float:
+        counter = sl.SynOpsCounter(m, batch_size=4)
+        with torch.no_grad():
+            m(x, x, x)
+        return counter.snapshot().total()["synops"]
+
+    want = count(make())
+    models = [make() for _ in range(4)]
+    results: list = []
+
+    def work(m: nn.Module) -> None:
+        for _ in range(15):
+            try:
+                results.append(count(m))
+            except Exception as err:  # (reported by the assertion below)
+                results.append(repr(err))
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [want] * 60
+    assert torch._C._len_torch_function_stack() == 0

@@ -274,3 +274,49 @@ def test_a_zero_reset_lstm_neuron_counts_its_cell_once_per_step(kind):
         dense = T * F.conv2d(ones, torch.ones_like(mask), None, child.stride, child.padding).sum().item()
     assert want > 0 and row["synops"] == pytest.approx(want, rel=1e-6)
     assert row["dense"] == pytest.approx(dense)
+
+
+def test_a_readout_of_the_recurrent_layer_after_the_neuron_returned_is_counted_even_when_it_repeats_its_input():
+    """snntorch's zero reset evaluates ``recurrent(spk)`` twice inside one call of the neuron (counted once); a
+    call of that layer by the user's code after the neuron returned is a call of its own, counted, even when it
+    reads the same spikes as the neuron's last evaluation (it was taken for the repeat)."""
+    import snntorch as snn
+
+    torch.manual_seed(0)
+    batch, steps, width = 2, 5, 4
+    lif = snn.RLeaky(beta=0.9, linear_features=width, reset_mechanism="zero", threshold=0.5)
+    log: list = []
+    lif.register_forward_pre_hook(lambda m, a: log.append("enter"))
+    lif.register_forward_hook(lambda m, a, o: log.append("exit"))
+    lif.recurrent.register_forward_pre_hook(lambda m, a: log.append(a[0].detach().clone()))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lif = lif
+
+        def forward(self, cur):
+            spk, mem = torch.zeros(batch, width), torch.zeros(batch, width)
+            outs = []
+            for _ in range(steps):
+                prev = spk
+                spk, mem = self.lif(cur, spk, mem)
+                outs.append(self.lif.recurrent(prev.clone()))  # a readout of the spikes the neuron just read
+            return torch.stack(outs)
+
+    net = Net()
+    counter = sl.SynOpsCounter(net, batch_size=batch)
+    with torch.no_grad():
+        net(torch.full((batch, width), 5.0))
+    fan = (lif.recurrent.weight != 0).sum(0).double()
+    total, inside, seen = 0.0, False, 0
+    for entry in log:  # by hand: every call but the second evaluation within one call of the neuron
+        if isinstance(entry, str):
+            inside, seen = entry == "enter", 0
+            continue
+        seen += inside
+        if not (inside and seen == 2):
+            total += float((entry.abs().double() * fan).sum())
+    readouts = sum(1 for i, e in enumerate(log) if not isinstance(e, str) and log[i - 1] == "exit")
+    assert readouts == steps and total > 0
+    assert counter.snapshot().total()["synops"] == pytest.approx(total / batch)

@@ -197,3 +197,13 @@ def test_membrane_updates_count_as_neurobench_counts_them(walk, shape):
     want = int(torch.count_nonzero(pre - post))
     got = R.count_nonzero(pre, torch.float64, R.Scratch(), minus=post)
     assert got.dtype == torch.float64 and int(got) == want
+
+
+def test_same_bytes_compares_lazily_negated_and_conjugated_tensors_by_value():
+    from synopsloss.reductions import same_bytes
+
+    z = torch.tensor([1 + 2j, 3 - 1j, 0j, 2j])
+    neg = torch._neg_view(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    assert neg.is_neg() and same_bytes(neg, neg.clone()) and not same_bytes(neg, -neg.clone())
+    assert z.conj().is_conj() and same_bytes(z.conj(), z.conj().resolve_conj())
+    assert not same_bytes(z.conj(), z)
