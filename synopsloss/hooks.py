@@ -49,7 +49,8 @@ import torch
 from torch import nn
 
 __all__ = ["HookSet", "next_stamp", "STAMPS", "functorch_level", "COMPILE_NOTE", "eager_under_compile", "compiling",
-           "OWN", "own_ops", "COMPILED", "PackageMode", "pop_package_modes", "push_modes", "mode_depth", "take_off", "exporting"]
+           "OWN", "own_ops", "COMPILED", "PackageMode", "pop_package_modes", "push_modes", "mode_depth", "take_off",
+           "exporting"]
 
 #: the process-wide stamps (:func:`next_stamp`); hot hooks take ``STAMPS.__next__`` without a frame
 STAMPS = itertools.count()

@@ -39,7 +39,8 @@ from torch import Tensor
 
 from .hooks import own_ops
 from .maps import LayerMaps, MapCache, magnitude
-from .reductions import BLOCK, Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max, same_bytes
+from .reductions import (BLOCK, Scratch, abs_row_sums, all_integer, autocast_cpu, column_nonzeros, min_max,
+                         same_bytes)
 
 __all__ = ["Call", "LastInput", "WholeSpikes", "Sums", "reduce_calls", "reduce_layers", "reduce_now", "reducible_now",
            "view_lead", "whole_range"]
@@ -345,7 +346,7 @@ def _head_shows_reals(flat: Tensor) -> bool:
     return flat.numel() > _WITNESS and float(torch.frac(_head(flat)).abs().amax()) != 0
 
 
-def _binary_sums(flat: Tensor, head: bool = True) -> Optional[Tensor]:
+def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     """The column sums of a contiguous float32 CPU input ``[rows, n]`` (no graph) when every value is 0 or 1, else
     ``None``: a call of {0, 1} spikes reduced at once in a few tensor ops.
 
@@ -361,8 +362,6 @@ def _binary_sums(flat: Tensor, head: bool = True) -> Optional[Tensor]:
     if flat.dtype != torch.float32 or not flat.is_contiguous() or not flat.numel() or flat.shape[0] >= WIDE_ROWS:
         return None
     n = flat.numel()
-    if head and _head_shows_reals(flat):  # (``head=False``: the caller read the first values)
-        return None  # (real values, a ReLU's or a sigmoid's: its first values show it, no whole pass)
     lo_b, hi_b = torch.aminmax(flat.view(torch.int32))
     if int(lo_b) < 0 or int(hi_b) > _ONE_BITS:
         return None
@@ -696,7 +695,7 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool,
             binary = torch.matmul(_SCRATCH.ones(rows, flat.dtype, flat.device), flat)
         else:
             reals = _head_shows_reals(flat)  # (real values: no pass to test for spikes)
-            binary = None if reals else _binary_sums(flat, head=False)
+            binary = None if reals else _binary_sums(flat)
         if binary is not None:  # only 0 and 1: the effective ops are the synops, all ACs
             # (the synops and the spikes: float64 products and sums of exact float32 column sums)
             ((synops, in_sum),) = _times_map(ent, binary)
@@ -768,8 +767,8 @@ class LastInput:
 
     A later call repeats it when it uses the same map entry (the same weight pattern), rows and rule, and its
     input is the same data: the same tensor, or a view of the same memory with the same strides, at the same
-    version, is the candidate, and the decision is its bytes (:func:`synopsloss.reductions.same_bytes`) against a copy of the input
-    taken the first time a candidate came (an edit through ``.data`` or numpy, which no version counter sees,
+    version, is the candidate, and the decision is its bytes (:func:`synopsloss.reductions.same_bytes`) against a
+    copy of the input taken the first time a candidate came (an edit through ``.data`` or numpy, which no version counter sees,
     is then read anew). A candidate that is not equal stops the repeats of the layer for the batch (an input
     rewritten in place at each step costs no comparison after that).
 
