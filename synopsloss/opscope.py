@@ -565,7 +565,8 @@ class _Mode(PackageMode):
     """The counting mode: every watched op is offered to the counting scopes, every other op runs unchanged.
 
     One mode for the process, pushed while at least one scope counts (two counters on one model
-    push and pop their frames in interleaved order; one shared mode keeps the stack balanced).
+    push and pop their frames in interleaved order; one shared mode keeps the stack balanced). Its scopes and
+    its place on the stack are per thread, as torch's function-mode stack is.
     """
 
     def __init__(self) -> None:
@@ -617,12 +618,12 @@ class _Mode(PackageMode):
 
     def want(self, scope: "OpScope", counting: bool) -> None:
         """Whether ``scope``'s innermost frame counts; push or pop the mode accordingly."""
+        scopes = self.scopes  # (this thread's)
         if counting:
-            if scope not in self.scopes:
-                self.scopes.append(scope)
-        elif scope in self.scopes:
-            self.scopes.remove(scope)
-        scopes = self.scopes
+            if scope not in scopes:
+                scopes.append(scope)
+        elif scope in scopes:
+            scopes.remove(scope)
         if scopes and not self.pushed:
             self.__enter__()
             self.pushed = True
