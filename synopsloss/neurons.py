@@ -424,7 +424,9 @@ class NeuronMonitor:
         """NeuroBench: every neuron at the first call of a batch, then one per changed membrane."""
         mem = getattr(module, "mem", None)
         if isinstance(mem, Tensor):
-            if first or state.pre_mem is None:
+            if first or state.pre_mem is None or state.pre_mem.shape != mem.shape:
+                # (a membrane of another shape than before the call: a neuron applied to layers of other widths
+                # starts a membrane of its own, every neuron updated, as SpikingJelly's and norse's are counted)
                 call.updates_first = mem.numel()
                 call.updates = mem.new_zeros((), dtype=dtype)
             else:

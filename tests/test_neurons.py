@@ -311,3 +311,33 @@ def test_a_binary_spike_neuron_with_a_users_hook_is_counted_from_its_output():
     row = counter.neurons.stats()["1"]
     assert row["density"] == pytest.approx(float((out != 0).double().mean())) and row["density"] > 0
     assert row["spikes"] == pytest.approx(float(out.sum()) / 7)
+
+
+def test_one_snntorch_neuron_on_layers_of_two_widths_counts_each_call_as_a_new_membrane():
+    """An snntorch neuron (init_hidden=False) applied to two layers of other widths: the membrane before a call has
+    another shape than after it, so each call starts a membrane of its own, every neuron updated (the difference
+    of the two raised from the hook, or broadcast to more updates than neurons)."""
+    import snntorch as snn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2, self.lif = nn.Linear(4, 6), nn.Linear(6, 3), snn.Leaky(beta=0.9)
+
+        def forward(self, x):
+            m1, m2, out = torch.zeros(x.shape[0], 6), torch.zeros(x.shape[0], 3), []
+            for t in range(x.shape[1]):
+                s1, m1 = self.lif(self.fc1(x[:, t]), m1)
+                s2, m2 = self.lif(self.fc2(s1), m2)
+                out.append(s2)
+            return torch.stack(out, 1)
+
+    batch, steps = 2, 4
+    x = torch.rand(batch, steps, 4, generator=torch.Generator().manual_seed(1))
+    plain, net = Net(), Net()
+    counter = sl.SynOpsCounter(net)
+    assert torch.equal(net(x), plain(x))
+    lif = counter.snapshot().neurons["lif"]
+    assert lif.updates_dense == steps * batch * (6 + 3)
+    assert lif.updates == lif.updates_dense  # (every call a membrane of its own: all its neurons)
