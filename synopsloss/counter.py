@@ -728,17 +728,18 @@ class SynOpsCounter:
             else:
                 yield self
 
-    def reset(self, accumulated: bool = False) -> None:
+    def reset(self, accumulated: bool = False, drop: bool = False) -> None:
         """Start a new batch.
 
         The finished batch's counts are added to the running totals read with
         ``snapshot(accumulated=True)``; its differentiable synops (and their
         autograd graph) are dropped. A batch whose forward raised is dropped
-        without entering the totals. ``accumulated=True`` clears the running
-        totals too.
+        without entering the totals, and so is any batch with ``drop=True``
+        (one whose counts are undefined: NaN in its input). ``accumulated=True``
+        clears the running totals too.
         """
         batch = self._batch
-        left_out = False  # the batch's samples cannot be read: its neuron statistics are left out too
+        left_out = drop  # the batch's samples cannot be read, or it is dropped: its neuron statistics are left out too
         if accumulated:
             self._totals.clear()
             self._sums.clear()
@@ -746,7 +747,7 @@ class SynOpsCounter:
             self._sampled = 0
             self._total_samples = 0
             self._total_sample_steps = 0.0
-        elif batch.layers and not (batch.pending or batch.failed):
+        elif batch.layers and not (batch.pending or batch.failed or drop):
             try:
                 samples = self._samples()
             except ValueError as err:

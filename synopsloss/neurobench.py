@@ -37,7 +37,8 @@ both in one ``Benchmark``). The differences are on purpose:
   pass, not from re-running deep copies of every layer for every stored input
   after it, so they cost a fraction of the time (``benchmarks/neurobench_metrics.py``);
 * a number that cannot be known (a neuron type without an operation cost, no
-  activation layer at all) is ``nan`` with a warning, never 0.
+  activation layer at all, a batch with NaN or inf in a layer's input: every
+  metric of the run from then on) is ``nan`` with a warning, never 0.
 
 NeuroBench prints an error and records 0.0 when a metric raises: check the
 printed output when a result is 0.
@@ -140,6 +141,7 @@ class NeuroBenchMetrics:
         self._data: Any = None  # the batch last folded in (held, so that its identity is not reused)
         self._batch: Optional[CounterSnapshot] = None
         self._warned: set = set()
+        self._undefined: Optional[str] = None  # why the run's numbers are undefined (a batch with NaN or inf)
         for cls in _metric_classes(self, accumulated, workload):
             setattr(self, cls.__name__, cls)
 
@@ -158,7 +160,7 @@ class NeuroBenchMetrics:
     def reset(self) -> None:
         """Forget every batch (NeuroBench calls it through the metrics when a run starts)."""
         self.counter.reset(accumulated=True)
-        self._data, self._batch = None, None
+        self._data, self._batch, self._undefined = None, None, None
 
     # -------------------------------------------------------------- reading
 
@@ -178,6 +180,10 @@ class NeuroBenchMetrics:
         self.counter.batch_size = int(data[0].size(0))  # NeuroBench's samples of the batch that just ran
         try:
             self._batch = self.counter.snapshot()
+        except FloatingPointError as err:  # (NaN or inf in a layer's input: the batch's counts are undefined)
+            self._undefined, self._batch = str(err).split(". ")[0], None  # (what was not finite, and where)
+            self.counter.reset(drop=True)  # (out of the totals: the next batches are counted as usual)
+        else:
             self.counter.reset()
         finally:
             self.counter.batch_size = None  # the next batch (a shorter last one) is not checked against this one
@@ -192,6 +198,15 @@ class NeuroBenchMetrics:
             warnings.warn(message, SynOpsWarning, stacklevel=3)
         return math.nan
 
+    def _defined(self, key: str) -> bool:
+        """Whether the run's numbers are defined (no batch had NaN or inf in a layer's input); else warn once."""
+        if self._undefined is None:
+            return True
+        self._nan(key + "-undefined", f"{self._undefined} in a batch of this run: the run's {key} is nan (NeuroBench "
+                  "counts such a batch by its nonzero inputs; synopsloss gives no number it cannot define). Check "
+                  "the data and the layers before that one.")
+        return False
+
     def _neuron_layers(self, snap: CounterSnapshot) -> list:
         if self.counter.neurons is None:
             raise ValueError("NeuroBenchMetrics(..., neurons=False) does not track neuron layers; the neuron "
@@ -202,11 +217,15 @@ class NeuroBenchMetrics:
         """NeuroBench's ``SynapticOperations`` result over the run so far."""
         if self._data is None:  # no batch yet: NeuroBench's zeros
             return {"Effective_MACs": 0, "Effective_ACs": 0, "Dense": 0}
+        if not self._defined("SynapticOperations"):
+            return {"Effective_MACs": math.nan, "Effective_ACs": math.nan, "Dense": math.nan}
         total = self.totals().total()
         return {"Effective_MACs": total["eff_macs"], "Effective_ACs": total["eff_acs"], "Dense": total["dense"]}
 
     def membrane_updates(self) -> float:
         """Membrane updates per sample over the run so far (NeuroBench's ``MembraneUpdates``)."""
+        if not self._defined("MembraneUpdates"):
+            return math.nan
         snap = self.totals()
         layers = self._neuron_layers(snap)
         unknown = [s.name for s in layers if s.updates is None]
@@ -217,13 +236,16 @@ class NeuroBenchMetrics:
 
     def neuron_operations(self) -> Dict[str, float]:
         """NeuroBench's ``NeuronOperations`` result over the run so far."""
+        if not self._defined("NeuronOperations"):
+            return {"Effective Neuron Ops": math.nan, "Neuron Dense Ops": math.nan}
         snap = self.totals()
         layers = self._neuron_layers(snap)
         unknown = [s.name for s in layers if s.updates is None or s.op_cost is None]
         if unknown:
             nan = self._nan("ops", f"synopsloss: the operations of one update of neuron layer(s) {unknown} are "
-                            "unknown (pass costs through a NeuronMonitor, see synopsloss.neurons); "
-                            "NeuronOperations is nan")
+                            "unknown (synopsloss's table has no cost for their type; NeuroBenchMetrics takes "
+                            "none: count them with NeuronMonitor(model, costs={...}), see synopsloss.neurons, or use "
+                            "NeuroBench's own NeuronOperations); NeuronOperations is nan")
             return {"Effective Neuron Ops": nan, "Neuron Dense Ops": nan}
         return {
             "Effective Neuron Ops": sum(s.updates * s.op_cost for s in layers) / snap.samples,
@@ -241,6 +263,9 @@ class NeuroBenchMetrics:
         wrapped in it); for a plain network, every neuron layer and ``ReLU`` /
         ``Sigmoid``.
         """
+        if self._batch is None and self._undefined is not None:  # (the last batch had NaN or inf)
+            self._defined("ActivationSparsity")
+            return math.nan
         if self._batch is None:
             raise RuntimeError("ActivationSparsity: no batch was counted yet")
         self._neuron_layers(self._batch)
@@ -258,6 +283,13 @@ class NeuroBenchMetrics:
                     names.append(name)
             elif s.kind == "neuron" or s.type in ("ReLU", "Sigmoid"):
                 names.append(name)
+        blind = [n for n in names if self._batch.neurons[n].kind not in ("neuron", "activation")]
+        if blind:  # (a type added with model.add_activation_module: the monitor saw its calls, not its outputs)
+            kinds_of = sorted({self._batch.neurons[n].type for n in blind})
+            return self._nan("sparsity-blind", f"synopsloss: layer(s) {blind} ({', '.join(kinds_of)}) are in "
+                             "model.activation_modules, but synopsloss reads the outputs of neuron layers and of "
+                             "known activations (ReLU, Sigmoid, ...) only; ActivationSparsity is nan. Use "
+                             "NeuroBench's own ActivationSparsity for this model.")
         total = sum(self._batch.neurons[n].numel for n in names)
         if not total:
             return self._nan("sparsity", "synopsloss: no activation layer ran, so ActivationSparsity is undefined "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import warnings
 
 import pytest
@@ -18,6 +20,7 @@ from neurobench.metrics import workload as nb  # noqa: E402
 from neurobench.models import SNNTorchModel, TorchModel  # noqa: E402
 
 from helpers import brute_force_counts  # noqa: E402
+import synopsloss as sl  # noqa: E402
 from synopsloss import SynOpsWarning  # noqa: E402
 from synopsloss.neurobench import NeuroBenchMetrics  # noqa: E402
 
@@ -215,3 +218,57 @@ def test_activation_sparsity_of_an_snntorch_net_in_torch_model_reads_its_neurons
     with NeuroBenchMetrics(model) as m:
         ours = run(model, data, [m.ActivationSparsity])
     assert ours["ActivationSparsity"] == pytest.approx(zeros / total, rel=1e-12)
+
+
+def test_activation_sparsity_with_an_activation_type_the_monitor_does_not_read_is_nan_and_named():
+    """``model.add_activation_module(Heaviside)``: NeuroBench reads that module's outputs; synopsloss sees its
+    calls, not its outputs, so its sparsity would leave the module out silently: nan, and the layer is named."""
+
+    class Heaviside(nn.Module):
+        def forward(self, x):
+            return (x > 0).float()
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), Heaviside(), nn.Linear(5, 3), nn.ReLU())
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    data = DataLoader(TensorDataset(x, torch.zeros(4)), batch_size=4)
+    model = TorchModel(net)
+    model.add_activation_module(Heaviside)
+    with NeuroBenchMetrics(model) as m, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ours = Benchmark(model, data, [], [], [[], [m.ActivationSparsity]]).run(quiet=True)
+    assert math.isnan(ours["ActivationSparsity"])
+    named = [str(w.message) for w in seen if issubclass(w.category, SynOpsWarning)]
+    assert any("['1'] (Heaviside)" in msg for msg in named), named
+
+
+def test_a_batch_with_nan_makes_every_metric_of_the_run_nan_and_named_never_zero():
+    """One batch with NaN in a layer's input: its counts are undefined, so the run's metrics are nan with a
+    warning naming the layer (the read raised inside NeuroBench, which recorded 0.0, and the next batch was merged
+    into the failed one)."""
+    import snntorch as snn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2), snn.Leaky(beta=0.5, init_hidden=True, output=True))
+    x = torch.rand(4, 2, 3, generator=torch.Generator().manual_seed(1))  # ([B, T, features]: SNNTorchModel)
+    x[0, 0, 0] = float("nan")
+    data = DataLoader(TensorDataset(x, torch.zeros(4)), batch_size=2)  # (the NaN in the first of two batches)
+    model = SNNTorchModel(net)
+    with NeuroBenchMetrics(model) as m, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ours = Benchmark(model, data, [], [], [[], [m.SynapticOperations, m.MembraneUpdates,
+                                                     m.NeuronOperations, m.ActivationSparsity]]).run(quiet=True)
+    flat = [v for r in ours.values() for v in (r.values() if isinstance(r, dict) else [r])]
+    assert len(flat) == 7 and all(math.isnan(v) for v in flat), ours
+    named = [str(w.message) for w in seen if issubclass(w.category, SynOpsWarning)]
+    assert any("layer '0'" in msg and "SynapticOperations is nan" in msg for msg in named), named
+
+
+def test_reset_with_drop_leaves_the_batch_out_of_the_totals():
+    net = nn.Sequential(nn.Linear(3, 2, bias=False))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(torch.tensor([[1.0, 0.0, 2.0]]))
+    counter.reset()
+    net(torch.tensor([[5.0, 5.0, 5.0]]))
+    counter.reset(drop=True)
+    assert counter.snapshot(accumulated=True).total()["synops"] == pytest.approx(3.0 * 2)  # the first batch only
