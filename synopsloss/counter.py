@@ -1376,6 +1376,14 @@ class SynOpsCounter:
                 f"counter.{what}(): the model was called with a batch of 0 samples (input shape "
                 f"{batch.root_shape}); there is nothing to count per sample. Skip empty batches."
             )
+        if batch.root_calls:  # (the model ran, but took a branch without a counted layer)
+            names = list(self._layers)
+            raise RuntimeError(
+                f"counter.{what}(): the model ran {batch.root_calls} time(s) since the last reset(), but none of "
+                f"its counted layers ({', '.join(repr(n) for n in names[:5])}{', ...' if len(names) > 5 else ''}) "
+                "was called, so there are no synaptic counts to read. Run a batch that reaches them (a branch of "
+                "the forward may skip them)."
+            )
         raise RuntimeError(
             f"counter.{what}() was called before any forward pass since the last reset(): "
             "run the model on a batch first"

@@ -393,3 +393,25 @@ def test_device_change_within_one_batch_is_refused_with_remedy() -> None:
     net(x)
     # by hand: effective taps of w = [1, 0, 2] reached by nonzero inputs: 1 + 2 = 3 over 2 samples
     assert counter.snapshot().per_layer()["0"] == {"dense": 3.0, "eff_macs": 0.0, "eff_acs": 1.5, "synops": 1.5}
+
+
+def test_a_forward_that_reaches_no_counted_layer_says_so_not_that_the_model_never_ran():
+    """The model ran (its branch skipped the only Linear): the read says which layers were not called, not that no
+    forward pass happened."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.readout = nn.Linear(3, 2)
+
+        def forward(self, x, read=False):
+            return self.readout(x) if read else torch.relu(x)
+
+    net = Net()
+    counter = sl.SynOpsCounter(net)
+    for _ in range(3):
+        net(torch.ones(2, 3))
+    with pytest.raises(RuntimeError, match=r"the model ran 3 time\(s\) since the last reset\(\), but none of its "
+                                           r"counted layers \('readout'\) was called"):
+        counter.snapshot()
+    net(torch.ones(2, 3), read=True)
+    assert counter.snapshot().total()["synops"] == pytest.approx(3 * 2)  # (the one call that reached it)
