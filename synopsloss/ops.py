@@ -222,10 +222,10 @@ from torch import Tensor, nn
 from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
 from .maps import MapCache, magnitude
 from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError, input_changed
-from .records import Call, all_integer_values, reduce_calls, version_of
+from .records import Call, all_integer_values, reduce_calls, value_range, version_of
 from .hooks import functorch_level as _LEVEL
 from .hooks import own_ops
-from .reductions import min_max
+from .reductions import in_memory_order, min_max
 
 __all__ = [
     "OpCount",
@@ -380,7 +380,10 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype, weight: bool
     values are all >= 0 (spikes, spike products) needs no ``abs`` and no sign mask in backward: ``|t| = t``
     with gradient 1 (the magnitude's, +1 at and above 0); its nonzeros are ``sign(t)`` and it is spiking when
     ``max t <= 1``, ``sum t == nonzeros`` (read on the host: most real values stop there) and every value is an
-    integer (the exact test, as in :mod:`synopsloss.records`). Other activations (and every activation off the
+    integer (the exact test, as in :mod:`synopsloss.records`). A float32 one whose values lie in memory without
+    gaps (contiguous, or a transposed view: :func:`~synopsloss.reductions.in_memory_order`) is read first as
+    ``int32`` bit patterns for its range; holding only 0 and 1, its sums are its nonzeros and no sign pass is
+    made. Other activations (and every activation off the
     CPU, where the test would wait for the device): ``abs``, and a sign pass.
     """
     if weight:
@@ -390,7 +393,19 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype, weight: bool
     if t.device.type == "cpu" and t.is_floating_point() and t.numel() and _eager(t):  # (the test reads a value)
         with torch.no_grad():
             det = t.detach()
-            lo, hi = min_max(det)
+            dense = in_memory_order(det) if det.dtype == torch.float32 and (need_spiking or need_integer) else None
+            if dense is not None:  # (float32 bit patterns read as int32: a faster range, and no copy of a view)
+                lo, hi = value_range(dense)
+                if hi != hi:  # (NaN: the general path carries it, as min_max's NaN min sends it there)
+                    lo = hi
+                binary = lo == 0.0 and hi in (0.0, 1.0) and bool(all_integer_values(dense, nonneg=True))
+            else:
+                lo, hi = min_max(det)
+                binary = False
+        if binary:  # only 0 and 1 (a neuron's spikes, a product of them): the sums are the nonzeros
+            mag = _rsum(t, dims, red)
+            yes = torch.ones((), dtype=torch.bool)
+            return mag, mag.detach(), yes, yes
         if bool(lo >= 0):  # (NaN is not: the general path carries it)
             with torch.no_grad():
                 nz = _rsum(det.sign(), dims, red)
@@ -398,7 +413,8 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype, weight: bool
             with torch.no_grad():
                 candidate = (need_spiking and float(hi) <= 1
                              and float(mag.detach().sum(dtype=torch.float64)) == float(nz.sum(dtype=torch.float64)))
-                integer = all_integer_values(det, nonneg=True) if (candidate or need_integer) else None
+                integer = (all_integer_values(det if dense is None else dense, nonneg=True)
+                           if (candidate or need_integer) else None)
                 spiking = integer if candidate else torch.zeros((), dtype=torch.bool)
             return mag, nz, spiking, integer
     with torch.no_grad():

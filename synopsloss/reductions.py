@@ -161,6 +161,24 @@ def _col_sums(buf: Tensor, red: Optional[torch.dtype]) -> Tensor:
 _AMINMAX_FROM = 1 << 18
 
 
+def in_memory_order(t: Tensor) -> Optional[Tensor]:
+    """``t`` itself when it is contiguous, else a permutation of its dims that is (a transposed or permuted view of
+    a contiguous tensor: its values as they lie in memory, no copy), else ``None`` (gaps or overlaps). For
+    reductions whose result does not depend on the order of the values (min, max, whether all are integers).
+
+    Example
+    -------
+    >>> t = torch.arange(6.0).reshape(2, 3)
+    >>> in_memory_order(t.t()).shape, in_memory_order(t[:, :2])
+    (torch.Size([2, 3]), None)
+    """
+    if t.is_contiguous():
+        return t
+    order = sorted(range(t.dim()), key=lambda i: t.stride(i), reverse=True)
+    p = t.permute(order)
+    return p if p.is_contiguous() else None
+
+
 def min_max(t: Tensor) -> Tuple[Tensor, Tensor]:
     """``(t.min(), t.max())`` as 0-dim tensors, in whichever form is faster for ``t`` (NaN propagates).
 

@@ -838,3 +838,47 @@ def test_a_product_in_a_helper_function_or_under_an_alias_is_counted(how):
     torch.manual_seed(0)
     got, want = _counted_product(_HelperAttention(how))
     assert got == pytest.approx(want)
+
+
+class _Product(nn.Module):
+    """``a @ b^T`` with ``b`` passed as ``[B, n, c]``: the second operand is a transposed view (not contiguous)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b.transpose(-2, -1)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("kind", ["spikes", "half_steps", "counts_and_reals"])
+def test_products_of_transposed_views_count_by_hand(kind, grad):
+    """Spikes (0 and 1), values in {0, 0.5, 1} (an operand in the spike range that is no spikes) and integer counts
+    times reals, the second operand a transposed view: synops, effective ops and AC / MAC as the brute force of
+    op_reference says, with and without gradients, and the gradient of the synops that of the hand formula."""
+    gen = torch.Generator().manual_seed(41)
+    a = (torch.rand(2, 3, 4, generator=gen) < 0.5).float()
+    b = (torch.rand(2, 5, 4, generator=gen) < 0.4).float()
+    if kind == "half_steps":
+        a = a * torch.randint(1, 3, a.shape, generator=gen) / 2  # 0, 0.5, 1: a test of the range alone is fooled
+    if kind == "counts_and_reals":
+        a = a * torch.randint(1, 4, a.shape, generator=gen)  # 0..3
+        b = b * torch.rand(b.shape, generator=gen)  # reals in [0, 1)
+    a.requires_grad_(grad)
+    b.requires_grad_(grad)
+    counter = sl.SynOpsCounter(_Product(), batch_size=2, neurons=False, ops="all")
+    with torch.set_grad_enabled(grad):
+        counter.model(a, b)
+    (row,) = layers(counter).values()
+    # one operand of 0 and 1 makes the products ACs (half steps times spikes: still ACs); counts x reals: MACs
+    assert_row(row, {**matmul_terms(a.detach(), b.detach().transpose(-2, -1)), "spiking": kind != "counts_and_reals"})
+    if grad:  # S = sum_{s,m,n,c} |a[s,m,c]| |b[s,n,c]| / B: dS/da = sum_n |b[s,n,c]| / 2 (a >= 0: slope 1)
+        counter.synops().backward()
+        assert torch.allclose(a.grad, b.detach().sum(1, keepdim=True).expand_as(a) / 2)
+        assert torch.allclose(b.grad, a.detach().sum(1, keepdim=True).expand_as(b) / 2)
+
+
+def test_a_nan_in_a_transposed_operand_is_reported_at_read():
+    a, b = torch.ones(2, 3, 4), torch.ones(2, 5, 4)
+    b[0, 1, 2] = float("nan")
+    counter = sl.SynOpsCounter(_Product(), batch_size=2, neurons=False, ops="all")
+    counter.model(a, b)
+    with pytest.raises(FloatingPointError, match="NaN or inf in the input of layer 'matmul'"):
+        counter.snapshot()
