@@ -640,6 +640,8 @@ class SynOpsCounter:
         elif self._any_pool and registry.is_pass_through(module):
             self._hooks.forward(module, self._pools.pass_through(name, registry.dropout_keep), owned=False,
                                 quiet=True)
+        elif self._any_pool and registry.moves_values(module):
+            self._hooks.forward(module, self._pools.moved_through(name), owned=False, quiet=True)
         elif self._any_pool and registry.max_pool_dims(module) is not None:
             self._hooks.forward(module, self._pools.max_through(registry.max_pool_dims(module), name), owned=False,
                                 quiet=True)
@@ -1340,7 +1342,10 @@ class SynOpsCounter:
             state.record(c.dense, c.effective, c.spiking, c.input_sum, c.input_nonzero, events)
         else:  # its ACs and its MACs as two records (the operands that are spikes, and the others)
             zero = c.dense.new_zeros(())
-            state.record(c.dense, c.effective - c.ac_effective, zero.bool(), c.input_sum, c.input_nonzero)
+            events = None
+            if c.integer is not None and c.event_acs is not None and self.integer_spikes == "events":
+                events = (c.integer, c.event_acs.detach().to(c.effective.dtype))  # (spike counts among them)
+            state.record(c.dense, c.effective - c.ac_effective, zero.bool(), c.input_sum, c.input_nonzero, events)
             state.record(zero, c.ac_effective, ~zero.bool(), zero, zero)
         state.synops = c.synops if state.synops is None else state.synops + c.synops
 

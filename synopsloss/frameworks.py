@@ -928,7 +928,9 @@ def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: A
     every step, since norse multiplies the recurrent weights at every step
     (with zeros when no state is passed). Each weight's ops are ACs when the
     values it multiplies are in {-1, 0, 1}: the recurrent weights' (spikes
-    ``z``) are ACs also when the input ``x`` is analog (its ops then MACs). Cells hold ``B`` rows per call, sequence
+    ``z``) are ACs also when the input ``x`` is analog (its ops then MACs). An input of integer spike counts
+    sends ``|x|`` accumulate events per synapse under the counter's ``integer_spikes="events"``, as it
+    does into an ``nn.Linear``. Cells hold ``B`` rows per call, sequence
     modules ``T*B`` (``samples`` = ``B``: the layout is known). ``LIFMC*``
     cells' compartment coupling ``g_coupling`` (membrane x membrane, not
     spike-driven) is not counted (a warning says so).
@@ -971,15 +973,20 @@ def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: A
         dense = torch.zeros((), dtype=dtype, device=x.device)
         spiking = torch.ones((), dtype=torch.bool, device=x.device)
         ac_effective = torch.zeros((), dtype=dtype, device=x.device)  # the ops of the weights that spikes drive
+        counts = torch.ones((), dtype=torch.bool, device=x.device)  # the other operands all hold integers
+        count_acs = torch.zeros((), dtype=dtype, device=x.device)  # and their synops (their events)
     for t, w in pairs:
         flat = t.reshape(-1, w.shape[1]).to(dtype)
         fan = (w.detach() != 0).sum(0).to(dtype)
-        synops = synops + (magnitude(flat) * fan).sum()
+        pair_synops = (magnitude(flat) * fan).sum()
+        synops = synops + pair_synops
         with torch.no_grad():
             pair = ((flat != 0).to(dtype) * fan).sum()
             pair_spiking = torch.all((flat == 0) | (flat.abs() == 1))
             effective = effective + pair
             ac_effective = ac_effective + torch.where(pair_spiking, pair, pair.new_zeros(()))
+            counts = counts & (pair_spiking | torch.all(flat == flat.round()))
+            count_acs = count_acs + torch.where(pair_spiking, pair.new_zeros(()), pair_synops.detach())
             dense = dense + float(flat.shape[0] * w.numel())
             spiking = spiking & pair_spiking
     rows = x.numel() // w_in.shape[1]
@@ -990,7 +997,8 @@ def norse_synapse_counts(module: nn.Module, args: tuple, kwargs: dict, output: A
             synops=synops, dense=dense, effective=effective, spiking=spiking, rows=rows, samples=samples,
             in_shape=(int(w_in.shape[1]),), out_shape=(int(w_in.shape[0]),),
             input_sum=magnitude(xd).sum(), input_nonzero=(xd != 0).sum().to(dtype), in_neurons=int(w_in.shape[1]),
-            ac_effective=None if len(pairs) == 1 else ac_effective,
+            ac_effective=None if len(pairs) == 1 else ac_effective, integer=counts,
+            event_acs=None if len(pairs) == 1 else count_acs,
         )
 
 

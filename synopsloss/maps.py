@@ -117,9 +117,13 @@ class OpCounts:
     #: a recorded product's batch dims: ``later(per_row=True)`` also gives its synops per value of them (their
     #: sizes, in order; ``()``: none)
     row_dims: Tuple[int, ...] = ()
-    #: a weight product of the function mode: whether every value of its activation is an integer (the
-    #: counter's ``integer_spikes="events"`` then counts a non-spike call's synops as its ACs); ``None``: no rule
+    #: a weight product: whether every value of its activation is an integer (the counter's
+    #: ``integer_spikes="events"`` then counts a non-spike call's synops as its ACs); ``None``: no rule. With
+    #: ``ac_effective``: whether the operands that are no spikes all hold integers (spike counts)
     integer: Optional[Tensor] = None
+    #: with ``ac_effective`` and ``integer``: the synops of the operands that are no spikes, the ACs they send
+    #: when their counts are events
+    event_acs: Optional[Tensor] = None
 
 
 #: ``count(module, args, kwargs, output) -> OpCounts`` for layers outside the map model (recurrent layers)

@@ -134,7 +134,11 @@ CARRY_FUNCTIONS = ("cat", "concat", "concatenate", "stack", "dropout", "dropout1
 #: followed in the modules of the user's own code (a library's neuron reshapes its own state at every step)
 COPY_FUNCTIONS = ("reshape", "flatten", "contiguous", "clone", "ravel", "to", "flip", "roll",
                   "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-                  "adaptive_max_pool3d")
+                  "adaptive_max_pool3d", "double", "float", "half", "bfloat16", "type", "type_as",
+                  "pad", "interpolate", "upsample", "upsample_nearest", "pixel_shuffle", "pixel_unshuffle",
+                  "channel_shuffle")
+#: upsampling modes that copy values (the others interpolate: their outputs are read as values)
+_NEAREST = ("nearest", "nearest-exact")
 
 _AVG_ARGS = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 _DROPOUT_ARGS = ("input", "p", "training", "inplace")
@@ -440,6 +444,46 @@ class PoolEvents:
 
         return hook
 
+    def moved_through(self, name: str = "") -> Callable[..., None]:
+        """A forward hook for a layer that moves values without mixing them (:func:`synopsloss.registry.moves_values`:
+        pads, nearest upsampling, shuffles): its output keeps the events, the divisors moved by the layer's own
+        forward. A pad of another value than 0 is named in a warning at the layer that reads it; an upsampling that
+        interpolates makes values of its own (read as values, as after any layer that computes)."""
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+                return
+            x = args[0]
+            if self._tag_of(x) is None:
+                return
+            if getattr(module, "mode", "nearest") not in _NEAREST:  # (nn.Upsample(mode="bilinear"): new values)
+                return
+            why = ""
+            if foreign_forward_hooks(module):
+                why = f"the layer {name!r} ({type(module).__name__}) between it and the layer has a hook of its own"
+            elif float(getattr(module, "value", 0.0) or 0.0) != 0.0:
+                why = f"the layer {name!r} ({type(module).__name__}) pads it with the value {module.value}"
+            self._move(x, output, lambda laid: type(module).forward(module, laid), why)
+
+        return hook
+
+    def _move(self, x: Tensor, out: Tensor, move: Callable[[Tensor], Tensor], why: str = "") -> None:
+        """Tag ``out``, made from the tagged ``x`` by ``move`` (values moved, not mixed), with ``x``'s divisors
+        moved by the same op (the padded places hold 0: no events, whatever their divisor)."""
+        tag, scale, found_why = self._find(x)
+        ptr = out.untyped_storage().data_ptr()
+        if tag is None:
+            return
+        if why or scale is None:
+            self.tags[ptr] = _Tag(out, None, None, why or found_why or "it cannot be followed")
+            return
+        with torch.no_grad():
+            moved = move(_laid_out(tag, scale, x).to(torch.float32))
+        if tuple(moved.shape) != tuple(out.shape):
+            self.tags[ptr] = _Tag(out, None, None, "its divisors could not be moved like its values")
+            return
+        self.tags[ptr] = _Tag(out, moved.reshape(-1).contiguous().to(out.device), tag.integer)
+
     def _carry(self, x: Tensor, out: Tensor, tag: _Tag, factor: float, why: str = "") -> None:
         """Tag ``out`` (computed from the tagged ``x`` value by value) like ``x``, divisors times ``factor``."""
         if why or tag.why:
@@ -527,7 +571,37 @@ class PoolEvents:
         for n in (1, 2, 3):
             for f in (getattr(F, f"max_pool{n}d"), getattr(F, f"adaptive_max_pool{n}d")):
                 h[f] = functools.partial(PoolEvents._on_max_pool, n=n)
+        for f in (Tensor.double, Tensor.float, Tensor.half, Tensor.bfloat16, Tensor.type, Tensor.type_as):
+            h[f] = PoolEvents._on_cast
+        for f in (F.pad, F.interpolate, F.upsample, F.upsample_nearest, F.pixel_shuffle, F.pixel_unshuffle,
+                  torch.pixel_shuffle, torch.pixel_unshuffle, F.channel_shuffle, torch.channel_shuffle):
+            h[f] = PoolEvents._on_move
         return h
+
+    def _on_cast(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """``.double()``, ``.half()``, ``.type(...)`` of a pool output: the same values, the same divisors."""
+        x = args[0] if args else kwargs.get("self")
+        if (self.tags and isinstance(x, Tensor) and self._tag_of(x) is not None and out.shape == x.shape
+                and out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
+            self._move(x, out, lambda laid: laid)
+
+    def _on_move(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """A pad, a nearest upsampling or a shuffle of a pool output: the divisors moved by the same call."""
+        x = args[0] if args else kwargs.get("input")
+        if not self.tags or not isinstance(x, Tensor) or self._tag_of(x) is None:
+            return
+        rest, kw = args[1:], {k: v for k, v in kwargs.items() if k != "input"}
+        why = ""
+        if func is F.pad:
+            mode = rest[1] if len(rest) > 1 else kw.get("mode", "constant")
+            value = rest[2] if len(rest) > 2 else kw.get("value", None)
+            if mode == "constant" and value not in (None, 0, 0.0):
+                why = f"it is padded with the value {value}"
+        elif func in (F.interpolate, F.upsample):
+            mode = rest[2] if len(rest) > 2 else kw.get("mode", "nearest")
+            if mode not in _NEAREST:
+                return  # (it interpolates: new values, read as they are)
+        self._move(x, out, lambda laid: func(laid, *rest, **kw), why)
 
     def _on_max_pool(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, n: int) -> None:
         """A functional max pool of a pool's output: the events of the values it picks (as :meth:`max_through`)."""

@@ -220,6 +220,16 @@ PASS_THROUGH: Tuple[TypeKey, ...] = (
     "spikingjelly.activation_based.layer.Dropout",  # (and Dropout2d) x * mask, the mask 0 or 1/(1-p) in training
 )
 
+#: Layers that move values without mixing them (pads, nearest-neighbour upsampling, pixel and channel shuffles):
+#: an average-pool output read through one keeps its events, its divisors moved alike. A constant pad of another
+#: value than 0 and an upsampling that interpolates (bilinear, ...) are read as values (:func:`moves_values`).
+MOVES_VALUES: Tuple[TypeKey, ...] = (
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+    nn.ReplicationPad3d, "torch.nn.CircularPad1d", "torch.nn.CircularPad2d", "torch.nn.CircularPad3d",
+    nn.Upsample, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+)
+
 #: Dropout layers that, in training, zero values and scale the kept ones by ``1/(1-p)``: ``{type: attribute of p}``
 #: (an average-pool output read through one keeps its events: its divisors are scaled by ``1-p``).
 SCALING_DROPOUTS: Dict[TypeKey, str] = {
@@ -677,6 +687,17 @@ def max_pool_dims(module: nn.Module) -> Optional[int]:
 def is_pass_through(module: nn.Module) -> bool:
     """Whether ``module`` only reshapes, copies, drops or rectifies values."""
     return isinstance(module, _types(PASS_THROUGH))
+
+
+def moves_values(module: nn.Module) -> bool:
+    """Whether ``module`` is one of :data:`MOVES_VALUES` (each output value a copy of an input value, or a pad).
+
+    Example
+    -------
+    >>> moves_values(torch.nn.ZeroPad2d(1)), moves_values(torch.nn.Upsample(scale_factor=2)), moves_values(torch.nn.ReLU())
+    (True, True, False)
+    """
+    return isinstance(module, _types(MOVES_VALUES))
 
 
 def dropout_keep(module: nn.Module) -> Optional[float]:

@@ -123,3 +123,33 @@ def test_event_rate_and_nonzero_rate_differ_for_counts():
     net(x)
     row = counter.table()["0"]
     assert (row.in_rate, row.nonzero_rate) == (6 / 8, 3 / 8)
+
+
+@pytest.mark.parametrize("mode", ["events", "neurobench"])
+def test_integer_counts_into_norse_recurrent_modules_are_events_too(mode):
+    """norse's recurrent modules drive two weights (the input and the previous spikes): counts of k on the input
+    send k events per synapse, as into an nn.Linear; the recurrent spikes stay ACs; "neurobench" binarises."""
+    norse = pytest.importorskip("norse.torch")
+    torch.manual_seed(0)
+    T, B = 4, 2
+    x = 3.0 * (torch.rand(T, B, 6) < 0.5).float()  # counts of 3
+    rec = norse.LIFRecurrent(input_size=6, hidden_size=5)
+    with torch.no_grad():
+        rec.input_weights.mul_(20.0)  # the recurrent spikes run too
+        rec.input_weights[1].zero_()  # a pruned row: column fan-outs of 4
+    counter = sl.SynOpsCounter(rec, integer_spikes=mode)
+    with torch.no_grad():
+        z, _ = rec(x)
+    got = counter.snapshot().per_layer()[""]
+    z_prev = torch.cat([torch.zeros(1, B, 5), z[:-1]])  # the spikes the recurrent weights read
+    assert z_prev.sum() > 0 and set(z_prev.unique().tolist()) <= {0.0, 1.0}
+    fan_in = (rec.input_weights != 0).sum(0).double()
+    fan_rec = (rec.recurrent_weights != 0).sum(0).double()
+    in_syn = float((x.double() * fan_in).sum()) / B  # count x fan-out
+    in_nz = float(((x != 0).double() * fan_in).sum()) / B  # nonzero x fan-out
+    rec_syn = float((z_prev.double() * fan_rec).sum()) / B
+    assert got["synops"] == pytest.approx(in_syn + rec_syn)
+    if mode == "events":
+        assert (got["eff_acs"], got["eff_macs"]) == pytest.approx((in_syn + rec_syn, 0.0))
+    else:
+        assert (got["eff_acs"], got["eff_macs"]) == pytest.approx((rec_syn, in_nz))

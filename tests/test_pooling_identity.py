@@ -754,3 +754,101 @@ def test_a_functional_pool_in_a_class_whose_code_cannot_be_read_is_corrected():
     net(x)
     events = F.avg_pool2d(x, 2, divisor_override=1).flatten(1)  # spikes per window, by torch's own sum
     assert _synops(counter, "fc") == pytest.approx(float((events * _fan(net.fc)).sum()) / 3)
+
+
+class _Moved(nn.Module):
+    """spikes -> AvgPool2d(2) -> a move (a module, or a call in this forward: the function-mode path) -> conv."""
+
+    def __init__(self, how, conv: nn.Module) -> None:
+        super().__init__()
+        self.pool, self.conv = nn.AvgPool2d(2), conv
+        self.how = how if isinstance(how, str) else "module"
+        self.move = how if isinstance(how, nn.Module) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(_move(self.how, self.move, self.pool(x)))
+
+
+def _move(how: str, module: nn.Module, p: torch.Tensor) -> torch.Tensor:
+    if how == "double":
+        return p.double()
+    if how == "half_then_float":
+        return p.half().float()
+    if how == "F.pad":
+        return F.pad(p, (1, 1, 1, 1))
+    if how == "F.pad_reflect":
+        return F.pad(p, (1, 1, 1, 1), mode="reflect")
+    if how == "interpolate_nearest":
+        return F.interpolate(p, scale_factor=2)
+    if how == "pixel_shuffle":
+        return F.pixel_shuffle(p, 2)
+    return module(p)
+
+
+_MOVES = {  # name: (the op between the pool and the conv: a name of _move or a module; the float64 conv?)
+    "double": ("double", True),
+    "half_then_float": ("half_then_float", False),
+    "F.pad": ("F.pad", False),
+    "F.pad_reflect": ("F.pad_reflect", False),
+    "interpolate_nearest": ("interpolate_nearest", False),
+    "pixel_shuffle": ("pixel_shuffle", False),
+    "ZeroPad2d": (nn.ZeroPad2d((1, 0, 2, 1)), False),
+    "ReplicationPad2d": (nn.ReplicationPad2d(1), False),
+    "Upsample": (nn.Upsample(scale_factor=2), False),
+    "PixelUnshuffle": (nn.PixelUnshuffle(2), False),
+}
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("name", sorted(_MOVES))
+def test_pads_upsamplings_shuffles_and_casts_after_a_pool_keep_its_events(name, grad):
+    """Ops that move values without mixing them keep each pooled value's spike events: the brute force applies
+    the same op to the window sums of the spikes (the events) and counts them times the conv's fan-out."""
+    from helpers import brute_force_counts, frozen_copy
+
+    move, wide = _MOVES[name]
+    x = _spikes(2, 4, 8, 8, seed=3)
+    events = F.avg_pool2d(x, 2, divisor_override=1)  # spikes per window
+    moved = _move(move, move, events) if isinstance(move, str) else move(events)
+    channels = moved.shape[1]
+    conv = nn.Conv2d(channels, 3, 3, padding=1, bias=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        conv.weight.mul_((torch.rand_like(conv.weight) < 0.7).float())  # pruned taps
+    if wide:
+        conv = conv.double()
+    net = _Moved(move, conv)
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)
+        with torch.set_grad_enabled(grad):
+            net(x.requires_grad_(grad))
+        got = counter.snapshot().per_layer()["conv"]
+    want = brute_force_counts(frozen_copy(conv), moved.to(conv.weight.dtype), samples=2)
+    assert got["synops"] == pytest.approx(want["synops"])
+    assert (got["eff_acs"], got["eff_macs"]) == pytest.approx((want["synops"], 0.0))  # every event an AC
+
+
+def test_an_interpolating_upsampling_after_a_pool_is_read_as_values():
+    """A bilinear upsampling mixes pooled values: its outputs are values of their own (MACs, |x| x fan-out)."""
+    from helpers import brute_force_counts, frozen_copy
+
+    x = _spikes(2, 2, 8, 8, seed=4)
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    up = nn.Upsample(scale_factor=2, mode="bilinear")
+    net = _Moved(up, conv)
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=2)
+    net(x)
+    got = counter.snapshot().per_layer()["conv"]
+    want = brute_force_counts(frozen_copy(conv), up(F.avg_pool2d(x, 2)), samples=2)
+    assert got["synops"] == pytest.approx(want["synops"]) and got["eff_acs"] == 0.0
+    assert got["eff_macs"] == pytest.approx(want["eff_macs"])
+
+
+def test_a_constant_pad_of_another_value_after_a_pool_is_named():
+    net = _Moved(nn.ConstantPad2d(1, 0.5), nn.Conv2d(2, 3, 3, bias=False))
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=2)
+    with pytest.warns(sl.SynOpsWarning, match=r"layer 'conv' reads an average-pool output but the layer 'move' "
+                                              r"\(ConstantPad2d\) pads it with the value 0.5"):
+        net(_spikes(2, 2, 8, 8, seed=5))
+    assert counter.snapshot().per_layer()["conv"]["eff_acs"] == 0.0  # the pooled values, as the warning says
