@@ -760,7 +760,7 @@ class SynOpsCounter:
                 steps = self._set_sample_steps(samples)
                 with torch.no_grad():  # calls never read are reduced without building a graph
                     self._reduce_held(graph=False)
-                    settle_all(list(batch.layers.values()))
+                    settle_all(list(batch.layers.values()), self._whole.kind)
                 if self.per_sample_counts:
                     self._sample_values = self._sample_dict(samples, accumulated=True)
                     self._sampled += samples
@@ -1264,10 +1264,10 @@ class SynOpsCounter:
             batch.unreduced_bytes = 0
             if graph:  # (inside inference mode too: the calls made with gradients keep theirs)
                 with torch.inference_mode(False), torch.enable_grad():
-                    settle_all(states)
+                    settle_all(states, self._whole.kind)
             else:
                 with torch.no_grad():
-                    settle_all(states)
+                    settle_all(states, self._whole.kind)
 
     @property
     def _lean(self) -> bool:
@@ -1500,7 +1500,7 @@ class SynOpsCounter:
             sources.append(self._batch.layers)
         if current:
             self._reduce_held()  # calls made without gradients: reduced without a graph first
-            settle_all(list(self._batch.layers.values()))
+            settle_all(list(self._batch.layers.values()), self._whole.kind)
         for src in sources:
             for name, state in src.items():
                 fold(out.setdefault(name, SynapseState()), state)
@@ -1604,7 +1604,7 @@ class SynOpsCounter:
         batch.read = True
         states = list(batch.layers.values())
         self._reduce_held()  # calls made without gradients: reduced without a graph first
-        settle_all(states)
+        settle_all(states, self._whole.kind)
         device = states[0].device
         fed = set(self.data_fed_layers(accumulated=False)) if driven else set()
         idle = self._idle(batch.layers)
@@ -1684,7 +1684,7 @@ class SynOpsCounter:
         b = self._samples()
         states = list(self._batch.layers.values())
         self._reduce_held()  # calls made without gradients: reduced without a graph first
-        settle_all(states)
+        settle_all(states, self._whole.kind)
         self._batch.read = True
         batch_major = self._batch_major(b)
         folded_batch = self._batch.fold_batch is not None

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import struct
 import weakref
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -374,7 +374,8 @@ def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     return torch.matmul(_SCRATCH.ones(flat.shape[0], flat.dtype, flat.device), flat)
 
 
-def _large_sums(flat: Tensor, reals: bool = False) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
+def _large_sums(flat: Tensor, reals: bool = False,
+                binary: bool = False) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
     """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
     one), its nonzeros per column, ``max |x|`` (``inf`` when its first values show it is no spikes), whether
     a value is below 0 (or NaN), and whether every value is an integer (``None``: not read).
@@ -383,7 +384,8 @@ def _large_sums(flat: Tensor, reals: bool = False) -> Tuple[Tensor, Tensor, floa
     its min is read (no ``abs`` when it is >= 0, whose gradient is 1), else its min and max
     (:func:`value_range`); then one product with ones. An input in [0, 1] is then tested for integers (exact:
     :func:`all_integer_values`); when it holds only 0 and 1 its column sums are its nonzeros, and no
-    :func:`column_nonzeros` pass is made.
+    :func:`column_nonzeros` pass is made. ``binary``: the input is a whole-spike neuron's unchanged output of 0
+    and 1 (:class:`WholeSpikes`): in the range [0, 1] it needs no integer pass (as :func:`reduce_now`).
     """
     det = flat.detach()
     with torch.no_grad():
@@ -401,13 +403,15 @@ def _large_sums(flat: Tensor, reals: bool = False) -> Tuple[Tensor, Tensor, floa
     with torch.no_grad():
         integer = None
         if not signed and amax <= 1:
-            integer = bool(all_integer_values(det, nonneg=True))
+            # (a whole-spike neuron's 0/1 output with that range: no integer pass, as whole_range says)
+            integer = (binary and lo == 0.0 and amax in (0.0, 1.0)) or bool(all_integer_values(det, nonneg=True))
             if integer:  # only 0 and 1: each column's sum is its number of nonzeros (exact below 2^24 rows)
                 return colsum, colsum.detach(), amax, signed, integer
         return colsum, column_nonzeros(det), amax, signed, integer
 
 
-def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int) -> Tuple[Tensor, ...]:
+def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
+                    whole: Optional[Callable[[Tensor], Optional[str]]] = None) -> Tuple[Tensor, ...]:
     """:func:`_group_sums` for large CPU inputs: each input is read on its own (nothing of its size is stacked).
 
     Each distinct input is read by :func:`_large_sums` (its min, or min and max; one product with ones;
@@ -427,7 +431,7 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
     knowns: List[Optional[bool]] = []  # the integer test of each input, when _large_sums made it
     for t in first:
         flat = t.reshape(rows, n_el)
-        colsum, nz, amax, signed, known = _large_sums(flat)
+        colsum, nz, amax, signed, known = _large_sums(flat, binary=whole is not None and whole(t) == "binary")
         knowns.append(known)
         amaxes.append(amax)
         signs.append(signed)
@@ -467,14 +471,15 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
 
 
 def _group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: int,
-                want_rows: bool = False, encoding: str = "unary") -> Tuple[Tensor, ...]:
+                want_rows: bool = False, encoding: str = "unary",
+                whole: Optional[Callable[[Tensor], Optional[str]]] = None) -> Tuple[Tensor, ...]:
     """Per-call synops, effective ops, |x| totals, nonzeros, amax and dense taps for calls of one shape.
 
     An input read by several calls (the same data at every time step, or q / k / v projections of one tensor)
     is reduced once; each call then takes its own map.
     """
     if not want_rows and _big_path(xs[0], rows, n_el, encoding):
-        return _big_group_sums(xs, maps, rows, n_el)
+        return _big_group_sums(xs, maps, rows, n_el, whole)
     acc = maps[0].effective.dtype
     one = len(xs) == 1
     emap = maps[0].effective.unsqueeze(0) if one else torch.stack([m.effective for m in maps])
@@ -818,13 +823,16 @@ class LastInput:
 
 
 @own_ops
-def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
+def reduce_layers(layers: Sequence[Sequence[Call]],
+                  whole: Optional[Callable[[Tensor], Optional[str]]] = None) -> List[Sums]:
     """The counts of each layer's recorded calls, reduced together in a few tensor ops per input shape.
 
     Calls of all layers whose inputs have the same rows and sample size are
     stacked into one group (whatever their layer), so a network of many small
     layers is read in a handful of ops; each layer's sums are then gathered
-    with one ``index_add``.
+    with one ``index_add``. ``whole(x)``: ``"binary"`` when ``x`` is, unchanged, the output of a neuron that
+    makes 0 and 1 by construction (:meth:`WholeSpikes.kind`): a large such input in that range needs no integer
+    pass.
 
     Example
     -------
@@ -869,7 +877,8 @@ def reduce_layers(layers: Sequence[Sequence[Call]]) -> List[Sums]:
     events: List[bool] = []
     row_sums: List[List[Tuple[int, Tensor]]] = [[] for _ in layers]
     for (rows, n_el, _, _, _, _, want, encoding), items in groups.items():
-        parts.append(_group_sums([c.x for _, c, _ in items], [e for _, _, e in items], rows, n_el, want, encoding))
+        parts.append(_group_sums([c.x for _, c, _ in items], [e for _, _, e in items], rows, n_el, want, encoding,
+                                 whole))
         owners.extend(li for li, _, _ in items)
         events.extend(c.events for _, c, _ in items)
         if want:

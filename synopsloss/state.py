@@ -30,7 +30,7 @@ import enum
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -260,8 +260,9 @@ def add_now(state: "SynapseState", counts: Tuple[float, ...]) -> None:
 
 
 @own_ops
-def settle_all(states: List["SynapseState"]) -> None:
-    """Reduce the recorded calls of many layers together (one group per input shape, not per layer)."""
+def settle_all(states: List["SynapseState"], whole: Optional[Callable[[Tensor], Optional[str]]] = None) -> None:
+    """Reduce the recorded calls of many layers together (one group per input shape, not per layer); ``whole``:
+    see :func:`synopsloss.records.reduce_layers`."""
     from .records import reduce_layers
 
     todo = [st for st in states if st.records]
@@ -269,7 +270,7 @@ def settle_all(states: List["SynapseState"]) -> None:
         calls = [st.records for st in todo]
         for st in todo:
             st.records = []
-        for st, sums, recs in zip(todo, reduce_layers(calls), calls):
+        for st, sums, recs in zip(todo, reduce_layers(calls, whole), calls):
             st.apply(sums, recs)
     for st in states:
         if st.pending or st.later or st.now is not None:

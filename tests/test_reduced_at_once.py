@@ -498,3 +498,41 @@ def test_a_large_call_reads_the_same_first_values_with_and_without_gradients():
     brute = float((x.double().abs() * (lin.weight != 0).double().sum(0)).sum()) / 8
     assert now == later
     assert now == pytest.approx(brute, rel=1e-9)
+
+
+@pytest.mark.parametrize("edit", ["none", "scaled", "half_data"])
+def test_a_whole_spike_neurons_output_read_with_gradients_needs_no_integer_pass(edit):
+    """With gradients the calls are read at the read: a large input that is a SpikingJelly IF neuron's unchanged
+    0/1 output (range [0, 1], one of 0 and 1 at its ends) is read with no integer pass; scaled in place (a new
+    version) or halved through .data (its max is then 0.5), it is read in full and counted as the values it holds."""
+    from spikingjelly.activation_based import neuron
+
+    torch.manual_seed(0)
+    lin = nn.Linear(512, 64, bias=False)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.02] = 0.0
+    mid = {"none": [], "scaled": [_Scale()], "half_data": [_DataEdit("half")]}[edit]
+    net = nn.Sequential(neuron.IFNode(v_threshold=0.5), *mid, lin)
+    x = torch.rand(256, 512, requires_grad=True)
+    spikes = (x.detach() >= 0.5).double() * (1.0 if edit == "none" else 0.5)
+    fan = (lin.weight != 0).sum(0).double()
+    want = float((spikes * fan).sum()) / 256
+    eff = float(((spikes != 0).double() * fan).sum()) / 256
+    counter = sl.SynOpsCounter(net, neurons=False)
+    if edit == "scaled":
+        net(x.detach())  # (an in-place op on a leaf's view that needs grad is refused by torch: no graph here)
+    else:
+        net(x)
+    ops = []
+
+    class Seen(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen():
+        total = counter.snapshot().total()
+    assert total["synops"] == pytest.approx(want, rel=1e-12)
+    assert (total["eff_acs"], total["eff_macs"]) == ((pytest.approx(eff), 0.0) if edit == "none"
+                                                     else (0.0, pytest.approx(eff)))
+    assert bool([f for f in ops if "frac" in f]) is (edit != "none")  # the integer pass only when not trusted
