@@ -680,13 +680,38 @@ def pool_divisor(module: nn.Module) -> Optional[Tuple[Callable, int]]:
 
 
 def max_pool_dims(module: nn.Module) -> Optional[int]:
-    """The dims a max pool of :data:`MAX_POOLS` pools over (``None``: no max pool)."""
-    return _lookup(MAX_POOLS, module)  # type: ignore[return-value]
+    """The dims a max pool of :data:`MAX_POOLS` pools over (``None``: no max pool, or a subclass whose ``forward`` is
+    its own: :func:`own_forward`)."""
+    return _lookup(MAX_POOLS, module) if own_forward(module) else None  # type: ignore[return-value]
+
+
+#: where the ``forward`` of a layer that the AvgPool correction passes through must come from: a subclass of your
+#: own that overrides it (``class Gain(nn.Identity)`` returning ``x * 3``) may change the values
+_LIBRARY_FORWARDS = ("torch.", "sinabs.", "spikingjelly.")
+
+
+def own_forward(module: nn.Module) -> bool:
+    """Whether ``module``'s ``forward`` is a library's own (torch, sinabs, SpikingJelly): not overridden by a class of
+    user code (the tables below name layers by what their library's forward does).
+
+    Example
+    -------
+    >>> class Gain(torch.nn.Identity):
+    ...     def forward(self, x):
+    ...         return 3 * x
+    >>> class Named(torch.nn.Identity):
+    ...     pass
+    >>> own_forward(torch.nn.Identity()), own_forward(Gain()), own_forward(Named())
+    (True, False, True)
+    """
+    owner = next((c for c in type(module).__mro__ if "forward" in c.__dict__), None)
+    return owner is not None and (getattr(owner, "__module__", "") or "").startswith(_LIBRARY_FORWARDS)
 
 
 def is_pass_through(module: nn.Module) -> bool:
-    """Whether ``module`` only reshapes, copies, drops or rectifies values."""
-    return isinstance(module, _types(PASS_THROUGH))
+    """Whether ``module`` only reshapes, copies, drops or rectifies values (its library's ``forward``:
+    :func:`own_forward`)."""
+    return isinstance(module, _types(PASS_THROUGH)) and own_forward(module)
 
 
 def moves_values(module: nn.Module) -> bool:
@@ -697,7 +722,7 @@ def moves_values(module: nn.Module) -> bool:
     >>> moves_values(torch.nn.ZeroPad2d(1)), moves_values(torch.nn.Upsample(scale_factor=2)), moves_values(torch.nn.ReLU())
     (True, True, False)
     """
-    return isinstance(module, _types(MOVES_VALUES))
+    return isinstance(module, _types(MOVES_VALUES)) and own_forward(module)
 
 
 def dropout_keep(module: nn.Module) -> Optional[float]:

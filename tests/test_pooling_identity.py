@@ -852,3 +852,58 @@ def test_a_constant_pad_of_another_value_after_a_pool_is_named():
                                               r"\(ConstantPad2d\) pads it with the value 0.5"):
         net(_spikes(2, 2, 8, 8, seed=5))
     assert counter.snapshot().per_layer()["conv"]["eff_acs"] == 0.0  # the pooled values, as the warning says
+
+
+class _ScaledReLU(nn.ReLU):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) * 3
+
+
+class _Gain(nn.Identity):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 3
+
+
+class _ScaledFlatten(nn.Flatten):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 3
+
+
+class _ScaledDropout(nn.Dropout):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 3
+
+
+class _ScaledPad(nn.ZeroPad2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 3
+
+
+class _NamedReLU(nn.ReLU):  # (no forward of its own: the library's, followed)
+    pass
+
+
+@pytest.mark.parametrize("cls", [_ScaledReLU, _Gain, _ScaledFlatten, _ScaledDropout, _ScaledPad, _NamedReLU])
+def test_a_subclass_of_a_followed_layer_that_changes_values_is_read_as_values(cls):
+    """A subclass of ReLU / Identity / Flatten / Dropout / a pad whose own forward scales the values: the layer
+    after it reads those values (|x| x fan-out, MACs), not the pool's events times the divisor (3 x 4 too many)."""
+    from helpers import brute_force_counts, frozen_copy
+
+    torch.manual_seed(0)
+    mid = cls() if cls not in (_ScaledDropout, _ScaledPad) else (cls(0.0) if cls is _ScaledDropout else cls(1))
+    lin = nn.Linear(2 * 4 * 4 if cls is not _ScaledPad else 2 * 6 * 6, 5, bias=False)
+    net = nn.Sequential(nn.AvgPool2d(2), mid, nn.Flatten(), lin).train()
+    x = _spikes(3, 2, 8, 8, seed=6)
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=3)
+    with torch.no_grad():
+        seen = net[2](mid(net[0](x)))
+        net(x)
+    got = counter.snapshot().per_layer()["3"]
+    if cls is _NamedReLU:  # the pool's events: window sums x fan-out, ACs
+        events = F.avg_pool2d(x, 2, divisor_override=1).flatten(1)
+        want = brute_force_counts(frozen_copy(lin), events, samples=3)
+        assert (got["synops"], got["eff_acs"]) == pytest.approx((want["synops"], want["synops"]))
+    else:
+        want = brute_force_counts(frozen_copy(lin), seen, samples=3)
+        assert (got["synops"], got["eff_macs"], got["eff_acs"]) == pytest.approx(
+            (want["synops"], want["eff_macs"], 0.0))
