@@ -187,7 +187,7 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
         name, b = next((n, s.samples) for n, s in layers.items() if s.samples)
         return Reading(b, f"layer {name!r}, which knows its layout (batch_first)", True)
     if ev.root_batch is not None:
-        _check_other_arguments(ev, options)
+        _check_other_arguments(ev, options, layers)
         certain = options.layout_given or options.batch_first_layers or rows_span_dim1(ev.root_shape, layers)
         return Reading(ev.root_batch, f"dim {options.batch_dim} of the model's input {ev.root_shape}", bool(certain))
     if options.fallback_batch_size is not None and not ev.root_calls:
@@ -198,10 +198,12 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
     return None
 
 
-def _check_other_arguments(ev: Evidence, options: Options) -> None:
+def _check_other_arguments(ev: Evidence, options: Options, layers: Mapping[str, Any]) -> None:
     """The samples are read from the model's first tensor argument: refuse when the layers read another argument,
-    whose batch dim differs, as data (``model(ctx, x)``), or when the first is a size-1 (broadcast) tensor beside a
-    batched one of the same sample shape and no layer read either (``model(gain[1, C], x[B, C])``)."""
+    whose batch dim differs, as data (``model(ctx, x)``), or when no layer read either and the first is beside a
+    tensor of the same sample shape with more entries in that dim that every layer's rows are a multiple of too: a
+    size-1 (broadcast) tensor first (``model(gain[1, C], x[B, C])``), or a smaller one (``model(gain[2, C], x[4,
+    C])`` whose ``x * gain.mean(0)`` a layer reads): both readings fit the rows."""
     if not ev.root_others or options.batch_dim_given:
         return
     d = options.batch_dim
@@ -209,10 +211,13 @@ def _check_other_arguments(ev: Evidence, options: Options) -> None:
     first_fed = ev.root_first in ev.root_fed
     if fed:  # layers read another argument, with another batch size, as data (the first one too, or not)
         other = fed[0]
-    else:  # a [1, C] tensor first and a [B, C] one after it (the same sample shape): which is the batch?
+    else:  # a [1, C] (or [2, C]) tensor first and a [B, C] one after it (the same sample shape): which is the batch?
+        rows = [r for st in layers.values() for r in st.rows]
         alike = [s for s in ev.root_others.values()
-                 if s[d] > 1 and len(s) == len(ev.root_shape) and s[d + 1:] == tuple(ev.root_shape[d + 1:])]
-        if first_fed or ev.root_fed or ev.root_batch != 1 or not alike:
+                 if s[d] > max(ev.root_batch or 0, 1) and len(s) == len(ev.root_shape)
+                 and s[d + 1:] == tuple(ev.root_shape[d + 1:])
+                 and (ev.root_batch == 1 or (rows and all(r % s[d] == 0 for r in rows)))]
+        if first_fed or ev.root_fed or not alike:
             return
         other = alike[0]
     raise ValueError(

@@ -334,10 +334,10 @@ class _Gain(nn.Module):
         self.fc = nn.Linear(6, 5, bias=False)
 
     def forward(self, first, x):
-        return self.fc(x) if self.read_x else self.fc(x * first)
+        return self.fc(x) if self.read_x else self.fc(x * first.mean(0))
 
 
-@pytest.mark.parametrize("first, read_x", [((1, 6), False), ((2, 6), True)])
+@pytest.mark.parametrize("first, read_x", [((1, 6), False), ((2, 6), True), ((2, 6), False)])
 def test_a_first_argument_that_is_not_the_batch_is_refused_not_counted_as_samples(first, read_x):
     net = _Gain(read_x)
     counter = sl.SynOpsCounter(net, neurons=False)
@@ -350,6 +350,30 @@ def test_a_first_argument_that_is_not_the_batch_is_refused_not_counted_as_sample
     net(torch.ones(*first), x)
     fan = (net.fc.weight != 0).sum(0).float()
     assert counter.synops().item() == pytest.approx(float((x @ fan).sum()) / 4)  # by hand (the gain is 1)
+
+
+def test_a_second_argument_that_no_layer_rows_fit_leaves_the_first_as_the_batch():
+    """``model(x[4, 6], memory[8, 6])`` whose layer reads ``x * memory.mean(0)``: 4 rows fit 4 samples, not 8; the
+    batch is the first argument (no refusal)."""
+    net = _Gain(False)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = torch.rand(4, 6)
+
+    class Swapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x, memory):
+            return self.inner(memory, x)
+
+    wrapped = Swapped()
+    counter.remove()
+    counter = sl.SynOpsCounter(wrapped, neurons=False)
+    wrapped(x, torch.ones(8, 6))
+    fan = (net.fc.weight != 0).sum(0).float()
+    assert counter.samples == 4
+    assert counter.synops().item() == pytest.approx(float((x @ fan).sum()) / 4)
 
 
 def test_a_mask_argument_does_not_change_the_samples():
