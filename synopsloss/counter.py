@@ -212,6 +212,7 @@ class _Batch(batch_layout.Evidence):
     outputs: List[Any] = field(default_factory=list)  # weak references to tensors the model returned
     pending: bool = False  # a forward of the model started and has not returned (or raised)
     grad: bool = False  # the model's last forward started with gradients on
+    grad_calls: int = 0  # forwards of the model started with gradients on
     failed: bool = False  # a forward of the model raised
     read: bool = False  # counts of this batch were read
     backwarded: bool = False  # its synops were backpropagated
@@ -795,6 +796,7 @@ class SynOpsCounter:
         if batch.current:  # maps of calls reduced at once: checked against their weights again in each forward
             batch.current.clear()  # (an edit through .data between forwards moves no version counter)
         batch.grad = torch.is_grad_enabled()
+        batch.grad_calls += batch.grad
         if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
             tensors = [args[0]]  # (the common call)
         else:
@@ -1601,6 +1603,14 @@ class SynOpsCounter:
                 f"counter.synops(dtype={dtype!r}): pass a floating-point torch.dtype (torch.float64) or None")
         b = self._samples()
         batch = self._batch
+        if 0 < batch.grad_calls < batch.root_calls and torch.is_grad_enabled():
+            self._warn_once(
+                f"synopsloss: this batch ran the model {batch.root_calls - batch.grad_calls} time(s) without "
+                f"gradients beside {batch.grad_calls} time(s) with them (an accuracy or metric pass in the training "
+                "step?): counter.synops() and a synops loss count them all, as time steps of the batch, but those "
+                "without gradients carry none. If they are no part of the batch's computation, run them inside "
+                "`with counter.paused():` (Lightning: `with self.<regularizer>.counter.paused():`); if they are "
+                "(steps run without gradients on purpose), the count is right.", stacklevel=4)
         batch.read = True
         states = list(batch.layers.values())
         self._reduce_held()  # calls made without gradients: reduced without a graph first

@@ -473,3 +473,29 @@ def test_a_network_with_only_data_fed_layers_cannot_use_driven():
     net(torch.rand(2, 4))
     with pytest.raises(ValueError, match="every counted layer .* is fed directly by the data"):
         loss_fn()
+
+
+def test_a_forward_without_gradients_beside_the_training_one_is_named_and_paused_away():
+    """An accuracy pass under no_grad before the training forward is counted as a second time step of the batch:
+    the loss's synops are twice the training forward's. The read says so; inside counter.paused() the pass is not
+    counted and the loss sees the training forward's synops (by hand)."""
+    net = _mlp(3)
+    x = (torch.rand(4, 32, generator=torch.Generator().manual_seed(3)) < 0.3).float()
+    want = _brute_synops(net, x)["2"]
+    counter = sl.SynOpsCounter(net, neurons=False)
+    loss = sl.SynOpsLoss(counter, target=want)
+    with torch.no_grad():
+        net(x)  # the metric pass
+    net(x)
+    with pytest.warns(sl.SynOpsWarning, match=r"ran the model 1 time\(s\) without gradients beside 1 time\(s\) "
+                                              r"with them .* counter.paused\(\)"):
+        loss()
+    assert loss.value() == pytest.approx(2 * want)  # as the warning says: both forwards, as two time steps
+    counter.reset()
+    with counter.paused(), torch.no_grad():
+        net(x)
+    net(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)
+        loss()
+    assert loss.value() == pytest.approx(want)
