@@ -310,6 +310,12 @@ class SynOpsLoss:
 
     def _resolve(self, term: _Term, per_layer: Dict[str, Tensor], fed: List[str]) -> List[str]:
         if term.layers is not None:
+            missing = [n for n in term.layers if n not in per_layer]
+            if missing:  # (EnergyLoss: a module of the model that the table gives no energy, a ReLU or a Dropout)
+                raise ValueError(
+                    f"{self._name}: layer(s) {missing} have no {'energy' if self._unit == 'J' else 'synops'} in this "
+                    f"batch's table (no synapses, and no neurons that the counter prices): name layers among "
+                    f"{list(per_layer)}")
             return term.layers
         if self.layers == "all":
             return list(per_layer)
@@ -583,6 +589,9 @@ class SynOpsLoss:
                 # the running average of the calibration batches so far: this batch's own synops are not in it
                 initial: Union[Tensor, float] = term.initial_sum / term.initial_samples
                 return value * initial
+            if self._repeat and term.initial_sum is not None:
+                # a second call in this batch: the running sum holds the batch already (it is not added twice)
+                return value * (term.initial_sum / term.initial_samples)
             total = sd if term.initial_sum is None else term.initial_sum + sd.to(term.initial_sum.device)
             initial = total / (term.initial_samples + n)
             if self._training_call and not self._repeat:
@@ -907,6 +916,10 @@ class EnergyLoss(SynOpsLoss):
 
     def _check_names(self, names: List[str], what: str) -> None:
         known = dict(self.counter.model.named_modules())
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{self._name}: {what} names layer(s) {twice} more than once; each layer's energy would "
+                             "be counted that many times. Name each layer once.")
         unknown = [n for n in names if n not in known or not n]
         if unknown:
             raise ValueError(

@@ -301,3 +301,36 @@ def test_a_silent_layer_keeps_its_gradient_priced_at_its_next_synop():
         counter.remove()
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[1], grads[0], rtol=1e-5, atol=0)
+
+
+def test_layer_names_are_checked_twice_named_and_priced():
+    """A layer named twice would be priced twice (the loss was (2E - t)/t); a module without energy in the table
+    (a ReLU) raised a bare KeyError at the first call."""
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    counter = sl.SynOpsCounter(net)
+    with pytest.raises(ValueError, match=r"names layer\(s\) \['2'\] more than once"):
+        sl.EnergyLoss(counter, target=1e-12, energy="horowitz45nm", layers=["2", "2"])
+    loss = sl.EnergyLoss(counter, target=1e-12, energy="horowitz45nm", layers=["1"])
+    net(torch.rand(4, 4))
+    with pytest.raises(ValueError, match=r"layer\(s\) \['1'\] have no energy in this batch's table .* \['0', '2'\]"):
+        loss()
+
+
+def test_a_second_call_in_a_calibrating_batch_gives_the_first_calls_target():
+    """fraction= calibrates over 3 batches: read twice per batch (to log, to train), each batch counts once; the
+    target at batch k is the fraction of the per-sample mean over batches 0..k (by hand)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    loss = sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=3)
+    sums, samples = 0.0, 0
+    for b, n in enumerate((4, 2, 3)):
+        counter.reset()
+        x = torch.rand(n, 4) * (1 + b)
+        net(x)
+        h = torch.relu(net[0](x)).detach().double()
+        s = float((h * (net[2].weight != 0).sum(0)).sum()) / n  # layer 2 per sample, by hand
+        sums, samples = sums + s * n, samples + n
+        first, second = _quiet(loss), _quiet(loss)
+        assert loss.last()["target"] == pytest.approx(0.5 * sums / samples)
+        assert float(first) == pytest.approx(float(second))
