@@ -18,6 +18,7 @@ synopsloss.errors.ArgumentTypeError: batch_size must be an int, got str '8'
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Optional
 
 from .errors import ArgumentTypeError
@@ -28,8 +29,9 @@ __all__ = ["ArgumentTypeError", "check_number", "check_int"]
 def check_number(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False,
                  finite: bool = True) -> float:
     """``value`` as a float: a real number (not a bool), finite, and > 0 / >= 0 when asked."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or getattr(value, "shape", ()) != ():
         raise ArgumentTypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)  # (a NumPy scalar too)
     if finite and not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if positive and not value > 0:

@@ -33,7 +33,7 @@ from torch import Tensor
 from .counter import SynOpsCounter
 from ._validate import ArgumentTypeError, check_int
 from .errors import LossScaleWarning, SynOpsWarning, UnreachableTargetWarning
-from .schedules import Iterative, Schedule, as_schedule
+from .schedules import Iterative, Schedule, as_schedule, plain_number
 
 __all__ = ["SynOpsLoss", "EnergyLoss", "UnreachableTargetWarning", "LossScaleWarning", "SHAPES"]
 
@@ -57,8 +57,11 @@ class _Term:
 def _positive(name: str, value: Any, unit: str = "synops") -> None:
     if isinstance(value, Schedule):
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ArgumentTypeError(f"{name} must be a number or a synopsloss.schedules.Schedule, got {type(value).__name__}")
+    number = plain_number(value)
+    if number is None:
+        raise ArgumentTypeError(f"{name} must be a number or a synopsloss.schedules.Schedule, got {type(value).__name__}"
+                                + (" (pass float(value))" if hasattr(value, "item") else ""))
+    value = number
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
             f"{name} must be > 0, got {value!r}: a target of zero or less can only be approached "
@@ -283,6 +286,10 @@ class SynOpsLoss:
                 label = "+".join(names)
             self._terms = [_Term(label, names, as_schedule(spec, kind), kind)]
         # a schedule shared by several terms is stepped once
+        for term in self._terms:
+            if isinstance(term.schedule, Iterative) and term.kind != "target":
+                raise ValueError(f"{self._name}: an Iterative schedule sets absolute targets; pass it as target=, "
+                                 f"not {term.kind}=")
         self._schedules: List[Schedule] = []
         for sched in [self.weight] + [t.schedule for t in self._terms]:
             if all(sched is not s for s in self._schedules):
@@ -433,8 +440,6 @@ class SynOpsLoss:
             if s.dim():  # quantile=: per-sample synops [samples] -> their quantile over the batch
                 s = torch.quantile(s, self.quantile)
             if isinstance(term.schedule, Iterative) and self._training_call and not self._repeat:  # training batches set its targets
-                if term.kind != "target":
-                    raise ValueError(f"SynOpsLoss: an Iterative schedule sets absolute targets; pass it as target=, not {term.kind}=")
                 term.schedule.observe(s.detach(), samples=self.counter.samples)
             t = self._target(term, s, names, calibrating)
             r = (s - t) / t

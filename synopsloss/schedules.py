@@ -32,6 +32,7 @@ Example
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._validate import check_int, check_number
@@ -384,9 +385,28 @@ def as_schedule(value: Union[Schedule, Number], name: str = "value") -> Schedule
     """
     if isinstance(value, Schedule):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return Constant(value)
-    raise TypeError(f"{name} must be a number or a synopsloss.schedules.Schedule, got {type(value).__name__}")
+    number = plain_number(value)
+    if number is not None:
+        return Constant(number)
+    raise TypeError(f"{name} must be a number or a synopsloss.schedules.Schedule, got {type(value).__name__}"
+                    + (" (pass float(value))" if hasattr(value, "item") else ""))
+
+
+def plain_number(value: Any) -> Optional[Union[int, float]]:
+    """``value`` as a Python int or float when it is a real number (a NumPy scalar too: ``np.float32(0.5)``), else
+    ``None`` (bools, arrays and tensors are no numbers here).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> plain_number(np.float32(0.5)), plain_number(3), plain_number(True), plain_number(np.array([1.0]))
+    (0.5, 3, None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or hasattr(value, "shape") and value.shape:
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _child(value: Union[Schedule, Number], name: str, parent: str) -> Schedule:

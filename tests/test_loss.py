@@ -316,7 +316,7 @@ def test_views_of_an_input_that_requires_gradients_are_data():
         value = float(loss_fn.value())
     assert counter.data_fed_layers(accumulated=False) == ["0"]
     assert list(loss_fn.value(by_layer=True)) == ["2"]
-    assert value == pytest.approx(float(counter.synops(by_layer=True)["2"]), rel=1e-6)
+    assert value == pytest.approx(float(counter.synops(by_layer=True)["2"].detach()), rel=1e-6)
 
 
 def test_data_fed_layers_follow_views_and_time_steps_of_the_input():

@@ -532,3 +532,26 @@ def test_the_loss_read_twice_in_a_batch_calibrates_on_that_batch_once():
     assert loss_fn.calibrated
     # the per-sample average over both batches' samples (by hand), not over the first batch read twice
     assert loss_fn.initial()["driven"] == pytest.approx(sum(s for s, _ in seen) / sum(n for _, n in seen), rel=1e-6)
+
+
+def test_numpy_scalars_are_numbers_and_an_iterative_fraction_is_refused_at_construction():
+    """A target read from a numpy array (np.float32, np.int64) is a number (it was refused as 'got float32'); an
+    array is not, and the message says float(value); fraction=Iterative(...) is refused when the loss is made."""
+    import numpy as np
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    counter = sl.SynOpsCounter(net, neurons=False)
+    for v in (np.float32(1000.0), np.int64(1000)):
+        loss = sl.SynOpsLoss(counter, target=v, weight=np.float64(0.5), shape="squared")
+        net(torch.rand(4, 3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = float(loss())
+        s = loss.value()
+        assert value == pytest.approx(0.5 * ((s - 1000.0) / 1000.0) ** 2)  # squared relative error, by hand
+        counter.reset()
+    for bad in (np.array([1000.0]), np.array(1000.0)):
+        with pytest.raises(TypeError, match=r"got ndarray \(pass float\(value\)\)"):
+            sl.SynOpsLoss(counter, target=bad)
+    with pytest.raises(ValueError, match="an Iterative schedule sets absolute targets; pass it as target=, not fraction="):
+        sl.SynOpsLoss(counter, fraction=sl.schedules.Iterative(0.5, 2))
