@@ -133,8 +133,9 @@ class SynOpsRegularizer(_pl.Callback):
     predict loops and the sanity check are never counted: the counter is
     detached there, and paused between training batches); learns the batch's
     samples from the batch (``batch_size_fn``); after the batch, logs and steps
-    the schedules (``interval="step"``: once per optimizer step taken, so
-    gradient accumulation counts optimizer steps; ``"epoch"``: once per
+    the schedules (``interval="step"``: once per training batch that stepped
+    the optimizer, so gradient accumulation counts optimizer steps and several
+    optimizers stepped in one batch count once; ``"epoch"``: once per
     training epoch). A second ``fit`` continues the schedules.
 
     Logged with ``pl_module.log`` (``{prefix}`` default ``synops``), per sample:
@@ -419,10 +420,12 @@ class SynOpsRegularizer(_pl.Callback):
     # -------------------------------------------------------------- schedules
 
     def _sync_steps(self, trainer: Any) -> None:
-        """Step the schedules once per optimizer step taken since the last call (``interval="step"``)."""
+        """Step the schedules once when the optimizer stepped since the last call (``interval="step"``): once per
+        training batch that stepped, however many optimizers it stepped (Lightning's ``global_step`` counts each
+        optimizer's steps: two optimizers of manual optimization made warm-ups half as long)."""
         assert self._loss_fn is not None
         step = int(trainer.global_step)
-        for _ in range(step - self._synced):
+        if step > self._synced:
             self._step_loss(trainer)
         self._synced = step
 

@@ -436,3 +436,52 @@ def test_time_first_batches_take_their_samples_from_the_declared_layout():
         assert got == pytest.approx(hand, rel=1e-5)
     with pytest.raises(ValueError, match=r"cannot be told from \[T, B, \.\.\.\].*With SynOpsRegularizer, pass counter_kwargs="):
         _fit(_time_first_module({}, []))
+
+
+class _TwoOptimizers(L.LightningModule):
+    """Manual optimization with one or two optimizers stepped per batch (GAN-style), a warm-up weight."""
+
+    def __init__(self, optimizers: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.n = optimizers
+        self.net = new_net()
+        self.reg = SynOpsRegularizer(target=1.0, weight=sl.schedules.Warmup(1.0, steps=4))
+        self.weights: list = []
+
+    def configure_callbacks(self):
+        return [self.reg]
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        loss = nn.functional.cross_entropy(self(x), y) + self.reg.loss()
+        self.weights.append(self.reg.loss_fn.weight.value)
+        for o in opts:
+            o.zero_grad()
+        self.manual_backward(loss)
+        for o in opts:
+            o.step()
+
+    def configure_optimizers(self):
+        if self.n == 1:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+        return [torch.optim.SGD(self.net[0].parameters(), lr=0.01), torch.optim.SGD(self.net[2].parameters(), lr=0.01)]
+
+
+@pytest.mark.parametrize("optimizers", [1, 2])
+def test_schedules_step_once_per_training_batch_however_many_optimizers_step(optimizers):
+    """Lightning's global_step counts each optimizer's steps: with two, a Warmup(steps=4) was over after 2 batches."""
+    module = _TwoOptimizers(optimizers)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", enable_progress_bar=False, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (Lightning's notes on this tiny run, the loss scale)
+        trainer.fit(module, DataLoader(data(20, 7), batch_size=4))
+    assert module.weights == [0.0, 0.25, 0.5, 0.75, 1.0]  # min(batch, 4) / 4, by hand
+    assert module.reg.loss_fn.last_step == 5
