@@ -283,3 +283,16 @@ def test_a_short_last_batch_of_a_fixed_batch_squeeze_model_is_refused(env, tmp_p
     ok = _report(env, "userpkg.models:squeeze_net", "--input", str(tmp_path / "x6.pt"), "--batch", "3",
                  "--feed", "folded", "--format", "csv")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_an_input_file_of_python_objects_is_refused_without_torchs_unpickling_advice(env, tmp_path):
+    """torch.load(weights_only=True) refuses pickled objects and suggests weights_only=False; the report says what the
+    file holds and how to save the spikes instead (it does not unpickle objects)."""
+    path = tmp_path / "objects.pt"
+    code = ("import torch, fractions; torch.save([fractions.Fraction(1, 3), torch.ones(2)], "
+            f"{str(path)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    res = _report(env, "userpkg.models:lin", "--input", str(path))
+    assert res.returncode == 2
+    assert "holds Python objects, not one tensor" in res.stderr and "torch.save(spikes, path)" in res.stderr
+    assert "weights_only=False" not in res.stderr and "Traceback" not in res.stderr

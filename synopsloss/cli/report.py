@@ -175,6 +175,12 @@ def _batches(args, torch):
         except FileNotFoundError as err:
             raise _Error(f"--input file {args.input!r} does not exist") from err
         except Exception as err:
+            if isinstance(err, __import__("pickle").UnpicklingError) or "weights_only" in str(err):
+                # (torch suggests weights_only=False: the file holds objects, not one tensor; they are not unpickled)
+                raise _Error(f"--input {args.input!r} holds Python objects, not one tensor (torch.load with "
+                             "weights_only=True refused them; synopsloss does not unpickle objects from a file). "
+                             "Save the spikes as one tensor: torch.save(spikes, path) with spikes shaped "
+                             "[samples, T, *input_shape]") from err
             raise _Error(f"cannot read --input {args.input!r} with torch.load: {err}") from err
         if not isinstance(data, torch.Tensor) or data.dim() < 3:
             raise _Error(f"--input must hold one tensor shaped [samples, T, *input_shape], got "
