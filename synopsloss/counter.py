@@ -1743,6 +1743,12 @@ class SynOpsCounter:
         if by_layer:
             return out
         if not out:
+            if unread or left:
+                raise RuntimeError(
+                    f"counter.per_sample(): every counted layer of this batch is left out of the per-sample synops "
+                    f"({list(unread) + left}, named in the warning above): there is no per-sample value to give. Their "
+                    "synops are in counter.synops() and the table; keep the sample dim apart (a view of [B, ...] or "
+                    "[T, B, ...]) to count them per sample.")
             raise RuntimeError("counter.per_sample(): no layer with a fan-out map ran in this batch")
         return torch.stack(list(out.values())).sum(0)
 

@@ -425,3 +425,24 @@ def test_data_with_as_many_steps_as_samples_is_split_by_a_neuron_reading_a_layer
         warnings.simplefilter("error", sl.SynOpsWarning)
         net(x)
         assert counter.per_sample(by_layer=True)["a"].tolist() == pytest.approx(want)
+
+
+def test_per_sample_says_when_every_layer_is_left_out():
+    """A [T, B, F] view folded to [T*B, F] inside the model: both layers are left out of the per-sample values (a
+    warning names them); per_sample() then says so, not 'no layer with a fan-out map ran'."""
+    class Fold(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+
+        def forward(self, x):
+            t, b = x.shape[:2]
+            return self.n(x.reshape(t * b, -1)).reshape(t, b, -1)
+
+    torch.manual_seed(0)
+    net = Fold()
+    counter = sl.SynOpsCounter(net, per_sample=True, batch_dim=1, neurons=False)
+    net(torch.rand(4, 4, 8).transpose(0, 1))
+    with pytest.warns(sl.SynOpsWarning, match="per-sample synops leave out layer"):
+        with pytest.raises(RuntimeError, match=r"every counted layer of this batch is left out .*'n.0', 'n.2'"):
+            counter.per_sample()
