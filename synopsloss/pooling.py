@@ -354,10 +354,8 @@ class PoolEvents:
         the events of the values it picked (the average pool's divisors where it took them)."""
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
-                return
-            x = args[0]
-            if self._tag_of(x) is None:
+            x = self._pooled_input(args, output)
+            if x is None:
                 return
             if foreign_forward_hooks(module) or getattr(module, "return_indices", False):
                 self.tags[output.untyped_storage().data_ptr()] = _Tag(
@@ -367,6 +365,13 @@ class PoolEvents:
             self._compose(x, output, lambda events: _picked(module, n, x, events), None, f"the max pool {name!r}")
 
         return hook
+
+    def _pooled_input(self, args: tuple, output: Any) -> Optional[Tensor]:
+        """A module hook's first input when it is a tagged pool output and the module returned a tensor, else
+        ``None`` (nothing to follow)."""
+        if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+            return None
+        return args[0] if self._tag_of(args[0]) is not None else None
 
     def _tag_of(self, t: Tensor) -> Optional[_Tag]:
         tag = self.tags.get(t.untyped_storage().data_ptr())
@@ -451,10 +456,8 @@ class PoolEvents:
         interpolates makes values of its own (read as values, as after any layer that computes)."""
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
-                return
-            x = args[0]
-            if self._tag_of(x) is None:
+            x = self._pooled_input(args, output)
+            if x is None:
                 return
             if getattr(module, "mode", "nearest") not in _NEAREST:  # (nn.Upsample(mode="bilinear"): new values)
                 return

@@ -438,46 +438,42 @@ def test_time_first_batches_take_their_samples_from_the_declared_layout():
         _fit(_time_first_module({}, []))
 
 
-class _TwoOptimizers(L.LightningModule):
-    """Manual optimization with one or two optimizers stepped per batch (GAN-style), a warm-up weight."""
+def _two_optimizers(optimizers: int):
+    """make_module's module in manual optimization, one or two optimizers stepped per batch (GAN-style), a warm-up
+    weight; it keeps the weight of each batch."""
+    base = type(make_module(target=1.0, weight=sl.schedules.Warmup(1.0, steps=4)))
 
-    def __init__(self, optimizers: int) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.automatic_optimization = False
-        self.n = optimizers
-        self.net = new_net()
-        self.reg = SynOpsRegularizer(target=1.0, weight=sl.schedules.Warmup(1.0, steps=4))
-        self.weights: list = []
+    class TwoOptimizers(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.weights: list = []
 
-    def configure_callbacks(self):
-        return [self.reg]
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            opts = self.optimizers()
+            opts = opts if isinstance(opts, list) else [opts]
+            loss = nn.functional.cross_entropy(self(x), y) + self.reg.loss()
+            self.weights.append(self.reg.loss_fn.weight.value)
+            for o in opts:
+                o.zero_grad()
+            self.manual_backward(loss)
+            for o in opts:
+                o.step()
 
-    def forward(self, x):
-        return self.net(x)
+        def configure_optimizers(self):
+            if optimizers == 1:
+                return torch.optim.SGD(self.parameters(), lr=0.01)
+            return [torch.optim.SGD(self.net[0].parameters(), lr=0.01),
+                    torch.optim.SGD(self.net[2].parameters(), lr=0.01)]
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        opts = self.optimizers()
-        opts = opts if isinstance(opts, list) else [opts]
-        loss = nn.functional.cross_entropy(self(x), y) + self.reg.loss()
-        self.weights.append(self.reg.loss_fn.weight.value)
-        for o in opts:
-            o.zero_grad()
-        self.manual_backward(loss)
-        for o in opts:
-            o.step()
-
-    def configure_optimizers(self):
-        if self.n == 1:
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-        return [torch.optim.SGD(self.net[0].parameters(), lr=0.01), torch.optim.SGD(self.net[2].parameters(), lr=0.01)]
+    return TwoOptimizers()
 
 
 @pytest.mark.parametrize("optimizers", [1, 2])
 def test_schedules_step_once_per_training_batch_however_many_optimizers_step(optimizers):
     """Lightning's global_step counts each optimizer's steps: with two, a Warmup(steps=4) was over after 2 batches."""
-    module = _TwoOptimizers(optimizers)
+    module = _two_optimizers(optimizers)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", enable_progress_bar=False, logger=False,
                         enable_checkpointing=False, enable_model_summary=False)
     with warnings.catch_warnings():
