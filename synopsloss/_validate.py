@@ -46,7 +46,8 @@ def check_int(name: str, value: Any, *, minimum: Optional[int] = None, optional:
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        hint = " (pass int(value))" if isinstance(value, numbers.Integral) else ""
+        raise ArgumentTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}{hint}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value

@@ -213,8 +213,10 @@ class SynOpsLoss:
         if isinstance(weight, Schedule):
             self.weight = weight
         else:
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            number = plain_number(weight)  # (a NumPy scalar too)
+            if number is None:
                 raise ArgumentTypeError(f"weight must be a number >= 0 or a Schedule, got {weight!r}")
+            weight = number
             if not (math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"weight must be a number >= 0 or a Schedule, got {weight!r}")
             self.weight = as_schedule(weight, "weight")

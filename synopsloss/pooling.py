@@ -586,7 +586,25 @@ class PoolEvents:
         x = args[0] if args else kwargs.get("self")
         if (self.tags and isinstance(x, Tensor) and self._tag_of(x) is not None and out.shape == x.shape
                 and out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
-            self._move(x, out, lambda laid: laid)
+            self._cast(x, out)
+
+    def _cast(self, x: Tensor, out: Tensor) -> None:
+        """``out``, ``x`` cast to another dtype: the same divisors, unless the cast rounds the averages (to float16 /
+        bfloat16: 11 / 8 bits, a 30 x 30 window's average misses its count by more than 1/2 there): then each
+        value's events are taken from ``x`` before the cast, as for a pool run in half precision."""
+        low = (torch.float16, torch.bfloat16)
+        if out.dtype in low and x.dtype not in low and x.is_floating_point():
+            tag, scale, why = self._find(x)
+            ptr = out.untyped_storage().data_ptr()
+            if tag is None or scale is None:
+                if tag is not None:
+                    self.tags[ptr] = _Tag(out, None, None, why or "it cannot be followed")
+                return
+            with torch.no_grad():
+                events = torch.round(x.detach().to(torch.float64) * _laid_out(tag, scale, x).to(torch.float64))
+            self.tags[ptr] = _Tag(out, _per_value(events.to(out.device), out), tag.integer)
+            return
+        self._move(x, out, lambda laid: laid)
 
     def _on_move(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
         """A pad, a nearest upsampling or a shuffle of a pool output: the divisors moved by the same call."""
@@ -622,6 +640,9 @@ class PoolEvents:
         if not self.tags or not isinstance(x, Tensor) or self._tag_of(x) is None:
             return
         if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            return
+        if func is Tensor.to and out.dtype != x.dtype and out.shape == x.shape:
+            self._cast(x, out)  # (a dtype cast: its divisors are not cast, and half precision rounds the values)
             return
         tag, scale, why = self._find(x)
         ptr = out.untyped_storage().data_ptr()

@@ -542,7 +542,7 @@ def test_numpy_scalars_are_numbers_and_an_iterative_fraction_is_refused_at_const
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     counter = sl.SynOpsCounter(net, neurons=False)
     for v in (np.float32(1000.0), np.int64(1000)):
-        loss = sl.SynOpsLoss(counter, target=v, weight=np.float64(0.5), shape="squared")
+        loss = sl.SynOpsLoss(counter, target=v, weight=np.float32(0.5), shape="squared")
         net(torch.rand(4, 3))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
