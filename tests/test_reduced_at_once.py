@@ -537,3 +537,41 @@ def test_a_whole_spike_neurons_output_read_with_gradients_needs_no_integer_pass(
     assert (total["eff_acs"], total["eff_macs"]) == ((pytest.approx(eff), 0.0) if edit == "none"
                                                      else (0.0, pytest.approx(eff)))
     assert bool([f for f in ops if "frac" in f]) is (edit != "none")  # the integer pass only when not trusted
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("edit", [False, True])
+def test_a_relus_output_is_read_without_a_pass_for_its_min(grad, edit):
+    """A large layer input that is an nn.ReLU's unchanged output of real values: >= 0 by construction, its min is
+    not read (no amin / aminmax); negated in place after the ReLU (a new version) it is read, |x| counted. The
+    counts equal the hand count either way (|h| x nonzero fan-out)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(20000, 3, bias=False)
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.002] = 0.0
+    mid = [_Negate()] if edit else []
+    net = nn.Sequential(nn.Linear(16, 20000), nn.ReLU(), *mid, lin)
+    x = torch.randn(4, 16)  # the ReLU's output: 80000 values, a large call
+    counter = sl.SynOpsCounter(net, neurons=False)
+    seen = []
+    lin.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().double().clone()))
+    ops = []
+
+    class Seen(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with torch.set_grad_enabled(grad), Seen():
+        net(x)
+        got = counter.snapshot().per_layer()["3" if edit else "2"]
+    fan = (lin.weight != 0).sum(0).double()
+    h = seen[0]
+    assert got["synops"] == pytest.approx(float((h.abs() * fan).sum()) / 4, rel=1e-6)  # (float32 column sums)
+    assert (got["eff_macs"], got["eff_acs"]) == (pytest.approx(float(((h != 0).double() * fan).sum()) / 4), 0.0)
+    assert bool([f for f in ops if "amin" in f]) is edit  # (the first layer's input is small: no min read for it)
+
+
+class _Negate(nn.Module):
+    def forward(self, x):
+        return x.mul_(-1)
