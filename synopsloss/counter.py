@@ -646,7 +646,7 @@ class SynOpsCounter:
         elif self._any_pool and registry.max_pool_dims(module) is not None:
             self._hooks.forward(module, self._pools.max_through(registry.max_pool_dims(module), name), owned=False,
                                 quiet=True)
-        whole = registry.whole_spikes(module) or ("nonneg" if registry.nonneg_output(module) else None)
+        whole = registry.whole_spikes(module)
         if whole is not None:  # (a pool or a layer reading its spikes unchanged needs no pass to know them)
             # (first among its forward hooks: a user's hook that edits or replaces the output comes after it)
             self._hooks.forward(module, functools.partial(SynOpsCounter._whole_hook, kind=whole), prepend=True,

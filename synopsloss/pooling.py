@@ -303,7 +303,7 @@ class PoolEvents:
         return div
 
     def _integer(self, x: Tensor) -> Tensor:
-        if not x.is_floating_point() or (self._whole is not None and self._whole.kind(x) in ("binary", "integer")
+        if not x.is_floating_point() or (self._whole is not None and self._whole.kind(x) is not None
                                          and whole_range(x, False)):
             return torch.ones((), dtype=torch.bool, device=x.device)  # (a whole-spike neuron's output, unchanged)
         with torch.no_grad():

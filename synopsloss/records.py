@@ -374,8 +374,8 @@ def _binary_sums(flat: Tensor) -> Optional[Tensor]:
     return torch.matmul(_SCRATCH.ones(flat.shape[0], flat.dtype, flat.device), flat)
 
 
-def _large_sums(flat: Tensor, reals: bool = False, binary: bool = False,
-                nonneg: bool = False) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
+def _large_sums(flat: Tensor, reals: bool = False,
+                binary: bool = False) -> Tuple[Tensor, Tensor, float, bool, Optional[bool]]:
     """One large CPU input ``[rows, n]``: ``|x|`` summed over the rows (with a graph to ``flat`` when it requires
     one), its nonzeros per column, ``max |x|`` (``inf`` when its first values show it is no spikes), whether
     a value is below 0 (or NaN), and whether every value is an integer (``None``: not read).
@@ -386,14 +386,12 @@ def _large_sums(flat: Tensor, reals: bool = False, binary: bool = False,
     :func:`all_integer_values`); when it holds only 0 and 1 its column sums are its nonzeros, and no
     :func:`column_nonzeros` pass is made. ``binary``: the input is a whole-spike neuron's unchanged output of 0
     and 1 (:class:`WholeSpikes`): in the range [0, 1] it needs no integer pass (as :func:`reduce_now`).
-    ``nonneg``: the input is a ReLU's unchanged output (``"nonneg"``): when its first values show real values, its
-    min is not read (it is >= 0 by construction; a NaN reaches the sums, and the read reports it).
     """
     det = flat.detach()
     with torch.no_grad():
         head = _head(det)
         if reals or bool(((head.abs() - 1) * head).any()):  # (NaN too: its min is NaN, and the read reports it)
-            lo, amax = (0.0 if nonneg else float(det.amin())), math.inf
+            lo, amax = float(det.amin()), math.inf
         else:
             lo, hi = value_range(det)
             amax = math.nan if lo != lo or hi != hi else max(-lo, hi)
@@ -433,8 +431,7 @@ def _big_group_sums(xs: List[Tensor], maps: List[LayerMaps], rows: int, n_el: in
     knowns: List[Optional[bool]] = []  # the integer test of each input, when _large_sums made it
     for t in first:
         flat = t.reshape(rows, n_el)
-        kind = whole(t) if whole is not None else None
-        colsum, nz, amax, signed, known = _large_sums(flat, binary=kind == "binary", nonneg=kind == "nonneg")
+        colsum, nz, amax, signed, known = _large_sums(flat, binary=whole is not None and whole(t) == "binary")
         knowns.append(known)
         amaxes.append(amax)
         signs.append(signed)
@@ -708,7 +705,7 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool,
             # (the synops and the spikes: float64 products and sums of exact float32 column sums)
             ((synops, in_sum),) = _times_map(ent, binary)
             return synops, dense, synops, 0.0, in_sum, in_sum, 1.0, synops
-        colsum, nz, amax, signed, known = _large_sums(flat, reals, nonneg=whole == "nonneg")
+        colsum, nz, amax, signed, known = _large_sums(flat, reals)
         # (the column sums and nonzeros times the map, and summed: synops, sum, effective ops, nonzeros; the
         # nonzero counts are integers below 2^53, exact in float64)
         (synops, in_sum), (eff, nonzero) = _times_map(ent, colsum.detach(), nz)
@@ -725,8 +722,7 @@ def reduce_now(x: Tensor, rows: int, ent: LayerMaps, events: bool,
 class WholeSpikes:
     """The outputs of this batch's neurons whose spike function makes whole numbers by construction
     (:func:`synopsloss.registry.whole_spikes`): a tensor that is one of them, or a view of one, at the version the
-    neuron left it, holds integers (or only 0 and 1) without a pass over it to say so. The outputs of the
-    activations of :data:`synopsloss.registry.NONNEG_OUTPUTS` (ReLU) are noted as ``"nonneg"``: >= 0.
+    neuron left it, holds integers (or only 0 and 1) without a pass over it to say so.
 
     Held weakly; identity is the live tensor (``x is out`` or its view's ``_base``) and its version, so an
     in-place change after the neuron is read anew.
@@ -747,15 +743,14 @@ class WholeSpikes:
         self._seen: Dict[int, Tuple[Any, int, str]] = {}
 
     def note(self, out: Any, kind: Optional[str]) -> None:
-        """A whole-spike neuron returned ``out`` (``kind``: ``"binary"`` or ``"integer"``; a ReLU: ``"nonneg"``)."""
+        """A whole-spike neuron returned ``out`` (``kind``: ``"binary"`` or ``"integer"``)."""
         if isinstance(out, Tensor) and kind is not None and out.layout == torch.strided:
             if len(self._seen) >= self.LIMIT:
                 self._seen.clear()
             self._seen[id(out)] = (weakref.ref(out), version_of(out), kind)
 
     def kind(self, x: Tensor) -> Optional[str]:
-        """``"binary"`` / ``"integer"`` / ``"nonneg"`` when ``x`` is (a view of) a noted output, unchanged; else
-        ``None``."""
+        """``"binary"`` / ``"integer"`` when ``x`` is (a view of) a noted output, unchanged; else ``None``."""
         if not self._seen:
             return None
         for t in (x, x._base):
@@ -837,7 +832,7 @@ def reduce_layers(layers: Sequence[Sequence[Call]],
     layers is read in a handful of ops; each layer's sums are then gathered
     with one ``index_add``. ``whole(x)``: ``"binary"`` when ``x`` is, unchanged, the output of a neuron that
     makes 0 and 1 by construction (:meth:`WholeSpikes.kind`): a large such input in that range needs no integer
-    pass; ``"nonneg"`` (a ReLU's output): a large such input of real values needs no pass for its min.
+    pass.
 
     Example
     -------

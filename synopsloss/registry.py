@@ -600,24 +600,6 @@ def whole_spikes(module: nn.Module) -> Optional[str]:
     return None if check is None else check(module)
 
 
-#: Activations whose output is >= 0 by construction (exact classes, their library's forward): a large layer input
-#: that is one of their outputs, unchanged, and shows real values among its first values needs no pass for its min
-#: (no ``abs``): the ReLUs of a ResNet.
-NONNEG_OUTPUTS: Tuple[TypeKey, ...] = (nn.ReLU, nn.ReLU6)
-
-
-def nonneg_output(module: nn.Module) -> bool:
-    """Whether ``module``'s output is >= 0 by construction (:data:`NONNEG_OUTPUTS`, its exact class, its own
-    forward).
-
-    Example
-    -------
-    >>> nonneg_output(nn.ReLU()), nonneg_output(nn.LeakyReLU())
-    (True, False)
-    """
-    return type(module) in _types(NONNEG_OUTPUTS) and own_forward(module)
-
-
 def outputs_membrane(module: nn.Module) -> bool:
     """Whether a neuron layer of a library without row tables outputs its membrane, not spikes
     (:data:`MEMBRANE_OUTPUT`; a subclass such as sinabs ``ExpLeakSqueeze`` too).
