@@ -82,11 +82,12 @@ from torch.nn.utils import parametrize
 from . import frameworks, registry, sharding
 from . import layout as batch_layout
 from ._validate import check_int
-from .hooks import HookSet, functorch_level, next_stamp, pop_package_modes, push_modes
+from .hooks import HookSet, foreign_forward_hooks, functorch_level, next_stamp, pop_package_modes, push_modes
 from .hooks import mode_depth as _MODE_DEPTH
 from .hooks import exporting as _EXPORTING
 from .hooks import compiling as _COMPILING
 from .hooks import STAMPS
+from torch.nn.modules.module import _global_forward_hooks as _GLOBAL_FORWARD_HOOKS
 from .errors import SynOpsWarning, UnsupportedLayerWarning
 from .maps import LayerMaps, MapCache, OpCounts, Rule, geometry, module_map_args, rule_weight, weight_mask
 from .records import Call, LastInput, WholeSpikes, reducible_now, reduce_now, version_of, view_lead
@@ -958,7 +959,12 @@ class SynOpsCounter:
 
     def _whole_hook(self, module: nn.Module, args: tuple, output: Any, *, kind: str) -> None:
         """A neuron whose spikes are whole numbers by construction returned ``output`` (``kind``: ``"binary"``
-        or ``"integer"``)."""
+        or ``"integer"``). Not noted when its spike function changed since the counter attached (SpikingJelly's
+        ``set_spiking_mode(False)``), when a forward was set on the instance, or when a user's forward hook (which
+        may run before this one: ``prepend=True``, a global hook) may have replaced or edited the output."""
+        if ("forward" in vars(module) or foreign_forward_hooks(module) or _GLOBAL_FORWARD_HOOKS
+                or registry.whole_spikes(module) != kind):
+            return
         self._whole.note(output, kind)
 
     def _probe_hook(self, module: nn.Module, args: tuple, *, name: str, layout: registry.ProbeLayout,

@@ -354,7 +354,7 @@ class PoolEvents:
         the events of the values it picked (the average pool's divisors where it took them)."""
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            x = self._pooled_input(args, output)
+            x = self._pooled_input(module, args, output)
             if x is None:
                 return
             if foreign_forward_hooks(module) or getattr(module, "return_indices", False):
@@ -366,10 +366,12 @@ class PoolEvents:
 
         return hook
 
-    def _pooled_input(self, args: tuple, output: Any) -> Optional[Tensor]:
+    def _pooled_input(self, module: nn.Module, args: tuple, output: Any) -> Optional[Tensor]:
         """A module hook's first input when it is a tagged pool output and the module returned a tensor, else
-        ``None`` (nothing to follow)."""
-        if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+        ``None`` (nothing to follow; nor when a forward was set on the instance since the counter attached: its
+        output is read as values)."""
+        if (not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor)
+                or "forward" in vars(module)):
             return None
         return args[0] if self._tag_of(args[0]) is not None else None
 
@@ -424,9 +426,9 @@ class PoolEvents:
         by ``1/(1-p)`` (``None`` for any other layer; default: torch's plain dropouts)."""
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self.tags or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+            x = self._pooled_input(module, args, output)
+            if x is None:
                 return
-            x = args[0]
             tag = self._tag_of(x)
             if tag is None or x.numel() != tag.numel or output.numel() != x.numel():
                 return
@@ -456,7 +458,7 @@ class PoolEvents:
         interpolates makes values of its own (read as values, as after any layer that computes)."""
 
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            x = self._pooled_input(args, output)
+            x = self._pooled_input(module, args, output)
             if x is None:
                 return
             if getattr(module, "mode", "nearest") not in _NEAREST:  # (nn.Upsample(mode="bilinear"): new values)

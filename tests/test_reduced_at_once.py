@@ -537,3 +537,58 @@ def test_a_whole_spike_neurons_output_read_with_gradients_needs_no_integer_pass(
     assert (total["eff_acs"], total["eff_macs"]) == ((pytest.approx(eff), 0.0) if edit == "none"
                                                      else (0.0, pytest.approx(eff)))
     assert bool([f for f in ops if "frac" in f]) is (edit != "none")  # the integer pass only when not trusted
+
+
+def _half_some(module, args, out):
+    """A user's hook, run before the counter's (prepend=True): 0.5 in place of some spikes past the first values."""
+    new = out.clone()
+    flat = new.view(-1)
+    flat[8192::3] = flat[8192::3] * 0.5
+    return new
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("change", ["prepend_hook", "spiking_mode_off"])
+def test_a_whole_spike_neuron_changed_after_attaching_is_read_anew(change, grad):
+    """The trust in a neuron's 0/1 spikes is decided at each call: a user's hook that runs before the counter's
+    (prepend=True) and returns 0.5s, or SpikingJelly's surrogate switched to its non-spiking mode after the counter
+    attached (sigmoid outputs, exactly 0 and 1 where saturated), are read as the values they are (MACs)."""
+    from spikingjelly.activation_based import layer, neuron, surrogate
+
+    torch.manual_seed(0)
+    node = neuron.LIFNode(step_mode="m", surrogate_function=surrogate.Sigmoid())
+    lin = layer.Linear(40000, 3, bias=False, step_mode="m")
+    net = nn.Sequential(node, lin)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    if change == "prepend_hook":
+        node.register_forward_hook(_half_some, prepend=True)
+    else:
+        node.surrogate_function.set_spiking_mode(False)
+    seen = []
+    lin.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().double().clone()))
+    x = torch.randn(2, 2, 40000) * 200  # [T, B, N]: 160000 values (saturated: exactly 0 and 1 at the ends)
+    with torch.set_grad_enabled(grad):
+        net(x.requires_grad_(grad))
+    s = seen[0]
+    assert not bool(((s == 0) | (s == 1)).all())  # no spikes: values
+    fan = (lin.weight != 0).sum(0).double()
+    total = counter.snapshot().total()
+    assert total["synops"] == pytest.approx(float((s.abs() * fan).sum()) / 2, rel=1e-6)
+    assert (total["eff_acs"], total["eff_macs"]) == (0.0, pytest.approx(float(((s != 0).double() * fan).sum()) / 2))
+
+
+def test_a_forward_set_on_a_relu_instance_after_attaching_is_read_as_values():
+    """relu.forward replaced after the counter attached: the values after the average pool are read as they are."""
+    lin = nn.Linear(2 * 4 * 4, 5, bias=False)
+    relu = nn.ReLU()
+    net = nn.Sequential(nn.AvgPool2d(2), relu, nn.Flatten(), lin)
+    counter = sl.SynOpsCounter(net, neurons=False, batch_size=3)
+    relu.forward = lambda t: 3 * t
+    g = torch.Generator().manual_seed(9)
+    x = (torch.rand(3, 2, 8, 8, generator=g) < 0.5).float()
+    with torch.no_grad():
+        net(x)
+    h = (3 * F.avg_pool2d(x, 2).flatten(1)).double()
+    fan = (lin.weight != 0).sum(0).double()
+    got = counter.snapshot().per_layer()["3"]
+    assert got["synops"] == pytest.approx(float((h * fan).sum()) / 3) and got["eff_acs"] == 0.0
