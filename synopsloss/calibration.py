@@ -45,12 +45,17 @@ def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "
       priced by ``ann``: every synapse one MAC at analog inputs,
       ``dense / T * ann_density`` MACs per sample (``ann_density`` < 1 for an
       ANN that skips zero activations);
-    * ``break_even_rate = in_rate * ann_energy / energy``: the input spike
-      rate at which the layer's energy (linear in its input events) equals
-      the ANN's. The spiking layer is cheaper only while ``in_rate`` is below
-      it. With :class:`OpEnergy` on both sides this is
-      :func:`break_even_rate` ``e_mac_ann / (T * e_ac)``; with memory terms
-      (``lemaire2022``) it includes them.
+    * ``break_even_rate``: the input spike rate at which the layer's energy
+      equals the ANN's. The energy is affine in the input events (ops, reads
+      and addressing grow with them; a bias read per output, or a device
+      priced per dense op, does not): the rate on the line through the
+      layer's energy with no event and at its own ``in_rate``. The spiking
+      layer is cheaper only while ``in_rate`` is below it; ``0.0`` when it
+      costs at least the ANN with no event at all (a dense-priced ``cpu``:
+      never cheaper), ``inf`` when its energy does not grow and stays below.
+      With :class:`OpEnergy` on both sides this is :func:`break_even_rate`
+      ``e_mac_ann / (T * e_ac)``; with memory terms (``lemaire2022``) it
+      includes them.
 
     Choose ``ann`` at the ANN's precision: ``"horowitz45nm-int8"`` (default;
     Horowitz has no figure below 8 bits, so for ``T <= 7`` it is an upper
@@ -94,10 +99,10 @@ def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "
     for row in table.rows:
         new = dataclasses.replace(row)
         spiking = row.kind in ("synaptic", "recurrent synapses") and not row.eff_macs and row.dense
-        if spiking and row.energy and row.in_rate is not None and row.time_steps:
+        if spiking and row.energy and row.in_rate and row.time_steps:
             e_ann = model.energy(_ann_row(row, ann_density)) or 0.0
             new.ann_energy = e_ann
-            new.break_even_rate = row.in_rate * e_ann / row.energy
+            new.break_even_rate = _rate_at(get_energy_model(table.energy_model), row, e_ann)
         rows.append(new)
     total = dataclasses.replace(table.total)
     priced = [r.ann_energy for r in rows if r.ann_energy is not None]
@@ -106,6 +111,24 @@ def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "
                                  "(Yan et al. 2024); a spiking layer is cheaper while In rate < Break-even."]
     return SynOpsTable(rows, total, samples=table.samples, dt=table.dt, energy_model=table.energy_model,
                        per_neuron=table.per_neuron, notes=notes, view=table.view)
+
+
+def _rate_at(model: EnergyModel, row: Any, e_ann: float) -> float:
+    """The input rate at which ``row``'s energy equals ``e_ann``: the energy is affine in the input events (their
+    ops, reads and addressing grow with them; a bias read or a dense-priced device does not), so it is the line
+    through the row's energy at no event and at its own rate. ``0.0`` when the layer costs at least ``e_ann`` with
+    no event at all (never cheaper), ``inf`` when it is cheaper at every rate (its energy does not grow)."""
+    import dataclasses
+
+    zero = dataclasses.replace(row, eff_acs=0.0, eff_macs=0.0, synops=0.0, input_events=0.0, in_rate=0.0,
+                               nonzero_rate=0.0, energy=None, energy_parts={})
+    e0 = float(model.energy(zero) or 0.0)
+    slope = (float(row.energy) - e0) / float(row.in_rate)
+    if e0 >= e_ann:
+        return 0.0
+    if slope <= 0:
+        return math.inf
+    return (e_ann - e0) / slope
 
 
 # ---------------------------------------------------------------------------------------------- calibration

@@ -114,13 +114,36 @@ class EnergyModel:
         raise NotImplementedError
 
     def energy(self, row: Any) -> Optional[float]:
-        """Total joules per sample of one row (``None`` when nothing applies)."""
-        p = self.parts(row)
+        """Total joules per sample of one row (``None`` when nothing applies).
+
+        Raises
+        ------
+        ValueError
+            When a part is negative or not finite (a model of yours: a silently wrong total otherwise).
+        """
+        p = self.checked_parts(row)
         return sum(p.values()) if p else None
+
+    def checked_parts(self, row: Any) -> Dict[str, float]:
+        """:meth:`parts`, each a finite number of joules >= 0 (else a ``ValueError`` naming the model and row)."""
+        p = self.parts(row)
+        bad = {k: v for k, v in p.items() if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"energy model {getattr(self, 'name', type(self).__name__)!r} gave the row "
+                             f"{getattr(row, 'name', '?')!r} the parts {bad}: energies are finite joules >= 0. "
+                             "Check the model's parts().")
+        return p
 
 
 def _f(v: Optional[float]) -> float:
     return float(v) if v is not None else 0.0
+
+
+def _check_spiking(what: str, spiking: Any) -> None:
+    """``spiking=`` must be a bool: the string ``"False"`` is true, and would price a non-spiking device per synop."""
+    if not isinstance(spiking, bool):
+        raise TypeError(f"{what}: spiking must be True (priced per synop) or False (per dense op), got "
+                        f"{type(spiking).__name__} {spiking!r}")
 
 
 def _check_joules(what: str, **values: Any) -> None:
@@ -188,6 +211,7 @@ class DeviceEnergy(EnergyModel):
     def __post_init__(self) -> None:
         _check_joules(f"DeviceEnergy({self.name!r})", energy_per_synop=self.energy_per_synop,
                       energy_per_neuron=self.energy_per_neuron, energy_per_spike=self.energy_per_spike)
+        _check_spiking(f"DeviceEnergy({self.name!r})", self.spiking)
 
     def parts(self, row: Any) -> Dict[str, float]:
         out: Dict[str, float] = {}
@@ -205,8 +229,9 @@ class DeviceEnergy(EnergyModel):
 class Lemaire2022(EnergyModel):
     """Lemaire et al. 2022 (Qualia's ``EnergyEstimationMetric``), with exact event counts.
 
-    Synaptic layers (``eff`` = effective ACs + MACs, ``events`` = input events:
-    spikes, a count of ``k`` as ``k``, or nonzero analog inputs; ``Nout``
+    Synaptic layers (``eff`` = effective ACs + MACs, ``events`` = input events
+    of every row of the sample (tokens too): spikes, a count of ``k`` as ``k``,
+    or nonzero analog inputs; ``Nout``
     output neurons, ``T`` time steps; all per sample over all time steps):
 
     * ``ops``: ``eff_acs * E_add + eff_macs * (E_mul + E_add)`` (Eq. 1-2: one
@@ -216,7 +241,8 @@ class Lemaire2022(EnergyModel):
       for a convolution (Eq. 16.2: the event's position in the output map);
     * ``mem_weights``: ``eff * E_mem(weights)`` (Eq. 7f / 8f: one weight read per event);
     * ``mem_bias``: ``Nout * T * E_mem(biases)`` for a layer with biases
-      (Eq. 7s / 8s: each output's bias read at every time step);
+      (Eq. 7s / 8s: each output's bias read at every time step; a layer fed
+      tokens ``[B, N, C]`` has ``N * Nout`` outputs per step);
     * ``mem_potentials``: ``2 * eff * E_mem(output neurons)`` (Eq. 14 / 15: the
       target potential is read and written per event);
     * ``mem_io``: ``events * E_mem(input neurons)`` (Eq. 5: one input read per event).
@@ -275,13 +301,16 @@ class Lemaire2022(EnergyModel):
             eff = acs + macs
             # input events: the spikes (a count of k: k events) when every op is an accumulate, else the nonzeros
             events = _f(row.input_events)
-            if not macs and row.in_rate is not None and row.in_neurons and row.time_steps:
-                events = row.in_rate * row.in_neurons * row.time_steps
+            if not macs and row.in_rate is not None and row.nonzero_rate:
+                # (spike counts: k events for a count of k; the nonzero inputs times the mean count per nonzero)
+                events = events * row.in_rate / row.nonzero_rate
             out["ops"] = acs * self.e_add + macs * (self.e_mul + self.e_add)
             out["addressing"] = eff * self.e_add + (2 * events * (self.e_mul + self.e_add) if conv else 0.0)
             out["mem_weights"] = eff * self.e_mem(row.weights or 0)
-            if getattr(row, "biases", None):
-                out["mem_bias"] = (row.neurons or 0) * (row.time_steps or 1.0) * self.e_mem(row.biases)
+            if getattr(row, "biases", None):  # (each output value's bias read once: every step and token)
+                outputs = row.output_values if row.output_values is not None else (
+                    (row.neurons or 0) * (row.time_steps or 1.0))
+                out["mem_bias"] = outputs * self.e_mem(row.biases)
             out["mem_potentials"] = 2 * eff * self.e_mem(row.neurons or 0)
             out["mem_io"] = events * self.e_mem(row.in_neurons or 0)
         elif row.kind == "neuron" and row.membrane_updates_dense is not None:
@@ -472,7 +501,8 @@ def register_device(
         raise ValueError(f"fidelity must be one of {FIDELITIES}, got {fidelity!r}")
     _check_joules(f"register_device({name!r})", energy_per_synop=energy_per_synop,
                   energy_per_neuron=energy_per_neuron, energy_per_spike=energy_per_spike)
-    dev = DeviceEnergy(name, float(energy_per_synop), float(energy_per_neuron), bool(spiking), str(source), year,
+    _check_spiking(f"register_device({name!r})", spiking)
+    dev = DeviceEnergy(name, float(energy_per_synop), float(energy_per_neuron), spiking, str(source), year,
                        node, fidelity, notes, float(energy_per_spike))
     ENERGY_PRESETS[name] = dev
     return dev
@@ -500,6 +530,9 @@ def register_preset(model: EnergyModel) -> EnergyModel:
     if name in ENERGY_PRESETS:
         raise ValueError(f"energy preset {name!r} already exists; choose another name")
     _require_source(getattr(model, "source", None), f"register_preset({name!r})")
+    fidelity = getattr(model, "fidelity", "")
+    if fidelity and fidelity not in FIDELITIES:
+        raise ValueError(f"register_preset({name!r}): fidelity must be one of {FIDELITIES}, got {fidelity!r}")
     ENERGY_PRESETS[name] = model
     return model
 

@@ -56,6 +56,7 @@ def _synaptic_row(s: LayerStats, samples: int, dt: Optional[float]) -> LayerRow:
         row.in_rate = s.input_sum / values if values else None
         row.nonzero_rate = s.input_nonzero / values if values else None
         row.input_events = s.input_nonzero / samples
+        row.output_values = values / row.in_neurons * row.neurons / samples if row.in_neurons else None
         row.fanout_mean, row.fanout_max = s.fanout_mean, s.fanout_max
         row.synops_per_step = _div(row.synops, row.time_steps)
         row.synops_per_s = _div(row.synops_per_step, dt)
@@ -74,7 +75,7 @@ def _total_row(rows: List[LayerRow], dt: Optional[float], model: Any, time_steps
         if r.synops is not None:
             r.share = r.synops / total_synops if total_synops else 0.0
         if model is not None:
-            r.energy_parts = model.parts(r)
+            r.energy_parts = model.checked_parts(r)
             r.energy = sum(r.energy_parts.values()) if r.energy_parts else None
 
     def tsum(attr: str) -> Optional[float]:

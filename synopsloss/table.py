@@ -124,6 +124,7 @@ class LayerRow:
     in_rate: Optional[float] = None
     nonzero_rate: Optional[float] = None  # nonzero inputs per input neuron per time step (in_rate counts events)
     input_events: Optional[float] = None
+    output_values: Optional[float] = None  # output values per sample over all time steps (x tokens: rows per step)
     time_steps: Optional[float] = None
     synops: Optional[float] = None
     synops_per_step: Optional[float] = None
@@ -235,10 +236,23 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
 }
 
 _LEFT = ("name", "str", "shape")
-_SI = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+_SI = [(1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 _J = [(1.0, "J"), (1e-3, "mJ"), (1e-6, "uJ"), (1e-9, "nJ"), (1e-12, "pJ"), (1e-15, "fJ")]
 _WIDTH = 120  # footer lines are wrapped at this width
 _COUNT_KINDS = ("synaptic", "recurrent synapses", "neuron", "activation")
+
+
+def _in_unit(v: float, units: List[Tuple[float, str]], sep: str, base: str) -> str:
+    """``v`` at 3 significant digits in the largest unit it reaches (``units``: descending ``(scale, name)``); a
+    value that rounds up to 1000 of its unit moves to the next one (999.6 pJ: ``1 nJ``, not ``1e+03 pJ``)."""
+    i = next((i for i, (scale, _) in enumerate(units) if abs(v) >= scale), len(units) - 1)
+    scale, unit = units[i]
+    if abs(float(f"{v / scale:.3g}")) >= 1000 and i > 0:
+        scale, unit = units[i - 1]
+    x = v / scale
+    if unit == "" and x == int(x) and abs(x) < 1000:
+        return str(int(x))
+    return f"{x:.3g}{sep}{unit}"
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -262,15 +276,9 @@ def _fmt(value: Any, kind: str) -> str:
     if kind == "joule":
         if v == 0:
             return "0 J"
-        for scale, unit in _J:
-            if abs(v) >= scale:
-                return f"{v / scale:.3g} {unit}"
-        return f"{v / 1e-15:.3g} fJ"
+        return _in_unit(v, _J + [(1e-15, "fJ")], " ", "J")
     if kind == "si":
-        for scale, unit in _SI:
-            if abs(v) >= scale:
-                return f"{v / scale:.3g}{unit}"
-        return f"{v:.3g}" if v != int(v) else str(int(v))
+        return _in_unit(v, _SI + [(1.0, "")], "", "")
     return f"{v:.3g}" if v != int(v) else str(int(v))
 
 
@@ -294,7 +302,10 @@ def _render_text(titles: List[str], kinds: List[str], body: List[List[str]], tai
 
 
 def _md_escape(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*")
+    """A layer name as Markdown text: the characters that would format it (emphasis, code, math, HTML) escaped."""
+    for ch in "\\|*_`$<>[]":
+        s = s.replace(ch, "\\" + ch)
+    return s
 
 
 def _render_markdown(titles: List[str], kinds: List[str], body: List[List[str]], tail: List[List[str]],
@@ -823,8 +834,17 @@ def _block(syn: Optional[LayerRow], neu: Optional[LayerRow], rec: List[LayerRow]
         neuron=neu.name if neu is not None else None,
         recurrent=tuple(r.name for r in rec),
     )
-    for k in ("synops", "synops_per_step", "synops_per_s", "dense", "eff_macs", "eff_acs"):
+    for k in ("synops", "synops_per_step", "synops_per_s", "dense", "eff_macs", "eff_acs", "synops_estimate",
+              "energy_paper", "ann_energy"):
         setattr(row, k, _sum([getattr(r, k) for r in synaptic]))
+    if row.synops_estimate is not None and row.synops:
+        row.estimate_error = (row.synops_estimate - row.synops) / row.synops
+    if syn is not None:  # (the block's input: its synaptic layer's)
+        row.nonzero_rate, row.output_values = syn.nonzero_rate, syn.output_values
+        row.break_even_rate = syn.break_even_rate if not rec else None
+        if not rec:  # (quantiles of one layer's per-sample synops; those of two layers do not add)
+            for k in ("synops_p50", "synops_p95", "synops_p99", "synops_max"):
+                setattr(row, k, getattr(syn, k))
     if neu is not None:
         for k in ("neuron_ops", "neuron_ops_dense", "membrane_updates", "membrane_updates_dense", "spikes",
                   "firing_rate", "density", "leaky"):
@@ -1027,14 +1047,15 @@ def compare(before: SynOpsTable, after: SynOpsTable, *, labels: Tuple[str, str] 
     if view == "blocks":
         before, after = before.blocks(), after.blocks()
     keep = lambda r: r.synops is not None or r.firing_rate is not None  # noqa: E731
-    a = {r.name: r for r in before if keep(r)}
-    b = {r.name: r for r in after if keep(r)}
+    # (matched by name and kind: a norse recurrent cell has a synapse row and a neuron row of one name)
+    a = {(r.name, r.kind): r for r in before if keep(r)}
+    b = {(r.name, r.kind): r for r in after if keep(r)}
     names = list(dict.fromkeys([*a, *b]))
     rows = []
-    for n in names:
-        ra, rb = a.get(n), b.get(n)
+    for key in names:
+        ra, rb = a.get(key), b.get(key)
         rows.append(ComparisonRow(
-            name=n, type=(ra if ra is not None else rb).type,
+            name=key[0], type=(ra if ra is not None else rb).type,
             data_fed=bool((ra is not None and ra.data_fed) or (rb is not None and rb.data_fed)),
             synops_before=ra.synops if ra else None, synops_after=rb.synops if rb else None,
             ratio=_ratio(ra.synops if ra else None, rb.synops if rb else None),

@@ -189,3 +189,69 @@ def test_count_energy_refuses_costs_that_are_no_joules(bad):
     """A string failed only inside table(); True was priced at 1 J per op."""
     with pytest.raises(ValueError, match=r"CountEnergy costs: energies must be finite joules >= 0"):
         sl.CountEnergy("fit", {"eff_acs": bad})
+
+
+def test_lemaire_counts_every_token_of_a_sample_as_input_events_and_bias_reads():
+    """A Linear(4, 3) fed spike counts as tokens [B=2, N=5, C=4]: mem_io reads one input per event of every token
+    (x.sum() / B, a count of k as k events; it was per token row: 5x too few) and mem_bias one bias per output
+    value (N * Nout per sample, not Nout)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 3, (2, 5, 4), generator=g).float()  # counts 0..2: events
+    counter = sl.SynOpsCounter(lin, batch_dim=0)
+    lin(x)
+    row = counter.table(energy="lemaire2022")[""]  # (the model is the layer: its name is "")
+    events = float(x.sum()) / 2
+    assert row.energy_parts["mem_io"] == pytest.approx(events * _lemaire_mem(4))
+    assert row.energy_parts["mem_bias"] == pytest.approx(5 * 3 * _lemaire_mem(3))
+
+
+def _lemaire_bias_layer(density: float):
+    torch.manual_seed(0)
+    lin = nn.Linear(512, 8)
+    g = torch.Generator().manual_seed(2)
+    counter = sl.SynOpsCounter(lin)
+    for _ in range(4):  # 4 time steps of spikes
+        lin((torch.rand(8, 512, generator=g) < density).float())
+    return counter.table(energy="lemaire2022")
+
+
+def test_break_even_rate_is_where_an_affine_energy_meets_the_ann():
+    """With a bias the Lemaire energy is affine in the input rate (a bias read per output whatever the rate): the
+    break-even rate is where the line through two measured rates meets the ANN's energy (it was in_rate *
+    E_ann / E, as if the energy were proportional); a dense-priced device never gets cheaper: 0.0."""
+    from synopsloss.calibration import break_even
+
+    lo, hi = _lemaire_bias_layer(0.1), _lemaire_bias_layer(0.4)
+    (r1, e1), (r2, e2) = ((t[""].in_rate, t[""].energy) for t in (lo, hi))
+    be = break_even(lo, "horowitz45nm-int8")[""]
+    assert be.break_even_rate > 0
+    want = r1 + (be.ann_energy - e1) * (r2 - r1) / (e2 - e1)  # the line through the two measurements
+    assert be.break_even_rate == pytest.approx(want, rel=1e-6)
+    assert be.break_even_rate == pytest.approx(break_even(hi, "horowitz45nm-int8")[""].break_even_rate, rel=1e-6)
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 16)
+    counter = sl.SynOpsCounter(lin)
+    lin((torch.rand(8, 64) < 0.2).float())
+    assert break_even(counter.table(energy="cpu"), "horowitz45nm-int8")[""].break_even_rate == 0.0
+
+
+def test_device_spiking_must_be_a_bool_and_custom_energies_nonnegative():
+    with pytest.raises(TypeError, match="spiking must be True .* got str 'False'"):
+        register_device("str-spiking-doc", 1e-12, 1e-12, "False", source="test")
+    assert "str-spiking-doc" not in ENERGY_PRESETS
+    with pytest.raises(TypeError, match="spiking must be True"):
+        sl.DeviceEnergy("dev-doc", 1e-12, 1e-12, 0)
+
+    class Negative(sl.EnergyModel):
+        name, source = "negative-doc", "test"
+
+        def parts(self, row):
+            return {"synaptic": -1e-12}
+
+    lin = nn.Linear(2, 2)
+    counter = sl.SynOpsCounter(lin)
+    lin(torch.ones(1, 2))
+    with pytest.raises(ValueError, match="gave the row .* the parts \\{'synaptic': -1e-12\\}"):
+        counter.table(energy=Negative())

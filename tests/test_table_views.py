@@ -149,3 +149,90 @@ def test_latex_escapes_special_characters_and_checks_its_arguments():
     assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 1 and tex.count(r"\midrule") == 2
     with pytest.raises(TypeError, match="caption must be a string"):
         table.to_latex(caption=1)
+
+
+def test_compare_keeps_two_rows_of_one_name():
+    """A norse recurrent cell has a synapse row and a neuron row of one name: compare kept only the second, its
+    rows no longer summed to its total and its network-driven row was empty."""
+    norse = pytest.importorskip("norse.torch")
+    torch.manual_seed(0)
+    cell = norse.LIFRecurrentCell(4, 6)
+    with torch.no_grad():
+        cell.input_weights.mul_(8.0)
+    net = nn.Sequential(nn.Linear(3, 4))
+    net.add_module("cell", cell)
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.cell = net[0], cell
+
+        def forward(self, x):
+            state = None
+            for t in range(x.shape[0]):
+                _, state = self.cell(self.lin(x[t]), state)
+            return state.v
+
+    model = Loop()
+    counter = sl.SynOpsCounter(model)
+    model((torch.rand(5, 2, 3, generator=torch.Generator().manual_seed(3)) < 0.5).float())
+    table = counter.table()
+    cmp = sl.compare(table, table)
+    kinds = sorted(r.kind for r in table if r.name == "cell")
+    assert kinds == ["neuron", "recurrent synapses"]
+    rows = [r for r in cmp.rows if r.name == "cell"]
+    assert len(rows) == 2
+    assert sum(r.synops_before or 0.0 for r in cmp.rows) == pytest.approx(table.total.synops)
+    assert cmp.driven is not None and cmp.driven.synops_before == pytest.approx(
+        sum(r.synops for r in table if r.synops is not None and not r.data_fed))
+
+
+def test_values_that_round_up_to_1000_of_their_unit_print_in_the_next_unit():
+    net = nn.Sequential(nn.Linear(1000, 1000, bias=False))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].weight.view(-1)[:400] = 0.0  # 999,600 synapses
+    counter = sl.SynOpsCounter(net)
+    net(torch.ones(1, 1000))
+    table = counter.table(energy={"e_ac": 1e-15, "e_mac": 1e-15})  # 999.6 pJ
+    text = table.render(["synops", "energy"])
+    assert "1M" in text and "1 nJ" in text and "e+03" not in text
+    tex = table.to_latex(["synops", "energy"], notes=False)
+    assert "1M" in tex and "1 nJ" in tex and "e+03" not in tex
+
+
+def test_markdown_escapes_what_would_format_a_layer_name():
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_module("conv_in", nn.Linear(2, 2))
+
+        def forward(self, x):
+            return self.conv_in(x)
+
+    net = Named()
+    counter = sl.SynOpsCounter(net)
+    net(torch.ones(1, 2))
+    md = counter.table().to_markdown()
+    assert "conv\\_in" in md and "| conv_in" not in md
+
+
+def test_the_blocks_view_keeps_the_estimate_and_energy_columns():
+    """Blocks summed synops and energy but dropped the paper's estimate, its energy and the break-even columns
+    (the Total kept them)."""
+    import snntorch as snn
+
+    from synopsloss.calibration import break_even
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(5, 3),
+                        snn.Leaky(beta=0.9, init_hidden=True))
+    counter = sl.SynOpsCounter(net)
+    for _ in range(4):
+        net((torch.rand(2, 6) < 0.5).float())
+    table = break_even(counter.table(energy="horowitz45nm"))
+    blocks = table.blocks()
+    syn = [r for r in table if r.kind == "synaptic"]
+    for col in ("synops_estimate", "energy_paper", "ann_energy"):
+        assert [getattr(b, col) for b in blocks] == pytest.approx([getattr(r, col) for r in syn])
+    assert [b.break_even_rate for b in blocks] == pytest.approx([r.break_even_rate for r in syn])
