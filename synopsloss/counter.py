@@ -2038,7 +2038,9 @@ def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Op
     """The sample each row of a call belongs to (``[rows]`` int64), from the call's leading dims; ``None`` when
     they cannot be read (the layer is then left out of the per-sample values, and named).
 
-    ``[B, ...]`` and ``[T, B, ...]`` (one of the first two dims holds the samples) are read as they are.
+    ``[B, ...]`` and ``[T, B, ...]`` (one of the first two dims holds the samples) are read as they are, and a
+    single dim of the batch's size after them (``[T, H, B, ...]``); a layout whose heads come before its samples
+    with as many heads as samples (``[T, H, B]``, ``H == B``) is read as ``[T, B, H]``.
     ``[N, N, ...]`` (as many time steps or tokens as samples) is read by the model input's layout
     (``batch_major``) only for the data itself (``data``): a tensor made inside the model may hold its dims in
     another order. Rows folded into one dim (``[B*T]``, ``[N*B]``, ``[B*heads]``) are read only when a sinabs
@@ -2057,11 +2059,12 @@ def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Op
         if batch_major:
             return r // (rows // samples)
         return (r // (rows // (lead[0] * samples))) % samples
-    if lead[0] == samples:  # [B, ...]: batch-major
-        return r // (rows // samples)
-    if lead[1] == samples:  # [T, B, ...]
-        inner = rows // (lead[0] * samples)
+    at = [i for i, d in enumerate(lead) if d == samples]
+    if at and (at[0] < 2 or len(at) == 1):  # [B, ...], [T, B, ...] first; else the one dim of the batch's size
+        inner = math.prod(lead[at[0] + 1:])  # ([T, H, B, ...] with fewer or more heads than samples)
         return (r // inner) % samples
+    if len(at) > 1:  # (two dims of the batch's size past the first two: which one holds the samples is unknown)
+        return None
     raise ValueError(
         f"synopsloss: layer {name!r} read rows with leading dims {lead}, none of which is the batch's {samples} "
         "samples: its synops cannot be split by sample. Pass batch_dim= / time_dim= for the model's input layout, "

@@ -446,3 +446,39 @@ def test_per_sample_says_when_every_layer_is_left_out():
     with pytest.warns(sl.SynOpsWarning, match="per-sample synops leave out layer"):
         with pytest.raises(RuntimeError, match=r"every counted layer of this batch is left out .*'n.0', 'n.2'"):
             counter.per_sample()
+
+
+class _HeadsFirst(nn.Module):
+    """Spike q / k of [T, B, N, H*d], split into heads before the batch: [T, H, B, N, d] (a permuted view)."""
+
+    def __init__(self, heads: int, d: int = 4) -> None:
+        super().__init__()
+        self.h, self.d = heads, d
+        self.q_l, self.k_l = nn.Linear(heads * d, heads * d), nn.Linear(heads * d, heads * d)
+
+    def forward(self, x):
+        t, b, n, _ = x.shape
+        q, k = (self.q_l(x) > 0).float(), (self.k_l(x) > 0).float()
+        split = lambda v: v.reshape(t, b, n, self.h, self.d).permute(0, 3, 1, 2, 4)  # noqa: E731
+        return split(q) @ split(k).transpose(-2, -1)
+
+
+def test_an_attention_product_with_heads_before_the_batch_is_split_by_sample():
+    """[T, H, B, N, d] with 2 heads and 3 samples: the samples are the one dim of size 3 (it was refused as 'none of
+    which is the batch's 3 samples'). By hand: the q k^T terms of each sample, over steps and heads."""
+    torch.manual_seed(0)
+    net = _HeadsFirst(heads=2)
+    counter = sl.SynOpsCounter(net, time_dim=0, per_sample=True)
+    x = (torch.rand(2, 3, 3, 8, generator=torch.Generator().manual_seed(1)) < 0.6).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sl.SynOpsWarning)  # (the projections' rows fold tokens: left out, named)
+        net(x)
+        got = counter.per_sample(by_layer=True)["matmul"].tolist()
+    want = [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        q, k = (net.q_l(x) > 0).double(), (net.k_l(x) > 0).double()
+        for b in range(3):
+            for h in range(2):
+                qs, ks = q[:, b, :, 4 * h:4 * h + 4], k[:, b, :, 4 * h:4 * h + 4]
+                want[b] += float((qs @ ks.transpose(-2, -1)).sum())
+    assert got == pytest.approx(want)
