@@ -221,7 +221,7 @@ from torch import Tensor, nn
 
 from .maps import conv_fanout as _conv_fanout, conv_transpose_fanout as _conv_transpose_fanout, linear_fanout as _linear_fanout
 from .maps import MapCache, magnitude
-from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError, input_changed
+from .errors import ExpectedCountWarning, SynOpsWarning, UncountableOpError, changed_message
 from .records import Call, all_integer_values, reduce_calls, value_range, version_of
 from .hooks import functorch_level as _LEVEL
 from .hooks import own_ops
@@ -655,7 +655,7 @@ def _deferrable(*ts: Optional[Tensor]) -> bool:
 
 
 def _changed_warning(t: Tensor) -> None:
-    warnings.warn(input_changed(t.shape), SynOpsWarning, stacklevel=6)
+    warnings.warn(changed_message(t), SynOpsWarning, stacklevel=6)
 
 
 def _contract(

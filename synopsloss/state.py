@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 import torch
 from torch import Tensor
 
-from .errors import SynOpsWarning, input_changed
+from .errors import SynOpsWarning, changed_message
 from .hooks import own_ops
 
 __all__ = ["Reduce", "state_field", "SynapseState", "NeuronState", "fold", "add_now", "NOW_FIELDS"]
@@ -231,7 +231,7 @@ class SynapseState:
     def apply(self, sums: Any, calls: list) -> None:
         """Add the reduced counts of ``calls`` (:class:`synopsloss.records.Sums`) to the fields."""
         if sums.changed:
-            warnings.warn(input_changed(calls[sums.changed[0]].x.shape), SynOpsWarning, stacklevel=5)
+            warnings.warn(changed_message(calls[sums.changed[0]].x), SynOpsWarning, stacklevel=5)
         self.synops = sums.synops if self.synops is None else self.synops + sums.synops
         self.maps = sums.maps
         self.row_synops.extend(r for _, r in sums.rows)

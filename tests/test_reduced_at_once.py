@@ -592,3 +592,33 @@ def test_a_forward_set_on_a_relu_instance_after_attaching_is_read_as_values():
     fan = (lin.weight != 0).sum(0).double()
     got = counter.snapshot().per_layer()["3"]
     assert got["synops"] == pytest.approx(float((h * fan).sum()) / 3) and got["eff_acs"] == 0.0
+
+
+def test_a_buffer_filled_step_by_step_is_named_as_such_and_counted_right():
+    """Spikes written into a preallocated [T, B, D] buffer (h[t] = ...), a Linear reading h[t]: each write moves the
+    version the views share, so the read cannot tell which part changed; the warning says the input is part of a
+    buffer and that writes elsewhere leave the count right (it said the input was counted with new values). The
+    count equals the hand count."""
+    T, B, D = 3, 2, 6
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(D, D), nn.Linear(D, D)
+
+        def forward(self, x):
+            h = torch.zeros(T, B, D)
+            out = 0
+            for t in range(T):
+                h[t] = (self.fc1(x[t]) > 0).float()
+                out = out + self.fc2(h[t])
+            self.h = h.detach().clone()
+            return out
+
+    torch.manual_seed(0)
+    net = Loop()
+    counter = sl.SynOpsCounter(net, time_dim=0, neurons=False)
+    net((torch.rand(T, B, D) < 0.5).float())
+    with pytest.warns(sl.SynOpsWarning, match=r"is part of a tensor of shape \(3, 2, 6\) .* buf\[t\] = \.\.\."):
+        got = counter.snapshot().per_layer()["fc2"]["synops"]
+    assert got == pytest.approx(float((net.h.double() @ (net.fc2.weight != 0).double().sum(0)).sum()) / B)
