@@ -273,8 +273,10 @@ def samples(ev: Evidence, layers: Mapping[str, Any], options: Options) -> int:
             if name in options.op_rows:
                 hint = (" This row is an op counted op by op: a weight it uses must be an nn.Parameter (or be "
                         "computed from parameters); a buffer or a plain tensor attribute used directly is taken for "
-                        "an activation, and a product of activations of different samples has no samples. If the "
-                        "model was called on one sample without a batch dimension, add one (x.unsqueeze(0)).")
+                        "an activation, and a product of activations of different samples has no samples. A product "
+                        "computed one sample at a time (a Python loop over the batch: torch.stack([q[i] @ k[i].T for "
+                        "i in range(B)])) has no batch dim either: compute it batched (q @ k.transpose(-2, -1)). If "
+                        "the model was called on one sample without a batch dimension, add one (x.unsqueeze(0)).")
             raise ValueError(
                 f"synopsloss: layer {name!r} received {bad[0]} rows of shape {state.in_shape} in one call, "
                 f"not a multiple of the {b} samples learned from {source}.{hint}"
