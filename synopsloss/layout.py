@@ -170,9 +170,11 @@ def reading(ev: Evidence, layers: Mapping[str, Any], options: Options) -> Option
                 f"synopsloss: layers whose input layout is known disagree on the number of samples: "
                 f"{ev.probe_layer!r} saw {b}, {ev.probe_conflict}. Pass SynOpsCounter(model, batch_size=B).")
         if options.batch_dim_given and ev.root_batch is not None and ev.root_batch != b:
+            given, drop = ((f"time_dim={options.time_dim} (so batch_dim={options.batch_dim})", "time_dim=")
+                           if options.time_dim is not None else (f"batch_dim={options.batch_dim}", "batch_dim="))
             raise ValueError(
-                f"synopsloss: batch_dim={options.batch_dim} gives {ev.root_batch} samples (model input "
-                f"{ev.root_shape}), but {source} received {b}. Drop batch_dim= (the layer's layout is "
+                f"synopsloss: {given} gives {ev.root_batch} samples (model input "
+                f"{ev.root_shape}), but {source} received {b}. Drop {drop} (the layer's layout is "
                 "known) or pass the right one.")
         lead = tuple(ev.root_shape[:2]) if ev.root_shape else ()
         held = any(b in tuple(shape[:2]) for shape in ev.root_others.values())  # (model(mask, x): x holds them)

@@ -494,3 +494,13 @@ def test_a_layer_of_known_layout_reading_the_second_arguments_samples_is_not_ref
     counter = sl.SynOpsCounter(net)
     net(torch.ones(7, 7), x)
     assert counter.synops().item() == pytest.approx(float((x * (net.fc.weight != 0).sum(0)).sum()) / 5)
+
+
+def test_a_wrong_time_dim_against_a_known_layout_names_time_dim():
+    """sinabs IAF reads [B, T, C]; time_dim=0 makes batch_dim 1: the message named batch_dim=, never passed."""
+    sl_layers = pytest.importorskip("sinabs.layers")
+    net = nn.Sequential(nn.Linear(4, 4), sl_layers.IAF())
+    counter = sl.SynOpsCounter(net, time_dim=0, neurons=False)
+    net(torch.rand(3, 5, 4))
+    with pytest.raises(ValueError, match=r"time_dim=0 \(so batch_dim=1\) gives 5 samples .* Drop time_dim="):
+        counter.synops()
