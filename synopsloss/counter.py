@@ -647,6 +647,9 @@ class SynOpsCounter:
         elif self._any_pool and registry.max_pool_dims(module) is not None:
             self._hooks.forward(module, self._pools.max_through(registry.max_pool_dims(module), name), owned=False,
                                 quiet=True)
+        if registry.dropout_keep(module) is not None and registry.own_forward(module):  # (the spikes it scales)
+            self._hooks.forward(module, self._pools.dropout_events(name, registry.dropout_keep), owned=False,
+                                quiet=True)
         whole = registry.whole_spikes(module)
         if whole is not None:  # (a pool or a layer reading its spikes unchanged needs no pass to know them)
             # (first among its forward hooks: a user's hook that edits or replaces the output comes after it)

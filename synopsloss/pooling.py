@@ -451,6 +451,31 @@ class PoolEvents:
 
         return hook
 
+    def dropout_events(self, name: str, keep: Callable[[nn.Module], Optional[float]]) -> Callable[..., None]:
+        """A forward hook for a dropout layer that, in training, scales the values it keeps by ``1/(1-p)``: when its
+        input holds whole numbers (spikes, spike counts) and is no pool output (those follow :meth:`pass_through`),
+        its output is tagged with the divisor ``1-p``, so that a layer reading it counts each kept spike as one
+        event (an AC), not ``1/(1-p)`` (a spike after ``Dropout(0.5)`` counted twice). Real-valued inputs keep
+        their scaled values."""
+
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if (not module.training or not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor)
+                    or "forward" in vars(module)):
+                return
+            x = args[0]
+            if self.tags and self._tag_of(x) is not None:  # (a pool's output: the pass-through hook follows it)
+                return
+            kept = keep(module)
+            if (kept is None or not 0.0 < kept < 1.0 or output.numel() != x.numel() or not x.is_floating_point()
+                    or output.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+                    or foreign_forward_hooks(module)):
+                return
+            integer = self._integer(x)  # (whole numbers: each kept value's events are value x (1-p))
+            scale = torch.full((1,), kept, dtype=torch.float32, device=output.device)
+            self.tags[output.untyped_storage().data_ptr()] = _Tag(output, scale, integer)
+
+        return hook
+
     def moved_through(self, name: str = "") -> Callable[..., None]:
         """A forward hook for a layer that moves values without mixing them (:func:`synopsloss.registry.moves_values`:
         pads, nearest upsampling, shuffles): its output keeps the events, the divisors moved by the layer's own

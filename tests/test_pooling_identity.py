@@ -961,3 +961,47 @@ def test_a_forward_set_on_a_relu_instance_is_read_as_values():
     want = brute_force_counts(frozen_copy(lin), 3 * F.avg_pool2d(x, 2).flatten(1), samples=3)
     got = counter.snapshot().per_layer()["3"]
     assert (got["synops"], got["eff_macs"], got["eff_acs"]) == pytest.approx((want["synops"], want["eff_macs"], 0.0))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_a_training_dropout_after_spikes_counts_each_kept_spike_once(p, grad):
+    """Dropout(p) in training keeps a spike as 1/(1-p): the layer after it counts each kept spike as one event, an
+    AC (it counted 2 accumulates per spike at p=0.5, and MACs at p=0.3). By hand: the kept spikes x fan-out. The
+    synops' gradient reaches the spikes as the fan-out (through the dropout's 1/(1-p))."""
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 3, bias=False)
+    drop = nn.Dropout(p).train()
+    seen = []
+    lin.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))  # (the dropout's output)
+    net = nn.Sequential(drop, lin)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    x = _spikes(6, 8, seed=11).requires_grad_(grad)
+    rng = torch.get_rng_state()
+    with torch.set_grad_enabled(grad):
+        net(x)
+    torch.set_rng_state(rng)
+    mask = (F.dropout(torch.ones(6, 8), p, True) != 0).double()  # the dropout's keep mask (the same draw)
+    assert torch.allclose(mask * x.detach().double() / (1 - p), seen[0].double())
+    kept = mask * x.detach().double()  # the spikes that survived
+    fan = (lin.weight != 0).sum(0).double()
+    got = counter.snapshot().per_layer()["1"]
+    want = float((kept * fan).sum()) / 6
+    assert (got["synops"], got["eff_acs"], got["eff_macs"]) == pytest.approx((want, want, 0.0))
+    if grad:
+        counter.synops().backward()
+        assert torch.allclose(x.grad.double(), mask * fan / 6)
+
+
+def test_a_training_dropout_after_real_values_keeps_its_scaled_values():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 3, bias=False)
+    drop = nn.Dropout(0.5).train()
+    seen = []
+    lin.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    net = nn.Sequential(drop, lin)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(torch.rand(6, 8, generator=torch.Generator().manual_seed(12)) + 0.1)
+    fan = (lin.weight != 0).sum(0).double()
+    got = counter.snapshot().per_layer()["1"]
+    assert got["synops"] == pytest.approx(float((seen[0].double() * fan).sum()) / 6) and got["eff_acs"] == 0.0
