@@ -522,7 +522,7 @@ class NeuronMonitor:
                 updates=None if updates is None else updates + state.updates_first,
                 updates_dense=state.updates_dense, rows=state.rows, numel=state.numel, calls=state.calls,
                 neurons=state.neurons, sample_shape=tuple(state.sample_shape), in_shape=tuple(state.in_shape),
-                out_shape=tuple(state.out_shape),
+                out_shape=tuple(state.out_shape), mixed=bool(state.shape_changed),
             )
         return out
 
@@ -628,6 +628,8 @@ def neuron_row(s: NeuronStats, samples: int, steps: Optional[float] = None) -> D
         return row
     rows, neurons = _activation_layout(s, samples, steps) if s.kind == LayerKind.ACTIVATION else (s.rows, s.neurons)
     slots = rows * neurons
+    if getattr(s, "mixed", False):  # (widths changed between calls: rates over every output value, no one width)
+        slots, neurons = s.numel, None
     row.update(neurons=neurons, time_steps=rows / samples)
     row["density"] = s.nonzero / slots if slots and s.nonzero is not None else None
     if s.kind == LayerKind.NEURON:

@@ -126,6 +126,9 @@ class NeuronStats:
     sample_shape: Tuple[int, ...] = ()
     in_shape: Tuple[int, ...] = ()
     out_shape: Tuple[int, ...] = ()
+    #: the layer's output width changed between calls (one module used at two places of different widths): its
+    #: rates are over every output value (``numel``), and ``neurons`` is no single width
+    mixed: bool = False
 
 
 _LAYER_SUMS = ("synops", "dense", "eff_macs", "eff_acs", "input_sum", "input_nonzero", "calls", "rows", "sample_steps",

@@ -341,3 +341,34 @@ def test_one_snntorch_neuron_on_layers_of_two_widths_counts_each_call_as_a_new_m
     lif = counter.snapshot().neurons["lif"]
     assert lif.updates_dense == steps * batch * (6 + 3)
     assert lif.updates == lif.updates_dense  # (every call a membrane of its own: all its neurons)
+
+
+def test_a_neuron_module_used_at_two_widths_rates_over_every_output():
+    """One snntorch Leaky after fc1 (6 wide) and fc2 (4 wide): its firing rate and density are over every output
+    value of both places (they used the last width, 4, for both: 0.219 for 0.175); no single width is given."""
+    import snntorch as snn
+    from snntorch import utils as snn_utils
+
+    class Reuse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(5, 6), nn.Linear(6, 4)
+            self.lif = snn.Leaky(beta=0.9, init_hidden=True, threshold=0.3)
+
+        def forward(self, x):
+            return self.lif(self.fc2(self.lif(self.fc1(x))))
+
+    torch.manual_seed(0)
+    net = Reuse()
+    outs = []
+    net.lif.register_forward_hook(lambda m, a, o: outs.append(o.detach().clone()))
+    counter = sl.SynOpsCounter(net)
+    snn_utils.reset(net)
+    for _ in range(4):
+        net((torch.rand(3, 5) < 0.5).float())
+    spikes = sum(float(o.sum()) for o in outs)
+    values = sum(o.numel() for o in outs)
+    row = counter.neurons.stats()["lif"]
+    assert row["firing_rate"] == pytest.approx(spikes / values)
+    assert row["density"] == pytest.approx(sum(float((o != 0).sum()) for o in outs) / values)
+    assert row["neurons"] is None
