@@ -471,6 +471,8 @@ class PoolEvents:
                     or foreign_forward_hooks(module)):
                 return
             integer = self._integer(x)  # (whole numbers: each kept value's events are value x (1-p))
+            if x.device.type == "cpu" and not bool(integer):
+                return  # (real values, read on the host without a sync: no tag, the layer after reads as usual)
             scale = torch.full((1,), kept, dtype=torch.float32, device=output.device)
             self.tags[output.untyped_storage().data_ptr()] = _Tag(output, scale, integer)
 
