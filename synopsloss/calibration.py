@@ -95,6 +95,9 @@ def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "
     if table.energy_model is None:
         raise ValueError("break_even needs a table with an energy column: counter.table(energy='horowitz45nm') "
                          "(or another preset) prices the spiking side")
+    pricer = getattr(table, "pricer", None)
+    if pricer is None:  # (a table made by hand: its model by name)
+        pricer = get_energy_model(table.energy_model)
     rows = []
     for row in table.rows:
         new = dataclasses.replace(row)
@@ -102,7 +105,7 @@ def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "
         if spiking and row.energy and row.in_rate and row.time_steps:
             e_ann = model.energy(_ann_row(row, ann_density)) or 0.0
             new.ann_energy = e_ann
-            new.break_even_rate = _rate_at(get_energy_model(table.energy_model), row, e_ann)
+            new.break_even_rate = _rate_at(pricer, row, e_ann)
         rows.append(new)
     total = dataclasses.replace(table.total)
     priced = [r.ann_energy for r in rows if r.ann_energy is not None]
@@ -110,7 +113,7 @@ def break_even(table: Any, ann: Union[str, EnergyModel, Mapping[str, float]] = "
     notes = list(table.notes) + [f"Break-even: the equivalent quantised ANN priced by {model.name!r} "
                                  "(Yan et al. 2024); a spiking layer is cheaper while In rate < Break-even."]
     return SynOpsTable(rows, total, samples=table.samples, dt=table.dt, energy_model=table.energy_model,
-                       per_neuron=table.per_neuron, notes=notes, view=table.view)
+                       per_neuron=table.per_neuron, notes=notes, view=table.view, pricer=pricer)
 
 
 def _rate_at(model: EnergyModel, row: Any, e_ann: float) -> float:

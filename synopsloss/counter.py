@@ -571,7 +571,9 @@ class SynOpsCounter:
         self._hooks.forward(self.model, SynOpsCounter._root_post_hook, quiet=True)
         pools = [m for m in self.model.modules() if registry.pool_divisor(m) is not None]
         frames = PoolEvents.frame_modules(self.model, _calls_of, pools)  # functional pools, cat, dropout
-        self._any_pool = bool(pools or frames)  # else no layer needs to follow pool outputs
+        # else no layer needs to follow pool outputs (a training dropout of spikes tags its output as a pool does)
+        self._any_pool = bool(pools or frames) or any(
+            registry.dropout_keep(m) is not None and registry.own_forward(m) for m in self.model.modules())
         # the modules' buffer dicts: buffers may be (re)assigned and registered later, in these same dicts
         self._buffer_dicts = [m._buffers for m in self.model.modules()]
         self._attached_modules: "weakref.WeakSet[nn.Module]" = weakref.WeakSet(self.model.modules())

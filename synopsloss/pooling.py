@@ -466,13 +466,21 @@ class PoolEvents:
             if self.tags and self._tag_of(x) is not None:  # (a pool's output: the pass-through hook follows it)
                 return
             kept = keep(module)
-            if (kept is None or not 0.0 < kept < 1.0 or output.numel() != x.numel() or not x.is_floating_point()
-                    or output.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
-                    or foreign_forward_hooks(module)):
+            if kept is None or not 0.0 < kept < 1.0 or output.numel() != x.numel() or not x.is_floating_point():
                 return
-            integer = self._integer(x)  # (whole numbers: each kept value's events are value x (1-p))
+            if output.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():  # (inplace=True: x is scaled)
+                with torch.no_grad():
+                    integer = all_integer(output.detach() * kept)  # (the values before: within float rounding)
+            else:
+                integer = self._integer(x)  # (whole numbers: each kept value's events are value x (1-p))
             if x.device.type == "cpu" and not bool(integer):
                 return  # (real values, read on the host without a sync: no tag, the layer after reads as usual)
+            if foreign_forward_hooks(module):  # (a hook may change its output: no tag, and said so)
+                self._warn(f"synopsloss: the training dropout {name!r} ({type(module).__name__}) has a forward hook "
+                           "that is not the counter's; a hook may change its output, so the spikes after it are "
+                           f"counted as the values they are (a kept spike as 1/(1-p) = {1 / kept:.3g}, not one "
+                           "event). Remove the hook (a forward pre-hook of the next layer sees the same tensor).")
+                return
             scale = torch.full((1,), kept, dtype=torch.float32, device=output.device)
             self.tags[output.untyped_storage().data_ptr()] = _Tag(output, scale, integer)
 

@@ -172,4 +172,5 @@ def build_table(
         notes.append("Neuron ops unknown for " + ", ".join(unknown) + " (no operation cost for their type; "
                      "pass costs= to NeuronMonitor / see synopsloss.neurons).")
     return SynOpsTable(rows, total, samples=samples, dt=dt, energy_model=model.name if model is not None else None,
+                       pricer=model,
                        per_neuron=per_neuron or {}, notes=notes)

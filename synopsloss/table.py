@@ -426,6 +426,7 @@ class SynOpsTable:
         per_neuron: Optional[Dict[str, Tensor]] = None,
         notes: Sequence[str] = (),
         view: str = "layers",
+        pricer: Any = None,
     ) -> None:
         if view not in ("layers", "blocks"):
             raise ValueError(f"view must be 'layers' or 'blocks', got {view!r}")
@@ -434,6 +435,8 @@ class SynOpsTable:
         self.samples = samples
         self.dt = dt
         self.energy_model = energy_model
+        #: the EnergyModel that priced the rows (``energy_model`` is its name; a model of yours need not be a preset)
+        self.pricer = pricer
         self.per_neuron = dict(per_neuron or {})
         self.notes = list(notes)
         self.view = view
@@ -535,7 +538,7 @@ class SynOpsTable:
         if merged:
             notes.append("Recurrent synapses counted in their neuron's block: " + "; ".join(merged) + ".")
         return SynOpsTable(blocks, self.total, samples=self.samples, dt=self.dt, energy_model=self.energy_model,
-                           per_neuron=self.per_neuron, notes=notes + self.notes, view="blocks")
+                           per_neuron=self.per_neuron, notes=notes + self.notes, view="blocks", pricer=self.pricer)
 
     # ------------------------------------------------------------------ rendering
 

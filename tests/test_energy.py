@@ -255,3 +255,19 @@ def test_device_spiking_must_be_a_bool_and_custom_energies_nonnegative():
     lin(torch.ones(1, 2))
     with pytest.raises(ValueError, match="gave the row .* the parts \\{'synaptic': -1e-12\\}"):
         counter.table(energy=Negative())
+
+
+def test_break_even_of_a_table_priced_by_an_unregistered_model():
+    """A table priced by an EnergyModel of yours that is no preset: break_even prices it with that model (it looked
+    the model up by name and raised). OpEnergy on both sides: e_mac_ann / (T * e_ac), by hand."""
+    from synopsloss.calibration import break_even
+
+    net = nn.Sequential(nn.Linear(4, 3, bias=False))
+    counter = sl.SynOpsCounter(net)
+    for _ in range(5):
+        net(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    mine = sl.OpEnergy("mine-not-registered", e_ac=0.9e-12, e_mac=4.6e-12, source="test")
+    table = counter.table(energy=mine)
+    ann = sl.OpEnergy("ann-int8-test", e_ac=0.03e-12, e_mac=0.23e-12, source="test")
+    row = break_even(table, ann)["0"]
+    assert row.break_even_rate == pytest.approx(0.23e-12 / (5 * 0.9e-12))

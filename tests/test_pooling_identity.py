@@ -1005,3 +1005,37 @@ def test_a_training_dropout_after_real_values_keeps_its_scaled_values():
     fan = (lin.weight != 0).sum(0).double()
     got = counter.snapshot().per_layer()["1"]
     assert got["synops"] == pytest.approx(float((seen[0].double() * fan).sum()) / 6) and got["eff_acs"] == 0.0
+
+
+@pytest.mark.parametrize("chain", ["inplace_0.5", "inplace_0.3", "dropout_dropout", "dropout_relu"])
+def test_dropouts_inplace_or_chained_after_spikes_count_each_kept_spike_once(chain):
+    """An in-place dropout (its output is its scaled input), two dropouts, a dropout then a ReLU, with no pool in
+    the model: the kept spikes x fan-out, as ACs (by hand, from the values the layer received x (1-p) per dropout)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 3, bias=False)
+    mods = {"inplace_0.5": [nn.Dropout(0.5, inplace=True)], "inplace_0.3": [nn.Dropout(0.3, inplace=True)],
+            "dropout_dropout": [nn.Dropout(0.5), nn.Dropout(0.5)], "dropout_relu": [nn.Dropout(0.5), nn.ReLU()]}[chain]
+    keep = 1.0
+    for m in mods:
+        keep *= 1 - getattr(m, "p", 0.0)
+    seen = []
+    lin.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    net = nn.Sequential(*mods, lin).train()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(_spikes(6, 8, seed=13))
+    events = (seen[0].double() * keep).round()  # the kept spikes (0 or 1)
+    assert set(events.unique().tolist()) <= {0.0, 1.0}
+    fan = (lin.weight != 0).sum(0).double()
+    got = counter.snapshot().per_layer()[str(len(mods))]
+    want = float((events * fan).sum()) / 6
+    assert (got["synops"], got["eff_acs"], got["eff_macs"]) == pytest.approx((want, want, 0.0))
+
+
+def test_a_user_hook_on_a_training_dropout_after_spikes_is_named():
+    drop = nn.Dropout(0.5)
+    drop.register_forward_hook(lambda m, a, o: None)
+    net = nn.Sequential(drop, nn.Linear(8, 3)).train()
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with pytest.warns(sl.SynOpsWarning, match=r"the training dropout '0' \(Dropout\) has a forward hook .* 1/\(1-p\) = 2"):
+        net(_spikes(6, 8, seed=14))
+    assert counter.snapshot().per_layer()["1"]["synops"] > 0
