@@ -578,6 +578,22 @@ def _sj_whole(module: nn.Module) -> Optional[str]:
     return "binary" if heaviside else None
 
 
+def _snntorch_whole(module: nn.Module) -> Optional[str]:
+    """snntorch ``Leaky``: ``spike_grad(mem - threshold) * graded_spikes_factor``, whose forward is the Heaviside
+    step for every surrogate of ``snntorch.surrogate``: 0 and 1 when the factor is 1 (not learnt) and the state is not
+    quantised. (On a GPU the factor is not read: that would wait for the device.)"""
+    fn = getattr(module, "spike_grad", None)
+    if (getattr(fn, "__module__", None) != "snntorch.surrogate" or getattr(module, "state_quant", False)
+            or getattr(module, "learn_graded_spikes", False)):
+        return None
+    factor = getattr(module, "graded_spikes_factor", 1.0)
+    if isinstance(factor, Tensor):
+        if factor.device.type != "cpu" or factor.numel() != 1:
+            return None
+        factor = float(factor)
+    return "binary" if factor == 1.0 else None
+
+
 #: Neuron types whose spike function makes whole-number spikes by construction: their output is read as integer
 #: (``"integer"``) or as 0 and 1 (``"binary"``) without a pass over it, by an average pool reading it and by a
 #: layer reading it without gradients. Exact classes: a subclass may compute its output otherwise. Value: the
@@ -590,6 +606,8 @@ WHOLE_SPIKES: Dict[TypeKey, Callable[[nn.Module], Optional[str]]] = {
     "spikingjelly.activation_based.neuron.IFNode": _sj_whole,
     "spikingjelly.activation_based.neuron.LIFNode": _sj_whole,
     "spikingjelly.activation_based.neuron.ParametricLIFNode": _sj_whole,
+    # spike_grad(mem - threshold) * graded_spikes_factor: a snntorch surrogate's forward is the Heaviside step
+    "snntorch.Leaky": _snntorch_whole,
 }
 
 

@@ -622,3 +622,38 @@ def test_a_buffer_filled_step_by_step_is_named_as_such_and_counted_right():
     with pytest.warns(sl.SynOpsWarning, match=r"is part of a tensor of shape \(3, 2, 6\) .* buf\[t\] = \.\.\."):
         got = counter.snapshot().per_layer()["fc2"]["synops"]
     assert got == pytest.approx(float((net.h.double() @ (net.fc2.weight != 0).double().sum(0)).sum()) / B)
+
+
+@pytest.mark.parametrize("kind", ["default", "graded", "own_spike_fn"])
+def test_an_snntorch_leakys_spikes_are_trusted_only_with_a_snntorch_surrogate_and_factor_one(kind):
+    """snntorch Leaky fires spike_grad(mem - threshold) * graded_spikes_factor: with a snntorch surrogate (the
+    Heaviside step forward) and factor 1 its 0/1 output is trusted (a large layer reading it takes no integer pass);
+    a factor of 0.5, or a spike function of one's own (a sigmoid), is read as the values it makes."""
+    import snntorch as snn
+
+    torch.manual_seed(0)
+    kw = {"graded": dict(graded_spikes_factor=0.5), "own_spike_fn": dict(spike_grad=torch.sigmoid)}.get(kind, {})
+    lif = snn.Leaky(beta=0.9, init_hidden=True, threshold=0.5, **kw)
+    lin = nn.Linear(20000, 3, bias=False)
+    net = nn.Sequential(lif, lin)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    seen = []
+    lin.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().double().clone()))
+    ops = []
+
+    class Seen(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Seen():
+        net(torch.rand(4, 20000))
+        total = counter.snapshot().total()
+    s = seen[0]
+    fan = (lin.weight != 0).sum(0).double()
+    assert total["synops"] == pytest.approx(float((s.abs() * fan).sum()) / 4, rel=1e-6)
+    spikes = bool(((s == 0) | (s == 1)).all())
+    assert spikes is (kind == "default")
+    eff = float(((s != 0).double() * fan).sum()) / 4
+    assert (total["eff_acs"], total["eff_macs"]) == ((pytest.approx(eff), 0.0) if spikes else (0.0, pytest.approx(eff)))
+    assert bool([f for f in ops if "frac" in f]) is (kind != "default")  # (trusted: no integer pass)
