@@ -49,7 +49,10 @@ def test_synapses_only_counter_hooks_no_neuron_layer_and_its_table_lists_synapse
     net = make_net()
     counter = sl.SynOpsCounter(net, neurons=False)
     assert counter.neurons is None
-    assert not net[1]._forward_hooks and not net[4]._forward_hooks
+    # no neuron statistics: at most the one forward hook that notes the neurons' 0/1 spikes for the layers reading
+    # them (a snntorch surrogate's spikes: no integer pass there)
+    for lif in (net[1], net[4]):
+        assert len(lif._forward_hooks) <= 1
     run(counter, net, (torch.rand(2, 3, 1, 6, 6) < 0.5).float())
     table = counter.table()
     assert [row.name for row in table.rows] == ["0", "3"]
