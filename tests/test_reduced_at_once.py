@@ -24,6 +24,18 @@ from synopsloss.records import reducible_now
 B, C, H = 8, 4, 48  # 8 x 4 x 48 x 48 = 73728 values: a call large enough to be reduced at once
 
 
+class _Seen(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the name of every aten op run inside it (into ``ops``)."""
+
+    def __init__(self, ops: list) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 def _conv() -> nn.Conv2d:
     torch.manual_seed(0)
     conv = nn.Conv2d(C, 6, 3, stride=2, padding=1, bias=False)
@@ -381,12 +393,8 @@ def test_a_whole_spike_neurons_output_is_reduced_without_a_test_for_spikes(scale
     counter = sl.SynOpsCounter(net, neurons=False)
     ops = []
 
-    class Seen(torch.utils._python_dispatch.TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            ops.append(str(func))
-            return func(*args, **(kwargs or {}))
 
-    with torch.no_grad(), Seen():
+    with torch.no_grad(), _Seen(ops):
         net(x)
     total = counter.snapshot().total()
     assert total["synops"] == pytest.approx(want, rel=1e-12)
@@ -526,12 +534,8 @@ def test_a_whole_spike_neurons_output_read_with_gradients_needs_no_integer_pass(
         net(x)
     ops = []
 
-    class Seen(torch.utils._python_dispatch.TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            ops.append(str(func))
-            return func(*args, **(kwargs or {}))
 
-    with Seen():
+    with _Seen(ops):
         total = counter.snapshot().total()
     assert total["synops"] == pytest.approx(want, rel=1e-12)
     assert (total["eff_acs"], total["eff_macs"]) == ((pytest.approx(eff), 0.0) if edit == "none"
@@ -641,12 +645,8 @@ def test_an_snntorch_leakys_spikes_are_trusted_only_with_a_snntorch_surrogate_an
     lin.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().double().clone()))
     ops = []
 
-    class Seen(torch.utils._python_dispatch.TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            ops.append(str(func))
-            return func(*args, **(kwargs or {}))
 
-    with torch.no_grad(), Seen():
+    with torch.no_grad(), _Seen(ops):
         net(torch.rand(4, 20000))
         total = counter.snapshot().total()
     s = seen[0]
