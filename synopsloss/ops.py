@@ -398,10 +398,12 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype, weight: bool
                 lo, hi = value_range(dense)
                 if hi != hi:  # (NaN: the general path carries it, as min_max's NaN min sends it there)
                     lo = hi
-                binary = lo == 0.0 and hi in (0.0, 1.0) and bool(all_integer_values(dense, nonneg=True))
+                # (the integer test, made once: the path below reuses it when the max is 0 or 1)
+                whole = all_integer_values(dense, nonneg=True) if lo == 0.0 and hi in (0.0, 1.0) else None
+                binary = whole is not None and bool(whole)
             else:
                 lo, hi = min_max(det)
-                binary = False
+                binary, whole = False, None
         if binary:  # only 0 and 1 (a neuron's spikes, a product of them): the sums are the nonzeros
             mag = _rsum(t, dims, red)
             yes = torch.ones((), dtype=torch.bool)
@@ -413,8 +415,10 @@ def _operand_sums(t: Tensor, dims: Sequence[int], red: torch.dtype, weight: bool
             with torch.no_grad():
                 candidate = (need_spiking and float(hi) <= 1
                              and float(mag.detach().sum(dtype=torch.float64)) == float(nz.sum(dtype=torch.float64)))
-                integer = (all_integer_values(det if dense is None else dense, nonneg=True)
-                           if (candidate or need_integer) else None)
+                integer = None
+                if candidate or need_integer:
+                    integer = whole if whole is not None else all_integer_values(det if dense is None else dense,
+                                                                                 nonneg=True)
                 spiking = integer if candidate else torch.zeros((), dtype=torch.bool)
             return mag, nz, spiking, integer
     with torch.no_grad():
