@@ -479,6 +479,8 @@ class SynOpsCounter:
         self.check_finite = bool(check_finite)
         self.auto_reset = bool(auto_reset)
         self._layers: Dict[str, _Layer] = {}
+        # {name: (T, B)} of the SpikingJelly folding containers running now (their children read [T*B, ...])
+        self._folding: Dict[str, Tuple[int, int]] = {}
         self._shaped: List[_Layer] = []
         self.integer_spikes = integer_spikes
         self._encoding = _check_encoding(encoding)
@@ -664,6 +666,10 @@ class SynOpsCounter:
         fused = {nn.TransformerEncoderLayer: layer_takes_fast_path, nn.MultiheadAttention: mha_takes_fast_path}
         if type(module) in fused:  # keep torch's fused output (fastpath.py)
             self._guards.replacing(module, FusedGuard(weakref.ref(self), fused[type(module)]).post)
+        if frameworks.may_fold_time(module):  # (the [T, B] of its children's folded rows, for per-sample synops)
+            self._hooks.pre(module, functools.partial(SynOpsCounter._folding_pre, name=name), quiet=True)
+            self._hooks.forward(module, functools.partial(SynOpsCounter._folding_post, name=name), quiet=True,
+                                always_call=True)
         if registry.is_time_folding(module):
             self._hooks.pre(module, functools.partial(SynOpsCounter._fold_hook, name=name), quiet=True)
         elif registry.neuron_library(module) == "sinabs":
@@ -769,8 +775,14 @@ class SynOpsCounter:
                     self._reduce_held(graph=False)
                     settle_all(list(batch.layers.values()), self._whole.kind)
                 if self.per_sample_counts:
-                    self._sample_values = self._sample_dict(samples, accumulated=True)
-                    self._sampled += samples
+                    try:
+                        self._sample_values = self._sample_dict(samples, accumulated=True)
+                    except (ValueError, RuntimeError) as err:  # (the batch's counts still enter the totals)
+                        self._warn_once(
+                            "synopsloss: reset() keeps no per-sample synops of the last batch (its counts enter the "
+                            f"accumulated totals): {err}", stacklevel=3)
+                    else:
+                        self._sampled += samples
                 self._sums.take(batch.layers)  # one stacked add (else each field is folded below)
                 for name, state in batch.layers.items():
                     fold(self._totals.setdefault(name, SynapseState()), state)
@@ -947,6 +959,38 @@ class SynOpsCounter:
                if b is not None and b.device.type != "meta"}
         live = [r() for r in self._batch.outputs]
         return own | {_storage(t) for t in live if t is not None}
+
+    def _folding_pre(self, module: nn.Module, args: tuple, *, name: str) -> None:
+        """A SpikingJelly container that calls its children on ``[T*B, ...]`` starts: its ``(T, B)`` is noted
+        while it runs, so that its layers' rows are split by sample (:meth:`_sample_lead`)."""
+        x = args[0] if args else None
+        x = x[0] if isinstance(x, tuple) and x else x
+        if isinstance(x, Tensor) and x.dim() >= 2 and frameworks.folds_time_first(module):
+            self._folding[name] = (int(x.shape[0]), int(x.shape[1]))
+        else:
+            self._folding.pop(name, None)
+
+    def _folding_post(self, module: nn.Module, args: tuple, output: Any, *, name: str) -> None:
+        self._folding.pop(name, None)
+
+    def _sample_lead(self, name: str, lead: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
+        """``lead`` with the dim of the samples known, as ``(*lead, batch dim)``, when a layout says where it is: a
+        layer called by a folding container on ``[T*B, ...]`` (its first dim split into the container's
+        ``(T, B)``), or a SpikingJelly multi-step layer's own ``[T, B, ...]``; else ``None``."""
+        if self._folding:
+            parts = name.split(".")
+            for i in range(len(parts) - 1, -1, -1):
+                tb = self._folding.get(".".join(parts[:i]))
+                if tb is not None:
+                    if lead and lead[0] == tb[0] * tb[1]:
+                        return tb + tuple(lead[1:]) + (1,)
+                    break
+        layer = self._layers.get(name)
+        if layer is not None and len(lead) >= 2:
+            lay = frameworks.step_layout(layer.module)
+            if lay is not None and lay[0] == "time_first":
+                return tuple(lead) + (1,)
+        return None
 
     def _fold_hook(self, module: nn.Module, args: tuple, *, name: str) -> None:
         if not args or not isinstance(args[0], Tensor):
@@ -1184,8 +1228,10 @@ class SynOpsCounter:
                 call = call._replace(encoding=enc)
         state = self._state(name, call.x.device)
         if self.per_sample_counts:  # (a fold of a view keeps its base's order: view_lead)
-            state.call_leads.append((view_lead(call.x, call.entry.effective.numel(), call.rows,
-                                               lead if lead else (call.rows,)), data))
+            known = self._sample_lead(name, lead if lead else (call.rows,))
+            state.call_leads.append((known[:-1], data, known[-1]) if known is not None else (
+                view_lead(call.x, call.entry.effective.numel(), call.rows, lead if lead else (call.rows,)), data,
+                None))
         state.calls += 1
         state.rows_total += call.rows
         state.rows.add(call.rows)
@@ -1339,7 +1385,7 @@ class SynOpsCounter:
         ))
         if c.later is not None:  # an activation product: its sums are taken when the counts are read
             if self.per_sample_counts and c.row_dims and not state.unsampled:  # and its synops per batch row
-                state.call_leads.append((c.row_dims, data))
+                state.call_leads.append((c.row_dims, data, None))
                 state.later.append(functools.partial(c.later, per_row=True))
             else:
                 state.unsampled = state.unsampled or self.per_sample_counts
@@ -1664,9 +1710,10 @@ class SynOpsCounter:
             return True
         self._warn_once(
             f"synopsloss: per-sample synops were kept for {self._sampled} of the {self._total_samples} samples "
-            "counted before this batch (per_sample_counts was off for the others), so the accumulated snapshot "
-            "holds none: its distribution() would describe only some samples. Call counter.reset("
-            "accumulated=True) after switching per_sample_counts on.", stacklevel=5)
+            "counted before this batch (per_sample_counts was off for the others, or their batch could not be "
+            "split by sample: named in an earlier warning), so the accumulated snapshot holds none: its "
+            "distribution() would describe only some samples. Call counter.reset(accumulated=True) after switching "
+            "per_sample_counts on.", stacklevel=5)
         return False
 
     def _sample_dict(self, samples: int, accumulated: bool) -> Dict[str, Tuple[float, ...]]:
@@ -1715,9 +1762,9 @@ class SynOpsCounter:
             if not state.call_leads or state.unsampled:
                 continue
             parts, index = [], []
-            for (lead, data), row in zip(state.call_leads, state.row_synops):
+            for (lead, data, at), row in zip(state.call_leads, state.row_synops):
                 parts.append(row)
-                idx = _row_samples(tuple(lead), row.numel(), b, batch_major, name, data, folded_batch)
+                idx = _row_samples(tuple(lead), row.numel(), b, batch_major, name, data, folded_batch, at)
                 if idx is None:
                     unread[name] = tuple(lead)
                     break
@@ -2039,7 +2086,7 @@ def _calls_of(cls: type) -> Optional[frozenset]:
 
 
 def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Optional[bool], name: str,
-                 data: bool = False, folded_batch: bool = False) -> Optional[Tensor]:
+                 data: bool = False, folded_batch: bool = False, at: Optional[int] = None) -> Optional[Tensor]:
     """The sample each row of a call belongs to (``[rows]`` int64), from the call's leading dims; ``None`` when
     they cannot be read (the layer is then left out of the per-sample values, and named).
 
@@ -2050,12 +2097,16 @@ def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Op
     (``batch_major``) only for the data itself (``data``): a tensor made inside the model may hold its dims in
     another order. Rows folded into one dim (``[B*T]``, ``[N*B]``, ``[B*heads]``) are read only when a sinabs
     ``*Squeeze`` layer says they are batch-major (``folded_batch``); a fold of a view is seen through
-    (:func:`synopsloss.records.view_lead`) before this."""
+    (:func:`synopsloss.records.view_lead`) before this. ``at``: the dim of ``lead`` that holds the samples, when a
+    layout says so (a SpikingJelly multi-step layer's ``[T, B, ...]``, the rows its folding container folded:
+    :meth:`SynOpsCounter._sample_lead`), also with as many time steps as samples."""
     r = torch.arange(rows)
     if rows % samples:
         raise ValueError(f"synopsloss: layer {name!r} read {rows} rows, not a multiple of {samples} samples")
     if rows == samples:  # one row per sample
         return r
+    if at is not None and at < len(lead) and lead[at] == samples and math.prod(lead) == rows:
+        return (r // math.prod(lead[at + 1:])) % samples  # the samples' dim is known (``at``)
     if len(lead) == 1:  # folded: the order of the dims folded with the samples cannot be read
         return r // (rows // samples) if folded_batch else None
     if lead[0] == samples and lead[1] == samples:  # [N, N, ...]

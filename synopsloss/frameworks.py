@@ -792,6 +792,30 @@ def _folds_children(module: nn.Module) -> bool:
             and not getattr(module, "stateful", True))
 
 
+def may_fold_time(module: nn.Module) -> bool:
+    """Whether ``module`` is a SpikingJelly container that may call its children on ``[T*B, ...]`` folded from its
+    ``[T, B, ...]`` input (:func:`folds_time_first` says whether it does at a call)."""
+    return _isinstance(module, (_SJL + "SeqToANNContainer", _SJL + "StepModeContainer")) and not _isinstance(
+        module, (_SJL + "TLastSeqToANNContainer",))
+
+
+def folds_time_first(module: nn.Module) -> bool:
+    """Whether ``module`` now calls its children on ``[T*B, ...]``, time-major, folded from its ``[T, B, ...]``
+    input: SpikingJelly's ``SeqToANNContainer``, or a stateless ``StepModeContainer`` in multi-step mode
+    (``functional.seq_to_ann_forward``).
+
+    Example
+    -------
+    >>> folds_time_first(torch.nn.Sequential())
+    False
+    """
+    if not may_fold_time(module):
+        return False
+    if _isinstance(module, (_SJL + "StepModeContainer",)):
+        return getattr(module, "step_mode", "s") == "m" and not getattr(module, "stateful", True)
+    return True
+
+
 def time_layout(model: nn.Module) -> Optional[Dict[str, Any]]:
     """Where the samples and time steps are, from ``model``'s SpikingJelly / norse modules alone.
 

@@ -600,8 +600,9 @@ def _per_layer_synops(parts: List[Tuple[Tensor, ...]], owners: List[int], synops
 
 def view_lead(t: Tensor, n_el: int, rows: int, lead: Tuple[int, ...]) -> Tuple[int, ...]:
     """The leading dims by which a call's ``rows`` are split by sample: ``lead`` (the call's own), or, for rows
-    folded into one dim (``lead == (rows,)``) of a contiguous view of a tensor whose memory is dense, that
-    tensor's leading dims in memory order (``x.flatten(0, 1)`` of ``[B, T, C]``: ``(B, T)``; torch's multi-head
+    of a contiguous view of a tensor whose memory is dense, that tensor's leading dims in memory order when they
+    refine the call's own (``x.flatten(0, 1)`` of ``[B, T, C]``: ``(B, T)``; of ``[T, B, N, C]`` read by a
+    ``Linear`` as ``[T*B, N, C]``: ``(T, B, N)``; torch's multi-head
     attention folds its ``[batch, heads, tokens, d]`` output, laid out tokens first, into ``[tokens * batch, E]``:
     ``(tokens, batch)``), whose order the fold kept.
 
@@ -610,9 +611,11 @@ def view_lead(t: Tensor, n_el: int, rows: int, lead: Tuple[int, ...]) -> Tuple[i
     >>> base = torch.zeros(2, 3, 4)
     >>> view_lead(base.flatten(0, 1), 4, 6, (6,)), view_lead(base.flatten(0, 1).clone(), 4, 6, (6,))
     ((2, 3), (6,))
+    >>> view_lead(torch.zeros(2, 3, 5, 4).flatten(0, 1), 4, 30, (6, 5))
+    (2, 3, 5)
     """
     base = t._base
-    if len(lead) != 1 or base is None or base.numel() != t.numel() or not t.is_contiguous():
+    if not lead or base is None or base.numel() != t.numel() or not t.is_contiguous():
         return lead
     # the base's dims in memory order (a permuted view of contiguous memory, as torch's attention leaves it)
     order = sorted(range(base.dim()), key=lambda i: -base.stride(i))
@@ -627,7 +630,17 @@ def view_lead(t: Tensor, n_el: int, rows: int, lead: Tuple[int, ...]) -> Tuple[i
         k -= 1
         inner *= dims[k]
     out = dims[:k]
-    return out if inner == n_el and len(out) >= 2 and math.prod(out) == rows else lead
+    if inner != n_el or len(out) <= len(lead) or math.prod(out) != rows:
+        return lead
+    # the base's first dims must split the call's first one (``[T*B, N]`` of a ``[T, B, N, C]`` base:
+    # ``(T, B, N)``); the call's other dims are kept as they are (a split of them could only add ambiguity)
+    i, size = 0, 1
+    while i < len(out) and size < lead[0]:
+        size *= out[i]
+        i += 1
+    if size != lead[0] or i < 2 or math.prod(out[i:]) != math.prod(lead[1:]):
+        return lead
+    return tuple(out[:i]) + tuple(lead[1:])
 
 
 

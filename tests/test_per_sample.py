@@ -482,3 +482,111 @@ def test_an_attention_product_with_heads_before_the_batch_is_split_by_sample():
                 qs, ks = q[:, b, :, 4 * h:4 * h + 4], k[:, b, :, 4 * h:4 * h + 4]
                 want[b] += float((qs @ ks.transpose(-2, -1)).sum())
     assert got == pytest.approx(want)
+
+
+class _TokenMLP(nn.Module):
+    """Spikformer's MLP: a Linear over tokens with time and samples folded, ``fc(x.flatten(0, 1))`` of
+    ``[T, B, N, C]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        t, b, n, _ = x.shape
+        return self.fc(x.flatten(0, 1)).reshape(t, b, n, 5)
+
+
+@pytest.mark.parametrize("kw", [{"batch_dim": 1}, {"batch_size": 3}])
+def test_tokens_with_time_and_samples_folded_are_split_by_sample_and_reset_works(kw):
+    """``[T*B, N, C]`` rows (a view of ``[T, B, N, C]``) were refused ('none of which is the batch's 3 samples'), and
+    reset() raised the same error, so the batch was never cleared. By hand: each sample's spikes x fan-out 5."""
+    x = (torch.rand(2, 3, 7, 4, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    net = _TokenMLP()
+    counter = sl.SynOpsCounter(net, neurons=False, per_sample=True, **kw)
+    for _ in range(2):  # two batches: reset() starts the second one
+        with torch.no_grad():
+            net(x)
+        want = [float(x[:, i].sum()) * 5 for i in range(3)]
+        assert counter.per_sample().tolist() == pytest.approx(want)
+        assert float(counter.synops()) == pytest.approx(sum(want) / 3)
+        counter.reset()
+    assert counter.snapshot(accumulated=True).per_sample["fc"] == pytest.approx(want * 2)
+
+
+def test_reset_keeps_the_counts_when_a_batch_cannot_be_split_by_sample():
+    """A batch whose rows cannot be split by sample: reset() warns, adds its counts to the totals and starts the
+    next batch (it raised, and every later batch piled onto the unreset one). By hand: spikes x fan-out 5."""
+    class Refold(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 5)
+
+        def forward(self, x):  # rows folded as [2, 9]: neither dim is the batch's 3 samples
+            return self.fc(x.reshape(2, 9, 4))
+
+    net = Refold()
+    counter = sl.SynOpsCounter(net, neurons=False, per_sample=True, batch_dim=0)
+    x = (torch.rand(3, 6, 4, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    for i in range(2):
+        with torch.no_grad():
+            net(x)
+        assert float(counter.synops()) == pytest.approx(float(x.sum()) * 5 / 3)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            counter.reset()
+        said = [str(w.message) for w in seen if "reset() keeps no per-sample synops" in str(w.message)]
+        assert len(said) == (1 if i == 0 else 0)  # (once per counter)
+    with pytest.warns(sl.SynOpsWarning, match="kept for 0 of the 6 samples"):
+        acc = counter.snapshot(accumulated=True)
+    assert acc.total()["synops"] == pytest.approx(float(x.sum()) * 5 / 3) and not acc.per_sample
+
+
+def _sj_net(t_last: bool = False):
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1)), neuron.IFNode(),
+                        layer.Flatten(), layer.Linear(4 * 8 * 8, 5))
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def _sj_alone(net, frames):
+    """Each sample's synops, counted with that sample alone (brute force by separation)."""
+    from spikingjelly.activation_based import functional
+
+    out = []
+    counter = sl.SynOpsCounter(net, neurons=False)
+    for i in range(frames.shape[1]):
+        counter.reset()
+        functional.reset_net(net)
+        with torch.no_grad():
+            net(frames[:, i:i + 1].contiguous())
+        out.append(float(counter.synops()))
+    counter.remove()
+    return out
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_a_copy_folded_by_a_spikingjelly_container_is_split_by_sample(steps):
+    """SpikingJelly's recipe ``frames.transpose(0, 1)`` ([B, T] -> [T, B], not contiguous): SeqToANNContainer's
+    ``flatten(0, 1)`` is then a copy, whose rows were left out ('an order that cannot be read'); with as many steps
+    as samples (T == B == 3) every multi-step layer was. Each sample's synops equal it counted alone."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional
+
+    net = _sj_net()
+    frames = (torch.rand(3, steps, 2, 8, 8, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    x = frames.transpose(0, 1)
+    assert not x.is_contiguous()
+    want = _sj_alone(net, x)
+    counter = sl.SynOpsCounter(net, neurons=False, per_sample=True)
+    functional.reset_net(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)
+        with torch.no_grad():
+            net(x)
+        got = counter.per_sample().tolist()
+    assert got == pytest.approx(want)
+    assert float(counter.synops()) == pytest.approx(sum(want) / 3)
