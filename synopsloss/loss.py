@@ -978,6 +978,26 @@ class EnergyLoss(SynOpsLoss):
         syn = set(self.counter.layer_names)
         super()._check_gradient([n for n in names if n in syn], per_layer, fed)
 
+    def _check_reachable(self, term: _Term, names: List[str], per_layer: Dict[str, Tensor], fed: List[str],
+                         t: Any) -> None:
+        """As :class:`SynOpsLoss`, and a target at or below the energy the loss has no gradient for: the neuron
+        rows it regularises (updates, spike writes), with the data-fed layers."""
+        super()._check_reachable(term, names, per_layer, fed, t)
+        const = [n for n in names if n in self._constant and n not in fed]
+        if not const:
+            return
+        with torch.no_grad():
+            floor = float(sum(per_layer[n].detach() for n in names if n in const or n in fed))
+        if float(t) <= floor:
+            self._warn(
+                f"unreachable:{term.label}",
+                f"EnergyLoss: the target for {term.label!r} ({float(t):.6g} J per sample) is at or below the energy "
+                f"that the loss has no gradient for ({floor:.6g} J: the neuron row(s) {const}, whose updates and spike "
+                "writes do not depend on the weights through the synops, with the data-fed layers): the loss can "
+                "only approach it by silencing the network-driven layers, which collapses accuracy. Raise the "
+                "target (fraction= above that share of the measured energy), or leave the neuron rows out "
+                "(layers=[the synaptic layers]).")
+
     def __repr__(self) -> str:
         return super().__repr__().replace("SynOpsLoss(", "EnergyLoss(", 1)[:-1] + f", energy={self.energy_model.name!r})"
 

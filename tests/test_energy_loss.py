@@ -334,3 +334,32 @@ def test_a_second_call_in_a_calibrating_batch_gives_the_first_calls_target():
         first, second = _quiet(loss), _quiet(loss)
         assert loss.last()["target"] == pytest.approx(0.5 * sums / samples)
         assert float(first) == pytest.approx(float(second))
+
+
+@pytest.mark.parametrize("fraction, warns", [(0.3, True), (0.9, False)])
+def test_a_target_below_the_neuron_energy_without_gradient_is_named(fraction, warns):
+    """loihi-davies2018 prices every neuron update: the default layers' energy has a part without gradient (the
+    neuron rows). A target below it could only be approached by silencing the synaptic layers (training drove
+    layer '2' to 0 J, with no warning). Reference: the neuron rows' energy in the counter's own table, by hand."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 64), snn.Leaky(beta=0.8, init_hidden=True), nn.Linear(64, 64),
+                        snn.Leaky(beta=0.8, init_hidden=True), nn.Linear(64, 3))
+    with torch.no_grad():
+        net[0].bias.fill_(0.2)
+    x = (torch.rand(4, 5, 8, generator=torch.Generator().manual_seed(3)) < 0.3).float()
+    counter = sl.SynOpsCounter(net)
+    loss_fn = sl.EnergyLoss(counter, fraction=fraction, energy="loihi-davies2018")
+    snn_utils.reset(net)
+    for t in range(5):
+        net(x[:, t])
+    table = counter.table(energy="loihi-davies2018")
+    neurons = table["1"].energy + table["3"].energy
+    driven = neurons + table["2"].energy + table["4"].energy
+    assert (fraction * driven <= neurons) == warns  # the case is what it claims to be
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        loss_fn()
+    said = [str(w.message) for w in seen if "no gradient for" in str(w.message)]
+    assert len(said) == int(warns)
+    if warns:
+        assert f"({neurons:.6g} J" in said[0] and "['1', '3']" in said[0]
