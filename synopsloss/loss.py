@@ -22,6 +22,7 @@ an :class:`UnreachableTargetWarning` once the first batches are measured.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -83,6 +84,28 @@ def _over_ranks(total: Tensor, samples: int, group: Any = "world") -> float:
     both = torch.stack([total.detach().double(), torch.full_like(total.detach().double(), float(samples))])
     dist.all_reduce(both, group=pg)
     return float(both[0] / both[1])
+
+
+def _active_group(group: Any) -> Any:
+    """The process group that ``group`` (``"world"``, a group or ``None``) names when ``torch.distributed`` runs
+    with more than one process in it (``None``: the default group), else ``False``."""
+    import torch.distributed as dist
+
+    if group is None or not (dist.is_available() and dist.is_initialized()):
+        return False
+    pg = None if isinstance(group, str) else group
+    return pg if dist.get_world_size(pg) > 1 else False
+
+
+def _sum_in_group(values: Tensor, group: Any) -> Tensor:
+    """``values`` (CPU float64) summed over the processes of ``group`` (on the GPU for NCCL), returned on the CPU."""
+    import torch.distributed as dist
+
+    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl"
+              else torch.device("cpu"))
+    out = values.to(device).clone()
+    dist.all_reduce(out, group=group)
+    return out.cpu()
 
 
 class SynOpsLoss:
@@ -742,9 +765,17 @@ class SynOpsLoss:
     # ------------------------------------------------------------------ schedules and state
 
     def step(self) -> None:
-        """Advance the target and weight schedules by one step (call it per batch or per epoch)."""
+        """Advance the target and weight schedules by one step (call it per batch or per epoch).
+
+        Under data parallel training (``torch.distributed`` initialised, ``calibration_group`` not ``None``) an
+        :class:`~synopsloss.schedules.Iterative` target first sums its observations over the group's processes
+        (every process calls ``step()`` at the same step), so that every rank sets the same next target.
+        """
         self.last_step += 1
+        group = _active_group(self.calibration_group)
         for sched in self._schedules:
+            if group is not False and isinstance(sched, Iterative):
+                sched.synchronize(functools.partial(_sum_in_group, group=group))
             sched.step()
 
     @property

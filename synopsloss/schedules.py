@@ -502,6 +502,8 @@ class Iterative(Schedule):
         self.achieved: List[float] = []   # achieved synops per sample at the end of each finished stage
         self._steps: List[List[Any]] = []  # [sum, count] of the observations of the stage's recent steps
         self._current: List[Any] = [0.0, 0]
+        # start=None: [sum, count] of the observation that set the first target, until synchronize() reads it
+        self._first: Optional[List[Any]] = None
 
     # ------------------------------------------------------------------ observations
 
@@ -527,6 +529,7 @@ class Iterative(Schedule):
                     "start= (synops per sample) or check that the network spikes."
                 )
             self.stage_targets.append(max(self.factor * first, self.min_target))
+            self._first = [value * check_int("samples", samples, minimum=1), samples]
         n = check_int("samples", samples, minimum=1)
         self._current = [self._current[0] + value * n, self._current[1] + n]
 
@@ -537,11 +540,21 @@ class Iterative(Schedule):
         stage's recent steps) and returns its sum over processes. It is
         called only when the next :meth:`step` ends a stage, which every
         process reaches at the same step, so the ranks agree on the next
-        target; otherwise this does nothing.
+        target. With ``start=None`` it is also called once after the first
+        observation, which every process makes on its first batch: the first
+        target is then ``factor`` x the mean over every process's samples.
+        Otherwise this does nothing.
         """
+        import torch
+
+        if self._first is not None:
+            s, c = reduce(torch.tensor([[float(self._first[0]), float(self._first[1])]], dtype=torch.float64)
+                          ).reshape(-1).tolist()
+            self._first = None
+            if len(self.stage_targets) == 1 and c > 0:
+                self.stage_targets[0] = max(self.factor * s / c, self.min_target)
         if not self._ends_stage(self.last_step + 1):
             return
-        import torch
 
         entries = self._steps + [self._current]
         rows = [torch.stack([torch.as_tensor(s, dtype=torch.float64).reshape(()).cpu(),

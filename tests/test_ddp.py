@@ -171,6 +171,57 @@ def test_fraction_calibration_under_plain_ddp_is_the_per_sample_average_over_eve
         assert res["target"] == pytest.approx(0.5 * driven / samples, rel=1e-6)
 
 
+def iterative_batches(rank: int):
+    """Four [B, 6] batches per rank (rank 0: 3 samples, rank 1: 5), of different scales on the two ranks."""
+    g = torch.Generator().manual_seed(10 + rank)
+    return [torch.rand(SNAP_BATCH[rank], 6, generator=g) * (1 + 3 * rank) for _ in range(4)]
+
+
+def iterative_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    try:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        counter = sl.SynOpsCounter(net, neurons=False)
+        it = sl.schedules.Iterative(factor=0.7, stage_steps=2)
+        loss_fn = sl.SynOpsLoss(counter, target=it)
+        model = nn.parallel.DistributedDataParallel(net)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # (the synops stay what the data makes them)
+        targets = []
+        for x in iterative_batches(rank):
+            counter.reset()
+            (model(x).square().mean() + loss_fn()).backward()
+            opt.step()
+            opt.zero_grad()
+            loss_fn.step()
+            targets.append(loss_fn.targets()["driven"])
+        torch.save({"stage_targets": list(it.stage_targets), "targets": targets}, f"{out}/{rank}.pt")
+        del model
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_iterative_target_under_plain_ddp_is_set_from_every_ranks_samples(tmp_path):
+    """Each rank set its Iterative targets from its own batches (different targets under averaged gradients).
+    By hand: each batch's layer-"2" synops (linear_pair_synops), averaged over both ranks' samples."""
+    from helpers import linear_pair_synops
+
+    run_fresh_call("test_ddp", "launch", "iterative_worker", str(tmp_path))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    mean = []  # per step: the per-sample synops of layer "2" over both ranks' samples
+    for step in range(4):
+        xs = [iterative_batches(r)[step] for r in range(WORLD)]
+        mean.append(sum(linear_pair_synops(net, x)["2"] * x.shape[0] for x in xs) / sum(x.shape[0] for x in xs))
+    want = [0.7 * mean[0], 0.7 * mean[1], 0.7 * mean[3]]  # the first batch, then each stage's last step
+    results = [torch.load(tmp_path / f"{r}.pt") for r in range(WORLD)]
+    for res in results:
+        assert res["stage_targets"] == pytest.approx(want, rel=1e-6)
+    assert results[0]["targets"] == results[1]["targets"]
+
+
 # ---------------------------------------------------------------------------- with Lightning
 
 L = pytest.importorskip("lightning.pytorch")
