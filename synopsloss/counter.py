@@ -113,6 +113,24 @@ class _Layer:
     once: Optional["_Once"] = None  # evaluated twice per call of its neuron (registry.REPEATED_EVALUATIONS)
 
 
+class _CachedWeights:
+    """``torch.nn.utils.parametrize.cached()`` from a parametrized layer's forward pre-hook to the end of its forward
+    hooks: the counting hook reads the weight the forward used (one evaluation of the parametrization per call, as
+    without the counter; nothing is cached after the call)."""
+
+    def __init__(self) -> None:
+        self._open: List[Any] = []
+
+    def enter(self, module: nn.Module, args: tuple) -> None:
+        window = parametrize.cached()
+        window.__enter__()
+        self._open.append(window)
+
+    def exit(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._open:
+            self._open.pop().__exit__(None, None, None)
+
+
 class _Once:
     """A layer that its neuron module evaluates twice per call on the same input (snntorch's zero reset runs
     ``recurrent(self.spk)`` twice): the second call within one call of the neuron is not counted.
@@ -638,6 +656,12 @@ class SynOpsCounter:
                 self._hooks.forward(twice[0], layer.once.exit, owned=False, always_call=True)
             # prepend: the hook runs before FSDP2's forward hook reshards the weight (synopsloss.sharding)
             self._hooks.direct(module, self._layer_hook_for(name, self._layers[name]))
+            if not rule.weight.endswith("()") and parametrize.is_parametrized(module, rule.weight):
+                # the weight its forward computed, read again by the hook from the parametrization's cache: a
+                # second evaluation would draw a random mask anew, or run spectral_norm's power iteration again
+                window = _CachedWeights()
+                self._hooks.pre(module, window.enter, owned=False)
+                self._hooks.forward(module, window.exit, owned=False, always_call=True)
             return
         pool = registry.pool_divisor(module)
         if pool is not None:
@@ -1966,7 +1990,11 @@ class SynOpsCounter:
         if layer is None:
             return None
         if layer.rule.fanout is not None:
-            w = getattr(layer.module, layer.rule.weight, None)
+            if parametrize.is_parametrized(layer.module, layer.rule.weight):
+                # the weight its last call used (evaluating the parametrization again may draw random numbers)
+                w = layer.last[2] if layer.last is not None else None
+            else:
+                w = getattr(layer.module, layer.rule.weight, None)
             return int(w.numel()) if isinstance(w, Tensor) else None
         return sum(p.numel() for n, p in layer.module.named_parameters()
                    if n.startswith("weight") or n.endswith("_weights"))  # norse: input_weights, recurrent_weights

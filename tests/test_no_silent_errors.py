@@ -481,3 +481,70 @@ def test_sums_over_more_than_2_to_the_24_rows_are_exact():
     net(torch.ones(1, n, 1))
     got = counter.snapshot().per_layer()["0"]
     assert got["synops"] == float(n) and got["eff_acs"] == float(n)
+
+
+class _DropConnect(nn.Module):
+    """A parametrization drawing a new random mask at each evaluation (DropConnect, hard-concrete gates)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: list = []
+
+    def forward(self, w):
+        m = torch.rand_like(w) < 0.5
+        self.masks.append(m)
+        return w * m
+
+
+def _dropconnect_run(count: bool):
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 6, bias=False)
+    drop = _DropConnect()
+    parametrize.register_parametrization(lin, "weight", drop)
+    xs = [(torch.rand(3, 8) < 0.4).float() for _ in range(4)]
+    counter = sl.SynOpsCounter(lin) if count else None
+    ys = [lin(x) for x in xs]
+    got = counter.snapshot().per_layer()[""]["synops"] if counter else None
+    return lin, drop, xs, ys, got
+
+
+def test_a_random_parametrization_is_evaluated_once_per_call_and_its_mask_is_counted():
+    """The counter read a parametrized weight again after each call (and at the read): a random mask was drawn
+    anew, so the model's outputs changed (the random stream moved) and another mask was counted, silently. By
+    hand: each call's mask is the one whose product gives that call's output."""
+    _, _, _, plain, _ = _dropconnect_run(False)
+    lin, drop, xs, ys, got = _dropconnect_run(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, ys))  # attaching the counter changed nothing
+    w0 = lin.parametrizations.weight.original.detach()
+    want = 0.0
+    for x, y in zip(xs, ys):
+        (mask,) = [m for m in drop.masks if torch.equal(x @ (w0 * m).T, y)][:1]
+        want += float((x.double() * (w0 * mask != 0).double().sum(0)).sum())
+    assert got == pytest.approx(want / 3)
+
+
+def test_spectral_norm_buffers_are_those_of_a_model_never_counted():
+    """spectral_norm runs a power iteration at each evaluation in training: the counter's reads moved its ``_u``
+    buffer (and the outputs). Reference: the same model run without the counter."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    def run(count: bool):
+        torch.manual_seed(0)
+        net = nn.Sequential(spectral_norm(nn.Linear(8, 6)), nn.ReLU(), nn.Linear(6, 2)).train()
+        xs = [(torch.rand(3, 8) < 0.4).float() for _ in range(3)]
+        counter = sl.SynOpsCounter(net) if count else None
+        ys = []
+        for x in xs:
+            if counter:
+                counter.reset()
+            ys.append(net(x))
+            if counter:
+                counter.synops()
+                counter.table()
+        return torch.stack(ys), net.state_dict()
+
+    (a, sa), (b, sb) = run(False), run(True)
+    assert torch.equal(a, b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
