@@ -79,7 +79,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import frameworks, registry, sharding
+from . import frameworks, recurrent, registry, sharding
 from . import layout as batch_layout
 from ._validate import check_int
 from .hooks import HookSet, foreign_forward_hooks, functorch_level, next_stamp, pop_package_modes, push_modes
@@ -1140,6 +1140,13 @@ class SynOpsCounter:
                 raise TypeError(f"synopsloss: the counting rule for {type(module).__name__} (layer {name!r}) returned "
                                 f"{type(counts).__name__}; a rule registered with counts=True returns "
                                 "synopsloss.maps.OpCounts")
+            if (self._pools.tagged and isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and args
+                    and isinstance(args[0], Tensor) and args[0].numel()):  # spike events through an average pool
+                x = args[0]
+                scale, integer = self._pools.scale_for(name, x, x.numel() // module.input_size, module.input_size,
+                                                       self._warn_once)
+                if scale is not None and integer is not None:
+                    counts = recurrent.pooled_events(module, x, counts, scale, integer)
             if not _in_backward():  # gradient checkpointing re-runs forwards in backward: counted once
                 self._accumulate(name, counts)
             return

@@ -59,6 +59,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Optional, Tuple
 
@@ -328,6 +329,31 @@ def layer_counts(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> O
             input_sum=x.detach().to(dtype).sum(), input_nonzero=(x != 0).sum().to(dtype),
             in_neurons=module.input_size,
         )
+
+
+def pooled_events(module: nn.Module, x: Tensor, counts: OpCounts, scale: Tensor, integer: Tensor) -> OpCounts:
+    """``counts`` of a torch recurrent layer or cell whose input ``x`` is an average-pool output of spike counts:
+    its input synapses take the spike events (each value times its pool divisor ``scale``, per input neuron
+    ``[n]`` or per value ``[rows, n]``; applied where the 0-dim bool ``integer`` says the pool read integers), as a
+    ``Linear`` does; the recurrent synapses and the effective and dense ops (nonzero patterns) are unchanged.
+
+    Example
+    -------
+    >>> rnn = nn.RNNCell(2, 3)
+    >>> x = torch.tensor([[0.5, 0.0]])  # one spike in a window of two
+    >>> c = pooled_events(rnn, x, cell_counts(rnn, (x,), {}, None), torch.tensor([2.0, 2.0]), torch.tensor(True))
+    >>> float(c.synops)  # one event over 3 synapses
+    3.0
+    """
+    n = module.input_size
+    flat = x.reshape(-1, n).to(torch.float64)
+    if isinstance(module, nn.RNNCellBase):
+        fan = _fanout(module.weight_ih)
+    else:  # the first layer reads the input, in each direction
+        fan = sum(_fanout(getattr(module, "weight_ih_l0" + s))
+                  for s in ("", "_reverse")[:2 if module.bidirectional else 1])
+    extra = (magnitude(flat) * (scale.to(torch.float64) - 1) * fan.to(x.device)).sum()
+    return dataclasses.replace(counts, synops=counts.synops + extra * integer.to(torch.float64))
 
 
 # --------------------------------------------------------------------------- SNN recurrent synapses

@@ -320,3 +320,37 @@ def test_a_readout_of_the_recurrent_layer_after_the_neuron_returned_is_counted_e
     readouts = sum(1 for i, e in enumerate(log) if not isinstance(e, str) and log[i - 1] == "exit")
     assert readouts == steps and total > 0
     assert counter.snapshot().total()["synops"] == pytest.approx(total / batch)
+
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
+def test_spike_events_through_an_average_pool_into_a_recurrent_layer(cls):
+    """Spikes -> AvgPool1d(2) -> RNN / LSTM / GRU: the input synapses counted the pooled values (half the events
+    here), silently, where a Linear counts the events. By hand: events x input fan-out, plus the recurrent part
+    from the layer's own hidden states (its output, h_0 = 0) x recurrent fan-out."""
+    torch.manual_seed(31)
+    T, B, F = 5, 3, 8
+    x = (torch.rand(T, B, F) < 0.4).float()
+    layer = cls(F // 2, 4)
+    net = nn.Sequential(nn.AvgPool1d(2), layer)
+    counter = sl.SynOpsCounter(net, batch_dim=1)
+    out = net(x)[0]
+    got = counter.snapshot().per_layer()["1"]["synops"]
+    events = x.reshape(T, B, F // 2, 2).sum(-1).double()  # spikes per pool window
+    fan_ih = (layer.weight_ih_l0 != 0).sum(0).double()
+    fan_hh = (layer.weight_hh_l0 != 0).sum(0).double()
+    h_prev = torch.cat([torch.zeros(1, B, 4), out[:-1]]).detach().double()
+    want = float((events * fan_ih).sum() + (h_prev.abs() * fan_hh).sum()) / B
+    assert got == pytest.approx(want, rel=1e-7)  # (the counter re-runs the steps: float32 states)
+
+
+def test_spike_events_through_an_average_pool_into_a_recurrent_cell():
+    """The same for nn.RNNCell without a state: events x input fan-out (it counted the pooled values)."""
+    torch.manual_seed(3)
+    x = (torch.rand(3, 8) < 0.5).float()
+    cell = nn.RNNCell(4, 5)
+    net = nn.Sequential(nn.AvgPool1d(2), cell)
+    counter = sl.SynOpsCounter(net)
+    net(x)
+    events = x.reshape(3, 4, 2).sum(-1).double()
+    want = float((events * (cell.weight_ih != 0).sum(0).double()).sum()) / 3
+    assert counter.snapshot().per_layer()["1"]["synops"] == pytest.approx(want, rel=1e-12)
