@@ -291,6 +291,8 @@ def conv_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shap
 def conv_transpose_fanout(module: nn.Module, w01: Tensor, in_shape: Shape, out_shape: Shape) -> Tensor:
     """Count synops for nn.ConvTransposeNd: its adjoint, a convolution of ones over the output."""
     n = _conv_ndim(module)
+    if 0 in tuple(out_shape):  # (padding that leaves no output: no input neuron reaches one)
+        return torch.zeros(tuple(in_shape), dtype=w01.dtype, device=w01.device)
     ones = torch.ones((1, *out_shape), dtype=w01.dtype, device=w01.device)
     m = _CONV[n](
         ones, w01, stride=module.stride, padding=module.padding,

@@ -430,3 +430,14 @@ def test_a_changed_zero_pattern_rebuilds_the_map_once_not_at_every_read(monkeypa
             got = counter.synops()
         assert float(got) == pytest.approx(float((x * (net[0].weight != 0).sum(0)).sum()) / 4)
     assert len(builds) == before + 1
+
+
+def test_a_transposed_convolution_whose_padding_leaves_no_output_has_no_synapse():
+    """ConvTranspose2d(k=4, padding=3) on 3x3 returns an empty output: torch runs it, the counter's map raised a
+    torch error inside the model's forward. By hand: no input neuron reaches an output, every count is 0."""
+    layer = nn.ConvTranspose2d(2, 2, kernel_size=4, padding=3)
+    x = (torch.rand(2, 2, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    assert layer(x).numel() == 0
+    with sl.SynOpsCounter(layer) as counter:
+        layer(x)
+        assert counter.snapshot().per_layer()[""] == {"dense": 0.0, "eff_macs": 0.0, "eff_acs": 0.0, "synops": 0.0}
