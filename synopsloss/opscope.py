@@ -776,7 +776,8 @@ class OpScope:
                         if isinstance(h, prune.BasePruningMethod)]
         for name, module in modules.items():
             if name not in self.scoped and not (name in layers) and (
-                    registry.neuron_library(module) is not None or not any(True for _ in module.parameters(False))):
+                    registry.neuron_library(module) is not None or not any(True for _ in module.parameters(False))
+                    or registry.has_no_synapse(module)):  # (declared synapse-free: its activation products count)
                 why = self._wants(module)
                 if why is not None:
                     self.scoped[name] = why

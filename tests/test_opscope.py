@@ -882,3 +882,34 @@ def test_a_nan_in_a_transposed_operand_is_reported_at_read():
     counter.model(a, b)
     with pytest.raises(FloatingPointError, match="NaN or inf in the input of layer 'matmul'"):
         counter.snapshot()
+
+
+class _TempAttn(nn.Module):
+    """Attention with a learnable temperature: parameters that are no synapses, and a spike x spike product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.temp = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        return (q @ k.transpose(-2, -1)) * self.temp
+
+
+def test_a_module_declared_synapse_free_keeps_its_activation_products(monkeypatch):
+    """register_no_synapse -- the fix the counter's own warning names for the temperature -- dropped the module's
+    q @ k^T row (synops 0, no warning). By hand: the sum of the binary product per sample."""
+    from synopsloss import registry
+
+    monkeypatch.setitem(registry.NO_SYNAPSE, _TempAttn, "a temperature is no synapse")
+    torch.manual_seed(0)
+    net = _TempAttn()
+    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.UnsupportedLayerWarning)  # (declared: not named as unsupported)
+        counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    net(x)
+    with counter.paused(), torch.no_grad():
+        q, k = (net.q(x) > 0).float(), (net.k(x) > 0).float()
+    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float((q @ k.transpose(-2, -1)).sum()) / 2)
