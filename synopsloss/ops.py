@@ -1119,7 +1119,7 @@ _OP_TABLE: Tuple[Tuple[Tuple[Callable, ...], Handler], ...] = (
     ((F.conv_transpose2d,), _h_conv_transpose(2)),
     ((F.conv_transpose3d,), _h_conv_transpose(3)),
     ((torch.convolution,), _h_convolution),
-    ((torch.matmul, _T.matmul, _T.__matmul__), _h_matmul(swap=False)),
+    ((torch.matmul, _T.matmul, _T.__matmul__, torch.linalg.matmul), _h_matmul(swap=False)),
     ((_T.__rmatmul__,), _h_matmul(swap=True)),
     ((torch.mm, _T.mm), _h_product("mm", "mk", "kn", "mn")),
     ((torch.bmm, _T.bmm), _h_product("bmm", "Amk", "Akn", "Amn")),

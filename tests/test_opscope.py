@@ -913,3 +913,24 @@ def test_a_module_declared_synapse_free_keeps_its_activation_products(monkeypatc
     with counter.paused(), torch.no_grad():
         q, k = (net.q(x) > 0).float(), (net.k(x) > 0).float()
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float((q @ k.transpose(-2, -1)).sum()) / 2)
+
+
+class _LinalgAttn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, x):
+        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        return torch.linalg.matmul(q, k.transpose(-2, -1))
+
+
+def test_torch_linalg_matmul_is_counted_as_matmul():
+    """torch.linalg.matmul was not in the op table: the product had no row, silently. By hand: the sum of the
+    binary product per sample."""
+    torch.manual_seed(0)
+    net = _LinalgAttn()
+    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    out = net(x)
+    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
