@@ -698,10 +698,15 @@ class OpScope:
         self.param_modules.clear()
 
     def scoped_rule(self, name: str, module: nn.Module, rule: Rule, rules: Dict[type, Rule]) -> bool:
-        """Rule 3: a map-rule module whose class overrides ``forward`` is counted op by op."""
+        """Rule 3: a map-rule module whose class overrides ``forward`` (or whose instance has its own) is counted op
+        by op."""
         if self.ops == "none" or rule.fanout is None:
             return False
         base = _rule_class(module, rules)
+        if base is not None and "forward" in vars(module):  # a forward set on the instance (a masking tool's patch)
+            self.scoped[name] = "a forward set on the instance"
+            self.own_rule.add(name)
+            return True
         if base is None or type(module).forward is base.forward:
             return False
         if any(type(module).forward is c.forward for c in registry._types(registry.RULE_FORWARD_AS_IS)):

@@ -934,3 +934,21 @@ def test_torch_linalg_matmul_is_counted_as_matmul():
     counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
     out = net(x)
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
+
+
+def test_a_linear_whose_forward_is_set_on_the_instance_is_counted_with_the_weight_it_uses():
+    """A masking tool's patch: ``layer.forward = masked forward`` on an nn.Linear instance was counted with
+    ``.weight`` (every tap), silently, where a subclass doing the same was right. By hand: x . nonzero taps of
+    the masked weight, per sample."""
+    import types
+
+    torch.manual_seed(0)
+    mask = (torch.rand(5, 8) < 0.3).float()
+    x = (torch.rand(3, 8) < 0.5).float()
+    layer = nn.Linear(8, 5, bias=False)
+    layer.forward = types.MethodType(lambda self, v: F.linear(v, self.weight * mask), layer)
+    net = nn.Sequential(layer)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    want = float((x * ((layer.weight * mask) != 0).sum(0)).sum()) / 3
+    assert counter.snapshot().per_layer()["0"]["synops"] == pytest.approx(want)
