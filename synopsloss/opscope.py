@@ -98,10 +98,11 @@ with a mask buffer, ``fake_quantize(w)``, ``(w - w.mean()) / w.std()``): the
 autograd graph is walked (at most :data:`MAX_WALK` nodes; a node outside
 :data:`WEIGHT_PREP_NODES` or an input that is not a parameter, a buffer (of a
 module other than a neuron) or a scalar stops it, and at least one parameter
-must be reached). Under ``no_grad`` a
-derived weight is recognised only through the batch-dims rule of
-:mod:`synopsloss.ops` (``x[B, N, C] @ w[C, D]``); ``x[B, C] @ (w * m).t()``
-then counts as a product with one row, which the samples check reports.
+must be reached). In every grad mode the function mode also follows what a
+counting frame computes from parameters, buffers and scalars alone
+(:meth:`OpScope._follow`): ``w * 2``, ``w * (w.abs() > t)``,
+``torch.where(w.abs() > t, w, 0.)``, whose scalars and masks autograd's record
+does not show, are weights with gradients as without.
 
 Never a silent zero
 -------------------
@@ -600,7 +601,7 @@ class _Mode(PackageMode):
         mine = self.scopes  # (this thread's)
         if func not in _WATCHED:
             out = func(*args, **kwargs)
-            if mine and not torch.is_grad_enabled():  # (no autograd record: follow weights made of parameters)
+            if mine:  # (follow weights made of parameters: autograd's record misses scalars and masks)
                 for scope in mine:
                     if scope._counting():
                         scope._follow(args, kwargs, out)
@@ -906,6 +907,10 @@ class OpScope:
             if p is not None:
                 self._leaves.append(id(p))
             return True
+        made = self._made.get(id(t))
+        if made is not None and made[0]() is t and made[1]:  # what the mode saw the frame make of parameters
+            self._leaves.extend(made[1])  # (``w * 2``, ``torch.where(w.abs() > t, w, 0.)``: scalars and masks
+            return True                   # that autograd's record does not show)
         if not torch.is_grad_enabled():  # (no autograd record: what the mode saw the frame compute)
             made = self._made.get(id(t))
             if made is None or made[0]() is not t or not made[1]:
@@ -931,7 +936,7 @@ class OpScope:
         return None
 
     def _follow(self, args: tuple, kwargs: dict, out: Any) -> None:
-        """An op that the mode passed through in a counting frame without gradients: its outputs are weights
+        """An op that the mode passed through in a counting frame (with or without gradients): its outputs are weights
         made of parameters when its tensors are parameters, buffers, scalars or such weights (the rule of
         :meth:`_derived`, which reads autograd's record when there is one): ``self.w * self.mask`` then ``.t()``."""
         outs = out if isinstance(out, (tuple, list)) else (out,)

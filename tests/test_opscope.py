@@ -952,3 +952,34 @@ def test_a_linear_whose_forward_is_set_on_the_instance_is_counted_with_the_weigh
     net(x)
     want = float((x * ((layer.weight * mask) != 0).sum(0)).sum()) / 3
     assert counter.snapshot().per_layer()["0"]["synops"] == pytest.approx(want)
+
+
+class _PerHead(nn.Module):
+    """A per-head projection ``q[B, H, N, D] @ f(P)[H, D, M]`` with a weight computed from a parameter."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.P = nn.Parameter(torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(5)))
+        self.make = make
+
+    def forward(self, q):
+        return q @ self.make(self.P)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("make", [lambda p: p * 2, lambda p: p * (p.abs() > 0.5),
+                                  lambda p: torch.where(p.abs() > 0.5, p, 0.0)], ids=["scaled", "masked", "where"])
+def test_a_weight_made_of_a_parameter_with_scalars_and_masks_is_a_weight_in_every_grad_mode(make, grad):
+    """Autograd's record shows neither the scalar of ``P * 2`` nor the mask of ``P * (P.abs() > t)``: with
+    gradients the 3-D weight was counted as an activation product (its magnitudes: 103.8 synops for 61), and
+    ``torch.where(..., P, 0.)`` before ``x @ W.T`` was refused. By brute force: nonzero spike x nonzero tap."""
+    q = (torch.rand(3, 2, 5, 4, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    net = _PerHead(make)
+    counter = sl.SynOpsCounter(net, batch_dim=0, neurons=False)
+    with torch.set_grad_enabled(grad):
+        net(q)
+    with torch.no_grad():
+        taps = (make(net.P) != 0).double()  # [H, D, M]
+        want = float(torch.einsum("bhnd,hdm->", (q != 0).double(), taps)) / 3
+    row = counter.snapshot().per_layer()["matmul"]
+    assert row["synops"] == pytest.approx(want) and row["eff_acs"] == pytest.approx(want)
