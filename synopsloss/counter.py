@@ -2150,16 +2150,13 @@ def _row_samples(lead: Tuple[int, ...], rows: int, samples: int, batch_major: Op
         if batch_major:
             return r // (rows // samples)
         return (r // (rows // (lead[0] * samples))) % samples
-    at = [i for i, d in enumerate(lead) if d == samples]
-    if at and (at[0] < 2 or len(at) == 1):  # [B, ...], [T, B, ...] first; else the one dim of the batch's size
-        inner = math.prod(lead[at[0] + 1:])  # ([T, H, B, ...] with fewer or more heads than samples)
+    hits = [i for i, d in enumerate(lead) if d == samples]
+    if hits and (hits[0] < 2 or len(hits) == 1):  # [B, ...], [T, B, ...] first; else the one dim of the batch's size
+        inner = math.prod(lead[hits[0] + 1:])  # ([T, H, B, ...] with fewer or more heads than samples)
         return (r // inner) % samples
-    if len(at) > 1:  # (two dims of the batch's size past the first two: which one holds the samples is unknown)
-        return None
-    raise ValueError(
-        f"synopsloss: layer {name!r} read rows with leading dims {lead}, none of which is the batch's {samples} "
-        "samples: its synops cannot be split by sample. Pass batch_dim= / time_dim= for the model's input layout, "
-        "or count per_sample=False.")
+    # two dims of the batch's size past the first two (which one holds the samples is unknown), or none (the
+    # samples folded with other dims): left out, and named by per_sample()'s warning
+    return None
 
 
 def _host_floats(values: List[Tensor]) -> List[float]:

@@ -182,7 +182,8 @@ class CounterSnapshot:
         (2.5, 10.0, 8.95)
         """
         if not self.per_sample:
-            raise ValueError("this snapshot holds no per-sample synops: create the counter with per_sample=True")
+            raise ValueError("this snapshot holds no per-sample synops: create the counter with per_sample=True (with "
+                             "it, every layer was left out of the per-sample values: named in a SynOpsWarning)")
         if layer is None:
             values = [sum(v) for v in zip(*self.per_sample.values())]
         elif layer in self.per_sample:

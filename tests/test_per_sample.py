@@ -515,8 +515,9 @@ def test_tokens_with_time_and_samples_folded_are_split_by_sample_and_reset_works
 
 
 def test_reset_keeps_the_counts_when_a_batch_cannot_be_split_by_sample():
-    """A batch whose rows cannot be split by sample: reset() warns, adds its counts to the totals and starts the
-    next batch (it raised, and every later batch piled onto the unreset one). By hand: spikes x fan-out 5."""
+    """A batch whose rows cannot be split by sample: the layer is left out of the per-sample values and named (it
+    raised, in per_sample() and in reset(), and every later batch piled onto the unreset one); reset() adds the
+    counts to the totals and starts the next batch. By hand: spikes x fan-out 5."""
     class Refold(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -535,11 +536,12 @@ def test_reset_keeps_the_counts_when_a_batch_cannot_be_split_by_sample():
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             counter.reset()
-        said = [str(w.message) for w in seen if "reset() keeps no per-sample synops" in str(w.message)]
+        said = [str(w.message) for w in seen if "per-sample synops leave out layer(s) ['fc']" in str(w.message)]
         assert len(said) == (1 if i == 0 else 0)  # (once per counter)
-    with pytest.warns(sl.SynOpsWarning, match="kept for 0 of the 6 samples"):
-        acc = counter.snapshot(accumulated=True)
+    acc = counter.snapshot(accumulated=True)
     assert acc.total()["synops"] == pytest.approx(float(x.sum()) * 5 / 3) and not acc.per_sample
+    with pytest.raises(ValueError, match="every layer was left out of the per-sample values"):
+        acc.distribution()
 
 
 def _sj_net(t_last: bool = False):
@@ -590,3 +592,33 @@ def test_a_copy_folded_by_a_spikingjelly_container_is_split_by_sample(steps):
         got = counter.per_sample().tolist()
     assert got == pytest.approx(want)
     assert float(counter.synops()) == pytest.approx(sum(want) / 3)
+
+
+class _FoldedHeads(nn.Module):
+    """q @ k^T of ``[T*B, H, N, d]`` heads split from a new tensor (a copy): the samples' order cannot be read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 16)
+
+    def forward(self, x):  # x: [T, B, N, C] spikes
+        t, b, n, _ = x.shape
+        q, k = (self.fc(x.flatten(0, 1)) > 0).float().chunk(2, -1)
+        q, k = (z.reshape(t * b, n, 2, 4).transpose(1, 2) for z in (q, k))
+        return q @ k.transpose(-2, -1)
+
+
+def test_a_product_whose_rows_fold_the_samples_is_left_out_and_named_not_refused():
+    """per_sample() raised 'none of which is the batch's 4 samples' for the [T*B, H] rows (with batch_dim= and
+    time_dim= given), so no layer had per-sample values. Now the product is left out and named; the Linear is
+    split. By hand: each sample's spikes x the Linear's fan-out."""
+    torch.manual_seed(0)
+    x = (torch.rand(3, 4, 5, 8, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    net = _FoldedHeads()
+    counter = sl.SynOpsCounter(net, batch_dim=1, time_dim=0, neurons=False, per_sample=True)
+    net(x)
+    with pytest.warns(sl.SynOpsWarning, match=r"leave out layer\(s\) \['matmul'\]"):
+        got = counter.per_sample(by_layer=True)
+    fan = (net.fc.weight != 0).sum(0).double()
+    want = [float((x[:, b].double() * fan).sum()) for b in range(4)]
+    assert list(got) == ["fc"] and got["fc"].tolist() == pytest.approx(want)
