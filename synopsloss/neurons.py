@@ -312,6 +312,7 @@ class NeuronMonitor:
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
         if tensors and tensors[0].dim() > self.batch_dim:
             self._layout.root_batch = int(tensors[0].shape[self.batch_dim])
+            self._layout.root_shape = tuple(tensors[0].shape)
 
     def _state(self, name: str) -> NeuronState:
         state = self._batch.get(name)
@@ -400,7 +401,8 @@ class NeuronMonitor:
                 per_neuron=spiking, binary=(info.get("whole") == "binary" and rows < (1 << 24)
                                             and not foreign_forward_hooks(module)))
             call = NeuronState(spikes=per.sum() if spiking else None, nonzero=nonzero, per_neuron=per,
-                               calls=1, rows=rows, numel=out.numel(), neurons=neurons, sample_shape=sample_shape,
+                               calls=1, rows=rows, call_rows={rows}, numel=out.numel(), neurons=neurons,
+                               sample_shape=sample_shape,
                                out_shape=tuple(out.shape[2:] if time_first else out.shape[1:]),
                                in_shape=tuple(x.shape[2 if time_first else 1:]) if x is not None and x.dim() > 1 else ())
             if lib == "snntorch":
@@ -485,6 +487,14 @@ class NeuronMonitor:
         found = batch_layout.reading(self._layout, {}, batch_layout.Options(batch_size=self.batch_size,
                                                                             batch_dim=self.batch_dim))
         if found is not None:
+            for name, state in self._batch.items():  # (a neuron's rows of one call hold whole samples)
+                odd = sorted(r for r in state.call_rows if r % found.samples)
+                if odd:
+                    raise ValueError(
+                        f"NeuronMonitor: neuron {name!r} received {odd[0]} rows in one call, not a multiple of the "
+                        f"{found.samples} samples given by {found.source}, so its rates per sample would be wrong. "
+                        "Pass NeuronMonitor(model, batch_dim=1) for time-first [T, B, ...] input (fed step by step "
+                        "or whole), or the batch's batch_size=B.")
             return found.samples
         raise ValueError(
             "NeuronMonitor cannot tell how many samples the batch has (the model was not called with a tensor); "

@@ -352,6 +352,7 @@ class NeuronState:
     updates_dense: int = state_field(Reduce.SUM, 0)
     updates_first: int = state_field(Reduce.SUM, 0)
     rows: int = state_field(Reduce.SUM, 0)
+    call_rows: Set[int] = state_field(Reduce.UNION, factory=set)  # rows of one call, for the samples check
     numel: int = state_field(Reduce.SUM, 0)
     calls: int = state_field(Reduce.SUM, 0)
     shape_changed: bool = state_field(Reduce.ANY, False)

@@ -300,10 +300,15 @@ def test_the_standalone_monitor_reads_samples_by_the_same_chain():
         net(torch.ones(3, 2))  # 4 calls of B=3: the ReLU saw 12 rows, 4 per sample
     assert monitor.stats()["1"]["time_steps"] == 12 / 3
     monitor.remove()
-    monitor = NeuronMonitor(net, batch_size=6)  # batch_size= first: 12 rows over 6 samples
+    monitor = NeuronMonitor(net, batch_size=6)  # batch_size= first: 24 rows over 6 samples
     for _ in range(4):
-        net(torch.ones(3, 2))
-    assert monitor.stats()["1"]["time_steps"] == 12 / 6
+        net(torch.ones(6, 2))
+    assert monitor.stats()["1"]["time_steps"] == 24 / 6
+    monitor.remove()
+    monitor = NeuronMonitor(net, batch_size=6)  # calls of 3 rows hold no whole samples of 6: refused, as the
+    net(torch.ones(3, 2))                       # counter refuses them
+    with pytest.raises(ValueError, match="received 3 rows in one call, not a multiple of the 6 samples"):
+        monitor.stats()
     monitor.remove()
     listed = _ListInput()
     monitor = NeuronMonitor(listed)

@@ -372,3 +372,35 @@ def test_a_neuron_module_used_at_two_widths_rates_over_every_output():
     assert row["firing_rate"] == pytest.approx(spikes / values)
     assert row["density"] == pytest.approx(sum(float((o != 0).sum()) for o in outs) / values)
     assert row["neurons"] is None
+
+
+def test_a_standalone_monitor_refuses_samples_that_do_not_divide_a_neurons_rows():
+    """[T, B, C] input fed step by step to a standalone NeuronMonitor: it took dim 0 (T = 3) as the samples (9.33
+    spikes per sample for 7, T = 4 for 3), silently. Now refused; with batch_dim=1 the numbers are the brute
+    force ones: spikes / B, T steps."""
+    import snntorch as snn
+    from snntorch import utils
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+            self.lif = snn.Leaky(beta=0.9, threshold=0.3, init_hidden=True)
+
+        def forward(self, x):
+            return torch.stack([self.lif(self.fc(x[t])) for t in range(x.shape[0])])
+
+    torch.manual_seed(1)
+    net = Loop()
+    x = (torch.rand(3, 4, 6, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    monitor = sl.NeuronMonitor(net)
+    utils.reset(net)
+    net(x)
+    with pytest.raises(ValueError, match="received 4 rows in one call, not a multiple of the 3 samples"):
+        monitor.stats()
+    monitor.remove()
+    monitor = sl.NeuronMonitor(net, batch_dim=1)
+    utils.reset(net)
+    y = net(x).detach()
+    stats = monitor.stats()["lif"]
+    assert stats["spikes"] == pytest.approx(float(y.sum()) / 4) and stats["time_steps"] == 3
