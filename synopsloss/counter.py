@@ -1135,6 +1135,8 @@ class SynOpsCounter:
         if layer.once is not None and not _in_backward() and layer.once.repeated(args):
             return  # its neuron's own second evaluation on the same spikes (snntorch's zero reset)
         if layer.rule.count is not None:
+            if args and isinstance(args[0], Tensor) and not args[0].numel():
+                return  # (an empty batch: nothing to count, and the read says the batch had no samples)
             counts = layer.rule.count(module, args, kwargs, output)
             if not isinstance(counts, OpCounts):
                 raise TypeError(f"synopsloss: the counting rule for {type(module).__name__} (layer {name!r}) returned "

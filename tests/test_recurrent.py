@@ -354,3 +354,18 @@ def test_spike_events_through_an_average_pool_into_a_recurrent_cell():
     events = x.reshape(3, 4, 2).sum(-1).double()
     want = float((events * (cell.weight_ih != 0).sum(0).double()).sum()) / 3
     assert counter.snapshot().per_layer()["1"]["synops"] == pytest.approx(want, rel=1e-12)
+
+
+def test_an_empty_batch_through_a_recurrent_layer_runs_and_the_read_says_so():
+    """nn.LSTM / nn.GRU on 0 samples run without the counter; with it the forward raised torch's 'cannot reshape
+    tensor of 0 elements'. The forward now runs (outputs as without the counter) and the read names the batch."""
+    lstm = nn.LSTM(4, 3, batch_first=True)
+    x = torch.zeros(0, 5, 4)
+    want = lstm(x)[0]
+    counter = sl.SynOpsCounter(lstm)
+    assert torch.equal(lstm(x)[0], want)
+    with pytest.raises(ValueError, match="a batch of 0 samples"):
+        counter.snapshot()
+    gru = nn.GRU(4, 3)
+    counter = sl.SynOpsCounter(gru)
+    assert gru(torch.zeros(5, 0, 4))[0].shape == (5, 0, 3)
