@@ -615,6 +615,7 @@ class _Mode(PackageMode):
         if scopes and not OWN.depth and not made_by_package(sys._getframe(1)):
             for scope in scopes:  # (not the counter's own ops: its hooks, e.g. neuron statistics, and reductions)
                 scope._on_op(func, args, kwargs, out)
+                scope._follow(args, kwargs, out)  # (a product of weights, U @ V, is a weight)
         return out
 
     def want(self, scope: "OpScope", counting: bool) -> None:
