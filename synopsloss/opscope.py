@@ -501,6 +501,10 @@ def _rule_class(module: nn.Module, rules: Dict[type, Rule]) -> Optional[type]:
     return next((c for c in type(module).__mro__ if c in table), None)
 
 
+#: whether a tensor is a vmap batch (its storage cannot be read)
+_IS_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", lambda t: False)
+
+
 def _storage(t: Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -890,6 +894,11 @@ class OpScope:
         if counter is None:
             return
         self._leaves = []
+        if any(_IS_BATCHED(t) for t in _tensor_args(args, kwargs)):
+            raise RuntimeError(
+                f"synopsloss: layer {frame.name or '<root>'!r} ran inside a torch.func transform (vmap / grad / "
+                "jacrev); the counter cannot count per-sample slices of a transformed batch. Run the model outside "
+                "the transform to count it, or wrap the transformed call in counter.paused().")
         try:
             counts = record_op(func, args, kwargs, out, is_weight=self._is_weight)
         except UncountableOpError as err:

@@ -1011,3 +1011,26 @@ def test_a_weight_that_is_a_product_of_parameters_is_a_weight(grad):
         y = (F.linear(x, net.proj) > 0).double()
         want = float((((net.U @ net.V) != 0).double() @ y).sum()) / 3
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(want)
+
+
+def test_vmap_inside_a_forward_is_named_with_the_documented_fix():
+    """torch.func.vmap inside a counted forward crashed with torch's 'Cannot access storage of BatchedTensorImpl'.
+    Now the documented message names the module and the fix; with counter.paused() the model runs as without."""
+    from torch.func import vmap
+
+    class PerSample(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(5, 6))
+
+        def forward(self, x):
+            return vmap(lambda r: F.linear(r, self.w))(x)
+
+    net = PerSample()
+    x = (torch.rand(3, 6) < 0.4).float()
+    want = net(x)
+    counter = sl.SynOpsCounter(net, neurons=False)
+    with pytest.raises(RuntimeError, match="ran inside a torch.func transform"):
+        net(x)
+    with counter.paused():
+        assert torch.equal(net(x), want)
