@@ -339,6 +339,8 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                 if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
                         and isinstance(node.ctx, ast.Load)):
                     uses.setdefault(node.attr, set()).add(_additive_use(node, parents))
+                if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+                    calls.add("__getitem__")  # (an index of a tensor may copy it: the pools follow it)
                 if _is_matmul(node):
                     counted = True
                 elif isinstance(node, ast.Call):

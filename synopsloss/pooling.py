@@ -136,7 +136,8 @@ COPY_FUNCTIONS = ("reshape", "flatten", "contiguous", "clone", "ravel", "to", "f
                   "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
                   "adaptive_max_pool3d", "double", "float", "half", "bfloat16", "type", "type_as",
                   "pad", "interpolate", "upsample", "upsample_nearest", "pixel_shuffle", "pixel_unshuffle",
-                  "channel_shuffle")
+                  "channel_shuffle", "detach", "index_select", "repeat", "tile", "repeat_interleave", "gather",
+                  "take_along_dim", "masked_select", "__getitem__")
 #: upsampling modes that copy values (the others interpolate: their outputs are read as values)
 _NEAREST = ("nearest", "nearest-exact")
 
@@ -614,8 +615,14 @@ class PoolEvents:
         for f in (Tensor.double, Tensor.float, Tensor.half, Tensor.bfloat16, Tensor.type, Tensor.type_as):
             h[f] = PoolEvents._on_cast
         for f in (F.pad, F.interpolate, F.upsample, F.upsample_nearest, F.pixel_shuffle, F.pixel_unshuffle,
-                  torch.pixel_shuffle, torch.pixel_unshuffle, F.channel_shuffle, torch.channel_shuffle):
+                  torch.pixel_shuffle, torch.pixel_unshuffle, F.channel_shuffle, torch.channel_shuffle,
+                  torch.index_select, Tensor.index_select, Tensor.repeat, torch.tile, Tensor.tile,
+                  torch.repeat_interleave, Tensor.repeat_interleave, torch.gather, Tensor.gather,
+                  torch.take_along_dim, Tensor.take_along_dim, torch.masked_select, Tensor.masked_select,
+                  Tensor.__getitem__):
             h[f] = PoolEvents._on_move
+        for f in (Tensor.detach, torch.detach):
+            h[f] = PoolEvents._on_detach
         return h
 
     def _on_cast(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
@@ -644,9 +651,12 @@ class PoolEvents:
         self._move(x, out, lambda laid: laid)
 
     def _on_move(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
-        """A pad, a nearest upsampling or a shuffle of a pool output: the divisors moved by the same call."""
+        """A pad, a nearest upsampling, a shuffle, an index or a repeat of a pool output: the divisors moved by the
+        same call (a view, ``x[:, 1:]``, is read through the pool's memory: nothing to do)."""
         x = args[0] if args else kwargs.get("input")
         if not self.tags or not isinstance(x, Tensor) or self._tag_of(x) is None:
+            return
+        if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
             return
         rest, kw = args[1:], {k: v for k, v in kwargs.items() if k != "input"}
         why = ""
@@ -660,6 +670,16 @@ class PoolEvents:
             if mode not in _NEAREST:
                 return  # (it interpolates: new values, read as they are)
         self._move(x, out, lambda laid: func(laid, *rest, **kw), why)
+
+    def _on_detach(self, func: Callable, args: tuple, kwargs: dict, out: Tensor) -> None:
+        """A detached view of a pool output (``p.clone().detach()``): its memory stays tagged while it lives, also
+        after the tensor it was detached from is freed."""
+        x = args[0] if args else kwargs.get("input")
+        tag = self._tag_of(x) if self.tags and isinstance(x, Tensor) else None
+        if tag is None or out.is_inference() or out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            return
+        first, also = tag.owner, weakref.ref(out)
+        tag.owner = lambda: first() if first() is not None else also()
 
     def _on_max_pool(self, func: Callable, args: tuple, kwargs: dict, out: Tensor, *, n: int) -> None:
         """A functional max pool of a pool's output: the events of the values it picks (as :meth:`max_through`)."""

@@ -1039,3 +1039,40 @@ def test_a_user_hook_on_a_training_dropout_after_spikes_is_named():
     with pytest.warns(sl.SynOpsWarning, match=r"the training dropout '0' \(Dropout\) has a forward hook .* 1/\(1-p\) = 2"):
         net(_spikes(6, 8, seed=14))
     assert counter.snapshot().per_layer()["1"]["synops"] > 0
+
+
+class _MovedPool(nn.Module):
+    """A pool output indexed, repeated or detached in the module's own forward before a Linear."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.pool, self.fc = how, nn.AvgPool2d(2), nn.Linear(32, 3)
+
+    def forward(self, x):
+        p = self.pool(x)
+        q = {"clone().detach()": lambda: p.clone().detach(), "index_select": lambda: p.index_select(1, _ORDER),
+             "fancy index": lambda: p[:, [1, 0]], "repeat": lambda: p[:, :1].repeat(1, 2, 1, 1),
+             "gather": lambda: p.gather(1, _ORDER.view(1, 2, 1, 1).expand_as(p))}[self.how]()
+        return self.fc(q.flatten(1))
+
+
+_ORDER = torch.tensor([1, 0])
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("how", ["clone().detach()", "index_select", "fancy index", "repeat", "gather"])
+def test_pool_events_are_followed_through_indexing_repeats_and_detached_copies(how, grad):
+    """These ops move values without mixing them; the Linear after them counted the pooled values (a quarter of
+    the events, as MACs), silently. By hand: the windows' spike counts moved by the same op, x fan-out."""
+    torch.manual_seed(0)
+    net = _MovedPool(how)
+    x = (torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    counter = sl.SynOpsCounter(net)
+    with torch.set_grad_enabled(grad):
+        net(x)
+    events = F.avg_pool2d(x, 2, divisor_override=1)
+    moved = {"clone().detach()": events, "index_select": events[:, [1, 0]], "fancy index": events[:, [1, 0]],
+             "repeat": events[:, :1].repeat(1, 2, 1, 1), "gather": events[:, [1, 0]]}[how].flatten(1)
+    want = float((moved.double() @ (net.fc.weight != 0).double().sum(0)).sum()) / 2
+    row = counter.snapshot().per_layer()["fc"]
+    assert row["synops"] == pytest.approx(want) and row["eff_acs"] == pytest.approx(want) and row["eff_macs"] == 0
