@@ -953,7 +953,9 @@ class SynOpsCounter:
             "synopsloss: the model was called again after this batch's counts were read, without "
             "counter.reset(); the calls are counted as more time steps of the same batch. If a new batch "
             "started, call counter.reset() before it (or create the counter with auto_reset=True when each "
-            "call of the model is one whole batch).",
+            "call of the model is one whole batch). If the same batch goes on (a second view of it, in a plain "
+            "loop or under SynOpsRegularizer), read the counts or the loss once, after every forward of the "
+            "batch: a read between them covers the first forwards only.",
             stacklevel=5,
         )
         batch.read = False

@@ -134,3 +134,20 @@ def test_demo_takes_a_budget_in_synops(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "SynOpsLoss(target=12,345, weight=1)" in proc.stdout
     assert "synops target per sample (driven: 12,345) = as given" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--weight", "inf"], "--weight must be a finite number"), (["--warmup", "inf"], "--warmup must be a finite"),
+    (["--lr", "inf"], "--lr must be a finite number"), (["--target", "inf"], "--target must be a finite number"),
+    (["--plot", "/nonexistent/folder/x.png"], "its folder does not exist")])
+def test_demo_refuses_infinite_values_and_a_missing_plot_folder_before_training(argv, said, capsys):
+    """--weight inf raised a traceback after the first run, --warmup inf an OverflowError, --lr inf trained NaN
+    weights to 0% accuracy with status 0, --plot into a missing folder a FileNotFoundError after both runs."""
+    import argparse
+
+    from synopsloss.cli import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    assert demo.run(parser.parse_args(argv + ["--quiet"])) == 2
+    assert said in capsys.readouterr().err

@@ -21,6 +21,7 @@ Example
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import List, Optional
@@ -69,6 +70,12 @@ def _check(args: argparse.Namespace) -> Optional[str]:
         v = getattr(args, name)
         if v is not None and v < 1:
             return f"--{name.replace('_', '-')} must be >= 1, got {v}"
+    for name in ("target", "synops", "weight", "warmup", "lr"):
+        v = getattr(args, name)
+        if v is not None and math.isinf(v):
+            return f"--{name} must be a finite number, got {v}"
+    if args.plot is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        return f"--plot {args.plot}: its folder does not exist (create it, or pass --no-plot)"
     if not args.target > 0:
         return f"--target must be > 0 (a fraction of the first run's network-driven synops), got {args.target}"
     if args.synops is not None and not args.synops > 0:
