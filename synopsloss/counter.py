@@ -578,6 +578,12 @@ class SynOpsCounter:
         """Register the hooks (done by the constructor; a no-op when attached)."""
         if self.attached:
             return self
+        scripted = [n or "<root>" for n, m in self.model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+        if scripted:
+            raise TypeError(
+                f"synopsloss: module(s) {scripted} are TorchScript (torch.jit.script / torch.jit.trace), which takes "
+                "no forward hooks: their synapses cannot be counted. Count the eager model (script it after "
+                "counting, or keep an eager copy with the same weights for counting).")
         self._layers.clear()
         self._unsupported = []
         self._scope.reset_plan()

@@ -194,3 +194,19 @@ def test_calibration_helpers_name_what_they_take():
     net(torch.rand(2, 4))
     with pytest.raises(ValueError, match="the energy dict: energies must be finite joules >= 0, got {'e_ac': None}"):
         counter.table(energy={"e_ac": None, "e_mac": 1e-12})
+
+
+def test_a_torchscript_model_or_submodule_is_refused_with_the_fix():
+    """A scripted model raised torch's 'register_forward_pre_hook is not supported on ScriptModules' (a scripted
+    submodule first got an UnsupportedLayerWarning advising register_rule)."""
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(nn.Linear(8, 6))
+    for model, named in ((scripted, "'<root>'"), (nn.Sequential(scripted, nn.ReLU(), nn.Linear(6, 3)), "['0']")):
+        with _w.catch_warnings():
+            _w.simplefilter("error", sl.UnsupportedLayerWarning)
+            with pytest.raises(TypeError, match="TorchScript") as err:
+                sl.SynOpsCounter(model)
+        assert named in str(err.value) and "Count the eager model" in str(err.value)
