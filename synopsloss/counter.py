@@ -2049,8 +2049,17 @@ class SynOpsCounter:
         >>> counter.table(energy="horowitz45nm").total.energy
         3.6e-12
         """
+        from .energy import get_energy_model, prices_neurons
         from .report import build_table
 
+        if self._monitor is None and energy is not None and prices_neurons(get_energy_model(energy)):
+            neurons = [n for n, m in self.model.named_modules() if registry.neuron_library(m) is not None]
+            if neurons:
+                self._warn_once(
+                    f"synopsloss: the table's energy leaves out the neuron layers {neurons}, which the energy model "
+                    "prices (membrane updates, spike writes): the counter was created with neurons=False, which "
+                    "keeps no neuron statistics. Create it with neurons=True (the default) for the model's energy.",
+                    stacklevel=3)
         return build_table(
             self.snapshot(accumulated=accumulated), dt=dt, energy=energy,
             per_neuron=self._monitor.firing_rates(accumulated=accumulated) if self._monitor is not None else None,

@@ -80,6 +80,7 @@ __all__ = [
     "COUNT_FEATURES",
     "row_features",
     "break_even_rate",
+    "prices_neurons",
 ]
 
 PJ = 1e-12
@@ -589,3 +590,21 @@ def break_even_rate(time_steps: float, e_ac: float, e_mac_ann: float) -> float:
         raise ValueError(f"break_even_rate needs time_steps > 0, e_ac > 0 and e_mac_ann >= 0; got "
                          f"{time_steps}, {e_ac}, {e_mac_ann}")
     return e_mac_ann / (time_steps * e_ac)
+
+
+def prices_neurons(model: Any) -> bool:
+    """Whether energy model ``model`` gives neuron layers an energy (updates, spike writes): then a counter made
+    with ``neurons=False``, which keeps no neuron statistics, leaves that energy out.
+
+    Example
+    -------
+    >>> prices_neurons(get_energy_model("horowitz45nm")), prices_neurons(get_energy_model("loihi"))
+    (False, True)
+    """
+    if isinstance(model, (DeviceEnergy, Lemaire2022)):
+        return True
+    if isinstance(model, OpEnergy):
+        return bool(model.e_neuron_op)
+    if isinstance(model, CountEnergy):
+        return any(model.costs.get(k) for k in ("neuron_updates", "spikes"))
+    return True

@@ -34,6 +34,7 @@ from torch import Tensor
 from .counter import SynOpsCounter
 from ._validate import ArgumentTypeError, check_int
 from .errors import LossScaleWarning, SynOpsWarning, UnreachableTargetWarning
+from .energy import prices_neurons
 from .schedules import Iterative, Schedule, as_schedule, plain_number
 
 __all__ = ["SynOpsLoss", "EnergyLoss", "UnreachableTargetWarning", "LossScaleWarning", "SHAPES"]
@@ -946,7 +947,7 @@ class EnergyLoss(SynOpsLoss):
         super().__init__(counter, target, fraction=fraction, budget=budget, dt=dt, time_steps=time_steps,
                          shape=shape, weight=weight, layers=layers, calibration_batches=calibration_batches,
                          calibration_group=calibration_group)
-        if counter.neurons is None and _prices_neurons(model):
+        if counter.neurons is None and prices_neurons(model):
             warnings.warn(
                 f"EnergyLoss: the counter was created with neurons=False, so the neuron-update energy of model "
                 f"{model.name!r} is left out (as in the table of that counter). Create the counter with "
@@ -1031,15 +1032,3 @@ class EnergyLoss(SynOpsLoss):
 
     def __repr__(self) -> str:
         return super().__repr__().replace("SynOpsLoss(", "EnergyLoss(", 1)[:-1] + f", energy={self.energy_model.name!r})"
-
-
-def _prices_neurons(model: Any) -> bool:
-    from .energy import CountEnergy, DeviceEnergy, Lemaire2022, OpEnergy
-
-    if isinstance(model, (DeviceEnergy, Lemaire2022)):
-        return True
-    if isinstance(model, OpEnergy):
-        return bool(model.e_neuron_op)
-    if isinstance(model, CountEnergy):
-        return any(model.costs.get(k) for k in ("neuron_updates", "spikes"))
-    return True
