@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import pathlib
+import warnings
 from dataclasses import fields
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 import synopsloss as sl
-from synopsloss.energy import ENERGY_PRESETS
+from synopsloss.energy import ENERGY_PRESETS, get_energy_model, prices_neurons
 from synopsloss.table import LayerRow
 
 snn = pytest.importorskip("snntorch")
@@ -47,7 +48,11 @@ def _run(neurons: bool):
 def test_neurons_false_changes_no_synaptic_number(energy, accumulated):
     default, lean = _run(True), _run(False)
     full = default.table(energy=energy, accumulated=accumulated, dt=1e-3)
-    small = lean.table(energy=energy, accumulated=accumulated, dt=1e-3)
+    with warnings.catch_warnings(record=True) as seen:  # (the neuron energy it leaves out is named)
+        warnings.simplefilter("always")
+        small = lean.table(energy=energy, accumulated=accumulated, dt=1e-3)
+    named = any("leaves out the neuron layers ['1', '5']" in str(w.message) for w in seen)
+    assert named == prices_neurons(get_energy_model(energy))
     synaptic = [r for r in full if r.kind == "synaptic"]
     assert [r.name for r in small] == [r.name for r in synaptic] == ["0", "4", "6"]
     for a, b in zip(synaptic, small):
@@ -63,7 +68,8 @@ def test_neurons_false_changes_no_synaptic_number(energy, accumulated):
 
 def test_lemaire2022_io_term_is_kept_with_neurons_false_accumulated():
     lean = _run(False)
-    rows = {r.name: r for r in lean.table(energy="lemaire2022", accumulated=True)}
+    with pytest.warns(sl.SynOpsWarning, match="leaves out the neuron layers"):
+        rows = {r.name: r for r in lean.table(energy="lemaire2022", accumulated=True)}
     # one input read per input event (Eq. 5; the spike events of an average pool's input for layer 4, nonzero
     # inputs of a layer with MACs); it was 0 when the accumulated inputs came from the neuron monitor
     model = sl.Lemaire2022()
