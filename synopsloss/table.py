@@ -1054,6 +1054,16 @@ def compare(before: SynOpsTable, after: SynOpsTable, *, labels: Tuple[str, str] 
     a = {(r.name, r.kind): r for r in before if keep(r)}
     b = {(r.name, r.kind): r for r in after if keep(r)}
     names = list(dict.fromkeys([*a, *b]))
+    types_a, types_b = {r.name: r.type for r in before}, {r.name: r.type for r in after}
+    other = [f"{n} ({types_a[n]} / {types_b[n]})" for n in types_a if n in types_b and types_a[n] != types_b[n]]
+    if other:
+        import warnings
+
+        from .errors import SynOpsWarning
+
+        warnings.warn(f"compare: layer(s) {', '.join(other)} are different layers in the two tables, matched by "
+                      "name: their ratios compare different things. Compare two tables of the same network.",
+                      SynOpsWarning, stacklevel=2)
     rows = []
     for key in names:
         ra, rb = a.get(key), b.get(key)

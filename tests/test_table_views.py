@@ -236,3 +236,27 @@ def test_the_blocks_view_keeps_the_estimate_and_energy_columns():
     for col in ("synops_estimate", "energy_paper", "ann_energy"):
         assert [getattr(b, col) for b in blocks] == pytest.approx([getattr(r, col) for r in syn])
     assert [b.break_even_rate for b in blocks] == pytest.approx([r.break_even_rate for r in syn])
+
+
+def test_compare_names_layers_that_differ_between_the_two_tables():
+    """compare() of two different networks matched 'Leaky' against 'ReLU' by their shared name and printed
+    ratios, silently. Tables of one network compare without a warning."""
+    import warnings
+
+    import snntorch as snn
+
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(8, 6), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(6, 3))
+    b = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3), nn.Linear(3, 2))
+    x = (torch.rand(4, 8, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    ca, cb = sl.SynOpsCounter(a), sl.SynOpsCounter(b)
+    a(x)
+    b(x)
+    with pytest.warns(sl.SynOpsWarning, match=r"layer\(s\) 1 \(Leaky / ReLU\) are different layers"):
+        sl.compare(ca.table(), cb.table())
+    first = ca.table()
+    ca.reset()
+    a(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.SynOpsWarning)
+        sl.compare(first, ca.table())
