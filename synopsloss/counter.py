@@ -1644,7 +1644,8 @@ class SynOpsCounter:
                 raise KeyError(f"no counted layer named {layer!r}; layers: {names}")
             return 0.0
         b = self._samples()
-        return float(batch_layout.layer_steps(state, b, self._time_layout()[1]))
+        steps, tc, _ = self._time_layout()
+        return float(batch_layout.layer_steps(state, b, tc, steps))
 
     def _time_layout(self) -> Tuple[float, int, str]:
         """``(time steps of the batch, steps of a call that carries the time dim, source)``."""

@@ -384,13 +384,16 @@ def call_steps(lead: tuple, samples: int, tc: int) -> int:
     return tc if lead[0] == tc * samples else 1
 
 
-def layer_steps(state: Any, samples: int, tc: int) -> int:
+def layer_steps(state: Any, samples: int, tc: int, total: Optional[float] = None) -> int:
     """Time steps a layer ran in a batch: the sum of :func:`call_steps` over its calls.
 
     ``state`` has ``leads`` (``{leading dims of a call: calls}``) and ``calls``.
     A layer called once per step whose other leading dim happens to equal ``T``
     (``N == T`` tokens) would read as ``T`` steps per call: a layer never runs more
-    calls x steps than one step per call when it is called ``tc`` times or more.
+    steps than the batch has (``total``), nor, when ``total`` is not given, more
+    calls x steps than one step per call when it is called ``tc`` times or more (a
+    sequence fed in chunks of ``tc`` steps, as many chunks as steps per chunk, runs
+    ``calls x tc`` steps: ``total`` tells it from the tokens).
 
     Example
     -------
@@ -400,7 +403,7 @@ def layer_steps(state: Any, samples: int, tc: int) -> int:
     3
     """
     steps = sum(n * call_steps(lead, samples, tc) for lead, n in state.leads.items())
-    if tc > 1 and state.calls >= tc and steps > state.calls:
+    if tc > 1 and steps > state.calls and (steps > total if total is not None else state.calls >= tc):
         return state.calls
     return steps
 
@@ -417,7 +420,7 @@ def sample_steps(ev: Evidence, layers: Mapping[str, Any], samples: int,
     (3.0, {'fc': 6.0})
     """
     steps, tc, _ = time_layout(ev, layers, options)
-    return steps, {name: float(samples * layer_steps(state, samples, tc)) for name, state in layers.items()}
+    return steps, {name: float(samples * layer_steps(state, samples, tc, steps)) for name, state in layers.items()}
 
 
 def rows_span_dim1(root_shape: Tuple[int, ...], layers: Mapping[str, Any]) -> bool:

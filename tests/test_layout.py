@@ -509,3 +509,22 @@ def test_a_wrong_time_dim_against_a_known_layout_names_time_dim():
     net(torch.rand(3, 5, 4))
     with pytest.raises(ValueError, match=r"time_dim=0 \(so batch_dim=1\) gives 5 samples .* Drop time_dim="):
         counter.synops()
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 4])
+def test_a_sequence_fed_in_chunks_runs_every_step_in_each_layer(chunks):
+    """[T=4, B, C] fed as two chunks of 2 steps: the batch had T = 4 but the Linear T = 2 (synops per step doubled),
+    silently. By hand: every layer ran the 4 steps; synops per step = synops / 4."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(8, 8, step_mode="m"), neuron.IFNode(step_mode="m"))
+    x = (torch.rand(4, 3, 8, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    functional.reset_net(net)
+    counter = sl.SynOpsCounter(net, batch_dim=1)
+    for part in x.chunk(chunks, 0):
+        net(part)
+    row = counter.table(energy=None)["0"]
+    assert counter.time_steps() == counter.time_steps("0") == 4.0
+    assert row.synops == pytest.approx(float(x.sum()) * 8 / 3) and row.synops_per_step == pytest.approx(row.synops / 4)
