@@ -324,6 +324,9 @@ def _read_class(cls: type) -> Optional[ClassCode]:
     counted, self_calls, passed, calls = False, set(), set(), set()
     uses: Dict[str, Set[Optional[bool]]] = {}
     for klass in cls.__mro__:
+        if (getattr(klass, "__module__", "") == "torch.nn.utils.parametrize"
+                and not _is_torch_class(klass)):
+            continue  # (a parametrized module's class, made by torch: its own code is the next class's)
         if klass is object or _is_torch_class(klass):
             break
         for attr, value in vars(klass).items():
@@ -475,6 +478,8 @@ def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[b
 
 def _is_torch_class(cls: type) -> bool:
     mod = getattr(cls, "__module__", "") or ""
+    if mod == "torch.nn.utils.parametrize":  # (ParametrizedX: made by torch around the user's class X)
+        return all(_is_torch_class(b) for b in cls.__bases__)
     return mod == "torch" or mod.startswith("torch.")
 
 
@@ -730,6 +735,8 @@ class OpScope:
             return False
         if isinstance(module, registry._types(registry.OP_SCOPED)):
             self.scoped[name] = "registry.OP_SCOPED"
+        elif isinstance(module, torch.fx.GraphModule):
+            self.scoped[name] = "a torch.fx GraphModule (its generated forward runs the traced ops)"
         elif _is_torch_class(type(module)):
             return False
         else:
@@ -754,6 +761,8 @@ class OpScope:
         """Rules 1 and 4 for modules without parameters of their own, and for neuron modules."""
         if isinstance(module, registry._types(registry.OP_SCOPED)):
             return "registry.OP_SCOPED"
+        if isinstance(module, torch.fx.GraphModule):
+            return "a torch.fx GraphModule (its generated forward runs the traced ops)"
         if _is_torch_class(type(module)):
             return None
         neuron = registry.neuron_library(module) is not None

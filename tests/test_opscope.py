@@ -1034,3 +1034,52 @@ def test_vmap_inside_a_forward_is_named_with_the_documented_fix():
         net(x)
     with counter.paused():
         assert torch.equal(net(x), want)
+
+
+class _Proj(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(5, 8, generator=torch.Generator().manual_seed(2)))
+
+    def forward(self, x):
+        return F.linear(x, self.weight)
+
+
+class _Mask(nn.Module):
+    def __init__(self, m) -> None:
+        super().__init__()
+        self.register_buffer("m", m)
+
+    def forward(self, w):
+        return w * self.m
+
+
+def test_a_parametrized_custom_module_is_still_counted_op_by_op():
+    """register_parametrization makes the class ParametrizedProj (a torch module name): its F.linear was no longer
+    counted (row gone, named as unsupported). By hand: |h| x nonzero taps of the masked weight."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), _Proj())
+    parametrize.register_parametrization(net[2], "weight", _Mask((torch.rand(5, 8) < 0.5).float()))
+    x = torch.rand(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.UnsupportedLayerWarning)
+        counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    with counter.paused(), torch.no_grad():
+        h, w = torch.relu(net[0](x)), net[2].weight
+    want = float((h.abs().double() * (w != 0).sum(0).double()).sum()) / 3
+    assert counter.snapshot().per_layer()["2.linear"]["synops"] == pytest.approx(want)
+
+
+def test_an_fx_traced_model_keeps_its_activation_products():
+    """torch.fx.symbolic_trace's GraphModule has a torch module name: its q @ k^T was not counted, silently. By
+    hand: the sum of the binary product per sample, as for the eager model."""
+    torch.manual_seed(0)
+    eager = _LinalgAttn()
+    traced = torch.fx.symbolic_trace(eager)
+    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    counter = sl.SynOpsCounter(traced, neurons=False, batch_dim=0)
+    out = traced(x)
+    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
