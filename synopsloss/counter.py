@@ -2053,6 +2053,9 @@ class SynOpsCounter:
         from .energy import get_energy_model, prices_neurons
         from .report import build_table
 
+        if not accumulated:
+            self._require_batch("table")  # (its message names table(), not the snapshot it reads)
+
         if self._monitor is None and energy is not None and prices_neurons(get_energy_model(energy)):
             neurons = [n for n, m in self.model.named_modules() if registry.neuron_library(m) is not None]
             if neurons:
