@@ -697,6 +697,7 @@ class OpScope:
         self._owner: Dict[int, str] = {}  # id(parameter) -> rule layer owning it
         self._own_storages: Set[int] = set()  # storages of the model's parameters: weights
         self._buffer_storages: Set[int] = set()  # of its buffers (no neuron's): allowed in a weight's preparation
+        self._buffer_ids: Set[int] = set()  # the same buffers' ids (a cheap first test under gradients)
         self._probe: Optional[Tuple[Any, int]] = None
         self._leaves: List[int] = []
         self._warned_ops: Set[Tuple[str, str]] = set()
@@ -863,6 +864,8 @@ class OpScope:
                                and not _is_lazy(b) and b.layout == torch.strided)
         self._own_storages = own
         self._buffer_storages = buffers
+        self._buffer_ids = {id(b) for m in model.modules() if registry.neuron_library(m) is None
+                            for b in m.buffers(recurse=False)}
         # a lazy module's parameters appear in its first call: read them again at every forward until then
         self._probe = (weakref.ref(probe), _storage(probe)) if probe is not None and not lazy else None
 
@@ -963,6 +966,14 @@ class OpScope:
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if out is not None and not any(isinstance(o, Tensor) for o in outs):
             return  # (``x.shape``, ``x.dim()``: nothing made; ``W[:] = x`` returns None and is read)
+        if torch.is_grad_enabled():  # (the activations' ops, most of them, are passed over by identity alone)
+            made = self._made
+            for t in _tensor_args(args, kwargs):
+                if (id(t) in made or isinstance(t, nn.Parameter) or isinstance(t._base, nn.Parameter)
+                        or id(t) in self._buffer_ids):
+                    break
+            else:
+                return
         leaves: List[int] = []
         ok = True
         for t in _tensor_args(args, kwargs):
