@@ -229,6 +229,9 @@ class ClassCode:
     #: and broadcasts): ``x + self.pos_embed``, ``torch.cat([self.cls_token.expand(B, -1, -1), x], 1)``
     additive: FrozenSet[str] = frozenset()
     calls: FrozenSet[str] = frozenset()  # names of every call (``F.avg_pool2d(...)``: ``avg_pool2d``)
+    #: ``(X, Y)`` of every ``self.X.Y(...)`` call other than ``forward``: a child's method called by its parent
+    #: (``self.backbone.forward_features(x)``), whose ops run in the parent's forward, not in the child's
+    child_methods: FrozenSet[Tuple[str, str]] = frozenset()
 
 
 _CLASS_CODE: "weakref.WeakKeyDictionary[type, Optional[ClassCode]]" = weakref.WeakKeyDictionary()
@@ -321,7 +324,7 @@ def _additive_use(node: ast.Attribute, parents: Dict[int, ast.AST]) -> Optional[
 
 
 def _read_class(cls: type) -> Optional[ClassCode]:
-    counted, self_calls, passed, calls = False, set(), set(), set()
+    counted, self_calls, passed, calls, child_methods = False, set(), set(), set(), set()
     uses: Dict[str, Set[Optional[bool]]] = {}
     for klass in cls.__mro__:
         if (getattr(klass, "__module__", "") == "torch.nn.utils.parametrize"
@@ -338,6 +341,8 @@ def _read_class(cls: type) -> Optional[ClassCode]:
             except (OSError, TypeError, SyntaxError, IndentationError):
                 return None
             parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+            code = getattr(fn, "__code__", None)
+            me = code.co_varnames[0] if code is not None and code.co_argcount else "self"  # (``def forward(s, x)``)
             for node in ast.walk(tree):
                 if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
                         and isinstance(node.ctx, ast.Load)):
@@ -349,6 +354,10 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                 elif isinstance(node, ast.Call):
                     f = node.func
                     name = _call_name(node)
+                    if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute)
+                            and isinstance(f.value.value, ast.Name) and f.value.value.id == me
+                            and f.attr not in ("forward", "__call__")):
+                        child_methods.add((f.value.attr, f.attr))
                     if name is not None:
                         calls.add(name)
                     if name in _COUNTED_NAMES:
@@ -365,7 +374,8 @@ def _read_class(cls: type) -> Optional[ClassCode]:
             counted = counted or more_counted
             calls |= more_calls
     additive = frozenset(a for a, u in uses.items() if True in u and False not in u)
-    return ClassCode(counted, frozenset(self_calls), frozenset(passed), additive, frozenset(calls))
+    return ClassCode(counted, frozenset(self_calls), frozenset(passed), additive, frozenset(calls),
+                     frozenset(child_methods))
 
 
 #: how deep :func:`_reached_code` follows functions called from a class' methods
@@ -774,6 +784,13 @@ class OpScope:
             return "its forward's source cannot be read" if type(module).forward is not nn.Module.forward else None
         if code.counted or (code.counted_self_calls - set(module._modules)):
             return "a neuron that runs a counted op in its own code" if neuron else "runs a counted op in its own code"
+        for child_name, method in code.child_methods:  # (its ops run in this module's forward: counted here)
+            child = module._modules.get(child_name)
+            fn = getattr(type(child), method, None) if child is not None and not _is_torch_class(type(child)) else None
+            if inspect.isfunction(fn):
+                found = _function_code(fn, 0, set())
+                if found is not None and found[0]:
+                    return f"calls {child_name}.{method}(), which runs a counted op"
         if not neuron and any(_callable_counts(v) for k, v in vars(module).items()
                               if not k.startswith("_") and callable(v) and not isinstance(v, (nn.Module, type))):
             return "holds a callable that runs a counted op"  # self.score = Score(); self.mm = partial(torch.matmul)

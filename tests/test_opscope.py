@@ -1083,3 +1083,39 @@ def test_an_fx_traced_model_keeps_its_activation_products():
     counter = sl.SynOpsCounter(traced, neurons=False, batch_dim=0)
     out = traced(x)
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
+
+
+class _Backbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward_features(self, x):
+        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        return q @ k.transpose(-2, -1)
+
+    def forward(self, x):
+        return self.forward_features(x)
+
+
+class _Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.head = _Backbone(), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.head(self.backbone.forward_features(x))  # (timm's pattern: not the child's forward)
+
+
+def test_a_childs_method_called_by_its_parent_has_its_products_counted():
+    """self.backbone.forward_features(x) runs the child's q @ k^T outside the child's forward (no hook of it runs):
+    the product was not counted, silently. It is now counted in the parent's frame. By hand: the binary product
+    per sample."""
+    torch.manual_seed(0)
+    net = _Head()
+    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    net(x)
+    with counter.paused(), torch.no_grad():
+        prod = net.backbone.forward_features(x)
+    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(prod.sum()) / 2)
