@@ -452,9 +452,18 @@ def _reached_code(fn: Any, tree: ast.AST, depth: int, seen: Set[Any]) -> Tuple[b
     * torch functions, tensor methods and operators it names other than by their own name (``pool =
       F.avg_pool2d``; ``from torch import matmul as mm``; ``operator.matmul``; ``torch.Tensor.bmm``): their real
       names;
-    * functions it mentions without calling them (``pool = F.avg_pool2d`` then ``pool(x)``).
+    * functions it mentions without calling them (``pool = F.avg_pool2d`` then ``pool(x)``);
+    * functions it closes over (a decorator's wrapper calling the method it wraps).
     """
     scope = getattr(fn, "__globals__", {})
+    closure = getattr(fn, "__closure__", None)
+    if closure:  # (a decorator's wrapper without functools.wraps calls the forward it closes over)
+        scope = dict(scope)
+        for name, cell in zip(fn.__code__.co_freevars, closure):
+            try:
+                scope[name] = cell.cell_contents
+            except ValueError:  # (an empty cell)
+                pass
     counted, names = False, set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"

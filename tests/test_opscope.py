@@ -1119,3 +1119,31 @@ def test_a_childs_method_called_by_its_parent_has_its_products_counted():
     with counter.paused(), torch.no_grad():
         prod = net.backbone.forward_features(x)
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(prod.sum()) / 2)
+
+
+def _logged(f):
+    def wrapper(*args, **kwargs):  # (no functools.wraps)
+        return f(*args, **kwargs)
+    return wrapper
+
+
+class _LoggedAttn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    @_logged
+    def forward(self, x):
+        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        return q @ k.transpose(-2, -1)
+
+
+def test_a_forward_wrapped_by_a_decorator_without_wraps_has_its_products_counted():
+    """The wrapper's source was read instead of the forward it calls (a closure): q @ k^T was not counted,
+    silently. By hand: the binary product per sample."""
+    torch.manual_seed(0)
+    net = _LoggedAttn()
+    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    out = net(x)
+    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
