@@ -425,12 +425,33 @@ def _callable_counts(obj: Any) -> bool:
     return found is not None and found[0]
 
 
+def _parsed(fn: Any) -> Optional[ast.AST]:
+    """The syntax tree of a function's source; for a lambda written inside a larger expression (a value of a dict
+    literal: ``"dot": lambda q, k: q @ k.T,``), the lambda's own text; ``None`` when it cannot be read."""
+    try:
+        src = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        return None
+    try:
+        return ast.parse(src)
+    except (SyntaxError, IndentationError):
+        pass
+    if getattr(fn, "__name__", "") != "<lambda>" or "lambda" not in src:
+        return None
+    text = src[src.index("lambda"):].rstrip()
+    for end in range(len(text), 0, -1):  # (the shortest trim of the trailing text that parses)
+        try:
+            return ast.parse(text[:end])
+        except (SyntaxError, IndentationError):
+            continue
+    return None
+
+
 def _function_code(fn: Any, depth: int, seen: Set[Any]) -> Optional[Tuple[bool, Set[str]]]:
     """``(counted, names)`` of a function of the user's code: its own calls and products, and what it reaches
     (:func:`_reached_code`); ``None`` when its source cannot be read."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    except (OSError, TypeError, SyntaxError, IndentationError):
+    tree = _parsed(fn)
+    if tree is None:
         return None
     counted, names = False, set()
     for node in ast.walk(tree):
@@ -794,7 +815,7 @@ class OpScope:
         if code.counted or (code.counted_self_calls - set(module._modules)):
             return "a neuron that runs a counted op in its own code" if neuron else "runs a counted op in its own code"
         for child_name, method in code.child_methods:  # (its ops run in this module's forward: counted here)
-            child = module._modules.get(child_name)
+            child = module._modules.get(child_name, vars(module).get(child_name))  # (a child, or a helper object)
             fn = getattr(type(child), method, None) if child is not None and not _is_torch_class(type(child)) else None
             if inspect.isfunction(fn):
                 found = _function_code(fn, 0, set())

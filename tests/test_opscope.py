@@ -1147,3 +1147,36 @@ def test_a_forward_wrapped_by_a_decorator_without_wraps_has_its_products_counted
     counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
     out = net(x)
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
+
+
+_SCORES = {
+    "dot": lambda q, k: q @ k.transpose(-2, -1),
+}
+
+
+class _Ops:
+    def attend(self, q, k):
+        return q @ k.transpose(-2, -1)
+
+
+class _HeldScore(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.how, self.score, self.ops = how, _SCORES["dot"], _Ops()
+
+    def forward(self, x):
+        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        return self.score(q, k) if self.how == "dict lambda" else self.ops.attend(q, k)
+
+
+@pytest.mark.parametrize("how", ["dict lambda", "helper method"])
+def test_a_product_in_a_lambda_of_a_dict_or_a_helper_objects_method_is_counted(how):
+    """A lambda written as a dict value (its source line does not parse alone) and a method of a helper object
+    (self.ops.attend(q, k)) were not read: q @ k^T uncounted, silently. By hand: the binary product per sample."""
+    torch.manual_seed(0)
+    net = _HeldScore(how)
+    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    out = net(x)
+    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
