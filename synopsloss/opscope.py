@@ -344,7 +344,7 @@ def _read_class(cls: type) -> Optional[ClassCode]:
             code = getattr(fn, "__code__", None)
             me = code.co_varnames[0] if code is not None and code.co_argcount else "self"  # (``def forward(s, x)``)
             for node in ast.walk(tree):
-                if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+                if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == me
                         and isinstance(node.ctx, ast.Load)):
                     uses.setdefault(node.attr, set()).add(_additive_use(node, parents))
                 if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
@@ -361,14 +361,14 @@ def _read_class(cls: type) -> Optional[ClassCode]:
                     if name is not None:
                         calls.add(name)
                     if name in _COUNTED_NAMES:
-                        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+                        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == me:
                             self_calls.add(name)
                         else:
                             counted = True
                     for arg in list(node.args) + [k.value for k in node.keywords]:
                         for sub in ast.walk(arg):
                             if (isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name)
-                                    and sub.value.id == "self"):
+                                    and sub.value.id == me):
                                 passed.add(sub.attr)
             more_counted, more_calls = _reached_code(fn, tree, 0, set())
             counted = counted or more_counted

@@ -1180,3 +1180,26 @@ def test_a_product_in_a_lambda_of_a_dict_or_a_helper_objects_method_is_counted(h
     counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
     out = net(x)
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
+
+
+class _SelfAsS(nn.Module):
+    def __init__(s) -> None:  # noqa: N805 (the first argument named s, as some code does)
+        super().__init__()
+        s.w = nn.Parameter(torch.randn(4, 6, generator=torch.Generator().manual_seed(3)))
+        s.fn = lambda a, b: F.linear(a, b)
+
+    def forward(s, x):  # noqa: N805
+        return s.fn(x, s.w)
+
+
+def test_methods_whose_first_argument_is_not_named_self_are_read():
+    """``def forward(s, x): return s.fn(x, s.w)``: the class reader looked for ``self.`` only, so the layer was named
+    unsupported and not counted. By hand: spikes x nonzero taps."""
+    net = _SelfAsS()
+    x = (torch.rand(3, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sl.UnsupportedLayerWarning)
+        counter = sl.SynOpsCounter(net, neurons=False)
+    net(x)
+    want = float((x * (net.w != 0).sum(0)).sum()) / 3
+    assert counter.snapshot().per_layer()["linear"]["synops"] == pytest.approx(want)
