@@ -778,6 +778,11 @@ class OpScope:
             self.scoped[name] = "registry.OP_SCOPED"
         elif isinstance(module, torch.fx.GraphModule):
             self.scoped[name] = "a torch.fx GraphModule (its generated forward runs the traced ops)"
+        elif isinstance(module, (nn.ParameterList, nn.ParameterDict)):
+            # (no forward: its parameters are used by its parent's code, counted op by op there; named when the
+            # counts are read if no counted op used them)
+            self.param_modules[name] = module
+            return True
         elif _is_torch_class(type(module)):
             return False
         else:
