@@ -37,6 +37,12 @@ FACTORIES = textwrap.dedent(
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(18, 6), sl.IAFSqueeze(batch_size=3),
                                    torch.nn.Linear(6, 3))
 
+    def steps_net():
+        import sinabs.layers as sl
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(18, 6), sl.IAFSqueeze(num_timesteps=4),
+                                   torch.nn.Linear(6, 3))
+
     def only_relu():
         return torch.nn.Sequential(torch.nn.ReLU())
 
@@ -296,3 +302,14 @@ def test_an_input_file_of_python_objects_is_refused_without_torchs_unpickling_ad
     assert res.returncode == 2
     assert "holds Python objects, not one tensor" in res.stderr and "torch.save(spikes, path)" in res.stderr
     assert "weights_only=False" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_report_names_the_time_steps_a_time_folding_layer_was_built_for(env):
+    """IAFSqueeze(num_timesteps=4) run with --timesteps 8: the error blamed a fixed batch size and --input (not
+    given) and advised num_timesteps=, which the layers already use. It now names the --timesteps to pass."""
+    res = _report(env, "userpkg.models:steps_net", "--input-shape", "2,3,3", "--timesteps", "8", "--batch", "3")
+    assert res.returncode == 2
+    assert "built for num_timesteps=4, and --timesteps is 8. Pass --timesteps 4" in res.stderr
+    res = _report(env, "userpkg.models:steps_net", "--input-shape", "2,3,3", "--timesteps", "4", "--batch", "3",
+                  "--format", "csv")
+    assert res.returncode == 0, res.stderr

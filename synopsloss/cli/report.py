@@ -283,6 +283,12 @@ def _run(args: argparse.Namespace) -> int:
             except FloatingPointError as err:  # NaN or inf in a counted layer's input
                 raise _Error(str(err)) from err
             if counter.samples != int(x.shape[0]):  # a layer with a fixed batch size read a short batch otherwise
+                steps = sorted({getattr(m, "num_timesteps", None) for m in model.modules()} - {None, -1})
+                if steps and args.timesteps not in steps:  # (layers built for another number of time steps)
+                    raise _Error(
+                        f"a batch of {int(x.shape[0])} samples was read as {counter.samples} samples: the model's "
+                        f"time-folding layers are built for num_timesteps={steps[0]}, and --timesteps is "
+                        f"{args.timesteps}. Pass --timesteps {steps[0]}")
                 raise _Error(
                     f"a batch of {int(x.shape[0])} samples was read as {counter.samples} samples: the model's "
                     "time-folding layers have a fixed batch size (sinabs *Squeeze(batch_size=...)) that this batch "
