@@ -124,14 +124,19 @@ def test_snapshot_all_reduce_equals_one_process_counting_the_union(tmp_path):
     assert abs(sum(means) / WORLD - union.total()["synops"]) > 1e-3 * union.total()["synops"]
 
 
-def calibration_worker(rank: int, world: int, port: int, out: str) -> None:
+def _rank_start(rank: int, world: int, port: int):
+    """Join the gloo group; the same small network and a counter of it on every rank."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=120))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    return net, sl.SynOpsCounter(net, neurons=False)
+
+
+def calibration_worker(rank: int, world: int, port: int, out: str) -> None:
+    net, counter = _rank_start(rank, world, port)
     try:
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-        counter = sl.SynOpsCounter(net, neurons=False)
         loss_fn = sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=2)
         own = sl.SynOpsLoss(counter, fraction=0.5, calibration_batches=2, calibration_group=None)  # this rank only
         model = nn.parallel.DistributedDataParallel(net)
@@ -178,13 +183,8 @@ def iterative_batches(rank: int):
 
 
 def iterative_worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))
+    net, counter = _rank_start(rank, world, port)
     try:
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-        counter = sl.SynOpsCounter(net, neurons=False)
         it = sl.schedules.Iterative(factor=0.7, stage_steps=2)
         loss_fn = sl.SynOpsLoss(counter, target=it)
         model = nn.parallel.DistributedDataParallel(net)

@@ -884,16 +884,26 @@ def test_a_nan_in_a_transposed_operand_is_reported_at_read():
         counter.snapshot()
 
 
-class _TempAttn(nn.Module):
-    """Attention with a learnable temperature: parameters that are no synapses, and a spike x spike product."""
+class _QK(nn.Module):
+    """Two Linear(6, 6) projections of spikes, thresholded to binary q and k (the attention tests' operands)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def spikes(self, x):
+        return (self.q(x) > 0).float(), (self.k(x) > 0).float()
+
+
+class _TempAttn(_QK):
+    """Attention with a learnable temperature: parameters that are no synapses, and a spike x spike product."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.temp = nn.Parameter(torch.ones(()))
 
     def forward(self, x):
-        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        q, k = self.spikes(x)
         return (q @ k.transpose(-2, -1)) * self.temp
 
 
@@ -911,17 +921,13 @@ def test_a_module_declared_synapse_free_keeps_its_activation_products(monkeypatc
         counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
     net(x)
     with counter.paused(), torch.no_grad():
-        q, k = (net.q(x) > 0).float(), (net.k(x) > 0).float()
+        q, k = net.spikes(x)
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float((q @ k.transpose(-2, -1)).sum()) / 2)
 
 
-class _LinalgAttn(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
-
+class _LinalgAttn(_QK):
     def forward(self, x):
-        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        q, k = self.spikes(x)
         return torch.linalg.matmul(q, k.transpose(-2, -1))
 
 
@@ -1085,13 +1091,9 @@ def test_an_fx_traced_model_keeps_its_activation_products():
     assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
 
 
-class _Backbone(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
-
+class _Backbone(_QK):
     def forward_features(self, x):
-        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        q, k = self.spikes(x)
         return q @ k.transpose(-2, -1)
 
     def forward(self, x):
@@ -1127,14 +1129,10 @@ def _logged(f):
     return wrapper
 
 
-class _LoggedAttn(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
-
+class _LoggedAttn(_QK):
     @_logged
     def forward(self, x):
-        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        q, k = self.spikes(x)
         return q @ k.transpose(-2, -1)
 
 
@@ -1159,14 +1157,13 @@ class _Ops:
         return q @ k.transpose(-2, -1)
 
 
-class _HeldScore(nn.Module):
+class _HeldScore(_QK):
     def __init__(self, how: str) -> None:
         super().__init__()
-        self.q, self.k = nn.Linear(6, 6), nn.Linear(6, 6)
         self.how, self.score, self.ops = how, _SCORES["dot"], _Ops()
 
     def forward(self, x):
-        q, k = (self.q(x) > 0).float(), (self.k(x) > 0).float()
+        q, k = self.spikes(x)
         return self.score(q, k) if self.how == "dict lambda" else self.ops.attend(q, k)
 
 
