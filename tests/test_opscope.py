@@ -895,6 +895,14 @@ class _QK(nn.Module):
         return (self.q(x) > 0).float(), (self.k(x) > 0).float()
 
 
+def _qk_product(net: nn.Module):
+    """(the counted q @ k^T synops per sample, the binary product's sum per sample) of a _QK-style module."""
+    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
+    out = net(x)
+    return counter.snapshot().per_layer()["matmul"]["synops"], float(out.sum()) / 2
+
+
 class _TempAttn(_QK):
     """Attention with a learnable temperature: parameters that are no synapses, and a spike x spike product."""
 
@@ -936,10 +944,8 @@ def test_torch_linalg_matmul_is_counted_as_matmul():
     binary product per sample."""
     torch.manual_seed(0)
     net = _LinalgAttn()
-    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
-    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
-    out = net(x)
-    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
+    got, want = _qk_product(net)
+    assert got == pytest.approx(want)
 
 
 def test_a_linear_whose_forward_is_set_on_the_instance_is_counted_with_the_weight_it_uses():
@@ -1085,10 +1091,8 @@ def test_an_fx_traced_model_keeps_its_activation_products():
     torch.manual_seed(0)
     eager = _LinalgAttn()
     traced = torch.fx.symbolic_trace(eager)
-    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
-    counter = sl.SynOpsCounter(traced, neurons=False, batch_dim=0)
-    out = traced(x)
-    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
+    got, want = _qk_product(traced)
+    assert got == pytest.approx(want)
 
 
 class _Backbone(_QK):
@@ -1141,10 +1145,8 @@ def test_a_forward_wrapped_by_a_decorator_without_wraps_has_its_products_counted
     silently. By hand: the binary product per sample."""
     torch.manual_seed(0)
     net = _LoggedAttn()
-    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
-    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
-    out = net(x)
-    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
+    got, want = _qk_product(net)
+    assert got == pytest.approx(want)
 
 
 _SCORES = {
@@ -1173,10 +1175,8 @@ def test_a_product_in_a_lambda_of_a_dict_or_a_helper_objects_method_is_counted(h
     (self.ops.attend(q, k)) were not read: q @ k^T uncounted, silently. By hand: the binary product per sample."""
     torch.manual_seed(0)
     net = _HeldScore(how)
-    x = (torch.rand(2, 5, 6, generator=torch.Generator().manual_seed(1)) < 0.5).float()
-    counter = sl.SynOpsCounter(net, neurons=False, batch_dim=0)
-    out = net(x)
-    assert counter.snapshot().per_layer()["matmul"]["synops"] == pytest.approx(float(out.sum()) / 2)
+    got, want = _qk_product(net)
+    assert got == pytest.approx(want)
 
 
 class _SelfAsS(nn.Module):
