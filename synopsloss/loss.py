@@ -71,22 +71,6 @@ def _positive(name: str, value: Any, unit: str = "synops") -> None:
         )
 
 
-def _over_ranks(total: Tensor, samples: int, group: Any = "world") -> float:
-    """``total / samples`` summed over the processes of ``group`` (``"world"``: the default group, when
-    ``torch.distributed`` is initialised; DDP, accelerate: every rank calibrates on the same call), else this
-    process's own (``group=None``)."""
-    import torch.distributed as dist
-
-    if group is None or not (dist.is_available() and dist.is_initialized()):
-        return float(total / samples)
-    pg = None if isinstance(group, str) else group
-    if dist.get_world_size(pg) < 2:
-        return float(total / samples)
-    both = torch.stack([total.detach().double(), torch.full_like(total.detach().double(), float(samples))])
-    dist.all_reduce(both, group=pg)
-    return float(both[0] / both[1])
-
-
 def _active_group(group: Any) -> Any:
     """The process group that ``group`` (``"world"``, a group or ``None``) names when ``torch.distributed`` runs
     with more than one process in it (``None``: the default group), else ``False``."""
@@ -96,6 +80,20 @@ def _active_group(group: Any) -> Any:
         return False
     pg = None if isinstance(group, str) else group
     return pg if dist.get_world_size(pg) > 1 else False
+
+
+def _over_ranks(total: Tensor, samples: int, group: Any = "world") -> float:
+    """``total / samples`` summed over the processes of ``group`` (``"world"``: the default group, when
+    ``torch.distributed`` is initialised; DDP, accelerate: every rank calibrates on the same call), else this
+    process's own (``group=None``)."""
+    import torch.distributed as dist
+
+    pg = _active_group(group)
+    if pg is False:
+        return float(total / samples)
+    both = torch.stack([total.detach().double(), torch.full_like(total.detach().double(), float(samples))])
+    dist.all_reduce(both, group=pg)
+    return float(both[0] / both[1])
 
 
 def _sum_in_group(values: Tensor, group: Any) -> Tensor:

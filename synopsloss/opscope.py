@@ -439,7 +439,7 @@ def _parsed(fn: Any) -> Optional[ast.AST]:
     if getattr(fn, "__name__", "") != "<lambda>" or "lambda" not in src:
         return None
     text = src[src.index("lambda"):].rstrip()
-    for end in range(len(text), 0, -1):  # (the shortest trim of the trailing text that parses)
+    for end in range(len(text), 0, -1):  # (the longest prefix that parses: the lambda and what follows it)
         try:
             return ast.parse(text[:end])
         except (SyntaxError, IndentationError):
