@@ -621,9 +621,11 @@ class SynOpsCounter:
         self._shaped = [layer for layer in self._layers.values() if any(g is not None for g in geometry(layer.module))]
         self._report_unsupported()
         unknown = [n for n in self._encoding if n and n not in self._layers and n not in self.layer_names]
-        if unknown:
+        if unknown and (self._scope.ops == "none" or not (self._scope.scoped or self._scope.ops == "all")):
             raise ValueError(f"encoding= names layer(s) {unknown} that the counter does not count; counted layers: "
                              f"{sorted(self._layers)}")
+        # (a functional op's row, "linear" or "2.matmul", is named at its first call: checked at the first read)
+        self._encoding_unseen = unknown
         if self._monitor is not None:
             self._monitor.attach()
         elif self._track_neurons:
@@ -1917,6 +1919,13 @@ class SynOpsCounter:
         current = bool(batch.layers) and not (batch.pending or batch.failed)
         if not current and not (accumulated and self._total_samples):
             self._require_batch("snapshot")
+        if self._encoding_unseen:
+            unseen = [n for n in self._encoding_unseen if n not in self.layer_names]
+            if unseen:
+                raise ValueError(
+                    f"encoding= names layer(s) {unseen} that the counter does not count (no module layer, and no "
+                    f"functional op of that name ran); counted layers: {self.layer_names}")
+            self._encoding_unseen = []
         samples = (self._samples() if current else 0) + (self._total_samples if accumulated else 0)
         sample_steps = self._total_sample_steps if accumulated else 0.0
         if current:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import synopsloss as sl
@@ -153,3 +154,32 @@ def test_integer_counts_into_norse_recurrent_modules_are_events_too(mode):
         assert (got["eff_acs"], got["eff_macs"]) == pytest.approx((in_syn + rec_syn, 0.0))
     else:
         assert (got["eff_acs"], got["eff_macs"]) == pytest.approx((rec_syn, in_nz))
+
+
+class _FunctionalAndModule(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return F.linear(x, self.w) + self.fc(x)
+
+
+def test_encoding_can_name_a_functional_op_row_and_a_wrong_name_is_refused_at_the_read():
+    """encoding={"linear": "bitplane"} named the F.linear row that the counter lists, and was refused at
+    construction ('does not count'). By hand: popcount of each count x fan-out for the op row, count x fan-out for
+    the unary module."""
+    net = _FunctionalAndModule()
+    x = torch.randint(0, 4, (3, 8), generator=torch.Generator().manual_seed(1)).float()
+    counter = sl.SynOpsCounter(net, neurons=False, encoding={"linear": "bitplane"})
+    net(x)
+    pop = torch.tensor([[bin(int(v)).count("1") for v in row] for row in x.tolist()], dtype=torch.float64)
+    rows = counter.snapshot().per_layer()
+    assert rows["linear"]["synops"] == pytest.approx(float((pop * (net.w != 0).sum(0)).sum()) / 3)
+    assert rows["fc"]["synops"] == pytest.approx(float((x.double() * (net.fc.weight != 0).sum(0)).sum()) / 3)
+    counter.remove()
+    typo = sl.SynOpsCounter(net, neurons=False, encoding={"linaer": "bitplane"})
+    net(x)
+    with pytest.raises(ValueError, match=r"names layer\(s\) \['linaer'\] that the counter does not count"):
+        typo.snapshot()
