@@ -997,6 +997,8 @@ class SynOpsCounter:
     def _folding_pre(self, module: nn.Module, args: tuple, *, name: str) -> None:
         """A SpikingJelly container that calls its children on ``[T*B, ...]`` starts: its ``(T, B)`` is noted
         while it runs, so that its layers' rows are split by sample (:meth:`_sample_lead`)."""
+        if not self.per_sample_counts:  # (only the per-sample split reads it)
+            return
         x = args[0] if args else None
         x = x[0] if isinstance(x, tuple) and x else x
         if isinstance(x, Tensor) and x.dim() >= 2 and frameworks.folds_time_first(module):
